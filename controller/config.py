@@ -1,0 +1,770 @@
+"""Loading and checking everything in `configs/`: stations, tariffs and device register maps.
+
+Each loader reads TOML into pydantic models, then checks what a schema cannot (a pile above the
+transformer, overlapping tariff bands, registers that overlap) and raises one `ConfigError` that
+lists every problem it found, each naming the file, the device and the field. Nothing is
+defaulted silently: a missing required value, an unknown field (a typo) or a value that makes no
+sense is an error.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from drivers import meter as meter_driver
+from drivers import pile as pile_driver
+from drivers.registers import UNIT_SCALE, Access, Register, RegisterMap, ValueType
+from scheduler.tariff import MINUTES_PER_DAY, DayType, Period, Season, Tariff
+
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+REFERENCE_STATION = CONFIG_ROOT / "stations" / "bozhou-depot.toml"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config file."""
+
+    file: Path
+    device: str | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = [str(self.file)]
+        if self.device:
+            where.append(self.device)
+        if self.field:
+            where.append(self.field)
+        return f"{': '.join(where)}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A config is invalid; `problems` lists everything that is wrong with it."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) in the configuration:\n{lines}")
+
+
+class _Problems:
+    """Collects problems while a file is checked."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.items: list[Problem] = []
+
+    def add(self, device: str | None, field_: str, message: str) -> None:
+        self.items.append(Problem(self.file, device, field_, message))
+
+    def add_validation(self, err: ValidationError, device: str | None, prefix: str = "") -> None:
+        for item in err.errors():
+            loc = ".".join(str(part) for part in item["loc"])
+            where = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+            kind = item["type"]
+            if kind == "missing":
+                message = "required, but missing"
+            elif kind == "extra_forbidden":
+                message = "unknown field (misspelt?)"
+            else:
+                message = str(item["msg"])
+                if "input" in item and not isinstance(item["input"], (dict, list)):
+                    message += f" (got {item['input']!r})"
+            self.items.append(Problem(self.file, device, where, message))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(self.items)
+
+
+def _read_toml(path: Path, problems: _Problems) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        problems.add(None, "", "file not found")
+    except OSError as exc:
+        problems.add(None, "", f"cannot read: {exc.strerror}")
+    except tomllib.TOMLDecodeError as exc:
+        problems.add(None, "", f"not valid TOML: {exc}")
+    return None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+UnitId = Annotated[int, Field(ge=0, le=255)]
+Kw = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PositiveKw = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+_HHMM = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
+
+
+def _minutes(text: str) -> int:
+    match = _HHMM.match(text)
+    if not match:
+        raise ValueError(f"not a time of day HH:MM: {text!r}")
+    minutes = int(match.group(1)) * 60 + int(match.group(2))
+    if minutes > MINUTES_PER_DAY:
+        raise ValueError(f"after 24:00: {text!r}")
+    return minutes
+
+
+def _check_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}") from exc
+    return name
+
+
+# --------------------------------------------------------------------------- device maps
+
+
+class _RegisterSpec(_Strict):
+    address: int = Field(ge=0, le=65535)
+    type: ValueType
+    length: int | None = Field(default=None, ge=1, le=123)
+    access: Access = Access.R
+    scale: float = Field(default=1.0, allow_inf_nan=False)
+    unit: str = ""
+    word_order: Literal["big", "little"] | None = None
+    read_function_codes: list[Literal[3, 4]] | None = None
+    write_fc: Literal[6, 16] | None = None
+    unit_id: UnitId | None = None
+    unavailable_all_ones: bool = False
+    description: str = ""
+
+    @field_validator("scale")
+    @classmethod
+    def _nonzero(cls, value: float) -> float:
+        if value == 0:
+            raise ValueError("scale must not be 0")
+        return value
+
+    @field_validator("unit")
+    @classmethod
+    def _known_unit(cls, value: str) -> str:
+        if value not in UNIT_SCALE:
+            raise ValueError(f"unknown unit {value!r}; use one of {sorted(UNIT_SCALE)}")
+        return value
+
+
+class _DeviceSpec(_Strict):
+    title: str = Field(min_length=1)
+    kind: Literal["pile", "meter", "charger"]
+    unit_id: UnitId
+    word_order: Literal["big", "little"] = "big"
+    read_function_codes: list[Literal[3, 4]] = Field(min_length=1)
+    max_read_words: int = Field(default=125, ge=1, le=125)
+    max_gap: int = Field(default=0, ge=0, le=124)
+    idle_timeout_s: float | None = Field(default=None, gt=0)
+    max_connections: int | None = Field(default=None, ge=1)
+    notes: str = ""
+
+
+class _MapFile(_Strict):
+    device: _DeviceSpec
+    enums: dict[str, dict[str, str]] = {}
+    registers: dict[str, _RegisterSpec] = Field(min_length=1)
+
+
+def load_register_map(path: Path) -> RegisterMap:
+    """Load and check one device register map file."""
+    path = Path(path)
+    problems = _Problems(path)
+    raw = _read_toml(path, problems)
+    problems.raise_if_any()
+    assert raw is not None
+    head = raw.get("device")
+    device = f"device map {head.get('title', path.stem)}" if isinstance(head, dict) else f"device map {path.stem}"
+    for key in raw:
+        if key not in _MapFile.model_fields:
+            problems.add(device, key, "unknown section (misspelt?)")
+    # Each part is checked on its own, so that one bad register does not hide the others.
+    try:
+        spec_device = _DeviceSpec.model_validate(head if isinstance(head, dict) else {})
+    except ValidationError as err:
+        problems.add_validation(err, device, "device")
+        spec_device = None
+    raw_registers = raw.get("registers")
+    if not isinstance(raw_registers, dict) or not raw_registers:
+        problems.add(device, "registers", "a device map needs at least one register")
+        raw_registers = {}
+    raw_enums = raw.get("enums", {})
+    if not isinstance(raw_enums, dict):
+        problems.add(device, "enums", "must be a table of tables")
+        raw_enums = {}
+    specs: dict[str, _RegisterSpec] = {}
+    for name, entry in raw_registers.items():
+        try:
+            specs[name] = _RegisterSpec.model_validate(entry)
+        except ValidationError as err:
+            problems.add_validation(err, device, f"registers.{name}")
+    if spec_device is None:
+        problems.raise_if_any()
+    assert spec_device is not None
+    spec = _MapFile.model_construct(device=spec_device, enums={}, registers=specs)
+    registers: dict[str, Register] = {}
+    for name, reg in spec.registers.items():
+        if reg.type is ValueType.STRING and reg.length is None:
+            problems.add(device, f"registers.{name}.length", "a string needs its length in registers")
+            continue
+        if reg.type is not ValueType.STRING and reg.length is not None:
+            problems.add(device, f"registers.{name}.length", f"only strings take a length ({reg.type} does not)")
+        registers[name] = Register(
+            name=name,
+            address=reg.address,
+            type=reg.type,
+            words=reg.length if reg.type is ValueType.STRING and reg.length else reg.type.words,
+            access=reg.access,
+            scale=reg.scale,
+            unit=reg.unit,
+            word_order=reg.word_order or spec.device.word_order,
+            read_fcs=frozenset(reg.read_function_codes or spec.device.read_function_codes)
+            if reg.access.readable
+            else frozenset(),
+            write_fc=reg.write_fc,
+            unit_id=reg.unit_id,
+            unavailable_all_ones=reg.unavailable_all_ones,
+            description=reg.description,
+        )
+    enums: dict[str, dict[int, str]] = {}
+    for enum_name, table in raw_enums.items():
+        codes: dict[int, str] = {}
+        if not isinstance(table, dict):
+            problems.add(device, f"enums.{enum_name}", "must be a table of code = \"name\"")
+            continue
+        for code, label in table.items():
+            if not isinstance(label, str):
+                problems.add(device, f"enums.{enum_name}.{code}", "the name must be text")
+                continue
+            try:
+                codes[int(code, 0)] = label
+            except ValueError:
+                problems.add(device, f"enums.{enum_name}.{code}", "an enumeration key must be a whole number")
+        enums[enum_name] = codes
+    regmap = RegisterMap(
+        name=path.stem,
+        title=spec.device.title,
+        kind=spec.device.kind,
+        registers=registers,
+        default_unit_id=spec.device.unit_id,
+        max_read_words=spec.device.max_read_words,
+        max_gap=spec.device.max_gap,
+        idle_timeout_s=spec.device.idle_timeout_s,
+        max_connections=spec.device.max_connections,
+        enums=enums,
+        notes=spec.device.notes,
+    )
+    for reg_name, message in regmap.problems():
+        problems.add(device, f"registers.{reg_name}", message)
+    for reg in registers.values():
+        if reg.access.readable and reg.words > spec.device.max_read_words:
+            problems.add(device, f"registers.{reg.name}", "longer than max_read_words")
+    _check_kind(regmap, problems, device, declared=set(raw_registers))
+    problems.raise_if_any()
+    return regmap
+
+
+def _check_kind(regmap: RegisterMap, problems: _Problems, device: str, declared: set[str]) -> None:
+    if regmap.kind == "pile":
+        required, enums = pile_driver.REQUIRED_REGISTERS, pile_driver.REQUIRED_ENUMS
+    elif regmap.kind == "meter":
+        required, enums = meter_driver.REQUIRED_REGISTERS, ()
+    else:
+        return
+    for name in required:
+        if name not in declared:
+            problems.add(device, f"registers.{name}", f"a {regmap.kind} map must define it")
+    for name in enums:
+        if name not in regmap.enums:
+            problems.add(device, f"enums.{name}", f"a {regmap.kind} map must define it")
+    if regmap.kind == "pile" and "state" in regmap.enums:
+        known = {s.value for s in pile_driver.PileState}
+        for code, label in regmap.enums["state"].items():
+            if label not in known:
+                problems.add(device, f"enums.state.{code}", f"unknown state {label!r}; use one of {sorted(known)}")
+    if regmap.kind == "pile" and "mode" in regmap.enums:
+        missing = {m.value for m in pile_driver.PileMode} - set(regmap.enums["mode"].values())
+        if missing:
+            problems.add(device, "enums.mode", f"lacks {sorted(missing)}")
+
+
+# --------------------------------------------------------------------------- tariffs
+
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class _PeriodSpec(_Strict):
+    start: str
+    end: str
+    band: str = Field(min_length=1)
+
+
+class _DayTypeSpec(_Strict):
+    name: str = Field(min_length=1)
+    weekdays: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(min_length=1)
+    periods: list[_PeriodSpec] = Field(min_length=1)
+
+
+class _SeasonSpec(_Strict):
+    name: str = Field(min_length=1)
+    months: list[Annotated[int, Field(ge=1, le=12)]] = Field(min_length=1)
+    day_types: list[_DayTypeSpec] = Field(min_length=1)
+
+
+class _TariffFile(_Strict):
+    name: str = Field(min_length=1)
+    currency: str = Field(min_length=1)
+    timezone: str
+    export_price: float = Field(ge=0, allow_inf_nan=False)
+    demand_charge_per_kw_month: float = Field(ge=0, allow_inf_nan=False)
+    bands: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(min_length=1)
+    seasons: list[_SeasonSpec] = Field(min_length=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return _check_zone(value)
+
+
+def load_tariff(path: Path) -> Tariff:
+    """Load and check a time-of-use tariff file."""
+    path = Path(path)
+    problems = _Problems(path)
+    raw = _read_toml(path, problems)
+    problems.raise_if_any()
+    try:
+        spec = _TariffFile.model_validate(raw)
+    except ValidationError as err:
+        problems.add_validation(err, "tariff")
+        raise ConfigError(problems.items) from None
+    seasons: list[Season] = []
+    month_owner: dict[int, str] = {}
+    for s_index, season in enumerate(spec.seasons):
+        where = f"season {season.name}"
+        for month in season.months:
+            if month in month_owner:
+                problems.add(where, "months", f"month {month} is also in season {month_owner[month]}")
+            month_owner[month] = season.name
+        day_owner: dict[int, str] = {}
+        day_types: list[DayType] = []
+        for d_index, day_type in enumerate(season.day_types):
+            dwhere = f"{where}, day type {day_type.name}"
+            days: set[int] = set()
+            for day in day_type.weekdays:
+                number = _WEEKDAYS.index(day)
+                if number in day_owner:
+                    problems.add(dwhere, "weekdays", f"{day} is also in day type {day_owner[number]}")
+                day_owner[number] = day_type.name
+                days.add(number)
+            periods = _check_periods(day_type.periods, spec.bands, problems, dwhere,
+                                     f"seasons[{s_index}].day_types[{d_index}].periods")
+            day_types.append(DayType(day_type.name, frozenset(days), tuple(periods)))
+        for number, day in enumerate(_WEEKDAYS):
+            if number not in day_owner:
+                problems.add(where, "day_types", f"no day type covers {day}")
+        seasons.append(Season(season.name, frozenset(season.months), tuple(day_types)))
+    for month in range(1, 13):
+        if month not in month_owner:
+            problems.add("tariff", "seasons", f"no season covers month {month}")
+    problems.raise_if_any()
+    return Tariff(
+        name=spec.name,
+        timezone=spec.timezone,
+        currency=spec.currency,
+        band_prices=dict(spec.bands),
+        seasons=tuple(seasons),
+        export_price=spec.export_price,
+        demand_charge_per_kw_month=spec.demand_charge_per_kw_month,
+    )
+
+
+def _check_periods(
+    specs: list[_PeriodSpec],
+    bands: Mapping[str, float],
+    problems: _Problems,
+    where: str,
+    field_: str,
+) -> list[Period]:
+    periods: list[tuple[int, Period]] = []
+    for index, spec in enumerate(specs):
+        try:
+            start, end = _minutes(spec.start), _minutes(spec.end)
+        except ValueError as exc:
+            problems.add(where, f"{field_}[{index}]", str(exc))
+            continue
+        if end <= start:
+            problems.add(where, f"{field_}[{index}]", f"ends ({spec.end}) before it starts ({spec.start})")
+            continue
+        if spec.band not in bands:
+            problems.add(where, f"{field_}[{index}].band", f"unknown band {spec.band!r}; [bands] has {sorted(bands)}")
+        periods.append((index, Period(start, end, spec.band)))
+    periods.sort(key=lambda item: item[1].start_min)
+    reached = 0
+    for index, period in periods:
+        if period.start_min < reached:
+            problems.add(where, f"{field_}[{index}]", f"overlaps the period before it (starts {_hhmm(period.start_min)}, previous ends {_hhmm(reached)})")
+        elif period.start_min > reached:
+            problems.add(where, field_, f"no band from {_hhmm(reached)} to {_hhmm(period.start_min)}")
+        reached = max(reached, period.end_min)
+    if periods and reached < MINUTES_PER_DAY:
+        problems.add(where, field_, f"no band from {_hhmm(reached)} to 24:00")
+    return [p for _, p in periods]
+
+
+def _hhmm(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+# --------------------------------------------------------------------------- stations
+
+
+class StationInfo(_Strict):
+    """[station]: name, local time zone, tariff file and where device maps live."""
+
+    name: str = Field(min_length=1)
+    timezone: str
+    tariff: str = Field(min_length=1)
+    devices: str = "../devices"
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return _check_zone(value)
+
+
+class Transformer(_Strict):
+    """[transformer]: the grid connection's rating and how much of it the site may use."""
+
+    rating_kva: PositiveKw
+    power_factor: float = Field(gt=0, le=1)
+    margin: float = Field(gt=0, le=1)
+
+    @property
+    def limit_kw(self) -> float:
+        """The site's import limit in kW: rating x power factor x margin."""
+        return self.rating_kva * self.power_factor * self.margin
+
+
+class ControlSettings(_Strict):
+    """[control]: how the fast loop runs."""
+
+    period_s: float = Field(default=1.0, gt=0, le=60)
+    ramp_kw_per_s: PositiveKw
+    reserve_kw: Kw
+    stale_after_s: float = Field(default=5.0, gt=0)
+    io_timeout_s: float = Field(default=0.5, gt=0, le=30)
+    background_margin_kw: Kw
+
+
+class BackgroundProfile(_Strict):
+    """[background]: the site's own load by local hour (the simulator plays it back)."""
+
+    profile_kw: list[Kw] = Field(min_length=24, max_length=24)
+    noise_kw: Kw = 0.0
+
+
+class MeterConfig(_Strict):
+    """[grid_meter]: the meter at the grid connection."""
+
+    id: str = Field(min_length=1)
+    device: str = Field(min_length=1)
+    host: str = Field(min_length=1)
+    port: Port
+    unit: UnitId
+    protocol: Literal["modbus-tcp"] = "modbus-tcp"
+
+
+class PileConfig(_Strict):
+    """One [[piles]] entry (after [pile_defaults] is applied)."""
+
+    id: str = Field(min_length=1)
+    device: str = Field(min_length=1)
+    host: str = Field(min_length=1)
+    port: Port
+    unit: UnitId
+    max_kw: PositiveKw
+    min_kw: Kw
+    comm_timeout_s: float = Field(gt=0, le=3600)
+    fallback_kw: Kw
+    max_discharge_kw: Kw = 0.0
+    protocol: Literal["modbus-tcp"] = "modbus-tcp"
+
+    @property
+    def bidirectional(self) -> bool:
+        """True if the pile may discharge a vehicle."""
+        return self.max_discharge_kw > 0
+
+
+class ArrivalWave(_Strict):
+    """[[simulator.arrivals]]: a wave of truck arrivals around a time of day."""
+
+    name: str = Field(min_length=1)
+    share: float = Field(gt=0, le=1)
+    mean: str
+    spread_h: float = Field(ge=0, le=12)
+    dwell_h: tuple[PositiveKw, PositiveKw]
+
+    @field_validator("mean")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        _minutes(value)
+        return value
+
+    @property
+    def mean_h(self) -> float:
+        """Mean arrival, hours after local midnight."""
+        return _minutes(self.mean) / 60
+
+
+class SimulatorSettings(_Strict):
+    """[simulator]: how the hardware simulator plays the station."""
+
+    seed: int
+    step_s: float = Field(default=1.0, gt=0, le=10)
+    pile_ramp_kw_per_s: PositiveKw
+    pile_delay_s: Kw
+    trucks_per_day: float = Field(ge=0)
+    battery_kwh: list[PositiveKw] = Field(min_length=1)
+    soc_arrival: tuple[float, float]
+    soc_target: tuple[float, float]
+    vehicle_max_kw: tuple[PositiveKw, PositiveKw]
+    taper_soc: float = Field(gt=0, lt=1)
+    arrivals: list[ArrivalWave] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Station:
+    """A whole station: its devices, limits, control settings, tariff and register maps."""
+
+    path: Path
+    info: StationInfo
+    transformer: Transformer
+    control: ControlSettings
+    background: BackgroundProfile
+    grid_meter: MeterConfig
+    piles: tuple[PileConfig, ...]
+    tariff: Tariff
+    device_maps: Mapping[str, RegisterMap]
+    simulator: SimulatorSettings | None = None
+    tariff_path: Path | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The station's name."""
+        return self.info.name
+
+    @property
+    def limit_kw(self) -> float:
+        """The site import limit in kW."""
+        return self.transformer.limit_kw
+
+    def pile(self, pile_id: str) -> PileConfig:
+        """The config of one pile."""
+        for pile in self.piles:
+            if pile.id == pile_id:
+                return pile
+        raise KeyError(pile_id)
+
+    def map_for(self, device: str) -> RegisterMap:
+        """The register map a device entry names."""
+        return self.device_maps[device]
+
+    def with_endpoints(self, ports: Mapping[str, int], host: str = "127.0.0.1") -> Station:
+        """A copy with the named devices moved to other ports (tests use free ports)."""
+        meter = self.grid_meter.model_copy(update={"host": host, "port": ports.get(self.grid_meter.id, self.grid_meter.port)})
+        piles = tuple(
+            p.model_copy(update={"host": host, "port": ports.get(p.id, p.port)}) for p in self.piles
+        )
+        return _replace(self, grid_meter=meter, piles=piles)
+
+    def with_control(self, **changes: Any) -> Station:
+        """A copy with some [control] settings changed."""
+        return _replace(self, control=self.control.model_copy(update=changes))
+
+
+def _replace(station: Station, **changes: Any) -> Station:
+    from dataclasses import replace
+
+    return replace(station, **changes)
+
+
+_STATION_SECTIONS = {"station", "transformer", "control", "background", "grid_meter", "pile_defaults", "piles", "simulator"}
+
+
+def load_station(path: Path | str) -> Station:
+    """Load and check a station file, its tariff and every register map it names.
+
+    Raises `ConfigError` listing every problem found in any of those files.
+    """
+    path = Path(path)
+    problems = _Problems(path)
+    raw = _read_toml(path, problems)
+    problems.raise_if_any()
+    assert raw is not None
+    for key in raw:
+        if key not in _STATION_SECTIONS:
+            problems.add(None, key, f"unknown section (misspelt?); expected one of {sorted(_STATION_SECTIONS)}")
+
+    def section(model: type[_Strict], key: str, device: str | None = None) -> Any:
+        data = raw.get(key)
+        if data is None:
+            problems.add(device, key, "required section, but missing")
+            return None
+        if not isinstance(data, dict):
+            problems.add(device, key, "must be a table")
+            return None
+        try:
+            return model.model_validate(data)
+        except ValidationError as err:
+            problems.add_validation(err, device, key)
+            return None
+
+    info: StationInfo | None = section(StationInfo, "station")
+    transformer: Transformer | None = section(Transformer, "transformer")
+    control: ControlSettings | None = section(ControlSettings, "control")
+    background: BackgroundProfile | None = section(BackgroundProfile, "background")
+    meter_raw = raw.get("grid_meter")
+    meter_label = f"meter {meter_raw.get('id')}" if isinstance(meter_raw, dict) and meter_raw.get("id") else "grid meter"
+    grid_meter: MeterConfig | None = section(MeterConfig, "grid_meter", meter_label)
+    simulator: SimulatorSettings | None = section(SimulatorSettings, "simulator") if "simulator" in raw else None
+
+    defaults = raw.get("pile_defaults", {})
+    if not isinstance(defaults, dict):
+        problems.add(None, "pile_defaults", "must be a table")
+        defaults = {}
+    for key in list(defaults):
+        if key not in PileConfig.model_fields or key == "id":
+            problems.add(None, f"pile_defaults.{key}", "unknown field (misspelt?)" if key != "id" else "ids are per pile")
+            defaults = {k: v for k, v in defaults.items() if k != key}
+    piles: list[PileConfig] = []
+    raw_piles = raw.get("piles")
+    if not isinstance(raw_piles, list) or not raw_piles:
+        problems.add(None, "piles", "a station needs at least one [[piles]] entry")
+        raw_piles = []
+    for index, entry in enumerate(raw_piles):
+        if not isinstance(entry, dict):
+            problems.add(f"pile #{index + 1}", "", "must be a table")
+            continue
+        label = f"pile {entry['id']}" if entry.get("id") else f"pile #{index + 1}"
+        try:
+            piles.append(PileConfig.model_validate({**defaults, **entry}))
+        except ValidationError as err:
+            problems.add_validation(err, label)
+
+    tariff: Tariff | None = None
+    tariff_path: Path | None = None
+    device_maps: dict[str, RegisterMap] = {}
+    if info is not None:
+        tariff_path = (path.parent / info.tariff).resolve()
+        try:
+            tariff = load_tariff(tariff_path)
+        except ConfigError as err:
+            problems.items.extend(err.problems)
+        devices_dir = (path.parent / info.devices).resolve()
+        wanted: dict[str, str] = {}
+        # Check every map any entry names, even entries that failed their own checks.
+        if isinstance(meter_raw, dict) and isinstance(meter_raw.get("device"), str):
+            wanted.setdefault(meter_raw["device"], meter_label)
+        for index, entry in enumerate(raw_piles):
+            if isinstance(entry, dict):
+                device_name = entry.get("device", defaults.get("device"))
+                if isinstance(device_name, str) and device_name:
+                    wanted.setdefault(device_name, f"pile {entry.get('id', f'#{index + 1}')}")
+        for device_name, user in wanted.items():
+            map_path = devices_dir / f"{device_name}.toml"
+            if not map_path.exists():
+                known = sorted(p.stem for p in devices_dir.glob("*.toml"))
+                problems.add(user, "device", f"no register map {device_name!r} in {devices_dir}; known: {known}")
+                continue
+            try:
+                device_maps[device_name] = load_register_map(map_path)
+            except ConfigError as err:
+                problems.items.extend(err.problems)
+
+    _cross_check(problems, transformer, control, background, grid_meter, piles, device_maps, tariff, info)
+    problems.raise_if_any()
+    assert info and transformer and control and background and grid_meter and tariff
+    return Station(
+        path=path,
+        info=info,
+        transformer=transformer,
+        control=control,
+        background=background,
+        grid_meter=grid_meter,
+        piles=tuple(piles),
+        tariff=tariff,
+        device_maps=device_maps,
+        simulator=simulator,
+        tariff_path=tariff_path,
+    )
+
+
+def _cross_check(
+    problems: _Problems,
+    transformer: Transformer | None,
+    control: ControlSettings | None,
+    background: BackgroundProfile | None,
+    grid_meter: MeterConfig | None,
+    piles: list[PileConfig],
+    device_maps: Mapping[str, RegisterMap],
+    tariff: Tariff | None,
+    info: StationInfo | None,
+) -> None:
+    limit = transformer.limit_kw if transformer else math.inf
+    seen_ids: set[str] = set()
+    endpoints: dict[tuple[str, int, int], str] = {}
+    if grid_meter is not None:
+        endpoints[(grid_meter.host, grid_meter.port, grid_meter.unit)] = f"meter {grid_meter.id}"
+        seen_ids.add(grid_meter.id)
+        regmap = device_maps.get(grid_meter.device)
+        if regmap is not None and regmap.kind != "meter":
+            problems.add(f"meter {grid_meter.id}", "device", f"{grid_meter.device} is a {regmap.kind} map, not a meter map")
+    for pile in piles:
+        label = f"pile {pile.id}"
+        if pile.id in seen_ids:
+            problems.add(label, "id", "another device has the same id")
+        seen_ids.add(pile.id)
+        endpoint = (pile.host, pile.port, pile.unit)
+        if endpoint in endpoints:
+            problems.add(label, "port", f"{pile.host}:{pile.port} unit {pile.unit} is already used by {endpoints[endpoint]}")
+        endpoints.setdefault(endpoint, label)
+        if pile.max_kw > limit:
+            problems.add(label, "max_kw", f"{pile.max_kw:g} kW is above the site limit of {limit:g} kW (transformer x power factor x margin)")
+        if pile.min_kw > pile.max_kw:
+            problems.add(label, "min_kw", f"{pile.min_kw:g} kW is above max_kw {pile.max_kw:g} kW")
+        if pile.fallback_kw > pile.max_kw:
+            problems.add(label, "fallback_kw", f"{pile.fallback_kw:g} kW is above max_kw {pile.max_kw:g} kW")
+        if 0 < pile.fallback_kw < pile.min_kw:
+            problems.add(label, "fallback_kw", f"{pile.fallback_kw:g} kW is between 0 and min_kw {pile.min_kw:g} kW")
+        if control is not None and pile.comm_timeout_s < 2 * control.period_s:
+            problems.add(label, "comm_timeout_s", f"{pile.comm_timeout_s:g} s is less than twice the control period ({control.period_s:g} s): the fail-safe would fire while the controller runs")
+        regmap = device_maps.get(pile.device)
+        if regmap is not None and regmap.kind != "pile":
+            problems.add(label, "device", f"{pile.device} is a {regmap.kind} map, not a pile map")
+        if regmap is not None and pile.bidirectional and "max_discharge_power" not in regmap:
+            problems.add(label, "max_discharge_kw", f"the {pile.device} map has no discharge registers")
+    if background is not None:
+        peak_background = max(background.profile_kw) + 3 * background.noise_kw
+        if peak_background >= limit:
+            problems.add("background", "profile_kw", f"the site's own load peaks at {peak_background:g} kW, at or above the site limit of {limit:g} kW")
+        fallback_total = sum(p.fallback_kw for p in piles)
+        if piles and fallback_total + peak_background > limit:
+            problems.add("piles", "fallback_kw", f"all piles at their fallback power ({fallback_total:g} kW) plus the site's own peak ({peak_background:g} kW) exceed the site limit of {limit:g} kW: the fail-safe would overload the transformer")
+    if control is not None and transformer is not None and control.reserve_kw >= limit:
+        problems.add("control", "reserve_kw", f"{control.reserve_kw:g} kW leaves nothing of the {limit:g} kW limit")
+    if tariff is not None and info is not None and tariff.timezone != info.timezone:
+        problems.add("station", "timezone", f"{info.timezone} differs from the tariff's {tariff.timezone}")

@@ -1,0 +1,145 @@
+"""`flexcharge demo`: the simulated station and the daemon together, faster than real time.
+
+The hardware simulator serves the station's meter and piles over Modbus TCP on loopback and the
+daemon controls them through those real connections. Both run on one paced virtual clock: station
+time moves at up to `speed` times real time, in lockstep, so every control cycle sees the plant as
+it is at that instant however long the Modbus round trips take.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from rich.console import Console
+
+from controller.clock import VirtualClock
+from controller.config import Station
+from controller.daemon import Daemon
+from controller.view import LiveView, summary_table
+from simulator.hardware import StationSimulator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What a demo run measured."""
+
+    station_start: float
+    station_end: float
+    wall_s: float
+    daemon_peak_kw: float
+    daemon_over_limit_s: float
+    daemon_energy_kwh: float
+    true_peak_kw: float
+    true_over_limit_s: float
+    true_longest_over_s: float
+    true_energy_kwh: float
+    limit_kw: float
+    cycles: int
+    out_of_bounds: int
+    arrivals: int
+    departures: int
+    curtailments: int
+
+
+def demo_start(station: Station, start: str, day: datetime | None = None) -> float:
+    """Epoch seconds of local time `start` (HH:MM) today at the station (or on `day`)."""
+    zone = ZoneInfo(station.info.timezone)
+    hours, minutes = (int(part) for part in start.split(":"))
+    base = (day or datetime.now(zone)).astimezone(zone)
+    return base.replace(hour=hours, minute=minutes, second=0, microsecond=0).timestamp()
+
+
+async def run_demo(
+    station: Station,
+    *,
+    start: float,
+    hours: float,
+    speed: float,
+    duration_s: float,
+    console: Console,
+) -> DemoResult:
+    """Run simulator and daemon for `hours` of station time or `duration_s` of real time."""
+    clock = VirtualClock(start, pace=speed)
+    end = start + hours * 3600
+    simulator = StationSimulator(station, clock)
+    daemon = Daemon.over_modbus(station, clock)
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, interrupted.set)
+    wall_start = time.monotonic()
+    await simulator.start()
+    try:
+        with LiveView(daemon, console, title=f"flexcharge demo: {station.name} at up to {speed:g}x"):
+            daemon_task = asyncio.create_task(daemon.run(), name="daemon")
+            until_end = asyncio.create_task(clock.sleep_until(end), name="demo end")
+            until_signal = asyncio.create_task(interrupted.wait(), name="demo interrupt")
+            done, _ = await asyncio.wait(
+                {daemon_task, until_end, until_signal}, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in (until_end, until_signal):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            daemon.request_stop()
+            await daemon_task
+    finally:
+        await simulator.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+    plant = simulator.plant
+    events = [text for _, text in daemon.events]
+    return DemoResult(
+        station_start=start,
+        station_end=clock.now(),
+        wall_s=time.monotonic() - wall_start,
+        daemon_peak_kw=daemon.tally.peak_grid_kw,
+        daemon_over_limit_s=daemon.tally.over_limit_s,
+        daemon_energy_kwh=daemon.tally.energy_kwh,
+        true_peak_kw=plant.truth.peak_kw,
+        true_over_limit_s=plant.truth.over_s,
+        true_longest_over_s=plant.truth.longest_over_s,
+        true_energy_kwh=plant.delivered_kwh(),
+        limit_kw=station.limit_kw,
+        cycles=daemon.tally.cycles,
+        out_of_bounds=daemon.tally.out_of_bounds,
+        arrivals=sum(1 for e in plant.events if e.kind == "arrival"),
+        departures=sum(1 for e in plant.events if e.kind == "departure"),
+        curtailments=sum(1 for text in events if text.startswith("curtailing")),
+    )
+
+
+def print_summary(result: DemoResult, station: Station, console: Console) -> None:
+    """The end-of-demo figures: measured by the daemon, and the plant's ground truth."""
+    zone = ZoneInfo(station.info.timezone)
+    span_h = (result.station_end - result.station_start) / 3600
+    first = datetime.fromtimestamp(result.station_start, zone)
+    last = datetime.fromtimestamp(result.station_end, zone)
+    rows = [
+        ("station time", f"{first:%Y-%m-%d %H:%M} to {last:%H:%M} {last:%Z} ({span_h:.1f} h) "
+                         f"in {result.wall_s:.0f} s ({span_h * 3600 / max(result.wall_s, 1e-9):.0f}x)"),
+        ("site limit", f"{result.limit_kw:,.0f} kW"),
+        ("peak site load", f"{result.daemon_peak_kw:,.0f} kW measured by the daemon "
+                           f"({result.daemon_peak_kw / result.limit_kw:.1%} of the limit); "
+                           f"true peak {result.true_peak_kw:,.0f} kW"),
+        ("time over the limit", f"{result.daemon_over_limit_s:.0f} s measured; true {result.true_over_limit_s:.0f} s "
+                                f"(longest stretch {result.true_longest_over_s:.0f} s)"),
+        ("energy delivered", f"{result.daemon_energy_kwh:,.0f} kWh (pile counters read by the daemon); "
+                             f"true {result.true_energy_kwh:,.0f} kWh"),
+        ("vehicles", f"{result.arrivals} plugged in, {result.departures} left"),
+        ("curtailment", f"{result.curtailments} period(s) with vehicles held below what they would take"),
+        ("control cycles", f"{result.cycles}; setpoints outside a pile's bounds: {result.out_of_bounds}"),
+    ]
+    console.print(summary_table("flexcharge demo summary", rows))
+

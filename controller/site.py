@@ -1,0 +1,145 @@
+"""What the controller knows of the site at one instant, and how fresh each piece is.
+
+A `Feed` keeps one device's latest reading and its health, the way Home Assistant's
+DataUpdateCoordinator does: it logs once when the device fails and once when it recovers, never
+in between. A `SiteSnapshot` gathers the feeds of one control cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from controller.config import PileConfig
+from drivers.errors import DriverError
+from drivers.meter import MeterReading
+from drivers.pile import PileReading
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Feed(Generic[T]):
+    """The latest reading of one device and whether the device is answering."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.value: T | None = None
+        self.at: float | None = None
+        self.ok = True
+        self.error: DriverError | None = None
+        self.failed_since: float | None = None
+
+    def succeeded(self, value: T, now: float) -> bool:
+        """Store a reading; return True if the device has just recovered."""
+        self.value, self.at = value, now
+        recovered = not self.ok
+        if recovered:
+            down = now - (self.failed_since or now)
+            log.warning("%s: answering again after %.0f s", self.device, down)
+        self.ok, self.error, self.failed_since = True, None, None
+        return recovered
+
+    def failed(self, error: DriverError, now: float) -> bool:
+        """Record a failure; return True if the device has just started failing."""
+        started = self.ok
+        if started:
+            log.error("%s: %s", self.device, error.message)
+            self.failed_since = now
+        self.ok, self.error = False, error
+        return started
+
+    def fresh(self, now: float, max_age_s: float) -> T | None:
+        """The reading if it is no older than `max_age_s`, else None."""
+        if self.value is None or self.at is None or now - self.at > max_age_s:
+            return None
+        return self.value
+
+
+@dataclass(frozen=True)
+class PileView:
+    """One pile in a snapshot: its config, its fresh reading (None if stale) and its last one."""
+
+    config: PileConfig
+    reading: PileReading | None
+    last: PileReading | None
+
+    @property
+    def id(self) -> str:
+        """The pile's id."""
+        return self.config.id
+
+    @property
+    def max_kw(self) -> float:
+        """The lower of the configured and the reported rating."""
+        if self.reading is None:
+            return self.config.max_kw
+        return min(self.config.max_kw, self.reading.max_charge_kw)
+
+    @property
+    def min_kw(self) -> float:
+        """The higher of the configured and the reported minimum."""
+        if self.reading is None:
+            return self.config.min_kw
+        return max(self.config.min_kw, self.reading.min_kw)
+
+    @property
+    def wants_kw(self) -> float:
+        """What the vehicle would take now (0 without a vehicle, or when it is full)."""
+        reading = self.reading
+        if reading is None or not reading.state.vehicle_present:
+            return 0.0
+        if reading.ev_max_kw is None:
+            return self.max_kw
+        return min(self.max_kw, reading.ev_max_kw)
+
+
+@dataclass(frozen=True)
+class SiteSnapshot:
+    """Everything one control cycle decides from."""
+
+    time: float
+    limit_kw: float
+    grid_kw: float | None
+    meter: MeterReading | None
+    piles: tuple[PileView, ...]
+    band: str
+    price: float
+
+    @property
+    def piles_kw(self) -> float:
+        """Measured power of the piles with fresh readings."""
+        return sum(p.reading.power_kw for p in self.piles if p.reading is not None)
+
+    @property
+    def background_kw(self) -> float | None:
+        """The site's other load: grid minus piles (None without a fresh meter reading)."""
+        if self.grid_kw is None or any(p.reading is None for p in self.piles):
+            return None
+        return self.grid_kw - self.piles_kw
+
+
+class BackgroundWatch:
+    """The highest background load seen recently: the worst case to assume when blind."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._maxima: deque[tuple[float, float]] = deque()
+
+    def add(self, now: float, kw: float) -> None:
+        """Record a measured background load."""
+        while self._maxima and self._maxima[-1][1] <= kw:
+            self._maxima.pop()
+        self._maxima.append((now, kw))
+        self._expire(now)
+
+    def highest(self, now: float) -> float | None:
+        """The maximum over the window, or None with no recent sample."""
+        self._expire(now)
+        return self._maxima[0][1] if self._maxima else None
+
+    def _expire(self, now: float) -> None:
+        while self._maxima and self._maxima[0][0] < now - self.window_s:
+            self._maxima.popleft()

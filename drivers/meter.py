@@ -1,0 +1,95 @@
+"""Meters at the grid connection: the site's measured load.
+
+`Meter` is the interface the controller reads; `ModbusMeter` implements it for any map of kind
+"meter". Power is in kW, positive when the site imports from the grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from drivers.errors import BadValue
+from drivers.modbus import ModbusDevice
+from drivers.registers import in_project_units
+
+REQUIRED_REGISTERS = ("power",)
+PHASE_REGISTERS = (
+    "voltage_l1",
+    "voltage_l2",
+    "voltage_l3",
+    "current_l1",
+    "current_l2",
+    "current_l3",
+    "power_l1",
+    "power_l2",
+    "power_l3",
+)
+OPTIONAL_REGISTERS = (*PHASE_REGISTERS, "energy_import", "energy_export", "frequency")
+
+
+@dataclass(frozen=True)
+class MeterReading:
+    """One reading of a three-phase meter. Missing quantities are None."""
+
+    power_kw: float
+    power_phases_kw: tuple[float | None, float | None, float | None] = (None, None, None)
+    voltages_v: tuple[float | None, float | None, float | None] = (None, None, None)
+    currents_a: tuple[float | None, float | None, float | None] = (None, None, None)
+    energy_import_kwh: float | None = None
+    energy_export_kwh: float | None = None
+    frequency_hz: float | None = None
+
+
+class Meter(Protocol):
+    """What the controller needs of a meter."""
+
+    id: str
+
+    async def connect(self) -> None:
+        """Open the connection to the meter."""
+        ...
+
+    async def read(self) -> MeterReading:
+        """Read the meter."""
+        ...
+
+
+class ModbusMeter:
+    """A meter read over Modbus through a meter register map."""
+
+    def __init__(self, meter_id: str, device: ModbusDevice) -> None:
+        self.id = meter_id
+        self.device = device
+        regmap = device.map
+        self._names = tuple(n for n in (*REQUIRED_REGISTERS, *OPTIONAL_REGISTERS) if n in regmap)
+
+    async def connect(self) -> None:
+        """Open the connection to the meter."""
+        await self.device.connect()
+
+    async def read(self) -> MeterReading:
+        """Read power (required), and per-phase values and energy where the map has them."""
+        raw = await self.device.read(self._names)
+        regmap = self.device.map
+        values = {name: in_project_units(regmap[name], raw[name]) for name in raw}
+        power = values["power"]
+        if power is None:
+            raise BadValue(self.id, "power: the meter reports it unavailable (NaN)")
+
+        def three(prefix: str) -> tuple[float | None, float | None, float | None]:
+            return (
+                values.get(f"{prefix}_l1"),
+                values.get(f"{prefix}_l2"),
+                values.get(f"{prefix}_l3"),
+            )
+
+        return MeterReading(
+            power_kw=power,
+            power_phases_kw=three("power"),
+            voltages_v=three("voltage"),
+            currents_a=three("current"),
+            energy_import_kwh=values.get("energy_import"),
+            energy_export_kwh=values.get("energy_export"),
+            frequency_hz=values.get("frequency"),
+        )

@@ -1,0 +1,206 @@
+"""Modbus TCP transport: one connection per server, devices addressed through register maps.
+
+`ModbusLink` owns one pymodbus client (one TCP connection to host:port) and turns every way a
+request can fail into the `DriverError` tree. `ModbusDevice` is one unit id behind a link, read and
+written by register name through its `RegisterMap`. Several devices may share a link (a charger
+whose station and sockets answer on different unit ids, an RS-485 gateway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+
+from pymodbus.client import AsyncModbusTcpClient, AsyncModbusTlsClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.pdu import ModbusPDU
+
+from drivers.errors import ConnectionLost, DeviceRejected, DeviceTimeout, DriverError
+from drivers.registers import ReadBlock, RegisterMap, Value, WriteRequest
+
+log = logging.getLogger(__name__)
+
+_EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    6: "server device busy",
+    10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
+
+
+class ModbusLink:
+    """One Modbus TCP (or TLS) connection, shared by the devices behind it.
+
+    Requests on one link are serialised by pymodbus; requests on different links run
+    concurrently. The link reconnects on the next request after a failure; it never starts a
+    background task of its own.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout_s: float = 1.0,
+        sslctx: ssl.SSLContext | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.timeout_s = timeout_s
+        # retries=0 and reconnect_delay=0: the controller decides when to retry, and pymodbus
+        # must not start reconnect tasks that nobody owns.
+        self._client: AsyncModbusTcpClient
+        if sslctx is None:
+            self._client = AsyncModbusTcpClient(
+                host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0
+            )
+        else:
+            self._client = AsyncModbusTlsClient(
+                host, port=port, sslctx=sslctx, timeout=timeout_s, retries=0, reconnect_delay=0
+            )
+        self._connecting = asyncio.Lock()
+
+    @property
+    def address(self) -> str:
+        """host:port, for messages."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def connected(self) -> bool:
+        """True while the TCP connection is open."""
+        return bool(self._client.connected)
+
+    async def connect(self, device: str) -> None:
+        """Open the connection if it is not open; raise `ConnectionLost` if that fails."""
+        async with self._connecting:
+            if self.connected:
+                return
+            try:
+                ok = await self._client.connect()
+            except (OSError, ModbusException) as exc:
+                raise ConnectionLost(device, f"cannot connect to {self.address}: {exc}") from exc
+            if not ok:
+                raise ConnectionLost(device, f"cannot connect to {self.address}")
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._client.close()
+
+    async def read(self, block: ReadBlock, device: str) -> list[int]:
+        """Read one block of registers."""
+        if block.function_code == 3:
+            call = self._client.read_holding_registers
+        elif block.function_code == 4:
+            call = self._client.read_input_registers
+        else:
+            raise DriverError(device, f"cannot read with function code {block.function_code}")
+        what = f"FC{block.function_code} {block.address}+{block.count} unit {block.unit_id}"
+        response = await self._execute(
+            device, what, lambda: call(block.address, count=block.count, device_id=block.unit_id)
+        )
+        registers = list(response.registers)
+        if len(registers) != block.count:
+            raise DeviceRejected(
+                device, f"{what}: answered {len(registers)} registers, not {block.count}", 0
+            )
+        return registers
+
+    async def write(self, request: WriteRequest, device: str) -> None:
+        """Send one write request (FC6 or FC16)."""
+        what = f"FC{request.function_code} {request.address}+{len(request.words)} unit {request.unit_id}"
+        if request.function_code == 6:
+            await self._execute(
+                device,
+                what,
+                lambda: self._client.write_register(
+                    request.address, request.words[0], device_id=request.unit_id
+                ),
+            )
+        else:
+            await self._execute(
+                device,
+                what,
+                lambda: self._client.write_registers(
+                    request.address, list(request.words), device_id=request.unit_id
+                ),
+            )
+
+    async def _execute(
+        self, device: str, what: str, send: Callable[[], Awaitable[ModbusPDU]]
+    ) -> ModbusPDU:
+        if not self.connected:
+            await self.connect(device)
+        try:
+            response: ModbusPDU = await send()
+        except ConnectionException as exc:
+            raise ConnectionLost(device, f"{what}: connection to {self.address} lost") from exc
+        except ModbusIOException as exc:
+            raise DeviceTimeout(device, f"{what}: no answer within {self.timeout_s} s") from exc
+        except ModbusException as exc:
+            raise DriverError(device, f"{what}: {exc}") from exc
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            raise DeviceTimeout(device, f"{what}: no answer within {self.timeout_s} s") from exc
+        except OSError as exc:
+            raise ConnectionLost(device, f"{what}: {exc}") from exc
+        if response.isError():
+            code = int(getattr(response, "exception_code", 0))
+            name = _EXCEPTION_NAMES.get(code, "exception")
+            raise DeviceRejected(device, f"{what}: device answered {name} ({code})", code)
+        return response
+
+
+class ModbusDevice:
+    """One device (unit id) behind a link, read and written by register name."""
+
+    def __init__(self, name: str, link: ModbusLink, register_map: RegisterMap, unit_id: int) -> None:
+        self.name = name
+        self.link = link
+        self.map = register_map
+        self.unit_id = unit_id
+        self._plans: dict[tuple[str, ...], tuple[ReadBlock, ...]] = {}
+
+    async def connect(self) -> None:
+        """Open the link if needed."""
+        await self.link.connect(self.name)
+
+    async def read(self, names: Iterable[str]) -> dict[str, Value | None]:
+        """Read the named registers, in as few requests as the map allows."""
+        key = tuple(names)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self.map.read_plan(key, self.unit_id)
+        values: dict[str, Value | None] = {}
+        for block in plan:
+            words = await self.link.read(block, self.name)
+            values.update(block.decode(words))
+        return values
+
+    async def write(self, values: Mapping[str, Value | None]) -> None:
+        """Write the named registers; contiguous FC16 registers go in one request."""
+        for request in self.map.write_plan(values, self.unit_id):
+            await self.link.write(request, self.name)
+
+
+class ModbusLinks:
+    """The station's Modbus connections, one per (host, port), created on first use."""
+
+    def __init__(self, *, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._links: dict[tuple[str, int], ModbusLink] = {}
+
+    def get(self, host: str, port: int) -> ModbusLink:
+        """The link to host:port."""
+        key = (host, port)
+        if key not in self._links:
+            self._links[key] = ModbusLink(host, port, timeout_s=self.timeout_s)
+        return self._links[key]
+
+    def close(self) -> None:
+        """Close every link."""
+        for link in self._links.values():
+            link.close()

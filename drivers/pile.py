@@ -1,0 +1,202 @@
+"""Charging piles as the controller sees them, whatever protocol they speak.
+
+`Pile` is the interface the controller uses; `ModbusDcPile` implements it for DC piles that
+follow a map of kind "pile" (such as `configs/devices/flexcharge-dc-pile.toml`). Power is in kW,
+positive when the pile charges a vehicle and negative when it discharges one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from drivers.errors import BadValue
+from drivers.modbus import ModbusDevice
+from drivers.registers import Value, from_project_units, in_project_units
+
+
+class PileState(StrEnum):
+    """What a pile is doing, in the words of the pile maps' `state` enumeration."""
+
+    AVAILABLE = "available"
+    CONNECTED = "connected"
+    CHARGING = "charging"
+    DISCHARGING = "discharging"
+    FINISHED = "finished"
+    FAULT = "fault"
+    UNAVAILABLE = "unavailable"
+
+    @property
+    def vehicle_present(self) -> bool:
+        """True when a vehicle is plugged in."""
+        return self in (
+            PileState.CONNECTED,
+            PileState.CHARGING,
+            PileState.DISCHARGING,
+            PileState.FINISHED,
+        )
+
+
+class PileMode(StrEnum):
+    """The direction a pile is told to work in."""
+
+    IDLE = "idle"
+    CHARGE = "charge"
+    DISCHARGE = "discharge"
+
+
+@dataclass(frozen=True)
+class PileReading:
+    """One reading of a pile and the vehicle plugged into it."""
+
+    state: PileState
+    power_kw: float
+    applied_setpoint_kw: float
+    max_charge_kw: float
+    max_discharge_kw: float
+    min_kw: float
+    energy_import_kwh: float
+    energy_export_kwh: float
+    session_energy_kwh: float
+    session_id: int
+    soc_pct: float | None = None
+    ev_max_kw: float | None = None
+    ev_capacity_kwh: float | None = None
+    fallback_countdown_s: float | None = None
+    fault_code: int = 0
+
+
+class Pile(Protocol):
+    """What the controller needs of a pile."""
+
+    id: str
+
+    async def connect(self) -> None:
+        """Open the connection to the pile."""
+        ...
+
+    async def read(self) -> PileReading:
+        """Read the pile's state, power and vehicle."""
+        ...
+
+    async def command(self, setpoint_kw: float) -> None:
+        """Set the power limit; every call also keeps the pile's fail-safe timer from firing."""
+        ...
+
+    async def arm_failsafe(self, timeout_s: float, fallback_kw: float) -> None:
+        """Set what the pile does on its own when the controller falls silent."""
+        ...
+
+
+# Registers a map of kind "pile" must have for `ModbusDcPile` to drive it.
+REQUIRED_REGISTERS = (
+    "state",
+    "power",
+    "applied_setpoint",
+    "max_charge_power",
+    "energy_import",
+    "setpoint",
+    "mode",
+    "heartbeat",
+    "comm_timeout",
+    "fallback_power",
+)
+OPTIONAL_REGISTERS = (
+    "soc",
+    "ev_max_power",
+    "ev_capacity",
+    "max_discharge_power",
+    "min_power",
+    "energy_export",
+    "session_energy",
+    "session_id",
+    "fallback_countdown",
+    "fault_code",
+)
+REQUIRED_ENUMS = ("state", "mode")
+
+
+class ModbusDcPile:
+    """A DC pile driven over Modbus through a pile register map."""
+
+    def __init__(self, pile_id: str, device: ModbusDevice) -> None:
+        self.id = pile_id
+        self.device = device
+        regmap = device.map
+        self._names = tuple(
+            n for n in (*REQUIRED_REGISTERS, *OPTIONAL_REGISTERS) if n in regmap and regmap[n].access.readable
+        )
+        self._mode_codes = {label: code for code, label in regmap.enums["mode"].items()}
+
+    async def connect(self) -> None:
+        """Open the connection to the pile."""
+        await self.device.connect()
+
+    async def read(self) -> PileReading:
+        """Read every register the controller uses in one pass."""
+        raw = await self.device.read(self._names)
+        label = self.device.map.label("state", raw["state"])
+        try:
+            state = PileState(label)
+        except ValueError as exc:
+            raise BadValue(self.id, f"state: unknown state code {raw['state']!r}") from exc
+        return PileReading(
+            state=state,
+            power_kw=self._number(raw, "power"),
+            applied_setpoint_kw=self._number(raw, "applied_setpoint"),
+            max_charge_kw=self._number(raw, "max_charge_power"),
+            max_discharge_kw=self._number(raw, "max_discharge_power", 0.0),
+            min_kw=self._number(raw, "min_power", 0.0),
+            energy_import_kwh=self._number(raw, "energy_import"),
+            energy_export_kwh=self._number(raw, "energy_export", 0.0),
+            session_energy_kwh=self._number(raw, "session_energy", 0.0),
+            session_id=int(self._number(raw, "session_id", 0.0)),
+            soc_pct=self._optional(raw, "soc"),
+            ev_max_kw=self._optional(raw, "ev_max_power"),
+            ev_capacity_kwh=self._optional(raw, "ev_capacity"),
+            fallback_countdown_s=self._optional(raw, "fallback_countdown"),
+            fault_code=int(self._number(raw, "fault_code", 0.0)),
+        )
+
+    async def command(self, setpoint_kw: float) -> None:
+        """Write setpoint, mode and heartbeat together (one FC16 request on the reference map)."""
+        if setpoint_kw > 0:
+            mode = PileMode.CHARGE
+        elif setpoint_kw < 0:
+            mode = PileMode.DISCHARGE
+        else:
+            mode = PileMode.IDLE
+        regmap = self.device.map
+        await self.device.write(
+            {
+                "setpoint": from_project_units(regmap["setpoint"], setpoint_kw),
+                "mode": self._mode_codes[mode.value],
+                "heartbeat": 1,
+            }
+        )
+
+    async def arm_failsafe(self, timeout_s: float, fallback_kw: float) -> None:
+        """Write the communication timeout and fallback power."""
+        regmap = self.device.map
+        await self.device.write(
+            {
+                "comm_timeout": timeout_s,
+                "fallback_power": from_project_units(regmap["fallback_power"], fallback_kw),
+            }
+        )
+
+    def _optional(self, raw: dict[str, Value | None], name: str) -> float | None:
+        if name not in raw:
+            return None
+        return in_project_units(self.device.map[name], raw[name])
+
+    def _number(self, raw: dict[str, Value | None], name: str, default: float | None = None) -> float:
+        if name not in raw:
+            if default is None:
+                raise BadValue(self.id, f"{name}: not in the pile's register map")
+            return default
+        value = in_project_units(self.device.map[name], raw[name])
+        if value is None:
+            raise BadValue(self.id, f"{name}: the pile reports it unavailable")
+        return value
