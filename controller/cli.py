@@ -15,7 +15,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.logging import RichHandler
 
-from controller.config import REFERENCE_STATION, ConfigError, Station, load_register_map, load_station, load_tariff
+from controller.config import (
+    REFERENCE_STATION,
+    ConfigError,
+    Station,
+    load_register_map,
+    load_station,
+    load_tariff,
+)
 
 log = logging.getLogger("flexcharge")
 
@@ -37,7 +44,9 @@ def _setup_logging(level: str, console: Console | None = None) -> None:
     root.setLevel(level.upper())
     # Our drivers report every device failure once, with the device named; pymodbus's own
     # messages about the same failures would only repeat them, every cycle.
-    logging.getLogger("pymodbus").setLevel(logging.DEBUG if level.upper() == "DEBUG" else logging.CRITICAL)
+    logging.getLogger("pymodbus").setLevel(
+        logging.DEBUG if level.upper() == "DEBUG" else logging.CRITICAL
+    )
 
 
 def _print_problems(err: ConfigError, console: Console) -> None:
@@ -65,11 +74,15 @@ def cmd_check_config(args: argparse.Namespace, console: Console) -> int:
     try:
         if "registers" in keys:
             regmap = load_register_map(path)
-            console.print(f"valid device map: {regmap.title} ({regmap.kind}), {len(regmap.registers)} registers")
+            console.print(
+                f"valid device map: {regmap.title} ({regmap.kind}), {len(regmap.registers)} registers"
+            )
         elif "bands" in keys:
             tariff = load_tariff(path)
             bands = ", ".join(f"{band} {price:.4f}" for band, price in tariff.band_prices.items())
-            console.print(f"valid tariff: {tariff.name}: {bands} {tariff.currency}/kWh, {len(tariff.seasons)} season(s)")
+            console.print(
+                f"valid tariff: {tariff.name}: {bands} {tariff.currency}/kWh, {len(tariff.seasons)} season(s)"
+            )
         else:
             station = load_station(path)
             console.print(
@@ -111,7 +124,13 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
                 status.last = cycle.time  # type: ignore[attr-defined]
                 snap = cycle.snapshot
                 grid = "n/a" if snap.grid_kw is None else f"{snap.grid_kw:.0f}"
-                log.info("site %s / %.0f kW, piles %.0f kW, band %s", grid, snap.limit_kw, snap.piles_kw, snap.band)
+                log.info(
+                    "site %s / %.0f kW, piles %.0f kW, band %s",
+                    grid,
+                    snap.limit_kw,
+                    snap.piles_kw,
+                    snap.band,
+                )
 
         daemon.observers.append(status)
         await daemon.run()
@@ -140,8 +159,13 @@ def cmd_sim_hardware(args: argparse.Namespace, console: Console) -> int:
         except SimulatorError as exc:
             log.error("%s", exc)
             return EXIT_FAILURE
-        log.info("serving %s; stop with Ctrl-C", ", ".join(
-            f"{d.id}@{d.host}:{d.port}" for d in (station.grid_meter, *station.piles)))
+        log.info(
+            "serving %s; stop with Ctrl-C",
+            ", ".join(
+                [f"{m.id}@{m.host}:{m.port}" for m in [station.grid_meter]]
+                + [f"{p.id}@{p.host}:{p.port}" for p in station.piles]
+            ),
+        )
         try:
             await stop.wait()
         finally:
@@ -173,7 +197,14 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     )
     try:
         result = asyncio.run(
-            run_demo(station, start=start, hours=args.hours, speed=args.speed, duration_s=args.duration, console=console)
+            run_demo(
+                station,
+                start=start,
+                hours=args.hours,
+                speed=args.speed,
+                duration_s=args.duration,
+                console=console,
+            )
         )
     except SimulatorError as exc:
         log.error("%s", exc)
@@ -185,7 +216,9 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(prog="flexcharge", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     check = sub.add_parser("check-config", help="validate a station, tariff or device map file")
@@ -197,19 +230,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--status-every", type=float, default=60.0, help="log a status line every N s")
     run.set_defaults(func=cmd_run)
 
-    sim = sub.add_parser("sim-hardware", help="serve a station's simulated devices over Modbus (real time)")
+    sim = sub.add_parser(
+        "sim-hardware", help="serve a station's simulated devices over Modbus (real time)"
+    )
     sim.add_argument("--station", required=True)
     sim.set_defaults(func=cmd_sim_hardware)
 
     demo = sub.add_parser("demo", help="simulated station + daemon, faster than real time")
     demo.add_argument("--station", default=str(REFERENCE_STATION))
-    demo.add_argument("--speed", type=float, default=480.0, help="station seconds per real second, at most")
+    demo.add_argument(
+        "--speed", type=float, default=480.0, help="station seconds per real second, at most"
+    )
     demo.add_argument("--duration", type=float, default=85.0, help="real seconds, at most")
     demo.add_argument("--hours", type=float, default=8.0, help="station hours to simulate")
     demo.add_argument("--start", default="16:00", help="local station time to start at (HH:MM)")
-    demo.add_argument("--period", type=float, default=4.0,
-                      help="control period in station seconds (a 1 s loop at 480x would need a Modbus "
-                           "round every 2 ms of real time)")
+    demo.add_argument(
+        "--period",
+        type=float,
+        default=4.0,
+        help="control period in station seconds (a 1 s loop at 480x would need a Modbus "
+        "round every 2 ms of real time)",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -187,7 +187,11 @@ def load_register_map(path: Path) -> RegisterMap:
     problems.raise_if_any()
     assert raw is not None
     head = raw.get("device")
-    device = f"device map {head.get('title', path.stem)}" if isinstance(head, dict) else f"device map {path.stem}"
+    device = (
+        f"device map {head.get('title', path.stem)}"
+        if isinstance(head, dict)
+        else f"device map {path.stem}"
+    )
     for key in raw:
         if key not in _MapFile.model_fields:
             problems.add(device, key, "unknown section (misspelt?)")
@@ -218,10 +222,16 @@ def load_register_map(path: Path) -> RegisterMap:
     registers: dict[str, Register] = {}
     for name, reg in spec.registers.items():
         if reg.type is ValueType.STRING and reg.length is None:
-            problems.add(device, f"registers.{name}.length", "a string needs its length in registers")
+            problems.add(
+                device, f"registers.{name}.length", "a string needs its length in registers"
+            )
             continue
         if reg.type is not ValueType.STRING and reg.length is not None:
-            problems.add(device, f"registers.{name}.length", f"only strings take a length ({reg.type} does not)")
+            problems.add(
+                device,
+                f"registers.{name}.length",
+                f"only strings take a length ({reg.type} does not)",
+            )
         registers[name] = Register(
             name=name,
             address=reg.address,
@@ -243,7 +253,7 @@ def load_register_map(path: Path) -> RegisterMap:
     for enum_name, table in raw_enums.items():
         codes: dict[int, str] = {}
         if not isinstance(table, dict):
-            problems.add(device, f"enums.{enum_name}", "must be a table of code = \"name\"")
+            problems.add(device, f"enums.{enum_name}", 'must be a table of code = "name"')
             continue
         for code, label in table.items():
             if not isinstance(label, str):
@@ -252,7 +262,9 @@ def load_register_map(path: Path) -> RegisterMap:
             try:
                 codes[int(code, 0)] = label
             except ValueError:
-                problems.add(device, f"enums.{enum_name}.{code}", "an enumeration key must be a whole number")
+                problems.add(
+                    device, f"enums.{enum_name}.{code}", "an enumeration key must be a whole number"
+                )
         enums[enum_name] = codes
     regmap = RegisterMap(
         name=path.stem,
@@ -269,15 +281,17 @@ def load_register_map(path: Path) -> RegisterMap:
     )
     for reg_name, message in regmap.problems():
         problems.add(device, f"registers.{reg_name}", message)
-    for reg in registers.values():
-        if reg.access.readable and reg.words > spec.device.max_read_words:
-            problems.add(device, f"registers.{reg.name}", "longer than max_read_words")
+    for built in registers.values():
+        if built.access.readable and built.words > spec.device.max_read_words:
+            problems.add(device, f"registers.{built.name}", "longer than max_read_words")
     _check_kind(regmap, problems, device, declared=set(raw_registers))
     problems.raise_if_any()
     return regmap
 
 
 def _check_kind(regmap: RegisterMap, problems: _Problems, device: str, declared: set[str]) -> None:
+    required: tuple[str, ...]
+    enums: tuple[str, ...]
     if regmap.kind == "pile":
         required, enums = pile_driver.REQUIRED_REGISTERS, pile_driver.REQUIRED_ENUMS
     elif regmap.kind == "meter":
@@ -294,7 +308,11 @@ def _check_kind(regmap: RegisterMap, problems: _Problems, device: str, declared:
         known = {s.value for s in pile_driver.PileState}
         for code, label in regmap.enums["state"].items():
             if label not in known:
-                problems.add(device, f"enums.state.{code}", f"unknown state {label!r}; use one of {sorted(known)}")
+                problems.add(
+                    device,
+                    f"enums.state.{code}",
+                    f"unknown state {label!r}; use one of {sorted(known)}",
+                )
     if regmap.kind == "pile" and "mode" in regmap.enums:
         missing = {m.value for m in pile_driver.PileMode} - set(regmap.enums["mode"].values())
         if missing:
@@ -356,7 +374,9 @@ def load_tariff(path: Path) -> Tariff:
         where = f"season {season.name}"
         for month in season.months:
             if month in month_owner:
-                problems.add(where, "months", f"month {month} is also in season {month_owner[month]}")
+                problems.add(
+                    where, "months", f"month {month} is also in season {month_owner[month]}"
+                )
             month_owner[month] = season.name
         day_owner: dict[int, str] = {}
         day_types: list[DayType] = []
@@ -366,15 +386,22 @@ def load_tariff(path: Path) -> Tariff:
             for day in day_type.weekdays:
                 number = _WEEKDAYS.index(day)
                 if number in day_owner:
-                    problems.add(dwhere, "weekdays", f"{day} is also in day type {day_owner[number]}")
+                    problems.add(
+                        dwhere, "weekdays", f"{day} is also in day type {day_owner[number]}"
+                    )
                 day_owner[number] = day_type.name
                 days.add(number)
-            periods = _check_periods(day_type.periods, spec.bands, problems, dwhere,
-                                     f"seasons[{s_index}].day_types[{d_index}].periods")
+            periods = _check_periods(
+                day_type.periods,
+                spec.bands,
+                problems,
+                dwhere,
+                f"seasons[{s_index}].day_types[{d_index}].periods",
+            )
             day_types.append(DayType(day_type.name, frozenset(days), tuple(periods)))
-        for number, day in enumerate(_WEEKDAYS):
+        for number, weekday in enumerate(_WEEKDAYS):
             if number not in day_owner:
-                problems.add(where, "day_types", f"no day type covers {day}")
+                problems.add(where, "day_types", f"no day type covers {weekday}")
         seasons.append(Season(season.name, frozenset(season.months), tuple(day_types)))
     for month in range(1, 13):
         if month not in month_owner:
@@ -406,18 +433,30 @@ def _check_periods(
             problems.add(where, f"{field_}[{index}]", str(exc))
             continue
         if end <= start:
-            problems.add(where, f"{field_}[{index}]", f"ends ({spec.end}) before it starts ({spec.start})")
+            problems.add(
+                where, f"{field_}[{index}]", f"ends ({spec.end}) before it starts ({spec.start})"
+            )
             continue
         if spec.band not in bands:
-            problems.add(where, f"{field_}[{index}].band", f"unknown band {spec.band!r}; [bands] has {sorted(bands)}")
+            problems.add(
+                where,
+                f"{field_}[{index}].band",
+                f"unknown band {spec.band!r}; [bands] has {sorted(bands)}",
+            )
         periods.append((index, Period(start, end, spec.band)))
     periods.sort(key=lambda item: item[1].start_min)
     reached = 0
     for index, period in periods:
         if period.start_min < reached:
-            problems.add(where, f"{field_}[{index}]", f"overlaps the period before it (starts {_hhmm(period.start_min)}, previous ends {_hhmm(reached)})")
+            problems.add(
+                where,
+                f"{field_}[{index}]",
+                f"overlaps the period before it (starts {_hhmm(period.start_min)}, previous ends {_hhmm(reached)})",
+            )
         elif period.start_min > reached:
-            problems.add(where, field_, f"no band from {_hhmm(reached)} to {_hhmm(period.start_min)}")
+            problems.add(
+                where, field_, f"no band from {_hhmm(reached)} to {_hhmm(period.start_min)}"
+            )
         reached = max(reached, period.end_min)
     if periods and reached < MINUTES_PER_DAY:
         problems.add(where, field_, f"no band from {_hhmm(reached)} to 24:00")
@@ -585,7 +624,9 @@ class Station:
 
     def with_endpoints(self, ports: Mapping[str, int], host: str = "127.0.0.1") -> Station:
         """A copy with the named devices moved to other ports (tests use free ports)."""
-        meter = self.grid_meter.model_copy(update={"host": host, "port": ports.get(self.grid_meter.id, self.grid_meter.port)})
+        meter = self.grid_meter.model_copy(
+            update={"host": host, "port": ports.get(self.grid_meter.id, self.grid_meter.port)}
+        )
         piles = tuple(
             p.model_copy(update={"host": host, "port": ports.get(p.id, p.port)}) for p in self.piles
         )
@@ -602,7 +643,16 @@ def _replace(station: Station, **changes: Any) -> Station:
     return replace(station, **changes)
 
 
-_STATION_SECTIONS = {"station", "transformer", "control", "background", "grid_meter", "pile_defaults", "piles", "simulator"}
+_STATION_SECTIONS = {
+    "station",
+    "transformer",
+    "control",
+    "background",
+    "grid_meter",
+    "pile_defaults",
+    "piles",
+    "simulator",
+}
 
 
 def load_station(path: Path | str) -> Station:
@@ -617,7 +667,11 @@ def load_station(path: Path | str) -> Station:
     assert raw is not None
     for key in raw:
         if key not in _STATION_SECTIONS:
-            problems.add(None, key, f"unknown section (misspelt?); expected one of {sorted(_STATION_SECTIONS)}")
+            problems.add(
+                None,
+                key,
+                f"unknown section (misspelt?); expected one of {sorted(_STATION_SECTIONS)}",
+            )
 
     def section(model: type[_Strict], key: str, device: str | None = None) -> Any:
         data = raw.get(key)
@@ -638,9 +692,15 @@ def load_station(path: Path | str) -> Station:
     control: ControlSettings | None = section(ControlSettings, "control")
     background: BackgroundProfile | None = section(BackgroundProfile, "background")
     meter_raw = raw.get("grid_meter")
-    meter_label = f"meter {meter_raw.get('id')}" if isinstance(meter_raw, dict) and meter_raw.get("id") else "grid meter"
+    meter_label = (
+        f"meter {meter_raw.get('id')}"
+        if isinstance(meter_raw, dict) and meter_raw.get("id")
+        else "grid meter"
+    )
     grid_meter: MeterConfig | None = section(MeterConfig, "grid_meter", meter_label)
-    simulator: SimulatorSettings | None = section(SimulatorSettings, "simulator") if "simulator" in raw else None
+    simulator: SimulatorSettings | None = (
+        section(SimulatorSettings, "simulator") if "simulator" in raw else None
+    )
 
     defaults = raw.get("pile_defaults", {})
     if not isinstance(defaults, dict):
@@ -648,7 +708,11 @@ def load_station(path: Path | str) -> Station:
         defaults = {}
     for key in list(defaults):
         if key not in PileConfig.model_fields or key == "id":
-            problems.add(None, f"pile_defaults.{key}", "unknown field (misspelt?)" if key != "id" else "ids are per pile")
+            problems.add(
+                None,
+                f"pile_defaults.{key}",
+                "unknown field (misspelt?)" if key != "id" else "ids are per pile",
+            )
             defaults = {k: v for k, v in defaults.items() if k != key}
     piles: list[PileConfig] = []
     raw_piles = raw.get("piles")
@@ -688,14 +752,20 @@ def load_station(path: Path | str) -> Station:
             map_path = devices_dir / f"{device_name}.toml"
             if not map_path.exists():
                 known = sorted(p.stem for p in devices_dir.glob("*.toml"))
-                problems.add(user, "device", f"no register map {device_name!r} in {devices_dir}; known: {known}")
+                problems.add(
+                    user,
+                    "device",
+                    f"no register map {device_name!r} in {devices_dir}; known: {known}",
+                )
                 continue
             try:
                 device_maps[device_name] = load_register_map(map_path)
             except ConfigError as err:
                 problems.items.extend(err.problems)
 
-    _cross_check(problems, transformer, control, background, grid_meter, piles, device_maps, tariff, info)
+    _cross_check(
+        problems, transformer, control, background, grid_meter, piles, device_maps, tariff, info
+    )
     problems.raise_if_any()
     assert info and transformer and control and background and grid_meter and tariff
     return Station(
@@ -732,7 +802,11 @@ def _cross_check(
         seen_ids.add(grid_meter.id)
         regmap = device_maps.get(grid_meter.device)
         if regmap is not None and regmap.kind != "meter":
-            problems.add(f"meter {grid_meter.id}", "device", f"{grid_meter.device} is a {regmap.kind} map, not a meter map")
+            problems.add(
+                f"meter {grid_meter.id}",
+                "device",
+                f"{grid_meter.device} is a {regmap.kind} map, not a meter map",
+            )
     for pile in piles:
         label = f"pile {pile.id}"
         if pile.id in seen_ids:
@@ -740,31 +814,65 @@ def _cross_check(
         seen_ids.add(pile.id)
         endpoint = (pile.host, pile.port, pile.unit)
         if endpoint in endpoints:
-            problems.add(label, "port", f"{pile.host}:{pile.port} unit {pile.unit} is already used by {endpoints[endpoint]}")
+            problems.add(
+                label,
+                "port",
+                f"{pile.host}:{pile.port} unit {pile.unit} is already used by {endpoints[endpoint]}",
+            )
         endpoints.setdefault(endpoint, label)
         if pile.max_kw > limit:
-            problems.add(label, "max_kw", f"{pile.max_kw:g} kW is above the site limit of {limit:g} kW (transformer x power factor x margin)")
+            problems.add(
+                label,
+                "max_kw",
+                f"{pile.max_kw:g} kW is above the site limit of {limit:g} kW (transformer x power factor x margin)",
+            )
         if pile.min_kw > pile.max_kw:
             problems.add(label, "min_kw", f"{pile.min_kw:g} kW is above max_kw {pile.max_kw:g} kW")
         if pile.fallback_kw > pile.max_kw:
-            problems.add(label, "fallback_kw", f"{pile.fallback_kw:g} kW is above max_kw {pile.max_kw:g} kW")
+            problems.add(
+                label, "fallback_kw", f"{pile.fallback_kw:g} kW is above max_kw {pile.max_kw:g} kW"
+            )
         if 0 < pile.fallback_kw < pile.min_kw:
-            problems.add(label, "fallback_kw", f"{pile.fallback_kw:g} kW is between 0 and min_kw {pile.min_kw:g} kW")
+            problems.add(
+                label,
+                "fallback_kw",
+                f"{pile.fallback_kw:g} kW is between 0 and min_kw {pile.min_kw:g} kW",
+            )
         if control is not None and pile.comm_timeout_s < 2 * control.period_s:
-            problems.add(label, "comm_timeout_s", f"{pile.comm_timeout_s:g} s is less than twice the control period ({control.period_s:g} s): the fail-safe would fire while the controller runs")
+            problems.add(
+                label,
+                "comm_timeout_s",
+                f"{pile.comm_timeout_s:g} s is less than twice the control period ({control.period_s:g} s): the fail-safe would fire while the controller runs",
+            )
         regmap = device_maps.get(pile.device)
         if regmap is not None and regmap.kind != "pile":
             problems.add(label, "device", f"{pile.device} is a {regmap.kind} map, not a pile map")
         if regmap is not None and pile.bidirectional and "max_discharge_power" not in regmap:
-            problems.add(label, "max_discharge_kw", f"the {pile.device} map has no discharge registers")
+            problems.add(
+                label, "max_discharge_kw", f"the {pile.device} map has no discharge registers"
+            )
     if background is not None:
         peak_background = max(background.profile_kw) + 3 * background.noise_kw
         if peak_background >= limit:
-            problems.add("background", "profile_kw", f"the site's own load peaks at {peak_background:g} kW, at or above the site limit of {limit:g} kW")
+            problems.add(
+                "background",
+                "profile_kw",
+                f"the site's own load peaks at {peak_background:g} kW, at or above the site limit of {limit:g} kW",
+            )
         fallback_total = sum(p.fallback_kw for p in piles)
         if piles and fallback_total + peak_background > limit:
-            problems.add("piles", "fallback_kw", f"all piles at their fallback power ({fallback_total:g} kW) plus the site's own peak ({peak_background:g} kW) exceed the site limit of {limit:g} kW: the fail-safe would overload the transformer")
+            problems.add(
+                "piles",
+                "fallback_kw",
+                f"all piles at their fallback power ({fallback_total:g} kW) plus the site's own peak ({peak_background:g} kW) exceed the site limit of {limit:g} kW: the fail-safe would overload the transformer",
+            )
     if control is not None and transformer is not None and control.reserve_kw >= limit:
-        problems.add("control", "reserve_kw", f"{control.reserve_kw:g} kW leaves nothing of the {limit:g} kW limit")
+        problems.add(
+            "control",
+            "reserve_kw",
+            f"{control.reserve_kw:g} kW leaves nothing of the {limit:g} kW limit",
+        )
     if tariff is not None and info is not None and tariff.timezone != info.timezone:
-        problems.add("station", "timezone", f"{info.timezone} differs from the tariff's {tariff.timezone}")
+        problems.add(
+            "station", "timezone", f"{info.timezone} differs from the tariff's {tariff.timezone}"
+        )

@@ -13,8 +13,9 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from controller.clock import Clock, Ticker
 from controller.config import Station
@@ -27,6 +28,7 @@ from drivers.modbus import ModbusDevice, ModbusLinks
 from drivers.pile import ModbusDcPile, Pile, PileReading
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,18 @@ class Tally:
                 self.out_of_bounds += 1
 
 
+async def _attempt(device: str, read: Awaitable[T]) -> T | DriverError:
+    """Await a device read; a failure comes back as a `DriverError` value, never raised."""
+    try:
+        return await read
+    except DriverError as exc:
+        return exc
+    except Exception as exc:
+        # A driver bug, not a device failure: keep the traceback, but treat it like one.
+        log.exception("%s: unexpected error while reading", device)
+        return DriverError(device, f"unexpected {type(exc).__name__}: {exc}")
+
+
 class Daemon:
     """The station controller."""
 
@@ -105,7 +119,9 @@ class Daemon:
         control = station.control
         self.period_s = control.period_s
         self.meter_feed: Feed[MeterReading] = Feed(f"meter {meter.id}")
-        self.pile_feeds: dict[str, Feed[PileReading]] = {pid: Feed(f"pile {pid}") for pid in self.piles}
+        self.pile_feeds: dict[str, Feed[PileReading]] = {
+            pid: Feed(f"pile {pid}") for pid in self.piles
+        }
         self.setpoints: dict[str, float] = {pid: 0.0 for pid in self.piles}
         self.background = BackgroundWatch(window_s=3600.0)
         self.tally = Tally(station.limit_kw)
@@ -127,9 +143,19 @@ class Daemon:
         """A daemon whose meter and piles are the Modbus devices the station config names."""
         links = ModbusLinks(timeout_s=station.control.io_timeout_s)
         gm = station.grid_meter
-        meter = ModbusMeter(gm.id, ModbusDevice(f"meter {gm.id}", links.get(gm.host, gm.port), station.map_for(gm.device), gm.unit))
+        meter = ModbusMeter(
+            gm.id,
+            ModbusDevice(
+                f"meter {gm.id}", links.get(gm.host, gm.port), station.map_for(gm.device), gm.unit
+            ),
+        )
         piles = [
-            ModbusDcPile(p.id, ModbusDevice(f"pile {p.id}", links.get(p.host, p.port), station.map_for(p.device), p.unit))
+            ModbusDcPile(
+                p.id,
+                ModbusDevice(
+                    f"pile {p.id}", links.get(p.host, p.port), station.map_for(p.device), p.unit
+                ),
+            )
             for p in station.piles
         ]
         return cls(station, clock, meter, piles, close=links.close)
@@ -154,9 +180,13 @@ class Daemon:
         """Connect, arm every pile's fail-safe, and start the fast loop."""
         log.info(
             "controlling %s: %d piles, limit %.0f kW (%.0f kVA x %.2f x %.2f), period %.1f s",
-            self.station.name, len(self.piles), self.station.limit_kw,
-            self.station.transformer.rating_kva, self.station.transformer.power_factor,
-            self.station.transformer.margin, self.period_s,
+            self.station.name,
+            len(self.piles),
+            self.station.limit_kw,
+            self.station.transformer.rating_kva,
+            self.station.transformer.power_factor,
+            self.station.transformer.margin,
+            self.period_s,
         )
         await asyncio.gather(*(self._arm(pid) for pid in self.piles))
         self._loop_task = asyncio.create_task(self._fast_loop(), name="fast loop")
@@ -213,7 +243,11 @@ class Daemon:
         """One read - decide - write pass."""
         started = time.perf_counter()
         now = self.clock.now()
-        dt = self.period_s if self._last_cycle_at is None else min(now - self._last_cycle_at, 3 * self.period_s)
+        dt = (
+            self.period_s
+            if self._last_cycle_at is None
+            else min(now - self._last_cycle_at, 3 * self.period_s)
+        )
         self._last_cycle_at = now
         snapshot = await self._read(now)
         budget, targets, setpoints = self._decide(snapshot, dt)
@@ -228,18 +262,27 @@ class Daemon:
 
     async def _read(self, now: float) -> SiteSnapshot:
         ids = list(self.piles)
-        results = await asyncio.gather(
-            self.meter.read(), *(self.piles[pid].read() for pid in ids), return_exceptions=True
+        meter_result, pile_results = await asyncio.gather(
+            _attempt(self.meter_feed.device, self.meter.read()),
+            asyncio.gather(*(_attempt(f"pile {pid}", self.piles[pid].read()) for pid in ids)),
         )
-        self._take(self.meter_feed, results[0], now)
-        rearm = [pid for pid, result in zip(ids, results[1:], strict=True) if self._take(self.pile_feeds[pid], result, now)]
+        self._take(self.meter_feed, meter_result, now)
+        rearm = [
+            pid
+            for pid, result in zip(ids, pile_results, strict=True)
+            if self._take(self.pile_feeds[pid], result, now)
+        ]
         if rearm:
             # A pile that was unreachable may have rebooted and lost its fail-safe settings.
             await asyncio.gather(*(self._arm(pid) for pid in rearm))
         max_age = self.station.control.stale_after_s
         meter = self.meter_feed.fresh(now, max_age)
         views = tuple(
-            PileView(self.station.pile(pid), self.pile_feeds[pid].fresh(now, max_age), self.pile_feeds[pid].value)
+            PileView(
+                self.station.pile(pid),
+                self.pile_feeds[pid].fresh(now, max_age),
+                self.pile_feeds[pid].value,
+            )
             for pid in ids
         )
         tariff = self.station.tariff
@@ -257,18 +300,16 @@ class Daemon:
             self.background.add(now, background)
         return snapshot
 
-    def _take(self, feed: Feed[object], result: object, now: float) -> bool:
+    def _take(self, feed: Feed[T], result: T | DriverError, now: float) -> bool:
         """Store one read result in its feed; True if the device has just recovered."""
         if isinstance(result, DriverError):
             feed.failed(result, now)
             return False
-        if isinstance(result, BaseException):
-            feed.failed(DriverError(feed.device, f"unexpected {type(result).__name__}: {result}"), now)
-            log.error("%s: unexpected error", feed.device, exc_info=result)
-            return False
         return feed.succeeded(result, now)
 
-    def _decide(self, snapshot: SiteSnapshot, dt: float) -> tuple[float, dict[str, float], dict[str, float]]:
+    def _decide(
+        self, snapshot: SiteSnapshot, dt: float
+    ) -> tuple[float, dict[str, float], dict[str, float]]:
         control = self.station.control
         now = snapshot.time
         controlled = [v for v in snapshot.piles if v.reading is not None]
@@ -306,7 +347,9 @@ class Daemon:
             if not meter_is_current or self.pile_feeds[view.id].at != now:
                 targets[view.id] = min(targets.get(view.id, 0.0), self.setpoints[view.id])
         bounds = {v.id: PileBounds(v.min_kw, v.max_kw) for v in controlled}
-        setpoints = limit_setpoints(targets, self.setpoints, bounds, budget, control.ramp_kw_per_s * dt)
+        setpoints = limit_setpoints(
+            targets, self.setpoints, bounds, budget, control.ramp_kw_per_s * dt
+        )
         for view in blind:
             # Keep repeating the last setpoint (it keeps the fail-safe armed if the write gets
             # through) but never more than the pile would fall back to anyway.
@@ -330,7 +373,11 @@ class Daemon:
         written: dict[str, bool] = {}
         for pid, result in zip(ids, results, strict=True):
             if isinstance(result, BaseException):
-                error = result if isinstance(result, DriverError) else DriverError(f"pile {pid}", repr(result))
+                error = (
+                    result
+                    if isinstance(result, DriverError)
+                    else DriverError(f"pile {pid}", repr(result))
+                )
                 self.pile_feeds[pid].failed(error, now)
                 written[pid] = False
             else:
@@ -352,7 +399,9 @@ class Daemon:
                 energy = "" if present else f" after {reading.session_energy_kwh:.0f} kWh"
                 self._event(cycle.time, f"{view.id}: vehicle left{energy}")
             if present and view.id not in self._present:
-                soc = f"SoC {reading.soc_pct:.0f}%" if reading.soc_pct is not None else "SoC unknown"
+                soc = (
+                    f"SoC {reading.soc_pct:.0f}%" if reading.soc_pct is not None else "SoC unknown"
+                )
                 self._event(cycle.time, f"{view.id}: vehicle connected, {soc}")
                 self._present[view.id] = reading.session_id
         wanted = cycle.wanted_kw
@@ -361,7 +410,10 @@ class Daemon:
         if curtailing != self._curtailing:
             self._curtailing = curtailing
             if curtailing:
-                self._event(cycle.time, f"curtailing: vehicles want {wanted:.0f} kW, headroom gives {max(cycle.budget_kw, 0):.0f} kW")
+                self._event(
+                    cycle.time,
+                    f"curtailing: vehicles want {wanted:.0f} kW, headroom gives {max(cycle.budget_kw, 0):.0f} kW",
+                )
             else:
                 self._event(cycle.time, "curtailment ended: every vehicle gets what it takes")
 

@@ -80,12 +80,16 @@ async def run_demo(
     wall_start = time.monotonic()
     await simulator.start()
     try:
-        with LiveView(daemon, console, title=f"flexcharge demo: {station.name} at up to {speed:g}x"):
+        with LiveView(
+            daemon, console, title=f"flexcharge demo: {station.name} at up to {speed:g}x"
+        ):
             daemon_task = asyncio.create_task(daemon.run(), name="daemon")
             until_end = asyncio.create_task(clock.sleep_until(end), name="demo end")
             until_signal = asyncio.create_task(interrupted.wait(), name="demo interrupt")
-            done, _ = await asyncio.wait(
-                {daemon_task, until_end, until_signal}, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED
+            _done, _ = await asyncio.wait(
+                {daemon_task, until_end, until_signal},
+                timeout=duration_s,
+                return_when=asyncio.FIRST_COMPLETED,
             )
             for task in (until_end, until_signal):
                 task.cancel()
@@ -127,19 +131,36 @@ def print_summary(result: DemoResult, station: Station, console: Console) -> Non
     first = datetime.fromtimestamp(result.station_start, zone)
     last = datetime.fromtimestamp(result.station_end, zone)
     rows = [
-        ("station time", f"{first:%Y-%m-%d %H:%M} to {last:%H:%M} {last:%Z} ({span_h:.1f} h) "
-                         f"in {result.wall_s:.0f} s ({span_h * 3600 / max(result.wall_s, 1e-9):.0f}x)"),
+        (
+            "station time",
+            f"{first:%Y-%m-%d %H:%M} to {last:%H:%M} {last:%Z} ({span_h:.1f} h) "
+            f"in {result.wall_s:.0f} s ({span_h * 3600 / max(result.wall_s, 1e-9):.0f}x)",
+        ),
         ("site limit", f"{result.limit_kw:,.0f} kW"),
-        ("peak site load", f"{result.daemon_peak_kw:,.0f} kW measured by the daemon "
-                           f"({result.daemon_peak_kw / result.limit_kw:.1%} of the limit); "
-                           f"true peak {result.true_peak_kw:,.0f} kW"),
-        ("time over the limit", f"{result.daemon_over_limit_s:.0f} s measured; true {result.true_over_limit_s:.0f} s "
-                                f"(longest stretch {result.true_longest_over_s:.0f} s)"),
-        ("energy delivered", f"{result.daemon_energy_kwh:,.0f} kWh (pile counters read by the daemon); "
-                             f"true {result.true_energy_kwh:,.0f} kWh"),
+        (
+            "peak site load",
+            f"{result.daemon_peak_kw:,.0f} kW measured by the daemon "
+            f"({result.daemon_peak_kw / result.limit_kw:.1%} of the limit); "
+            f"true peak {result.true_peak_kw:,.0f} kW",
+        ),
+        (
+            "time over the limit",
+            f"{result.daemon_over_limit_s:.0f} s measured; true {result.true_over_limit_s:.0f} s "
+            f"(longest stretch {result.true_longest_over_s:.0f} s)",
+        ),
+        (
+            "energy delivered",
+            f"{result.daemon_energy_kwh:,.0f} kWh (pile counters read by the daemon); "
+            f"true {result.true_energy_kwh:,.0f} kWh",
+        ),
         ("vehicles", f"{result.arrivals} plugged in, {result.departures} left"),
-        ("curtailment", f"{result.curtailments} period(s) with vehicles held below what they would take"),
-        ("control cycles", f"{result.cycles}; setpoints outside a pile's bounds: {result.out_of_bounds}"),
+        (
+            "curtailment",
+            f"{result.curtailments} period(s) with vehicles held below what they would take",
+        ),
+        (
+            "control cycles",
+            f"{result.cycles}; setpoints outside a pile's bounds: {result.out_of_bounds}",
+        ),
     ]
     console.print(summary_table("flexcharge demo summary", rows))
-

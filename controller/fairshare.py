@@ -22,7 +22,7 @@ class Demand:
     priority: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (0 <= self.min_kw and 0 <= self.max_kw):
+        if not (self.min_kw >= 0 and self.max_kw >= 0):
             raise ValueError(f"{self.pile_id}: negative bounds {self.min_kw}, {self.max_kw}")
 
 

@@ -43,10 +43,7 @@ def budget_kw(
     `worst_uncontrolled_kw`. `unreachable_extra_kw` is what piles we cannot talk to may add on
     their own (up to their fallback power).
     """
-    if grid_kw is None:
-        uncontrolled = worst_uncontrolled_kw
-    else:
-        uncontrolled = grid_kw - controlled_kw
+    uncontrolled = worst_uncontrolled_kw if grid_kw is None else grid_kw - controlled_kw
     return limit_kw - reserve_kw - uncontrolled - unreachable_extra_kw
 
 

@@ -90,7 +90,9 @@ class LiveView:
         """One line: time, band, site load against the limit, vehicles."""
         snap = cycle.snapshot
         grid = "   n/a" if snap.grid_kw is None else f"{snap.grid_kw:6.0f}"
-        vehicles = sum(1 for p in snap.piles if p.reading is not None and p.reading.state.vehicle_present)
+        vehicles = sum(
+            1 for p in snap.piles if p.reading is not None and p.reading.state.vehicle_present
+        )
         charging = sum(1 for p in snap.piles if p.reading is not None and p.reading.power_kw > 0.5)
         return (
             f"{self._clock(cycle.time)}  {snap.band:<8} site {grid} / {snap.limit_kw:.0f} kW  "
@@ -104,7 +106,10 @@ class LiveView:
         header = Text.assemble(
             (self._clock(cycle.time), "bold"),
             "   band ",
-            (f"{snap.band.upper()} {snap.price:.4f} {self.daemon.station.tariff.currency}/kWh", band_style),
+            (
+                f"{snap.band.upper()} {snap.price:.4f} {self.daemon.station.tariff.currency}/kWh",
+                band_style,
+            ),
         )
         grid = snap.grid_kw
         if grid is None:
@@ -123,13 +128,28 @@ class LiveView:
                 else f" {fraction:4.0%}",
             )
         table = Table(expand=False, box=None, padding=(0, 1))
-        for column, justify in (("pile", "left"), ("rating", "right"), ("state", "left"), ("SoC", "right"),
-                                ("power", "right"), ("setpoint", "right"), ("", "left")):
+        for column, justify in (
+            ("pile", "left"),
+            ("rating", "right"),
+            ("state", "left"),
+            ("SoC", "right"),
+            ("power", "right"),
+            ("setpoint", "right"),
+            ("", "left"),
+        ):
             table.add_column(column, justify=justify)  # type: ignore[arg-type]
         for view in snap.piles:
             reading = view.reading
             if reading is None:
-                table.add_row(view.id, f"{view.config.max_kw:.0f}", Text("no answer", style="red"), "", "", "", "")
+                table.add_row(
+                    view.id,
+                    f"{view.config.max_kw:.0f}",
+                    Text("no answer", style="red"),
+                    "",
+                    "",
+                    "",
+                    "",
+                )
                 continue
             soc = "" if reading.soc_pct is None else f"{reading.soc_pct:.0f}%"
             setpoint = cycle.setpoints.get(view.id, 0.0)
@@ -148,10 +168,15 @@ class LiveView:
             f"over the limit {tally.over_limit_s:.0f} s   cycles {tally.cycles}"
         )
         recent = list(self.daemon.events)[-6:]
-        events = Text("\n".join(f"{self._clock(when)}  {text}" for when, text in recent) or "no events yet",
-                      style="dim")
-        return Panel(Group(header, site, Text(""), table, Text(""), footer, Text(""), events),
-                     title=self.title, border_style="blue")
+        events = Text(
+            "\n".join(f"{self._clock(when)}  {text}" for when, text in recent) or "no events yet",
+            style="dim",
+        )
+        return Panel(
+            Group(header, site, Text(""), table, Text(""), footer, Text(""), events),
+            title=self.title,
+            border_style="blue",
+        )
 
 
 def summary_table(title: str, rows: Sequence[tuple[str, str]]) -> Table:

@@ -143,7 +143,7 @@ class ModbusLink:
             raise DeviceTimeout(device, f"{what}: no answer within {self.timeout_s} s") from exc
         except ModbusException as exc:
             raise DriverError(device, f"{what}: {exc}") from exc
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             raise DeviceTimeout(device, f"{what}: no answer within {self.timeout_s} s") from exc
         except OSError as exc:
             raise ConnectionLost(device, f"{what}: {exc}") from exc
@@ -157,7 +157,9 @@ class ModbusLink:
 class ModbusDevice:
     """One device (unit id) behind a link, read and written by register name."""
 
-    def __init__(self, name: str, link: ModbusLink, register_map: RegisterMap, unit_id: int) -> None:
+    def __init__(
+        self, name: str, link: ModbusLink, register_map: RegisterMap, unit_id: int
+    ) -> None:
         self.name = name
         self.link = link
         self.map = register_map

@@ -125,7 +125,9 @@ class ModbusDcPile:
         self.device = device
         regmap = device.map
         self._names = tuple(
-            n for n in (*REQUIRED_REGISTERS, *OPTIONAL_REGISTERS) if n in regmap and regmap[n].access.readable
+            n
+            for n in (*REQUIRED_REGISTERS, *OPTIONAL_REGISTERS)
+            if n in regmap and regmap[n].access.readable
         )
         self._mode_codes = {label: code for code, label in regmap.enums["mode"].items()}
 
@@ -138,7 +140,7 @@ class ModbusDcPile:
         raw = await self.device.read(self._names)
         label = self.device.map.label("state", raw["state"])
         try:
-            state = PileState(label)
+            state = PileState(label or "")
         except ValueError as exc:
             raise BadValue(self.id, f"state: unknown state code {raw['state']!r}") from exc
         return PileReading(
@@ -191,7 +193,9 @@ class ModbusDcPile:
             return None
         return in_project_units(self.device.map[name], raw[name])
 
-    def _number(self, raw: dict[str, Value | None], name: str, default: float | None = None) -> float:
+    def _number(
+        self, raw: dict[str, Value | None], name: str, default: float | None = None
+    ) -> float:
         if name not in raw:
             if default is None:
                 raise BadValue(self.id, f"{name}: not in the pile's register map")

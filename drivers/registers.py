@@ -8,6 +8,7 @@ Conversion between words and numbers is pymodbus's own (`convert_to_registers` /
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -171,7 +172,7 @@ class Register:
             if len(data) > 2 * self.words:
                 raise BadValue(self.name, f"text longer than {self.words} registers: {value!r}")
             return self._pack(value.ljust(2 * self.words, "\x00"))
-        if isinstance(value, str) or isinstance(value, bool):
+        if isinstance(value, (str, bool)):
             raise BadValue(self.name, f"expected a number, got {value!r}")
         if not math.isfinite(value):
             raise BadValue(self.name, f"not a finite number: {value!r}")
@@ -284,7 +285,7 @@ class RegisterMap:
             for fc in reg.read_fcs or {3}:
                 by_table.setdefault((unit, fc), []).append(reg)
         for (unit, fc), regs in by_table.items():
-            for before, after in zip(regs, regs[1:], strict=False):
+            for before, after in itertools.pairwise(regs):
                 if after.address < before.end:
                     found.append(
                         (
@@ -347,7 +348,9 @@ class RegisterMap:
             words = reg.encode(values[reg.name])
             if reg.write_fc == 6:
                 flush()
-                requests.append(WriteRequest(self.unit_of(reg, unit_id), 6, reg.address, tuple(words)))
+                requests.append(
+                    WriteRequest(self.unit_of(reg, unit_id), 6, reg.address, tuple(words))
+                )
                 continue
             if run and (
                 reg.address != run[-1].end

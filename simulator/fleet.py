@@ -74,13 +74,17 @@ def random_day(settings: SimulatorSettings, day: date, zone: ZoneInfo) -> list[V
     return visits
 
 
-def random_days(settings: SimulatorSettings, start: float, end: float, zone: ZoneInfo) -> list[Visit]:
+def random_days(
+    settings: SimulatorSettings, start: float, end: float, zone: ZoneInfo
+) -> list[Visit]:
     """Visits arriving in [start, end), including those of the day before still present."""
     first = datetime.fromtimestamp(start, zone).date() - timedelta(days=1)
     last = datetime.fromtimestamp(end, zone).date()
     visits: list[Visit] = []
     day = first
     while day <= last:
-        visits.extend(v for v in random_day(settings, day, zone) if v.departure > start and v.arrival < end)
+        visits.extend(
+            v for v in random_day(settings, day, zone) if v.departure > start and v.arrival < end
+        )
         day += timedelta(days=1)
     return sorted(visits, key=lambda v: v.arrival)

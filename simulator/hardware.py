@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -30,16 +31,18 @@ class SimulatorError(Exception):
     """The simulator cannot start (a port is taken, the station has no [simulator] section)."""
 
 
-async def _no_such_unit(*_args: object) -> object:
-    from pymodbus.constants import ExcCodes
-
+async def _no_such_unit(
+    _fc: int, _start: int, _address: int, _count: int, _regs: list[int], _values: object
+) -> ExcCodes | None:
     return ExcCodes.GATEWAY_NO_RESPONSE
 
 
 class StationSimulator:
     """Plant + Modbus servers for one station."""
 
-    def __init__(self, station: Station, clock: Clock, *, visits: Iterable[Visit] | None = None) -> None:
+    def __init__(
+        self, station: Station, clock: Clock, *, visits: Iterable[Visit] | None = None
+    ) -> None:
         if station.simulator is None:
             raise SimulatorError(f"{station.path}: the station has no [simulator] section")
         self.station = station
@@ -58,12 +61,16 @@ class StationSimulator:
         station = self.station
         meter = station.grid_meter
         endpoints: dict[tuple[str, int], list[tuple[str, RegisterBank]]] = {}
-        meter_bank = RegisterBank(station.map_for(meter.device), MeterRegisters(self.plant), meter.unit)
+        meter_bank = RegisterBank(
+            station.map_for(meter.device), MeterRegisters(self.plant), meter.unit
+        )
         self.banks[meter.id] = meter_bank
         endpoints.setdefault((meter.host, meter.port), []).append((f"meter {meter.id}", meter_bank))
         for pile in station.piles:
             regmap = station.map_for(pile.device)
-            bank = RegisterBank(regmap, PileRegisters(self.plant.piles[pile.id], regmap, self.clock), pile.unit)
+            bank = RegisterBank(
+                regmap, PileRegisters(self.plant.piles[pile.id], regmap, self.clock), pile.unit
+            )
             self.banks[pile.id] = bank
             endpoints.setdefault((pile.host, pile.port), []).append((f"pile {pile.id}", bank))
         if self._random_visits:
@@ -73,20 +80,32 @@ class StationSimulator:
                 devices: list[SimDevice] = [d for _, bank in banks for d in bank.devices()]
                 if all(d.id != 0 for d in devices):
                     # Answer requests for unknown unit ids like a gateway would, not with a crash.
-                    devices.append(SimDevice(0, simdata=[SimData(0, values=0, datatype=DataType.REGISTERS)],
-                                             action=_no_such_unit))  # type: ignore[arg-type]
+                    devices.append(
+                        SimDevice(
+                            0,
+                            simdata=[SimData(0, values=0, datatype=DataType.REGISTERS)],
+                            action=_no_such_unit,
+                        )
+                    )
                 server = ModbusTcpServer(devices, address=(host, port))
                 try:
                     await server.serve_forever(background=True)
                 except (RuntimeError, OSError) as exc:
                     names = ", ".join(name for name, _ in banks)
-                    raise SimulatorError(f"cannot listen on {host}:{port} for {names}: {exc}") from exc
+                    raise SimulatorError(
+                        f"cannot listen on {host}:{port} for {names}: {exc}"
+                    ) from exc
                 self._servers.append(server)
         except BaseException:
             await self._close_servers()
             raise
         self._task = asyncio.create_task(self._run(), name="simulator plant")
-        log.info("simulating %s: %d devices on %d ports", station.name, len(self.banks), len(self._servers))
+        log.info(
+            "simulating %s: %d devices on %d ports",
+            station.name,
+            len(self.banks),
+            len(self._servers),
+        )
 
     async def stop(self) -> None:
         """Stop stepping and close every server."""
@@ -124,7 +143,9 @@ class StationSimulator:
 
     def _extend_visits(self, now: float) -> None:
         """Keep random visits drawn until at least a day ahead."""
-        today = datetime.fromtimestamp(now, self.zone).replace(hour=0, minute=0, second=0, microsecond=0)
+        today = datetime.fromtimestamp(now, self.zone).replace(
+            hour=0, minute=0, second=0, microsecond=0
+        )
         if self._visits_until is None:
             day = today - timedelta(days=1)
         elif self._visits_until > today + timedelta(days=1):

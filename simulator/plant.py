@@ -153,9 +153,15 @@ class PileModel:
 
     def step(self, now: float, dt: float) -> float:
         """Advance by `dt` seconds; return the energy (kWh) drawn from the site."""
+        # The limit may have changed part-way through this step; the pile moves only after.
+        moving_since = now - dt
         while self._pending and self._pending[0][0] <= now:
-            _, setpoint, mode = self._pending.popleft()
+            effective, setpoint, mode = self._pending.popleft()
             self._commanded = (setpoint, mode)
+            moving_since = max(moving_since, effective)
+        fallback_from = self.last_contact + self.comm_timeout_s
+        if now - dt < fallback_from <= now:
+            moving_since = max(moving_since, fallback_from)
         if self.timed_out(now):
             limit = self.fallback_kw
         else:
@@ -175,7 +181,7 @@ class PileModel:
                 target = min(limit, self.vehicle.acceptance_kw())
             elif self.vehicle.soc > 0.05:
                 target = limit
-        step = self.ramp_kw_per_s * dt
+        step = self.ramp_kw_per_s * (now - moving_since)
         moved = self.power_kw + max(-step, min(step, target - self.power_kw))
         if self.vehicle is not None and moved > 0:
             # The BMS cuts its own demand at once; only the pile's increase is ramp-limited.
@@ -372,10 +378,17 @@ class Plant:
             if vehicle is not None and vehicle.visit.departure <= now:
                 pile.unplug()
                 record = self.sessions[vehicle.visit.vehicle_id]
-                record.left_at, record.delivered_kwh, record.soc_end = now, vehicle.delivered_kwh, vehicle.soc
-                self._event(now, "departure",
-                            f"{vehicle.visit.vehicle_id} left {pile.id}: {vehicle.delivered_kwh:.0f} of "
-                            f"{vehicle.visit.energy_kwh:.0f} kWh, SoC {vehicle.soc:.0%}")
+                record.left_at, record.delivered_kwh, record.soc_end = (
+                    now,
+                    vehicle.delivered_kwh,
+                    vehicle.soc,
+                )
+                self._event(
+                    now,
+                    "departure",
+                    f"{vehicle.visit.vehicle_id} left {pile.id}: {vehicle.delivered_kwh:.0f} of "
+                    f"{vehicle.visit.energy_kwh:.0f} kWh, SoC {vehicle.soc:.0%}",
+                )
         while self.queue and self.queue[0].visit.departure <= now:
             vehicle = self.queue.popleft()
             self.sessions[vehicle.visit.vehicle_id].left_at = now
@@ -392,9 +405,12 @@ class Plant:
             pile.plug(vehicle)
             record = self.sessions[vehicle.visit.vehicle_id]
             record.pile, record.plugged_at = pile.id, now
-            self._event(now, "arrival",
-                        f"{vehicle.visit.vehicle_id} plugged into {pile.id} at SoC {vehicle.soc:.0%}, "
-                        f"wants {vehicle.visit.energy_kwh:.0f} kWh")
+            self._event(
+                now,
+                "arrival",
+                f"{vehicle.visit.vehicle_id} plugged into {pile.id} at SoC {vehicle.soc:.0%}, "
+                f"wants {vehicle.visit.energy_kwh:.0f} kWh",
+            )
         self.queue = waiting
 
     def _free_pile(self, wanted: str | None) -> PileModel | None:

@@ -9,11 +9,11 @@ no write to a read-only register.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Protocol
 
 from pymodbus.constants import ExcCodes
-from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
 from controller.clock import Clock
 from drivers.errors import BadValue
@@ -65,7 +65,7 @@ class RegisterBank:
             devices.append(SimDevice(unit, simdata=blocks, action=self._action_for(unit)))
         return devices
 
-    def _action_for(self, unit: int) -> Callable[..., object]:
+    def _action_for(self, unit: int) -> SimAction:
         regs = self._by_unit[unit]
 
         async def action(
@@ -98,7 +98,12 @@ class RegisterBank:
         return None
 
     def _write(
-        self, function_code: int, address: int, count: int, touched: list[Register], words: list[int]
+        self,
+        function_code: int,
+        address: int,
+        count: int,
+        touched: list[Register],
+        words: list[int],
     ) -> ExcCodes | None:
         if function_code not in (6, 16):
             return ExcCodes.ILLEGAL_FUNCTION
@@ -194,7 +199,9 @@ class MeterRegisters:
         """Every register, from the plant."""
         site_kw = self.plant.site_kw
         # A loaded transformer's secondary sags a little.
-        voltage = self.phase_voltage_v * (1.02 - 0.04 * max(0.0, site_kw) / self.plant.station.limit_kw)
+        voltage = self.phase_voltage_v * (
+            1.02 - 0.04 * max(0.0, site_kw) / self.plant.station.limit_kw
+        )
         phase_kw = site_kw / 3
         current = abs(phase_kw) * 1000 / voltage
         values: dict[str, Value | None] = {

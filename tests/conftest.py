@@ -1,0 +1,73 @@
+"""Shared fixtures: the reference station on free loopback ports, and leak checks."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+import pytest_asyncio
+
+from controller.config import REFERENCE_STATION, Station, load_station
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports that are free on 127.0.0.1 right now."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def on_free_ports(station: Station) -> Station:
+    """A copy of `station` whose devices listen on free loopback ports."""
+    ids = [station.grid_meter.id, *(p.id for p in station.piles)]
+    return station.with_endpoints(dict(zip(ids, free_ports(len(ids)), strict=True)))
+
+
+def local_time(station: Station, text: str) -> float:
+    """Epoch seconds of a local ISO time at the station, e.g. '2026-11-25T10:00'."""
+    zone = ZoneInfo(station.info.timezone)
+    return datetime.fromisoformat(text).replace(tzinfo=zone).timestamp()
+
+
+@pytest.fixture(scope="session")
+def reference() -> Station:
+    """The reference station, loaded once."""
+    return load_station(REFERENCE_STATION)
+
+
+@pytest.fixture
+def station(reference: Station) -> Station:
+    """The reference station on free ports."""
+    return on_free_ports(reference)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves a thread running."""
+    before = set(threading.enumerate())
+    yield
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    assert not leaked, f"threads left running: {leaked}"
+
+
+@pytest_asyncio.fixture
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail an async test that leaves a task running (every task needs an owner)."""
+    yield
+    for _ in range(3):
+        await asyncio.sleep(0)
+    current = asyncio.current_task()
+    leaked = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    assert not leaked, f"tasks left running: {[t.get_name() for t in leaked]}"

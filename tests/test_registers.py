@@ -1,0 +1,777 @@
+"""Unit tests for drivers.registers: codecs, read/write plans, map checks and unit conversion.
+
+Expected register words are computed independently with `struct` (big-endian bytes split into
+16-bit words; "little" word order is the same words reversed), never with the code under test.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from drivers.errors import BadValue
+from drivers.registers import (
+    Access,
+    ReadBlock,
+    Register,
+    RegisterMap,
+    ValueType,
+    WordOrder,
+    WriteRequest,
+    from_project_units,
+    in_project_units,
+)
+
+ORDERS: tuple[WordOrder, ...] = ("big", "little")
+
+# struct format of each numeric type (big-endian).
+FMT: dict[ValueType, str] = {
+    ValueType.U16: ">H",
+    ValueType.I16: ">h",
+    ValueType.U32: ">I",
+    ValueType.I32: ">i",
+    ValueType.U64: ">Q",
+    ValueType.I64: ">q",
+    ValueType.F32: ">f",
+    ValueType.F64: ">d",
+}
+WORDS: dict[ValueType, int] = {
+    ValueType.U16: 1,
+    ValueType.I16: 1,
+    ValueType.U32: 2,
+    ValueType.I32: 2,
+    ValueType.U64: 4,
+    ValueType.I64: 4,
+    ValueType.F32: 2,
+    ValueType.F64: 4,
+}
+INT_TYPES = (ValueType.U16, ValueType.I16, ValueType.U32, ValueType.I32, ValueType.U64, ValueType.I64)
+FLOAT_TYPES = (ValueType.F32, ValueType.F64)
+LIMITS: dict[ValueType, tuple[int, int]] = {
+    ValueType.U16: (0, 0xFFFF),
+    ValueType.I16: (-0x8000, 0x7FFF),
+    ValueType.U32: (0, 0xFFFF_FFFF),
+    ValueType.I32: (-0x8000_0000, 0x7FFF_FFFF),
+    ValueType.U64: (0, 0xFFFF_FFFF_FFFF_FFFF),
+    ValueType.I64: (-0x8000_0000_0000_0000, 0x7FFF_FFFF_FFFF_FFFF),
+}
+
+
+def split_words(data: bytes) -> list[int]:
+    """Big-endian bytes as a list of 16-bit words, high byte first."""
+    assert len(data) % 2 == 0
+    return [(data[i] << 8) | data[i + 1] for i in range(0, len(data), 2)]
+
+
+def ordered(words: Sequence[int], order: WordOrder) -> list[int]:
+    """Words as a device with `order` word order sends them."""
+    return list(words) if order == "big" else list(reversed(words))
+
+
+def expected_words(vtype: ValueType, raw: float | int, order: WordOrder) -> list[int]:
+    """The words `raw` (already divided by the scale) occupies, computed with struct."""
+    return ordered(split_words(struct.pack(FMT[vtype], raw)), order)
+
+
+def reg(
+    vtype: ValueType,
+    order: WordOrder = "big",
+    *,
+    name: str = "x",
+    address: int = 0,
+    words: int | None = None,
+    scale: float = 1.0,
+    unit: str = "",
+    unavailable_all_ones: bool = False,
+    access: Access = Access.R,
+    write_fc: int | None = None,
+    unit_id: int | None = None,
+    read_fcs: frozenset[int] = frozenset({3}),
+) -> Register:
+    """A register built directly, without a map file."""
+    return Register(
+        name=name,
+        address=address,
+        type=vtype,
+        words=WORDS[vtype] if words is None else words,
+        access=access,
+        scale=scale,
+        unit=unit,
+        word_order=order,
+        read_fcs=read_fcs if access.readable else frozenset(),
+        write_fc=write_fc,
+        unit_id=unit_id,
+        unavailable_all_ones=unavailable_all_ones,
+    )
+
+
+# --------------------------------------------------------------------------- helpers check
+
+
+def test_helper_words_match_known_constants() -> None:
+    """The struct-based helper itself gives the textbook words for 1.5 (f32) and 0x12345678."""
+    assert expected_words(ValueType.F32, 1.5, "big") == [0x3FC0, 0x0000]
+    assert expected_words(ValueType.F32, 1.5, "little") == [0x0000, 0x3FC0]
+    assert expected_words(ValueType.U32, 0x12345678, "big") == [0x1234, 0x5678]
+    assert expected_words(ValueType.U32, 0x12345678, "little") == [0x5678, 0x1234]
+
+
+# --------------------------------------------------------------------------- numeric codecs
+
+NUMERIC_CASES: list[tuple[ValueType, float | int]] = [
+    (ValueType.U16, 0),
+    (ValueType.U16, 4660),
+    (ValueType.I16, -5),
+    (ValueType.I16, 12345),
+    (ValueType.U32, 0x12345678),
+    (ValueType.U32, 70000),
+    (ValueType.I32, -2),
+    (ValueType.I32, -123456789),
+    (ValueType.U64, 0x0012_3456_789A_BCDE),  # below 2**53: exact as a float too
+    (ValueType.U64, 1),
+    (ValueType.I64, -3),
+    (ValueType.I64, -0x0012_3456_789A_BCDE),
+    (ValueType.F32, 1.5),
+    (ValueType.F32, -1234.5),
+    (ValueType.F32, 0.0),
+    (ValueType.F64, -1234.5678),
+    (ValueType.F64, 1e300),
+]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize(("vtype", "value"), NUMERIC_CASES)
+def test_encode_numeric_matches_struct(vtype: ValueType, value: float | int, order: WordOrder) -> None:
+    """encode() gives the same words as struct.pack, with little word order reversing them."""
+    assert reg(vtype, order).encode(value) == expected_words(vtype, value, order)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize(("vtype", "value"), NUMERIC_CASES)
+def test_decode_numeric_matches_struct(vtype: ValueType, value: float | int, order: WordOrder) -> None:
+    """decode() of struct-made words gives the original value back (type preserved for ints)."""
+    decoded = reg(vtype, order).decode(expected_words(vtype, value, order))
+    assert decoded == value
+    if vtype.is_integer:
+        assert isinstance(decoded, int)
+
+
+def test_little_and_big_order_differ_for_multiword_values() -> None:
+    """Word order matters: the same u32 words decode differently in the two orders."""
+    words = [0x0001, 0x0002]
+    assert reg(ValueType.U32, "big").decode(words) == 0x00010002
+    assert reg(ValueType.U32, "little").decode(words) == 0x00020001
+
+
+def test_f32_decode_of_inexact_value_is_float32_rounded() -> None:
+    """A value not exact in float32 decodes to struct's float32 rounding of it."""
+    words = expected_words(ValueType.F32, 0.1, "big")
+    (rounded,) = struct.unpack(">f", struct.pack(">f", 0.1))
+    assert reg(ValueType.F32).decode(words) == rounded
+    assert reg(ValueType.F32).encode(0.1) == words
+
+
+@given(
+    vtype=st.sampled_from(INT_TYPES),
+    order=st.sampled_from(ORDERS),
+    data=st.data(),
+)
+def test_integer_round_trip_property(vtype: ValueType, order: WordOrder, data: st.DataObject) -> None:
+    """Any integer in range (|v| <= 2**53 for 64-bit types) encodes as struct does and decodes back."""
+    lo, hi = LIMITS[vtype]
+    value = data.draw(st.integers(max(lo, -(2**53)), min(hi, 2**53)))
+    register = reg(vtype, order)
+    words = register.encode(value)
+    assert words == expected_words(vtype, value, order)
+    assert register.decode(words) == value
+
+
+@given(
+    value=st.floats(allow_nan=False, allow_infinity=False, width=32),
+    order=st.sampled_from(ORDERS),
+)
+def test_f32_round_trip_property(value: float, order: WordOrder) -> None:
+    """Any finite float32 value encodes as struct does and decodes back exactly."""
+    register = reg(ValueType.F32, order)
+    assert register.encode(value) == expected_words(ValueType.F32, value, order)
+    assert register.decode(register.encode(value)) == value
+
+
+@given(
+    value=st.floats(allow_nan=False, allow_infinity=False),
+    order=st.sampled_from(ORDERS),
+)
+def test_f64_round_trip_property(value: float, order: WordOrder) -> None:
+    """Any finite float64 value encodes as struct does and decodes back exactly."""
+    register = reg(ValueType.F64, order)
+    assert register.encode(value) == expected_words(ValueType.F64, value, order)
+    assert register.decode(register.encode(value)) == value
+
+
+# --------------------------------------------------------------------------- scale
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_scaled_i32_kw_round_trip(order: WordOrder) -> None:
+    """A 0.01 kW i32 register stores 123.45 kW as 12345 and -123.45 kW as -12345."""
+    register = reg(ValueType.I32, order, scale=0.01, unit="kW")
+    assert register.encode(123.45) == expected_words(ValueType.I32, 12345, order)
+    assert register.encode(-123.45) == expected_words(ValueType.I32, -12345, order)
+    assert register.decode(expected_words(ValueType.I32, 12345, order)) == pytest.approx(123.45)
+    assert register.decode(expected_words(ValueType.I32, -12345, order)) == pytest.approx(-123.45)
+
+
+def test_scaled_value_is_rounded_to_nearest_step() -> None:
+    """A value between two 0.1 steps is rounded to the nearest raw integer, not truncated."""
+    register = reg(ValueType.U16, scale=0.1, unit="%")
+    assert register.encode(55.5) == [555]
+    assert register.encode(55.56) == [556]
+    assert register.encode(55.54) == [555]
+
+
+def test_scaled_f32_divides_by_scale() -> None:
+    """Scale applies to floats too: 2.5 with scale 0.5 is stored as 5.0."""
+    register = reg(ValueType.F32, scale=0.5)
+    assert register.encode(2.5) == expected_words(ValueType.F32, 5.0, "big")
+    assert register.decode(expected_words(ValueType.F32, 5.0, "big")) == 2.5
+
+
+def test_scaled_i32_limits() -> None:
+    """With scale 0.01, i32 holds up to 21474836.47 and rejects 21474836.48."""
+    register = reg(ValueType.I32, scale=0.01, unit="kW")
+    assert register.encode(21474836.47) == expected_words(ValueType.I32, 2**31 - 1, "big")
+    assert register.encode(-21474836.48) == expected_words(ValueType.I32, -(2**31), "big")
+    with pytest.raises(BadValue):
+        register.encode(21474836.48)
+    with pytest.raises(BadValue):
+        register.encode(-21474836.49)
+
+
+# --------------------------------------------------------------------------- integer limits
+
+_BUG_64 = (
+    "encode() divides by the scale in float (value / scale), so 64-bit integers above 2**53 "
+    "lose precision"
+)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize(
+    ("vtype", "value"),
+    [
+        (ValueType.U16, 0),
+        (ValueType.U16, 0xFFFF),
+        (ValueType.I16, -0x8000),
+        (ValueType.I16, 0x7FFF),
+        (ValueType.U32, 0),
+        (ValueType.U32, 0xFFFF_FFFF),
+        (ValueType.I32, -0x8000_0000),
+        (ValueType.I32, 0x7FFF_FFFF),
+        (ValueType.U64, 0),
+        (ValueType.I64, -0x8000_0000_0000_0000),
+        pytest.param(
+            ValueType.U64, 0xFFFF_FFFF_FFFF_FFFF, marks=pytest.mark.xfail(reason=_BUG_64, strict=True)
+        ),
+        pytest.param(
+            ValueType.I64, 0x7FFF_FFFF_FFFF_FFFF, marks=pytest.mark.xfail(reason=_BUG_64, strict=True)
+        ),
+        pytest.param(ValueType.U64, 2**53 + 1, marks=pytest.mark.xfail(reason=_BUG_64, strict=True)),
+        pytest.param(
+            ValueType.I64, -(2**53 + 1), marks=pytest.mark.xfail(reason=_BUG_64, strict=True)
+        ),
+    ],
+)
+def test_integer_limits_encode_and_decode(vtype: ValueType, value: int, order: WordOrder) -> None:
+    """Each integer type's extreme values encode exactly as struct does and decode back."""
+    register = reg(vtype, order)
+    assert register.encode(value) == expected_words(vtype, value, order)
+    assert register.decode(expected_words(vtype, value, order)) == value
+
+
+@pytest.mark.parametrize(
+    ("vtype", "value"),
+    [
+        (ValueType.U16, -1),
+        (ValueType.U16, 0x1_0000),
+        (ValueType.I16, -0x8001),
+        (ValueType.I16, 0x8000),
+        (ValueType.U32, -1),
+        (ValueType.U32, 0x1_0000_0000),
+        (ValueType.I32, -0x8000_0001),
+        (ValueType.I32, 0x8000_0000),
+        (ValueType.U64, -1),
+        (ValueType.U64, 2**64),
+        (ValueType.I64, 2**63),
+        pytest.param(
+            ValueType.I64, -(2**63) - 1, marks=pytest.mark.xfail(reason=_BUG_64, strict=True)
+        ),
+    ],
+)
+def test_integer_just_outside_limits_is_bad_value(vtype: ValueType, value: int) -> None:
+    """One past either end of an integer type's range raises BadValue naming the register."""
+    with pytest.raises(BadValue) as info:
+        reg(vtype, name="limit_reg").encode(value)
+    assert info.value.device == "limit_reg"
+
+
+def test_u16_rounding_at_the_top_edge() -> None:
+    """65535.4 rounds into u16, 65535.5 rounds to 65536 and is rejected."""
+    register = reg(ValueType.U16)
+    assert register.encode(65535.4) == [0xFFFF]
+    with pytest.raises(BadValue):
+        register.encode(65535.5)
+
+
+# --------------------------------------------------------------------------- unavailable
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("vtype", FLOAT_TYPES)
+def test_nan_decodes_to_none(vtype: ValueType, order: WordOrder) -> None:
+    """A float register holding NaN (quiet, negative or with payload) decodes to None."""
+    register = reg(vtype, order)
+    assert register.decode(expected_words(vtype, math.nan, order)) is None
+    assert register.decode(expected_words(vtype, -math.nan, order)) is None
+    n = WORDS[vtype]
+    payload_nan = [0x7FC0 if vtype is ValueType.F32 else 0x7FF8] + [0] * (n - 2) + [1]
+    assert register.decode(ordered(payload_nan, order)) is None
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("vtype", FLOAT_TYPES)
+def test_encode_none_gives_nan(vtype: ValueType, order: WordOrder) -> None:
+    """encode(None) on a float register writes a NaN that struct reads as NaN and decode as None."""
+    register = reg(vtype, order)
+    words = register.encode(None)
+    assert len(words) == WORDS[vtype]
+    big = ordered(words, order)  # undo the word order
+    data = b"".join(w.to_bytes(2, "big") for w in big)
+    (value,) = struct.unpack(FMT[vtype], data)
+    assert math.isnan(value)
+    assert register.decode(words) is None
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("vtype", INT_TYPES)
+def test_all_ones_is_unavailable_when_flagged(vtype: ValueType, order: WordOrder) -> None:
+    """With unavailable_all_ones, all-0xFFFF words decode to None and None encodes to all ones."""
+    register = reg(vtype, order, unavailable_all_ones=True, scale=0.1)
+    all_ones = [0xFFFF] * WORDS[vtype]
+    assert register.decode(all_ones) is None
+    assert register.encode(None) == all_ones
+
+
+@pytest.mark.parametrize("vtype", INT_TYPES)
+def test_encode_none_on_int_without_flag_is_all_ones(vtype: ValueType) -> None:
+    """encode(None) on an integer register gives all ones even without the flag."""
+    assert reg(vtype).encode(None) == [0xFFFF] * WORDS[vtype]
+
+
+@pytest.mark.parametrize(
+    ("vtype", "expected"),
+    [
+        (ValueType.U16, 0xFFFF),
+        (ValueType.I16, -1),
+        (ValueType.U32, 0xFFFF_FFFF),
+        (ValueType.I32, -1),
+        (ValueType.I64, -1),
+    ],
+)
+def test_all_ones_is_a_number_without_the_flag(vtype: ValueType, expected: int) -> None:
+    """Without unavailable_all_ones, all-0xFFFF words decode as the number struct gives."""
+    assert reg(vtype).decode([0xFFFF] * WORDS[vtype]) == expected
+
+
+def test_unavailable_all_ones_only_when_every_word_is_ffff() -> None:
+    """0xFFFF in only some words is an ordinary value, not unavailable."""
+    register = reg(ValueType.U32, unavailable_all_ones=True)
+    assert register.decode([0xFFFF, 0xFFFE]) == 0xFFFFFFFE
+    assert register.decode([0x0000, 0xFFFF]) == 0xFFFF
+
+
+# --------------------------------------------------------------------------- rejected input
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize("vtype", INT_TYPES + FLOAT_TYPES)
+def test_non_finite_input_is_rejected(vtype: ValueType, bad: float) -> None:
+    """inf, -inf and NaN are not encodable values (None is the way to say unavailable)."""
+    with pytest.raises(BadValue):
+        reg(vtype).encode(bad)
+
+
+def test_f32_overflow_is_rejected() -> None:
+    """A finite value beyond float32's range raises BadValue instead of becoming inf."""
+    register = reg(ValueType.F32)
+    assert register.encode(3.4028234663852886e38) == expected_words(
+        ValueType.F32, 3.4028234663852886e38, "big"
+    )
+    with pytest.raises(BadValue):
+        register.encode(1e39)
+    with pytest.raises(BadValue):
+        register.encode(-1e39)
+
+
+@pytest.mark.parametrize("bad", ["12", True, False])
+def test_numeric_register_rejects_text_and_bool(bad: object) -> None:
+    """Text and booleans are not numbers for a numeric register."""
+    with pytest.raises(BadValue):
+        reg(ValueType.U16).encode(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("vtype", "n"), [(ValueType.U16, 2), (ValueType.U32, 1), (ValueType.F64, 2)])
+def test_decode_with_wrong_word_count_is_bad_value(vtype: ValueType, n: int) -> None:
+    """decode() insists on exactly the register's word count."""
+    with pytest.raises(BadValue):
+        reg(vtype).decode([0] * n)
+
+
+# --------------------------------------------------------------------------- strings
+
+
+def _text_words(text: str, words: int, order: WordOrder) -> list[int]:
+    data = text.encode("utf-8").ljust(2 * words, b"\x00")
+    return ordered(split_words(data), order)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("text", ["AB1", "ABCDEFGH", "", "x"])
+def test_string_encode_is_nul_padded(text: str, order: WordOrder) -> None:
+    """A string is its UTF-8 bytes padded with NULs to the register length."""
+    register = reg(ValueType.STRING, order, words=4)
+    assert register.encode(text) == _text_words(text, 4, order)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("text", ["AB1", "ABCDEFGH", "x"])
+def test_string_decode_strips_nul_padding(text: str, order: WordOrder) -> None:
+    """Decoding NUL-padded words gives the text without the padding."""
+    register = reg(ValueType.STRING, order, words=4)
+    assert register.decode(_text_words(text, 4, order)) == text
+
+
+def test_string_decode_strips_trailing_spaces() -> None:
+    """Space padding (as some devices use) is stripped as well."""
+    data = b"SN42    "
+    assert reg(ValueType.STRING, words=4).decode(split_words(data)) == "SN42"
+
+
+def test_string_too_long_is_bad_value() -> None:
+    """Text longer than the register holds is rejected, not truncated."""
+    with pytest.raises(BadValue):
+        reg(ValueType.STRING, words=2).encode("ABCDE")
+
+
+def test_string_register_rejects_numbers() -> None:
+    """A string register does not accept a number."""
+    with pytest.raises(BadValue):
+        reg(ValueType.STRING, words=2).encode(12)
+
+
+@pytest.mark.xfail(
+    reason="encode() pads with value.ljust(2*words) in characters, not bytes: multi-byte UTF-8 "
+    "text gives more words than the register has",
+    strict=True,
+)
+@pytest.mark.parametrize(("text", "words"), [("é", 1), ("éé", 2), ("温度", 4)])
+def test_string_with_multibyte_chars_fills_exactly_the_register(text: str, words: int) -> None:
+    """Non-ASCII text that fits in bytes is padded to exactly the register's word count."""
+    register = reg(ValueType.STRING, words=words)
+    assert register.encode(text) == _text_words(text, words, "big")
+
+
+# --------------------------------------------------------------------------- read_plan
+
+
+def make_map(
+    registers: Sequence[Register], *, max_read_words: int = 125, max_gap: int = 0, unit: int = 1
+) -> RegisterMap:
+    """A register map built directly from registers."""
+    return RegisterMap(
+        name="test-map",
+        title="Test map",
+        kind="meter",
+        registers={r.name: r for r in registers},
+        default_unit_id=unit,
+        max_read_words=max_read_words,
+        max_gap=max_gap,
+    )
+
+
+def test_read_plan_groups_contiguous_registers_in_one_block() -> None:
+    """u16@0, u32@1, f32@3 are read in one FC3 request of 5 words."""
+    regmap = make_map(
+        [
+            reg(ValueType.U16, name="a", address=0),
+            reg(ValueType.U32, name="b", address=1),
+            reg(ValueType.F32, name="c", address=3),
+        ]
+    )
+    (block,) = regmap.read_plan(["c", "a", "b"])
+    assert (block.unit_id, block.function_code, block.address, block.count) == (1, 3, 0, 5)
+    assert [r.name for r in block.registers] == ["a", "b", "c"]
+
+
+def test_read_plan_splits_at_a_gap_when_max_gap_is_zero() -> None:
+    """A one-word hole between registers makes two requests when max_gap is 0."""
+    regmap = make_map(
+        [
+            reg(ValueType.U16, name="a", address=0),
+            reg(ValueType.U16, name="b", address=1),
+            reg(ValueType.U32, name="c", address=3),
+        ]
+    )
+    blocks = regmap.read_plan(["a", "b", "c"])
+    assert [(b.address, b.count) for b in blocks] == [(0, 2), (3, 2)]
+    assert [[r.name for r in b.registers] for b in blocks] == [["a", "b"], ["c"]]
+
+
+def test_read_plan_bridges_gaps_up_to_max_gap() -> None:
+    """With max_gap 6 a 6-word hole is read through, a 7-word hole is not."""
+    regs = [
+        reg(ValueType.U16, name="a", address=0),
+        reg(ValueType.U16, name="b", address=7),  # gap 6 after a
+        reg(ValueType.U16, name="c", address=15),  # gap 7 after b
+    ]
+    blocks = make_map(regs, max_gap=6).read_plan(["a", "b", "c"])
+    assert [(b.address, b.count) for b in blocks] == [(0, 8), (15, 1)]
+
+
+def test_read_plan_respects_max_read_words() -> None:
+    """Ten contiguous 2-word registers with max_read_words 8 become requests of 8, 8 and 4 words."""
+    regs = [reg(ValueType.F32, name=f"r{i}", address=2 * i) for i in range(10)]
+    blocks = make_map(regs, max_read_words=8).read_plan([r.name for r in regs])
+    assert [(b.address, b.count) for b in blocks] == [(0, 8), (8, 8), (16, 4)]
+    covered = [r.name for b in blocks for r in b.registers]
+    assert sorted(covered) == sorted(r.name for r in regs)
+
+
+def test_read_plan_never_splits_a_register_across_blocks() -> None:
+    """With max_read_words 5, 2-word registers are packed two per block (4 words), never split."""
+    regs = [reg(ValueType.F32, name=f"r{i}", address=2 * i) for i in range(5)]
+    blocks = make_map(regs, max_read_words=5).read_plan([r.name for r in regs])
+    assert [(b.address, b.count) for b in blocks] == [(0, 4), (4, 4), (8, 2)]
+
+
+def test_read_plan_puts_other_unit_id_in_its_own_block() -> None:
+    """A register addressed at another unit id is read in a separate request to that unit."""
+    regmap = make_map(
+        [
+            reg(ValueType.U16, name="a", address=0),
+            reg(ValueType.U16, name="b", address=1, unit_id=7),
+            reg(ValueType.U16, name="c", address=2),
+        ]
+    )
+    blocks = regmap.read_plan(["a", "b", "c"], unit_id=3)
+    assert sorted((b.unit_id, b.address, b.count) for b in blocks) == [
+        (3, 0, 1),
+        (3, 2, 1),  # without b, a and c are not contiguous at unit 3
+        (7, 1, 1),
+    ]
+    (other,) = [b for b in blocks if b.unit_id == 7]
+    assert [r.name for r in other.registers] == ["b"]
+
+
+def test_read_plan_uses_default_unit_without_override() -> None:
+    """Without a unit_id argument the map's default unit id is used."""
+    regmap = make_map([reg(ValueType.U16, name="a", address=0)], unit=9)
+    (block,) = regmap.read_plan(["a"])
+    assert block.unit_id == 9
+
+
+def test_read_plan_separates_input_and_holding_registers() -> None:
+    """Registers read with FC4 and FC3 are never merged into one request."""
+    regmap = make_map(
+        [
+            reg(ValueType.U16, name="a", address=0, read_fcs=frozenset({3})),
+            reg(ValueType.U16, name="b", address=1, read_fcs=frozenset({4})),
+        ]
+    )
+    blocks = regmap.read_plan(["a", "b"])
+    assert sorted((b.function_code, b.address) for b in blocks) == [(3, 0), (4, 1)]
+
+
+def test_read_plan_rejects_write_only_register() -> None:
+    """Reading a write-only register is a programming error (KeyError)."""
+    regmap = make_map([reg(ValueType.U16, name="w", access=Access.W, write_fc=16)])
+    with pytest.raises(KeyError):
+        regmap.read_plan(["w"])
+
+
+def test_read_block_decode_splits_words_per_register() -> None:
+    """A block's response words are split at each register's offset, gaps skipped."""
+    a = reg(ValueType.U16, name="a", address=10)
+    b = reg(ValueType.I32, name="b", address=12, scale=0.01)
+    block = ReadBlock(unit_id=1, function_code=3, address=10, count=4, registers=(a, b))
+    words = [42, 0xDEAD, *split_words(struct.pack(">i", -15000))]
+    values = block.decode(words)
+    assert values["a"] == 42
+    assert values["b"] == pytest.approx(-150.0)
+
+
+# --------------------------------------------------------------------------- write_plan
+
+
+def _pile_write_map() -> RegisterMap:
+    return make_map(
+        [
+            reg(ValueType.I32, name="setpoint", address=100, scale=0.01, unit="kW",
+                access=Access.RW, write_fc=16),
+            reg(ValueType.U16, name="mode", address=102, access=Access.RW, write_fc=16),
+            reg(ValueType.U16, name="heartbeat", address=103, access=Access.RW, write_fc=16),
+            reg(ValueType.U16, name="reset", address=104, access=Access.W, write_fc=6),
+            reg(ValueType.U16, name="comm_timeout", address=110, access=Access.RW, write_fc=16),
+            reg(ValueType.U16, name="state", address=0),
+        ]
+    )
+
+
+def test_write_plan_merges_contiguous_fc16_registers() -> None:
+    """setpoint@100 (i32), mode@102, heartbeat@103 become one FC16 request of 4 words."""
+    plan = _pile_write_map().write_plan({"heartbeat": 1, "setpoint": 150.0, "mode": 1})
+    expected = (*split_words(struct.pack(">i", 15000)), 1, 1)
+    assert plan == (WriteRequest(unit_id=1, function_code=16, address=100, words=expected),)
+
+
+def test_write_plan_fc6_register_is_written_alone() -> None:
+    """An FC6 register is its own request and splits the FC16 run around it."""
+    plan = _pile_write_map().write_plan({"mode": 2, "heartbeat": 1, "reset": 5})
+    assert plan == (
+        WriteRequest(1, 16, 102, (2, 1)),
+        WriteRequest(1, 6, 104, (5,)),
+    )
+
+
+def test_write_plan_splits_non_contiguous_fc16_registers() -> None:
+    """FC16 registers with a hole between them are written in separate requests."""
+    plan = _pile_write_map().write_plan({"heartbeat": 1, "comm_timeout": 30}, unit_id=4)
+    assert plan == (WriteRequest(4, 16, 103, (1,)), WriteRequest(4, 16, 110, (30,)))
+
+
+def test_write_plan_read_only_register_is_bad_value() -> None:
+    """Writing a read-only register raises BadValue naming the map."""
+    with pytest.raises(BadValue) as info:
+        _pile_write_map().write_plan({"state": 1})
+    assert "state" in info.value.message
+    assert info.value.device == "test-map"
+
+
+def test_write_plan_propagates_encode_errors() -> None:
+    """An out-of-range value in a write plan raises BadValue."""
+    with pytest.raises(BadValue):
+        _pile_write_map().write_plan({"mode": 70000})
+
+
+# --------------------------------------------------------------------------- problems()
+
+
+def test_problems_empty_for_sound_map() -> None:
+    """A consistent map has no problems."""
+    assert _pile_write_map().problems() == []
+
+
+def test_problems_reports_overlap() -> None:
+    """A u32 at 0 and a u16 at 1 overlap; the later register is named with the earlier."""
+    regmap = make_map(
+        [reg(ValueType.U32, name="wide", address=0), reg(ValueType.U16, name="inner", address=1)]
+    )
+    found = regmap.problems()
+    assert len(found) == 1
+    name, message = found[0]
+    assert name == "inner"
+    assert "overlaps wide" in message
+
+
+def test_problems_no_overlap_across_units() -> None:
+    """The same address at another unit id is not an overlap."""
+    regmap = make_map(
+        [reg(ValueType.U16, name="a", address=0), reg(ValueType.U16, name="b", address=0, unit_id=5)]
+    )
+    assert regmap.problems() == []
+
+
+def test_problems_reports_address_beyond_65535() -> None:
+    """A register outside 0-65535 or running past 65535 is reported."""
+    regmap = make_map(
+        [
+            reg(ValueType.U16, name="far", address=70000),
+            reg(ValueType.U32, name="edge", address=65535),
+            reg(ValueType.U16, name="last", address=65534),
+        ]
+    )
+    found = dict(regmap.problems())
+    assert set(found) == {"far", "edge"}
+    assert "outside 0-65535" in found["far"]
+    assert "beyond register 65535" in found["edge"]
+
+
+def test_problems_reports_fc6_on_two_word_register() -> None:
+    """A 2-word value written with FC6 is reported (it would be half-written)."""
+    regmap = make_map(
+        [reg(ValueType.I32, name="setpoint", address=100, access=Access.RW, write_fc=6)]
+    )
+    found = regmap.problems()
+    assert [name for name, _ in found] == ["setpoint"]
+    assert "FC16" in found[0][1]
+
+
+def test_problems_reports_wrong_word_count_and_zero_scale() -> None:
+    """A u32 declared with 1 word and a zero scale are each reported."""
+    regmap = make_map(
+        [
+            reg(ValueType.U32, name="short", address=0, words=1),
+            reg(ValueType.U16, name="zero", address=5, scale=0.0),
+        ]
+    )
+    names = [name for name, _ in regmap.problems()]
+    assert "short" in names
+    assert "zero" in names
+
+
+def test_problems_writable_register_needs_write_fc() -> None:
+    """A writable register with no write function code is reported."""
+    regmap = make_map([reg(ValueType.U16, name="w", access=Access.RW, write_fc=None)])
+    assert [name for name, _ in regmap.problems()] == ["w"]
+
+
+# --------------------------------------------------------------------------- project units
+
+
+@pytest.mark.parametrize(
+    ("unit", "value", "expected"),
+    [
+        ("W", 1500.0, 1.5),
+        ("kW", 1.5, 1.5),
+        ("Wh", 2_500_000.0, 2500.0),
+        ("kWh", 7.0, 7.0),
+        ("mA", 16_000, 16.0),
+        ("A", 32.0, 32.0),
+        ("V", 230.0, 230.0),
+        ("%", 55.5, 55.5),
+    ],
+)
+def test_in_project_units(unit: str, value: float, expected: float) -> None:
+    """W -> kW, Wh -> kWh, mA -> A; project units pass through unchanged."""
+    register = reg(ValueType.F32, unit=unit)
+    assert in_project_units(register, value) == pytest.approx(expected)
+    assert from_project_units(register, expected) == pytest.approx(value)
+
+
+def test_in_project_units_none_and_text() -> None:
+    """None stays None; text is a BadValue."""
+    register = reg(ValueType.F32, unit="W")
+    assert in_project_units(register, None) is None
+    with pytest.raises(BadValue):
+        in_project_units(register, "12")
+
+
+def test_decode_then_project_units_of_a_w_register() -> None:
+    """A Janitza-style f32 W register reading 123456.0 W is 123.456 kW."""
+    register = reg(ValueType.F32, unit="W")
+    raw = register.decode(expected_words(ValueType.F32, 123456.0, "big"))
+    assert in_project_units(register, raw) == pytest.approx(123.456)
