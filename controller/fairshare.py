@@ -3,7 +3,8 @@
 This is the load management open controllers do today (equal share under a site limit): every
 vehicle gets the same power, except that none gets more than it can take and none gets less than
 its pile's minimum. When the budget does not even cover every minimum, vehicles are admitted in
-priority order (earliest arrival first) and the rest are paused at 0.
+priority order (earliest arrival first) as long as their minimum still fits; one whose minimum does
+not fit is paused at 0, and a later one with a smaller minimum may still be admitted.
 """
 
 from __future__ import annotations

@@ -74,6 +74,8 @@ def limit_setpoints(
             new[pid] = step if step >= floor or step <= 0 else (target if target == 0 else floor)
         else:
             new[pid] = target
+        # A pile whose rating dropped (reported by the pile) is capped at once, not ramped down.
+        new[pid] = min(new[pid], bounds[pid].max_kw) if new[pid] > 0 else 0.0
     excess = sum(new.values()) - max(budget, 0.0)
     if excess > 1e-9:
         above = {pid: new[pid] - clamped[pid] for pid in new if new[pid] > clamped[pid]}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from decimal import Decimal
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -142,9 +143,11 @@ class Register:
         if len(words) != self.words:
             raise BadValue(self.name, f"expected {self.words} registers, got {len(words)}")
         if self.type is ValueType.STRING:
-            text = ModbusClientMixin.convert_from_registers(
-                list(words), _DT.STRING, word_order=self.word_order
-            )
+            # Text is stored in reading order whatever the device's word order for numbers.
+            try:
+                text = ModbusClientMixin.convert_from_registers(list(words), _DT.STRING)
+            except UnicodeDecodeError as exc:
+                raise BadValue(self.name, f"text is not UTF-8: {exc}") from exc
             assert isinstance(text, str)
             return text.rstrip("\x00 ")
         if self.unavailable_all_ones and all(w == 0xFFFF for w in words):
@@ -168,25 +171,32 @@ class Register:
         if self.type is ValueType.STRING:
             if not isinstance(value, str):
                 raise BadValue(self.name, f"expected text, got {value!r}")
-            data = value.encode("utf-8")
-            if len(data) > 2 * self.words:
+            size = len(value.encode("utf-8"))
+            if size > 2 * self.words:
                 raise BadValue(self.name, f"text longer than {self.words} registers: {value!r}")
-            return self._pack(value.ljust(2 * self.words, "\x00"))
+            # Pad by bytes, not characters: "温度" is 6 bytes in UTF-8.
+            padded = value + "\x00" * (2 * self.words - size)
+            return list(ModbusClientMixin.convert_to_registers(padded, _DT.STRING))
         if isinstance(value, (str, bool)):
             raise BadValue(self.name, f"expected a number, got {value!r}")
         if not math.isfinite(value):
             raise BadValue(self.name, f"not a finite number: {value!r}")
-        raw = value / self.scale
         if self.type.is_float:
+            raw = value / self.scale
             if self.type is ValueType.F32 and abs(raw) > _F32_MAX:
                 raise BadValue(self.name, f"{value} does not fit a 32-bit float")
             return self._pack(float(raw))
         lo, hi = _INT_RANGE[self.type]
-        whole = round(raw)
+        if isinstance(value, int) and self.scale == 1.0:
+            whole = value  # exact, even beyond 2**53 (64-bit counters)
+        else:
+            # Decimal keeps 64-bit values exact and scales like 0.01 free of binary rounding.
+            whole = round(Decimal(value) / Decimal(repr(self.scale)))
         if not lo <= whole <= hi:
+            unit = f" {self.unit}" if self.unit else ""
             raise BadValue(
                 self.name,
-                f"{value} {self.unit} is outside what {self.type} with scale {self.scale} holds "
+                f"{value}{unit} is outside what {self.type} with scale {self.scale:g} holds "
                 f"({lo * self.scale:g} to {hi * self.scale:g})",
             )
         return self._pack(whole)

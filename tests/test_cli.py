@@ -77,8 +77,12 @@ def _wait_for_line(proc: subprocess.Popen[str], pattern: str, limit: int = 400) 
 
 def test_check_config_exit_codes(tmp_path: Path) -> None:
     """0 and a one-line description for the reference station; 2 and every problem for a broken copy."""
-    ok = subprocess.run([FLEXCHARGE, "check-config", str(CONFIG_ROOT / "stations" / "bozhou-depot.toml")],
-                        capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    ok = subprocess.run(
+        [FLEXCHARGE, "check-config", str(CONFIG_ROOT / "stations" / "bozhou-depot.toml")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "valid station: Bozhou logistics depot" in ok.stdout
     assert "limit 4,275 kW" in ok.stdout
@@ -88,11 +92,21 @@ def test_check_config_exit_codes(tmp_path: Path) -> None:
     text = re.sub(r'(id = "P04"\nport = \d+\n)max_kw = 480.0', r"\1max_kw = 6000.0", text)
     path.write_text(text)
     tariff = path.parent.parent / "tariffs" / "guizhou-tou.toml"
-    tariff.write_text(tariff.read_text().replace('{ start = "12:00", end = "16:00"', '{ start = "11:00", end = "16:00"', 1))
-    bad = subprocess.run([FLEXCHARGE, "check-config", str(path)], capture_output=True, text=True,
-                         env={**os.environ, "COLUMNS": "200"})
+    tariff.write_text(
+        tariff.read_text().replace(
+            '{ start = "12:00", end = "16:00"', '{ start = "11:00", end = "16:00"', 1
+        )
+    )
+    bad = subprocess.run(
+        [FLEXCHARGE, "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert bad.returncode == 2
-    assert "control.reserve_kw: Input should be greater than or equal to 0 (got -80.0)" in bad.stdout
+    assert (
+        "control.reserve_kw: Input should be greater than or equal to 0 (got -80.0)" in bad.stdout
+    )
     assert "pile P04: max_kw" in bad.stdout
     assert "guizhou-tou.toml: season standard, day type every day" in bad.stdout
     assert "overlaps" in bad.stdout

@@ -43,7 +43,9 @@ def _visit(start: float, pile: str, *, soc: float = 0.2, capacity: float = 500.0
 
 def _pile_driver(station: Station, pile_id: str, link: ModbusLink) -> ModbusDcPile:
     config = station.pile(pile_id)
-    return ModbusDcPile(pile_id, ModbusDevice(f"pile {pile_id}", link, station.map_for(config.device), config.unit))
+    return ModbusDcPile(
+        pile_id, ModbusDevice(f"pile {pile_id}", link, station.map_for(config.device), config.unit)
+    )
 
 
 async def _client(host: str, port: int) -> AsyncModbusTcpClient:
@@ -78,12 +80,18 @@ async def test_pile_map_read_through_the_driver_matches_the_plant(station: Stati
                 assert reading.min_kw == pytest.approx(20.0)
                 assert reading.ev_max_kw == pytest.approx(450.0)
                 assert reading.ev_capacity_kwh == pytest.approx(500.0)
-                assert reading.energy_import_kwh == pytest.approx(model.energy_import_kwh, abs=0.051)
-                assert reading.session_energy_kwh == pytest.approx(model.session_energy_kwh, abs=0.006)
+                assert reading.energy_import_kwh == pytest.approx(
+                    model.energy_import_kwh, abs=0.051
+                )
+                assert reading.session_energy_kwh == pytest.approx(
+                    model.session_energy_kwh, abs=0.006
+                )
                 assert reading.session_id == 1
                 assert reading.fault_code == 0
                 assert reading.fallback_countdown_s == pytest.approx(30.0 - 20.0, abs=1.0)
-                raw = await pile.device.read(["setpoint", "mode", "heartbeat", "comm_timeout", "fallback_power"])
+                raw = await pile.device.read(
+                    ["setpoint", "mode", "heartbeat", "comm_timeout", "fallback_power"]
+                )
                 assert raw["setpoint"] == pytest.approx(250.0)
                 assert raw["mode"] == 1
                 assert raw["heartbeat"] == 0, "the pile clears the heartbeat the controller wrote"
@@ -96,7 +104,9 @@ async def test_pile_map_read_through_the_driver_matches_the_plant(station: Stati
                 finally:
                     other_link.close()
                 assert empty.state is PileState.AVAILABLE
-                assert empty.soc_pct is None and empty.ev_max_kw is None, "0xFFFF reads as unavailable"
+                assert empty.soc_pct is None and empty.ev_max_kw is None, (
+                    "0xFFFF reads as unavailable"
+                )
             finally:
                 link.close()
 
@@ -127,7 +137,9 @@ async def test_pile_follows_its_setpoint_after_its_delay_at_its_ramp(station: St
                 link.close()
 
 
-async def test_failsafe_fires_when_the_controller_falls_silent_and_not_before(station: Station) -> None:
+async def test_failsafe_fires_when_the_controller_falls_silent_and_not_before(
+    station: Station,
+) -> None:
     """Without writes for longer than the timeout the pile applies its fallback power."""
     start = local_time(station, "2026-11-25T10:00")
     clock = VirtualClock(start)
@@ -166,21 +178,55 @@ async def test_device_rules_are_enforced_on_the_wire(station: Station) -> None:
             try:
                 setpoint = station.map_for(config.device)["setpoint"]
                 cases = [
-                    ("FC6 on the 32-bit setpoint", client.write_register(setpoint.address, 5, device_id=1), 3),
-                    ("FC16 of half the setpoint", client.write_registers(setpoint.address + 1, [5], device_id=1), 3),
-                    ("write to the read-only state", client.write_registers(0, [1], device_id=1), 2),
-                    ("FC4 on an FC3-only map", client.read_input_registers(0, count=2, device_id=1), 1),
-                    ("a setpoint above the rating", client.write_registers(setpoint.address, [0, 60000], device_id=1), 3),
-                    ("discharge mode on a charge-only pile", client.write_registers(setpoint.address + 2, [2], device_id=1), 3),
-                    ("an unknown unit id", client.read_holding_registers(0, count=1, device_id=9), 11),
-                    ("an address the map does not define", client.read_holding_registers(50, count=1, device_id=1), 2),
+                    (
+                        "FC6 on the 32-bit setpoint",
+                        client.write_register(setpoint.address, 5, device_id=1),
+                        3,
+                    ),
+                    (
+                        "FC16 of half the setpoint",
+                        client.write_registers(setpoint.address + 1, [5], device_id=1),
+                        3,
+                    ),
+                    (
+                        "write to the read-only state",
+                        client.write_registers(0, [1], device_id=1),
+                        2,
+                    ),
+                    (
+                        "FC4 on an FC3-only map",
+                        client.read_input_registers(0, count=2, device_id=1),
+                        1,
+                    ),
+                    (
+                        "a setpoint above the rating",
+                        client.write_registers(setpoint.address, [0, 60000], device_id=1),
+                        3,
+                    ),
+                    (
+                        "discharge mode on a charge-only pile",
+                        client.write_registers(setpoint.address + 2, [2], device_id=1),
+                        3,
+                    ),
+                    (
+                        "an unknown unit id",
+                        client.read_holding_registers(0, count=1, device_id=9),
+                        11,
+                    ),
+                    (
+                        "an address the map does not define",
+                        client.read_holding_registers(50, count=1, device_id=1),
+                        2,
+                    ),
                 ]
                 for what, request, code in cases:
                     response = await request
                     assert response.isError(), what
                     assert response.exception_code == code, what
                 model = sim.plant.piles["P01"]
-                assert model.setpoint_kw == 0.0 and model.mode.value == "idle", "rejected writes change nothing"
+                assert model.setpoint_kw == 0.0 and model.mode.value == "idle", (
+                    "rejected writes change nothing"
+                )
                 ok = await client.write_registers(setpoint.address, [0, 12345, 1, 1], device_id=1)
                 assert not ok.isError()
                 assert model.setpoint_kw == pytest.approx(123.45)
@@ -211,11 +257,17 @@ async def test_meter_maps_read_through_the_driver(station: Station, meter_map: s
                 plant = sim.plant
                 assert reading.power_kw == pytest.approx(plant.site_kw, rel=1e-6)
                 assert 1700 < reading.power_kw < 1900, "10:00-11:00 depot load"
-                assert sum(p for p in reading.power_phases_kw if p is not None) == pytest.approx(plant.site_kw, rel=1e-5)
+                assert sum(p for p in reading.power_phases_kw if p is not None) == pytest.approx(
+                    plant.site_kw, rel=1e-5
+                )
                 assert all(v is not None and 220 < v < 240 for v in reading.voltages_v)
                 assert reading.energy_import_kwh == pytest.approx(plant.energy_import_kwh, rel=1e-6)
                 assert reading.energy_import_kwh == pytest.approx(1800, rel=0.05)
-                other_fc = client.read_input_registers if 3 in regmap["power"].read_fcs else client.read_holding_registers
+                other_fc = (
+                    client.read_input_registers
+                    if 3 in regmap["power"].read_fcs
+                    else client.read_holding_registers
+                )
                 wrong = await other_fc(regmap["power"].address, count=2, device_id=gm.unit)
                 assert wrong.isError() and wrong.exception_code == 1
             finally:

@@ -71,7 +71,9 @@ async def test_daemon_keeps_the_site_under_its_limit_and_delivers(station: Stati
         assert plant.truth.longest_over_s <= reaction_s
         assert plant.truth.peak_kw <= limit + 1e-6, f"true peak {plant.truth.peak_kw:.0f} kW"
         assert daemon.tally.over_limit_s == 0.0
-        assert daemon.tally.peak_grid_kw > limit - station.control.reserve_kw - 250, "the headroom was used"
+        assert daemon.tally.peak_grid_kw > limit - station.control.reserve_kw - 250, (
+            "the headroom was used"
+        )
 
         # The limiter really had to curtail: the trucks wanted more than the headroom.
         assert any(c.wanted_kw > c.budget_kw + 100 for c in cycles)
@@ -83,10 +85,17 @@ async def test_daemon_keeps_the_site_under_its_limit_and_delivers(station: Stati
         for cycle in cycles:
             for view in cycle.snapshot.piles:
                 kw = cycle.setpoints[view.id]
-                assert kw == 0.0 or view.config.min_kw - 1e-6 <= kw <= view.config.max_kw + 1e-6, (view.id, kw)
+                assert kw == 0.0 or view.config.min_kw - 1e-6 <= kw <= view.config.max_kw + 1e-6, (
+                    view.id,
+                    kw,
+                )
                 before = previous.get(view.id, 0.0)
                 if kw > before:
-                    assert kw - before <= max(ramp_step, view.config.min_kw) + 1e-6, (view.id, before, kw)
+                    assert kw - before <= max(ramp_step, view.config.min_kw) + 1e-6, (
+                        view.id,
+                        before,
+                        kw,
+                    )
                 previous[view.id] = kw
             assert sum(cycle.setpoints.values()) <= max(cycle.budget_kw, 0.0) + 1e-6
 
@@ -94,7 +103,10 @@ async def test_daemon_keeps_the_site_under_its_limit_and_delivers(station: Stati
         for visit in visits:
             record = plant.sessions[visit.vehicle_id]
             assert record.plugged_at is not None and record.left_at is not None, visit.vehicle_id
-            assert record.delivered_kwh >= 0.99 * visit.energy_kwh, (visit.vehicle_id, record.delivered_kwh)
+            assert record.delivered_kwh >= 0.99 * visit.energy_kwh, (
+                visit.vehicle_id,
+                record.delivered_kwh,
+            )
         requested = sum(v.energy_kwh for v in visits)
         assert daemon.tally.energy_kwh == pytest.approx(plant.delivered_kwh(), abs=2.0)
         assert daemon.tally.energy_kwh >= 0.99 * requested
@@ -103,7 +115,9 @@ async def test_daemon_keeps_the_site_under_its_limit_and_delivers(station: Stati
         # After shutdown every pile reads its fallback setpoint, and applies it.
         for config in station.piles:
             link = ModbusLink(config.host, config.port, timeout_s=1.0)
-            device = ModbusDevice(f"pile {config.id}", link, station.map_for(config.device), config.unit)
+            device = ModbusDevice(
+                f"pile {config.id}", link, station.map_for(config.device), config.unit
+            )
             try:
                 values = await device.read(["setpoint", "applied_setpoint", "fallback_power"])
             finally:

@@ -1,0 +1,633 @@
+"""Unit tests for controller.config: the reference configs load, and every kind of error is
+reported with its file, device and field, all at once. Broken configs are edited copies of the
+whole configs/ tree in tmp_path, so relative paths (../tariffs, ../devices) still resolve.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller import cli
+from controller.config import (
+    CONFIG_ROOT,
+    REFERENCE_STATION,
+    ConfigError,
+    Problem,
+    load_register_map,
+    load_station,
+    load_tariff,
+)
+from drivers.registers import Access, ValueType
+
+STATION = "stations/bozhou-depot.toml"
+TARIFF = "tariffs/guizhou-tou.toml"
+PILE_MAP = "devices/flexcharge-dc-pile.toml"
+METER_MAP = "devices/janitza-umg96rm-e.toml"
+DC_MAP_DEVICE = "device map flexcharge DC pile regulation device"
+
+
+@pytest.fixture
+def configs(tmp_path: Path) -> Path:
+    """A private copy of the whole configs/ tree."""
+    root = tmp_path / "configs"
+    shutil.copytree(CONFIG_ROOT, root)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logger() -> Iterator[None]:
+    """cli.main() replaces the root logger's handlers; put them back after each test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    pymodbus_level = logging.getLogger("pymodbus").level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger("pymodbus").setLevel(pymodbus_level)
+
+
+def edit(root: Path, rel: str, old: str, new: str, *, nth: int | None = None) -> Path:
+    """Replace `old` in `root/rel` by `new`: its only occurrence, or the `nth` (1-based)."""
+    path = root / rel
+    text = path.read_text(encoding="utf-8")
+    count = text.count(old)
+    if nth is None:
+        assert count == 1, f"{old!r} occurs {count} times in {rel}"
+        nth = 1
+    assert count >= nth, f"{old!r} occurs {count} times in {rel}, wanted #{nth}"
+    at = -1
+    for _ in range(nth):
+        at = text.index(old, at + 1)
+    path.write_text(text[:at] + new + text[at + len(old) :], encoding="utf-8")
+    return path
+
+
+def station_problems(root: Path) -> list[Problem]:
+    """The problems load_station reports for the copy (fails if it loads)."""
+    with pytest.raises(ConfigError) as info:
+        load_station(root / STATION)
+    assert info.value.problems, "ConfigError without problems"
+    return info.value.problems
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True if two paths name the same file (tmp_path may sit behind a symlink)."""
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def find(
+    problems: list[Problem], file: Path, device: str | None, field: str, contains: str = ""
+) -> Problem:
+    """The one problem about `file`, `device`, `field` (message containing `contains`)."""
+    hits = [
+        p
+        for p in problems
+        if same_file(p.file, file)
+        and p.device == device
+        and p.field == field
+        and contains in p.message
+    ]
+    listing = "\n".join(f"  {p.file} | {p.device} | {p.field} | {p.message}" for p in problems)
+    assert hits, f"no problem for {file.name} / {device} / {field} ~ {contains!r} in:\n{listing}"
+    return hits[0]
+
+
+# --------------------------------------------------------------------------- reference config
+
+
+def test_reference_station_loads() -> None:
+    """The reference station: 12 piles, limit 5000 x 0.95 x 0.90 = 4275 kW, meter 'grid'."""
+    station = load_station(REFERENCE_STATION)
+    assert len(station.piles) == 12
+    assert [p.id for p in station.piles] == [f"P{i:02d}" for i in range(1, 13)]
+    assert station.limit_kw == pytest.approx(4275.0, abs=1e-9)
+    assert station.limit_kw == pytest.approx(5000 * 0.95 * 0.90, abs=1e-9)
+    assert station.grid_meter.id == "grid"
+    assert station.grid_meter.device == "janitza-umg96rm-e"
+    assert station.info.timezone == "Asia/Shanghai"
+    assert sum(p.max_kw for p in station.piles) == pytest.approx(4560.0)
+    p01 = station.pile("P01")
+    assert (p01.port, p01.max_kw, p01.min_kw, p01.fallback_kw, p01.comm_timeout_s) == (
+        15021,
+        480.0,
+        20.0,
+        100.0,
+        10.0,
+    )
+    assert station.pile("P12").max_kw == 240.0
+    assert station.control.period_s == 1.0
+    assert station.control.reserve_kw == 80.0
+
+
+def test_reference_tariff_spread_is_0_63() -> None:
+    """Peak minus valley in the reference tariff is 0.63 yuan/kWh."""
+    station = load_station(REFERENCE_STATION)
+    prices = station.tariff.band_prices
+    assert prices["peak"] - prices["valley"] == pytest.approx(0.63, abs=1e-9)
+    assert set(prices) == {"valley", "flat", "peak", "critical"}
+    assert station.tariff.currency == "CNY"
+    assert same_file(station.tariff_path, CONFIG_ROOT / TARIFF)  # type: ignore[arg-type]
+
+
+def test_reference_station_loads_janitza_meter_map() -> None:
+    """The station's meter map is the Janitza map: FC3, f32 power in W at 19026."""
+    station = load_station(REFERENCE_STATION)
+    meter = station.map_for("janitza-umg96rm-e")
+    assert meter.kind == "meter"
+    assert meter.title == "Janitza UMG 96RM-E"
+    power = meter["power"]
+    assert (power.address, power.type, power.unit, power.words) == (19026, ValueType.F32, "W", 2)
+    assert power.read_fcs == frozenset({3})
+    assert meter["energy_import"].unit == "Wh"
+
+
+def test_reference_station_loads_dc_pile_map() -> None:
+    """The piles' map is the DC pile map: i32 0.01 kW setpoint at 100, written with FC16."""
+    station = load_station(REFERENCE_STATION)
+    assert set(station.device_maps) == {"janitza-umg96rm-e", "flexcharge-dc-pile"}
+    pile = station.map_for("flexcharge-dc-pile")
+    assert pile.kind == "pile"
+    setpoint = pile["setpoint"]
+    assert (setpoint.address, setpoint.type, setpoint.scale) == (100, ValueType.I32, 0.01)
+    assert setpoint.access is Access.RW
+    assert setpoint.write_fc == 16
+    assert pile["soc"].unavailable_all_ones is True
+    assert pile.enums["state"][2] == "charging"
+    assert pile.enums["mode"] == {0: "idle", 1: "charge", 2: "discharge"}
+
+
+def test_all_reference_device_maps_load() -> None:
+    """Every file in configs/devices loads on its own with no problems."""
+    maps = {p.stem: load_register_map(p) for p in sorted((CONFIG_ROOT / "devices").glob("*.toml"))}
+    assert set(maps) == {"eastron-sdm630", "flexcharge-dc-pile", "janitza-umg96rm-e"}
+    assert maps["eastron-sdm630"]["power"].read_fcs == frozenset({4})
+    assert all(m.problems() == [] for m in maps.values())
+
+
+def test_copy_of_reference_loads(configs: Path) -> None:
+    """The unedited copy loads, so every failure below comes from its edit."""
+    station = load_station(configs / STATION)
+    assert len(station.piles) == 12
+
+
+# --------------------------------------------------------------------------- station errors
+
+
+def test_negative_transformer_rating(configs: Path) -> None:
+    """A negative rating_kva is reported against transformer.rating_kva in the station file."""
+    edit(configs, STATION, "rating_kva = 5000.0", "rating_kva = -5000.0")
+    problems = station_problems(configs)
+    find(problems, configs / STATION, None, "transformer.rating_kva", "greater than 0")
+
+
+def test_pile_above_site_limit(configs: Path) -> None:
+    """A 6000 kW pile is above the 4275 kW site limit: pile P03, max_kw."""
+    edit(
+        configs,
+        STATION,
+        'id = "P03"\nport = 15023\nmax_kw = 480.0',
+        'id = "P03"\nport = 15023\nmax_kw = 6000.0',
+    )
+    problems = station_problems(configs)
+    problem = find(problems, configs / STATION, "pile P03", "max_kw")
+    assert "4275" in problem.message
+    assert "6000" in problem.message
+
+
+def test_unknown_field_in_control(configs: Path) -> None:
+    """A misspelt [control] key is an unknown field (and the real one is then missing)."""
+    edit(configs, STATION, "reserve_kw = 80.0", "reserve_kv = 80.0")
+    problems = station_problems(configs)
+    find(problems, configs / STATION, None, "control.reserve_kv", "unknown field")
+    find(problems, configs / STATION, None, "control.reserve_kw", "missing")
+
+
+def test_unknown_field_in_pile_defaults(configs: Path) -> None:
+    """A misspelt [pile_defaults] key is reported as pile_defaults.<key>."""
+    edit(configs, STATION, "min_kw = 20.0 ", "minkw = 20.0 ")
+    problems = station_problems(configs)
+    find(problems, configs / STATION, None, "pile_defaults.minkw", "unknown field")
+    # and, since the default never applied, each pile lacks min_kw
+    find(problems, configs / STATION, "pile P07", "min_kw", "missing")
+
+
+def test_unknown_field_in_a_pile(configs: Path) -> None:
+    """A misspelt key in one [[piles]] entry names that pile."""
+    edit(configs, STATION, 'id = "P05"\nport = 15025', 'id = "P05"\nprot = 15025')
+    problems = station_problems(configs)
+    find(problems, configs / STATION, "pile P05", "prot", "unknown field")
+    find(problems, configs / STATION, "pile P05", "port", "missing")
+
+
+def test_required_field_missing(configs: Path) -> None:
+    """Leaving out [control] ramp_kw_per_s is reported as required but missing."""
+    edit(configs, STATION, "ramp_kw_per_s = 20.0", "")
+    problems = station_problems(configs)
+    problem = find(problems, configs / STATION, None, "control.ramp_kw_per_s")
+    assert "missing" in problem.message
+    assert len(problems) == 1
+
+
+def test_required_pile_field_missing(configs: Path) -> None:
+    """A pile without max_kw (and no default for it) is reported on pile P12, max_kw."""
+    edit(configs, STATION, 'id = "P12"\nport = 15032\nmax_kw = 240.0', 'id = "P12"\nport = 15032')
+    problems = station_problems(configs)
+    problem = find(problems, configs / STATION, "pile P12", "max_kw")
+    assert problem.message == "required, but missing"
+    assert len(problems) == 1
+
+
+def test_required_section_missing(configs: Path) -> None:
+    """A station without [transformer] reports the missing section."""
+    edit(configs, STATION, "[transformer]\n", "[transformr]\n")
+    problems = station_problems(configs)
+    find(problems, configs / STATION, None, "transformer", "missing")
+    find(problems, configs / STATION, None, "transformr", "unknown section")
+
+
+def test_unknown_device_map_for_meter(configs: Path) -> None:
+    """A meter naming a register map that does not exist: meter grid, device."""
+    edit(configs, STATION, 'device = "janitza-umg96rm-e"', 'device = "janitza-umg604"')
+    problems = station_problems(configs)
+    problem = find(problems, configs / STATION, "meter grid", "device")
+    assert "janitza-umg604" in problem.message
+
+
+def test_unknown_device_map_for_pile(configs: Path) -> None:
+    """A pile naming a register map that does not exist: pile P05, device."""
+    edit(configs, STATION, 'id = "P05"\n', 'id = "P05"\ndevice = "abb-terra-hp"\n')
+    problems = station_problems(configs)
+    problem = find(problems, configs / STATION, "pile P05", "device")
+    assert "abb-terra-hp" in problem.message
+
+
+def test_two_devices_on_same_endpoint(configs: Path) -> None:
+    """Two piles on the same host, port and unit: the second is reported, naming the first."""
+    edit(configs, STATION, 'id = "P02"\nport = 15022', 'id = "P02"\nport = 15021')
+    problems = station_problems(configs)
+    problem = find(problems, configs / STATION, "pile P02", "port")
+    assert "pile P01" in problem.message
+
+
+def test_pile_on_meter_endpoint(configs: Path) -> None:
+    """A pile on the grid meter's host/port/unit is reported, naming the meter."""
+    edit(configs, STATION, 'id = "P04"\nport = 15024', 'id = "P04"\nport = 15020')
+    problems = station_problems(configs)
+    problem = find(problems, configs / STATION, "pile P04", "port")
+    assert "meter grid" in problem.message
+
+
+def test_fallback_power_would_overload_site(configs: Path) -> None:
+    """fallback_kw = 480 for all: 12 x 480 + the depot's peak exceeds the limit."""
+    edit(configs, STATION, "fallback_kw = 100.0", "fallback_kw = 480.0")
+    problems = station_problems(configs)
+    problem = find(problems, configs / STATION, "piles", "fallback_kw", "overload")
+    assert "5760" in problem.message
+    assert "4275" in problem.message
+    # piles rated below 480 kW also get a per-pile complaint
+    find(problems, configs / STATION, "pile P09", "fallback_kw", "above max_kw")
+
+
+def test_fallback_overload_without_per_pile_errors(configs: Path) -> None:
+    """Fallback powers each within their pile but together too much are still caught."""
+    edit(configs, STATION, "fallback_kw = 100.0", "fallback_kw = 240.0")
+    problems = station_problems(configs)
+    assert [(p.device, p.field) for p in problems] == [("piles", "fallback_kw")]
+
+
+def test_comm_timeout_shorter_than_two_periods(configs: Path) -> None:
+    """comm_timeout_s = 1.5 with a 1 s period is reported for every pile."""
+    edit(configs, STATION, "comm_timeout_s = 10.0", "comm_timeout_s = 1.5")
+    problems = station_problems(configs)
+    for index in range(1, 13):
+        find(problems, configs / STATION, f"pile P{index:02d}", "comm_timeout_s", "twice")
+
+
+def test_comm_timeout_of_exactly_two_periods_is_fine(configs: Path) -> None:
+    """comm_timeout_s = 2 x period_s is accepted (the limit is 'shorter than twice')."""
+    edit(configs, STATION, "comm_timeout_s = 10.0", "comm_timeout_s = 2.0")
+    assert load_station(configs / STATION).pile("P01").comm_timeout_s == 2.0
+
+
+def test_unknown_time_zone(configs: Path) -> None:
+    """A misspelt zone name in [station] is reported against station.timezone."""
+    edit(configs, STATION, 'timezone = "Asia/Shanghai"', 'timezone = "Asia/Shanghia"')
+    problems = station_problems(configs)
+    problem = find(problems, configs / STATION, None, "station.timezone")
+    assert "Asia/Shanghia" in problem.message
+
+
+def test_station_and_tariff_zones_differ(configs: Path) -> None:
+    """A station in another zone than its tariff is reported."""
+    edit(configs, STATION, 'timezone = "Asia/Shanghai"', 'timezone = "Asia/Chongqing"')
+    problems = station_problems(configs)
+    find(problems, configs / STATION, "station", "timezone", "Asia/Shanghai")
+
+
+def test_toml_syntax_error(configs: Path) -> None:
+    """A broken table header is reported as invalid TOML in the station file."""
+    edit(configs, STATION, "[control]", "[control")
+    problems = station_problems(configs)
+    assert len(problems) == 1
+    problem = problems[0]
+    assert same_file(problem.file, configs / STATION)
+    assert problem.device is None
+    assert problem.field == ""
+    assert "not valid TOML" in problem.message
+
+
+def test_missing_station_file(tmp_path: Path) -> None:
+    """A station path that does not exist is 'file not found' naming that path."""
+    with pytest.raises(ConfigError) as info:
+        load_station(tmp_path / "nowhere.toml")
+    (problem,) = info.value.problems
+    assert problem.file == tmp_path / "nowhere.toml"
+    assert problem.message == "file not found"
+
+
+def test_missing_tariff_file(configs: Path) -> None:
+    """A station naming a tariff file that does not exist reports that file as not found."""
+    edit(
+        configs,
+        STATION,
+        'tariff = "../tariffs/guizhou-tou.toml"',
+        'tariff = "../tariffs/guizhou.toml"',
+    )
+    problems = station_problems(configs)
+    problem = find(problems, configs / "tariffs/guizhou.toml", None, "")
+    assert problem.message == "file not found"
+
+
+# --------------------------------------------------------------------------- tariff errors
+
+
+MIDDAY_FLAT = '{ start = "12:00", end = "16:00", band = "flat" }'  # 1st: standard season
+SEASON_PERIODS = "seasons[0].day_types[0].periods"
+STANDARD_DAY = "season standard, day type every day"
+
+
+def test_tariff_bands_overlap(configs: Path) -> None:
+    """A period starting at 11:00 while the one before ends at 12:00 overlaps it."""
+    edit(
+        configs,
+        TARIFF,
+        MIDDAY_FLAT,
+        '{ start = "11:00", end = "16:00", band = "flat" }',
+        nth=1,
+    )
+    problems = station_problems(configs)
+    problem = find(problems, configs / TARIFF, STANDARD_DAY, f"{SEASON_PERIODS}[3]", "overlaps")
+    assert "11:00" in problem.message
+
+
+def test_tariff_gap_in_day(configs: Path) -> None:
+    """A period ending at 15:00 with the next at 16:00 leaves a gap, reported with its times."""
+    edit(
+        configs,
+        TARIFF,
+        MIDDAY_FLAT,
+        '{ start = "12:00", end = "15:00", band = "flat" }',
+        nth=1,
+    )
+    problems = station_problems(configs)
+    problem = find(problems, configs / TARIFF, STANDARD_DAY, SEASON_PERIODS)
+    assert "15:00" in problem.message
+    assert "16:00" in problem.message
+
+
+def test_tariff_day_not_reaching_midnight(configs: Path) -> None:
+    """A summer day whose last period ends at 23:00 is reported as a gap to 24:00."""
+    # the second occurrence is the summer season's last period
+    edit(configs, TARIFF, 'start = "21:00", end = "24:00"', 'start = "21:00", end = "23:00"', nth=2)
+    problems = station_problems(configs)
+    find(
+        problems,
+        configs / TARIFF,
+        "season summer, day type every day",
+        "seasons[1].day_types[0].periods",
+        "23:00 to 24:00",
+    )
+
+
+def test_tariff_month_without_season(configs: Path) -> None:
+    """Dropping December from the standard season leaves month 12 uncovered."""
+    edit(
+        configs,
+        TARIFF,
+        "months = [1, 2, 3, 4, 5, 6, 9, 10, 11, 12]",
+        "months = [1, 2, 3, 4, 5, 6, 9, 10, 11]",
+    )
+    problems = station_problems(configs)
+    problem = find(problems, configs / TARIFF, "tariff", "seasons", "month 12")
+    assert problem.message.endswith("12")
+
+
+def test_tariff_month_in_two_seasons(configs: Path) -> None:
+    """A month listed in two seasons is reported on the second season's months."""
+    edit(configs, TARIFF, "months = [7, 8]", "months = [7, 8, 9]")
+    problems = station_problems(configs)
+    find(problems, configs / TARIFF, "season summer", "months", "month 9")
+
+
+def test_tariff_unknown_band(configs: Path) -> None:
+    """A period naming a band that [bands] lacks is reported on that period's band."""
+    # the first occurrence is in the standard season
+    edit(configs, TARIFF, 'end = "09:00", band = "flat"', 'end = "09:00", band = "shoulder"', nth=1)
+    problems = station_problems(configs)
+    problem = find(problems, configs / TARIFF, STANDARD_DAY, f"{SEASON_PERIODS}[1].band")
+    assert "shoulder" in problem.message
+
+
+def test_tariff_unknown_time_zone(configs: Path) -> None:
+    """An unknown zone in the tariff file is reported against the tariff's timezone field."""
+    edit(configs, TARIFF, 'timezone = "Asia/Shanghai"', 'timezone = "Mars/Olympus"')
+    with pytest.raises(ConfigError) as info:
+        load_tariff(configs / TARIFF)
+    find(info.value.problems, configs / TARIFF, "tariff", "timezone", "Mars/Olympus")
+
+
+# --------------------------------------------------------------------------- device map errors
+
+
+def test_register_address_out_of_range(configs: Path) -> None:
+    """A register at 70000 is reported against registers.<name>.address in the map file."""
+    edit(configs, PILE_MAP, "address = 110", "address = 70000")
+    problems = station_problems(configs)
+    problem = find(problems, configs / PILE_MAP, DC_MAP_DEVICE, "registers.comm_timeout.address")
+    assert "65535" in problem.message
+
+
+def test_register_running_past_65535(configs: Path) -> None:
+    """A 2-word register at 65535 ends beyond the address space."""
+    edit(configs, PILE_MAP, "address = 111", "address = 65535")
+    problems = station_problems(configs)
+    find(problems, configs / PILE_MAP, DC_MAP_DEVICE, "registers.fallback_power", "65535")
+
+
+def test_registers_overlap(configs: Path) -> None:
+    """fallback_power moved onto comm_timeout's address overlaps it."""
+    edit(configs, PILE_MAP, "address = 111", "address = 110")
+    problems = station_problems(configs)
+    problem = find(problems, configs / PILE_MAP, DC_MAP_DEVICE, "registers.fallback_power")
+    assert "overlaps comm_timeout" in problem.message
+
+
+def test_fc6_on_two_word_register_in_map(configs: Path) -> None:
+    """The i32 setpoint declared with write_fc 6 is reported."""
+    text = (configs / PILE_MAP).read_text(encoding="utf-8")
+    start = text.index("[registers.setpoint]")
+    end = text.index("write_fc = 16", start)
+    text = text[:end] + "write_fc = 6" + text[end + len("write_fc = 16") :]
+    (configs / PILE_MAP).write_text(text, encoding="utf-8")
+    problems = station_problems(configs)
+    find(problems, configs / PILE_MAP, DC_MAP_DEVICE, "registers.setpoint", "FC16")
+
+
+def test_unknown_field_in_register(configs: Path) -> None:
+    """A misspelt key in a register entry is reported as registers.<name>.<key>."""
+    edit(configs, METER_MAP, 'address = 19026\ntype = "f32"', 'address = 19026\ntpye = "f32"')
+    problems = station_problems(configs)
+    find(
+        problems,
+        configs / METER_MAP,
+        "device map Janitza UMG 96RM-E",
+        "registers.power.tpye",
+        "unknown field",
+    )
+    find(
+        problems,
+        configs / METER_MAP,
+        "device map Janitza UMG 96RM-E",
+        "registers.power.type",
+        "missing",
+    )
+
+
+def test_meter_map_lacking_power(configs: Path) -> None:
+    """A meter map without its 'power' register is reported as missing a required register."""
+    edit(configs, METER_MAP, "[registers.power]\n", "[registers.total_power]\n")
+    problems = station_problems(configs)
+    find(
+        problems,
+        configs / METER_MAP,
+        "device map Janitza UMG 96RM-E",
+        "registers.power",
+        "must define",
+    )
+
+
+# --------------------------------------------------------------------------- all at once
+
+
+def test_several_errors_reported_at_once(configs: Path) -> None:
+    """Errors in the station, the tariff and a device map all come back in one ConfigError."""
+    edit(configs, STATION, "rating_kva = 5000.0", "rating_kva = -5000.0")
+    edit(configs, STATION, 'id = "P02"\nport = 15022', 'id = "P02"\nport = 15021')
+    edit(configs, STATION, "reserve_kw = 80.0", "reserve_kw = 80.0\nreserv_kw = 1.0")
+    edit(
+        configs,
+        TARIFF,
+        "months = [1, 2, 3, 4, 5, 6, 9, 10, 11, 12]",
+        "months = [1, 2, 3, 4, 5, 6, 9, 10, 11]",
+    )
+    edit(configs, TARIFF, 'end = "09:00", band = "flat"', 'end = "09:00", band = "shoulder"', nth=1)
+    edit(configs, PILE_MAP, "address = 111", "address = 110")
+    edit(configs, METER_MAP, "address = 19076", "address = 90000")
+    problems = station_problems(configs)
+    find(problems, configs / STATION, None, "transformer.rating_kva")
+    find(problems, configs / STATION, "pile P02", "port")
+    find(problems, configs / STATION, None, "control.reserv_kw", "unknown field")
+    find(problems, configs / TARIFF, "tariff", "seasons", "month 12")
+    find(problems, configs / TARIFF, STANDARD_DAY, f"{SEASON_PERIODS}[1].band", "shoulder")
+    find(problems, configs / PILE_MAP, DC_MAP_DEVICE, "registers.fallback_power", "overlaps")
+    find(
+        problems,
+        configs / METER_MAP,
+        "device map Janitza UMG 96RM-E",
+        "registers.energy_export.address",
+    )
+    files = {Path(p.file).resolve() for p in problems}
+    assert files == {(configs / rel).resolve() for rel in (STATION, TARIFF, PILE_MAP, METER_MAP)}
+    assert len(problems) == 7
+
+
+def test_config_error_message_lists_every_problem(configs: Path) -> None:
+    """str(ConfigError) counts the problems and has one line per problem naming the field."""
+    edit(configs, STATION, "rating_kva = 5000.0", "rating_kva = -5000.0")
+    edit(configs, TARIFF, "months = [7, 8]", "months = [7]")
+    with pytest.raises(ConfigError) as info:
+        load_station(configs / STATION)
+    text = str(info.value)
+    assert text.startswith("2 problem(s)")
+    assert "transformer.rating_kva" in text
+    assert "no season covers month 8" in text
+    assert "bozhou-depot.toml" in text
+    assert "guizhou-tou.toml" in text
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_check_config_reference_station(capsys: pytest.CaptureFixture[str]) -> None:
+    """check-config on the reference station exits 0 and summarises it."""
+    assert cli.main(["check-config", str(REFERENCE_STATION)]) == 0
+    out = capsys.readouterr().out
+    assert "valid station" in out
+    assert "12 piles" in out
+    assert "4,275 kW" in out
+
+
+def test_cli_check_config_tariff_and_map(capsys: pytest.CaptureFixture[str]) -> None:
+    """check-config also accepts a tariff file and a device map file."""
+    assert cli.main(["check-config", str(CONFIG_ROOT / TARIFF)]) == 0
+    assert cli.main(["check-config", str(CONFIG_ROOT / PILE_MAP)]) == 0
+    out = capsys.readouterr().out
+    assert "valid tariff" in out
+    assert "valid device map" in out
+
+
+def test_cli_check_config_broken_station(configs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check-config on a broken copy exits 2 and prints each problem's file and field."""
+    edit(configs, STATION, "rating_kva = 5000.0", "rating_kva = -5000.0")
+    edit(configs, PILE_MAP, "address = 111", "address = 110")
+    assert cli.main(["check-config", str(configs / STATION)]) == 2
+    out = capsys.readouterr().out
+    assert "2 problem(s)" in out
+    assert "bozhou-depot.toml" in out
+    assert "transformer.rating_kva" in out
+    assert "flexcharge-dc-pile.toml" in out
+    assert "registers.fallback_power" in out
+
+
+def test_cli_check_config_broken_tariff_file(
+    configs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-config on a broken tariff file exits 2 naming the file and field."""
+    edit(configs, TARIFF, "months = [7, 8]", "months = [7]")
+    assert cli.main(["check-config", str(configs / TARIFF)]) == 2
+    out = capsys.readouterr().out
+    assert "guizhou-tou.toml" in out
+    assert "seasons" in out
+    assert "month 8" in out
+
+
+def test_cli_check_config_syntax_error(configs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check-config on a file with a TOML syntax error exits 2 and says so."""
+    edit(configs, STATION, "[control]", "[control")
+    assert cli.main(["check-config", str(configs / STATION)]) == 2
+    out = capsys.readouterr().out
+    assert "bozhou-depot.toml" in out
+    assert "not valid TOML" in out
+
+
+def test_cli_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check-config on a missing file exits 2 naming the file."""
+    assert cli.main(["check-config", str(tmp_path / "nowhere.toml")]) == 2
+    out = capsys.readouterr().out
+    assert "nowhere.toml" in out
+    assert "file not found" in out
