@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from decimal import Decimal
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import StrEnum
 from typing import Literal
 
