@@ -161,10 +161,7 @@ def cmd_sim_hardware(args: argparse.Namespace, console: Console) -> int:
             return EXIT_FAILURE
         log.info(
             "serving %s; stop with Ctrl-C",
-            ", ".join(
-                [f"{m.id}@{m.host}:{m.port}" for m in [station.grid_meter]]
-                + [f"{p.id}@{p.host}:{p.port}" for p in station.piles]
-            ),
+            ", ".join(f"{d.id}@{d.host}:{d.port}" for d in station.devices),
         )
         try:
             await stop.wait()

@@ -515,8 +515,8 @@ class BackgroundProfile(_Strict):
     noise_kw: Kw = 0.0
 
 
-class MeterConfig(_Strict):
-    """[grid_meter]: the meter at the grid connection."""
+class DeviceEndpoint(_Strict):
+    """A device of the station: its id, its register map and where it answers."""
 
     id: str = Field(min_length=1)
     device: str = Field(min_length=1)
@@ -526,20 +526,18 @@ class MeterConfig(_Strict):
     protocol: Literal["modbus-tcp"] = "modbus-tcp"
 
 
-class PileConfig(_Strict):
+class MeterConfig(DeviceEndpoint):
+    """[grid_meter]: the meter at the grid connection."""
+
+
+class PileConfig(DeviceEndpoint):
     """One [[piles]] entry (after [pile_defaults] is applied)."""
 
-    id: str = Field(min_length=1)
-    device: str = Field(min_length=1)
-    host: str = Field(min_length=1)
-    port: Port
-    unit: UnitId
     max_kw: PositiveKw
     min_kw: Kw
     comm_timeout_s: float = Field(gt=0, le=3600)
     fallback_kw: Kw
     max_discharge_kw: Kw = 0.0
-    protocol: Literal["modbus-tcp"] = "modbus-tcp"
 
     @property
     def bidirectional(self) -> bool:
@@ -610,6 +608,11 @@ class Station:
     def limit_kw(self) -> float:
         """The site import limit in kW."""
         return self.transformer.limit_kw
+
+    @property
+    def devices(self) -> tuple[DeviceEndpoint, ...]:
+        """The grid meter and every pile."""
+        return (self.grid_meter, *self.piles)
 
     def pile(self, pile_id: str) -> PileConfig:
         """The config of one pile."""
