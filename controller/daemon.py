@@ -87,10 +87,10 @@ class Tally:
                 self.out_of_bounds += 1
 
 
-async def _attempt(device: str, read: Awaitable[T]) -> T | DriverError:
-    """Await a device read; a failure comes back as a `DriverError` value, never raised."""
+async def _attempt(device: str, read: Callable[[], Awaitable[T]]) -> T | DriverError:
+    """Run a device read; a failure comes back as a `DriverError` value, never raised."""
     try:
-        return await read
+        return await read()
     except DriverError as exc:
         return exc
     except Exception as exc:
@@ -263,8 +263,8 @@ class Daemon:
     async def _read(self, now: float) -> SiteSnapshot:
         ids = list(self.piles)
         meter_result, pile_results = await asyncio.gather(
-            _attempt(self.meter_feed.device, self.meter.read()),
-            asyncio.gather(*(_attempt(f"pile {pid}", self.piles[pid].read()) for pid in ids)),
+            _attempt(self.meter_feed.device, self.meter.read),
+            asyncio.gather(*(_attempt(f"pile {pid}", self.piles[pid].read) for pid in ids)),
         )
         self._take(self.meter_feed, meter_result, now)
         rearm = [
