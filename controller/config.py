@@ -538,6 +538,8 @@ class PileConfig(DeviceEndpoint):
     comm_timeout_s: float = Field(gt=0, le=3600)
     fallback_kw: Kw
     max_discharge_kw: Kw = 0.0
+    phases: Literal[1, 3] = 3
+    phase: Literal["L1", "L2", "L3"] | None = None
 
     @property
     def bidirectional(self) -> bool:
@@ -564,6 +566,41 @@ class ArrivalWave(_Strict):
     def mean_h(self) -> float:
         """Mean arrival, hours after local midnight."""
         return _minutes(self.mean) / 60
+
+
+class SchedulerSettings(_Strict):
+    """[scheduler]: how plans are made (every field has a documented default)."""
+
+    policy: Literal["mpc", "equal-share", "edf", "llf", "uncontrolled"] = "mpc"
+    slot_minutes: float = Field(default=15.0, gt=0, le=60)
+    horizon_h: float = Field(default=24.0, gt=0, le=24 * 14)
+    plan_period_s: float = Field(default=60.0, gt=0)
+    solve_deadline_s: float = Field(default=10.0, gt=0)
+    target_soc: float = Field(default=0.95, gt=0, le=1)
+    default_dwell_h: float = Field(default=8.0, gt=0)
+    default_energy_kwh: float = Field(default=300.0, gt=0)
+    efficiency: float = Field(default=0.95, gt=0, le=1)
+    ramp_kw_per_min: float | None = Field(default=None, gt=0)
+    degradation_per_kwh: float = Field(default=0.05, ge=0)
+    unmet_penalty_per_kwh: float = Field(default=1000.0, gt=0)
+    deviation_kwh: float = Field(default=5.0, gt=0)
+
+
+class GroupConfig(_Strict):
+    """[[groups]]: a limit over some piles (a feeder, a switchboard)."""
+
+    name: str = Field(min_length=1)
+    piles: list[str] = Field(min_length=1)
+    limit_kw: PositiveKw
+
+
+class PhaseLimits(_Strict):
+    """[phase_limits]: current limit per phase at the connection, for AC sites."""
+
+    l1_a: PositiveKw
+    l2_a: PositiveKw
+    l3_a: PositiveKw
+    voltage_v: float = Field(default=230.0, gt=0)
 
 
 class SimulatorSettings(_Strict):
@@ -597,7 +634,9 @@ class Station:
     device_maps: Mapping[str, RegisterMap]
     simulator: SimulatorSettings | None = None
     tariff_path: Path | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    groups: tuple[GroupConfig, ...] = ()
+    phase_limits: PhaseLimits | None = None
 
     @property
     def name(self) -> str:
@@ -650,10 +689,13 @@ _STATION_SECTIONS = {
     "station",
     "transformer",
     "control",
+    "scheduler",
     "background",
     "grid_meter",
     "pile_defaults",
     "piles",
+    "groups",
+    "phase_limits",
     "simulator",
 }
 
@@ -704,6 +746,27 @@ def load_station(path: Path | str) -> Station:
     simulator: SimulatorSettings | None = (
         section(SimulatorSettings, "simulator") if "simulator" in raw else None
     )
+    scheduler: SchedulerSettings | None = (
+        section(SchedulerSettings, "scheduler") if "scheduler" in raw else SchedulerSettings()
+    )
+    phase_limits: PhaseLimits | None = (
+        section(PhaseLimits, "phase_limits") if "phase_limits" in raw else None
+    )
+    groups: list[GroupConfig] = []
+    raw_groups = raw.get("groups", [])
+    if not isinstance(raw_groups, list):
+        problems.add(None, "groups", "must be an array of tables ([[groups]])")
+        raw_groups = []
+    for index, entry in enumerate(raw_groups):
+        label = (
+            f"group {entry.get('name')}"
+            if isinstance(entry, dict) and entry.get("name")
+            else f"group #{index + 1}"
+        )
+        try:
+            groups.append(GroupConfig.model_validate(entry))
+        except ValidationError as err:
+            problems.add_validation(err, label)
 
     defaults = raw.get("pile_defaults", {})
     if not isinstance(defaults, dict):
@@ -766,6 +829,7 @@ def load_station(path: Path | str) -> Station:
             except ConfigError as err:
                 problems.items.extend(err.problems)
 
+    _check_groups(problems, piles, groups, phase_limits)
     _cross_check(
         problems, transformer, control, background, grid_meter, piles, device_maps, tariff, info
     )
@@ -783,7 +847,41 @@ def load_station(path: Path | str) -> Station:
         device_maps=device_maps,
         simulator=simulator,
         tariff_path=tariff_path,
+        scheduler=scheduler or SchedulerSettings(),
+        groups=tuple(groups),
+        phase_limits=phase_limits,
     )
+
+
+def _check_groups(
+    problems: _Problems,
+    piles: list[PileConfig],
+    groups: list[GroupConfig],
+    phase_limits: PhaseLimits | None,
+) -> None:
+    known = {p.id for p in piles}
+    names: set[str] = set()
+    for group in groups:
+        label = f"group {group.name}"
+        if group.name in names:
+            problems.add(label, "name", "another group has the same name")
+        names.add(group.name)
+        for member in group.piles:
+            if member not in known:
+                problems.add(label, "piles", f"no pile {member!r} in this station")
+    for pile in piles:
+        if pile.phases == 1 and pile.phase is None:
+            problems.add(
+                f"pile {pile.id}", "phase", "a single-phase pile must name its phase (L1, L2 or L3)"
+            )
+        if pile.phases == 3 and pile.phase is not None:
+            problems.add(
+                f"pile {pile.id}", "phase", "a three-phase pile is on every phase; remove phase"
+            )
+    if phase_limits is None and any(p.phases == 1 for p in piles):
+        problems.add(
+            "phase_limits", "", "single-phase piles need [phase_limits] to keep the phases balanced"
+        )
 
 
 def _cross_check(

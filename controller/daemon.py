@@ -1,9 +1,17 @@
-"""The daemon: owns the control tasks, runs the fast loop, and shuts down safely.
+"""The daemon: owns the control tasks, talks to the devices, and shuts down safely.
 
-Every cycle (about once a second) the fast loop reads the grid meter and every pile at once,
-decides setpoints (fair share of the headroom, through the ramp-limited limiter) and writes them
-back, which also keeps each pile's fail-safe timer from firing. On stop it cancels its task, leaves
-every pile at its fallback power and closes the connections, in that order.
+Two tasks, both owned here:
+
+- the fast loop (about once a second) reads the grid meter and every pile at once, hands the
+  snapshot to `Control` for setpoints and writes them back, which also keeps each pile's
+  fail-safe timer from firing;
+- the plan loop asks `Control` whether a new plan is due (every minute, and on arrivals,
+  departures, limit changes and large deviations) and solves it in a worker thread with a
+  deadline, so the event loop never blocks; a failed or late solve gives way to the fallback
+  heuristic.
+
+On stop it cancels both tasks, leaves every pile at its fallback power and closes the
+connections, in that order.
 """
 
 from __future__ import annotations
@@ -14,18 +22,22 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from controller.clock import Clock, Ticker
 from controller.config import Station
-from controller.fairshare import Demand, fair_share
-from controller.limiter import PileBounds, budget_kw, limit_setpoints
-from controller.site import BackgroundWatch, Feed, PileView, SiteSnapshot
+from controller.control import Control, Decision, Policy
+from controller.site import Feed, PileView, SiteSnapshot
 from drivers.errors import DriverError
 from drivers.meter import Meter, MeterReading, ModbusMeter
 from drivers.modbus import ModbusDevice, ModbusLinks
 from drivers.pile import ModbusDcPile, Pile, PileReading
+from scheduler.fallback import fallback_plan
+from scheduler.plan import Plan
+from scheduler.problem import Problem, ProblemError
+from scheduler.solver import Solver
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,6 +73,9 @@ class Tally:
     out_of_bounds: int = 0
     cycle_ms_max: float = 0.0
     cycle_ms_total: float = 0.0
+    plans: int = 0
+    fallbacks: int = 0
+    solve_ms: list[float] = field(default_factory=list)
     _counters: dict[str, float] = field(default_factory=dict)
 
     def add(self, cycle: Cycle, dt: float, cycle_ms: float) -> None:
@@ -72,7 +87,7 @@ class Tally:
         if grid is not None:
             if grid > self.peak_grid_kw:
                 self.peak_grid_kw, self.peak_at = grid, cycle.time
-            if grid > self.limit_kw:
+            if grid > cycle.snapshot.limit_kw:
                 self.over_limit_s += dt
         for view in cycle.snapshot.piles:
             if view.reading is None:
@@ -82,9 +97,16 @@ class Tally:
             if before is not None and counter >= before:
                 self.energy_kwh += counter - before
             self._counters[view.id] = counter
-            kw = cycle.setpoints.get(view.id, 0.0)
-            if kw != 0 and not (view.min_kw - 1e-6 <= kw <= view.max_kw + 1e-6):
+            if view.id in cycle.setpoints and not _within_bounds(cycle.setpoints[view.id], view):
                 self.out_of_bounds += 1
+
+
+def _within_bounds(kw: float, view: PileView) -> bool:
+    if kw == 0:
+        return True
+    if kw > 0:
+        return view.min_kw - 1e-6 <= kw <= view.max_kw + 1e-6
+    return view.min_kw - 1e-6 <= -kw <= view.max_discharge_kw + 1e-6
 
 
 async def _attempt(device: str, read: Callable[[], Awaitable[T]]) -> T | DriverError:
@@ -109,37 +131,43 @@ class Daemon:
         meter: Meter,
         piles: Sequence[Pile],
         *,
+        policy: Policy | str | None = None,
         close: Callable[[], None] | None = None,
     ) -> None:
         self.station = station
         self.clock = clock
         self.meter = meter
         self.piles = {pile.id: pile for pile in piles}
+        self.control = Control(station, policy=policy)
         self._close = close
-        control = station.control
-        self.period_s = control.period_s
+        self.period_s = station.control.period_s
         self.meter_feed: Feed[MeterReading] = Feed(f"meter {meter.id}")
         self.pile_feeds: dict[str, Feed[PileReading]] = {
             pid: Feed(f"pile {pid}") for pid in self.piles
         }
-        self.setpoints: dict[str, float] = {pid: 0.0 for pid in self.piles}
-        self.background = BackgroundWatch(window_s=3600.0)
         self.tally = Tally(station.limit_kw)
         self.observers: list[Callable[[Cycle], None]] = []
         self.events: deque[tuple[float, str]] = deque(maxlen=500)
         self.event_count = 0
         self.last_cycle: Cycle | None = None
-        self._sessions: dict[str, tuple[int, float]] = {}
-        self._present: dict[str, int] = {}
-        self._armed: set[str] = set()
-        self._curtailing = False
-        self._loop_task: asyncio.Task[None] | None = None
+        self._solver = Solver(time_limit_s=station.scheduler.solve_deadline_s)
+        self._executor: ThreadPoolExecutor | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._last_cycle_at: float | None = None
         self._errors_logged: set[str] = set()
+        self._curtailing = False
+        self._plan_failing = False
+
+    @property
+    def setpoints(self) -> Mapping[str, float]:
+        """The setpoints last written to each pile."""
+        return self.control.setpoints
 
     @classmethod
-    def over_modbus(cls, station: Station, clock: Clock) -> Daemon:
+    def over_modbus(
+        cls, station: Station, clock: Clock, *, policy: Policy | str | None = None
+    ) -> Daemon:
         """A daemon whose meter and piles are the Modbus devices the station config names."""
         links = ModbusLinks(timeout_s=station.control.io_timeout_s)
         gm = station.grid_meter
@@ -158,7 +186,7 @@ class Daemon:
             )
             for p in station.piles
         ]
-        return cls(station, clock, meter, piles, close=links.close)
+        return cls(station, clock, meter, piles, policy=policy, close=links.close)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -177,36 +205,47 @@ class Daemon:
             self._stop.set()
 
     async def start(self) -> None:
-        """Connect, arm every pile's fail-safe, and start the fast loop."""
+        """Connect, arm every pile's fail-safe, and start the fast and plan loops."""
+        transformer = self.station.transformer
         log.info(
-            "controlling %s: %d piles, limit %.0f kW (%.0f kVA x %.2f x %.2f), period %.1f s",
+            "controlling %s: %d piles, limit %.0f kW (%.0f kVA x %.2f x %.2f), period %.1f s, policy %s",
             self.station.name,
             len(self.piles),
             self.station.limit_kw,
-            self.station.transformer.rating_kva,
-            self.station.transformer.power_factor,
-            self.station.transformer.margin,
+            transformer.rating_kva,
+            transformer.power_factor,
+            transformer.margin,
             self.period_s,
+            self.control.policy,
         )
         await asyncio.gather(*(self._arm(pid) for pid in self.piles))
-        self._loop_task = asyncio.create_task(self._fast_loop(), name="fast loop")
+        self._tasks.append(asyncio.create_task(self._fast_loop(), name="fast loop"))
+        if self.control.policy is Policy.MPC:
+            self._executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="flexcharge-solver"
+            )
+            self._tasks.append(asyncio.create_task(self._plan_loop(), name="plan loop"))
 
     async def shutdown(self) -> None:
-        """Stop the loop, leave every pile at its fallback power, close connections."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
+        """Stop the loops, leave every pile at its fallback power, close connections."""
+        self._solver.cancel()
+        for task in reversed(self._tasks):
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
+                await task
+        self._tasks.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        fallbacks = {pid: self.station.pile(pid).fallback_kw for pid in self.piles}
         results = await asyncio.gather(
-            *(self.piles[pid].command(self.station.pile(pid).fallback_kw) for pid in self.piles),
-            return_exceptions=True,
+            *(self.piles[pid].command(kw) for pid, kw in fallbacks.items()), return_exceptions=True
         )
-        for pid, result in zip(self.piles, results, strict=True):
+        for pid, result in zip(fallbacks, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("pile %s: could not leave it at its fallback power: %s", pid, result)
             else:
-                self.setpoints[pid] = self.station.pile(pid).fallback_kw
+                self.control.committed({pid: fallbacks[pid]})
         log.info("every reachable pile left at its fallback power; stopped")
         if self._close is not None:
             self._close()
@@ -217,9 +256,6 @@ class Daemon:
             await self.piles[pile_id].arm_failsafe(config.comm_timeout_s, config.fallback_kw)
         except DriverError as exc:
             self.pile_feeds[pile_id].failed(exc, self.clock.now())
-            self._armed.discard(pile_id)
-        else:
-            self._armed.add(pile_id)
 
     # -- the fast loop -------------------------------------------------------------------------
 
@@ -230,14 +266,15 @@ class Daemon:
                 await ticker.wait()
                 try:
                     await self.cycle()
-                except DriverError as exc:
-                    log.error("cycle failed: %s", exc)
                 except Exception as exc:
                     # A bug must not stop control: log it once, keep cycling.
-                    key = f"{type(exc).__name__}: {exc}"
-                    if key not in self._errors_logged:
-                        self._errors_logged.add(key)
-                        log.exception("cycle failed")
+                    self._log_once(exc, "cycle failed")
+
+    def _log_once(self, exc: Exception, what: str) -> None:
+        key = f"{what}: {type(exc).__name__}: {exc}"
+        if key not in self._errors_logged:
+            self._errors_logged.add(key)
+            log.exception(what)
 
     async def cycle(self) -> Cycle:
         """One read - decide - write pass."""
@@ -250,12 +287,16 @@ class Daemon:
         )
         self._last_cycle_at = now
         snapshot = await self._read(now)
-        budget, targets, setpoints = self._decide(snapshot, dt)
-        written = await self._write(setpoints, now)
-        cycle = Cycle(now, snapshot, budget, targets, setpoints, written)
+        for text in self.control.observe(snapshot, dt):
+            self._event(now, text)
+        decision = self.control.decide(snapshot, dt)
+        written = await self._write(decision.setpoints, now)
+        cycle = Cycle(
+            now, snapshot, decision.budget_kw, decision.targets, decision.setpoints, written
+        )
         self.last_cycle = cycle
         self.tally.add(cycle, dt, (time.perf_counter() - started) * 1000)
-        self._notice(cycle)
+        self._notice(cycle, decision)
         for observer in self.observers:
             observer(cycle)
         return cycle
@@ -282,11 +323,12 @@ class Daemon:
                 self.station.pile(pid),
                 self.pile_feeds[pid].fresh(now, max_age),
                 self.pile_feeds[pid].value,
+                current=self.pile_feeds[pid].at == now,
             )
             for pid in ids
         )
         tariff = self.station.tariff
-        snapshot = SiteSnapshot(
+        return SiteSnapshot(
             time=now,
             limit_kw=self.station.limit_kw,
             grid_kw=None if meter is None else meter.power_kw,
@@ -294,11 +336,8 @@ class Daemon:
             piles=views,
             band=tariff.band_at(now),
             price=tariff.price_at(now),
+            meter_current=self.meter_feed.at == now,
         )
-        background = snapshot.background_kw
-        if background is not None and self.meter_feed.at == now:
-            self.background.add(now, background)
-        return snapshot
 
     def _take(self, feed: Feed[T], result: T | DriverError, now: float) -> bool:
         """Store one read result in its feed; True if the device has just recovered."""
@@ -306,64 +345,6 @@ class Daemon:
             feed.failed(result, now)
             return False
         return feed.succeeded(result, now)
-
-    def _decide(
-        self, snapshot: SiteSnapshot, dt: float
-    ) -> tuple[float, dict[str, float], dict[str, float]]:
-        control = self.station.control
-        now = snapshot.time
-        controlled = [v for v in snapshot.piles if v.reading is not None]
-        blind = [v for v in snapshot.piles if v.reading is None]
-        worst = self.background.highest(now)
-        worst_background = (
-            worst + control.background_margin_kw if worst is not None else snapshot.limit_kw
-        )
-        # Piles we cannot read may draw up to the larger of their last setpoint and their
-        # fallback power (if they stop hearing us); count what they could add.
-        extra = 0.0
-        for view in blind:
-            assumed = max(self.setpoints[view.id], view.config.fallback_kw)
-            if snapshot.grid_kw is not None and view.last is not None:
-                extra += max(0.0, assumed - view.last.power_kw)
-            else:
-                extra += assumed
-        budget = budget_kw(
-            limit_kw=snapshot.limit_kw,
-            reserve_kw=control.reserve_kw,
-            grid_kw=snapshot.grid_kw,
-            controlled_kw=sum(v.reading.power_kw for v in controlled if v.reading is not None),
-            worst_uncontrolled_kw=worst_background,
-            unreachable_extra_kw=extra,
-        )
-        demands = [
-            Demand(v.id, v.min_kw, v.wants_kw, priority=self._session_start(v, now))
-            for v in controlled
-            if v.wants_kw > 0
-        ]
-        targets = fair_share(budget, demands)
-        meter_is_current = self.meter_feed.at == now
-        for view in controlled:
-            # Data from an earlier cycle may be used to hold or reduce power, never to raise it.
-            if not meter_is_current or self.pile_feeds[view.id].at != now:
-                targets[view.id] = min(targets.get(view.id, 0.0), self.setpoints[view.id])
-        bounds = {v.id: PileBounds(v.min_kw, v.max_kw) for v in controlled}
-        setpoints = limit_setpoints(
-            targets, self.setpoints, bounds, budget, control.ramp_kw_per_s * dt
-        )
-        for view in blind:
-            # Keep repeating the last setpoint (it keeps the fail-safe armed if the write gets
-            # through) but never more than the pile would fall back to anyway.
-            setpoints[view.id] = min(self.setpoints[view.id], max(view.config.fallback_kw, 0.0))
-        return budget, targets, setpoints
-
-    def _session_start(self, view: PileView, now: float) -> float:
-        reading = view.reading
-        assert reading is not None
-        known = self._sessions.get(view.id)
-        if known is None or known[0] != reading.session_id:
-            known = (reading.session_id, now)
-            self._sessions[view.id] = known
-        return known[1]
 
     async def _write(self, setpoints: Mapping[str, float], now: float) -> dict[str, bool]:
         ids = list(setpoints)
@@ -381,32 +362,81 @@ class Daemon:
                 self.pile_feeds[pid].failed(error, now)
                 written[pid] = False
             else:
-                self.setpoints[pid] = setpoints[pid]
                 written[pid] = True
+        self.control.committed({pid: setpoints[pid] for pid, ok in written.items() if ok})
         return written
+
+    # -- the plan loop ---------------------------------------------------------------------------
+
+    async def _plan_loop(self) -> None:
+        with self.clock.participant():
+            ticker = Ticker(self.clock, self.period_s, start=self.clock.now() + self.period_s / 2)
+            while True:
+                await ticker.wait()
+                cycle = self.last_cycle
+                if cycle is None:
+                    continue
+                reason = self.control.plan_due(self.clock.now())
+                if reason is None:
+                    continue
+                try:
+                    await self.replan(cycle.snapshot, reason)
+                except Exception as exc:
+                    self._log_once(exc, "planning failed")
+
+    async def replan(self, snapshot: SiteSnapshot, reason: str) -> Plan | None:
+        """Solve a new plan in the worker thread and adopt it (or the fallback)."""
+        try:
+            problem = self.control.problem(snapshot)
+            problem.check()
+        except ProblemError as exc:
+            self._log_once(exc, "cannot build the scheduling problem")
+            return None
+        assert self._executor is not None
+        loop = asyncio.get_running_loop()
+        deadline = self.station.scheduler.solve_deadline_s
+        future = loop.run_in_executor(self._executor, self._solver.solve, problem)
+        try:
+            plan = await asyncio.wait_for(asyncio.shield(future), timeout=deadline * 2 + 1)
+        except TimeoutError:
+            self._solver.cancel()
+            plan = None
+        plan = self._accept(problem, plan, reason)
+        self.control.adopt(plan, self.clock.now())
+        return plan
+
+    def _accept(self, problem: Problem, plan: Plan | None, reason: str) -> Plan:
+        """The solver's plan, or the fallback heuristic's, logging a failure once."""
+        self.tally.plans += 1
+        if plan is not None:
+            self.tally.solve_ms.append(plan.solve_ms)
+        if plan is not None and plan.status.has_schedule:
+            if self._plan_failing:
+                log.warning("the optimiser is planning again (%s)", plan.status)
+                self._plan_failing = False
+            log.debug(
+                "plan (%s): %s in %.0f ms, objective %.2f",
+                reason,
+                plan.status,
+                plan.solve_ms,
+                plan.objective or 0,
+            )
+            return plan
+        why = "no answer before the deadline" if plan is None else f"{plan.status}: {plan.message}"
+        if not self._plan_failing:
+            log.error(
+                "the optimiser gave no plan (%s); using least laxity first until it does", why
+            )
+            self._plan_failing = True
+        self.tally.fallbacks += 1
+        return fallback_plan(problem, reason=why)
 
     # -- what an operator is told ------------------------------------------------------------
 
-    def _notice(self, cycle: Cycle) -> None:
-        for view in cycle.snapshot.piles:
-            reading = view.reading
-            if reading is None:
-                continue
-            present = reading.state.vehicle_present
-            session = self._present.get(view.id)
-            if session is not None and (not present or session != reading.session_id):
-                del self._present[view.id]
-                energy = "" if present else f" after {reading.session_energy_kwh:.0f} kWh"
-                self._event(cycle.time, f"{view.id}: vehicle left{energy}")
-            if present and view.id not in self._present:
-                soc = (
-                    f"SoC {reading.soc_pct:.0f}%" if reading.soc_pct is not None else "SoC unknown"
-                )
-                self._event(cycle.time, f"{view.id}: vehicle connected, {soc}")
-                self._present[view.id] = reading.session_id
+    def _notice(self, cycle: Cycle, decision: Decision) -> None:
         wanted = cycle.wanted_kw
-        granted = sum(cycle.targets.values())
-        curtailing = wanted - granted > 1.0
+        granted = sum(max(kw, 0.0) for kw in decision.setpoints.values())
+        curtailing = wanted - granted > 1.0 and cycle.budget_kw < wanted
         if curtailing != self._curtailing:
             self._curtailing = curtailing
             if curtailing:
@@ -415,7 +445,7 @@ class Daemon:
                     f"curtailing: vehicles want {wanted:.0f} kW, headroom gives {max(cycle.budget_kw, 0):.0f} kW",
                 )
             else:
-                self._event(cycle.time, "curtailment ended: every vehicle gets what it takes")
+                self._event(cycle.time, "curtailment ended: the headroom covers what vehicles take")
 
     def _event(self, when: float, text: str) -> None:
         self.events.append((when, text))

@@ -3,27 +3,46 @@
 Pure functions. `budget_kw` says how much the controllable piles may draw together, from the
 measured grid load; `limit_setpoints` moves each pile's setpoint towards its target at the ramp
 limit, except that when the budget demands a faster cut, safety wins over smoothness.
+Setpoints are signed: negative discharges a vehicle (bidirectional piles only).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class PileBounds:
-    """What one pile may be told: 0, or between `min_kw` and `max_kw`."""
+    """What one pile may be told: 0, or a magnitude between `min_kw` and its rating either way."""
 
     min_kw: float
     max_kw: float
+    max_discharge_kw: float = 0.0
+
+    @property
+    def floor(self) -> float:
+        """The smallest non-zero magnitude."""
+        return min(self.min_kw, self.max_kw)
 
     def clamp(self, kw: float) -> float:
-        """The nearest allowed setpoint at or below `kw` (0 when `kw` is under the minimum)."""
-        if kw <= 0 or self.max_kw <= 0:
+        """The nearest allowed setpoint between 0 and `kw` (0 when `kw` is under the minimum)."""
+        if kw > 0:
+            kw = min(kw, self.max_kw)
+        elif kw < 0:
+            kw = max(kw, -self.max_discharge_kw)
+        if kw == 0 or abs(kw) < min(self.min_kw, max(self.max_kw, self.max_discharge_kw)):
             return 0.0
-        kw = min(kw, self.max_kw)
-        return kw if kw >= min(self.min_kw, self.max_kw) else 0.0
+        return kw
+
+    def allows(self, kw: float) -> bool:
+        """True if `kw` is a setpoint this pile may be given."""
+        return kw == 0 or (
+            math.isfinite(kw)
+            and -self.max_discharge_kw - 1e-6 <= kw <= self.max_kw + 1e-6
+            and abs(kw) >= self.floor - 1e-6
+        )
 
 
 def budget_kw(
@@ -47,6 +66,24 @@ def budget_kw(
     return limit_kw - reserve_kw - uncontrolled - unreachable_extra_kw
 
 
+def _step_towards(before: float, target: float, step: float, bounds: PileBounds) -> float:
+    """One ramp step from `before` towards `target`, never stopping in the dead zone around 0."""
+    floor = bounds.floor
+    if target > before:
+        moved = min(target, before + step)
+    elif target < before:
+        moved = max(target, before - step)
+    else:
+        return target
+    if moved == 0 or abs(moved) >= floor:
+        return moved
+    # Inside (-floor, floor): leaving zero jumps to the floor, heading to zero stops at zero.
+    heading_away = abs(target) > abs(before) and (before == 0 or (before > 0) == (target > 0))
+    if heading_away and target != 0:
+        return math.copysign(floor, target)
+    return 0.0
+
+
 def limit_setpoints(
     targets: Mapping[str, float],
     previous: Mapping[str, float],
@@ -57,25 +94,16 @@ def limit_setpoints(
     """Setpoints for this cycle.
 
     Each setpoint moves from `previous` towards its target by at most `max_step_kw`; if the sum
-    would exceed `budget`, the piles still ramping down are cut faster, in proportion to how far
-    they are above their targets. The result is always within each pile's bounds and, whenever
-    the targets fit the budget, sums to no more than it.
+    would exceed `budget`, the piles still above their targets are cut faster, in proportion to
+    how far above they are. The result is always within each pile's bounds and, whenever the
+    targets fit the budget, sums to no more than it.
     """
     clamped = {pid: bounds[pid].clamp(targets.get(pid, 0.0)) for pid in bounds}
     new: dict[str, float] = {}
     for pid, target in clamped.items():
-        before = previous.get(pid, 0.0)
-        floor = min(bounds[pid].min_kw, bounds[pid].max_kw)
-        if target > before:
-            step = min(target, before + max_step_kw)
-            new[pid] = max(step, floor) if step > 0 else 0.0
-        elif target < before:
-            step = max(target, before - max_step_kw)
-            new[pid] = step if step >= floor or step <= 0 else (target if target == 0 else floor)
-        else:
-            new[pid] = target
-        # A pile whose rating dropped (reported by the pile) is capped at once, not ramped down.
-        new[pid] = min(new[pid], bounds[pid].max_kw) if new[pid] > 0 else 0.0
+        moved = _step_towards(previous.get(pid, 0.0), target, max_step_kw, bounds[pid])
+        # A pile whose rating dropped (it reports a lower maximum) is capped at once.
+        new[pid] = bounds[pid].clamp(moved) if moved != 0 else 0.0
     excess = sum(new.values()) - max(budget, 0.0)
     if excess > 1e-9:
         above = {pid: new[pid] - clamped[pid] for pid in new if new[pid] > clamped[pid]}
@@ -83,13 +111,14 @@ def limit_setpoints(
         if total_above > 0:
             share = min(1.0, excess / total_above)
             for pid, gap in above.items():
-                # Never below the target, which is 0 or within bounds, so clamp keeps it valid.
+                # Never below the target, which is within bounds, so clamp keeps it valid.
                 new[pid] = bounds[pid].clamp(new[pid] - gap * share)
         excess = sum(new.values()) - max(budget, 0.0)
         if excess > 1e-9:
-            # The targets themselves do not fit (the budget collapsed this cycle): cut everyone
-            # in proportion, pausing those that fall under their minimum.
-            total = sum(new.values())
-            factor = max(budget, 0.0) / total if total > 0 else 0.0
-            new = {pid: bounds[pid].clamp(kw * factor) for pid, kw in new.items()}
+            # The targets themselves do not fit (the budget collapsed this cycle): cut every
+            # charging pile in proportion, pausing those that fall under their minimum.
+            charging = sum(kw for kw in new.values() if kw > 0)
+            allowed = charging - excess
+            factor = max(allowed, 0.0) / charging if charging > 0 else 0.0
+            new = {pid: bounds[pid].clamp(kw * factor) if kw > 0 else kw for pid, kw in new.items()}
     return new

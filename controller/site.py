@@ -60,11 +60,16 @@ class Feed(Generic[T]):
 
 @dataclass(frozen=True)
 class PileView:
-    """One pile in a snapshot: its config, its fresh reading (None if stale) and its last one."""
+    """One pile in a snapshot: its config, its fresh reading (None if stale) and its last one.
+
+    `current` is False when the fresh reading is from an earlier cycle (this cycle's read failed):
+    such data may hold or lower power, never raise it.
+    """
 
     config: PileConfig
     reading: PileReading | None
     last: PileReading | None
+    current: bool = True
 
     @property
     def id(self) -> str:
@@ -84,6 +89,18 @@ class PileView:
         if self.reading is None:
             return self.config.min_kw
         return max(self.config.min_kw, self.reading.min_kw)
+
+    @property
+    def max_discharge_kw(self) -> float:
+        """What the pile may discharge (0 for a charge-only pile)."""
+        if self.reading is None:
+            return self.config.max_discharge_kw
+        return min(self.config.max_discharge_kw, self.reading.max_discharge_kw)
+
+    @property
+    def vehicle_present(self) -> bool:
+        """True if a fresh reading shows a vehicle plugged in."""
+        return self.reading is not None and self.reading.state.vehicle_present
 
     @property
     def wants_kw(self) -> float:
@@ -107,6 +124,7 @@ class SiteSnapshot:
     piles: tuple[PileView, ...]
     band: str
     price: float
+    meter_current: bool = True
 
     @property
     def piles_kw(self) -> float:

@@ -1,4 +1,4 @@
-"""Unit tests for controller.fairshare: water-filling with floors, caps and priority admission."""
+"""Unit tests for scheduler.allocation.fair_share: water-filling with floors, caps and priority admission."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.fairshare import Demand, fair_share
+from scheduler.allocation import Demand, fair_share
 
 
 def test_equal_split_when_nobody_is_capped() -> None:

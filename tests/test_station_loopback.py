@@ -52,7 +52,7 @@ async def test_daemon_keeps_the_site_under_its_limit_and_delivers(station: Stati
     simulator = StationSimulator(station, clock, visits=visits)
     await simulator.start()
     try:
-        daemon = Daemon.over_modbus(station, clock)
+        daemon = Daemon.over_modbus(station, clock, policy="equal-share")
         daemon.observers.append(cycles.append)
         running = asyncio.create_task(daemon.run())
         await clock.sleep_until(start + 1.75 * 3600)

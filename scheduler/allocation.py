@@ -1,10 +1,13 @@
-"""Fair sharing of a power budget among connected vehicles (water-filling with floors and caps).
+"""Splitting a power budget among connected vehicles, the ways today's controllers do it.
 
-This is the load management open controllers do today (equal share under a site limit): every
+`fair_share` is the load management open controllers do (equal share under a site limit): every
 vehicle gets the same power, except that none gets more than it can take and none gets less than
 its pile's minimum. When the budget does not even cover every minimum, vehicles are admitted in
 priority order (earliest arrival first) as long as their minimum still fits; one whose minimum does
 not fit is paused at 0, and a later one with a smaller minimum may still be admitted.
+
+`priority_fill` serves vehicles one after another, each as much as it takes: earliest deadline
+first and least laxity first are priority fills with different orders.
 """
 
 from __future__ import annotations
@@ -75,3 +78,26 @@ def _water_level(budget: float, bounds: Sequence[tuple[float, float]]) -> float:
             return previous + (budget - low_total) * (point - previous) / (high_total - low_total)
         previous = point
     return points[-1]
+
+
+def priority_fill(budget_kw: float, demands: Sequence[Demand]) -> dict[str, float]:
+    """Serve `demands` in priority order (lowest first), each up to its maximum.
+
+    A vehicle whose minimum no longer fits is paused and the next one is tried.
+    """
+    shares = {d.pile_id: 0.0 for d in demands}
+    left = max(budget_kw, 0.0)
+    for demand in sorted(demands, key=lambda d: (d.priority, d.pile_id)):
+        if demand.max_kw <= 0:
+            continue
+        grant = min(demand.max_kw, left)
+        if grant + 1e-9 < min(demand.min_kw, demand.max_kw) or grant <= 0:
+            continue
+        shares[demand.pile_id] = grant
+        left -= grant
+    return shares
+
+
+def laxity_h(now: float, departure: float, energy_kwh: float, max_kw: float) -> float:
+    """Hours to spare: time left before departure minus the time charging at full power takes."""
+    return (departure - now) / 3600.0 - energy_kwh / max(max_kw, 1e-9)

@@ -1,0 +1,504 @@
+"""The controller's decisions, without any I/O: the same code runs the daemon and fast simulation.
+
+`Control` follows the site through `SiteSnapshot`s. It keeps track of each vehicle's session (what
+it needs and when it leaves), of the month's peak, and of the current plan; it says when a new
+plan is due and builds the `scheduler.Problem` for it; and every cycle it turns the snapshot into
+setpoints:
+
+- a policy gives each vehicle a target: the plan's energy for the current slot (mpc,
+  offline-optimal), or a baseline split of the headroom (equal-share, edf, llf);
+- power a vehicle does not take is offered to the others the plan has charging in this slot;
+- the limiter moves setpoints towards the targets at the ramp limit and never lets them add up
+  to more than the measured headroom.
+
+The daemon (`controller.daemon`) wraps it with Modbus I/O and tasks; `simulator.fast` wraps it
+with the plant model and a loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from controller.config import Station
+from controller.forecast import BackgroundForecast
+from controller.limiter import PileBounds, budget_kw, limit_setpoints
+from controller.site import BackgroundWatch, PileView, SiteSnapshot
+from scheduler.allocation import Demand, fair_share, laxity_h, priority_fill
+from scheduler.plan import Plan
+from scheduler.problem import GroupLimit, Problem, Vehicle, Weights, slot_boundaries
+
+log = logging.getLogger(__name__)
+
+
+class Policy(StrEnum):
+    """How targets are chosen."""
+
+    MPC = "mpc"
+    OFFLINE = "offline-optimal"
+    EQUAL_SHARE = "equal-share"
+    EDF = "edf"
+    LLF = "llf"
+    UNCONTROLLED = "uncontrolled"
+
+    @property
+    def plans(self) -> bool:
+        """True for the policies that follow an optimised plan."""
+        return self in (Policy.MPC, Policy.OFFLINE)
+
+
+@dataclass(frozen=True)
+class Wish:
+    """What a driver or fleet system said about a session (anything left None is estimated)."""
+
+    vehicle_id: str | None = None
+    energy_kwh: float | None = None
+    departure: float | None = None
+    target_soc: float | None = None
+    v2g: bool = False
+    min_soc: float = 0.2
+
+
+@dataclass
+class Session:
+    """A vehicle plugged into a pile, as the controller knows it."""
+
+    vehicle_id: str
+    pile: str
+    session_id: int
+    plugged_at: float
+    need_kwh: float
+    departure: float
+    departure_known: bool
+    max_kw: float
+    delivered_kwh: float = 0.0
+    capacity_kwh: float | None = None
+    soc: float | None = None
+    v2g: bool = False
+    min_soc: float = 0.2
+    slot_start: float | None = None
+    slot_baseline_kwh: float = 0.0
+
+    @property
+    def remaining_kwh(self) -> float:
+        """Energy still to deliver."""
+        return max(0.0, self.need_kwh - self.delivered_kwh)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One cycle's outcome."""
+
+    budget_kw: float
+    targets: Mapping[str, float]
+    setpoints: Mapping[str, float]
+
+
+@dataclass
+class _MonthPeak:
+    """The month's highest 15-minute average import, as the utility bills it."""
+
+    zone: ZoneInfo
+    peak_kw: float = 0.0
+    month: tuple[int, int] | None = None
+    window_start: float | None = None
+    window_kwh: float = 0.0
+    window_s: float = 0.0
+
+    def add(self, now: float, grid_kw: float, dt: float) -> None:
+        local = datetime.fromtimestamp(now, self.zone)
+        month = (local.year, local.month)
+        if month != self.month:
+            self.month, self.peak_kw = month, 0.0
+        start = now - (local.minute % 15) * 60 - local.second - local.microsecond / 1e6
+        if start != self.window_start:
+            self.window_start, self.window_kwh, self.window_s = start, 0.0, 0.0
+        self.window_kwh += max(grid_kw, 0.0) * dt / 3600
+        self.window_s += dt
+        # The window's average so far can only count once 15 minutes have been seen.
+        self.peak_kw = max(
+            self.peak_kw, self.window_kwh / 0.25 if self.window_s >= 900 - 1e-6 else 0.0
+        )
+
+
+class Control:
+    """Sessions, plans and setpoints for one station."""
+
+    def __init__(
+        self,
+        station: Station,
+        *,
+        policy: Policy | str | None = None,
+        forecast: BackgroundForecast | None = None,
+        plan_period_s: float | None = None,
+    ) -> None:
+        self.station = station
+        self.settings = station.scheduler
+        self.policy = Policy(policy or self.settings.policy)
+        self.zone = ZoneInfo(station.info.timezone)
+        self.forecast = forecast or BackgroundForecast(station.background.profile_kw, self.zone)
+        self.plan_period_s = plan_period_s or self.settings.plan_period_s
+        self.sessions: dict[str, Session] = {}
+        self.wishes: dict[tuple[str, int], Wish] = {}
+        self.setpoints: dict[str, float] = {p.id: 0.0 for p in station.piles}
+        self.plan: Plan | None = None
+        self.planned_at: float | None = None
+        self.background = BackgroundWatch(window_s=3600.0)
+        self.month = _MonthPeak(self.zone)
+        self.limit_kw = station.limit_kw
+        self._why: str | None = "first plan"
+        self._last_background: float | None = None
+
+    # -- what we are told ------------------------------------------------------------------
+
+    def wish(self, pile: str, session_id: int, wish: Wish) -> None:
+        """Record what is known about the session `session_id` at `pile` (before or after it starts)."""
+        self.wishes[(pile, session_id)] = wish
+        session = self.sessions.get(pile)
+        if session is not None and session.session_id == session_id:
+            self._apply_wish(session, wish)
+            self._why = self._why or f"new information on {pile}"
+
+    # -- following the site --------------------------------------------------------------------
+
+    def observe(self, snapshot: SiteSnapshot, dt: float) -> list[str]:
+        """Update sessions, the month's peak and the background estimate; return events."""
+        now = snapshot.time
+        events: list[str] = []
+        if snapshot.grid_kw is not None and snapshot.meter_current:
+            self.month.add(now, snapshot.grid_kw, dt)
+        background = snapshot.background_kw
+        if background is not None and snapshot.meter_current:
+            self.background.add(now, background)
+            self._last_background = background
+        if abs(snapshot.limit_kw - self.limit_kw) > 1.0:
+            events.append(f"site limit now {snapshot.limit_kw:.0f} kW (was {self.limit_kw:.0f} kW)")
+            self._why = self._why or "limit changed"
+        self.limit_kw = snapshot.limit_kw
+        for view in snapshot.piles:
+            reading = view.reading
+            if reading is None:
+                continue
+            session = self.sessions.get(view.id)
+            if session is not None and (
+                not reading.state.vehicle_present or reading.session_id != session.session_id
+            ):
+                del self.sessions[view.id]
+                events.append(
+                    f"{view.id}: vehicle left after {session.delivered_kwh:.0f} of {session.need_kwh:.0f} kWh"
+                )
+                self._why = self._why or f"departure at {view.id}"
+                session = None
+            if reading.state.vehicle_present and session is None:
+                session = self._start_session(view, now)
+                self.sessions[view.id] = session
+                soc = "" if reading.soc_pct is None else f" at SoC {reading.soc_pct:.0f}%"
+                events.append(
+                    f"{view.id}: vehicle connected{soc}, needs {session.need_kwh:.0f} kWh"
+                )
+                self._why = self._why or f"arrival at {view.id}"
+            if session is not None:
+                session.delivered_kwh = reading.session_energy_kwh
+                session.soc = None if reading.soc_pct is None else reading.soc_pct / 100
+                if reading.ev_max_kw is not None:
+                    session.max_kw = max(session.max_kw, min(reading.ev_max_kw, view.max_kw))
+                if session.departure <= now + 60:
+                    # Still here after we expected it to leave: it stays a while longer.
+                    session.departure = now + self.settings.slot_minutes * 60
+        return events
+
+    def _start_session(self, view: PileView, now: float) -> Session:
+        reading = view.reading
+        assert reading is not None
+        wish = self.wishes.pop((view.id, reading.session_id), Wish())
+        settings = self.settings
+        capacity = reading.ev_capacity_kwh
+        soc = None if reading.soc_pct is None else reading.soc_pct / 100
+        if capacity is not None and soc is not None:
+            need = Vehicle.energy_for_soc(
+                wish.target_soc or settings.target_soc, soc, capacity, settings.efficiency
+            )
+        else:
+            need = settings.default_energy_kwh
+        session = Session(
+            vehicle_id=f"{view.id}#{reading.session_id}",
+            pile=view.id,
+            session_id=reading.session_id,
+            plugged_at=now,
+            need_kwh=need,
+            departure=now + settings.default_dwell_h * 3600,
+            departure_known=False,
+            max_kw=view.max_kw
+            if reading.ev_max_kw is None
+            else min(view.max_kw, reading.ev_max_kw),
+            delivered_kwh=reading.session_energy_kwh,
+            capacity_kwh=capacity,
+            soc=soc,
+        )
+        self._apply_wish(session, wish)
+        return session
+
+    def _apply_wish(self, session: Session, wish: Wish) -> None:
+        if wish.vehicle_id:
+            session.vehicle_id = wish.vehicle_id
+        if wish.energy_kwh is not None:
+            session.need_kwh = wish.energy_kwh
+        elif (
+            wish.target_soc is not None
+            and session.capacity_kwh is not None
+            and session.soc is not None
+        ):
+            session.need_kwh = session.delivered_kwh + Vehicle.energy_for_soc(
+                wish.target_soc, session.soc, session.capacity_kwh, self.settings.efficiency
+            )
+        if wish.departure is not None:
+            session.departure, session.departure_known = wish.departure, True
+        pile = self.station.pile(session.pile)
+        session.v2g = wish.v2g and pile.bidirectional
+        session.min_soc = wish.min_soc
+
+    # -- plans -------------------------------------------------------------------------------
+
+    def plan_due(self, now: float) -> str | None:
+        """Why a new plan is needed now, or None."""
+        if self.policy is not Policy.MPC:
+            return None
+        if self.plan is None:
+            return self._why or "first plan"
+        if self._why:
+            return self._why
+        if now >= self.plan.end:
+            return "plan ran out"
+        if self.planned_at is not None and now - self.planned_at >= self.plan_period_s:
+            return "period"
+        for session in self.sessions.values():
+            gap = self._slot_progress_gap(session, now)
+            if abs(gap) > self.settings.deviation_kwh:
+                return f"{session.pile} is {gap:+.1f} kWh off its plan"
+        return None
+
+    def problem(self, snapshot: SiteSnapshot) -> Problem:
+        """The scheduling problem for the site as it is now."""
+        now = snapshot.time
+        settings = self.settings
+        boundaries = slot_boundaries(
+            now, self.zone, horizon_s=settings.horizon_h * 3600, slot_s=settings.slot_minutes * 60
+        )
+        tariff = self.station.tariff
+        mids = (boundaries[:-1] + boundaries[1:]) / 2
+        slots = len(mids)
+        views = {v.id: v for v in snapshot.piles}
+        vehicles = []
+        for session in self.sessions.values():
+            view = views.get(session.pile)
+            if view is None or view.reading is None:
+                continue
+            vehicles.append(
+                Vehicle(
+                    id=session.vehicle_id,
+                    pile=session.pile,
+                    energy_kwh=session.remaining_kwh,
+                    departure=max(session.departure, now + 60.0),
+                    max_kw=max(min(session.max_kw, view.max_kw), 1e-3),
+                    min_kw=min(view.min_kw, view.max_kw),
+                    efficiency=settings.efficiency,
+                    v2g=session.v2g
+                    and session.capacity_kwh is not None
+                    and session.soc is not None,
+                    max_discharge_kw=view.max_discharge_kw if session.v2g else 0.0,
+                    capacity_kwh=session.capacity_kwh,
+                    soc=session.soc,
+                    min_soc=session.min_soc,
+                )
+            )
+        limit = max(snapshot.limit_kw - self.station.control.reserve_kw, 0.0)
+        return Problem(
+            boundaries=boundaries,
+            limit_kw=np.full(slots, limit),
+            background_kw=self.forecast(boundaries, now, self._last_background),
+            import_price=np.array([tariff.price_at(float(t)) for t in mids]),
+            export_price=np.full(slots, tariff.export_price),
+            vehicles=tuple(vehicles),
+            peak_kw=self.month.peak_kw,
+            demand_charge=tariff.demand_charge_per_kw_month,
+            groups=self.group_limits(),
+            ramp_kw_per_min=settings.ramp_kw_per_min,
+            piles_kw_now=snapshot.piles_kw,
+            weights=Weights(
+                unmet_per_kwh=settings.unmet_penalty_per_kwh,
+                degradation_per_kwh=settings.degradation_per_kwh,
+            ),
+        )
+
+    def group_limits(self) -> tuple[GroupLimit, ...]:
+        """The station's group and phase limits as the scheduler takes them."""
+        groups = [
+            GroupLimit(g.name, dict.fromkeys(g.piles, 1.0), g.limit_kw) for g in self.station.groups
+        ]
+        phases = self.station.phase_limits
+        if phases is not None:
+            three = [p.id for p in self.station.piles if p.phases == 3]
+            for name, amps in (("L1", phases.l1_a), ("L2", phases.l2_a), ("L3", phases.l3_a)):
+                single = [p.id for p in self.station.piles if p.phases == 1 and p.phase == name]
+                groups.append(GroupLimit.phase(name, amps, phases.voltage_v, single, three))
+        return tuple(groups)
+
+    def adopt(self, plan: Plan, now: float) -> None:
+        """Follow `plan` from now on (a plan without a schedule is ignored)."""
+        if not plan.status.has_schedule:
+            return
+        self.plan, self.planned_at, self._why = plan, now, None
+        for session in self.sessions.values():
+            session.slot_start = None
+
+    # -- every cycle ---------------------------------------------------------------------------
+
+    def decide(self, snapshot: SiteSnapshot, dt: float) -> Decision:
+        """Setpoints for every pile this cycle."""
+        control = self.station.control
+        now = snapshot.time
+        controlled = [v for v in snapshot.piles if v.reading is not None]
+        blind = [v for v in snapshot.piles if v.reading is None]
+        if self.policy is Policy.UNCONTROLLED:
+            # The baseline the others are measured against: every vehicle at full power.
+            full = {v.id: (v.max_kw if v.vehicle_present else 0.0) for v in controlled}
+            full.update({v.id: self.setpoints.get(v.id, 0.0) for v in blind})
+            return Decision(math.inf, full, full)
+        worst = self.background.highest(now)
+        worst_background = (
+            worst + control.background_margin_kw if worst is not None else snapshot.limit_kw
+        )
+        extra = 0.0
+        for view in blind:
+            assumed = max(self.setpoints.get(view.id, 0.0), view.config.fallback_kw)
+            if snapshot.grid_kw is not None and view.last is not None:
+                extra += max(0.0, assumed - view.last.power_kw)
+            else:
+                extra += assumed
+        budget = budget_kw(
+            limit_kw=snapshot.limit_kw,
+            reserve_kw=control.reserve_kw,
+            grid_kw=snapshot.grid_kw,
+            controlled_kw=sum(v.reading.power_kw for v in controlled if v.reading is not None),
+            worst_uncontrolled_kw=worst_background,
+            unreachable_extra_kw=extra,
+        )
+        targets = self._targets(snapshot, controlled, budget)
+        for view in controlled:
+            if not (snapshot.meter_current and view.current):
+                # Data from an earlier cycle may hold or lower power, never raise it.
+                targets[view.id] = min(targets.get(view.id, 0.0), self.setpoints.get(view.id, 0.0))
+        bounds = {v.id: PileBounds(v.min_kw, v.max_kw, v.max_discharge_kw) for v in controlled}
+        setpoints = limit_setpoints(
+            targets, self.setpoints, bounds, budget, control.ramp_kw_per_s * dt
+        )
+        for view in blind:
+            # Repeat the last setpoint (it keeps the fail-safe armed if the write gets through),
+            # but never more than the pile would fall back to anyway.
+            setpoints[view.id] = min(
+                self.setpoints.get(view.id, 0.0), max(view.config.fallback_kw, 0.0)
+            )
+        return Decision(budget, targets, setpoints)
+
+    def committed(self, written: Mapping[str, float]) -> None:
+        """The setpoints that were actually written."""
+        self.setpoints.update(written)
+
+    def _targets(
+        self, snapshot: SiteSnapshot, controlled: list[PileView], budget: float
+    ) -> dict[str, float]:
+        now = snapshot.time
+        charging = [v for v in controlled if v.wants_kw > 0 and v.id in self.sessions]
+        targets = {v.id: 0.0 for v in controlled}
+        if self.policy is Policy.EQUAL_SHARE:
+            demands = [
+                Demand(v.id, v.min_kw, v.wants_kw, self.sessions[v.id].plugged_at) for v in charging
+            ]
+            targets.update(fair_share(budget, demands))
+        elif self.policy is Policy.EDF:
+            demands = [
+                Demand(v.id, v.min_kw, v.wants_kw, self.sessions[v.id].departure) for v in charging
+            ]
+            targets.update(priority_fill(budget, demands))
+        elif self.policy is Policy.LLF or self.plan is None:
+            demands = [
+                Demand(v.id, v.min_kw, v.wants_kw, self._laxity(self.sessions[v.id], v, now))
+                for v in charging
+            ]
+            targets.update(priority_fill(budget, demands))
+        else:
+            targets.update(self._follow_plan(snapshot, controlled, budget))
+        return targets
+
+    def _laxity(self, session: Session, view: PileView, now: float) -> float:
+        return laxity_h(now, session.departure, session.remaining_kwh, max(view.wants_kw, 1e-3))
+
+    def _follow_plan(
+        self, snapshot: SiteSnapshot, controlled: list[PileView], budget: float
+    ) -> dict[str, float]:
+        plan = self.plan
+        assert plan is not None
+        now = snapshot.time
+        slot = plan.slot_at(now)
+        wanted: dict[str, float] = {}
+        for view in controlled:
+            session = self.sessions.get(view.id)
+            if session is None or slot is None:
+                continue
+            start = float(plan.boundaries[slot])
+            if session.slot_start != start:
+                session.slot_start, session.slot_baseline_kwh = start, session.delivered_kwh
+            left_h = max((float(plan.boundaries[slot + 1]) - now) / 3600, 1e-6)
+            still = plan.energy_kwh(session.vehicle_id, slot) - (
+                session.delivered_kwh - session.slot_baseline_kwh
+            )
+            power = still / left_h
+            if power > 0:
+                power = min(power, view.wants_kw, session.remaining_kwh / left_h)
+            else:
+                power = max(power, -view.max_discharge_kw)
+            wanted[view.id] = power
+        # Power a vehicle does not take goes to the others the plan charges in this slot.
+        spare = 0.0
+        for view in controlled:
+            session = self.sessions.get(view.id)
+            if session is None or slot is None:
+                continue
+            planned = plan.power_at(session.vehicle_id, now)
+            if planned > 0 and wanted.get(view.id, 0.0) < planned:
+                spare += planned - max(wanted.get(view.id, 0.0), 0.0)
+        if spare > 1e-6:
+            room = [
+                Demand(v.id, 0.0, v.wants_kw - wanted[v.id])
+                for v in controlled
+                if wanted.get(v.id, 0.0) > 0 and v.wants_kw > wanted[v.id]
+            ]
+            for pid, extra in fair_share(spare, room).items():
+                wanted[pid] += extra
+        total = sum(kw for kw in wanted.values() if kw > 0)
+        if total > budget:
+            cut = fair_share(
+                budget + sum(-kw for kw in wanted.values() if kw < 0),
+                [Demand(pid, 0.0, kw) for pid, kw in wanted.items() if kw > 0],
+            )
+            wanted.update(cut)
+        return wanted
+
+    def _slot_progress_gap(self, session: Session, now: float) -> float:
+        """Delivered minus planned energy so far in the current slot (kWh)."""
+        plan = self.plan
+        if plan is None or session.slot_start is None:
+            return 0.0
+        slot = plan.slot_at(now)
+        if slot is None or float(plan.boundaries[slot]) != session.slot_start:
+            return 0.0
+        elapsed_h = (now - session.slot_start) / 3600
+        planned = plan.power_at(session.vehicle_id, now) * elapsed_h
+        return (session.delivered_kwh - session.slot_baseline_kwh) - planned
