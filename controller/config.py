@@ -580,10 +580,12 @@ class SchedulerSettings(_Strict):
     default_dwell_h: float = Field(default=8.0, gt=0)
     default_energy_kwh: float = Field(default=300.0, gt=0)
     efficiency: float = Field(default=0.95, gt=0, le=1)
+    taper_soc: float | None = Field(default=0.8, gt=0, lt=1)
     ramp_kw_per_min: float | None = Field(default=None, gt=0)
     degradation_per_kwh: float = Field(default=0.05, ge=0)
     unmet_penalty_per_kwh: float = Field(default=1000.0, gt=0)
     deviation_kwh: float = Field(default=5.0, gt=0)
+    finish_early_min: float = Field(default=15.0, ge=0)
 
 
 class GroupConfig(_Strict):
@@ -865,6 +867,8 @@ def _check_groups(
         label = f"group {group.name}"
         if group.name in names:
             problems.add(label, "name", "another group has the same name")
+        if phase_limits is not None and group.name in ("phase L1", "phase L2", "phase L3"):
+            problems.add(label, "name", "is the name of a [phase_limits] group; choose another")
         names.add(group.name)
         for member in group.piles:
             if member not in known:

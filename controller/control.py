@@ -83,8 +83,9 @@ class Session:
     soc: float | None = None
     v2g: bool = False
     min_soc: float = 0.2
-    slot_start: float | None = None
-    slot_baseline_kwh: float = 0.0
+    plan_serial: int | None = None
+    plan_from: float = 0.0
+    plan_baseline_kwh: float = 0.0
 
     @property
     def remaining_kwh(self) -> float:
@@ -154,6 +155,8 @@ class Control:
         self.month = _MonthPeak(self.zone)
         self.limit_kw = station.limit_kw
         self._why: str | None = "first plan"
+        self._plan_serial = 0
+        self._rise_tokens = 0.0
         self._last_background: float | None = None
 
     # -- what we are told ------------------------------------------------------------------
@@ -305,7 +308,7 @@ class Control:
                     id=session.vehicle_id,
                     pile=session.pile,
                     energy_kwh=session.remaining_kwh,
-                    departure=max(session.departure, now + 60.0),
+                    departure=self._plan_departure(session, now),
                     max_kw=max(min(session.max_kw, view.max_kw), 1e-3),
                     min_kw=min(view.min_kw, view.max_kw),
                     efficiency=settings.efficiency,
@@ -316,6 +319,7 @@ class Control:
                     capacity_kwh=session.capacity_kwh,
                     soc=session.soc,
                     min_soc=session.min_soc,
+                    taper_soc=settings.taper_soc,
                 )
             )
         limit = max(snapshot.limit_kw - self.station.control.reserve_kw, 0.0)
@@ -337,6 +341,16 @@ class Control:
             ),
         )
 
+    def _plan_departure(self, session: Session, now: float) -> float:
+        """When a plan should have a vehicle done: a little before it leaves, so the fast loop
+        has time to make good what the plan's coarse slots got wrong; once inside that margin,
+        its real departure."""
+        dwell = session.departure - session.plugged_at
+        early = session.departure - min(self.settings.finish_early_min * 60, 0.1 * max(dwell, 0.0))
+        if early > now + 60.0:
+            return early
+        return max(session.departure, now + 60.0)
+
     def group_limits(self) -> tuple[GroupLimit, ...]:
         """The station's group and phase limits as the scheduler takes them."""
         groups = [
@@ -355,8 +369,7 @@ class Control:
         if not plan.status.has_schedule:
             return
         self.plan, self.planned_at, self._why = plan, now, None
-        for session in self.sessions.values():
-            session.slot_start = None
+        self._plan_serial += 1
 
     # -- every cycle ---------------------------------------------------------------------------
 
@@ -396,9 +409,19 @@ class Control:
                 # Data from an earlier cycle may hold or lower power, never raise it.
                 targets[view.id] = min(targets.get(view.id, 0.0), self.setpoints.get(view.id, 0.0))
         bounds = {v.id: PileBounds(v.min_kw, v.max_kw, v.max_discharge_kw) for v in controlled}
+        rate = self.settings.ramp_kw_per_min
+        allowance = None
+        if rate is not None:
+            # A token bucket: the site's total may rise by `rate` a minute, with up to half a
+            # minute's (or one cycle's) worth saved up.
+            self._rise_tokens = min(self._rise_tokens + rate * dt / 60, rate * max(dt, 30.0) / 60)
+            allowance = self._rise_tokens
         setpoints = limit_setpoints(
-            targets, self.setpoints, bounds, budget, control.ramp_kw_per_s * dt
+            targets, self.setpoints, bounds, budget, control.ramp_kw_per_s * dt, allowance
         )
+        if rate is not None:
+            rose = sum(max(0.0, kw - self.setpoints.get(pid, 0.0)) for pid, kw in setpoints.items())
+            self._rise_tokens = max(0.0, self._rise_tokens - rose)
         for view in blind:
             # Repeat the last setpoint (it keeps the fail-safe armed if the write gets through),
             # but never more than the pile would fall back to anyway.
@@ -452,14 +475,18 @@ class Control:
             session = self.sessions.get(view.id)
             if session is None or slot is None:
                 continue
-            start = float(plan.boundaries[slot])
-            if session.slot_start != start:
-                session.slot_start, session.slot_baseline_kwh = start, session.delivered_kwh
-            left_h = max((float(plan.boundaries[slot + 1]) - now) / 3600, 1e-6)
-            still = plan.energy_kwh(session.vehicle_id, slot) - (
-                session.delivered_kwh - session.slot_baseline_kwh
-            )
+            self._track(session, now)
+            # Catch up on (or hold back from) the plan's energy up to the end of this slot, so
+            # a shortfall earlier in the plan is made good as soon as the vehicle allows.
+            slot_end = min(float(plan.boundaries[slot + 1]), session.departure)
+            left_h = max((slot_end - now) / 3600, 1e-6)
+            planned = plan.energy_between(session.vehicle_id, session.plan_from, slot_end)
+            still = planned - (session.delivered_kwh - session.plan_baseline_kwh)
             power = still / left_h
+            if plan.unmet_kwh.get(session.vehicle_id, 0.0) > 0.5:
+                # The plan cannot give this vehicle all it needs: every kWh counts, so it takes
+                # what it can whenever it can (the limiter still keeps the site safe).
+                power = view.wants_kw
             if power > 0:
                 power = min(power, view.wants_kw, session.remaining_kwh / left_h)
             else:
@@ -484,21 +511,36 @@ class Control:
                 wanted[pid] += extra
         total = sum(kw for kw in wanted.values() if kw > 0)
         if total > budget:
-            cut = fair_share(
+            # Less headroom than the plan assumed: the vehicles with the least time to spare
+            # keep their power, the others wait for the next plan.
+            views = {v.id: v for v in controlled}
+            cut = priority_fill(
                 budget + sum(-kw for kw in wanted.values() if kw < 0),
-                [Demand(pid, 0.0, kw) for pid, kw in wanted.items() if kw > 0],
+                [
+                    Demand(pid, 0.0, kw, self._laxity(self.sessions[pid], views[pid], now))
+                    for pid, kw in wanted.items()
+                    if kw > 0
+                ],
             )
             wanted.update(cut)
         return wanted
 
+    def _track(self, session: Session, now: float) -> None:
+        """Start measuring a session's progress against the current plan."""
+        if session.plan_serial != self._plan_serial:
+            plan = self.plan
+            assert plan is not None
+            slot = plan.slot_at(now)
+            # From the start of the slot the vehicle is in: what the plan gives it in that slot
+            # it must get there, even if it plugged in half-way through.
+            session.plan_serial = self._plan_serial
+            session.plan_from = now if slot is None else float(plan.boundaries[slot])
+            session.plan_baseline_kwh = session.delivered_kwh
+
     def _slot_progress_gap(self, session: Session, now: float) -> float:
-        """Delivered minus planned energy so far in the current slot (kWh)."""
+        """Delivered minus planned energy since the plan was adopted (kWh)."""
         plan = self.plan
-        if plan is None or session.slot_start is None:
+        if plan is None or session.plan_serial != self._plan_serial:
             return 0.0
-        slot = plan.slot_at(now)
-        if slot is None or float(plan.boundaries[slot]) != session.slot_start:
-            return 0.0
-        elapsed_h = (now - session.slot_start) / 3600
-        planned = plan.power_at(session.vehicle_id, now) * elapsed_h
-        return (session.delivered_kwh - session.slot_baseline_kwh) - planned
+        planned = plan.energy_between(session.vehicle_id, session.plan_from, now)
+        return (session.delivered_kwh - session.plan_baseline_kwh) - planned

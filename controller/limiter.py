@@ -90,10 +90,12 @@ def limit_setpoints(
     bounds: Mapping[str, PileBounds],
     budget: float,
     max_step_kw: float,
+    max_total_rise_kw: float | None = None,
 ) -> dict[str, float]:
     """Setpoints for this cycle.
 
-    Each setpoint moves from `previous` towards its target by at most `max_step_kw`; if the sum
+    Each setpoint moves from `previous` towards its target by at most `max_step_kw`, and all of
+    them together rise by at most `max_total_rise_kw` (the site's ramp limit); if the sum
     would exceed `budget`, the piles still above their targets are cut faster, in proportion to
     how far above they are. The result is always within each pile's bounds and, whenever the
     targets fit the budget, sums to no more than it.
@@ -104,6 +106,24 @@ def limit_setpoints(
         moved = _step_towards(previous.get(pid, 0.0), target, max_step_kw, bounds[pid])
         # A pile whose rating dropped (it reports a lower maximum) is capped at once.
         new[pid] = bounds[pid].clamp(moved) if moved != 0 else 0.0
+    if max_total_rise_kw is not None:
+        rises = {
+            pid: new[pid] - previous.get(pid, 0.0)
+            for pid in new
+            if new[pid] > previous.get(pid, 0.0)
+        }
+        if sum(rises.values()) > max_total_rise_kw:
+            # Share the allowed rise pile by pile, lowest setpoints first, so a pile starting
+            # from 0 gets at least its minimum (splitting it evenly could leave every pile below
+            # its minimum, and so none could start).
+            left = max(max_total_rise_kw, 0.0)
+            for pid in sorted(rises, key=lambda p: (previous.get(p, 0.0), p)):
+                before = previous.get(pid, 0.0)
+                slowed = before + min(rises[pid], left)
+                if not bounds[pid].allows(slowed):
+                    slowed = before
+                new[pid] = slowed
+                left -= slowed - before
     excess = sum(new.values()) - max(budget, 0.0)
     if excess > 1e-9:
         above = {pid: new[pid] - clamped[pid] for pid in new if new[pid] > clamped[pid]}

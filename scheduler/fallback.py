@@ -3,7 +3,8 @@
 Least laxity first, slot by slot: in each slot the vehicles with the least time to spare are served
 first, each up to what it can take, the energy it still needs, and what is left of the site's
 headroom and of every group limit. It knows nothing of prices, so it is not cheap, but it never
-plans a kW above any limit and it never discharges.
+plans a kW above the site's or a group's limit and it never discharges. (The ramp limit and the
+piles' minimum powers are the fast loop's to enforce, as they are for optimised plans.)
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ and every vehicle needs a little less, changes only bounds and right-hand sides:
 
     x[i,t]  energy charged into vehicle i in slot t      0 <= x <= max_kw * hours present
     f[i,t]  energy discharged from V2G vehicle i         0 <= f <= max_discharge_kw * hours present
-    y[i,t]  battery energy of V2G vehicle i after slot t min_soc * capacity <= y <= capacity
+    y[i,t]  battery energy of vehicle i after slot t     (V2G and tapering vehicles only)
     u[i]    energy vehicle i will not get by departure   0 <= u <= its need
     g+[t]   energy imported in slot t                    0 <= g+ <= limit * hours
     g-[t]   energy exported in slot t                    0 <= g- <= export limit * hours
@@ -18,7 +18,8 @@ and every vehicle needs a little less, changes only bounds and right-hand sides:
 
 subject to, per slot: sum(x) - sum(f) - g+ + g- = -background * hours (site balance);
 g+ - hours * P <= peak * hours; g+ - hours * Q <= 0; group limits; the upward ramp of the piles'
-total; per vehicle: sum(x) + u = need (or the V2G battery balance and final level).
+total; per vehicle: sum(x) + u = need (or the V2G battery balance and final level); for a
+vehicle whose charging tapers, x[t] no more than its battery takes at the level y[t-1].
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ class _Builder:
         self.upper.extend(np.asarray(upper, dtype=float).tolist())
         return np.arange(first, len(self.col_keys), dtype=np.int64)
 
-    def rows(self, keys: Sequence[Hashable], lower: NDArray[np.floating], upper: NDArray[np.floating]) -> IntArray:
+    def rows(
+        self, keys: Sequence[Hashable], lower: NDArray[np.floating], upper: NDArray[np.floating]
+    ) -> IntArray:
         first = len(self.row_keys)
         self.row_keys.extend(keys)
         self.row_lower.extend(np.asarray(lower, dtype=float).tolist())
@@ -140,9 +143,11 @@ def build_lp(problem: Problem) -> LpModel:
     g_plus = b.cols(
         [("g+", e) for e in ends], problem.import_price, np.zeros(slots), problem.limit_kw * hours
     )
-    g_minus = b.cols(
-        [("g-", e) for e in ends], -problem.export_price, np.zeros(slots), export_limit * hours
-    )
+    # A site either imports or exports at any moment. Crediting export above the import price
+    # would let the LP buy and sell in the same slot for a paper profit, so within a slot it is
+    # credited at most at the import price (which changes nothing for a site that only does one).
+    credit = np.minimum(problem.export_price, problem.import_price)
+    g_minus = b.cols([("g-", e) for e in ends], -credit, np.zeros(slots), export_limit * hours)
     peak = int(b.cols([("P",)], np.array([problem.demand_charge]), np.zeros(1), np.array([INF]))[0])
     flat = int(b.cols([("Q",)], np.array([w.flatness_per_kw]), np.zeros(1), np.array([INF]))[0])
 
@@ -188,7 +193,7 @@ def build_lp(problem: Problem) -> LpModel:
         pile_terms.setdefault(vehicle.pile, []).append((active, charge, 1.0))
         discharge = None
         if vehicle.v2g:
-            assert vehicle.capacity_kwh is not None and vehicle.soc is not None
+            assert vehicle.capacity_kwh is not None
             discharge = b.cols(
                 [("f", vid, ends[t]) for t in active],
                 np.full(len(active), w.degradation_per_kwh),
@@ -198,9 +203,11 @@ def build_lp(problem: Problem) -> LpModel:
             b.entries(balance[active], discharge, -1.0)
             all_net.append((active, discharge, -1.0))
             pile_terms[vehicle.pile].append((active, discharge, -1.0))
+        if vehicle.v2g or vehicle.tapers:
+            assert vehicle.capacity_kwh is not None and vehicle.soc is not None
             capacity = vehicle.capacity_kwh
             stored = vehicle.soc * capacity
-            floor = min(vehicle.min_soc * capacity, stored)
+            floor = min(vehicle.min_soc * capacity, stored) if vehicle.v2g else 0.0
             eta = vehicle.efficiency
             level = b.cols(
                 [("y", vid, ends[t]) for t in active],
@@ -215,8 +222,28 @@ def build_lp(problem: Problem) -> LpModel:
             b.entries(level_rows, level, 1.0)
             b.entries(level_rows[1:], level[:-1], -1.0)
             b.entries(level_rows, charge, -eta)
-            b.entries(level_rows, discharge, 1.0 / eta)
-            target = min(capacity, stored + eta * need)
+            if discharge is not None:
+                b.entries(level_rows, discharge, 1.0 / eta)
+            if vehicle.tapers:
+                assert vehicle.taper_soc is not None
+                # In the constant-voltage phase the battery takes max_kw * (1 - soc) / (1 - taper),
+                # so the room left to full decays as exp(-k t), k = eta max_kw / (capacity (1 -
+                # taper)). Over a slot that allows x[t] <= (1 - exp(-k hours)) / eta * (capacity -
+                # y[t-1]): exact in the taper phase, and loose (so harmless) below it.
+                rate = eta * vehicle.max_kw / (capacity * (1 - vehicle.taper_soc))
+                slope = (1 - np.exp(-rate * present[active])) / eta
+                upper = slope * capacity
+                upper[0] = slope[0] * (capacity - stored)
+                taper_rows = b.rows(
+                    [("taper", vid, ends[t]) for t in active], np.full(len(active), -INF), upper
+                )
+                b.entries(taper_rows, charge, 1.0)
+                b.entries(taper_rows[1:], level[:-1], slope[1:])
+        if vehicle.v2g:
+            assert vehicle.capacity_kwh is not None and vehicle.soc is not None
+            eta = vehicle.efficiency
+            stored = vehicle.soc * vehicle.capacity_kwh
+            target = min(vehicle.capacity_kwh, stored + eta * need)
             unmet = int(
                 b.cols(
                     [("u", vid)],

@@ -82,6 +82,15 @@ class Plan:
             float(series[slot]) * float(self.boundaries[slot + 1] - self.boundaries[slot]) / 3600.0
         )
 
+    def energy_between(self, vehicle_id: str, start: float, end: float) -> float:
+        """Planned net energy of a vehicle from `start` to `end` (kWh)."""
+        series = self.power_kw.get(vehicle_id)
+        if series is None or end <= start:
+            return 0.0
+        lo = np.clip(self.boundaries[:-1], start, end)
+        hi = np.clip(self.boundaries[1:], start, end)
+        return float(series @ (hi - lo)) / 3600.0
+
     def site_kw(self, background_kw: FloatArray) -> FloatArray:
         """Planned site load per slot, given the background forecast it was made with."""
         total = np.asarray(background_kw, dtype=float).copy()

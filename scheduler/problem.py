@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -39,6 +39,9 @@ class Vehicle:
     (`v2g`) also needs `capacity_kwh` and `soc`, so that its battery never goes below `min_soc`
     or above full; `efficiency` converts between pile and battery energy for it.
     `arrival` is set only for vehicles not yet plugged in (offline, perfect-knowledge plans).
+    With `taper_soc` (and the battery known), the vehicle takes at most
+    max_kw * (1 - soc) / (1 - taper_soc) once its state of charge passes `taper_soc`, as a
+    battery's constant-voltage phase does.
     """
 
     id: str
@@ -54,6 +57,15 @@ class Vehicle:
     soc: float | None = None
     min_soc: float = 0.2
     arrival: float | None = None
+    taper_soc: float | None = None
+
+    @property
+    def tapers(self) -> bool:
+        """True if the vehicle's charging power will fall off before it is done (so plans must
+        start early enough): its battery is known and its target lies above `taper_soc`."""
+        if self.taper_soc is None or self.capacity_kwh is None or self.soc is None:
+            return False
+        return self.soc + self.efficiency * self.energy_kwh / self.capacity_kwh > self.taper_soc
 
     @staticmethod
     def energy_for_soc(
@@ -203,7 +215,11 @@ class Problem:
                 found.append(f"vehicle {vehicle.id}: listed twice")
             ids.add(vehicle.id)
             piles.add(vehicle.pile)
+        names: set[str] = set()
         for group in self.groups:
+            if group.name in names:
+                found.append(f"group {group.name}: two groups have this name")
+            names.add(group.name)
             if not (math.isfinite(group.limit_kw) and group.limit_kw >= 0):
                 found.append(
                     f"group {group.name}: limit must be a non-negative number, got {group.limit_kw}"
@@ -234,8 +250,12 @@ def _vehicle_problems(v: Vehicle, start: float) -> list[str]:
         found.append("departure is not a time")
     elif v.departure <= start:
         found.append("departs before the plan starts (estimate its departure later)")
-    if v.arrival is not None and math.isfinite(v.departure) and v.arrival >= v.departure:
+    if v.arrival is not None and not math.isfinite(v.arrival):
+        found.append("arrival is not a time")
+    elif v.arrival is not None and math.isfinite(v.departure) and v.arrival >= v.departure:
         found.append("arrives after it departs")
+    if v.taper_soc is not None and not 0 < v.taper_soc < 1:
+        found.append(f"taper_soc must be in (0, 1), got {v.taper_soc}")
     if v.soc is not None and not 0 <= v.soc <= 1:
         found.append(f"soc must be in [0, 1], got {v.soc}")
     if v.capacity_kwh is not None and not (math.isfinite(v.capacity_kwh) and v.capacity_kwh > 0):
@@ -263,12 +283,13 @@ def slot_boundaries(
     if slot_s <= 0 or horizon_s <= 0:
         raise ProblemError([f"slot and horizon must be positive, got {slot_s} s and {horizon_s} s"])
     local = datetime.fromtimestamp(start, zone)
-    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    elapsed = (local - midnight).total_seconds()
-    first = midnight + timedelta(seconds=(math.floor(elapsed / slot_s) + 1) * slot_s)
+    # Count real seconds from local midnight (epoch arithmetic, not wall-clock arithmetic), so a
+    # daylight-saving change during the night does not shift the grid.
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0).timestamp()
+    elapsed = start - midnight
     end = start + horizon_s
     points = [start]
-    boundary = first.timestamp()
+    boundary = midnight + (math.floor(elapsed / slot_s) + 1) * slot_s
     while boundary < end - 1e-6:
         points.append(boundary)
         boundary += slot_s

@@ -241,7 +241,10 @@ def _plan(
         power_kw=power,
         message=message,
         objective=float(info.objective_function_value),
-        energy_cost=float(problem.import_price @ imported - problem.export_price @ exported),
+        energy_cost=float(
+            problem.import_price @ imported
+            - np.minimum(problem.export_price, problem.import_price) @ exported
+        ),
         demand_cost=float(problem.demand_charge * x[model.peak_col]),
         degradation_cost=problem.weights.degradation_per_kwh * discharged,
         unmet_kwh=unmet,

@@ -8,7 +8,9 @@ same seed and date always give the same day.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -19,22 +21,36 @@ from controller.config import SimulatorSettings
 
 @dataclass(frozen=True)
 class Visit:
-    """One vehicle's stay at the station."""
+    """One vehicle's stay at the station: when, how much energy it wants, and its battery.
+
+    `energy_kwh` is what the driver wants delivered (measured at the pile). The battery is
+    optional: without it the vehicle is taken to arrive at 20 % and leave at 90 % of a pack sized
+    for that energy.
+    """
 
     vehicle_id: str
     arrival: float
     departure: float
-    capacity_kwh: float
-    soc_arrival: float
-    soc_target: float
+    energy_kwh: float
     max_kw: float
+    capacity_kwh: float | None = None
+    soc_arrival: float | None = None
     pile: str | None = None
     v2g: bool = False
 
     @property
-    def energy_kwh(self) -> float:
-        """Energy the vehicle wants (to reach its target from its arrival state of charge)."""
-        return max(0.0, self.soc_target - self.soc_arrival) * self.capacity_kwh
+    def battery(self) -> tuple[float, float, float]:
+        """(capacity kWh, state of charge on arrival, state of charge wanted), filled in if unknown."""
+        energy = max(self.energy_kwh, 0.0)
+        if self.capacity_kwh is None:
+            capacity = max(energy / 0.7, 1.0)
+            soc = 0.2 if self.soc_arrival is None else self.soc_arrival
+        else:
+            capacity = self.capacity_kwh
+            soc = (
+                max(0.0, 0.9 - energy / capacity) if self.soc_arrival is None else self.soc_arrival
+            )
+        return capacity, soc, min(1.0, soc + energy / capacity)
 
 
 def _day_seed(seed: int, day: date) -> int:
@@ -59,15 +75,16 @@ def random_day(settings: SimulatorSettings, day: date, zone: ZoneInfo) -> list[V
         soc_target = float(rng.uniform(*settings.soc_target))
         max_kw = float(rng.uniform(*settings.vehicle_max_kw))
         arrival = midnight + arrival_h * 3600
+        soc_arrival = round(soc_arrival, 3)
         visits.append(
             Visit(
                 vehicle_id=f"{day:%m%d}-{index + 1:02d}",
                 arrival=round(arrival),
                 departure=round(arrival + dwell_h * 3600),
-                capacity_kwh=capacity,
-                soc_arrival=round(soc_arrival, 3),
-                soc_target=round(max(soc_target, soc_arrival), 3),
+                energy_kwh=round(max(soc_target - soc_arrival, 0.0) * capacity, 1),
                 max_kw=round(max_kw),
+                capacity_kwh=capacity,
+                soc_arrival=soc_arrival,
             )
         )
     visits.sort(key=lambda v: v.arrival)
@@ -88,3 +105,48 @@ def random_days(
         )
         day += timedelta(days=1)
     return sorted(visits, key=lambda v: v.arrival)
+
+
+def assign_piles(
+    visits: Iterable[Visit], piles: Mapping[str, float]
+) -> tuple[list[Visit], list[Visit]]:
+    """Which pile each visit gets, and when it plugs in, decided before the simulation runs.
+
+    The rule is the plant's: a vehicle takes its named pile, or else the fastest free one
+    (`piles` maps pile id to rating); when none is free it waits, first come first served, and
+    gives up at its departure. Departures free piles before arrivals take them. Returns the
+    visits that get a pile (with `pile` set and `arrival` moved to when they plug in) and those
+    that leave without one. Knowing this in advance lets a perfect-knowledge plan and the plant
+    agree on where every vehicle is.
+    """
+    order = sorted(visits, key=lambda v: v.arrival)
+    busy_until: dict[str, float] = dict.fromkeys(piles, -math.inf)
+    served: list[Visit] = []
+    unserved: list[Visit] = []
+    queue: list[Visit] = []
+    events = sorted({v.arrival for v in order} | {v.departure for v in order})
+    pending = iter(order)
+    upcoming = next(pending, None)
+    for now in events:
+        while upcoming is not None and upcoming.arrival <= now:
+            queue.append(upcoming)
+            upcoming = next(pending, None)
+        waiting: list[Visit] = []
+        for visit in queue:
+            if visit.departure <= now:
+                unserved.append(visit)
+                continue
+            free = [p for p, until in busy_until.items() if until <= now]
+            if visit.pile is not None:
+                choice = visit.pile if visit.pile in free else None
+            else:
+                # max() keeps the first of equals, as the plant does.
+                choice = max(free, key=lambda p: piles[p]) if free else None
+            if choice is None:
+                waiting.append(visit)
+                continue
+            busy_until[choice] = visit.departure
+            served.append(replace(visit, pile=choice, arrival=max(visit.arrival, now)))
+        queue = waiting
+    unserved.extend(queue)
+    return served, unserved

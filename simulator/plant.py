@@ -12,7 +12,7 @@ import heapq
 import math
 from array import array
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -20,8 +20,12 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from controller.config import BackgroundProfile, PileConfig, SimulatorSettings, Station
-from drivers.pile import PileMode, PileState
+from controller.site import PileView, SiteSnapshot
+from drivers.meter import MeterReading
+from drivers.pile import PileMode, PileReading, PileState
+from scheduler.tariff import Tariff
 from simulator.fleet import Visit
+from simulator.scenario import Series
 
 
 class Rejected(Exception):
@@ -35,12 +39,20 @@ class Vehicle:
     visit: Visit
     soc: float
     taper_soc: float
+    capacity_kwh: float
+    soc_target: float
     delivered_kwh: float = 0.0
+
+    @classmethod
+    def arriving(cls, visit: Visit, taper_soc: float) -> Vehicle:
+        """The vehicle of `visit`, as it arrives."""
+        capacity, soc, target = visit.battery
+        return cls(visit, soc, taper_soc, capacity, target)
 
     @property
     def full(self) -> bool:
         """True once the vehicle's BMS has reached its target."""
-        return self.soc >= self.visit.soc_target - 1e-6
+        return self.soc >= self.soc_target - 1e-6
 
     def acceptance_kw(self) -> float:
         """What the BMS asks for now: its maximum, tapering linearly above `taper_soc`."""
@@ -54,7 +66,7 @@ class Vehicle:
     def take(self, kwh: float) -> None:
         """Add energy to the battery (negative: discharge)."""
         self.delivered_kwh += kwh
-        self.soc = min(1.0, self.soc + kwh / self.visit.capacity_kwh)
+        self.soc = min(1.0, self.soc + kwh / self.capacity_kwh)
 
 
 @dataclass
@@ -106,6 +118,27 @@ class PileModel:
         if self.vehicle.full:
             return PileState.FINISHED
         return PileState.CONNECTED
+
+    def reading(self, now: float) -> PileReading:
+        """What the pile's registers say now (the simulator serves exactly this)."""
+        vehicle = self.vehicle
+        return PileReading(
+            state=self.state(),
+            power_kw=self.power_kw,
+            applied_setpoint_kw=self.applied_kw,
+            max_charge_kw=self.max_charge_kw,
+            max_discharge_kw=self.max_discharge_kw,
+            min_kw=self.config.min_kw,
+            energy_import_kwh=self.energy_import_kwh,
+            energy_export_kwh=self.energy_export_kwh,
+            session_energy_kwh=max(0.0, self.session_energy_kwh),
+            session_id=self.session_id,
+            soc_pct=None if vehicle is None else round(vehicle.soc * 100, 1),
+            ev_max_kw=None if vehicle is None else vehicle.acceptance_kw(),
+            ev_capacity_kwh=None if vehicle is None else vehicle.capacity_kwh,
+            fallback_countdown_s=min(65535.0, float(round(self.countdown(now)))),
+            fault_code=self.fault_code,
+        )
 
     def timed_out(self, now: float) -> bool:
         """True while the controller has been silent longer than the communication timeout."""
@@ -278,14 +311,15 @@ class Truth:
     over_kwh: float = 0.0
     _run_s: float = 0.0
 
-    def add(self, now: float, site_kw: float, dt: float) -> None:
-        """Account one step."""
+    def add(self, now: float, site_kw: float, dt: float, limit_kw: float | None = None) -> None:
+        """Account one step (against `limit_kw` if the limit moved, else the fixed one)."""
+        limit = self.limit_kw if limit_kw is None else limit_kw
         if site_kw > self.peak_kw:
             self.peak_kw, self.peak_at = site_kw, now
-        if site_kw > self.limit_kw:
+        if site_kw > limit:
             self.over_s += dt
             self._run_s += dt
-            self.over_kwh += (site_kw - self.limit_kw) * dt / 3600
+            self.over_kwh += (site_kw - limit) * dt / 3600
             self.longest_over_s = max(self.longest_over_s, self._run_s)
         else:
             self._run_s = 0.0
@@ -301,6 +335,8 @@ class Plant:
         *,
         settings: SimulatorSettings | None = None,
         record: bool = True,
+        background: Series | None = None,
+        limit: Series | None = None,
     ) -> None:
         self.station = station
         settings = settings or station.simulator
@@ -319,7 +355,11 @@ class Plant:
             for p in station.piles
         }
         self.background = Background(station.background, zone, settings.seed)
+        self.background_series = background
+        self.limit_series = limit
+        self.limit_kw = station.limit_kw
         self.background_kw = 0.0
+        self.on_plug: Callable[[PileModel, Vehicle], None] | None = None
         self.site_kw = 0.0
         self.energy_import_kwh = 0.0
         self.energy_export_kwh = 0.0
@@ -353,10 +393,15 @@ class Plant:
             _, _, visit = heapq.heappop(self._arrivals)
             if visit.departure <= now:
                 continue
-            vehicle = Vehicle(visit, visit.soc_arrival, self.settings.taper_soc)
+            vehicle = Vehicle.arriving(visit, self.settings.taper_soc)
             self.queue.append(vehicle)
         self._plug_waiting(now)
-        self.background_kw = self.background.step(now, dt)
+        if self.background_series is not None:
+            self.background_kw = self.background_series.at(now)
+        else:
+            self.background_kw = self.background.step(now, dt)
+        if self.limit_series is not None:
+            self.limit_kw = self.limit_series.at(now)
         piles_kwh = 0.0
         for pile in self.piles.values():
             piles_kwh += pile.step(now, dt)
@@ -366,7 +411,7 @@ class Plant:
             self.energy_import_kwh += self.site_kw * dt / 3600
         else:
             self.energy_export_kwh -= self.site_kw * dt / 3600
-        self.truth.add(now, self.site_kw, dt)
+        self.truth.add(now, self.site_kw, dt, self.limit_kw)
         if self.record:
             self.trace_t.append(now)
             self.trace_site.append(self.site_kw)
@@ -403,6 +448,8 @@ class Plant:
                 waiting.append(vehicle)
                 continue
             pile.plug(vehicle)
+            if self.on_plug is not None:
+                self.on_plug(pile, vehicle)
             record = self.sessions[vehicle.visit.vehicle_id]
             record.pile, record.plugged_at = pile.id, now
             self._event(
@@ -423,6 +470,22 @@ class Plant:
 
     def _event(self, now: float, kind: str, text: str) -> None:
         self.events.append(PlantEvent(now, kind, text))
+
+    def snapshot(self, now: float, tariff: Tariff) -> SiteSnapshot:
+        """What a controller reading every device right now would see (no sockets)."""
+        views = []
+        for pile in self.piles.values():
+            reading = pile.reading(now)
+            views.append(PileView(pile.config, reading, reading))
+        return SiteSnapshot(
+            time=now,
+            limit_kw=self.limit_kw,
+            grid_kw=self.site_kw,
+            meter=MeterReading(power_kw=self.site_kw),
+            piles=tuple(views),
+            band=tariff.band_at(now),
+            price=tariff.price_at(now),
+        )
 
     def delivered_kwh(self) -> float:
         """Energy delivered to vehicles so far (plugged-in ones included)."""

@@ -143,27 +143,27 @@ class PileRegisters:
     def values(self) -> Mapping[str, Value | None]:
         """Every register, from the model."""
         pile = self.pile
-        now = self.clock.now()
+        reading = pile.reading(self.clock.now())
         vehicle = pile.vehicle
         voltage = 0.0 if vehicle is None else 600.0 + 150.0 * vehicle.soc
         return {
-            "state": self._state_code[pile.state().value],
-            "soc": None if vehicle is None else round(vehicle.soc * 100, 1),
+            "state": self._state_code[reading.state.value],
+            "soc": reading.soc_pct,
             "voltage": voltage,
-            "current": pile.power_kw * 1000 / voltage if voltage else 0.0,
-            "power": pile.power_kw,
-            "energy_import": pile.energy_import_kwh,
-            "energy_export": pile.energy_export_kwh,
-            "max_charge_power": pile.max_charge_kw,
-            "max_discharge_power": pile.max_discharge_kw,
-            "min_power": pile.config.min_kw,
-            "ev_max_power": None if vehicle is None else vehicle.acceptance_kw(),
-            "ev_capacity": None if vehicle is None else vehicle.visit.capacity_kwh,
-            "session_energy": max(0.0, pile.session_energy_kwh),
-            "applied_setpoint": pile.applied_kw,
-            "fallback_countdown": min(65535.0, round(pile.countdown(now))),
-            "fault_code": pile.fault_code,
-            "session_id": pile.session_id,
+            "current": reading.power_kw * 1000 / voltage if voltage else 0.0,
+            "power": reading.power_kw,
+            "energy_import": reading.energy_import_kwh,
+            "energy_export": reading.energy_export_kwh,
+            "max_charge_power": reading.max_charge_kw,
+            "max_discharge_power": reading.max_discharge_kw,
+            "min_power": reading.min_kw,
+            "ev_max_power": reading.ev_max_kw,
+            "ev_capacity": reading.ev_capacity_kwh,
+            "session_energy": reading.session_energy_kwh,
+            "applied_setpoint": reading.applied_setpoint_kw,
+            "fallback_countdown": reading.fallback_countdown_s,
+            "fault_code": reading.fault_code,
+            "session_id": reading.session_id,
             "setpoint": pile.setpoint_kw,
             "mode": self._mode_code[pile.mode.value],
             "heartbeat": 0,

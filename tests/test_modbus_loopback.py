@@ -33,10 +33,10 @@ def _visit(start: float, pile: str, *, soc: float = 0.2, capacity: float = 500.0
         vehicle_id=f"test-{pile}",
         arrival=start,
         departure=start + 6 * 3600,
+        energy_kwh=(0.95 - soc) * capacity,
+        max_kw=450.0,
         capacity_kwh=capacity,
         soc_arrival=soc,
-        soc_target=0.95,
-        max_kw=450.0,
         pile=pile,
     )
 

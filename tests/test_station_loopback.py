@@ -32,10 +32,10 @@ def _morning(start: float) -> list[Visit]:
             vehicle_id=f"truck-{n}",
             arrival=start + 60 + 150 * n,
             departure=start + 60 + 150 * n + 75 * 60,
+            energy_kwh=180.0,
+            max_kw=450.0,
             capacity_kwh=300.0,
             soc_arrival=0.30,
-            soc_target=0.90,
-            max_kw=450.0,
             pile=f"P{n + 1:02d}",
         )
         for n in range(9)

@@ -1,0 +1,424 @@
+"""Fast simulation: the daemon's control logic driving the plant on a simulated clock, no sockets.
+
+One loop, one step at a time: the plant advances to `now`, the controller's `Control` observes
+the site as the daemon would read it, re-plans when a plan is due (in the same `Solver` the daemon
+uses), decides setpoints through the same limiter, and the setpoints go straight to the plant's
+piles. Days of station time run in seconds, which is what the policy comparisons, the tariff
+what-ifs and CI need.
+
+Policies: the daemon's `mpc`; the baselines `uncontrolled` (every vehicle at full power, limit
+ignored), `equal-share`, `edf`, `llf`; and `offline-optimal`, one solve with perfect knowledge of
+every arrival, departure, energy, background and limit, followed by the same fast loop.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+from numpy.typing import NDArray
+
+from controller.config import Station
+from controller.control import Control, Policy, Wish
+from controller.forecast import BackgroundForecast
+from drivers.pile import PileMode
+from scheduler.fallback import fallback_plan
+from scheduler.problem import Problem, Vehicle, Weights, slot_boundaries
+from scheduler.solver import Solver
+from scheduler.tariff import Tariff
+from simulator.fleet import Visit, assign_piles
+from simulator.plant import PileModel, Plant
+from simulator.plant import Vehicle as PlantVehicle
+from simulator.scenario import Series
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What to simulate: a station, a tariff, the visits, and optionally load and limit series."""
+
+    station: Station
+    tariff: Tariff
+    visits: tuple[Visit, ...]
+    start: float
+    end: float
+    name: str = "scenario"
+    background: Series | None = None
+    limit: Series | None = None
+
+    @classmethod
+    def around(
+        cls,
+        station: Station,
+        visits: Sequence[Visit],
+        *,
+        tariff: Tariff | None = None,
+        name: str = "scenario",
+        background: Series | None = None,
+        limit: Series | None = None,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> Scenario:
+        """A scenario from the first arrival's local midnight to the last departure's next one."""
+        zone = ZoneInfo(station.info.timezone)
+        if start is None:
+            first = datetime.fromtimestamp(min(v.arrival for v in visits), zone)
+            start = first.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+        if end is None:
+            last = max(v.departure for v in visits)
+            end = start + math.ceil((last - start) / 86400) * 86400
+        return cls(
+            station, tariff or station.tariff, tuple(visits), start, end, name, background, limit
+        )
+
+
+@dataclass
+class SimResult:
+    """What one policy did in one scenario."""
+
+    policy: str
+    scenario: str
+    metrics: dict[str, float | int | str]
+    times: NDArray[np.float64]
+    site_kw: NDArray[np.float64]
+    background_kw: NDArray[np.float64]
+    piles_kw: NDArray[np.float64]
+    limit_kw: NDArray[np.float64]
+    price: NDArray[np.float64]
+    bands: list[str]
+    requested_kwh: dict[str, float]
+    delivered_kwh: dict[str, float]
+    solve_ms: list[float] = field(default_factory=list)
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else 0.0
+
+
+def _wish(visit: Visit) -> Wish:
+    return Wish(
+        vehicle_id=visit.vehicle_id,
+        energy_kwh=visit.energy_kwh,
+        departure=visit.departure,
+        v2g=visit.v2g,
+    )
+
+
+def offline_problem(scenario: Scenario, visits: Sequence[Visit], control: Control) -> Problem:
+    """The whole scenario as one problem, with every future arrival known."""
+    station = scenario.station
+    zone = ZoneInfo(station.info.timezone)
+    settings = station.scheduler
+    boundaries = slot_boundaries(
+        scenario.start,
+        zone,
+        horizon_s=scenario.end - scenario.start,
+        slot_s=settings.slot_minutes * 60,
+    )
+    starts, ends = boundaries[:-1], boundaries[1:]
+    mids = (starts + ends) / 2
+    if scenario.background is not None:
+        background = scenario.background.mean_over(starts, ends)
+    else:
+        forecast = BackgroundForecast(station.background.profile_kw, zone)
+        background = forecast(boundaries, scenario.start, None)
+    limit = (
+        scenario.limit.mean_over(starts, ends)
+        if scenario.limit is not None
+        else np.full(len(mids), station.limit_kw)
+    )
+    vehicles = []
+    for visit in visits:
+        assert visit.pile is not None
+        pile = station.pile(visit.pile)
+        capacity, soc, _ = visit.battery
+        vehicles.append(
+            Vehicle(
+                id=visit.vehicle_id,
+                pile=visit.pile,
+                energy_kwh=visit.energy_kwh,
+                departure=visit.departure
+                - min(settings.finish_early_min * 60, 0.1 * (visit.departure - visit.arrival)),
+                max_kw=min(visit.max_kw, pile.max_kw),
+                min_kw=min(pile.min_kw, pile.max_kw),
+                efficiency=settings.efficiency,
+                v2g=visit.v2g and pile.bidirectional,
+                max_discharge_kw=pile.max_discharge_kw if visit.v2g and pile.bidirectional else 0.0,
+                capacity_kwh=capacity,
+                soc=soc,
+                arrival=visit.arrival,
+                taper_soc=settings.taper_soc,
+            )
+        )
+    return Problem(
+        boundaries=boundaries,
+        limit_kw=np.maximum(limit - station.control.reserve_kw, 0.0),
+        background_kw=background,
+        import_price=np.array([scenario.tariff.price_at(float(t)) for t in mids]),
+        export_price=np.full(len(mids), scenario.tariff.export_price),
+        vehicles=tuple(vehicles),
+        demand_charge=scenario.tariff.demand_charge_per_kw_month,
+        groups=control.group_limits(),
+        ramp_kw_per_min=settings.ramp_kw_per_min,
+        weights=Weights(
+            unmet_per_kwh=settings.unmet_penalty_per_kwh,
+            degradation_per_kwh=settings.degradation_per_kwh,
+        ),
+    )
+
+
+def simulate(
+    scenario: Scenario,
+    policy: Policy | str,
+    *,
+    step_s: float = 60.0,
+    plan_period_s: float | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> SimResult:
+    """Run one policy through the scenario; `progress` gets the fraction done now and then."""
+    policy = Policy(policy)
+    station = scenario.station
+    if station.simulator is None:
+        raise ValueError(f"{station.path}: the station has no [simulator] section")
+    station = _with_tariff(station, scenario.tariff)
+    zone = ZoneInfo(station.info.timezone)
+    started = time.perf_counter()
+    ratings = {p.id: p.max_kw for p in station.piles}
+    served, unserved = assign_piles(scenario.visits, ratings)
+    plant = Plant(
+        station, served, record=False, background=scenario.background, limit=scenario.limit
+    )
+    forecast = None
+    if scenario.background is not None:
+        forecast = BackgroundForecast(scenario.background.hourly_profile(zone), zone)
+    control = Control(station, policy=policy, forecast=forecast, plan_period_s=plan_period_s)
+    visits_by_id = {v.vehicle_id: v for v in served}
+
+    def plugged(pile: PileModel, vehicle: PlantVehicle) -> None:
+        # The fleet system tells the controller what each truck needs and when it leaves.
+        control.wish(pile.id, pile.session_id, _wish(visits_by_id[vehicle.visit.vehicle_id]))
+
+    plant.on_plug = plugged
+    solver = Solver(time_limit_s=station.scheduler.solve_deadline_s)
+    solve_ms: list[float] = []
+    plans = fallbacks = 0
+    if policy is Policy.OFFLINE:
+        plan = solver.solve(
+            offline_problem(scenario, served, control),
+            time_limit_s=max(60.0, station.scheduler.solve_deadline_s),
+        )
+        solve_ms.append(plan.solve_ms)
+        plans += 1
+        if not plan.status.has_schedule:
+            fallbacks += 1
+            plan = fallback_plan(offline_problem(scenario, served, control), reason=plan.message)
+        control.adopt(plan, scenario.start)
+
+    steps = math.ceil((scenario.end - scenario.start) / step_s)
+    times: NDArray[np.float64] = scenario.start + step_s * np.arange(1, steps + 1, dtype=float)
+    site = np.zeros(steps)
+    background = np.zeros(steps)
+    piles = np.zeros(steps)
+    limits = np.zeros(steps)
+    prices = np.zeros(steps)
+    bands: list[str] = []
+    report_every = max(1, steps // 100)
+    for k, now in enumerate(times):
+        now = float(now)
+        # The daemon's fast loop writes every second; between our steps it would have kept every
+        # pile's fail-safe timer from running out.
+        for pile in plant.piles.values():
+            pile.heartbeat(now)
+        plant.step(now, step_s)
+        snapshot = plant.snapshot(now, scenario.tariff)
+        control.observe(snapshot, step_s)
+        reason = control.plan_due(now)
+        if reason is not None:
+            problem = control.problem(snapshot)
+            plan = solver.solve(problem)
+            solve_ms.append(plan.solve_ms)
+            plans += 1
+            if not plan.status.has_schedule:
+                fallbacks += 1
+                plan = fallback_plan(problem, reason=plan.message)
+            control.adopt(plan, now)
+        decision = control.decide(snapshot, step_s)
+        for pid, kw in decision.setpoints.items():
+            mode = PileMode.CHARGE if kw > 0 else PileMode.DISCHARGE if kw < 0 else PileMode.IDLE
+            plant.piles[pid].command(now, kw, mode)
+        control.committed(decision.setpoints)
+        site[k] = plant.site_kw
+        background[k] = plant.background_kw
+        piles[k] = plant.site_kw - plant.background_kw
+        limits[k] = plant.limit_kw
+        prices[k] = snapshot.price
+        bands.append(snapshot.band)
+        if progress is not None and k % report_every == 0:
+            progress(k / steps)
+    plant.step(scenario.end + step_s, step_s)  # let the last departures happen
+    if progress is not None:
+        progress(1.0)
+    requested = {v.vehicle_id: v.energy_kwh for v in scenario.visits}
+    delivered = {vid: record.delivered_kwh for vid, record in plant.sessions.items()}
+    for visit in unserved:
+        delivered.setdefault(visit.vehicle_id, 0.0)
+    metrics = _metrics(
+        scenario,
+        station,
+        policy,
+        times,
+        step_s,
+        site,
+        background,
+        piles,
+        limits,
+        prices,
+        bands,
+        requested,
+        delivered,
+        solve_ms,
+        plans,
+        fallbacks,
+        time.perf_counter() - started,
+    )
+    return SimResult(
+        policy.value,
+        scenario.name,
+        metrics,
+        times,
+        site,
+        background,
+        piles,
+        limits,
+        prices,
+        bands,
+        requested,
+        delivered,
+        solve_ms,
+    )
+
+
+def _with_tariff(station: Station, tariff: Tariff) -> Station:
+    from dataclasses import replace
+
+    return station if station.tariff is tariff else replace(station, tariff=tariff)
+
+
+def _quarter_peaks(
+    times: NDArray[np.float64], kw: NDArray[np.float64], zone: ZoneInfo
+) -> dict[tuple[int, int], float]:
+    """Highest 15-minute average import per calendar month."""
+    quarters = np.floor(times / 900.0)
+    peaks: dict[tuple[int, int], float] = {}
+    for quarter in np.unique(quarters):
+        mask = quarters == quarter
+        mean = float(np.mean(np.maximum(kw[mask], 0.0)))
+        local = datetime.fromtimestamp(float(quarter) * 900, zone)
+        key = (local.year, local.month)
+        peaks[key] = max(peaks.get(key, 0.0), mean)
+    return peaks
+
+
+def _month_shares(
+    times: NDArray[np.float64], step_s: float, zone: ZoneInfo
+) -> dict[tuple[int, int], float]:
+    """For each calendar month the scenario touches, the fraction of that month it covers."""
+    seconds: dict[tuple[int, int], float] = {}
+    for when in times:
+        local = datetime.fromtimestamp(float(when), zone)
+        key = (local.year, local.month)
+        seconds[key] = seconds.get(key, 0.0) + step_s
+    shares = {}
+    for (year, month), covered in seconds.items():
+        days = calendar.monthrange(year, month)[1]
+        shares[(year, month)] = min(1.0, covered / (days * 86400))
+    return shares
+
+
+def _site_cost(
+    tariff: Tariff, kw: NDArray[np.float64], prices: NDArray[np.float64], hours: float
+) -> float:
+    imported = np.maximum(kw, 0.0) * hours
+    exported = np.maximum(-kw, 0.0) * hours
+    return float(prices @ imported - tariff.export_price * exported.sum())
+
+
+def _metrics(
+    scenario: Scenario,
+    station: Station,
+    policy: Policy,
+    times: NDArray[np.float64],
+    step_s: float,
+    site: NDArray[np.float64],
+    background: NDArray[np.float64],
+    piles: NDArray[np.float64],
+    limits: NDArray[np.float64],
+    prices: NDArray[np.float64],
+    bands: list[str],
+    requested: dict[str, float],
+    delivered: dict[str, float],
+    solve_ms: list[float],
+    plans: int,
+    fallbacks: int,
+    wall_s: float,
+) -> dict[str, float | int | str]:
+    tariff = scenario.tariff
+    zone = ZoneInfo(station.info.timezone)
+    hours = step_s / 3600
+    energy_with = _site_cost(tariff, site, prices, hours)
+    energy_without = _site_cost(tariff, background, prices, hours)
+    peaks_with = _quarter_peaks(times, site, zone)
+    peaks_without = _quarter_peaks(times, background, zone)
+    # The demand charge is monthly; a scenario shorter than a month bears its share of it, as if
+    # every day of the month looked like the days simulated.
+    months = _month_shares(times, step_s, zone)
+    demand_with = tariff.demand_charge_per_kw_month * sum(peaks_with[m] * months[m] for m in months)
+    demand_without = tariff.demand_charge_per_kw_month * sum(
+        peaks_without[m] * months[m] for m in months
+    )
+    charging_cost = (energy_with + demand_with) - (energy_without + demand_without)
+    total_requested = sum(requested.values())
+    total_delivered = sum(delivered.values())
+    charged = np.maximum(piles, 0.0) * hours
+    valley = sum(
+        kwh
+        for kwh, band in zip(charged, bands, strict=True)
+        if band == min(tariff.band_prices, key=tariff.band_prices.__getitem__)
+    )
+    ramps = np.diff(piles) / (step_s / 60) if len(piles) > 1 else np.zeros(1)
+    served = [vid for vid, kwh in requested.items() if delivered.get(vid, 0.0) >= 0.99 * kwh - 0.05]
+    return {
+        "policy": policy.value,
+        "scenario": scenario.name,
+        "cost_yuan": round(charging_cost, 2),
+        "energy_cost_yuan": round(energy_with - energy_without, 2),
+        "demand_charge_yuan": round(demand_with - demand_without, 2),
+        "site_cost_yuan": round(energy_with + demand_with, 2),
+        "energy_requested_kwh": round(total_requested, 1),
+        "energy_delivered_kwh": round(total_delivered, 1),
+        "delivered_pct": round(100 * total_delivered / total_requested, 3)
+        if total_requested
+        else 100.0,
+        "valley_share_pct": round(100 * valley / max(float(charged.sum()), 1e-9), 1),
+        "peak_kw": round(float(site.max()), 1),
+        "peak_15min_kw": round(max(peaks_with.values()), 1),
+        "limit_kw": round(float(limits.min()), 1),
+        "over_limit_kwh": round(float((np.maximum(site - limits, 0.0) * hours).sum()), 3),
+        "max_ramp_kw_per_min": round(float(max(ramps.max(), 0.0)), 1),
+        "max_drop_kw_per_min": round(float(max(-ramps.min(), 0.0)), 1),
+        "solve_ms_p50": round(_percentile(solve_ms, 50), 2),
+        "solve_ms_p95": round(_percentile(solve_ms, 95), 2),
+        "plans": plans,
+        "fallbacks": fallbacks,
+        "vehicles": len(requested),
+        "vehicles_served": len(served),
+        "cost_per_vehicle_yuan": round(charging_cost / max(len(requested), 1), 2),
+        "cost_per_kwh_yuan": round(charging_cost / max(total_delivered, 1e-9), 4),
+        "step_s": step_s,
+        "wall_s": round(wall_s, 2),
+    }

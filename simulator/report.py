@@ -1,0 +1,145 @@
+"""What a simulation leaves behind: metrics.json, timeseries.csv, plot.png, and comparison tables."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.dates as mdates
+import matplotlib.pyplot as plt
+import numpy as np
+from rich.table import Table
+
+from simulator.fast import SimResult
+
+BAND_COLOURS = {"valley": "#c8e6c9", "flat": "#fff9c4", "peak": "#ffcdd2", "critical": "#e1bee7"}
+
+
+def write_outputs(result: SimResult, out: Path, zone: ZoneInfo) -> None:
+    """metrics.json, timeseries.csv and plot.png for one run, in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
+    with (out / "timeseries.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["time", "site_kw", "background_kw", "piles_kw", "limit_kw", "price", "band"]
+        )
+        for k, when in enumerate(result.times):
+            writer.writerow(
+                [
+                    datetime.fromtimestamp(float(when), zone).isoformat(),
+                    f"{result.site_kw[k]:.1f}",
+                    f"{result.background_kw[k]:.1f}",
+                    f"{result.piles_kw[k]:.1f}",
+                    f"{result.limit_kw[k]:.1f}",
+                    f"{result.price[k]:.4f}",
+                    result.bands[k],
+                ]
+            )
+    plot(result, out / "plot.png", zone)
+
+
+def _band_spans(times: np.ndarray, bands: Sequence[str]) -> list[tuple[float, float, str]]:
+    spans: list[tuple[float, float, str]] = []
+    start = 0
+    for k in range(1, len(bands) + 1):
+        if k == len(bands) or bands[k] != bands[start]:
+            spans.append((float(times[start]), float(times[min(k, len(times) - 1)]), bands[start]))
+            start = k
+    return spans
+
+
+def plot(
+    result: SimResult, path: Path, zone: ZoneInfo, *, others: Sequence[SimResult] = ()
+) -> None:
+    """Site load against the limit over the tariff's bands, and energy per vehicle."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(13, 8), gridspec_kw={"height_ratios": [3, 2]})
+    when = [datetime.fromtimestamp(float(t), zone) for t in result.times]
+    for lo, hi, band in _band_spans(result.times, result.bands):
+        top.axvspan(
+            datetime.fromtimestamp(lo, zone),
+            datetime.fromtimestamp(hi, zone),
+            color=BAND_COLOURS.get(band, "#eeeeee"),
+            alpha=0.6,
+            lw=0,
+        )
+    top.plot(when, result.site_kw, color="#1565c0", lw=1.2, label=f"site load ({result.policy})")
+    for other in others:
+        top.plot(when, other.site_kw, lw=0.9, alpha=0.8, label=f"site load ({other.policy})")
+    top.plot(when, result.background_kw, color="#616161", lw=0.9, label="depot's own load")
+    top.plot(when, result.limit_kw, color="#c62828", lw=1.5, ls="--", label="site limit")
+    top.set_ylabel("kW")
+    top.set_title(
+        f"{result.scenario}: {result.policy}  (shading: valley green, flat yellow, peak red, critical purple)"
+    )
+    top.legend(loc="upper left", fontsize=8, ncol=3)
+    top.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=zone))
+    top.grid(alpha=0.3)
+    ids = list(result.requested_kwh)
+    requested = np.array([result.requested_kwh[i] for i in ids])
+    delivered = np.array([result.delivered_kwh.get(i, 0.0) for i in ids])
+    x = np.arange(len(ids))
+    bottom.bar(x, requested, color="#cfd8dc", label="requested")
+    bottom.bar(x, delivered, width=0.5, color="#2e7d32", label="delivered")
+    bottom.set_ylabel("kWh per vehicle")
+    bottom.set_xticks(x[:: max(1, len(x) // 30)])
+    bottom.set_xticklabels([ids[i] for i in x[:: max(1, len(x) // 30)]], rotation=60, fontsize=6)
+    bottom.legend(loc="upper right", fontsize=8)
+    bottom.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def comparison_table(results: Sequence[SimResult], currency: str = "yuan") -> Table:
+    """Policies side by side: cost against offline-optimal, savings against uncontrolled."""
+    by_policy = {r.policy: r for r in results}
+    best = by_policy.get("offline-optimal")
+    base = by_policy.get("uncontrolled")
+    table = Table(title=f"policies compared ({results[0].scenario})", title_justify="left")
+    for column in (
+        "policy",
+        f"cost {currency}",
+        "vs offline",
+        "saved vs uncontrolled",
+        "per vehicle",
+        "delivered",
+        "valley",
+        "peak kW",
+        "over limit kWh",
+        "ramp kW/min",
+        "solve ms p50/p95",
+    ):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for result in results:
+        m = result.metrics
+        cost = float(m["cost_yuan"])
+        versus = (
+            "" if best is None else f"{100 * (cost / float(best.metrics['cost_yuan']) - 1):+.1f}%"
+        )
+        saved = saved_each = ""
+        if base is not None:
+            delta = float(base.metrics["cost_yuan"]) - cost
+            saved = f"{delta:,.0f}"
+            saved_each = f"{delta / max(int(m['vehicles']), 1):,.1f}"
+        table.add_row(
+            result.policy,
+            f"{cost:,.0f}",
+            versus,
+            saved,
+            saved_each,
+            f"{float(m['delivered_pct']):.2f}%",
+            f"{float(m['valley_share_pct']):.0f}%",
+            f"{float(m['peak_kw']):,.0f}",
+            f"{float(m['over_limit_kwh']):.2f}",
+            f"{float(m['max_ramp_kw_per_min']):,.0f}",
+            f"{float(m['solve_ms_p50']):.1f}/{float(m['solve_ms_p95']):.1f}",
+        )
+    return table

@@ -1,0 +1,364 @@
+"""Scenario files: vehicle sessions, the site's own load, and utility limit signals.
+
+Sessions CSV, one visit per row (header required; ISO 8601 times with their UTC offset):
+
+    arrival,departure,energy_kwh,max_kw,pile,capacity_kwh,soc_arrival,v2g
+    2026-11-25T17:40:00+08:00,2026-11-26T06:10:00+08:00,455,480,,600,0.18,false
+
+`arrival`, `departure`, `energy_kwh` (wanted, kWh at the pile) and `max_kw` are required; `pile`,
+`capacity_kwh`, `soc_arrival` (0-1) and `v2g` (true/false) may be empty or absent. An `id`
+column, if present, names the vehicles. ACN-Data JSON session files (the public Caltech dataset:
+`_items` with `connectionTime`, `disconnectTime`, `kWhDelivered`, `spaceID`, `userInputs`) load too.
+
+Series CSV (`time,kw`): the site's own load (interpolated linearly) or the utility's limit signal
+(a step: each value holds until the next).
+
+Every loader raises `ConfigError` listing every bad row at once, naming the file, the row and
+the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from controller.config import ConfigError, Problem
+from simulator.fleet import Visit
+
+SESSION_REQUIRED = ("arrival", "departure", "energy_kwh", "max_kw")
+SESSION_OPTIONAL = ("id", "pile", "capacity_kwh", "soc_arrival", "v2g")
+
+
+class _Rows:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[Problem] = []
+
+    def add(self, where: str | None, field: str, message: str) -> None:
+        self.problems.append(Problem(self.path, where, field, message))
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise ConfigError(self.problems)
+
+
+def _read_text(path: Path, rows: _Rows) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        rows.add(None, "", "file not found")
+    except (OSError, UnicodeDecodeError) as exc:
+        rows.add(None, "", f"cannot read: {exc}")
+    return None
+
+
+def _time(text: str) -> float:
+    value = datetime.fromisoformat(text.strip())
+    if value.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset (write e.g. 2026-11-25T17:40:00+08:00)")
+    return value.timestamp()
+
+
+def _number(
+    text: str, *, low: float | None = None, high: float | None = None, positive: bool = False
+) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    if positive and value <= 0:
+        raise ValueError(f"must be positive, got {value:g}")
+    if low is not None and value < low:
+        raise ValueError(f"must be at least {low:g}, got {value:g}")
+    if high is not None and value > high:
+        raise ValueError(f"must be at most {high:g}, got {value:g}")
+    return value
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no", ""):
+        return False
+    raise ValueError(f"{text!r} is not true or false")
+
+
+def load_sessions(path: Path | str) -> list[Visit]:
+    """Vehicle visits from a sessions CSV or an ACN-Data JSON file, in arrival order."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        return load_acn_sessions(path)
+    rows = _Rows(path)
+    text = _read_text(path, rows)
+    rows.raise_if_any()
+    assert text is not None
+    reader = csv.DictReader(text.splitlines())
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [name for name in SESSION_REQUIRED if name not in header]
+    unknown = [name for name in header if name not in SESSION_REQUIRED + SESSION_OPTIONAL]
+    if missing:
+        rows.add(
+            "header", ", ".join(missing), f"required column(s) missing; the header is {header}"
+        )
+    if unknown:
+        rows.add(
+            "header",
+            ", ".join(unknown),
+            f"unknown column(s) (misspelt?); known: {list(SESSION_REQUIRED + SESSION_OPTIONAL)}",
+        )
+    rows.raise_if_any()
+    visits: list[Visit] = []
+    ids: set[str] = set()
+    for number, raw in enumerate(reader, start=2):
+        record = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        if None in raw:
+            rows.add(f"row {number}", "", "more values than columns")
+            continue
+        visit = _session_row(record, number, rows)
+        if visit is None:
+            continue
+        if visit.vehicle_id in ids:
+            rows.add(f"row {number}", "id", f"{visit.vehicle_id!r} appears twice")
+        ids.add(visit.vehicle_id)
+        visits.append(visit)
+    if not visits and not rows.problems:
+        rows.add(None, "", "no sessions")
+    rows.raise_if_any()
+    return sorted(visits, key=lambda v: v.arrival)
+
+
+def _session_row(record: dict[str, str], number: int, rows: _Rows) -> Visit | None:
+    where = f"row {number}"
+    values: dict[str, Any] = {}
+    checks: dict[str, Any] = {
+        "arrival": _time,
+        "departure": _time,
+        "energy_kwh": lambda t: _number(t, low=0),
+        "max_kw": lambda t: _number(t, positive=True),
+        "capacity_kwh": lambda t: _number(t, positive=True),
+        "soc_arrival": lambda t: _number(t, low=0, high=1),
+        "v2g": _bool,
+    }
+    ok = True
+    for name, check in checks.items():
+        text = record.get(name, "")
+        if text == "":
+            if name in SESSION_REQUIRED:
+                rows.add(where, name, "required, but empty")
+                ok = False
+            continue
+        try:
+            values[name] = check(text)
+        except ValueError as exc:
+            rows.add(where, name, str(exc))
+            ok = False
+    if not ok:
+        return None
+    if values["departure"] <= values["arrival"]:
+        rows.add(where, "departure", "is not after the arrival")
+        return None
+    capacity = values.get("capacity_kwh")
+    soc = values.get("soc_arrival")
+    if (
+        capacity is not None
+        and soc is not None
+        and soc + values["energy_kwh"] / capacity > 1 + 1e-9
+    ):
+        rows.add(
+            where,
+            "energy_kwh",
+            f"{values['energy_kwh']:g} kWh does not fit a {capacity:g} kWh battery at {soc:.0%}",
+        )
+        return None
+    return Visit(
+        vehicle_id=record.get("id") or f"row-{number}",
+        arrival=values["arrival"],
+        departure=values["departure"],
+        energy_kwh=values["energy_kwh"],
+        max_kw=values["max_kw"],
+        capacity_kwh=capacity,
+        soc_arrival=soc,
+        pile=record.get("pile") or None,
+        v2g=bool(values.get("v2g", False)),
+    )
+
+
+def load_acn_sessions(path: Path | str, *, max_kw: float = 6.6) -> list[Visit]:
+    """Visits from an ACN-Data JSON file: energy is what was delivered, departure the disconnect.
+
+    ACN-Data does not record a car's power limit; `max_kw` (Caltech's Level 2 EVSEs deliver about
+    6.6 kW) stands in for it.
+    """
+    path = Path(path)
+    rows = _Rows(path)
+    text = _read_text(path, rows)
+    rows.raise_if_any()
+    assert text is not None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        rows.add(None, "", f"not valid JSON: {exc}")
+        rows.raise_if_any()
+    items = data.get("_items") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        rows.add(None, "_items", "an ACN-Data file has a list of sessions under _items")
+        rows.raise_if_any()
+    assert isinstance(items, list)
+    visits = []
+    for index, item in enumerate(items):
+        where = f"session {index}"
+        if not isinstance(item, dict):
+            rows.add(where, "", "not an object")
+            continue
+        try:
+            arrival = parsedate_to_datetime(str(item["connectionTime"])).timestamp()
+            departure = parsedate_to_datetime(str(item["disconnectTime"])).timestamp()
+            energy = float(item["kWhDelivered"])
+        except KeyError as exc:
+            rows.add(where, str(exc.args[0]), "required, but missing")
+            continue
+        except (TypeError, ValueError) as exc:
+            rows.add(where, "connectionTime/disconnectTime/kWhDelivered", str(exc))
+            continue
+        if not math.isfinite(energy) or energy < 0:
+            rows.add(where, "kWhDelivered", f"must be a non-negative number, got {energy}")
+            continue
+        if departure <= arrival:
+            rows.add(where, "disconnectTime", "is not after connectionTime")
+            continue
+        session_id = str(item.get("sessionID") or item.get("_id") or f"acn-{index}")
+        visits.append(
+            Visit(
+                vehicle_id=session_id,
+                arrival=arrival,
+                departure=departure,
+                energy_kwh=energy,
+                max_kw=max_kw,
+                pile=None,
+            )
+        )
+    if not visits and not rows.problems:
+        rows.add(None, "_items", "no sessions")
+    rows.raise_if_any()
+    return sorted(visits, key=lambda v: v.arrival)
+
+
+@dataclass(frozen=True)
+class Series:
+    """A time series of kW: `linear` between points, or a `step` that holds until the next."""
+
+    times: NDArray[np.float64]
+    kw: NDArray[np.float64]
+    kind: str = "linear"
+
+    def at(self, when: float) -> float:
+        """The value at `when` (the first value before the series, the last after it)."""
+        if self.kind == "step":
+            index = int(np.searchsorted(self.times, when, side="right")) - 1
+            return float(self.kw[max(index, 0)])
+        return float(np.interp(when, self.times, self.kw))
+
+    def mean_over(
+        self, starts: NDArray[np.float64], ends: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """Average of the series over each [start, end) (sampled each minute)."""
+        result = np.empty(len(starts))
+        for i, (lo, hi) in enumerate(zip(starts, ends, strict=True)):
+            samples = np.arange(lo, hi, 60.0) + min(30.0, (hi - lo) / 2)
+            result[i] = (
+                float(np.mean([self.at(float(t)) for t in samples]))
+                if len(samples)
+                else self.at(float(lo))
+            )
+        return result
+
+    def hourly_profile(self, zone: Any) -> list[float]:
+        """The average value at each local hour of the day (a typical day learned from history)."""
+        sums = np.zeros(24)
+        counts = np.zeros(24)
+        for when, kw in zip(self.times, self.kw, strict=True):
+            hour = datetime.fromtimestamp(float(when), zone).hour
+            sums[hour] += kw
+            counts[hour] += 1
+        mean = float(np.mean(self.kw))
+        return [float(sums[h] / counts[h]) if counts[h] else mean for h in range(24)]
+
+
+def load_series(path: Path | str, *, kind: str = "linear", allow_negative: bool = False) -> Series:
+    """A `time,kw` CSV: times strictly increasing with their UTC offset, kW finite."""
+    path = Path(path)
+    rows = _Rows(path)
+    text = _read_text(path, rows)
+    rows.raise_if_any()
+    assert text is not None
+    reader = csv.DictReader(text.splitlines())
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    if header[:2] != ["time", "kw"] or len(header) != 2:
+        rows.add("header", "", f"expected the columns time,kw; got {header}")
+        rows.raise_if_any()
+    times: list[float] = []
+    values: list[float] = []
+    for number, raw in enumerate(reader, start=2):
+        where = f"row {number}"
+        try:
+            when = _time(raw.get("time") or "")
+        except ValueError as exc:
+            rows.add(where, "time", str(exc))
+            continue
+        try:
+            kw = _number(raw.get("kw") or "", low=None if allow_negative else 0.0)
+        except ValueError as exc:
+            rows.add(where, "kw", str(exc))
+            continue
+        if times and when <= times[-1]:
+            rows.add(where, "time", "not after the previous row's time")
+            continue
+        times.append(when)
+        values.append(kw)
+    if not times and not rows.problems:
+        rows.add(None, "", "no rows")
+    rows.raise_if_any()
+    return Series(np.asarray(times), np.asarray(values), kind)
+
+
+def write_sessions(path: Path, visits: Iterable[Visit], zone: Any) -> None:
+    """Write visits as a sessions CSV (the format `load_sessions` reads)."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            [
+                "id",
+                "arrival",
+                "departure",
+                "energy_kwh",
+                "max_kw",
+                "pile",
+                "capacity_kwh",
+                "soc_arrival",
+                "v2g",
+            ]
+        )
+        for visit in visits:
+            writer.writerow(
+                [
+                    visit.vehicle_id,
+                    datetime.fromtimestamp(visit.arrival, zone).isoformat(),
+                    datetime.fromtimestamp(visit.departure, zone).isoformat(),
+                    f"{visit.energy_kwh:.1f}",
+                    f"{visit.max_kw:g}",
+                    visit.pile or "",
+                    "" if visit.capacity_kwh is None else f"{visit.capacity_kwh:g}",
+                    "" if visit.soc_arrival is None else f"{visit.soc_arrival:.3f}",
+                    "true" if visit.v2g else "false",
+                ]
+            )
