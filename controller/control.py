@@ -33,9 +33,20 @@ from controller.limiter import PileBounds, budget_kw, limit_setpoints
 from controller.site import BackgroundWatch, PileView, SiteSnapshot
 from scheduler.allocation import Demand, fair_share, laxity_h, priority_fill
 from scheduler.plan import Plan
-from scheduler.problem import GroupLimit, Problem, Vehicle, Weights, slot_boundaries
+from scheduler.problem import GroupLimit, Problem, Vehicle, Weights, month_starts, slot_boundaries
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Visit:
+    """A finished session, remembered to forecast tomorrow's."""
+
+    plugged_at: float
+    left_at: float
+    delivered_kwh: float
+    wanted_kwh: float
+    max_kw: float
 
 
 class Policy(StrEnum):
@@ -156,6 +167,7 @@ class Control:
         self.limit_kw = station.limit_kw
         self._why: str | None = "first plan"
         self._plan_serial = 0
+        self.history: list[Visit] = []
         self._rise_tokens = 0.0
         self._last_background: float | None = None
 
@@ -194,6 +206,15 @@ class Control:
                 not reading.state.vehicle_present or reading.session_id != session.session_id
             ):
                 del self.sessions[view.id]
+                self.history.append(
+                    Visit(
+                        session.plugged_at,
+                        now,
+                        session.delivered_kwh if session.need_kwh > 0 else 0.0,
+                        max(session.need_kwh, session.delivered_kwh),
+                        session.max_kw,
+                    )
+                )
                 events.append(
                     f"{view.id}: vehicle left after {session.delivered_kwh:.0f} of {session.need_kwh:.0f} kWh"
                 )
@@ -322,6 +343,7 @@ class Control:
                     taper_soc=settings.taper_soc,
                 )
             )
+        vehicles.extend(self._expected_arrivals(now, float(boundaries[-1])))
         limit = max(snapshot.limit_kw - self.station.control.reserve_kw, 0.0)
         return Problem(
             boundaries=boundaries,
@@ -337,8 +359,11 @@ class Control:
             piles_kw_now=snapshot.piles_kw,
             weights=Weights(
                 unmet_per_kwh=settings.unmet_penalty_per_kwh,
+                expected_unmet_per_kwh=settings.expected_unmet_penalty_per_kwh,
                 degradation_per_kwh=settings.degradation_per_kwh,
             ),
+            new_months=month_starts(now, float(boundaries[-1]), self.zone),
+            reserve_share=settings.reserve_share,
         )
 
     def _plan_departure(self, session: Session, now: float) -> float:
@@ -350,6 +375,48 @@ class Control:
         if early > now + 60.0:
             return early
         return max(session.departure, now + 60.0)
+
+    def _expected_arrivals(self, now: float, horizon_end: float) -> list[Vehicle]:
+        """The vehicles yesterday says will come: each visit of the last 24 hours, again a day
+        later, on the pile it would get (queueing when all are busy, as drivers do).
+
+        Planning for them keeps headroom, and the month's peak, for the trucks that come every
+        afternoon; a plan that only knew the vehicles plugged in now would use the headroom up
+        and set a new peak when they arrive.
+        """
+        if not self.settings.forecast_arrivals:
+            return []
+        self.history = [h for h in self.history if h.plugged_at >= now - 2 * 86400]
+        busy_until = {p.id: now for p in self.station.piles}
+        for session in self.sessions.values():
+            busy_until[session.pile] = max(session.departure, now)
+        ratings = {p.id: p.max_kw for p in self.station.piles}
+        expected = []
+        for index, past in enumerate(sorted(self.history, key=lambda h: h.plugged_at)):
+            arrival = past.plugged_at + 86400
+            departure = min(past.left_at + 86400, horizon_end)
+            if arrival <= now + 300 or arrival >= horizon_end or past.wanted_kwh <= 0:
+                continue
+            pile = min(busy_until, key=lambda p: (max(busy_until[p], arrival), -ratings[p]))
+            start = max(busy_until[pile], arrival)
+            if start >= departure - 60:
+                continue
+            busy_until[pile] = departure
+            max_kw = min(past.max_kw, ratings[pile])
+            energy = min(past.wanted_kwh, max_kw * (departure - start) / 3600)
+            expected.append(
+                Vehicle(
+                    id=f"expected-{index}",
+                    pile=pile,
+                    energy_kwh=energy,
+                    departure=departure,
+                    max_kw=max_kw,
+                    efficiency=self.settings.efficiency,
+                    arrival=start,
+                    expected=True,
+                )
+            )
+        return expected
 
     def group_limits(self) -> tuple[GroupLimit, ...]:
         """The station's group and phase limits as the scheduler takes them."""

@@ -9,17 +9,18 @@ and every vehicle needs a little less, changes only bounds and right-hand sides:
     u[i]    energy vehicle i will not get by departure   0 <= u <= its need
     g+[t]   energy imported in slot t                    0 <= g+ <= limit * hours
     g-[t]   energy exported in slot t                    0 <= g- <= export limit * hours
-    P       new peak above the month-to-date peak (kW)   P >= 0
-    Q       highest site load of the plan (kW): the even-profile tie-break
+    P[m]    new peak above month m's peak so far (kW)    P >= 0
 
     minimise  sum(import price * g+) - sum(export price * g-) + demand charge * P
               + degradation * sum(f) + unmet penalty * sum(u)
-              + earliness * sum(slot index * x) + flatness * Q
+              + earliness * sum(slot index * x) + flatness * sum(P)
 
 subject to, per slot: sum(x) - sum(f) - g+ + g- = -background * hours (site balance);
-g+ - hours * P <= peak * hours; g+ - hours * Q <= 0; group limits; the upward ramp of the piles'
+g+ - hours * P[month of the slot] <= peak so far * hours; group limits; the upward ramp of the piles'
 total; per vehicle: sum(x) + u = need (or the V2G battery balance and final level); for a
-vehicle whose charging tapers, x[t] no more than its battery takes at the level y[t-1].
+vehicle whose charging tapers, x[t] no more than its battery takes at the level y[t-1]; with
+`reserve_share`, y[t] + v >= what the vehicle could no longer catch up at that share of its power
+(v, a slack priced between any tariff difference and the unmet penalty).
 """
 
 from __future__ import annotations
@@ -63,8 +64,7 @@ class LpModel:
     vehicles: dict[str, VehicleColumns]
     import_cols: IntArray
     export_cols: IntArray
-    peak_col: int
-    flat_col: int
+    peak_cols: IntArray
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -148,8 +148,19 @@ def build_lp(problem: Problem) -> LpModel:
     # credited at most at the import price (which changes nothing for a site that only does one).
     credit = np.minimum(problem.export_price, problem.import_price)
     g_minus = b.cols([("g-", e) for e in ends], -credit, np.zeros(slots), export_limit * hours)
-    peak = int(b.cols([("P",)], np.array([problem.demand_charge]), np.zeros(1), np.array([INF]))[0])
-    flat = int(b.cols([("Q",)], np.array([w.flatness_per_kw]), np.zeros(1), np.array([INF]))[0])
+    # One new-peak variable per billing period (calendar month): a plan that runs past midnight
+    # on the 1st starts the next month's peak from nothing.
+    periods = problem.billing_periods()
+    # The even-profile tie-break is a small extra price on each kW of new peak: it spreads load
+    # that would set a new peak (a spike at the valley's first minute), and leaves alone load
+    # below the month's peak, which may then come as early as the vehicles want it.
+    peaks = b.cols(
+        # The current month's variable keeps its name while the plan's start moves on.
+        [("P", "current" if index == 0 else start) for index, (start, _, _) in enumerate(periods)],
+        np.full(len(periods), problem.demand_charge + w.flatness_per_kw),
+        np.zeros(len(periods)),
+        np.full(len(periods), INF),
+    )
 
     balance = b.rows(
         [("balance", e) for e in ends],
@@ -158,25 +169,27 @@ def build_lp(problem: Problem) -> LpModel:
     )
     b.entries(balance, g_plus, -1.0)
     b.entries(balance, g_minus, 1.0)
-    peak_rows = b.rows([("peak", e) for e in ends], np.full(slots, -INF), problem.peak_kw * hours)
+    period_of = np.zeros(slots, dtype=np.int64)
+    before = np.zeros(slots)
+    for index, (start, _, peak_kw) in enumerate(periods):
+        inside = problem.boundaries[:-1] >= start
+        period_of[inside] = index
+        before[inside] = peak_kw
+    peak_rows = b.rows([("peak", e) for e in ends], np.full(slots, -INF), before * hours)
     b.entries(peak_rows, g_plus, 1.0)
-    b.entries(peak_rows, np.full(slots, peak), -hours)
-    flat_rows = b.rows([("flat", e) for e in ends], np.full(slots, -INF), np.zeros(slots))
-    b.entries(flat_rows, g_plus, 1.0)
-    b.entries(flat_rows, np.full(slots, flat), -hours)
+    b.entries(peak_rows, peaks[period_of], -hours)
 
     vehicles: dict[str, VehicleColumns] = {}
     pile_terms: dict[str, list[tuple[IntArray, IntArray, float]]] = {}
     all_net: list[tuple[IntArray, IntArray, float]] = []
     for vehicle in problem.vehicles:
+        penalty = w.expected_unmet_per_kwh if vehicle.expected else w.unmet_per_kwh
         present = problem.presence(vehicle)
         active = np.flatnonzero(present > 1e-9)
         vid = vehicle.id
         need = vehicle.energy_kwh
         if len(active) == 0:
-            unmet = int(
-                b.cols([("u", vid)], np.array([w.unmet_per_kwh]), np.zeros(1), np.array([need]))[0]
-            )
+            unmet = int(b.cols([("u", vid)], np.array([penalty]), np.zeros(1), np.array([need]))[0])
             row = b.rows([("energy", vid)], np.array([need]), np.array([need]))
             b.entries(row, np.array([unmet]), 1.0)
             vehicles[vid] = VehicleColumns(active, np.zeros(0, dtype=np.int64), None, unmet)
@@ -203,19 +216,24 @@ def build_lp(problem: Problem) -> LpModel:
             b.entries(balance[active], discharge, -1.0)
             all_net.append((active, discharge, -1.0))
             pile_terms[vehicle.pile].append((active, discharge, -1.0))
-        if vehicle.v2g or vehicle.tapers:
-            assert vehicle.capacity_kwh is not None and vehicle.soc is not None
-            capacity = vehicle.capacity_kwh
-            stored = vehicle.soc * capacity
+        eta = vehicle.efficiency
+        if vehicle.capacity_kwh is not None and vehicle.soc is not None:
+            capacity, stored = vehicle.capacity_kwh, vehicle.soc * vehicle.capacity_kwh
+        else:
+            capacity, stored = INF, 0.0
+        target = min(capacity, stored + eta * need)
+        reserve = problem.reserve_share is not None and not vehicle.expected and need > 0
+        level = None
+        if vehicle.v2g or vehicle.tapers or reserve:
+            # The battery's energy after each slot (or, with the battery unknown, the energy
+            # delivered so far): y[t] - y[t-1] - eta * x[t] + f[t] / eta = 0, y[-1] = stored now.
             floor = min(vehicle.min_soc * capacity, stored) if vehicle.v2g else 0.0
-            eta = vehicle.efficiency
             level = b.cols(
                 [("y", vid, ends[t]) for t in active],
                 np.zeros(len(active)),
                 np.full(len(active), floor),
                 np.full(len(active), capacity),
             )
-            # y[t] - y[t-1] - eta * x[t] + f[t] / eta = 0, with y[-1] = stored energy now.
             rhs = np.zeros(len(active))
             rhs[0] = stored
             level_rows = b.rows([("level", vid, ends[t]) for t in active], rhs, rhs)
@@ -224,30 +242,49 @@ def build_lp(problem: Problem) -> LpModel:
             b.entries(level_rows, charge, -eta)
             if discharge is not None:
                 b.entries(level_rows, discharge, 1.0 / eta)
-            if vehicle.tapers:
-                assert vehicle.taper_soc is not None
-                # In the constant-voltage phase the battery takes max_kw * (1 - soc) / (1 - taper),
-                # so the room left to full decays as exp(-k t), k = eta max_kw / (capacity (1 -
-                # taper)). Over a slot that allows x[t] <= (1 - exp(-k hours)) / eta * (capacity -
-                # y[t-1]): exact in the taper phase, and loose (so harmless) below it.
-                rate = eta * vehicle.max_kw / (capacity * (1 - vehicle.taper_soc))
-                slope = (1 - np.exp(-rate * present[active])) / eta
-                upper = slope * capacity
-                upper[0] = slope[0] * (capacity - stored)
-                taper_rows = b.rows(
-                    [("taper", vid, ends[t]) for t in active], np.full(len(active), -INF), upper
+        if vehicle.tapers and level is not None:
+            assert vehicle.taper_soc is not None
+            # In the constant-voltage phase the battery takes max_kw * (1 - soc) / (1 - taper),
+            # so the room left to full decays as exp(-k t), k = eta max_kw / (capacity (1 -
+            # taper)). Over a slot that allows x[t] <= (1 - exp(-k hours)) / eta * (capacity -
+            # y[t-1]): exact in the taper phase, and loose (so harmless) below it.
+            rate = eta * vehicle.max_kw / (capacity * (1 - vehicle.taper_soc))
+            slope = (1 - np.exp(-rate * present[active])) / eta
+            upper = slope * capacity
+            upper[0] = slope[0] * (capacity - stored)
+            taper_rows = b.rows(
+                [("taper", vid, ends[t]) for t in active], np.full(len(active), -INF), upper
+            )
+            b.entries(taper_rows, charge, 1.0)
+            b.entries(taper_rows[1:], level[:-1], slope[1:])
+        if reserve and level is not None:
+            # Keep the vehicle able to finish at `reserve_share` of its power from the end of any
+            # slot: a hedge against an early departure or a crowd arriving, paid for by a slack
+            # that costs far more than any price difference but less than undelivered energy.
+            share = problem.reserve_share
+            assert share is not None
+            after = np.concatenate([np.cumsum(present[active][::-1])[::-1][1:], [0.0]])
+            need_by = target - eta * share * vehicle.max_kw * after
+            binding = np.flatnonzero(need_by > stored + 1e-6)
+            if len(binding):
+                slack = int(
+                    b.cols(
+                        [("v", vid)], np.array([w.reserve_per_kwh]), np.zeros(1), np.array([INF])
+                    )[0]
                 )
-                b.entries(taper_rows, charge, 1.0)
-                b.entries(taper_rows[1:], level[:-1], slope[1:])
+                reserve_rows = b.rows(
+                    [("reserve", vid, ends[active[k]]) for k in binding],
+                    need_by[binding],
+                    np.full(len(binding), INF),
+                )
+                b.entries(reserve_rows, level[binding], 1.0)
+                b.entries(reserve_rows, np.full(len(binding), slack), 1.0)
         if vehicle.v2g:
-            assert vehicle.capacity_kwh is not None and vehicle.soc is not None
-            eta = vehicle.efficiency
-            stored = vehicle.soc * vehicle.capacity_kwh
-            target = min(vehicle.capacity_kwh, stored + eta * need)
+            assert level is not None
             unmet = int(
                 b.cols(
                     [("u", vid)],
-                    np.array([w.unmet_per_kwh / eta]),
+                    np.array([penalty / eta]),
                     np.zeros(1),
                     np.array([need * eta]),
                 )[0]
@@ -255,9 +292,7 @@ def build_lp(problem: Problem) -> LpModel:
             row = b.rows([("energy", vid)], np.array([target]), np.array([INF]))
             b.entries(np.full(2, row[0]), np.array([level[-1], unmet]), 1.0)
         else:
-            unmet = int(
-                b.cols([("u", vid)], np.array([w.unmet_per_kwh]), np.zeros(1), np.array([need]))[0]
-            )
+            unmet = int(b.cols([("u", vid)], np.array([penalty]), np.zeros(1), np.array([need]))[0])
             row = b.rows([("energy", vid)], np.array([need]), np.array([need]))
             b.entries(np.full(len(charge) + 1, row[0]), np.append(charge, unmet), 1.0)
         vehicles[vid] = VehicleColumns(active, charge, discharge, unmet)
@@ -296,6 +331,5 @@ def build_lp(problem: Problem) -> LpModel:
         vehicles=vehicles,
         import_cols=g_plus,
         export_cols=g_minus,
-        peak_col=peak,
-        flat_col=flat,
+        peak_cols=peaks,
     )

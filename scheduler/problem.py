@@ -39,7 +39,8 @@ class Vehicle:
     (`v2g`) also needs `capacity_kwh` and `soc`, so that its battery never goes below `min_soc`
     or above full; `efficiency` converts between pile and battery energy for it.
     `arrival` is set only for vehicles not yet plugged in (offline, perfect-knowledge plans).
-    With `taper_soc` (and the battery known), the vehicle takes at most
+    An `expected` vehicle is a forecast, not a promise: its unmet energy weighs
+    `Weights.expected_unmet_per_kwh`. With `taper_soc` (and the battery known), the vehicle takes at most
     max_kw * (1 - soc) / (1 - taper_soc) once its state of charge passes `taper_soc`, as a
     battery's constant-voltage phase does.
     """
@@ -58,6 +59,7 @@ class Vehicle:
     min_soc: float = 0.2
     arrival: float | None = None
     taper_soc: float | None = None
+    expected: bool = False
 
     @property
     def tapers(self) -> bool:
@@ -103,6 +105,8 @@ class Weights:
     """Objective weights. The tie-breaks are orders of magnitude below any price difference."""
 
     unmet_per_kwh: float = 1000.0
+    expected_unmet_per_kwh: float = 1000.0
+    reserve_per_kwh: float = 50.0
     degradation_per_kwh: float = 0.05
     earliness_per_kwh_slot: float = 1e-5
     flatness_per_kw: float = 1e-3
@@ -125,11 +129,25 @@ class Problem:
     piles_kw_now: float = 0.0
     export_limit_kw: FloatArray | None = None
     weights: Weights = field(default_factory=Weights)
+    new_months: tuple[float, ...] = ()
+    reserve_share: float | None = None
 
     @property
     def start(self) -> float:
         """When the plan starts (epoch seconds)."""
         return float(self.boundaries[0])
+
+    def billing_periods(self) -> list[tuple[float, float, float]]:
+        """(start, end, peak so far) of each billing period the plan touches: the current one
+        with `peak_kw`, then one from each of `new_months` (a new month starts with no peak)."""
+        edges = [
+            self.start,
+            *(t for t in sorted(self.new_months) if self.start < t < self.end),
+            self.end,
+        ]
+        return [
+            (edges[i], edges[i + 1], self.peak_kw if i == 0 else 0.0) for i in range(len(edges) - 1)
+        ]
 
     @property
     def end(self) -> float:
@@ -194,6 +212,8 @@ class Problem:
         for name, value in scalars.items():
             if not math.isfinite(value) or (name != "piles_kw_now" and value < 0):
                 found.append(f"{name}: must be a non-negative number, got {value}")
+        if self.reserve_share is not None and not 0 < self.reserve_share <= 1:
+            found.append(f"reserve_share: must be in (0, 1], got {self.reserve_share}")
         if self.ramp_kw_per_min is not None and not (self.ramp_kw_per_min > 0):
             found.append(f"ramp_kw_per_min: must be positive, got {self.ramp_kw_per_min}")
         w = self.weights
@@ -295,3 +315,18 @@ def slot_boundaries(
         boundary += slot_s
     points.append(end)
     return np.asarray(points, dtype=float)
+
+
+def month_starts(start: float, end: float, zone: ZoneInfo) -> tuple[float, ...]:
+    """Local midnights of the 1st of each month strictly inside (start, end)."""
+    local = datetime.fromtimestamp(start, zone)
+    found: list[float] = []
+    year, month = local.year, local.month
+    while True:
+        month += 1
+        if month == 13:
+            year, month = year + 1, 1
+        first = datetime(year, month, 1, tzinfo=zone).timestamp()
+        if first >= end:
+            return tuple(found)
+        found.append(first)

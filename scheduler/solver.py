@@ -245,7 +245,7 @@ def _plan(
             problem.import_price @ imported
             - np.minimum(problem.export_price, problem.import_price) @ exported
         ),
-        demand_cost=float(problem.demand_charge * x[model.peak_col]),
+        demand_cost=float(problem.demand_charge * x[model.peak_cols].sum()),
         degradation_cost=problem.weights.degradation_per_kwh * discharged,
         unmet_kwh=unmet,
         solve_ms=elapsed,

@@ -26,10 +26,11 @@ from numpy.typing import NDArray
 
 from controller.config import Station
 from controller.control import Control, Policy, Wish
+from controller.control import Visit as PastVisit
 from controller.forecast import BackgroundForecast
 from drivers.pile import PileMode
 from scheduler.fallback import fallback_plan
-from scheduler.problem import Problem, Vehicle, Weights, slot_boundaries
+from scheduler.problem import Problem, Vehicle, Weights, month_starts, slot_boundaries
 from scheduler.solver import Solver
 from scheduler.tariff import Tariff
 from simulator.fleet import Visit, assign_piles
@@ -50,6 +51,7 @@ class Scenario:
     name: str = "scenario"
     background: Series | None = None
     limit: Series | None = None
+    history: tuple[PastVisit, ...] = ()
 
     @classmethod
     def around(
@@ -169,6 +171,7 @@ def offline_problem(scenario: Scenario, visits: Sequence[Visit], control: Contro
             unmet_per_kwh=settings.unmet_penalty_per_kwh,
             degradation_per_kwh=settings.degradation_per_kwh,
         ),
+        new_months=month_starts(scenario.start, scenario.end, zone),
     )
 
 
@@ -197,6 +200,7 @@ def simulate(
     if scenario.background is not None:
         forecast = BackgroundForecast(scenario.background.hourly_profile(zone), zone)
     control = Control(station, policy=policy, forecast=forecast, plan_period_s=plan_period_s)
+    control.history.extend(scenario.history)
     visits_by_id = {v.vehicle_id: v for v in served}
 
     def plugged(pile: PileModel, vehicle: PlantVehicle) -> None:

@@ -136,7 +136,7 @@ def test_demand_charge_moves_charging_to_the_dear_slot() -> None:
 
 
 def test_no_demand_charge_below_the_month_peak() -> None:
-    """With a 100 kW month peak there is no demand charge to avoid: 10 kWh in the cheap slots, 5/5 to keep the site peak at 55 kW."""
+    """Below a 100 kW month peak no new peak is at stake: all 10 kWh in the first cheap slot (earliest energy first)."""
     problem = hourly(
         [1.0, 0.5, 0.5, 1.0],
         [ev("a", 10.0)],
@@ -145,7 +145,7 @@ def test_no_demand_charge_below_the_month_peak() -> None:
         demand_charge=35.0,
     )
     plan = optimal(problem)
-    np.testing.assert_allclose(kw(plan, "a"), [0.0, 5.0, 5.0, 0.0], atol=TOL)
+    np.testing.assert_allclose(kw(plan, "a"), [0.0, 10.0, 0.0, 0.0], atol=TOL)
     assert plan.demand_cost == pytest.approx(0.0, abs=TOL)
     assert plan.energy_cost == pytest.approx(5.0 + 25.0 + 25.0)
 
@@ -348,7 +348,7 @@ def test_infeasible_is_a_status() -> None:
 
 
 def test_no_simultaneous_import_and_export_when_export_pays_more() -> None:
-    """Export at 0.3515 over a 0.3162 valley: the plan still splits 10 kWh 5/5 and costs exactly the net import."""
+    """Export at 0.3515 over a 0.3162 valley: no paper trade; 10 kWh in the first valley slot, cost exactly the net import."""
     problem = hourly(
         [0.3162, 0.3162, 0.6210, 0.6210],
         [ev("a", 10.0)],
@@ -358,9 +358,9 @@ def test_no_simultaneous_import_and_export_when_export_pays_more() -> None:
         demand_charge=35.0,
     )
     plan = optimal(problem)
-    # net import 15, 15, 10, 10 kWh, nothing exported
+    # net import 20, 10, 10, 10 kWh, nothing exported
     assert plan.energy_cost == pytest.approx(0.3162 * 30.0 + 0.6210 * 20.0)
-    np.testing.assert_allclose(kw(plan, "a"), [5.0, 5.0, 0.0, 0.0], atol=TOL)
+    np.testing.assert_allclose(kw(plan, "a"), [10.0, 0.0, 0.0, 0.0], atol=TOL)
 
 
 def big_problem(vehicles: int) -> Problem:
