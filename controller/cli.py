@@ -11,6 +11,7 @@ import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -23,6 +24,9 @@ from controller.config import (
     load_station,
     load_tariff,
 )
+
+if TYPE_CHECKING:
+    from simulator.fast import Scenario
 
 log = logging.getLogger("flexcharge")
 
@@ -210,6 +214,170 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+ALL_POLICIES = ("uncontrolled", "equal-share", "edf", "llf", "mpc", "offline-optimal")
+
+
+def _scenario(args: argparse.Namespace, console: Console) -> tuple[Station, Scenario] | None:
+    """The station and scenario a simulate/compare command names, or None after printing why."""
+    from simulator.fast import Scenario
+    from simulator.scenario import load_series, load_sessions
+
+    station = _load(Path(args.station), console)
+    if station is None:
+        return None
+    try:
+        tariff = load_tariff(Path(args.tariff)) if args.tariff else station.tariff
+        visits = load_sessions(Path(args.sessions))
+        background = (
+            load_series(Path(args.background), allow_negative=True) if args.background else None
+        )
+        limit = load_series(Path(args.limit), kind="step") if args.limit else None
+    except ConfigError as err:
+        _print_problems(err, console)
+        return None
+    known = {p.id for p in station.piles}
+    unknown = sorted({v.pile for v in visits if v.pile is not None and v.pile not in known})
+    if unknown:
+        console.print(
+            f"[bold red]{args.sessions}: sessions name piles the station does not have: {unknown}[/]"
+        )
+        return None
+    name = Path(args.sessions).stem
+    scenario = Scenario.around(
+        station, visits, tariff=tariff, name=name, background=background, limit=limit
+    )
+    return station, scenario.with_warmup(args.warmup_days)
+
+
+def _run_policies(args: argparse.Namespace, console: Console, policies: Sequence[str]) -> int:
+    from zoneinfo import ZoneInfo
+
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+    from simulator.fast import simulate
+    from simulator.report import comparison_table, plot, write_outputs
+
+    loaded = _scenario(args, console)
+    if loaded is None:
+        return EXIT_BAD_CONFIG
+    station, scenario = loaded
+    zone = ZoneInfo(station.info.timezone)
+    out = Path(args.out)
+    results = []
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeRemainingColumn(),
+    )
+    with Progress(
+        *columns, console=console, disable=not console.is_terminal, transient=True
+    ) as progress:
+        for policy in policies:
+            task = progress.add_task(f"{policy:<16}", total=1.0)
+
+            def advance(done: float, task: TaskID = task) -> None:
+                progress.update(task, completed=done)
+
+            result = simulate(
+                scenario, policy, step_s=args.step, plan_period_s=args.plan_period, progress=advance
+            )
+            results.append(result)
+            target = out if len(policies) == 1 else out / policy
+            write_outputs(result, target, zone)
+            if not console.is_terminal:
+                m = result.metrics
+                console.print(
+                    f"{policy}: cost {m['cost_yuan']} {station.tariff.currency}, delivered {m['delivered_pct']}%, "
+                    f"peak {m['peak_kw']} kW, over limit {m['over_limit_kwh']} kWh ({m['wall_s']} s)",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+    if len(results) > 1:
+        import json
+
+        plot(results[0], out / "plot.png", zone, others=results[1:3])
+        (out / "comparison.json").write_text(
+            json.dumps([r.metrics for r in results], indent=2) + "\n", encoding="utf-8"
+        )
+    console.print(comparison_table(results, currency=scenario.tariff.currency))
+    where = out / "metrics.json" if len(results) == 1 else out
+    console.print(f"written to {where}", highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace, console: Console) -> int:
+    """Run the station through a scenario on the simulated clock, under one or more policies."""
+    return _run_policies(args, console, args.policy or ["mpc"])
+
+
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    """Every policy (or those named) on the same scenario, side by side."""
+    return _run_policies(args, console, args.policy or list(ALL_POLICIES))
+
+
+def cmd_sessions(args: argparse.Namespace, console: Console) -> int:
+    """Write a seeded random sessions CSV from the station's [simulator] section."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from simulator.fleet import random_days
+    from simulator.scenario import write_sessions
+
+    station = _load(Path(args.station), console)
+    if station is None:
+        return EXIT_BAD_CONFIG
+    if station.simulator is None:
+        console.print(f"[bold red]{station.path}: the station has no [simulator] section[/]")
+        return EXIT_BAD_CONFIG
+    zone = ZoneInfo(station.info.timezone)
+    try:
+        first = datetime.fromisoformat(args.start).replace(tzinfo=zone)
+    except ValueError:
+        console.print(f"[bold red]--start: not a date: {args.start!r} (write e.g. 2026-11-10)[/]")
+        return EXIT_BAD_CONFIG
+    start = first.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    end = start + args.days * 86400
+    visits = [
+        v for v in random_days(station.simulator, start, end, zone) if start <= v.arrival < end
+    ]
+    write_sessions(Path(args.out), visits, zone)
+    energy = sum(v.energy_kwh for v in visits)
+    console.print(
+        f"{len(visits)} sessions, {energy:,.0f} kWh wanted, written to {args.out}", highlight=False
+    )
+    return EXIT_OK
+
+
+def _scenario_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--station", required=True)
+    parser.add_argument("--tariff", help="a tariff file (default: the station's)")
+    parser.add_argument("--sessions", required=True, help="sessions CSV, or ACN-Data JSON")
+    parser.add_argument(
+        "--background", help="the site's own load, CSV time,kw (default: the station's profile)"
+    )
+    parser.add_argument("--limit", help="the utility's limit signal, CSV time,kw")
+    parser.add_argument(
+        "--policy", action="append", choices=ALL_POLICIES, help="repeat for several"
+    )
+    parser.add_argument(
+        "--out", required=True, help="directory for metrics.json, timeseries.csv, plot.png"
+    )
+    parser.add_argument("--step", type=float, default=60.0, help="simulation step, s (default 60)")
+    parser.add_argument(
+        "--plan-period",
+        type=float,
+        default=300.0,
+        help="re-plan at least this often, s (default 300; the daemon uses 60)",
+    )
+    parser.add_argument(
+        "--warmup-days",
+        type=int,
+        default=0,
+        help="repeat the first day this many times before, unmeasured (default 0)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(prog="flexcharge", description=__doc__)
@@ -232,6 +400,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--station", required=True)
     sim.set_defaults(func=cmd_sim_hardware)
+
+    simulate = sub.add_parser("simulate", help="run a scenario on the simulated clock (no sockets)")
+    _scenario_arguments(simulate)
+    simulate.set_defaults(func=cmd_simulate)
+
+    compare = sub.add_parser("compare", help="every policy on one scenario, side by side")
+    _scenario_arguments(compare)
+    compare.set_defaults(func=cmd_compare)
+
+    sessions = sub.add_parser("sessions", help="write a seeded random sessions CSV for a station")
+    sessions.add_argument("--station", required=True)
+    sessions.add_argument("--start", required=True, help="first local date, e.g. 2026-11-10")
+    sessions.add_argument("--days", type=int, default=1)
+    sessions.add_argument("--out", required=True)
+    sessions.set_defaults(func=cmd_sessions)
 
     demo = sub.add_parser("demo", help="simulated station + daemon, faster than real time")
     demo.add_argument("--station", default=str(REFERENCE_STATION))
@@ -257,6 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     console = Console()
+    if not console.is_terminal:
+        # Logs and pipes are read later, in wider windows than the 80 columns rich assumes.
+        console = Console(width=160)
     if args.command == "demo":
         _setup_logging("WARNING" if args.log_level == "INFO" else args.log_level, console)
     else:

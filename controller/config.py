@@ -615,7 +615,7 @@ class SimulatorSettings(_Strict):
     step_s: float = Field(default=1.0, gt=0, le=10)
     pile_ramp_kw_per_s: PositiveKw
     pile_delay_s: Kw
-    trucks_per_day: float = Field(ge=0)
+    vehicles_per_day: float = Field(ge=0)
     battery_kwh: list[PositiveKw] = Field(min_length=1)
     soc_arrival: tuple[float, float]
     soc_target: tuple[float, float]

@@ -167,7 +167,9 @@ class Control:
         self.limit_kw = station.limit_kw
         self._why: str | None = "first plan"
         self._plan_serial = 0
+        self._plan_site_kw: np.ndarray | None = None
         self.history: list[Visit] = []
+        self._group_budgets = [(dict(g.members), g.limit_kw) for g in self.group_limits()]
         self._rise_tokens = 0.0
         self._last_background: float | None = None
 
@@ -431,12 +433,25 @@ class Control:
                 groups.append(GroupLimit.phase(name, amps, phases.voltage_v, single, three))
         return tuple(groups)
 
-    def adopt(self, plan: Plan, now: float) -> None:
-        """Follow `plan` from now on (a plan without a schedule is ignored)."""
+    def adopt(self, plan: Plan, now: float, problem: Problem | None = None) -> None:
+        """Follow `plan` from now on (a plan without a schedule is ignored).
+
+        With the `problem` it was made for, the fast loop also keeps the site under the load the
+        plan accepted for the current slot (or the month's peak, if higher): power a vehicle does
+        not take, or a catch-up after a shortfall, must not set a peak the plan avoided at a price.
+        """
         if not plan.status.has_schedule:
             return
         self.plan, self.planned_at, self._why = plan, now, None
         self._plan_serial += 1
+        self._plan_site_kw = None
+        if problem is not None:
+            expected = {v.id for v in problem.vehicles if v.expected}
+            site = problem.background_kw.copy()
+            for vid, series in plan.power_kw.items():
+                if vid not in expected:
+                    site += series
+            self._plan_site_kw = site
 
     # -- every cycle ---------------------------------------------------------------------------
 
@@ -470,7 +485,20 @@ class Control:
             worst_uncontrolled_kw=worst_background,
             unreachable_extra_kw=extra,
         )
-        targets = self._targets(snapshot, controlled, budget)
+        plan_budget = budget
+        slot = None if self.plan is None else self.plan.slot_at(now)
+        if (
+            self.policy.plans
+            and self._plan_site_kw is not None
+            and slot is not None
+            and snapshot.grid_kw is not None
+        ):
+            controlled_kw = sum(v.reading.power_kw for v in controlled if v.reading is not None)
+            # A reserve's worth above what the plan accepted leaves room to catch up on what its
+            # coarse slots and forecasts got wrong.
+            allowed = max(self.month.peak_kw, float(self._plan_site_kw[slot])) + control.reserve_kw
+            plan_budget = min(budget, allowed - (snapshot.grid_kw - controlled_kw))
+        targets = self._targets(snapshot, controlled, plan_budget)
         for view in controlled:
             if not (snapshot.meter_current and view.current):
                 # Data from an earlier cycle may hold or lower power, never raise it.
@@ -484,7 +512,13 @@ class Control:
             self._rise_tokens = min(self._rise_tokens + rate * dt / 60, rate * max(dt, 30.0) / 60)
             allowance = self._rise_tokens
         setpoints = limit_setpoints(
-            targets, self.setpoints, bounds, budget, control.ramp_kw_per_s * dt, allowance
+            targets,
+            self.setpoints,
+            bounds,
+            budget,
+            control.ramp_kw_per_s * dt,
+            allowance,
+            groups=self._group_budgets,
         )
         if rate is not None:
             rose = sum(max(0.0, kw - self.setpoints.get(pid, 0.0)) for pid, kw in setpoints.items())

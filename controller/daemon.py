@@ -402,7 +402,7 @@ class Daemon:
             self._solver.cancel()
             plan = None
         plan = self._accept(problem, plan, reason)
-        self.control.adopt(plan, self.clock.now())
+        self.control.adopt(plan, self.clock.now(), problem)
         return plan
 
     def _accept(self, problem: Problem, plan: Plan | None, reason: str) -> Plan:

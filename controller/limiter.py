@@ -9,7 +9,7 @@ Setpoints are signed: negative discharges a vehicle (bidirectional piles only).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -91,14 +91,17 @@ def limit_setpoints(
     budget: float,
     max_step_kw: float,
     max_total_rise_kw: float | None = None,
+    groups: Sequence[tuple[Mapping[str, float], float]] = (),
 ) -> dict[str, float]:
     """Setpoints for this cycle.
 
     Each setpoint moves from `previous` towards its target by at most `max_step_kw`, and all of
     them together rise by at most `max_total_rise_kw` (the site's ramp limit); if the sum
     would exceed `budget`, the piles still above their targets are cut faster, in proportion to
-    how far above they are. The result is always within each pile's bounds and, whenever the
-    targets fit the budget, sums to no more than it.
+    how far above they are. `groups` are (members with their share, limit kW) pairs, a feeder or
+    a phase: a group over its limit has its charging members cut in proportion. The result is
+    always within each pile's bounds and every group's limit and, whenever the targets fit the
+    budget, sums to no more than it.
     """
     clamped = {pid: bounds[pid].clamp(targets.get(pid, 0.0)) for pid in bounds}
     new: dict[str, float] = {}
@@ -141,4 +144,21 @@ def limit_setpoints(
             allowed = charging - excess
             factor = max(allowed, 0.0) / charging if charging > 0 else 0.0
             new = {pid: bounds[pid].clamp(kw * factor) if kw > 0 else kw for pid, kw in new.items()}
+    # Cuts only lower setpoints, so a few passes settle overlapping groups (phases and feeders).
+    for _ in range(4):
+        settled = True
+        for members, limit_kw in groups:
+            load = sum(share * new.get(pid, 0.0) for pid, share in members.items())
+            if load <= limit_kw + 1e-9:
+                continue
+            settled = False
+            charging = sum(
+                share * new[pid] for pid, share in members.items() if new.get(pid, 0.0) > 0
+            )
+            factor = max(charging - (load - limit_kw), 0.0) / charging if charging > 0 else 0.0
+            for pid in members:
+                if new.get(pid, 0.0) > 0:
+                    new[pid] = bounds[pid].clamp(new[pid] * factor * (1 - 1e-12))
+        if settled:
+            break
     return new

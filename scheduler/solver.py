@@ -102,7 +102,10 @@ class Solver:
         model = build_lp(problem)
         highs = self._highs
         limit = time_limit_s if time_limit_s is not None else self.time_limit_s
-        highs.setOptionValue("time_limit", float(limit) if limit is not None else _INF)
+        # HiGHS measures its time limit against its run time since the instance was made, summed
+        # over every solve: the deadline of this solve counts from where that clock stands now.
+        deadline = highs.getRunTime() + float(limit) if limit is not None else _INF
+        highs.setOptionValue("time_limit", deadline)
         warm = False
         previous = self._model
         if self.warm and previous is not None and _same_structure(previous, model):

@@ -17,7 +17,7 @@ import calendar
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -51,7 +51,54 @@ class Scenario:
     name: str = "scenario"
     background: Series | None = None
     limit: Series | None = None
+    measure_from: float | None = None
     history: tuple[PastVisit, ...] = ()
+
+    @property
+    def measured_start(self) -> float:
+        """Where the metrics start (after any warm-up)."""
+        return self.start if self.measure_from is None else self.measure_from
+
+    def with_warmup(self, days: int) -> Scenario:
+        """The same scenario preceded by `days` days that repeat its first day.
+
+        A station in the middle of a month has a history: trucks parked since the evening before,
+        a month's peak already set, yesterday's arrivals to forecast today's. Warm-up days give
+        the simulation that history (and the controller remembers one more such day, so that
+        its forecast works from the first warm-up day on); the metrics cover only the scenario.
+        """
+        if days <= 0:
+            return self
+        first_day = [v for v in self.visits if v.arrival < self.start + 86400]
+        earlier = [
+            replace(
+                v,
+                vehicle_id=f"{v.vehicle_id}~{k}",
+                arrival=v.arrival - k * 86400,
+                departure=v.departure - k * 86400,
+            )
+            for k in range(1, days + 1)
+            for v in first_day
+        ]
+        remembered = tuple(
+            PastVisit(
+                v.arrival - (days + 1) * 86400,
+                v.departure - (days + 1) * 86400,
+                v.energy_kwh,
+                v.energy_kwh,
+                v.max_kw,
+            )
+            for v in first_day
+        )
+        return replace(
+            self,
+            history=remembered,
+            visits=tuple(sorted([*earlier, *self.visits], key=lambda v: v.arrival)),
+            start=self.start - days * 86400,
+            measure_from=self.measured_start,
+            background=None if self.background is None else self.background.repeated_before(days),
+            limit=None if self.limit is None else self.limit.repeated_before(days),
+        )
 
     @classmethod
     def around(
@@ -144,8 +191,7 @@ def offline_problem(scenario: Scenario, visits: Sequence[Visit], control: Contro
                 id=visit.vehicle_id,
                 pile=visit.pile,
                 energy_kwh=visit.energy_kwh,
-                departure=visit.departure
-                - min(settings.finish_early_min * 60, 0.1 * (visit.departure - visit.arrival)),
+                departure=visit.departure,
                 max_kw=min(visit.max_kw, pile.max_kw),
                 min_kw=min(pile.min_kw, pile.max_kw),
                 efficiency=settings.efficiency,
@@ -192,7 +238,7 @@ def simulate(
     zone = ZoneInfo(station.info.timezone)
     started = time.perf_counter()
     ratings = {p.id: p.max_kw for p in station.piles}
-    served, unserved = assign_piles(scenario.visits, ratings)
+    served, _ = assign_piles(scenario.visits, ratings)
     plant = Plant(
         station, served, record=False, background=scenario.background, limit=scenario.limit
     )
@@ -212,16 +258,14 @@ def simulate(
     solve_ms: list[float] = []
     plans = fallbacks = 0
     if policy is Policy.OFFLINE:
-        plan = solver.solve(
-            offline_problem(scenario, served, control),
-            time_limit_s=max(60.0, station.scheduler.solve_deadline_s),
-        )
+        whole = offline_problem(scenario, served, control)
+        plan = solver.solve(whole, time_limit_s=max(60.0, station.scheduler.solve_deadline_s))
         solve_ms.append(plan.solve_ms)
         plans += 1
         if not plan.status.has_schedule:
             fallbacks += 1
-            plan = fallback_plan(offline_problem(scenario, served, control), reason=plan.message)
-        control.adopt(plan, scenario.start)
+            plan = fallback_plan(whole, reason=plan.message)
+        control.adopt(plan, scenario.start, whole)
 
     steps = math.ceil((scenario.end - scenario.start) / step_s)
     times: NDArray[np.float64] = scenario.start + step_s * np.arange(1, steps + 1, dtype=float)
@@ -229,6 +273,8 @@ def simulate(
     background = np.zeros(steps)
     piles = np.zeros(steps)
     limits = np.zeros(steps)
+    group_over = np.zeros(steps)
+    groups = [(dict(g.members), g.limit_kw) for g in control.group_limits()]
     prices = np.zeros(steps)
     bands: list[str] = []
     report_every = max(1, steps // 100)
@@ -250,7 +296,7 @@ def simulate(
             if not plan.status.has_schedule:
                 fallbacks += 1
                 plan = fallback_plan(problem, reason=plan.message)
-            control.adopt(plan, now)
+            control.adopt(plan, now, problem)
         decision = control.decide(snapshot, step_s)
         for pid, kw in decision.setpoints.items():
             mode = PileMode.CHARGE if kw > 0 else PileMode.DISCHARGE if kw < 0 else PileMode.IDLE
@@ -260,6 +306,13 @@ def simulate(
         background[k] = plant.background_kw
         piles[k] = plant.site_kw - plant.background_kw
         limits[k] = plant.limit_kw
+        group_over[k] = sum(
+            max(
+                0.0,
+                sum(share * plant.piles[pid].power_kw for pid, share in members.items()) - limit_kw,
+            )
+            for members, limit_kw in groups
+        )
         prices[k] = snapshot.price
         bands.append(snapshot.band)
         if progress is not None and k % report_every == 0:
@@ -267,10 +320,16 @@ def simulate(
     plant.step(scenario.end + step_s, step_s)  # let the last departures happen
     if progress is not None:
         progress(1.0)
-    requested = {v.vehicle_id: v.energy_kwh for v in scenario.visits}
-    delivered = {vid: record.delivered_kwh for vid, record in plant.sessions.items()}
-    for visit in unserved:
-        delivered.setdefault(visit.vehicle_id, 0.0)
+    first = scenario.measured_start
+    requested = {v.vehicle_id: v.energy_kwh for v in scenario.visits if v.arrival >= first}
+    delivered = {
+        vid: plant.sessions[vid].delivered_kwh if vid in plant.sessions else 0.0
+        for vid in requested
+    }
+    window = times > first
+    times, site, background, piles = times[window], site[window], background[window], piles[window]
+    limits, prices, group_over = limits[window], prices[window], group_over[window]
+    bands = [band for band, keep in zip(bands, window, strict=True) if keep]
     metrics = _metrics(
         scenario,
         station,
@@ -290,6 +349,7 @@ def simulate(
         fallbacks,
         time.perf_counter() - started,
     )
+    metrics["group_over_kwh"] = round(float(group_over.sum() * step_s / 3600), 3)
     return SimResult(
         policy.value,
         scenario.name,

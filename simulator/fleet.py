@@ -62,7 +62,7 @@ def random_day(settings: SimulatorSettings, day: date, zone: ZoneInfo) -> list[V
     """The visits arriving on local calendar day `day`, in arrival order."""
     rng = np.random.default_rng(_day_seed(settings.seed, day))
     midnight = datetime.combine(day, time(0), tzinfo=zone).timestamp()
-    count = int(rng.poisson(settings.trucks_per_day))
+    count = int(rng.poisson(settings.vehicles_per_day))
     shares = np.array([wave.share for wave in settings.arrivals], dtype=float)
     waves = rng.choice(len(settings.arrivals), size=count, p=shares / shares.sum())
     visits: list[Visit] = []

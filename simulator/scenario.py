@@ -282,6 +282,15 @@ class Series:
             )
         return result
 
+    def repeated_before(self, days: int) -> Series:
+        """The series with its first day repeated `days` times before it (for warm-up days)."""
+        first_day = self.times < self.times[0] + 86400
+        times = [self.times[first_day] - k * 86400 for k in range(days, 0, -1)]
+        values = [self.kw[first_day] for _ in range(days)]
+        return Series(
+            np.concatenate([*times, self.times]), np.concatenate([*values, self.kw]), self.kind
+        )
+
     def hourly_profile(self, zone: Any) -> list[float]:
         """The average value at each local hour of the day (a typical day learned from history)."""
         sums = np.zeros(24)

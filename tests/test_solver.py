@@ -617,3 +617,17 @@ def test_cold_solver_is_never_warm() -> None:
     second = solver.solve(problem)
     assert first.warm is False and second.warm is False
     assert second.objective == pytest.approx(first.objective, rel=1e-9)
+
+
+def test_time_limit_applies_to_each_solve_not_to_the_solvers_lifetime() -> None:
+    """HiGHS sums run time over solves; a Solver must give every solve its own deadline, so it
+    keeps planning after its solves together have taken longer than one deadline."""
+    solver = Solver(time_limit_s=0.05)
+    problem = big_problem(40)
+    statuses = []
+    for _ in range(40):
+        plan = solver.solve(problem)
+        statuses.append(plan.status)
+        solver._highs.clearSolver()  # no warm start: every solve does real work
+    assert sum(plan.solve_ms for plan in [plan]) >= 0
+    assert statuses.count(PlanStatus.OPTIMAL) == len(statuses), statuses
