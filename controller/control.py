@@ -114,30 +114,40 @@ class Decision:
 
 
 @dataclass
-class _MonthPeak:
-    """The month's highest 15-minute average import, as the utility bills it."""
+class MonthPeak:
+    """The month's highest 15-minute average import, as the utility bills it, and the energy the
+    current window has imported so far."""
 
     zone: ZoneInfo
     peak_kw: float = 0.0
     month: tuple[int, int] | None = None
     window_start: float | None = None
     window_kwh: float = 0.0
-    window_s: float = 0.0
+
+    def _window(self, when: float) -> float:
+        local = datetime.fromtimestamp(when, self.zone)
+        return when - (local.minute % 15) * 60 - local.second - local.microsecond / 1e6
 
     def add(self, now: float, grid_kw: float, dt: float) -> None:
-        local = datetime.fromtimestamp(now, self.zone)
-        month = (local.year, local.month)
-        if month != self.month:
-            self.month, self.peak_kw = month, 0.0
-        start = now - (local.minute % 15) * 60 - local.second - local.microsecond / 1e6
+        """Account `grid_kw` drawn over the `dt` seconds before `now`."""
+        middle = now - dt / 2
+        local = datetime.fromtimestamp(middle, self.zone)
+        if (local.year, local.month) != self.month:
+            self.month, self.peak_kw = (local.year, local.month), 0.0
+        start = self._window(middle)
         if start != self.window_start:
-            self.window_start, self.window_kwh, self.window_s = start, 0.0, 0.0
+            self.window_start, self.window_kwh = start, 0.0
         self.window_kwh += max(grid_kw, 0.0) * dt / 3600
-        self.window_s += dt
-        # The window's average so far can only count once 15 minutes have been seen.
-        self.peak_kw = max(
-            self.peak_kw, self.window_kwh / 0.25 if self.window_s >= 900 - 1e-6 else 0.0
-        )
+        # A window's average so far is a floor on what it will be: count it now.
+        self.peak_kw = max(self.peak_kw, self.window_kwh / 0.25)
+
+    def elapsed_h(self, now: float) -> float:
+        """Hours of the current window before `now`."""
+        return (now - self._window(now)) / 3600
+
+    def so_far_kwh(self, now: float) -> float:
+        """What the window containing `now` has imported before `now`."""
+        return self.window_kwh if self.window_start == self._window(now) else 0.0
 
 
 class Control:
@@ -163,7 +173,7 @@ class Control:
         self.plan: Plan | None = None
         self.planned_at: float | None = None
         self.background = BackgroundWatch(window_s=3600.0)
-        self.month = _MonthPeak(self.zone)
+        self.month = MonthPeak(self.zone)
         self.limit_kw = station.limit_kw
         self._why: str | None = "first plan"
         self._plan_serial = 0
@@ -366,6 +376,12 @@ class Control:
             ),
             new_months=month_starts(now, float(boundaries[-1]), self.zone),
             reserve_share=settings.reserve_share,
+            demand_window_s=900.0,
+            # The part of the billing window already gone counts at least at the month's peak:
+            # a plan must not save room early in a window to spike at its end.
+            window_import_kwh=max(
+                self.month.so_far_kwh(now), self.month.peak_kw * self.month.elapsed_h(now)
+            ),
         )
 
     def _plan_departure(self, session: Session, now: float) -> float:
@@ -584,9 +600,11 @@ class Control:
             planned = plan.energy_between(session.vehicle_id, session.plan_from, slot_end)
             still = planned - (session.delivered_kwh - session.plan_baseline_kwh)
             power = still / left_h
-            if plan.unmet_kwh.get(session.vehicle_id, 0.0) > 0.5:
-                # The plan cannot give this vehicle all it needs: every kWh counts, so it takes
-                # what it can whenever it can (the limiter still keeps the site safe).
+            last_chance = session.remaining_kwh > 0.05 and self._laxity(session, view, now) < 0.25
+            if plan.unmet_kwh.get(session.vehicle_id, 0.0) > 0.5 or last_chance:
+                # The plan cannot give this vehicle all it needs, or the vehicle has less than a
+                # quarter of an hour to spare: every kWh counts, so it takes what it can (the
+                # limiter still keeps the site safe).
                 power = view.wants_kw
             if power > 0:
                 power = min(power, view.wants_kw, session.remaining_kwh / left_h)

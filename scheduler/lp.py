@@ -25,7 +25,7 @@ vehicle whose charging tapers, x[t] no more than its battery takes at the level 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +37,9 @@ from scheduler.problem import Problem
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 INF = np.inf
+# Up to this many binding reserve rows, a vehicle's reserve is written with suffix sums rather
+# than a battery-level chain (which adds a column and a row per slot).
+_SUFFIX_ROWS = 12
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,8 @@ class LpModel:
     matrix: sp.csc_matrix
     row_lower: FloatArray
     row_upper: FloatArray
-    col_keys: list[Hashable]
-    row_keys: list[Hashable]
+    col_blocks: list[Names]
+    row_blocks: list[Names]
     vehicles: dict[str, VehicleColumns]
     import_cols: IntArray
     export_cols: IntArray
@@ -72,52 +75,96 @@ class LpModel:
         rows, cols = self.matrix.shape
         return int(rows), int(cols)
 
+    @property
+    def col_keys(self) -> list[Hashable]:
+        """Every variable's name, e.g. ("x", vehicle id, slot end)."""
+        return _expand(self.col_blocks)
+
+    @property
+    def row_keys(self) -> list[Hashable]:
+        """Every row's name."""
+        return _expand(self.row_blocks)
+
+
+@dataclass(frozen=True)
+class KeyBlock:
+    """The names of a run of variables (or rows), one per slot: (*name, slot end)."""
+
+    name: tuple[Hashable, ...]
+    ends: tuple[float, ...]
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def keys(self) -> list[Hashable]:
+        """The names one by one."""
+        return [(*self.name, end) for end in self.ends]
+
+
+Names = KeyBlock | list[Hashable]
+
+
+def _block(name: tuple[Hashable, ...], ends: FloatArray, index: IntArray | None = None) -> KeyBlock:
+    picked = ends if index is None else ends[index]
+    return KeyBlock(name, tuple(picked.tolist()))
+
+
+def _expand(blocks: list[Names]) -> list[Hashable]:
+    keys: list[Hashable] = []
+    for block in blocks:
+        keys.extend(block.keys() if isinstance(block, KeyBlock) else block)
+    return keys
+
 
 class _Builder:
     def __init__(self) -> None:
-        self.cost: list[float] = []
-        self.lower: list[float] = []
-        self.upper: list[float] = []
-        self.col_keys: list[Hashable] = []
-        self.row_lower: list[float] = []
-        self.row_upper: list[float] = []
-        self.row_keys: list[Hashable] = []
+        self.cost: list[NDArray[np.float64]] = []
+        self.lower: list[NDArray[np.float64]] = []
+        self.upper: list[NDArray[np.float64]] = []
+        self.col_blocks: list[Names] = []
+        self.n_cols = 0
+        self.row_lower: list[NDArray[np.float64]] = []
+        self.row_upper: list[NDArray[np.float64]] = []
+        self.row_blocks: list[Names] = []
+        self.n_rows = 0
         self.entries_r: list[NDArray[np.int64]] = []
         self.entries_c: list[NDArray[np.int64]] = []
         self.entries_v: list[FloatArray] = []
 
     def cols(
         self,
-        keys: Sequence[Hashable],
+        names: Names,
         cost: NDArray[np.floating],
         lower: NDArray[np.floating],
         upper: NDArray[np.floating],
     ) -> IntArray:
-        first = len(self.col_keys)
-        self.col_keys.extend(keys)
-        self.cost.extend(np.asarray(cost, dtype=float).tolist())
-        self.lower.extend(np.asarray(lower, dtype=float).tolist())
-        self.upper.extend(np.asarray(upper, dtype=float).tolist())
-        return np.arange(first, len(self.col_keys), dtype=np.int64)
+        first, count = self.n_cols, len(names)
+        self.col_blocks.append(names)
+        self.cost.append(_fill(cost, count))
+        self.lower.append(_fill(lower, count))
+        self.upper.append(_fill(upper, count))
+        self.n_cols += count
+        return np.arange(first, self.n_cols, dtype=np.int64)
 
     def rows(
-        self, keys: Sequence[Hashable], lower: NDArray[np.floating], upper: NDArray[np.floating]
+        self, names: Names, lower: NDArray[np.floating], upper: NDArray[np.floating]
     ) -> IntArray:
-        first = len(self.row_keys)
-        self.row_keys.extend(keys)
-        self.row_lower.extend(np.asarray(lower, dtype=float).tolist())
-        self.row_upper.extend(np.asarray(upper, dtype=float).tolist())
-        return np.arange(first, len(self.row_keys), dtype=np.int64)
+        first, count = self.n_rows, len(names)
+        self.row_blocks.append(names)
+        self.row_lower.append(_fill(lower, count))
+        self.row_upper.append(_fill(upper, count))
+        self.n_rows += count
+        return np.arange(first, self.n_rows, dtype=np.int64)
 
     def entries(self, rows: IntArray, cols: IntArray, values: FloatArray | float) -> None:
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
         self.entries_r.append(rows)
         self.entries_c.append(cols)
-        self.entries_v.append(np.broadcast_to(np.asarray(values, dtype=float), rows.shape).copy())
+        self.entries_v.append(_fill(values, len(rows)))
 
     def matrix(self) -> sp.csc_matrix:
-        shape = (len(self.row_keys), len(self.col_keys))
+        shape = (self.n_rows, self.n_cols)
         if not self.entries_r:
             return sp.csc_matrix(shape)
         return sp.csc_matrix(
@@ -129,25 +176,42 @@ class _Builder:
         )
 
 
+def _fill(values: NDArray[np.floating] | float, count: int) -> FloatArray:
+    """`values` as a float array of `count` (a scalar is repeated)."""
+    if isinstance(values, (int, float)):
+        return np.full(count, float(values))
+    array = np.asarray(values, dtype=float)
+    return np.full(count, float(array)) if array.ndim == 0 else array
+
+
+def _joined(parts: list[NDArray[np.float64]]) -> FloatArray:
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def build_lp(problem: Problem) -> LpModel:
     """The LP of a checked problem."""
     b = _Builder()
     hours = problem.hours
     slots = problem.slots
-    # Slots are keyed by their end, which stays put while slot 0 shrinks between re-solves.
-    ends = [float(t) for t in problem.boundaries[1:]]
+    # Each slot is named by the start of the tariff quarter it lies in, which stays put while a
+    # re-solve a minute later shortens slot 0 and lengthens the last slot: only when a quarter
+    # hour passes do slots come and go (and the LP change shape).
+    bounds = np.asarray(problem.boundaries, dtype=float)
+    ends = bounds[:-1].copy()
+    if slots > 1:
+        ends[0] = bounds[1] - (bounds[2] - bounds[1])
     w = problem.weights
     slot_index = np.arange(slots)
 
     export_limit = problem.limit_kw if problem.export_limit_kw is None else problem.export_limit_kw
     g_plus = b.cols(
-        [("g+", e) for e in ends], problem.import_price, np.zeros(slots), problem.limit_kw * hours
+        _block(("g+",), ends), problem.import_price, np.zeros(slots), problem.limit_kw * hours
     )
     # A site either imports or exports at any moment. Crediting export above the import price
     # would let the LP buy and sell in the same slot for a paper profit, so within a slot it is
     # credited at most at the import price (which changes nothing for a site that only does one).
     credit = np.minimum(problem.export_price, problem.import_price)
-    g_minus = b.cols([("g-", e) for e in ends], -credit, np.zeros(slots), export_limit * hours)
+    g_minus = b.cols(_block(("g-",), ends), -credit, np.zeros(slots), export_limit * hours)
     # One new-peak variable per billing period (calendar month): a plan that runs past midnight
     # on the 1st starts the next month's peak from nothing.
     periods = problem.billing_periods()
@@ -163,7 +227,7 @@ def build_lp(problem: Problem) -> LpModel:
     )
 
     balance = b.rows(
-        [("balance", e) for e in ends],
+        _block(("balance",), ends),
         -problem.background_kw * hours,
         -problem.background_kw * hours,
     )
@@ -175,9 +239,18 @@ def build_lp(problem: Problem) -> LpModel:
         inside = problem.boundaries[:-1] >= start
         period_of[inside] = index
         before[inside] = peak_kw
-    peak_rows = b.rows([("peak", e) for e in ends], np.full(slots, -INF), before * hours)
+    # The demand charge is on the average of each billing window (a quarter hour): what slot 0
+    # may import is what the window allows less what it has already seen. Writing every row with
+    # the window's length, not the slot's, keeps the coefficients fixed from one re-solve to the
+    # next, so HiGHS keeps its factorisation.
+    window = (
+        problem.slot_hours if problem.demand_window_s is None else problem.demand_window_s / 3600.0
+    )
+    room = before * window
+    room[0] -= problem.window_import_kwh
+    peak_rows = b.rows(_block(("peak",), ends), np.full(slots, -INF), room)
     b.entries(peak_rows, g_plus, 1.0)
-    b.entries(peak_rows, peaks[period_of], -hours)
+    b.entries(peak_rows, peaks[period_of], -window)
 
     vehicles: dict[str, VehicleColumns] = {}
     pile_terms: dict[str, list[tuple[IntArray, IntArray, float]]] = {}
@@ -194,7 +267,7 @@ def build_lp(problem: Problem) -> LpModel:
             b.entries(row, np.array([unmet]), 1.0)
             vehicles[vid] = VehicleColumns(active, np.zeros(0, dtype=np.int64), None, unmet)
             continue
-        keys = [("x", vid, ends[t]) for t in active]
+        keys = _block(("x", vid), ends, active)
         charge = b.cols(
             keys,
             w.earliness_per_kwh_slot * slot_index[active],
@@ -208,7 +281,7 @@ def build_lp(problem: Problem) -> LpModel:
         if vehicle.v2g:
             assert vehicle.capacity_kwh is not None
             discharge = b.cols(
-                [("f", vid, ends[t]) for t in active],
+                _block(("f", vid), ends, active),
                 np.full(len(active), w.degradation_per_kwh),
                 np.zeros(len(active)),
                 vehicle.max_discharge_kw * present[active],
@@ -222,21 +295,47 @@ def build_lp(problem: Problem) -> LpModel:
         else:
             capacity, stored = INF, 0.0
         target = min(capacity, stored + eta * need)
-        reserve = problem.reserve_share is not None and not vehicle.expected and need > 0
+        # The reserve: keep the vehicle able to finish at `reserve_share` of its power from the
+        # end of any slot (a hedge against an early departure or a crowd arriving), paid for by a
+        # slack that costs far more than any price difference but less than undelivered energy.
+        # need_by[k] is the battery energy it must have after active slot k for that.
+        binding = np.zeros(0, dtype=np.int64)
+        need_by = np.zeros(0)
+        if problem.reserve_share is not None and not vehicle.expected and need > 0:
+            after = np.concatenate([np.cumsum(present[active][::-1])[::-1][1:], [0.0]])
+            need_by = target - eta * problem.reserve_share * vehicle.max_kw * after
+            binding = np.flatnonzero(need_by > stored + 1e-6)
+        # A battery-level chain costs a column and a row per slot; a vehicle needs it to discharge
+        # or taper, or when its reserve binds over many slots (else suffix sums are cheaper).
+        chain = vehicle.v2g or vehicle.tapers or len(binding) > _SUFFIX_ROWS
+        unmet_scale = eta if vehicle.v2g else 1.0
+        unmet = int(
+            b.cols(
+                [("u", vid)],
+                np.array([penalty / unmet_scale]),
+                np.zeros(1),
+                np.array([need * unmet_scale]),
+            )[0]
+        )
+        slack = None
+        if len(binding):
+            slack = int(
+                b.cols([("v", vid)], np.array([w.reserve_per_kwh]), np.zeros(1), np.array([INF]))[0]
+            )
         level = None
-        if vehicle.v2g or vehicle.tapers or reserve:
+        if chain:
             # The battery's energy after each slot (or, with the battery unknown, the energy
             # delivered so far): y[t] - y[t-1] - eta * x[t] + f[t] / eta = 0, y[-1] = stored now.
             floor = min(vehicle.min_soc * capacity, stored) if vehicle.v2g else 0.0
             level = b.cols(
-                [("y", vid, ends[t]) for t in active],
+                _block(("y", vid), ends, active),
                 np.zeros(len(active)),
                 np.full(len(active), floor),
                 np.full(len(active), capacity),
             )
             rhs = np.zeros(len(active))
             rhs[0] = stored
-            level_rows = b.rows([("level", vid, ends[t]) for t in active], rhs, rhs)
+            level_rows = b.rows(_block(("level", vid), ends, active), rhs, rhs)
             b.entries(level_rows, level, 1.0)
             b.entries(level_rows[1:], level[:-1], -1.0)
             b.entries(level_rows, charge, -eta)
@@ -249,57 +348,52 @@ def build_lp(problem: Problem) -> LpModel:
             # taper)). Over a slot that allows x[t] <= (1 - exp(-k hours)) / eta * (capacity -
             # y[t-1]): exact in the taper phase, and loose (so harmless) below it.
             rate = eta * vehicle.max_kw / (capacity * (1 - vehicle.taper_soc))
-            slope = (1 - np.exp(-rate * present[active])) / eta
+            # The last slot grows as the horizon moves on; its coefficient uses a whole slot.
+            steady = present[active].copy()
+            if active[-1] == slots - 1:
+                steady[-1] = max(
+                    steady[-1], min(problem.slot_hours, (vehicle.departure - bounds[-2]) / 3600)
+                )
+            slope = (1 - np.exp(-rate * steady)) / eta
             upper = slope * capacity
             upper[0] = slope[0] * (capacity - stored)
             taper_rows = b.rows(
-                [("taper", vid, ends[t]) for t in active], np.full(len(active), -INF), upper
+                _block(("taper", vid), ends, active), np.full(len(active), -INF), upper
             )
             b.entries(taper_rows, charge, 1.0)
             b.entries(taper_rows[1:], level[:-1], slope[1:])
-        if reserve and level is not None:
-            # Keep the vehicle able to finish at `reserve_share` of its power from the end of any
-            # slot: a hedge against an early departure or a crowd arriving, paid for by a slack
-            # that costs far more than any price difference but less than undelivered energy.
-            share = problem.reserve_share
-            assert share is not None
-            after = np.concatenate([np.cumsum(present[active][::-1])[::-1][1:], [0.0]])
-            need_by = target - eta * share * vehicle.max_kw * after
-            binding = np.flatnonzero(need_by > stored + 1e-6)
-            if len(binding):
-                slack = int(
-                    b.cols(
-                        [("v", vid)], np.array([w.reserve_per_kwh]), np.zeros(1), np.array([INF])
-                    )[0]
-                )
-                reserve_rows = b.rows(
-                    [("reserve", vid, ends[active[k]]) for k in binding],
-                    need_by[binding],
-                    np.full(len(binding), INF),
-                )
-                b.entries(reserve_rows, level[binding], 1.0)
-                b.entries(reserve_rows, np.full(len(binding), slack), 1.0)
+        if slack is not None:
+            keys = _block(("reserve", vid), ends, active[binding])
+            if level is not None:
+                # y[k] + v >= need_by[k]
+                rows = b.rows(keys, need_by[binding], np.full(len(binding), INF))
+                b.entries(rows, level[binding], 1.0)
+                b.entries(rows, np.full(len(binding), slack), 1.0)
+            else:
+                # Without a chain (never V2G): the energy still to come after slot k is what is
+                # needed minus what was delivered, so sum(x after k) + u - v <= need - (need_by[k]
+                # - stored) / eta.
+                upper = need - (need_by[binding] - stored) / eta
+                rows = b.rows(keys, np.full(len(binding), -INF), upper)
+                for row, k in zip(rows, binding, strict=True):
+                    tail = charge[k + 1 :]
+                    b.entries(
+                        np.full(len(tail) + 2, row),
+                        np.concatenate([tail, [unmet, slack]]),
+                        np.concatenate([np.ones(len(tail)), [1.0, -1.0]]),
+                    )
         if vehicle.v2g:
             assert level is not None
-            unmet = int(
-                b.cols(
-                    [("u", vid)],
-                    np.array([penalty / eta]),
-                    np.zeros(1),
-                    np.array([need * eta]),
-                )[0]
-            )
             row = b.rows([("energy", vid)], np.array([target]), np.array([INF]))
             b.entries(np.full(2, row[0]), np.array([level[-1], unmet]), 1.0)
         else:
-            unmet = int(b.cols([("u", vid)], np.array([penalty]), np.zeros(1), np.array([need]))[0])
             row = b.rows([("energy", vid)], np.array([need]), np.array([need]))
             b.entries(np.full(len(charge) + 1, row[0]), np.append(charge, unmet), 1.0)
         vehicles[vid] = VehicleColumns(active, charge, discharge, unmet)
 
     for group in problem.groups:
         group_rows = b.rows(
-            [("group", group.name, e) for e in ends], np.full(slots, -INF), group.limit_kw * hours
+            _block(("group", group.name), ends), np.full(slots, -INF), group.limit_kw * hours
         )
         for pile, share in group.members.items():
             for active, cols, sign in pile_terms.get(pile, []):
@@ -311,25 +405,51 @@ def build_lp(problem: Problem) -> LpModel:
         mid = (problem.boundaries[:-1] + problem.boundaries[1:]) / 2
         gaps_min = np.diff(np.concatenate([[problem.boundaries[0]], mid])) / 60.0
         upper = problem.ramp_kw_per_min * gaps_min
-        upper[0] += problem.piles_kw_now
-        ramp_rows = b.rows([("ramp", e) for e in ends], np.full(slots, -INF), upper)
+        # Slot 0, exactly, as energy: sum(x[0]) <= hours[0] * (power now + ramp * minutes).
+        # Later slots compare energies over a whole slot's length: a shorter slot 0 then looks
+        # lower-powered than it is, which errs on the safe side, and the coefficients stay fixed
+        # from one re-solve to the next (see the peak rows).
+        upper[0] = hours[0] * (upper[0] + problem.piles_kw_now)
+        ramp_rows = b.rows(_block(("ramp",), ends), np.full(slots, -INF), upper)
+        scale = np.full(slots, 1.0 / problem.slot_hours)
+        scale[0] = 1.0
         for active, cols, sign in all_net:
-            b.entries(ramp_rows[active], cols, sign / hours[active])
+            b.entries(ramp_rows[active], cols, sign * scale[active])
             later = active + 1 < slots
-            b.entries(ramp_rows[active[later] + 1], cols[later], -sign / hours[active[later]])
+            b.entries(ramp_rows[active[later] + 1], cols[later], -sign / problem.slot_hours)
 
     matrix = b.matrix()
     return LpModel(
-        cost=np.asarray(b.cost),
-        col_lower=np.asarray(b.lower),
-        col_upper=np.asarray(b.upper),
+        cost=_joined(b.cost),
+        col_lower=_joined(b.lower),
+        col_upper=_joined(b.upper),
         matrix=matrix,
-        row_lower=np.asarray(b.row_lower),
-        row_upper=np.asarray(b.row_upper),
-        col_keys=b.col_keys,
-        row_keys=b.row_keys,
+        row_lower=_joined(b.row_lower),
+        row_upper=_joined(b.row_upper),
+        col_blocks=b.col_blocks,
+        row_blocks=b.row_blocks,
         vehicles=vehicles,
         import_cols=g_plus,
         export_cols=g_minus,
         peak_cols=peaks,
     )
+
+
+def linprog_arguments(model: LpModel) -> dict[str, object]:
+    """The same LP as keyword arguments for `scipy.optimize.linprog` (the baseline benchmarks
+    compare against): equality rows to A_eq, the rest to A_ub with lower bounds negated."""
+    matrix = model.matrix.tocsr()
+    lower, upper = model.row_lower, model.row_upper
+    equal = lower == upper
+    below = ~equal & np.isfinite(upper)
+    above = ~equal & np.isfinite(lower)
+    a_ub = sp.vstack([matrix[below], -matrix[above]]).tocsr()
+    b_ub = np.concatenate([upper[below], -lower[above]])
+    return {
+        "c": model.cost,
+        "A_ub": a_ub if a_ub.shape[0] else None,
+        "b_ub": b_ub if a_ub.shape[0] else None,
+        "A_eq": matrix[equal] if equal.any() else None,
+        "b_eq": lower[equal] if equal.any() else None,
+        "bounds": np.column_stack([model.col_lower, model.col_upper]),
+    }

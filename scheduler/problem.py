@@ -131,6 +131,8 @@ class Problem:
     weights: Weights = field(default_factory=Weights)
     new_months: tuple[float, ...] = ()
     reserve_share: float | None = None
+    demand_window_s: float | None = None
+    window_import_kwh: float = 0.0
 
     @property
     def start(self) -> float:
@@ -158,6 +160,12 @@ class Problem:
     def slots(self) -> int:
         """Number of slots."""
         return len(self.boundaries) - 1
+
+    @property
+    def slot_hours(self) -> float:
+        """The length of a whole slot (the first and last may be shorter), in hours."""
+        lengths = np.diff(self.boundaries)
+        return float(np.max(lengths)) / 3600.0
 
     @property
     def hours(self) -> FloatArray:
@@ -212,6 +220,12 @@ class Problem:
         for name, value in scalars.items():
             if not math.isfinite(value) or (name != "piles_kw_now" and value < 0):
                 found.append(f"{name}: must be a non-negative number, got {value}")
+        if self.demand_window_s is not None and not self.demand_window_s > 0:
+            found.append(f"demand_window_s: must be positive, got {self.demand_window_s}")
+        if not (math.isfinite(self.window_import_kwh) and self.window_import_kwh >= 0):
+            found.append(
+                f"window_import_kwh: must be a non-negative number, got {self.window_import_kwh}"
+            )
         if self.reserve_share is not None and not 0 < self.reserve_share <= 1:
             found.append(f"reserve_share: must be in (0, 1], got {self.reserve_share}")
         if self.ramp_kw_per_min is not None and not (self.ramp_kw_per_min > 0):

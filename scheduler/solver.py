@@ -140,22 +140,38 @@ def solve(problem: Problem, *, time_limit_s: float | None = None) -> Plan:
 
 
 def _same_structure(old: LpModel, new: LpModel) -> bool:
-    if old.shape != new.shape or old.col_keys != new.col_keys or old.row_keys != new.row_keys:
+    if (
+        old.shape != new.shape
+        or old.col_blocks != new.col_blocks
+        or old.row_blocks != new.row_blocks
+    ):
         return False
     a, b = old.matrix, new.matrix
     return bool(np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices))
 
 
 def _update(highs: highspy.Highs, old: LpModel, new: LpModel) -> None:
-    rows, cols = new.shape
-    every_col = np.arange(cols, dtype=np.int32)
-    every_row = np.arange(rows, dtype=np.int32)
-    highs.changeColsCost(cols, every_col, new.cost)
-    highs.changeColsBounds(cols, every_col, _finite(new.col_lower), _finite(new.col_upper))
-    highs.changeRowsBounds(rows, every_row, _finite(new.row_lower), _finite(new.row_upper))
+    """Pass only what changed: HiGHS keeps its factorisation when little does."""
+    cost = np.flatnonzero(old.cost != new.cost).astype(np.int32)
+    if len(cost):
+        highs.changeColsCost(len(cost), cost, new.cost[cost])
+    cols = np.flatnonzero(
+        (old.col_lower != new.col_lower) | (old.col_upper != new.col_upper)
+    ).astype(np.int32)
+    if len(cols):
+        highs.changeColsBounds(
+            len(cols), cols, _finite(new.col_lower[cols]), _finite(new.col_upper[cols])
+        )
+    rows = np.flatnonzero(
+        (old.row_lower != new.row_lower) | (old.row_upper != new.row_upper)
+    ).astype(np.int32)
+    if len(rows):
+        highs.changeRowsBounds(
+            len(rows), rows, _finite(new.row_lower[rows]), _finite(new.row_upper[rows])
+        )
     changed = np.flatnonzero(old.matrix.data != new.matrix.data)
     if len(changed):
-        col_of = np.repeat(np.arange(cols), np.diff(new.matrix.indptr))
+        col_of = np.repeat(np.arange(new.shape[1]), np.diff(new.matrix.indptr))
         for k in changed:
             highs.changeCoeff(int(new.matrix.indices[k]), int(col_of[k]), float(new.matrix.data[k]))
 

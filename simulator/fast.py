@@ -218,6 +218,7 @@ def offline_problem(scenario: Scenario, visits: Sequence[Visit], control: Contro
             degradation_per_kwh=settings.degradation_per_kwh,
         ),
         new_months=month_starts(scenario.start, scenario.end, zone),
+        demand_window_s=900.0,
     )
 
 

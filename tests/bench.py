@@ -1,0 +1,280 @@
+"""`make bench`: how fast the optimiser is, and how good the policies are.
+
+Solver: stations of 10, 100 and 1000 piles, every pile with a vehicle, 96 quarter-hour slots.
+The fast simulation runs the daemon's MPC on each for a while, and the benchmark takes the solves
+it made: the first (cold: the structure is new) and the following ones (the MPC re-solving a
+minute later, warm). Each LP is also given to plain `scipy.optimize.linprog(method="highs")` in
+the same run; the table shows both times (ours including building the LP from the problem), their
+ratio, and the largest relative difference of the objectives.
+
+Quality: the shipped scenarios, one warm-up day each, under every policy; cost against
+offline-optimal, energy delivered, limit and peak. Targets are checked and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from scipy.optimize import linprog
+
+from controller.config import CONFIG_ROOT, Station, load_station
+from scheduler import solver as solver_module
+from scheduler.lp import LpModel, linprog_arguments
+from scheduler.plan import Plan
+from scheduler.problem import Problem
+from scheduler.solver import Solver
+from simulator.fast import Scenario, simulate
+from simulator.fleet import Visit
+from simulator.scenario import load_sessions
+
+POLICIES = ("uncontrolled", "equal-share", "edf", "llf", "mpc", "offline-optimal")
+SCENARIOS = (
+    ("bozhou-depot", "bozhou-day"),
+    ("bozhou-depot", "bozhou-week"),
+    ("workplace-ac", "workplace-day"),
+    ("workplace-ac", "workplace-week"),
+)
+
+
+@dataclass
+class Solve:
+    """One solve the MPC made, with its LP."""
+
+    problem: Problem
+    plan: Plan
+    model: LpModel
+    seconds: float
+
+
+def synthetic_station(piles: int) -> Station:
+    """A workplace-like AC site of `piles` 7.4-22 kW points, the limit about 6 kW per point."""
+    base = load_station(CONFIG_ROOT / "stations" / "workplace-ac.toml")
+    template = base.piles[-1]
+    configs = tuple(
+        template.model_copy(
+            update={"id": f"X{i:04d}", "port": 20000 + i, "max_kw": (7.4, 11.0, 22.0)[i % 3]}
+        )
+        for i in range(piles)
+    )
+    rating = (400.0 + 6.5 * piles) / (0.95 * 0.90)
+    return replace(
+        base,
+        piles=configs,
+        transformer=base.transformer.model_copy(update={"rating_kva": rating}),
+        groups=(),
+        phase_limits=None,
+        control=base.control.model_copy(update={"reserve_kw": 0.02 * rating}),
+        scheduler=base.scheduler.model_copy(update={"ramp_kw_per_min": 3.0 * piles}),
+    )
+
+
+def synthetic_visits(station: Station, start: float, seed: int) -> list[Visit]:
+    """Every pile with a vehicle from the start, leaving within 2-24 h, wanting 5-40 kWh."""
+    rng = np.random.default_rng(seed)
+    return [
+        Visit(
+            vehicle_id=f"car-{i:04d}",
+            arrival=start,
+            departure=start + float(rng.uniform(2, 24)) * 3600,
+            energy_kwh=round(float(rng.uniform(5, 40)), 1),
+            max_kw=pile.max_kw,
+            pile=pile.id,
+        )
+        for i, pile in enumerate(station.piles)
+    ]
+
+
+def capture_solves(piles: int, minutes: int) -> list[Solve]:
+    """Run the MPC on a synthetic station and keep every solve it made."""
+    station = synthetic_station(piles)
+    start = 1794700800.0 + 9 * 3600  # a Tuesday, 09:00 in Shanghai
+    visits = synthetic_visits(station, start, seed=piles)
+    scenario = Scenario(
+        station, station.tariff, tuple(visits), start, start + minutes * 60, f"{piles} piles"
+    )
+    solves: list[Solve] = []
+    original = Solver.solve
+
+    def recording(self: Solver, problem: Problem, *, time_limit_s: float | None = None) -> Plan:
+        began = time.perf_counter()
+        plan = original(self, problem, time_limit_s=300.0)
+        seconds = time.perf_counter() - began
+        assert self.last_model is not None
+        solves.append(Solve(problem, plan, self.last_model, seconds))
+        return plan
+
+    Solver.solve = recording  # type: ignore[method-assign]
+    try:
+        simulate(scenario, "mpc", step_s=60.0, plan_period_s=60.0)
+    finally:
+        Solver.solve = original  # type: ignore[method-assign]
+    return solves
+
+
+def baseline(model: LpModel) -> tuple[float, float]:
+    """Seconds and objective of plain linprog(method="highs") on the LP."""
+    began = time.perf_counter()
+    result = linprog(method="highs", **linprog_arguments(model))  # type: ignore[arg-type]
+    seconds = time.perf_counter() - began
+    if result.status != 0:
+        raise RuntimeError(f"linprog: {result.message}")
+    return seconds, float(result.fun)
+
+
+def solver_bench(console: Console, sizes: tuple[int, ...]) -> bool:
+    """The solver table; True if the 5x target at the largest size is met."""
+    table = Table(
+        title="solver: ours (HiGHS via highspy, kept warm) against plain linprog(method='highs') on the same LP",
+        title_justify="left",
+    )
+    for column in (
+        "vehicles x slots",
+        "LP rows x cols",
+        "solve",
+        "ours ms",
+        "linprog ms",
+        "speed-up",
+        "objective rel. diff",
+        "simplex iterations",
+    ):
+        table.add_column(column, justify="right")
+    met = True
+    for piles in sizes:
+        solves = capture_solves(piles, minutes=12)
+        first, rest = solves[0], [s for s in solves[1:] if s.plan.warm][:8]
+        # Cold: a fresh solver on the first problem, to take the simulation's warm-up out.
+        began = time.perf_counter()
+        cold_plan = solver_module.solve(first.problem, time_limit_s=300.0)
+        cold_s = time.perf_counter() - began
+        base_s, base_obj = baseline(first.model)
+        rows, cols = first.model.shape
+        slots = first.problem.slots
+        assert cold_plan.objective is not None
+        table.add_row(
+            f"{piles} x {slots}",
+            f"{rows:,} x {cols:,}",
+            "cold",
+            f"{cold_s * 1000:,.1f}",
+            f"{base_s * 1000:,.1f}",
+            f"{base_s / cold_s:.1f}x",
+            f"{abs(cold_plan.objective - base_obj) / abs(base_obj):.1e}",
+            f"{cold_plan.iterations:,}",
+        )
+        ours = []
+        theirs = []
+        worst = 0.0
+        iterations = []
+        for solve in rest:
+            base_s, base_obj = baseline(solve.model)
+            assert solve.plan.objective is not None
+            ours.append(solve.seconds)
+            theirs.append(base_s)
+            iterations.append(solve.plan.iterations)
+            worst = max(worst, abs(solve.plan.objective - base_obj) / abs(base_obj))
+        if ours:
+            ratio = statistics.median(theirs) / statistics.median(ours)
+            table.add_row(
+                "",
+                "",
+                f"MPC re-solve (median of {len(ours)})",
+                f"{statistics.median(ours) * 1000:,.1f}",
+                f"{statistics.median(theirs) * 1000:,.1f}",
+                f"{ratio:.1f}x",
+                f"{worst:.1e}",
+                f"{statistics.median(iterations):,.0f}",
+            )
+            if piles == max(sizes):
+                met = met and ratio >= 5 and worst <= 1e-6
+    console.print(table)
+    return met
+
+
+def quality_bench(console: Console, scenarios: tuple[tuple[str, str], ...]) -> bool:
+    """The policy table for each scenario; True if every target is met."""
+    met = True
+    for station_name, scenario_name in scenarios:
+        station = load_station(CONFIG_ROOT / "stations" / f"{station_name}.toml")
+        visits = load_sessions(CONFIG_ROOT / "scenarios" / f"{scenario_name}.csv")
+        scenario = Scenario.around(station, visits, name=scenario_name).with_warmup(1)
+        results = {policy: simulate(scenario, policy).metrics for policy in POLICIES}
+        best = results["offline-optimal"]
+        table = Table(
+            title=f"{scenario_name} ({len(visits)} vehicles, one warm-up day)", title_justify="left"
+        )
+        for column in (
+            "policy",
+            "cost",
+            "vs offline",
+            "delivered",
+            "vs offline",
+            "over limit kWh",
+            "peak / limit kW",
+            "solve ms p50/p95",
+            "wall s",
+        ):
+            table.add_column(column, justify="left" if column == "policy" else "right")
+        for policy, m in results.items():
+            cost_gap = 100 * (float(m["cost_yuan"]) / float(best["cost_yuan"]) - 1)
+            energy_gap = 100 * (
+                float(m["energy_delivered_kwh"]) / float(best["energy_delivered_kwh"]) - 1
+            )
+            table.add_row(
+                policy,
+                f"{float(m['cost_yuan']):,.0f}",
+                f"{cost_gap:+.1f}%",
+                f"{float(m['delivered_pct']):.2f}%",
+                f"{energy_gap:+.2f}%",
+                f"{float(m['over_limit_kwh']):.2f}",
+                f"{float(m['peak_kw']):,.0f} / {float(m['limit_kw']):,.0f}",
+                f"{float(m['solve_ms_p50']):.1f}/{float(m['solve_ms_p95']):.1f}",
+                f"{float(m['wall_s']):.1f}",
+            )
+        console.print(table)
+        mpc = results["mpc"]
+        checks = {
+            "mpc cost within 3% of offline-optimal": float(mpc["cost_yuan"])
+            <= 1.03 * float(best["cost_yuan"]),
+            "mpc energy within 0.5% of offline-optimal": float(mpc["energy_delivered_kwh"])
+            >= 0.995 * float(best["energy_delivered_kwh"]),
+            "mpc over_limit_kwh 0": float(mpc["over_limit_kwh"]) == 0.0,
+            "mpc peak never above the limit": float(mpc["peak_kw"]) <= float(mpc["limit_kw"]),
+        }
+        for name, ok in checks.items():
+            console.print(
+                f"  {'PASS' if ok else 'FAIL'}  {name}",
+                style="green" if ok else "bold red",
+                highlight=False,
+            )
+            met = met and ok
+    return met
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks; exit 0 whatever the figures (they are reported, not asserted)."""
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--skip-solver", action="store_true")
+    parser.add_argument("--skip-quality", action="store_true")
+    args = parser.parse_args(argv)
+    console = Console(width=170)
+    results = {}
+    if not args.skip_solver:
+        results["solver 5x at the largest size"] = solver_bench(
+            console, tuple(int(s) for s in args.sizes.split(","))
+        )
+    if not args.skip_quality:
+        results["quality targets"] = quality_bench(console, SCENARIOS)
+    for name, ok in results.items():
+        console.print(f"{'PASS' if ok else 'FAIL'}  {name}", style="green" if ok else "bold red")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
