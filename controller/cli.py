@@ -419,15 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="simulated station + daemon, faster than real time")
     demo.add_argument("--station", default=str(REFERENCE_STATION))
     demo.add_argument(
-        "--speed", type=float, default=480.0, help="station seconds per real second, at most"
+        "--speed", type=float, default=960.0, help="station seconds per real second, at most"
     )
     demo.add_argument("--duration", type=float, default=85.0, help="real seconds, at most")
-    demo.add_argument("--hours", type=float, default=8.0, help="station hours to simulate")
+    demo.add_argument("--hours", type=float, default=15.0, help="station hours to simulate")
     demo.add_argument("--start", default="16:00", help="local station time to start at (HH:MM)")
     demo.add_argument(
         "--period",
         type=float,
-        default=4.0,
+        default=8.0,
         help="control period in station seconds (a 1 s loop at 480x would need a Modbus "
         "round every 2 ms of real time)",
     )

@@ -75,6 +75,8 @@ class Tally:
     cycle_ms_total: float = 0.0
     plans: int = 0
     fallbacks: int = 0
+    energy_by_band: dict[str, float] = field(default_factory=dict)
+    charging_cost: float = 0.0
     solve_ms: list[float] = field(default_factory=list)
     _counters: dict[str, float] = field(default_factory=dict)
 
@@ -83,6 +85,10 @@ class Tally:
         self.cycles += 1
         self.cycle_ms_max = max(self.cycle_ms_max, cycle_ms)
         self.cycle_ms_total += cycle_ms
+        piles_kwh = max(cycle.snapshot.piles_kw, 0.0) * dt / 3600
+        band = cycle.snapshot.band
+        self.energy_by_band[band] = self.energy_by_band.get(band, 0.0) + piles_kwh
+        self.charging_cost += piles_kwh * cycle.snapshot.price
         grid = cycle.snapshot.grid_kw
         if grid is not None:
             if grid > self.peak_grid_kw:
@@ -434,15 +440,23 @@ class Daemon:
     # -- what an operator is told ------------------------------------------------------------
 
     def _notice(self, cycle: Cycle, decision: Decision) -> None:
+        # Curtailment is the site limit holding vehicles back: the headroom is used up and the
+        # vehicles would take clearly more (a plan waiting for the valley is not curtailment).
+        # The thresholds differ so that a load hovering at the limit does not flap.
         wanted = cycle.wanted_kw
+        budget = max(cycle.budget_kw, 0.0)
         granted = sum(max(kw, 0.0) for kw in decision.setpoints.values())
-        curtailing = wanted - granted > 1.0 and cycle.budget_kw < wanted
+        margin = max(20.0, 0.02 * self.station.limit_kw)
+        if not self._curtailing:
+            curtailing = wanted > budget + margin and granted >= budget - margin
+        else:
+            curtailing = wanted > budget + margin / 2 and granted >= budget - 2 * margin
         if curtailing != self._curtailing:
             self._curtailing = curtailing
             if curtailing:
                 self._event(
                     cycle.time,
-                    f"curtailing: vehicles want {wanted:.0f} kW, headroom gives {max(cycle.budget_kw, 0):.0f} kW",
+                    f"curtailing: vehicles want {wanted:.0f} kW, headroom gives {budget:.0f} kW",
                 )
             else:
                 self._event(cycle.time, "curtailment ended: the headroom covers what vehicles take")

@@ -21,9 +21,12 @@ from rich.console import Console
 
 from controller.clock import VirtualClock
 from controller.config import Station
+from controller.control import Wish
 from controller.daemon import Daemon
 from controller.view import LiveView, summary_table
 from simulator.hardware import StationSimulator
+from simulator.plant import PileModel
+from simulator.plant import Vehicle as PlantVehicle
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,9 @@ class DemoResult:
     arrivals: int
     departures: int
     curtailments: int
+    energy_by_band: dict[str, float]
+    charging_cost: float
+    currency: str
 
 
 def demo_start(station: Station, start: str, day: datetime | None = None) -> float:
@@ -72,6 +78,16 @@ async def run_demo(
     end = start + hours * 3600
     simulator = StationSimulator(station, clock)
     daemon = Daemon.over_modbus(station, clock)
+
+    def fleet_system(pile: PileModel, vehicle: PlantVehicle) -> None:
+        # The depot's fleet system tells the station what each truck needs and when it leaves
+        # (in the demo, straight from the simulated fleet; at a station, through the API).
+        visit = vehicle.visit
+        daemon.control.wish(
+            pile.id, pile.session_id, Wish(visit.vehicle_id, visit.energy_kwh, visit.departure)
+        )
+
+    simulator.plant.on_plug = fleet_system
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -121,6 +137,9 @@ async def run_demo(
         arrivals=sum(1 for e in plant.events if e.kind == "arrival"),
         departures=sum(1 for e in plant.events if e.kind == "departure"),
         curtailments=sum(1 for text in events if text.startswith("curtailing")),
+        energy_by_band=dict(daemon.tally.energy_by_band),
+        charging_cost=daemon.tally.charging_cost,
+        currency=station.tariff.currency,
     )
 
 
@@ -153,6 +172,7 @@ def print_summary(result: DemoResult, station: Station, console: Console) -> Non
             f"{result.daemon_energy_kwh:,.0f} kWh (pile counters read by the daemon); "
             f"true {result.true_energy_kwh:,.0f} kWh",
         ),
+        ("by tariff band", _bands(result)),
         ("vehicles", f"{result.arrivals} plugged in, {result.departures} left"),
         (
             "curtailment",
@@ -164,3 +184,17 @@ def print_summary(result: DemoResult, station: Station, console: Console) -> Non
         ),
     ]
     console.print(summary_table("flexcharge demo summary", rows))
+
+
+def _bands(result: DemoResult) -> str:
+    total = sum(result.energy_by_band.values())
+    if total <= 0:
+        return "nothing charged"
+    shares = ", ".join(
+        f"{band} {100 * kwh / total:.0f}%"
+        for band, kwh in sorted(result.energy_by_band.items(), key=lambda item: -item[1])
+    )
+    return (
+        f"{shares}; charging cost {result.charging_cost:,.0f} {result.currency} "
+        f"({result.charging_cost / total:.3f} {result.currency}/kWh)"
+    )

@@ -1,0 +1,92 @@
+"""The daemon planning over real Modbus: the MPC's plans, solved in the worker thread, drive the
+simulated piles on loopback.
+
+Four trucks plug in at 22:30, in the flat band, and tell the station (as a fleet system would)
+that they leave at 04:00 needing 250 kWh each. The plan must hold them until the valley opens at
+midnight and then charge them, within the limit; every truck must be full by its departure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from controller.clock import VirtualClock
+from controller.config import Station
+from controller.control import Policy, Wish
+from controller.daemon import Cycle, Daemon
+from simulator.fleet import Visit
+from simulator.hardware import StationSimulator
+from simulator.plant import PileModel
+from simulator.plant import Vehicle as PlantVehicle
+from tests.conftest import local_time
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.loopback, pytest.mark.usefixtures("no_leaked_tasks")]
+
+
+def _trucks(start: float, piles: list[str]) -> list[Visit]:
+    return [
+        Visit(
+            vehicle_id=f"night-{pile}",
+            arrival=start + 60 * (k + 1),
+            departure=start + 5.5 * 3600,
+            energy_kwh=250.0,
+            max_kw=450.0,
+            capacity_kwh=600.0,
+            soc_arrival=0.3,
+            pile=pile,
+        )
+        for k, pile in enumerate(piles)
+    ]
+
+
+async def test_daemon_follows_its_plans_into_the_valley(station: Station) -> None:
+    """Charging waits for the valley, every truck is done by 04:00, the limit holds."""
+    station = replace(station, piles=station.piles[:4]).with_control(period_s=5.0)
+    start = local_time(station, "2026-11-25T22:30")
+    midnight = local_time(station, "2026-11-26T00:00")
+    visits = _trucks(start, [p.id for p in station.piles])
+    clock = VirtualClock(start)
+    simulator = StationSimulator(station, clock, visits=visits)
+    daemon = Daemon.over_modbus(station, clock, policy=Policy.MPC)
+    by_id = {v.vehicle_id: v for v in visits}
+
+    def fleet_system(pile: PileModel, vehicle: PlantVehicle) -> None:
+        visit = by_id[vehicle.visit.vehicle_id]
+        daemon.control.wish(
+            pile.id, pile.session_id, Wish(visit.vehicle_id, visit.energy_kwh, visit.departure)
+        )
+
+    simulator.plant.on_plug = fleet_system
+    cycles: list[Cycle] = []
+    daemon.observers.append(cycles.append)
+    await simulator.start()
+    try:
+        running = asyncio.create_task(daemon.run())
+        await clock.sleep_until(start + 5.75 * 3600)
+        daemon.request_stop()
+        await running
+    finally:
+        await simulator.stop()
+
+    plant = simulator.plant
+    assert daemon.tally.plans >= 5, "the plan loop re-planned on arrivals and every minute"
+    assert daemon.tally.fallbacks == 0
+    assert (
+        daemon.tally.solve_ms
+        and max(daemon.tally.solve_ms) < station.scheduler.solve_deadline_s * 1000
+    )
+    before = sum(c.snapshot.piles_kw for c in cycles if c.time < midnight) * 5.0 / 3600
+    total = sum(c.snapshot.piles_kw for c in cycles) * 5.0 / 3600
+    assert total > 900, "the trucks were charged"
+    assert before < 0.05 * total, f"{before:.0f} of {total:.0f} kWh before the valley"
+    for visit in visits:
+        record = plant.sessions[visit.vehicle_id]
+        assert record.delivered_kwh >= 0.98 * visit.energy_kwh, (
+            visit.vehicle_id,
+            record.delivered_kwh,
+        )
+    assert plant.truth.over_s == 0.0
+    assert daemon.tally.out_of_bounds == 0
