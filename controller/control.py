@@ -535,10 +535,11 @@ class Control:
             control.ramp_kw_per_s * dt,
             allowance,
             groups=self._group_budgets,
+            drawing={v.id: v.reading.power_kw for v in controlled if v.reading is not None},
         )
         if rate is not None:
-            rose = sum(max(0.0, kw - self.setpoints.get(pid, 0.0)) for pid, kw in setpoints.items())
-            self._rise_tokens = max(0.0, self._rise_tokens - rose)
+            rose = sum(setpoints.values()) - sum(self.setpoints.get(pid, 0.0) for pid in setpoints)
+            self._rise_tokens = max(0.0, self._rise_tokens - max(rose, 0.0))
         for view in blind:
             # Repeat the last setpoint (it keeps the fail-safe armed if the write gets through),
             # but never more than the pile would fall back to anyway.

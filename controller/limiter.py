@@ -92,13 +92,15 @@ def limit_setpoints(
     max_step_kw: float,
     max_total_rise_kw: float | None = None,
     groups: Sequence[tuple[Mapping[str, float], float]] = (),
+    drawing: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """Setpoints for this cycle.
 
-    Each setpoint moves from `previous` towards its target by at most `max_step_kw`, and all of
-    them together rise by at most `max_total_rise_kw` (the site's ramp limit); if the sum
+    Each setpoint moves from `previous` towards its target by at most `max_step_kw`, and their
+    total rises by at most `max_total_rise_kw` (the site's ramp limit); if the sum
     would exceed `budget`, the piles still above their targets are cut faster, in proportion to
-    how far above they are. `groups` are (members with their share, limit kW) pairs, a feeder or
+    how far above they are. `drawing`, what each pile draws now, keeps power a vehicle stopped
+    taking from counting as handed over. `groups` are (members with their share, limit kW) pairs, a feeder or
     a phase: a group over its limit has its charging members cut in proportion. The result is
     always within each pile's bounds and every group's limit and, whenever the targets fit the
     budget, sums to no more than it.
@@ -115,11 +117,23 @@ def limit_setpoints(
             for pid in new
             if new[pid] > previous.get(pid, 0.0)
         }
-        if sum(rises.values()) > max_total_rise_kw:
+
+        # The ramp limit is on the site's total: power handed from one pile to another in the
+        # same cycle does not raise it, so what others give up may be taken up; but only what
+        # they were really drawing (`drawing`), not a setpoint a departed vehicle left behind.
+        def released(pid: str, kw: float) -> float:
+            before = previous.get(pid, 0.0)
+            if drawing is not None:
+                before = min(before, max(drawing.get(pid, before), 0.0))
+            return max(0.0, before - kw)
+
+        given_up = sum(released(pid, kw) for pid, kw in new.items())
+        allowed = max(max_total_rise_kw, 0.0) + given_up
+        if sum(rises.values()) > allowed:
             # Share the allowed rise pile by pile, lowest setpoints first, so a pile starting
             # from 0 gets at least its minimum (splitting it evenly could leave every pile below
             # its minimum, and so none could start).
-            left = max(max_total_rise_kw, 0.0)
+            left = allowed
             for pid in sorted(rises, key=lambda p: (previous.get(p, 0.0), p)):
                 before = previous.get(pid, 0.0)
                 slowed = before + min(rises[pid], left)

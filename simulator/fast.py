@@ -306,7 +306,7 @@ def simulate(
         site[k] = plant.site_kw
         background[k] = plant.background_kw
         piles[k] = plant.site_kw - plant.background_kw
-        limits[k] = plant.limit_kw
+        limits[k] = plant.interval_limit_kw
         group_over[k] = sum(
             max(
                 0.0,

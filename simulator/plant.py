@@ -63,6 +63,10 @@ class Vehicle:
         remaining = (1.0 - self.soc) / (1.0 - self.taper_soc)
         return max(0.05, remaining) * self.visit.max_kw
 
+    def room_kwh(self) -> float:
+        """Energy until the BMS's target."""
+        return max(0.0, (self.soc_target - self.soc) * self.capacity_kwh)
+
     def take(self, kwh: float) -> None:
         """Add energy to the battery (negative: discharge)."""
         self.delivered_kwh += kwh
@@ -219,15 +223,34 @@ class PileModel:
         if self.vehicle is not None and moved > 0:
             # The BMS cuts its own demand at once; only the pile's increase is ramp-limited.
             moved = min(moved, self.vehicle.acceptance_kw())
-        self.power_kw = moved if self.vehicle is not None else 0.0
-        kwh = self.power_kw * dt / 3600
+        vehicle = self.vehicle
+        if vehicle is None:
+            self.power_kw = 0.0
+            return 0.0
+        if moved <= 0:
+            self.power_kw = moved
+            kwh = moved * dt / 3600
+            vehicle.take(kwh)
+        else:
+            # Within a long step the battery fills and its BMS asks for less: follow it in
+            # short pieces, so a vehicle never takes more than it wants (fast simulation runs
+            # minute-long steps).
+            kwh = 0.0
+            pieces = max(1, math.ceil(dt / 5.0))
+            power = moved
+            for _ in range(pieces):
+                power = min(moved, vehicle.acceptance_kw())
+                if power <= 0:
+                    break
+                piece = min(power * dt / pieces / 3600, vehicle.room_kwh())
+                vehicle.take(piece)
+                kwh += piece
+            self.power_kw = max(power, 0.0)
         if kwh > 0:
             self.energy_import_kwh += kwh
         else:
             self.energy_export_kwh -= kwh
-        if self.vehicle is not None:
-            self.vehicle.take(kwh)
-            self.session_energy_kwh += kwh
+        self.session_energy_kwh += kwh
         return kwh
 
     def plug(self, vehicle: Vehicle) -> None:
@@ -358,6 +381,7 @@ class Plant:
         self.background_series = background
         self.limit_series = limit
         self.limit_kw = station.limit_kw
+        self.interval_limit_kw = station.limit_kw
         self.background_kw = 0.0
         self.on_plug: Callable[[PileModel, Vehicle], None] | None = None
         self.site_kw = 0.0
@@ -400,6 +424,11 @@ class Plant:
             self.background_kw = self.background_series.at(now)
         else:
             self.background_kw = self.background.step(now, dt)
+        # The power of this step was set at its start, under the limit then in force: that is
+        # the limit it answers to (the controller learns of a new one at `now`).
+        interval_limit = (
+            self.limit_kw if self.limit_series is None else self.limit_series.at(now - dt)
+        )
         if self.limit_series is not None:
             self.limit_kw = self.limit_series.at(now)
         piles_kwh = 0.0
@@ -411,7 +440,8 @@ class Plant:
             self.energy_import_kwh += self.site_kw * dt / 3600
         else:
             self.energy_export_kwh -= self.site_kw * dt / 3600
-        self.truth.add(now, self.site_kw, dt, self.limit_kw)
+        self.interval_limit_kw = interval_limit
+        self.truth.add(now, self.site_kw, dt, interval_limit)
         if self.record:
             self.trace_t.append(now)
             self.trace_site.append(self.site_kw)

@@ -22,9 +22,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,16 @@ def _read_text(path: Path, rows: _Rows) -> str | None:
     except (OSError, UnicodeDecodeError) as exc:
         rows.add(None, "", f"cannot read: {exc}")
     return None
+
+
+def _table(text: str, rows: _Rows) -> list[list[str]]:
+    """The CSV's rows, or a problem (and the error raised) if it is not CSV."""
+    try:
+        return list(csv.reader(text.splitlines()))
+    except csv.Error as exc:
+        rows.add(None, "", f"not a CSV file: {exc}")
+        rows.raise_if_any()
+        return []
 
 
 def _time(text: str) -> float:
@@ -102,8 +113,11 @@ def load_sessions(path: Path | str) -> list[Visit]:
     text = _read_text(path, rows)
     rows.raise_if_any()
     assert text is not None
-    reader = csv.DictReader(text.splitlines())
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    table = _table(text, rows)
+    header = [h.strip() for h in (table[0] if table else [])]
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        rows.add("header", ", ".join(repeated), "column named more than once")
     missing = [name for name in SESSION_REQUIRED if name not in header]
     unknown = [name for name in header if name not in SESSION_REQUIRED + SESSION_OPTIONAL]
     if missing:
@@ -119,11 +133,15 @@ def load_sessions(path: Path | str) -> list[Visit]:
     rows.raise_if_any()
     visits: list[Visit] = []
     ids: set[str] = set()
-    for number, raw in enumerate(reader, start=2):
-        record = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-        if None in raw:
+    for number, cells in enumerate(table[1:], start=2):
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) > len(header):
             rows.add(f"row {number}", "", "more values than columns")
             continue
+        record = {
+            name: (cells[k].strip() if k < len(cells) else "") for k, name in enumerate(header)
+        }
         visit = _session_row(record, number, rows)
         if visit is None:
             continue
@@ -172,7 +190,7 @@ def _session_row(record: dict[str, str], number: int, rows: _Rows) -> Visit | No
     if (
         capacity is not None
         and soc is not None
-        and soc + values["energy_kwh"] / capacity > 1 + 1e-9
+        and soc + values["energy_kwh"] / capacity > 1 + 1e-6
     ):
         rows.add(
             where,
@@ -193,6 +211,20 @@ def _session_row(record: dict[str, str], number: int, rows: _Rows) -> Visit | No
     )
 
 
+_UTC_MARKS = re.compile(r"(GMT|UTC?|Z|[+-]0000)\s*$", re.IGNORECASE)
+
+
+def _rfc2822(text: str) -> float:
+    """An RFC 2822 time (as ACN-Data writes them) in epoch seconds; it must carry its zone."""
+    when = parsedate_to_datetime(text)
+    if when.tzinfo is None:
+        # Python reads "-0000" (UTC, RFC 5322 3.3) as naive, like a time with no zone at all.
+        if not _UTC_MARKS.search(text):
+            raise ValueError(f"{text!r} has no time zone")
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
 def load_acn_sessions(path: Path | str, *, max_kw: float = 6.6) -> list[Visit]:
     """Visits from an ACN-Data JSON file: energy is what was delivered, departure the disconnect.
 
@@ -206,7 +238,7 @@ def load_acn_sessions(path: Path | str, *, max_kw: float = 6.6) -> list[Visit]:
     assert text is not None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, and integers too long to read
         rows.add(None, "", f"not valid JSON: {exc}")
         rows.raise_if_any()
     items = data.get("_items") if isinstance(data, dict) else None
@@ -221,13 +253,13 @@ def load_acn_sessions(path: Path | str, *, max_kw: float = 6.6) -> list[Visit]:
             rows.add(where, "", "not an object")
             continue
         try:
-            arrival = parsedate_to_datetime(str(item["connectionTime"])).timestamp()
-            departure = parsedate_to_datetime(str(item["disconnectTime"])).timestamp()
+            arrival = _rfc2822(str(item["connectionTime"]))
+            departure = _rfc2822(str(item["disconnectTime"]))
             energy = float(item["kWhDelivered"])
         except KeyError as exc:
             rows.add(where, str(exc.args[0]), "required, but missing")
             continue
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             rows.add(where, "connectionTime/disconnectTime/kWhDelivered", str(exc))
             continue
         if not math.isfinite(energy) or energy < 0:
@@ -310,15 +342,23 @@ def load_series(path: Path | str, *, kind: str = "linear", allow_negative: bool 
     text = _read_text(path, rows)
     rows.raise_if_any()
     assert text is not None
-    reader = csv.DictReader(text.splitlines())
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    if kind not in ("linear", "step"):
+        raise ValueError(f"kind must be 'linear' or 'step', not {kind!r}")
+    table = _table(text, rows)
+    header = [h.strip() for h in (table[0] if table else [])]
     if header[:2] != ["time", "kw"] or len(header) != 2:
         rows.add("header", "", f"expected the columns time,kw; got {header}")
         rows.raise_if_any()
     times: list[float] = []
     values: list[float] = []
-    for number, raw in enumerate(reader, start=2):
+    for number, cells in enumerate(table[1:], start=2):
         where = f"row {number}"
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) != 2:
+            rows.add(where, "", f"expected 2 values (time,kw), got {len(cells)}")
+            continue
+        raw = {"time": cells[0], "kw": cells[1]}
         try:
             when = _time(raw.get("time") or "")
         except ValueError as exc:
@@ -363,11 +403,11 @@ def write_sessions(path: Path, visits: Iterable[Visit], zone: Any) -> None:
                     visit.vehicle_id,
                     datetime.fromtimestamp(visit.arrival, zone).isoformat(),
                     datetime.fromtimestamp(visit.departure, zone).isoformat(),
-                    f"{visit.energy_kwh:.1f}",
+                    f"{visit.energy_kwh:.3f}",
                     f"{visit.max_kw:g}",
                     visit.pile or "",
                     "" if visit.capacity_kwh is None else f"{visit.capacity_kwh:g}",
-                    "" if visit.soc_arrival is None else f"{visit.soc_arrival:.3f}",
+                    "" if visit.soc_arrival is None else f"{visit.soc_arrival:.6f}",
                     "true" if visit.v2g else "false",
                 ]
             )
