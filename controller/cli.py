@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
 import tomllib
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flexcharge")
 
+# Each command imports what only it needs (the simulator, matplotlib, the daemon) inside its
+# function, so that `check-config` on an operator's box starts fast and needs none of them.
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_CONFIG = 2
@@ -250,8 +255,6 @@ def _scenario(args: argparse.Namespace, console: Console) -> tuple[Station, Scen
 
 
 def _run_policies(args: argparse.Namespace, console: Console, policies: Sequence[str]) -> int:
-    from zoneinfo import ZoneInfo
-
     from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
     from simulator.fast import simulate
@@ -294,8 +297,6 @@ def _run_policies(args: argparse.Namespace, console: Console, policies: Sequence
                     soft_wrap=True,
                 )
     if len(results) > 1:
-        import json
-
         plot(results[0], out / "plot.png", zone, others=results[1:3])
         (out / "comparison.json").write_text(
             json.dumps([r.metrics for r in results], indent=2) + "\n", encoding="utf-8"
@@ -318,8 +319,6 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_sessions(args: argparse.Namespace, console: Console) -> int:
     """Write a seeded random sessions CSV from the station's [simulator] section."""
-    from datetime import datetime
-    from zoneinfo import ZoneInfo
 
     from simulator.fleet import random_days
     from simulator.scenario import write_sessions

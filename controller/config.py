@@ -13,7 +13,7 @@ import math
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -677,17 +677,11 @@ class Station:
         piles = tuple(
             p.model_copy(update={"host": host, "port": ports.get(p.id, p.port)}) for p in self.piles
         )
-        return _replace(self, grid_meter=meter, piles=piles)
+        return replace(self, grid_meter=meter, piles=piles)
 
     def with_control(self, **changes: Any) -> Station:
         """A copy with some [control] settings changed."""
-        return _replace(self, control=self.control.model_copy(update=changes))
-
-
-def _replace(station: Station, **changes: Any) -> Station:
-    from dataclasses import replace
-
-    return replace(station, **changes)
+        return replace(self, control=self.control.model_copy(update=changes))
 
 
 _STATION_SECTIONS = {

@@ -331,30 +331,10 @@ def simulate(
     times, site, background, piles = times[window], site[window], background[window], piles[window]
     limits, prices, group_over = limits[window], prices[window], group_over[window]
     bands = [band for band, keep in zip(bands, window, strict=True) if keep]
-    metrics = _metrics(
-        scenario,
-        station,
-        policy,
-        times,
-        step_s,
-        site,
-        background,
-        piles,
-        limits,
-        prices,
-        bands,
-        requested,
-        delivered,
-        solve_ms,
-        plans,
-        fallbacks,
-        time.perf_counter() - started,
-    )
-    metrics["group_over_kwh"] = round(float(group_over.sum() * step_s / 3600), 3)
-    return SimResult(
+    result = SimResult(
         policy.value,
         scenario.name,
-        metrics,
+        {},
         times,
         site,
         background,
@@ -366,11 +346,13 @@ def simulate(
         delivered,
         solve_ms,
     )
+    result.metrics = _metrics(result, scenario, station, step_s, plans, fallbacks)
+    result.metrics["wall_s"] = round(time.perf_counter() - started, 2)
+    result.metrics["group_over_kwh"] = round(float(group_over.sum() * step_s / 3600), 3)
+    return result
 
 
 def _with_tariff(station: Station, tariff: Tariff) -> Station:
-    from dataclasses import replace
-
     return station if station.tariff is tariff else replace(station, tariff=tariff)
 
 
@@ -414,27 +396,24 @@ def _site_cost(
 
 
 def _metrics(
+    result: SimResult,
     scenario: Scenario,
     station: Station,
-    policy: Policy,
-    times: NDArray[np.float64],
     step_s: float,
-    site: NDArray[np.float64],
-    background: NDArray[np.float64],
-    piles: NDArray[np.float64],
-    limits: NDArray[np.float64],
-    prices: NDArray[np.float64],
-    bands: list[str],
-    requested: dict[str, float],
-    delivered: dict[str, float],
-    solve_ms: list[float],
     plans: int,
     fallbacks: int,
-    wall_s: float,
 ) -> dict[str, float | int | str]:
     tariff = scenario.tariff
     zone = ZoneInfo(station.info.timezone)
     hours = step_s / 3600
+    times, site, background, piles = (
+        result.times,
+        result.site_kw,
+        result.background_kw,
+        result.piles_kw,
+    )
+    limits, prices, bands = result.limit_kw, result.price, result.bands
+    requested, delivered, solve_ms = result.requested_kwh, result.delivered_kwh, result.solve_ms
     energy_with = _site_cost(tariff, site, prices, hours)
     energy_without = _site_cost(tariff, background, prices, hours)
     peaks_with = _quarter_peaks(times, site, zone)
@@ -458,8 +437,8 @@ def _metrics(
     ramps = np.diff(piles) / (step_s / 60) if len(piles) > 1 else np.zeros(1)
     served = [vid for vid, kwh in requested.items() if delivered.get(vid, 0.0) >= 0.99 * kwh - 0.05]
     return {
-        "policy": policy.value,
-        "scenario": scenario.name,
+        "policy": result.policy,
+        "scenario": result.scenario,
         "cost_yuan": round(charging_cost, 2),
         "energy_cost_yuan": round(energy_with - energy_without, 2),
         "demand_charge_yuan": round(demand_with - demand_without, 2),
@@ -485,5 +464,4 @@ def _metrics(
         "cost_per_vehicle_yuan": round(charging_cost / max(len(requested), 1), 2),
         "cost_per_kwh_yuan": round(charging_cost / max(total_delivered, 1e-9), 4),
         "step_s": step_s,
-        "wall_s": round(wall_s, 2),
     }
