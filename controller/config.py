@@ -10,6 +10,7 @@ sense is an error.
 from __future__ import annotations
 
 import math
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -20,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from controller import certs
 from drivers import meter as meter_driver
 from drivers import pile as pile_driver
 from drivers.registers import UNIT_SCALE, Access, Register, RegisterMap, ValueType
@@ -515,15 +517,46 @@ class BackgroundProfile(_Strict):
     noise_kw: Kw = 0.0
 
 
+Protocol = Literal["modbus-tcp", "modbus-tls", "opcua"]
+OpcUaSecurity = Literal["sign-and-encrypt", "none"]
+
+
 class DeviceEndpoint(_Strict):
-    """A device of the station: its id, its register map and where it answers."""
+    """A device of the station: its id, its map and where it answers.
+
+    `protocol` is plain Modbus TCP, Modbus/TCP Security (TLS with mutual certificates, port 802
+    by default) or OPC-UA. OPC-UA devices are reached at `opc.tcp://host:port{path}` and are the
+    object `object` (default: the device's id) of the flexcharge address space; they use
+    SignAndEncrypt unless `opcua_security = "none"` says otherwise, which the daemon warns about.
+    """
 
     id: str = Field(min_length=1)
     device: str = Field(min_length=1)
     host: str = Field(min_length=1)
     port: Port
-    unit: UnitId
-    protocol: Literal["modbus-tcp"] = "modbus-tcp"
+    unit: UnitId = 1
+    protocol: Protocol = "modbus-tcp"
+    path: str = Field(default="/flexcharge", pattern=r"^/[\w./-]*$")
+    object: str | None = Field(default=None, min_length=1)
+    opcua_security: OpcUaSecurity = "sign-and-encrypt"
+
+    @property
+    def secure(self) -> bool:
+        """True if the link to the device is encrypted and both ends authenticated."""
+        return self.protocol == "modbus-tls" or (
+            self.protocol == "opcua" and self.opcua_security == "sign-and-encrypt"
+        )
+
+    @property
+    def opcua_url(self) -> str:
+        """The OPC-UA endpoint URL (OPC-UA devices only)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"opc.tcp://{host}:{self.port}{self.path}"
+
+    @property
+    def opcua_object(self) -> str:
+        """The name of the device's object in the address space."""
+        return self.object or self.id
 
 
 class MeterConfig(DeviceEndpoint):
@@ -545,6 +578,23 @@ class PileConfig(DeviceEndpoint):
     def bidirectional(self) -> bool:
         """True if the pile may discharge a vehicle."""
         return self.max_discharge_kw > 0
+
+
+class SecuritySettings(_Strict):
+    """[security]: certificates and credentials for encrypted links.
+
+    `certs` is a directory made by `flexcharge certs init` (relative to the station file). The
+    OPC-UA password is never written in a station file: it comes from the environment variable
+    `opcua_password_env` or from the file `opcua_password_file` (readable by the daemon only).
+    """
+
+    certs: str = Field(min_length=1)
+    opcua_user: str | None = Field(default=None, min_length=1)
+    opcua_password_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    opcua_password_file: str | None = Field(default=None, min_length=1)
+    opcua_policies: list[Literal["Basic256Sha256", "Aes128Sha256RsaOaep"]] = Field(
+        default=["Basic256Sha256", "Aes128Sha256RsaOaep"], min_length=1
+    )
 
 
 class ArrivalWave(_Strict):
@@ -642,6 +692,7 @@ class Station:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     groups: tuple[GroupConfig, ...] = ()
     phase_limits: PhaseLimits | None = None
+    security: SecuritySettings | None = None
 
     @property
     def name(self) -> str:
@@ -664,6 +715,80 @@ class Station:
             if pile.id == pile_id:
                 return pile
         raise KeyError(pile_id)
+
+    @property
+    def certs_dir(self) -> Path | None:
+        """The certificate directory [security] names, resolved against the station file."""
+        if self.security is None:
+            return None
+        return (self.path.parent / self.security.certs).resolve()
+
+    def identity(self, party: str) -> certs.Identity:
+        """The certificate and key of "daemon" or "simulator"; `ConfigError` if not created yet."""
+        certs_dir = self.certs_dir
+        if certs_dir is None:
+            raise ConfigError(
+                [Problem(self.path, None, "security", "encrypted links need a [security] section")]
+            )
+        ident = certs.identity(certs_dir, party)
+        missing = ident.missing()
+        if missing:
+            raise ConfigError(
+                [
+                    Problem(
+                        self.path,
+                        None,
+                        "security.certs",
+                        f"{party} certificate files missing ({', '.join(str(m) for m in missing)}); "
+                        f"create them with: flexcharge certs init {certs_dir}",
+                    )
+                ]
+            )
+        return ident
+
+    def opcua_credentials(self) -> tuple[str, str] | None:
+        """The OPC-UA user name and password, or None when the station names no user.
+
+        The password is read from the environment or a file at call time and never logged.
+        """
+        sec = self.security
+        if sec is None or sec.opcua_user is None:
+            return None
+        if sec.opcua_password_env is not None:
+            password = os.environ.get(sec.opcua_password_env)
+            if password is None:
+                raise ConfigError(
+                    [
+                        Problem(
+                            self.path,
+                            None,
+                            "security.opcua_password_env",
+                            f"the environment variable {sec.opcua_password_env} is not set",
+                        )
+                    ]
+                )
+            return sec.opcua_user, password
+        assert sec.opcua_password_file is not None
+        file = (self.path.parent / sec.opcua_password_file).resolve()
+        try:
+            return sec.opcua_user, file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                [
+                    Problem(
+                        self.path,
+                        None,
+                        "security.opcua_password_file",
+                        f"cannot read {file}: {exc.strerror}",
+                    )
+                ]
+            ) from None
+
+    def with_security(self, **changes: Any) -> Station:
+        """A copy with [security] settings changed (tests point `certs` at a temporary CA)."""
+        if self.security is None:
+            return replace(self, security=SecuritySettings.model_validate(changes))
+        return replace(self, security=self.security.model_copy(update=changes))
 
     def map_for(self, device: str) -> RegisterMap:
         """The register map a device entry names."""
@@ -695,6 +820,7 @@ _STATION_SECTIONS = {
     "piles",
     "groups",
     "phase_limits",
+    "security",
     "simulator",
 }
 
@@ -750,6 +876,9 @@ def load_station(path: Path | str) -> Station:
     )
     phase_limits: PhaseLimits | None = (
         section(PhaseLimits, "phase_limits") if "phase_limits" in raw else None
+    )
+    security: SecuritySettings | None = (
+        section(SecuritySettings, "security") if "security" in raw else None
     )
     groups: list[GroupConfig] = []
     raw_groups = raw.get("groups", [])
@@ -829,6 +958,10 @@ def load_station(path: Path | str) -> Station:
                 problems.items.extend(err.problems)
 
     _check_groups(problems, piles, groups, phase_limits)
+    endpoints: list[DeviceEndpoint] = [*piles]
+    if grid_meter is not None:
+        endpoints.insert(0, grid_meter)
+    _check_security(problems, security, endpoints)
     _cross_check(
         problems, transformer, control, background, grid_meter, piles, device_maps, tariff, info
     )
@@ -849,7 +982,48 @@ def load_station(path: Path | str) -> Station:
         scheduler=scheduler or SchedulerSettings(),
         groups=tuple(groups),
         phase_limits=phase_limits,
+        security=security,
     )
+
+
+def _address(device: DeviceEndpoint) -> tuple[str, int, str, int | str]:
+    if device.protocol == "opcua":
+        return (device.host, device.port, device.path, device.opcua_object)
+    return (device.host, device.port, "", device.unit)
+
+
+def _check_security(
+    problems: _Problems, security: SecuritySettings | None, devices: list[DeviceEndpoint]
+) -> None:
+    secure = [d for d in devices if d.secure]
+    if secure and security is None:
+        names = ", ".join(d.id for d in secure)
+        problems.add(
+            None,
+            "security",
+            f"{names} use encrypted links, which need [security] certs = DIR "
+            "(create DIR with: flexcharge certs init DIR)",
+        )
+    for device in devices:
+        label = f"device {device.id}"
+        if device.protocol != "opcua":
+            if device.object is not None:
+                problems.add(label, "object", "only OPC-UA devices have an object name")
+            if device.opcua_security != "sign-and-encrypt":
+                problems.add(label, "opcua_security", "only OPC-UA devices take this")
+    if security is None:
+        return
+    if security.opcua_user is not None:
+        sources = [security.opcua_password_env, security.opcua_password_file]
+        if sum(source is not None for source in sources) != 1:
+            problems.add(
+                "security",
+                "opcua_user",
+                "needs exactly one of opcua_password_env or opcua_password_file "
+                "(passwords are never written in the station file)",
+            )
+    elif security.opcua_password_env or security.opcua_password_file:
+        problems.add("security", "opcua_user", "a password is given but no user name")
 
 
 def _check_groups(
@@ -898,9 +1072,9 @@ def _cross_check(
 ) -> None:
     limit = transformer.limit_kw if transformer else math.inf
     seen_ids: set[str] = set()
-    endpoints: dict[tuple[str, int, int], str] = {}
+    endpoints: dict[tuple[str, int, str, int | str], str] = {}
     if grid_meter is not None:
-        endpoints[(grid_meter.host, grid_meter.port, grid_meter.unit)] = f"meter {grid_meter.id}"
+        endpoints[_address(grid_meter)] = f"meter {grid_meter.id}"
         seen_ids.add(grid_meter.id)
         regmap = device_maps.get(grid_meter.device)
         if regmap is not None and regmap.kind != "meter":
@@ -914,13 +1088,14 @@ def _cross_check(
         if pile.id in seen_ids:
             problems.add(label, "id", "another device has the same id")
         seen_ids.add(pile.id)
-        endpoint = (pile.host, pile.port, pile.unit)
+        endpoint = _address(pile)
         if endpoint in endpoints:
-            problems.add(
-                label,
-                "port",
-                f"{pile.host}:{pile.port} unit {pile.unit} is already used by {endpoints[endpoint]}",
+            what = (
+                f"object {pile.opcua_object} at {pile.opcua_url}"
+                if pile.protocol == "opcua"
+                else f"{pile.host}:{pile.port} unit {pile.unit}"
             )
+            problems.add(label, "port", f"{what} is already used by {endpoints[endpoint]}")
         endpoints.setdefault(endpoint, label)
         if pile.max_kw > limit:
             problems.add(

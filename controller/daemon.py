@@ -31,9 +31,9 @@ from controller.config import Station
 from controller.control import Control, Decision, Policy
 from controller.site import Feed, PileView, SiteSnapshot
 from drivers.errors import DriverError
-from drivers.meter import Meter, MeterReading, ModbusMeter
+from drivers.meter import MapMeter, Meter, MeterReading
 from drivers.modbus import ModbusDevice, ModbusLinks
-from drivers.pile import ModbusDcPile, Pile, PileReading
+from drivers.pile import DcPile, Pile, PileReading
 from scheduler.fallback import fallback_plan
 from scheduler.plan import Plan
 from scheduler.problem import Problem, ProblemError
@@ -177,14 +177,14 @@ class Daemon:
         """A daemon whose meter and piles are the Modbus devices the station config names."""
         links = ModbusLinks(timeout_s=station.control.io_timeout_s)
         gm = station.grid_meter
-        meter = ModbusMeter(
+        meter = MapMeter(
             gm.id,
             ModbusDevice(
                 f"meter {gm.id}", links.get(gm.host, gm.port), station.map_for(gm.device), gm.unit
             ),
         )
         piles = [
-            ModbusDcPile(
+            DcPile(
                 p.id,
                 ModbusDevice(
                     f"pile {p.id}", links.get(p.host, p.port), station.map_for(p.device), p.unit

@@ -1,7 +1,8 @@
 """Meters at the grid connection: the site's measured load.
 
-`Meter` is the interface the controller reads; `ModbusMeter` implements it for any map of kind
-"meter". Power is in kW, positive when the site imports from the grid.
+`Meter` is the interface the controller reads; `MapMeter` implements it for any map of kind
+"meter", over any `Device` (Modbus or OPC-UA). Power is in kW, positive when the site imports
+from the grid.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from drivers.device import Device
 from drivers.errors import BadValue
-from drivers.modbus import ModbusDevice
 from drivers.registers import in_project_units
 
 REQUIRED_REGISTERS = ("power",)
@@ -25,7 +26,15 @@ PHASE_REGISTERS = (
     "power_l2",
     "power_l3",
 )
-OPTIONAL_REGISTERS = (*PHASE_REGISTERS, "energy_import", "energy_export", "frequency")
+# `utility_limit`: the import limit the utility currently allows at the connection point, as a
+# smart metering terminal relays it (None or NaN: no limit signal in force).
+OPTIONAL_REGISTERS = (
+    *PHASE_REGISTERS,
+    "energy_import",
+    "energy_export",
+    "frequency",
+    "utility_limit",
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class MeterReading:
     energy_import_kwh: float | None = None
     energy_export_kwh: float | None = None
     frequency_hz: float | None = None
+    utility_limit_kw: float | None = None
 
 
 class Meter(Protocol):
@@ -55,10 +65,10 @@ class Meter(Protocol):
         ...
 
 
-class ModbusMeter:
-    """A meter read over Modbus through a meter register map."""
+class MapMeter:
+    """A meter read through a meter map, over Modbus or OPC-UA."""
 
-    def __init__(self, meter_id: str, device: ModbusDevice) -> None:
+    def __init__(self, meter_id: str, device: Device) -> None:
         self.id = meter_id
         self.device = device
         regmap = device.map
@@ -92,4 +102,5 @@ class ModbusMeter:
             energy_import_kwh=values.get("energy_import"),
             energy_export_kwh=values.get("energy_export"),
             frequency_hz=values.get("frequency"),
+            utility_limit_kw=values.get("utility_limit"),
         )

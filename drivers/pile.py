@@ -1,6 +1,6 @@
 """Charging piles as the controller sees them, whatever protocol they speak.
 
-`Pile` is the interface the controller uses; `ModbusDcPile` implements it for DC piles that
+`Pile` is the interface the controller uses; `DcPile` implements it for DC piles that
 follow a map of kind "pile" (such as `configs/devices/flexcharge-dc-pile.toml`). Power is in kW,
 positive when the pile charges a vehicle and negative when it discharges one.
 """
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from drivers.device import Device
 from drivers.errors import BadValue
-from drivers.modbus import ModbusDevice
 from drivers.registers import Value, from_project_units, in_project_units
 
 
@@ -89,7 +89,7 @@ class Pile(Protocol):
         ...
 
 
-# Registers a map of kind "pile" must have for `ModbusDcPile` to drive it.
+# Registers a map of kind "pile" must have for `DcPile` to drive it.
 REQUIRED_REGISTERS = (
     "state",
     "power",
@@ -117,10 +117,10 @@ OPTIONAL_REGISTERS = (
 REQUIRED_ENUMS = ("state", "mode")
 
 
-class ModbusDcPile:
-    """A DC pile driven over Modbus through a pile register map."""
+class DcPile:
+    """A DC pile driven through a pile map, over Modbus or OPC-UA."""
 
-    def __init__(self, pile_id: str, device: ModbusDevice) -> None:
+    def __init__(self, pile_id: str, device: Device) -> None:
         self.id = pile_id
         self.device = device
         regmap = device.map

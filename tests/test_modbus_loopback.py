@@ -18,9 +18,9 @@ from pymodbus.client import AsyncModbusTcpClient
 from controller.clock import VirtualClock
 from controller.config import CONFIG_ROOT, Station, load_register_map
 from drivers.errors import ConnectionLost, DeviceRejected, DeviceTimeout
-from drivers.meter import ModbusMeter
+from drivers.meter import MapMeter
 from drivers.modbus import ModbusDevice, ModbusLink
-from drivers.pile import ModbusDcPile, PileState
+from drivers.pile import DcPile, PileState
 from simulator.fleet import Visit
 from simulator.hardware import StationSimulator
 from tests.conftest import free_ports, local_time
@@ -41,9 +41,9 @@ def _visit(start: float, pile: str, *, soc: float = 0.2, capacity: float = 500.0
     )
 
 
-def _pile_driver(station: Station, pile_id: str, link: ModbusLink) -> ModbusDcPile:
+def _pile_driver(station: Station, pile_id: str, link: ModbusLink) -> DcPile:
     config = station.pile(pile_id)
-    return ModbusDcPile(
+    return DcPile(
         pile_id, ModbusDevice(f"pile {pile_id}", link, station.map_for(config.device), config.unit)
     )
 
@@ -249,7 +249,7 @@ async def test_meter_maps_read_through_the_driver(station: Station, meter_map: s
         async with StationSimulator(station, clock, visits=[]) as sim:
             gm = station.grid_meter
             link = ModbusLink(gm.host, gm.port, timeout_s=1.0)
-            meter = ModbusMeter(gm.id, ModbusDevice("meter", link, regmap, gm.unit))
+            meter = MapMeter(gm.id, ModbusDevice("meter", link, regmap, gm.unit))
             client = await _client(gm.host, gm.port)
             try:
                 await clock.sleep(3600)
