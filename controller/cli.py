@@ -103,9 +103,41 @@ def cmd_check_config(args: argparse.Namespace, console: Console) -> int:
                 highlight=False,
                 soft_wrap=True,
             )
+            protocols: dict[str, int] = {}
+            for device in station.devices:
+                protocols[device.protocol] = protocols.get(device.protocol, 0) + 1
+            links = ", ".join(f"{count} {name}" for name, count in sorted(protocols.items()))
+            console.print(f"devices: {links}", highlight=False)
+            if station.certs_dir is not None:
+                state = "present" if station.certs_dir.is_dir() else "not created yet"
+                console.print(f"certificates: {station.certs_dir} ({state})", highlight=False)
     except ConfigError as err:
         _print_problems(err, console)
         return EXIT_BAD_CONFIG
+    return EXIT_OK
+
+
+def cmd_certs_init(args: argparse.Namespace, console: Console) -> int:
+    """Create a station CA and the certificates the daemon and the simulator present."""
+    from controller import certs
+
+    target = Path(args.dir)
+    try:
+        written = certs.init(
+            target, station=args.station, hosts=args.host, days=args.days, force=args.force
+        )
+    except (certs.CertError, OSError) as exc:
+        console.print(f"[bold red]{exc}[/]")
+        return EXIT_FAILURE
+    console.print(f"station CA and certificates in {target}:", highlight=False)
+    for path in written:
+        mode = path.stat().st_mode & 0o777
+        console.print(f"  {oct(mode)[2:]}  {path}", highlight=False, markup=False)
+    console.print(
+        "point a station at it with [security] certs = DIR; private keys are readable by "
+        "their owner only: keep private/ca.key offline once the devices are enrolled",
+        markup=False,
+    )
     return EXIT_OK
 
 
@@ -117,6 +149,13 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     station = _load(Path(args.station), console)
     if station is None:
         return EXIT_BAD_CONFIG
+
+    if any(device.secure for device in station.devices):
+        try:
+            station.identity("daemon")
+        except ConfigError as err:
+            _print_problems(err, console)
+            return EXIT_BAD_CONFIG
 
     async def main() -> None:
         daemon = Daemon.over_modbus(station, WallClock())
@@ -414,6 +453,23 @@ def build_parser() -> argparse.ArgumentParser:
     sessions.add_argument("--days", type=int, default=1)
     sessions.add_argument("--out", required=True)
     sessions.set_defaults(func=cmd_sessions)
+
+    certs = sub.add_parser("certs", help="the station's certificates for TLS and OPC-UA")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    init = certs_sub.add_parser(
+        "init", help="create a station CA and the daemon's and simulator's certificates in DIR"
+    )
+    init.add_argument("dir")
+    init.add_argument("--station", default="flexcharge station", help="name in the certificates")
+    init.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="another host name or address the certificates must be valid for (repeatable)",
+    )
+    init.add_argument("--days", type=int, default=825, help="validity in days")
+    init.add_argument("--force", action="store_true", help="replace an existing CA")
+    init.set_defaults(func=cmd_certs_init)
 
     demo = sub.add_parser("demo", help="simulated station + daemon, faster than real time")
     demo.add_argument("--station", default=str(REFERENCE_STATION))

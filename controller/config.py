@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from controller import certs
 from drivers import meter as meter_driver
 from drivers import pile as pile_driver
+from drivers.makes import CHARGER_MAKES
 from drivers.registers import UNIT_SCALE, Access, Register, RegisterMap, ValueType
 from scheduler.tariff import MINUTES_PER_DAY, DayType, Period, Season, Tariff
 
@@ -173,6 +174,9 @@ class _DeviceSpec(_Strict):
     idle_timeout_s: float | None = Field(default=None, gt=0)
     max_connections: int | None = Field(default=None, ge=1)
     notes: str = ""
+    driver: str | None = Field(default=None, min_length=1)
+    failsafe_timeout_s: float | None = Field(default=None, gt=0, le=3600)
+    min_current_a: float | None = Field(default=None, ge=0, le=80)
 
 
 class _MapFile(_Strict):
@@ -280,6 +284,9 @@ def load_register_map(path: Path) -> RegisterMap:
         max_connections=spec.device.max_connections,
         enums=enums,
         notes=spec.device.notes,
+        driver=spec.device.driver,
+        failsafe_timeout_s=spec.device.failsafe_timeout_s,
+        min_current_a=spec.device.min_current_a,
     )
     for reg_name, message in regmap.problems():
         problems.add(device, f"registers.{reg_name}", message)
@@ -299,7 +306,20 @@ def _check_kind(regmap: RegisterMap, problems: _Problems, device: str, declared:
     elif regmap.kind == "meter":
         required, enums = meter_driver.REQUIRED_REGISTERS, ()
     else:
-        return
+        make = CHARGER_MAKES.get(regmap.driver or "")
+        if make is None:
+            problems.add(
+                device,
+                "device.driver",
+                f"a charger map must name its driver, one of {sorted(CHARGER_MAKES)}"
+                + (f" (got {regmap.driver!r})" if regmap.driver else ""),
+            )
+            return
+        required, enums = make.REQUIRED_REGISTERS, ()
+        if "setpoint" in regmap and regmap["setpoint"].unit not in ("A", "mA"):
+            problems.add(
+                device, "registers.setpoint", "a charger's setpoint is a current (A or mA)"
+            )
     for name in required:
         if name not in declared:
             problems.add(device, f"registers.{name}", f"a {regmap.kind} map must define it")
@@ -573,6 +593,7 @@ class PileConfig(DeviceEndpoint):
     max_discharge_kw: Kw = 0.0
     phases: Literal[1, 3] = 3
     phase: Literal["L1", "L2", "L3"] | None = None
+    voltage_v: float = Field(default=230.0, ge=100, le=400)
 
     @property
     def bidirectional(self) -> bool:
@@ -1026,6 +1047,22 @@ def _check_security(
         problems.add("security", "opcua_user", "a password is given but no user name")
 
 
+def _check_charger(problems: _Problems, label: str, pile: PileConfig, regmap: RegisterMap) -> None:
+    if pile.bidirectional:
+        problems.add(label, "max_discharge_kw", f"an AC charger ({regmap.title}) cannot discharge")
+    if pile.protocol == "opcua":
+        problems.add(label, "protocol", f"the {regmap.name} map is a Modbus map")
+    min_kw = (regmap.min_current_a or 0.0) * pile.phases * pile.voltage_v / 1000
+    if 0 < pile.fallback_kw < min_kw:
+        problems.add(
+            label,
+            "fallback_kw",
+            f"{pile.fallback_kw:g} kW is below the charger's minimum current "
+            f"({regmap.min_current_a:g} A x {pile.phases} phase(s) x {pile.voltage_v:g} V = "
+            f"{min_kw:.2f} kW): it would pause instead; use 0 or at least that",
+        )
+
+
 def _check_groups(
     problems: _Problems,
     piles: list[PileConfig],
@@ -1122,9 +1159,18 @@ def _cross_check(
                 f"{pile.comm_timeout_s:g} s is less than twice the control period ({control.period_s:g} s): the fail-safe would fire while the controller runs",
             )
         regmap = device_maps.get(pile.device)
-        if regmap is not None and regmap.kind != "pile":
-            problems.add(label, "device", f"{pile.device} is a {regmap.kind} map, not a pile map")
-        if regmap is not None and pile.bidirectional and "max_discharge_power" not in regmap:
+        if regmap is not None and regmap.kind == "meter":
+            problems.add(
+                label, "device", f"{pile.device} is a meter map, not a pile or charger map"
+            )
+        if regmap is not None and regmap.kind == "charger":
+            _check_charger(problems, label, pile, regmap)
+        if (
+            regmap is not None
+            and regmap.kind == "pile"
+            and pile.bidirectional
+            and "max_discharge_power" not in regmap
+        ):
             problems.add(
                 label, "max_discharge_kw", f"the {pile.device} map has no discharge registers"
             )

@@ -168,6 +168,7 @@ class Control:
         self.forecast = forecast or BackgroundForecast(station.background.profile_kw, self.zone)
         self.plan_period_s = plan_period_s or self.settings.plan_period_s
         self.sessions: dict[str, Session] = {}
+        self.faults: dict[str, str] = {}
         self.wishes: dict[tuple[str, int], Wish] = {}
         self.setpoints: dict[str, float] = {p.id: 0.0 for p in station.piles}
         self.plan: Plan | None = None
@@ -213,6 +214,12 @@ class Control:
             reading = view.reading
             if reading is None:
                 continue
+            if reading.fault != self.faults.get(view.id, ""):
+                if reading.fault:
+                    events.append(f"{view.id}: fault: {reading.fault}")
+                else:
+                    events.append(f"{view.id}: fault cleared")
+                self.faults[view.id] = reading.fault
             session = self.sessions.get(view.id)
             if session is not None and (
                 not reading.state.vehicle_present or reading.session_id != session.session_id

@@ -29,11 +29,12 @@ from typing import TypeVar
 from controller.clock import Clock, Ticker
 from controller.config import Station
 from controller.control import Control, Decision, Policy
+from controller.devices import modbus_device, pile_driver
 from controller.site import Feed, PileView, SiteSnapshot
 from drivers.errors import DriverError
 from drivers.meter import MapMeter, Meter, MeterReading
-from drivers.modbus import ModbusDevice, ModbusLinks
-from drivers.pile import DcPile, Pile, PileReading
+from drivers.modbus import ModbusLinks
+from drivers.pile import Pile, PileReading
 from scheduler.fallback import fallback_plan
 from scheduler.plan import Plan
 from scheduler.problem import Problem, ProblemError
@@ -177,21 +178,8 @@ class Daemon:
         """A daemon whose meter and piles are the Modbus devices the station config names."""
         links = ModbusLinks(timeout_s=station.control.io_timeout_s)
         gm = station.grid_meter
-        meter = MapMeter(
-            gm.id,
-            ModbusDevice(
-                f"meter {gm.id}", links.get(gm.host, gm.port), station.map_for(gm.device), gm.unit
-            ),
-        )
-        piles = [
-            DcPile(
-                p.id,
-                ModbusDevice(
-                    f"pile {p.id}", links.get(p.host, p.port), station.map_for(p.device), p.unit
-                ),
-            )
-            for p in station.piles
-        ]
+        meter = MapMeter(gm.id, modbus_device(gm, station, links))
+        piles = [pile_driver(p, modbus_device(p, station, links), clock) for p in station.piles]
         return cls(station, clock, meter, piles, policy=policy, close=links.close)
 
     # -- lifecycle ---------------------------------------------------------------------------

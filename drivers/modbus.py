@@ -136,6 +136,18 @@ class ModbusLink:
         if not self.connected:
             await self.connect(device)
         try:
+            return await self._send(device, what, send)
+        except ConnectionLost:
+            # Devices close connections they find idle (Alfen: 60 s): that is noticed only on
+            # the next request. One new connection and one retry; a real loss fails again.
+            self.close()
+            await self.connect(device)
+            return await self._send(device, what, send)
+
+    async def _send(
+        self, device: str, what: str, send: Callable[[], Awaitable[ModbusPDU]]
+    ) -> ModbusPDU:
+        try:
             response: ModbusPDU = await send()
         except ConnectionException as exc:
             raise ConnectionLost(device, f"{what}: connection to {self.address} lost") from exc
@@ -195,11 +207,11 @@ class ModbusLinks:
         self.timeout_s = timeout_s
         self._links: dict[tuple[str, int], ModbusLink] = {}
 
-    def get(self, host: str, port: int) -> ModbusLink:
-        """The link to host:port."""
+    def get(self, host: str, port: int, *, sslctx: ssl.SSLContext | None = None) -> ModbusLink:
+        """The link to host:port (Modbus/TCP Security when `sslctx` is given)."""
         key = (host, port)
         if key not in self._links:
-            self._links[key] = ModbusLink(host, port, timeout_s=self.timeout_s)
+            self._links[key] = ModbusLink(host, port, timeout_s=self.timeout_s, sslctx=sslctx)
         return self._links[key]
 
     def close(self) -> None:

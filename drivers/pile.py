@@ -65,6 +65,7 @@ class PileReading:
     ev_capacity_kwh: float | None = None
     fallback_countdown_s: float | None = None
     fault_code: int = 0
+    fault: str = ""
 
 
 class Pile(Protocol):

@@ -250,6 +250,9 @@ class RegisterMap:
     idle_timeout_s: float | None = None
     max_connections: int | None = None
     enums: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
+    driver: str | None = None
+    failsafe_timeout_s: float | None = None
+    min_current_a: float | None = None
     notes: str = ""
     _by_address: tuple[Register, ...] = field(init=False, repr=False, compare=False)
 

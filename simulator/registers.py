@@ -77,6 +77,9 @@ class RegisterBank:
             set_values: list[int] | list[bool] | None,
         ) -> ExcCodes | None:
             touched = [r for r in regs if r.address < address + count and r.end > address]
+            if set_values is None and function_code in (6, 16):
+                # pymodbus reads the words back to echo a write in its response: not a read.
+                return None
             if set_values is None:
                 return self._read(function_code, start_address, touched, registers)
             return self._write(function_code, address, count, touched, list(map(int, set_values)))

@@ -22,7 +22,7 @@ from controller.config import (
     load_station,
     load_tariff,
 )
-from drivers.registers import Access, ValueType
+from drivers.registers import Access, RegisterMap, ValueType
 
 STATION = "stations/bozhou-depot.toml"
 TARIFF = "tariffs/guizhou-tou.toml"
@@ -164,9 +164,65 @@ def test_reference_station_loads_dc_pile_map() -> None:
 def test_all_reference_device_maps_load() -> None:
     """Every file in configs/devices loads on its own with no problems."""
     maps = {p.stem: load_register_map(p) for p in sorted((CONFIG_ROOT / "devices").glob("*.toml"))}
-    assert set(maps) == {"eastron-sdm630", "flexcharge-dc-pile", "janitza-umg96rm-e"}
+    assert set(maps) == {
+        "abb-terra-ac",
+        "alfen-ng9xx",
+        "carlo-gavazzi-em24",
+        "eastron-sdm630",
+        "flexcharge-dc-pile",
+        "janitza-umg96rm-e",
+        "vestel-evc04",
+    }
     assert maps["eastron-sdm630"]["power"].read_fcs == frozenset({4})
     assert all(m.problems() == [] for m in maps.values())
+
+
+def _facts(regmap: RegisterMap, name: str) -> tuple[object, ...]:
+    reg = regmap[name]
+    unit = regmap.unit_of(reg)
+    fcs = tuple(sorted(reg.read_fcs))
+    return (
+        reg.address,
+        reg.type.value,
+        reg.scale,
+        reg.unit,
+        reg.word_order,
+        unit,
+        fcs,
+        reg.write_fc,
+    )
+
+
+def test_real_device_maps_are_as_documented() -> None:
+    """Spot checks against ../shared/reference/devices.md: addresses, types, units, scaling,
+    word order, unit ids and function codes of the registers the drivers depend on."""
+    load = lambda name: load_register_map(CONFIG_ROOT / "devices" / f"{name}.toml")  # noqa: E731
+    alfen, vestel, abb, em24 = (
+        load(n) for n in ("alfen-ng9xx", "vestel-evc04", "abb-terra-ac", "carlo-gavazzi-em24")
+    )
+    assert (alfen.driver, alfen.max_connections, alfen.idle_timeout_s) == ("alfen", 2, 60)
+    assert _facts(alfen, "station_max_current") == (1100, "f32", 1.0, "A", "big", 200, (3,), None)
+    assert _facts(alfen, "scn_max_current_l3")[:2] == (1421, "f32")
+    assert _facts(alfen, "setpoint") == (1210, "f32", 1.0, "A", "big", 1, (3,), 16)
+    assert _facts(alfen, "energy_import")[:4] == (374, "f64", 1.0, "Wh")
+    assert _facts(alfen, "mode3_state")[:2] == (1201, "string") and alfen["mode3_state"].words == 5
+    assert _facts(alfen, "validity_time_left")[:2] == (1208, "u32")
+    assert _facts(alfen, "phases") == (1215, "u16", 1.0, "", "big", 1, (3,), 6)
+    assert (vestel.driver, vestel.default_unit_id) == ("vestel", 255)
+    assert _facts(vestel, "current_l1") == (1008, "u16", 1.0, "mA", "big", 255, (3, 4), None)
+    assert _facts(vestel, "power") == (1020, "u32", 1.0, "W", "big", 255, (3, 4), None)
+    assert _facts(vestel, "energy_import")[:4] == (1036, "u32", 0.1, "kWh")
+    assert _facts(vestel, "setpoint") == (5004, "u16", 1.0, "A", "big", 255, (), 6)
+    assert _facts(vestel, "power_limit") == (5000, "u32", 1.0, "W", "big", 255, (), 16)
+    assert _facts(vestel, "life_bit")[0] == 6000 and vestel["life_bit"].access is Access.W
+    assert (vestel["failsafe_current"].address, vestel["comm_timeout"].address) == (2000, 2002)
+    assert _facts(abb, "setpoint") == (0x4100, "u32", 1.0, "mA", "big", 1, (), 16)
+    assert _facts(abb, "voltage_l1") == (0x4016, "u32", 0.1, "V", "big", 1, (3,), None)
+    assert _facts(abb, "comm_timeout") == (0x4106, "u16", 1.0, "s", "big", 1, (), 16)
+    assert abb.enums["state"][4] == "C2"
+    assert _facts(em24, "power") == (0x28, "i32", 0.1, "W", "little", 1, (4,), None)
+    assert _facts(em24, "current_l1")[:4] == (0x0C, "i32", 0.001, "A")
+    assert _facts(em24, "energy_export")[:4] == (0x5C, "i32", 0.1, "kWh")
 
 
 def test_copy_of_reference_loads(configs: Path) -> None:

@@ -234,9 +234,10 @@ async def test_device_rules_are_enforced_on_the_wire(station: Station) -> None:
                 client.close()
 
 
-@pytest.mark.parametrize("meter_map", ["janitza-umg96rm-e", "eastron-sdm630"])
+@pytest.mark.parametrize("meter_map", ["janitza-umg96rm-e", "eastron-sdm630", "carlo-gavazzi-em24"])
 async def test_meter_maps_read_through_the_driver(station: Station, meter_map: str) -> None:
-    """Both meter maps (FC3 Janitza in W/Wh, FC4 SDM630 in W/kWh) read the plant's site load."""
+    """Every meter map (FC3 Janitza in W/Wh, FC4 SDM630 in W/kWh, FC4 EM24 int32 low word first
+    in 0.1 W / 0.1 kWh) reads the plant's site load."""
     regmap = load_register_map(CONFIG_ROOT / "devices" / f"{meter_map}.toml")
     station = replace(
         station,
@@ -261,7 +262,10 @@ async def test_meter_maps_read_through_the_driver(station: Station, meter_map: s
                     plant.site_kw, rel=1e-5
                 )
                 assert all(v is not None and 220 < v < 240 for v in reading.voltages_v)
-                assert reading.energy_import_kwh == pytest.approx(plant.energy_import_kwh, rel=1e-6)
+                # EM24 counts in 0.1 kWh.
+                assert reading.energy_import_kwh == pytest.approx(
+                    plant.energy_import_kwh, rel=1e-6, abs=0.051
+                )
                 assert reading.energy_import_kwh == pytest.approx(1800, rel=0.05)
                 other_fc = (
                     client.read_input_registers
