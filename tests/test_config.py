@@ -164,7 +164,12 @@ def test_reference_station_loads_dc_pile_map() -> None:
 def test_all_reference_device_maps_load() -> None:
     """Every file in configs/devices loads on its own with no problems."""
     maps = {p.stem: load_register_map(p) for p in sorted((CONFIG_ROOT / "devices").glob("*.toml"))}
-    assert set(maps) == {"eastron-sdm630", "flexcharge-dc-pile", "janitza-umg96rm-e"}
+    assert set(maps) == {
+        "eastron-sdm630",
+        "flexcharge-dc-pile",
+        "flexcharge-metering-terminal",
+        "janitza-umg96rm-e",
+    }
     assert maps["eastron-sdm630"]["power"].read_fcs == frozenset({4})
     assert all(m.problems() == [] for m in maps.values())
 
