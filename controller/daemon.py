@@ -123,12 +123,13 @@ def _opcua_security(station: Station) -> OpcUaSecurity:
     assert station.security is not None  # identity() raises ConfigError without [security]
     credentials = station.opcua_credentials()
     user, password = credentials if credentials is not None else (None, None)
-    return OpcUaSecurity.sign_and_encrypt(
+    return OpcUaSecurity(
+        encrypt=True,
         certificate=identity.cert_pem,
         private_key=identity.key_pem,
         trust_dir=identity.trust_dir,
         application_uri=identity.application_uri,
-        policies=station.security.opcua_policies,
+        policies=tuple(station.security.opcua_policies),
         user=user,
         password=password,
     )
@@ -212,7 +213,9 @@ class Daemon:
                     endpoint.opcua_url, encrypt=endpoint.opcua_security == "sign-and-encrypt"
                 )
                 return OpcUaDevice(name, link, regmap, endpoint.opcua_object)
-            return ModbusDevice(name, modbus.get(endpoint.host, endpoint.port), regmap, endpoint.unit)
+            return ModbusDevice(
+                name, modbus.get(endpoint.host, endpoint.port), regmap, endpoint.unit
+            )
 
         gm = station.grid_meter
         meter = MapMeter(gm.id, device(gm, f"meter {gm.id}"))
@@ -260,7 +263,7 @@ class Daemon:
             if device.protocol == "opcua" and device.opcua_security == "none":
                 log.warning(
                     "%s is reached over OPC-UA WITHOUT encryption or authentication "
-                    "(opcua_security = \"none\" at %s)",
+                    '(opcua_security = "none" at %s)',
                     device.id,
                     device.opcua_url,
                 )

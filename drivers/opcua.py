@@ -38,6 +38,7 @@ closes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -188,8 +189,9 @@ def read_identity(certificate: Path, private_key: Path) -> tuple[bytes, bytes]:
 class OpcUaSecurity:
     """How a link authenticates itself and its server, and encrypts.
 
-    Build it with `sign_and_encrypt(...)` or, explicitly, `insecure()`. The password never
-    appears in `repr`, logs or error messages.
+    `encrypt=True` (SignAndEncrypt) needs the client's certificate and key and the directory of
+    the CAs it trusts servers by; `insecure()` says explicitly that a link is not encrypted. The
+    password never appears in `repr`, logs or error messages.
     """
 
     encrypt: bool
@@ -213,30 +215,6 @@ class OpcUaSecurity:
             raise ValueError("a user name needs a password and a password a user name")
         if self.user is not None and not self.encrypt:
             raise ValueError("a password is never sent over an unencrypted link")
-
-    @classmethod
-    def sign_and_encrypt(
-        cls,
-        *,
-        certificate: Path,
-        private_key: Path,
-        trust_dir: Path,
-        application_uri: str,
-        policies: Iterable[str] = DEFAULT_POLICIES,
-        user: str | None = None,
-        password: str | None = None,
-    ) -> OpcUaSecurity:
-        """Encrypted and signed, presenting `certificate`, trusting servers `trust_dir` vouches for."""
-        return cls(
-            encrypt=True,
-            certificate=certificate,
-            private_key=private_key,
-            trust_dir=trust_dir,
-            application_uri=application_uri,
-            policies=tuple(policies),
-            user=user,
-            password=password,
-        )
 
     @classmethod
     def insecure(cls) -> OpcUaSecurity:
@@ -290,7 +268,9 @@ class _Session(Observer):
         self.latest: dict[str, ua.DataValue] = {}
         self.monitored: set[str] = set()
         self.subscription: Subscription | None = None
+        self.ended: Subscription | None = None
         self.subscriptions_unavailable = False
+        self.policy: str | None = None
         self.published_at: float | None = None
         self.notifications = 0
         self.lost: str | None = None
@@ -318,6 +298,11 @@ class _Session(Observer):
         return nullcontext()
 
     def on_notification(self, subscription_id: int | None, event_count: int) -> None:
+        # asyncua hands each data change to the handler in a task it has just scheduled; mark
+        # the publish after those tasks have run, so "fresh" never precedes the values it brought.
+        asyncio.get_running_loop().call_soon(self._published)
+
+    def _published(self) -> None:
         self.published_at = self._now()
 
     def on_state_change(self, state: UaClientState) -> None:
@@ -336,7 +321,7 @@ class _Session(Observer):
     def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
         if status.Status.is_bad():
             # The server ended the subscription (expired, shut down): poll until a new one runs.
-            self.subscription = None
+            self.ended, self.subscription = self.subscription, None
             self.monitored.clear()
             self.latest.clear()
             self.published_at = None
@@ -405,6 +390,21 @@ class OpcUaLink:
         return session is not None and session.subscription is not None
 
     @property
+    def fresh(self) -> bool:
+        """True while reads are served from the subscription (it published within the bound)."""
+        session = self._session
+        return (
+            session is not None
+            and session.subscription is not None
+            and session.fresh(self._now(), self.stale_after_s)
+        )
+
+    @property
+    def policy(self) -> str | None:
+        """The security policy of the open session ("Basic256Sha256", ...; "None" unencrypted)."""
+        return None if self._session is None else self._session.policy
+
+    @property
     def notifications(self) -> int:
         """Data-change notifications received in the current session."""
         return 0 if self._session is None else self._session.notifications
@@ -470,7 +470,9 @@ class OpcUaLink:
         ]
         if refused:
             names = ", ".join(f"{i.rpartition('.')[2]}: {s.name}" for i, s in refused)
-            raise DeviceRejected(device, f"write refused by {self.address}: {names}", refused[0][1].value)
+            raise DeviceRejected(
+                device, f"write refused by {self.address}: {names}", refused[0][1].value
+            )
 
     # -- session lifecycle ---------------------------------------------------------------------
 
@@ -499,7 +501,9 @@ class OpcUaLink:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 if security.encrypt:
-                    check = await self._secure(client, device)
+                    session.policy, check = await self._secure(client, device)
+                else:
+                    session.policy = "None"
                 if security.user is not None and security.password is not None:
                     client.set_user(security.user)
                     client.set_password(security.password)
@@ -514,10 +518,10 @@ class OpcUaLink:
             if isinstance(exc, DriverError):
                 raise
             raise self._refusal(device, exc, check) from None
-        log.info("%s: session open with %s", device, self.address)
+        log.info("%s: session open with %s (%s)", device, self.address, session.policy)
         return session
 
-    async def _secure(self, client: Client, device: str) -> _ServerCheck:
+    async def _secure(self, client: Client, device: str) -> tuple[str, _ServerCheck]:
         """Pick the first configured policy the server offers with SignAndEncrypt and set it up."""
         security = self.security
         assert security.certificate and security.private_key and security.trust_dir
@@ -540,23 +544,20 @@ class OpcUaLink:
             if e.SecurityMode == ua.MessageSecurityMode.SignAndEncrypt
             and e.EndpointUrl.startswith("opc.tcp://")
         ]
-        chosen = None
-        for name in security.policies:
-            chosen = next((e for e in encrypted if e.SecurityPolicyUri == POLICIES[name].URI), None)
-            if chosen is not None:
-                policy = POLICIES[name]
-                break
-        if chosen is None:
-            raise _NoCommonPolicy(sorted({e.SecurityPolicyUri.rpartition("#")[2] for e in encrypted}))
+        offered = {e.SecurityPolicyUri: e for e in encrypted}
+        name = next((n for n in security.policies if POLICIES[n].URI in offered), None)
+        if name is None:
+            raise _NoCommonPolicy(sorted(uri.rpartition("#")[2] for uri in offered))
+        chosen = offered[POLICIES[name].URI]
         await client.set_security(
-            policy,
+            POLICIES[name],
             certificate=_pem(certificate),
             private_key=_pem(private_key),
             server_certificate=chosen.ServerCertificate,
             mode=ua.MessageSecurityMode.SignAndEncrypt,
         )
         client.certificate_validator = check
-        return check
+        return name, check
 
     def _refusal(self, device: str, exc: BaseException, check: _ServerCheck | None) -> DriverError:
         """The `DriverError` that explains why a session could not be opened."""
@@ -583,9 +584,7 @@ class OpcUaLink:
                 )
             if code in _USER_REFUSALS:
                 who = (
-                    f"user {self.security.user!r}"
-                    if self.security.user
-                    else "an anonymous session"
+                    f"user {self.security.user!r}" if self.security.user else "an anonymous session"
                 )
                 return ConnectionLost(
                     device,
@@ -615,7 +614,9 @@ class OpcUaLink:
         await _close(session.client)
         log.info("session with %s closed", self.address)
 
-    async def _request(self, session: _Session, device: str, what: str, send: Callable[[], Any]) -> Any:
+    async def _request(
+        self, session: _Session, device: str, what: str, send: Callable[[], Any]
+    ) -> Any:
         try:
             return await send()
         except TimeoutError:
@@ -634,7 +635,9 @@ class OpcUaLink:
             ) from None
         except (ConnectionError, OSError) as exc:
             await self._drop(session)
-            raise ConnectionLost(device, f"{what}: connection to {self.address} lost ({exc})") from None
+            raise ConnectionLost(
+                device, f"{what}: connection to {self.address} lost ({exc})"
+            ) from None
 
     # -- subscription --------------------------------------------------------------------------
 
@@ -646,6 +649,11 @@ class OpcUaLink:
             missing = [i for i in dict.fromkeys(identifiers) if i not in session.monitored]
             if not missing:
                 return
+            if session.ended is not None:
+                # Deleted, asyncua's own watchdog stops trying to revive it.
+                ended, session.ended = session.ended, None
+                with contextlib.suppress(ua.UaError, ConnectionError, OSError, TimeoutError):
+                    await ended.delete()
             try:
                 if session.subscription is None:
                     session.subscription = await session.client.create_subscription(
@@ -700,7 +708,9 @@ class OpcUaDevice:
         self, name: str, link: OpcUaLink, register_map: RegisterMap, object_name: str
     ) -> None:
         if not object_name or "." in object_name:
-            raise ValueError(f"{name}: OPC-UA object name {object_name!r} must be non-empty, no dots")
+            raise ValueError(
+                f"{name}: OPC-UA object name {object_name!r} must be non-empty, no dots"
+            )
         self.name = name
         self.link = link
         self.map = register_map

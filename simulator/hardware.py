@@ -10,7 +10,6 @@ demo, an unpaced one in tests.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -20,7 +19,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from controller.clock import Clock, Ticker
+from controller.clock import Clock, Ticker, stop_task
 from controller.config import DeviceEndpoint, Station
 from simulator.fleet import Visit, random_day
 from simulator.opcua import OpcUaStationServer
@@ -145,11 +144,8 @@ class StationSimulator:
 
     async def stop(self) -> None:
         """Stop stepping and close every server."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self._close_servers()
 
     async def __aenter__(self) -> StationSimulator:

@@ -18,7 +18,6 @@ anonymous sessions, is offered only when asked for, and then with a warning.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import math
@@ -34,7 +33,7 @@ from asyncua.crypto.validator import CertificateValidator, CertificateValidatorO
 from asyncua.server.user_managers import UserManager
 
 from controller.certs import Identity
-from controller.clock import Clock, Ticker
+from controller.clock import Clock, Ticker, stop_task
 from drivers.errors import BadValue
 from drivers.opcua import (
     NAMESPACE_URI,
@@ -69,11 +68,19 @@ _SUBSCRIPTION_SERVICES = {
 
 
 class _Users(UserManager):
-    """Accepts the station's one OPC-UA user (and anonymous sessions only if allowed)."""
+    """Accepts the station's one OPC-UA user, on encrypted channels only unless told otherwise.
 
-    def __init__(self, credentials: tuple[str, str] | None, *, anonymous: bool) -> None:
+    asyncua serves sessions on an unencrypted channel even when it offers no NoSecurity
+    endpoint (such a channel has no client certificate, and no permission checks run on it), so
+    a session without a client certificate is refused here unless `unencrypted` allows it.
+    """
+
+    def __init__(
+        self, credentials: tuple[str, str] | None, *, anonymous: bool, unencrypted: bool
+    ) -> None:
         self._credentials = credentials
         self._anonymous = anonymous
+        self._unencrypted = unencrypted
 
     def get_user(
         self,
@@ -82,6 +89,8 @@ class _Users(UserManager):
         password: str | None = None,
         certificate: Any = None,
     ) -> User | None:
+        if not certificate and not self._unencrypted:
+            return None
         if username is None:
             return User(role=UserRole.User) if self._anonymous else None
         if self._credentials is None or password is None:
@@ -166,7 +175,9 @@ class OpcUaStationServer:
         """Build the address space and listen; `OSError` if the port is taken."""
         server = Server(
             user_manager=_Users(
-                self.credentials, anonymous=self.credentials is None or self.allow_insecure
+                self.credentials,
+                anonymous=self.credentials is None or self.allow_insecure,
+                unencrypted=self.allow_insecure,
             )
         )
         await server.init()
@@ -220,14 +231,16 @@ class OpcUaStationServer:
 
     async def stop(self) -> None:
         """Stop refreshing and close the server and every session (idempotent)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop()
+            # asyncua keeps a session with subscriptions after its connection is gone (so that
+            # its client may reactivate it), and Server.stop() leaves those sessions' timeout
+            # and publishing tasks running: end them here.
+            for session in list(server.iserver._external_sessions.values()):
+                await session.close_session(True)
 
     async def refresh(self) -> None:
         """Copy every device's current values into its variables."""
