@@ -279,6 +279,15 @@ async def test_dc_pile_is_driven_over_opcua(opcua_station: Station) -> None:
             assert model.setpoint_kw == 250.0 and model.mode is PileMode.CHARGE
             assert (await pile.read()).applied_setpoint_kw == 250.0
 
+            # What the server enforces for clients that skip the map's checks.
+            for values, status in [
+                ({"P01.state": ua.Variant(3, ua.VariantType.Int64)}, "BadNotWritable"),
+                ({"P01.mode": ua.Variant(1.0, ua.VariantType.Double)}, "BadTypeMismatch"),
+            ]:
+                with pytest.raises(DeviceRejected, match=f"write: .* answered {status}"):
+                    await link.write("pile P01", values)
+            assert model.mode is PileMode.CHARGE
+
             await pile.command(0.0)
             assert model.setpoint_kw == 0.0 and model.mode is PileMode.IDLE
             await clock.sleep(2)
@@ -587,13 +596,13 @@ async def test_hung_server_times_out_and_recovers(opcua_station: Station) -> Non
         async with _terminal(station, plant, clock):
             relay = _Relay(station.grid_meter.port)
             port = await relay.start()
-            # Keep-alives every 30 s: the poll's 0.3 s timeout, not asyncua's probe, sees the hang.
+            # Keep-alives every 30 s: the poll's 0.5 s timeout, not asyncua's probe, sees the hang.
             link = _link(
                 station,
                 clock,
                 url=f"opc.tcp://127.0.0.1:{port}{station.grid_meter.path}",
-                timeout_s=0.3,
-                connect_timeout_s=1.0,
+                timeout_s=0.5,
+                connect_timeout_s=2.0,
                 keepalive_s=30.0,
             )
             meter = _meter(station, link)
@@ -602,7 +611,7 @@ async def test_hung_server_times_out_and_recovers(opcua_station: Station) -> Non
                 await _eventually(lambda: link.fresh, "the subscription")
                 relay.flowing.clear()
                 await clock.sleep(100)  # longer than the 90 s bound without a publish
-                with pytest.raises(DeviceTimeout, match=r"read: no answer from .* within 0.3 s"):
+                with pytest.raises(DeviceTimeout, match=r"read: no answer from .* within 0.5 s"):
                     await meter.read()
                 with pytest.raises(DeviceTimeout, match="while connecting"):
                     await meter.read()
