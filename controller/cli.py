@@ -150,15 +150,12 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if station is None:
         return EXIT_BAD_CONFIG
 
-    if any(device.secure for device in station.devices):
+    async def main() -> int:
         try:
-            station.identity("daemon")
-        except ConfigError as err:
+            daemon = Daemon.for_station(station, WallClock())
+        except ConfigError as err:  # certificates or a password an encrypted link needs
             _print_problems(err, console)
             return EXIT_BAD_CONFIG
-
-    async def main() -> None:
-        daemon = Daemon.over_modbus(station, WallClock())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, daemon.request_stop)
@@ -182,13 +179,13 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
         daemon.observers.append(status)
         await daemon.run()
+        return EXIT_OK
 
-    asyncio.run(main())
-    return EXIT_OK
+    return asyncio.run(main())
 
 
 def cmd_sim_hardware(args: argparse.Namespace, console: Console) -> int:
-    """Serve the station's devices over Modbus TCP on loopback, in real time, until stopped."""
+    """Serve the station's devices (Modbus TCP, OPC-UA) on loopback, in real time, until stopped."""
     from controller.clock import WallClock
     from simulator.hardware import SimulatorError, StationSimulator
 
@@ -207,6 +204,9 @@ def cmd_sim_hardware(args: argparse.Namespace, console: Console) -> int:
         except SimulatorError as exc:
             log.error("%s", exc)
             return EXIT_FAILURE
+        except ConfigError as err:  # certificates or a password an encrypted endpoint needs
+            _print_problems(err, console)
+            return EXIT_BAD_CONFIG
         log.info(
             "serving %s; stop with Ctrl-C",
             ", ".join(f"{d.id}@{d.host}:{d.port}" for d in station.devices),
@@ -434,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     sim = sub.add_parser(
-        "sim-hardware", help="serve a station's simulated devices over Modbus (real time)"
+        "sim-hardware",
+        help="serve a station's simulated devices over Modbus and OPC-UA (real time)",
     )
     sim.add_argument("--station", required=True)
     sim.set_defaults(func=cmd_sim_hardware)

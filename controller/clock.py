@@ -7,18 +7,19 @@ model and the controller advance in lockstep, whatever the real Modbus round tri
 simulation use it unpaced, so a simulated day takes only the CPU time its cycles need and nothing
 ever sleeps for real.
 
-`Ticker` is the drift-correcting periodic timer the loops use.
+`Ticker` is the drift-correcting periodic timer the loops use; `stop_task` ends a loop's task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Clock(Protocol):
@@ -219,3 +220,12 @@ class Ticker:
         tick = self._next
         self._next += self.period
         return tick
+
+
+async def stop_task(task: asyncio.Task[Any] | None) -> None:
+    """Stop a loop's task: cancel it and wait until it has ended (None: nothing to stop)."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

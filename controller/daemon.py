@@ -27,13 +27,15 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from controller.clock import Clock, Ticker
-from controller.config import Station
+from controller.config import DeviceEndpoint, Station
 from controller.control import Control, Decision, Policy
 from controller.devices import modbus_device, pile_driver
 from controller.site import Feed, PileView, SiteSnapshot
+from drivers.device import Device
 from drivers.errors import DriverError
 from drivers.meter import MapMeter, Meter, MeterReading
 from drivers.modbus import ModbusLinks
+from drivers.opcua import OpcUaDevice, OpcUaLinks, OpcUaSecurity
 from drivers.pile import Pile, PileReading
 from scheduler.fallback import fallback_plan
 from scheduler.plan import Plan
@@ -116,6 +118,24 @@ def _within_bounds(kw: float, view: PileView) -> bool:
     return view.min_kw - 1e-6 <= -kw <= view.max_discharge_kw + 1e-6
 
 
+def _opcua_security(station: Station) -> OpcUaSecurity:
+    """SignAndEncrypt with the daemon's certificate and the station's OPC-UA user and policies."""
+    identity = station.identity("daemon")
+    assert station.security is not None  # identity() raises ConfigError without [security]
+    credentials = station.opcua_credentials()
+    user, password = credentials if credentials is not None else (None, None)
+    return OpcUaSecurity(
+        encrypt=True,
+        certificate=identity.cert_pem,
+        private_key=identity.key_pem,
+        trust_dir=identity.trust_dir,
+        application_uri=identity.application_uri,
+        policies=tuple(station.security.opcua_policies),
+        user=user,
+        password=password,
+    )
+
+
 async def _attempt(device: str, read: Callable[[], Awaitable[T]]) -> T | DriverError:
     """Run a device read; a failure comes back as a `DriverError` value, never raised."""
     try:
@@ -139,7 +159,7 @@ class Daemon:
         piles: Sequence[Pile],
         *,
         policy: Policy | str | None = None,
-        close: Callable[[], None] | None = None,
+        close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.station = station
         self.clock = clock
@@ -172,15 +192,42 @@ class Daemon:
         return self.control.setpoints
 
     @classmethod
-    def over_modbus(
+    def for_station(
         cls, station: Station, clock: Clock, *, policy: Policy | str | None = None
     ) -> Daemon:
-        """A daemon whose meter and piles are the Modbus devices the station config names."""
-        links = ModbusLinks(timeout_s=station.control.io_timeout_s)
+        """A daemon whose meter and piles are the devices the station config names.
+
+        OPC-UA devices are reached through one session per endpoint URL, with the daemon's
+        certificate, the station's OPC-UA user and policies; the others over Modbus TCP or
+        Modbus/TCP Security, AC chargers through their make's driver. Raises
+        `ConfigError` when certificates or the password an encrypted link needs are missing.
+        """
+        io_timeout = station.control.io_timeout_s
+        modbus = ModbusLinks(timeout_s=io_timeout)
+        opcua = OpcUaLinks(
+            now=clock.now, timeout_s=io_timeout, secure=lambda: _opcua_security(station)
+        )
+
+        def device(endpoint: DeviceEndpoint, name: str) -> Device:
+            regmap = station.map_for(endpoint.device)
+            if endpoint.protocol == "opcua":
+                link = opcua.get(
+                    endpoint.opcua_url, encrypt=endpoint.opcua_security == "sign-and-encrypt"
+                )
+                return OpcUaDevice(name, link, regmap, endpoint.opcua_object)
+            return modbus_device(endpoint, name, station, modbus)
+
         gm = station.grid_meter
-        meter = MapMeter(gm.id, modbus_device(gm, station, links))
-        piles = [pile_driver(p, modbus_device(p, station, links), clock) for p in station.piles]
-        return cls(station, clock, meter, piles, policy=policy, close=links.close)
+        meter = MapMeter(gm.id, device(gm, f"meter {gm.id}"))
+        piles = [pile_driver(p, device(p, f"pile {p.id}"), clock) for p in station.piles]
+
+        async def close() -> None:
+            modbus.close()
+            await opcua.close()
+
+        return cls(station, clock, meter, piles, policy=policy, close=close)
+
+    over_modbus = for_station
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -212,6 +259,14 @@ class Daemon:
             self.period_s,
             self.control.policy,
         )
+        for device in self.station.devices:
+            if device.protocol == "opcua" and device.opcua_security == "none":
+                log.warning(
+                    "%s is reached over OPC-UA WITHOUT encryption or authentication "
+                    '(opcua_security = "none" at %s)',
+                    device.id,
+                    device.opcua_url,
+                )
         await asyncio.gather(*(self._arm(pid) for pid in self.piles))
         self._tasks.append(asyncio.create_task(self._fast_loop(), name="fast loop"))
         if self.control.policy is Policy.MPC:
@@ -242,7 +297,7 @@ class Daemon:
                 self.control.committed({pid: fallbacks[pid]})
         log.info("every reachable pile left at its fallback power; stopped")
         if self._close is not None:
-            self._close()
+            await self._close()
 
     async def _arm(self, pile_id: str) -> None:
         config = self.station.pile(pile_id)

@@ -77,7 +77,7 @@ async def run_demo(
     clock = VirtualClock(start, pace=speed)
     end = start + hours * 3600
     simulator = StationSimulator(station, clock)
-    daemon = Daemon.over_modbus(station, clock)
+    daemon = Daemon.for_station(station, clock)
 
     def fleet_system(pile: PileModel, vehicle: PlantVehicle) -> None:
         # The depot's fleet system tells the station what each truck needs and when it leaves

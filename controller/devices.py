@@ -19,9 +19,10 @@ from drivers.pile import DcPile, Pile
 from drivers.tls import client_context
 
 
-def modbus_device(endpoint: DeviceEndpoint, station: Station, links: ModbusLinks) -> ModbusDevice:
+def modbus_device(
+    endpoint: DeviceEndpoint, label: str, station: Station, links: ModbusLinks
+) -> ModbusDevice:
     """The Modbus device a station entry names, on its (possibly encrypted) link."""
-    label = f"{'meter' if endpoint is station.grid_meter else 'pile'} {endpoint.id}"
     sslctx: ssl.SSLContext | None = None
     if endpoint.protocol == "modbus-tls":
         ident = station.identity("daemon")

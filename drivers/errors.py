@@ -26,7 +26,7 @@ class DeviceTimeout(DriverError):
 
 
 class DeviceRejected(DriverError):
-    """The device answered with an exception response (Modbus exception code `code`)."""
+    """The device refused the request (`code`: the Modbus exception code or OPC-UA status code)."""
 
     def __init__(self, device: str, message: str, code: int) -> None:
         super().__init__(device, message)

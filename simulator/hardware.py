@@ -1,15 +1,15 @@
-"""The station's hardware, simulated and served over Modbus TCP (or TLS) on the ports its config
-names.
+"""The station's hardware, simulated and served on the endpoints its config names.
 
-`StationSimulator` owns the plant's stepping task and one pymodbus server per (host, port) of the
-station's devices. It runs on any clock: the wall clock for `flexcharge sim-hardware`, a paced
-virtual clock for the demo, an unpaced one in tests.
+`StationSimulator` owns the plant's stepping task, one pymodbus server per (host, port) of the
+station's Modbus devices and one OPC-UA server per (host, port, path) of its OPC-UA devices
+(`protocol = "opcua"`), which serves each device as an object of the flexcharge address space. It
+runs on any clock: the wall clock for `flexcharge sim-hardware`, a paced virtual clock for the
+demo, an unpaced one in tests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -18,12 +18,13 @@ from zoneinfo import ZoneInfo
 from pymodbus.constants import ExcCodes
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from controller.clock import Clock, Ticker
+from controller.clock import Clock, Ticker, stop_task
 from controller.config import ConfigError, DeviceEndpoint, Station
 from drivers.tls import server_context
 from simulator.chargers import pile_device_model
 from simulator.fleet import Visit, random_day
 from simulator.modbus_server import DeviceServer
+from simulator.opcua import OpcUaStationServer
 from simulator.plant import Plant
 from simulator.registers import DeviceModel, MeterRegisters, RegisterBank
 
@@ -41,7 +42,7 @@ async def _no_such_unit(
 
 
 class StationSimulator:
-    """Plant + Modbus servers for one station."""
+    """Plant + Modbus and OPC-UA servers for one station."""
 
     def __init__(
         self, station: Station, clock: Clock, *, visits: Iterable[Visit] | None = None
@@ -54,43 +55,53 @@ class StationSimulator:
         self.zone = ZoneInfo(station.info.timezone)
         self._random_visits = visits is None
         self.plant = Plant(station, visits or ())
-        self.banks: dict[str, RegisterBank] = {}
         self.models: dict[str, DeviceModel] = {}
+        self.banks: dict[str, RegisterBank] = {}
+        self.opcua_servers: list[OpcUaStationServer] = []
         self._servers: list[DeviceServer] = []
         self._task: asyncio.Task[None] | None = None
         self._visits_until: datetime | None = None
 
     async def start(self) -> None:
-        """Listen on every device's port and start stepping the plant."""
+        """Listen on every device's endpoint and start stepping the plant."""
         station = self.station
         meter = station.grid_meter
-        endpoints: dict[tuple[str, int], list[tuple[DeviceEndpoint, RegisterBank]]] = {}
-        meter_bank = RegisterBank(
-            station.map_for(meter.device), MeterRegisters(self.plant), meter.unit
-        )
-        self.banks[meter.id] = meter_bank
-        endpoints.setdefault((meter.host, meter.port), []).append((meter, meter_bank))
+        served: list[tuple[DeviceEndpoint, str, DeviceModel]] = [
+            (meter, f"meter {meter.id}", MeterRegisters(self.plant))
+        ]
         for pile in station.piles:
             regmap = station.map_for(pile.device)
-            model = pile_device_model(self.plant.piles[pile.id], regmap, self.clock)
-            self.models[pile.id] = model
-            bank = RegisterBank(regmap, model, pile.unit)
-            self.banks[pile.id] = bank
-            endpoints.setdefault((pile.host, pile.port), []).append((pile, bank))
+            pile_model = pile_device_model(self.plant.piles[pile.id], regmap, self.clock)
+            served.append((pile, f"pile {pile.id}", pile_model))
+        endpoints: dict[tuple[str, int], list[tuple[DeviceEndpoint, RegisterBank]]] = {}
+        opcua: dict[tuple[str, int, str], list[tuple[DeviceEndpoint, str, DeviceModel]]] = {}
+        for device, label, model in served:
+            self.models[device.id] = model
+            if device.protocol == "opcua":
+                opcua.setdefault((device.host, device.port, device.path), []).append(
+                    (device, label, model)
+                )
+                continue
+            bank = RegisterBank(station.map_for(device.device), model, device.unit)
+            self.banks[device.id] = bank
+            endpoints.setdefault((device.host, device.port), []).append((device, bank))
         if self._random_visits:
             self._extend_visits(self.clock.now())
         try:
             for (host, port), banks in endpoints.items():
                 self._servers.append(await self._serve(host, port, banks))
+            for group in opcua.values():
+                await self._serve_opcua(group)
         except BaseException:
             await self._close_servers()
             raise
         self._task = asyncio.create_task(self._run(), name="simulator plant")
         log.info(
-            "simulating %s: %d devices on %d ports",
+            "simulating %s: %d devices on %d Modbus and %d OPC-UA endpoints",
             station.name,
-            len(self.banks),
+            len(served),
             len(self._servers),
+            len(self.opcua_servers),
         )
 
     async def _serve(
@@ -132,13 +143,32 @@ class StationSimulator:
             raise SimulatorError(f"cannot listen on {host}:{port} for {names}: {exc}") from exc
         return server
 
+    async def _serve_opcua(self, group: list[tuple[DeviceEndpoint, str, DeviceModel]]) -> None:
+        """One OPC-UA server for the devices that share an endpoint URL."""
+        station = self.station
+        url = group[0][0].opcua_url
+        secure = any(device.opcua_security == "sign-and-encrypt" for device, _, _ in group)
+        server = OpcUaStationServer(
+            url,
+            self.clock,
+            identity=station.identity("simulator") if secure else None,
+            credentials=station.opcua_credentials(),
+            allow_insecure=any(device.opcua_security == "none" for device, _, _ in group),
+            refresh_s=self.settings.step_s,
+        )
+        for device, label, model in group:
+            server.add(device.opcua_object, station.map_for(device.device), model, label)
+        try:
+            await server.start()
+        except OSError as exc:
+            names = ", ".join(label for _, label, _ in group)
+            raise SimulatorError(f"cannot serve {url} for {names}: {exc}") from exc
+        self.opcua_servers.append(server)
+
     async def stop(self) -> None:
         """Stop stepping and close every server."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self._close_servers()
 
     async def __aenter__(self) -> StationSimulator:
@@ -152,6 +182,9 @@ class StationSimulator:
         for server in self._servers:
             await server.shutdown()
         self._servers.clear()
+        for opcua in self.opcua_servers:
+            await opcua.stop()
+        self.opcua_servers.clear()
 
     async def _run(self) -> None:
         step = self.settings.step_s

@@ -212,6 +212,8 @@ class MeterRegisters:
             "energy_import": self.plant.energy_import_kwh,
             "energy_export": self.plant.energy_export_kwh,
             "frequency": 50.0,
+            # What the utility allows now, as a terminal relays it; None: no signal in force.
+            "utility_limit": self.plant.limit_kw if self.plant.limit_series is not None else None,
         }
         for phase in (1, 2, 3):
             values[f"voltage_l{phase}"] = voltage

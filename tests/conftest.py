@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 
 from controller.config import REFERENCE_STATION, Station, load_station
+from simulator.fleet import Visit
 
 
 def free_ports(count: int) -> list[int]:
@@ -39,6 +40,20 @@ def local_time(station: Station, text: str) -> float:
     """Epoch seconds of a local ISO time at the station, e.g. '2026-11-25T10:00'."""
     zone = ZoneInfo(station.info.timezone)
     return datetime.fromisoformat(text).replace(tzinfo=zone).timestamp()
+
+
+def truck_visit(start: float, pile: str, *, soc: float = 0.2, capacity: float = 500.0) -> Visit:
+    """A truck that plugs into `pile` at `start`, stays six hours and wants to reach 95 %."""
+    return Visit(
+        vehicle_id=f"test-{pile}",
+        arrival=start,
+        departure=start + 6 * 3600,
+        energy_kwh=(0.95 - soc) * capacity,
+        max_kw=450.0,
+        capacity_kwh=capacity,
+        soc_arrival=soc,
+        pile=pile,
+    )
 
 
 @pytest.fixture(scope="session")

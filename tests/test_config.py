@@ -170,6 +170,7 @@ def test_all_reference_device_maps_load() -> None:
         "carlo-gavazzi-em24",
         "eastron-sdm630",
         "flexcharge-dc-pile",
+        "flexcharge-metering-terminal",
         "janitza-umg96rm-e",
         "vestel-evc04",
     }

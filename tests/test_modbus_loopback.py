@@ -21,24 +21,10 @@ from drivers.errors import ConnectionLost, DeviceRejected, DeviceTimeout
 from drivers.meter import MapMeter
 from drivers.modbus import ModbusDevice, ModbusLink
 from drivers.pile import DcPile, PileState
-from simulator.fleet import Visit
 from simulator.hardware import StationSimulator
-from tests.conftest import free_ports, local_time
+from tests.conftest import free_ports, local_time, truck_visit
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.loopback, pytest.mark.usefixtures("no_leaked_tasks")]
-
-
-def _visit(start: float, pile: str, *, soc: float = 0.2, capacity: float = 500.0) -> Visit:
-    return Visit(
-        vehicle_id=f"test-{pile}",
-        arrival=start,
-        departure=start + 6 * 3600,
-        energy_kwh=(0.95 - soc) * capacity,
-        max_kw=450.0,
-        capacity_kwh=capacity,
-        soc_arrival=soc,
-        pile=pile,
-    )
 
 
 def _pile_driver(station: Station, pile_id: str, link: ModbusLink) -> DcPile:
@@ -59,7 +45,9 @@ async def test_pile_map_read_through_the_driver_matches_the_plant(station: Stati
     start = local_time(station, "2026-11-25T10:00")
     clock = VirtualClock(start)
     with clock.participant():
-        async with StationSimulator(station, clock, visits=[_visit(start, "P01", soc=0.2)]) as sim:
+        async with StationSimulator(
+            station, clock, visits=[truck_visit(start, "P01", soc=0.2)]
+        ) as sim:
             config = station.pile("P01")
             link = ModbusLink(config.host, config.port, timeout_s=1.0)
             pile = _pile_driver(station, "P01", link)
@@ -116,7 +104,7 @@ async def test_pile_follows_its_setpoint_after_its_delay_at_its_ramp(station: St
     start = local_time(station, "2026-11-25T10:00")
     clock = VirtualClock(start)
     with clock.participant():
-        async with StationSimulator(station, clock, visits=[_visit(start, "P01")]) as sim:
+        async with StationSimulator(station, clock, visits=[truck_visit(start, "P01")]) as sim:
             config = station.pile("P01")
             link = ModbusLink(config.host, config.port, timeout_s=1.0)
             pile = _pile_driver(station, "P01", link)
@@ -144,7 +132,7 @@ async def test_failsafe_fires_when_the_controller_falls_silent_and_not_before(
     start = local_time(station, "2026-11-25T10:00")
     clock = VirtualClock(start)
     with clock.participant():
-        async with StationSimulator(station, clock, visits=[_visit(start, "P03")]) as sim:
+        async with StationSimulator(station, clock, visits=[truck_visit(start, "P03")]) as sim:
             config = station.pile("P03")
             link = ModbusLink(config.host, config.port, timeout_s=1.0)
             pile = _pile_driver(station, "P03", link)
@@ -172,7 +160,7 @@ async def test_device_rules_are_enforced_on_the_wire(station: Station) -> None:
     start = local_time(station, "2026-11-25T10:00")
     clock = VirtualClock(start)
     with clock.participant():
-        async with StationSimulator(station, clock, visits=[_visit(start, "P01")]) as sim:
+        async with StationSimulator(station, clock, visits=[truck_visit(start, "P01")]) as sim:
             config = station.pile("P01")
             client = await _client(config.host, config.port)
             try:

@@ -1,0 +1,373 @@
+"""The plant's devices served over OPC-UA, as `drivers.opcua` reads and writes them.
+
+`OpcUaStationServer` is one asyncua server at one endpoint URL. It serves `DeviceModel`s (the same
+objects `RegisterBank` serves over Modbus) as objects of the flexcharge address space (see
+`drivers.opcua`): one variable per name of the device's register map, holding the value in the
+register's unit. Values are refreshed from `model.values()` every `refresh_s` of the simulator's
+clock (which is what subscriptions see) and before every client Read (so a poll is never older
+than the plant). A client Write reaches `model.write()` as one call per device before the
+variables change; a refused write comes back to the client as `BadOutOfRange` and changes
+nothing.
+
+Security: the simulator's certificate and key, client certificates checked against the station
+CA, the policies Basic256Sha256 and Aes128Sha256RsaOaep with SignAndEncrypt, and user name and
+password tokens when the station names a user. An unencrypted (NoSecurity) endpoint, with
+anonymous sessions, is offered only when asked for, and then with a warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import Any
+
+from asyncua import Server, ua
+from asyncua.common.callback import CallbackService, CallbackType, ServerItemCallback
+from asyncua.common.utils import ServiceError
+from asyncua.crypto.permission_rules import USER_TYPES, SimpleRoleRuleset, User, UserRole
+from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+from asyncua.server.user_managers import UserManager
+
+from controller.certs import Identity
+from controller.clock import Clock, Ticker, stop_task
+from drivers.errors import BadValue
+from drivers.opcua import (
+    NAMESPACE_URI,
+    engineering_variant,
+    node_name,
+    read_identity,
+    string_node,
+    trust_store,
+    variant_type,
+)
+from drivers.registers import (
+    Register,
+    RegisterMap,
+    Value,
+    ValueType,
+    from_project_units,
+    in_project_units,
+)
+from simulator.plant import Rejected
+from simulator.registers import DeviceModel
+
+log = logging.getLogger(__name__)
+
+_SUBSCRIPTION_SERVICES = {
+    ua.NodeId(ua.Int32(request))
+    for request in (
+        ua.ObjectIds.CreateSubscriptionRequest_Encoding_DefaultBinary,
+        ua.ObjectIds.CreateMonitoredItemsRequest_Encoding_DefaultBinary,
+        ua.ObjectIds.PublishRequest_Encoding_DefaultBinary,
+    )
+}
+
+
+class _Users(UserManager):
+    """Accepts the station's one OPC-UA user, on encrypted channels only unless told otherwise.
+
+    asyncua serves sessions on an unencrypted channel even when it offers no NoSecurity
+    endpoint (such a channel has no client certificate, and no permission checks run on it), so
+    a session without a client certificate is refused here unless `unencrypted` allows it.
+    """
+
+    def __init__(
+        self, credentials: tuple[str, str] | None, *, anonymous: bool, unencrypted: bool
+    ) -> None:
+        self._credentials = credentials
+        self._anonymous = anonymous
+        self._unencrypted = unencrypted
+
+    def get_user(
+        self,
+        iserver: Any,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        if not certificate and not self._unencrypted:
+            return None
+        if username is None:
+            return User(role=UserRole.User) if self._anonymous else None
+        if self._credentials is None or password is None:
+            return None
+        user, secret = self._credentials
+        if hmac.compare_digest(username.encode(), user.encode()) and hmac.compare_digest(
+            password.encode(), secret.encode()
+        ):
+            return User(role=UserRole.User, name=username)
+        return None
+
+
+class _Permissions(SimpleRoleRuleset):
+    """Users may read, write, browse and (unless switched off) subscribe; nobody edits nodes."""
+
+    def __init__(self, *, subscriptions: bool) -> None:
+        super().__init__()
+        allowed = {ua.NodeId(ua.Int32(request)) for request in USER_TYPES}
+        self._allowed = allowed if subscriptions else allowed - _SUBSCRIPTION_SERVICES
+
+    def check_validity(self, user: User | None, action_type_id: ua.NodeId, body: Any) -> bool:
+        return (
+            user is not None
+            and user.role in (UserRole.User, UserRole.Admin)
+            and action_type_id in self._allowed
+        )
+
+
+@dataclass(eq=False)
+class ServedDevice:
+    """One device of the plant as an object of the address space."""
+
+    object_name: str
+    label: str
+    map: RegisterMap
+    model: DeviceModel
+    nodes: dict[str, ua.NodeId] = field(default_factory=dict)
+    rejected_writes: int = 0
+    last_served: dict[str, tuple[object, int]] = field(default_factory=dict)
+
+
+class OpcUaStationServer:
+    """An OPC-UA server for the plant's devices at one endpoint (host, port, path)."""
+
+    def __init__(
+        self,
+        url: str,
+        clock: Clock,
+        *,
+        identity: Identity | None,
+        credentials: tuple[str, str] | None = None,
+        allow_insecure: bool = False,
+        refresh_s: float = 1.0,
+        subscriptions: bool = True,
+    ) -> None:
+        if identity is None and not allow_insecure:
+            raise ValueError(f"{url}: an encrypted endpoint needs the simulator's certificate")
+        if refresh_s <= 0:
+            raise ValueError("refresh_s must be positive")
+        self.url = url
+        self.clock = clock
+        self.identity = identity
+        self.credentials = credentials
+        self.allow_insecure = allow_insecure
+        self.refresh_s = refresh_s
+        self.subscriptions = subscriptions
+        self.devices: dict[str, ServedDevice] = {}
+        self._by_node: dict[ua.NodeId, tuple[ServedDevice, Register]] = {}
+        self._server: Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._refresh_failing = False
+
+    def add(self, object_name: str, regmap: RegisterMap, model: DeviceModel, label: str) -> None:
+        """Serve `model` as the object `object_name` (before `start`)."""
+        if self._server is not None:
+            raise RuntimeError("add devices before starting the server")
+        if object_name in self.devices:
+            raise ValueError(f"{self.url}: two devices are both object {object_name!r}")
+        self.devices[object_name] = ServedDevice(object_name, label, regmap, model)
+
+    async def start(self) -> None:
+        """Build the address space and listen; `OSError` if the port is taken."""
+        server = Server(
+            user_manager=_Users(
+                self.credentials,
+                anonymous=self.credentials is None or self.allow_insecure,
+                unencrypted=self.allow_insecure,
+            )
+        )
+        await server.init()
+        server.disable_clock()
+        server.set_endpoint(self.url)
+        server.set_server_name("flexcharge simulator")
+        policies: list[ua.SecurityPolicyType] = []
+        identity = self.identity
+        if identity is not None:
+            certificate, private_key = read_identity(identity.cert_pem, identity.key_pem)
+            await server.load_certificate(certificate, format="pem")
+            await server.load_private_key(private_key, format="pem")
+            await server.set_application_uri(identity.application_uri)
+            policies += [
+                ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+                ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+            ]
+            server.set_certificate_validator(
+                CertificateValidator(
+                    CertificateValidatorOptions.TRUSTED_VALIDATION
+                    | CertificateValidatorOptions.PEER_CLIENT,
+                    await trust_store(identity.trust_dir),
+                )
+            )
+        if self.allow_insecure:
+            policies.append(ua.SecurityPolicyType.NoSecurity)
+        server.set_security_policy(
+            policies, permission_ruleset=_Permissions(subscriptions=self.subscriptions)
+        )
+        tokens: list[type] = []
+        if self.credentials is not None:
+            tokens.append(ua.UserNameIdentityToken)
+        if self.credentials is None or self.allow_insecure:
+            tokens.append(ua.AnonymousIdentityToken)
+        server.set_identity_tokens(tokens)
+        namespace = await server.register_namespace(NAMESPACE_URI)
+        for device in self.devices.values():
+            await self._build(server, namespace, device)
+        server.subscribe_server_callback(CallbackType.PreRead, self._before_read)
+        server.subscribe_server_callback(CallbackType.PreWrite, self._before_write)
+        server.subscribe_server_callback(CallbackType.PostWrite, self._after_write)
+        await server.start()
+        self._server = server
+        if self.allow_insecure:
+            log.warning(
+                "%s offers an UNENCRYPTED endpoint (NoSecurity, anonymous sessions) for %s",
+                self.url,
+                ", ".join(d.label for d in self.devices.values()),
+            )
+        self._task = asyncio.create_task(self._run(), name=f"opcua refresh {self.url}")
+
+    async def stop(self) -> None:
+        """Stop refreshing and close the server and every session (idempotent)."""
+        await stop_task(self._task)
+        self._task = None
+        if self._server is not None:
+            server, self._server = self._server, None
+            await server.stop()
+            # asyncua keeps a session with subscriptions after its connection is gone (so that
+            # its client may reactivate it), and Server.stop() leaves those sessions' timeout
+            # and publishing tasks running: end them here.
+            for session in list(server.iserver._external_sessions.values()):
+                await session.close_session(True)
+
+    async def refresh(self) -> None:
+        """Copy every device's current values into its variables."""
+        for device in self.devices.values():
+            await self._refresh(device)
+
+    async def _build(self, server: Server, namespace: int, device: ServedDevice) -> None:
+        obj = await server.nodes.objects.add_object(
+            string_node(device.object_name, namespace),
+            ua.QualifiedName(device.object_name, namespace),
+        )
+        for name, reg in device.map.registers.items():
+            kind = variant_type(reg)
+            node_id = string_node(node_name(device.object_name, name), namespace)
+            initial: Value = "" if kind is ua.VariantType.String else 0
+            variable = await obj.add_variable(
+                node_id,
+                ua.QualifiedName(name, namespace),
+                ua.Variant(float(initial) if kind is ua.VariantType.Double else initial, kind),
+            )
+            if reg.access.writable:
+                await variable.set_writable()
+            device.nodes[name] = node_id
+            self._by_node[node_id] = (device, reg)
+        await self._refresh(device, server)
+
+    async def _run(self) -> None:
+        with self.clock.participant():
+            ticker = Ticker(self.clock, self.refresh_s)
+            while True:
+                await ticker.wait()
+                try:
+                    await self.refresh()
+                except Exception:
+                    if not self._refresh_failing:
+                        log.exception("%s: refreshing the served values failed", self.url)
+                    self._refresh_failing = True
+                else:
+                    self._refresh_failing = False
+
+    async def _refresh(self, device: ServedDevice, server: Server | None = None) -> None:
+        server = server or self._server
+        if server is None:
+            return
+        values = device.model.values()
+        source = ua.DateTime.fromtimestamp(self.clock.now(), UTC)
+        for name, node_id in device.nodes.items():
+            reg = device.map[name]
+            variant, status = self._served_value(device, reg, values.get(name))
+            key = (variant.Value, status)
+            if device.last_served.get(name) == key:
+                continue
+            device.last_served[name] = key
+            await server.write_attribute_value(
+                node_id,
+                ua.DataValue(
+                    variant,
+                    StatusCode=ua.StatusCode(ua.UInt32(status)),
+                    SourceTimestamp=source,
+                    # The server's own stamp orders a poll against a late notification.
+                    ServerTimestamp=ua.DateTime.now(UTC),
+                ),
+            )
+
+    def _served_value(
+        self, device: ServedDevice, reg: Register, value: Value | None
+    ) -> tuple[ua.Variant, int]:
+        """The variant and status a model value (in project units) is served as."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ua.Variant(None, ua.VariantType.Null), ua.StatusCodes.BadNoData
+        if isinstance(value, (int, float)) and reg.type is not ValueType.STRING:
+            value = from_project_units(reg, float(value))
+        try:
+            return engineering_variant(reg, value), ua.StatusCodes.Good
+        except BadValue as exc:
+            log.debug("%s: %s cannot be served: %s", device.label, reg.name, exc)
+            return ua.Variant(None, ua.VariantType.Null), ua.StatusCodes.BadOutOfRange
+
+    def _touched(self, node_ids: list[ua.NodeId]) -> dict[ServedDevice, list[str]]:
+        touched: dict[ServedDevice, list[str]] = {}
+        for node_id in node_ids:
+            found = self._by_node.get(node_id)
+            if found is not None:
+                touched.setdefault(found[0], []).append(found[1].name)
+        return touched
+
+    async def _before_read(self, event: ServerItemCallback, _: CallbackService) -> None:
+        if not event.is_external:
+            return
+        params: ua.ReadParameters = event.request_params
+        for device in self._touched([r.NodeId for r in params.NodesToRead]):
+            await self._refresh(device)
+
+    async def _before_write(self, event: ServerItemCallback, _: CallbackService) -> None:
+        """Hand each device's written values to its model as one write, or refuse them all."""
+        if not event.is_external:
+            return
+        params: ua.WriteParameters = event.request_params
+        writes: dict[ServedDevice, dict[str, float]] = {}
+        for item in params.NodesToWrite:
+            found = self._by_node.get(item.NodeId)
+            if found is None or item.AttributeId != ua.AttributeIds.Value:
+                continue
+            device, reg = found
+            if not reg.access.writable or reg.type is ValueType.STRING:
+                raise ServiceError(ua.StatusCodes.BadNotWritable)
+            variant = None if item.Value is None else item.Value.Value
+            if variant is None or variant.VariantType != variant_type(reg):
+                raise ServiceError(ua.StatusCodes.BadTypeMismatch)
+            number = in_project_units(reg, variant.Value)
+            if number is None or not math.isfinite(number):
+                raise ServiceError(ua.StatusCodes.BadOutOfRange)
+            writes.setdefault(device, {})[reg.name] = number
+        for device, values in writes.items():
+            try:
+                device.model.write(values)
+            except (Rejected, BadValue) as exc:
+                device.rejected_writes += 1
+                log.info("%s: write refused: %s", device.label, exc)
+                raise ServiceError(ua.StatusCodes.BadOutOfRange) from exc
+
+    async def _after_write(self, event: ServerItemCallback, _: CallbackService) -> None:
+        """Show what the device made of the write (a pile clears its heartbeat at once)."""
+        if not event.is_external:
+            return
+        params: ua.WriteParameters = event.request_params
+        for device, names in self._touched([w.NodeId for w in params.NodesToWrite]).items():
+            for name in names:
+                device.last_served.pop(name, None)
+            await self._refresh(device)
