@@ -580,7 +580,9 @@ class DeviceEndpoint(_Strict):
 
 
 class MeterConfig(DeviceEndpoint):
-    """[grid_meter]: the meter at the grid connection."""
+    """[grid_meter] (the meter the fast loop controls on) or [terminal] (the utility's smart
+    metering terminal at the same connection: it relays the utility's limit and stands in for
+    the grid meter while that one is lost)."""
 
 
 class PileConfig(DeviceEndpoint):
@@ -714,6 +716,7 @@ class Station:
     groups: tuple[GroupConfig, ...] = ()
     phase_limits: PhaseLimits | None = None
     security: SecuritySettings | None = None
+    terminal: MeterConfig | None = None
 
     @property
     def name(self) -> str:
@@ -728,7 +731,8 @@ class Station:
     @property
     def devices(self) -> tuple[DeviceEndpoint, ...]:
         """The grid meter and every pile."""
-        return (self.grid_meter, *self.piles)
+        meters = (self.grid_meter,) if self.terminal is None else (self.grid_meter, self.terminal)
+        return (*meters, *self.piles)
 
     def pile(self, pile_id: str) -> PileConfig:
         """The config of one pile."""
@@ -823,7 +827,12 @@ class Station:
         piles = tuple(
             p.model_copy(update={"host": host, "port": ports.get(p.id, p.port)}) for p in self.piles
         )
-        return replace(self, grid_meter=meter, piles=piles)
+        terminal = self.terminal
+        if terminal is not None:
+            terminal = terminal.model_copy(
+                update={"host": host, "port": ports.get(terminal.id, terminal.port)}
+            )
+        return replace(self, grid_meter=meter, piles=piles, terminal=terminal)
 
     def with_control(self, **changes: Any) -> Station:
         """A copy with some [control] settings changed."""
@@ -837,6 +846,7 @@ _STATION_SECTIONS = {
     "scheduler",
     "background",
     "grid_meter",
+    "terminal",
     "pile_defaults",
     "piles",
     "groups",
@@ -889,6 +899,15 @@ def load_station(path: Path | str) -> Station:
         else "grid meter"
     )
     grid_meter: MeterConfig | None = section(MeterConfig, "grid_meter", meter_label)
+    terminal_raw = raw.get("terminal")
+    terminal_label = (
+        f"terminal {terminal_raw.get('id')}"
+        if isinstance(terminal_raw, dict) and terminal_raw.get("id")
+        else "terminal"
+    )
+    terminal: MeterConfig | None = (
+        section(MeterConfig, "terminal", terminal_label) if "terminal" in raw else None
+    )
     simulator: SimulatorSettings | None = (
         section(SimulatorSettings, "simulator") if "simulator" in raw else None
     )
@@ -956,8 +975,9 @@ def load_station(path: Path | str) -> Station:
         devices_dir = (path.parent / info.devices).resolve()
         wanted: dict[str, str] = {}
         # Check every map any entry names, even entries that failed their own checks.
-        if isinstance(meter_raw, dict) and isinstance(meter_raw.get("device"), str):
-            wanted.setdefault(meter_raw["device"], meter_label)
+        for entry, label in ((meter_raw, meter_label), (terminal_raw, terminal_label)):
+            if isinstance(entry, dict) and isinstance(entry.get("device"), str):
+                wanted.setdefault(entry["device"], label)
         for index, entry in enumerate(raw_piles):
             if isinstance(entry, dict):
                 device_name = entry.get("device", defaults.get("device"))
@@ -979,12 +999,10 @@ def load_station(path: Path | str) -> Station:
                 problems.items.extend(err.problems)
 
     _check_groups(problems, piles, groups, phase_limits)
-    endpoints: list[DeviceEndpoint] = [*piles]
-    if grid_meter is not None:
-        endpoints.insert(0, grid_meter)
-    _check_security(problems, security, endpoints)
+    meters = [m for m in (grid_meter, terminal) if m is not None]
+    _check_security(problems, security, [*meters, *piles])
     _cross_check(
-        problems, transformer, control, background, grid_meter, piles, device_maps, tariff, info
+        problems, transformer, control, background, meters, piles, device_maps, tariff, info
     )
     problems.raise_if_any()
     assert info and transformer and control and background and grid_meter and tariff
@@ -1004,6 +1022,7 @@ def load_station(path: Path | str) -> Station:
         groups=tuple(groups),
         phase_limits=phase_limits,
         security=security,
+        terminal=terminal,
     )
 
 
@@ -1101,7 +1120,7 @@ def _cross_check(
     transformer: Transformer | None,
     control: ControlSettings | None,
     background: BackgroundProfile | None,
-    grid_meter: MeterConfig | None,
+    meters: list[MeterConfig],
     piles: list[PileConfig],
     device_maps: Mapping[str, RegisterMap],
     tariff: Tariff | None,
@@ -1110,16 +1129,17 @@ def _cross_check(
     limit = transformer.limit_kw if transformer else math.inf
     seen_ids: set[str] = set()
     endpoints: dict[tuple[str, int, str, int | str], str] = {}
-    if grid_meter is not None:
-        endpoints[_address(grid_meter)] = f"meter {grid_meter.id}"
-        seen_ids.add(grid_meter.id)
-        regmap = device_maps.get(grid_meter.device)
+    for meter in meters:
+        label = f"meter {meter.id}"
+        if meter.id in seen_ids:
+            problems.add(label, "id", "another device has the same id")
+        seen_ids.add(meter.id)
+        if _address(meter) in endpoints:
+            problems.add(label, "port", f"already used by {endpoints[_address(meter)]}")
+        endpoints.setdefault(_address(meter), label)
+        regmap = device_maps.get(meter.device)
         if regmap is not None and regmap.kind != "meter":
-            problems.add(
-                f"meter {grid_meter.id}",
-                "device",
-                f"{grid_meter.device} is a {regmap.kind} map, not a meter map",
-            )
+            problems.add(label, "device", f"{meter.device} is a {regmap.kind} map, not a meter map")
     for pile in piles:
         label = f"pile {pile.id}"
         if pile.id in seen_ids:

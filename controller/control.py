@@ -49,6 +49,10 @@ class Visit:
     max_kw: float
 
 
+# Control periods up to this long hold rises back until released power is really given up.
+HOLD_RISES_UP_TO_S = 10.0
+
+
 class Policy(StrEnum):
     """How targets are chosen."""
 
@@ -543,6 +547,10 @@ class Control:
             allowance,
             groups=self._group_budgets,
             drawing={v.id: v.reading.power_kw for v in controlled if v.reading is not None},
+            # A loop of seconds sees piles still coming down from the last cycle; a fast
+            # simulation's minute-long step has them down within the step, where holding rises
+            # back a whole step would only waste power.
+            hold_rises=dt <= HOLD_RISES_UP_TO_S,
         )
         if rate is not None:
             rose = sum(setpoints.values()) - sum(self.setpoints.get(pid, 0.0) for pid in setpoints)

@@ -160,15 +160,20 @@ class Daemon:
         *,
         policy: Policy | str | None = None,
         close: Callable[[], Awaitable[None]] | None = None,
+        terminal: Meter | None = None,
     ) -> None:
         self.station = station
         self.clock = clock
         self.meter = meter
+        self.terminal = terminal
         self.piles = {pile.id: pile for pile in piles}
         self.control = Control(station, policy=policy)
         self._close = close
         self.period_s = station.control.period_s
         self.meter_feed: Feed[MeterReading] = Feed(f"meter {meter.id}")
+        self.terminal_feed: Feed[MeterReading] | None = (
+            None if terminal is None else Feed(f"terminal {terminal.id}")
+        )
         self.pile_feeds: dict[str, Feed[PileReading]] = {
             pid: Feed(f"pile {pid}") for pid in self.piles
         }
@@ -219,13 +224,15 @@ class Daemon:
 
         gm = station.grid_meter
         meter = MapMeter(gm.id, device(gm, f"meter {gm.id}"))
+        term = station.terminal
+        terminal = None if term is None else MapMeter(term.id, device(term, f"terminal {term.id}"))
         piles = [pile_driver(p, device(p, f"pile {p.id}"), clock) for p in station.piles]
 
         async def close() -> None:
             modbus.close()
             await opcua.close()
 
-        return cls(station, clock, meter, piles, policy=policy, close=close)
+        return cls(station, clock, meter, piles, policy=policy, close=close, terminal=terminal)
 
     over_modbus = for_station
 
@@ -350,11 +357,19 @@ class Daemon:
             observer(cycle)
         return cycle
 
+    async def _read_terminal(self, now: float) -> None:
+        if self.terminal is None or self.terminal_feed is None:
+            return
+        self._take(
+            self.terminal_feed, await _attempt(self.terminal_feed.device, self.terminal.read), now
+        )
+
     async def _read(self, now: float) -> SiteSnapshot:
         ids = list(self.piles)
-        meter_result, pile_results = await asyncio.gather(
+        meter_result, pile_results, _ = await asyncio.gather(
             _attempt(self.meter_feed.device, self.meter.read),
             asyncio.gather(*(_attempt(f"pile {pid}", self.piles[pid].read) for pid in ids)),
+            self._read_terminal(now),
         )
         self._take(self.meter_feed, meter_result, now)
         rearm = [
@@ -376,17 +391,36 @@ class Daemon:
             )
             for pid in ids
         )
+        meter_current = self.meter_feed.at == now
+        terminal = None if self.terminal_feed is None else self.terminal_feed.fresh(now, max_age)
+        if meter is None and terminal is not None:
+            # The terminal measures the same connection: it stands in for a lost grid meter.
+            meter = terminal
+            meter_current = self.terminal_feed is not None and self.terminal_feed.at == now
         tariff = self.station.tariff
         return SiteSnapshot(
             time=now,
-            limit_kw=self.station.limit_kw,
+            limit_kw=self._limit(meter, terminal),
             grid_kw=None if meter is None else meter.power_kw,
             meter=meter,
             piles=views,
             band=tariff.band_at(now),
             price=tariff.price_at(now),
-            meter_current=self.meter_feed.at == now,
+            meter_current=meter_current,
         )
+
+    def _limit(self, *readings: MeterReading | None) -> float:
+        """The transformer's limit, lowered by a utility limit a fresh reading relays.
+
+        A utility limit that is no longer relayed (terminal lost, signal withdrawn) ends; the
+        utility's own equipment is the backstop for a terminal that fails while a limit is on.
+        """
+        limit = self.station.limit_kw
+        for reading in readings:
+            relayed = None if reading is None else reading.utility_limit_kw
+            if relayed is not None and relayed >= 0:
+                limit = min(limit, relayed)
+        return limit
 
     def _take(self, feed: Feed[T], result: T | DriverError, now: float) -> bool:
         """Store one read result in its feed; True if the device has just recovered."""

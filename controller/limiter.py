@@ -84,6 +84,42 @@ def _step_towards(before: float, target: float, step: float, bounds: PileBounds)
     return 0.0
 
 
+def _break_before_make(
+    new: dict[str, float],
+    previous: Mapping[str, float],
+    bounds: Mapping[str, PileBounds],
+    budget: float,
+    drawing: Mapping[str, float],
+) -> None:
+    """Hold back rises until the power they take over has really been given up.
+
+    A pile told to come down keeps drawing for its delay and ramp; raising another pile into
+    that power at once would put the site over its limit meanwhile. Piles coming down count at
+    what they draw now until they get there.
+    """
+    rising = [pid for pid in new if new[pid] > previous.get(pid, 0.0) + 1e-9]
+    if not rising:
+        return
+    held = 0.0
+    for pid, kw in new.items():
+        if pid in rising:
+            continue
+        held += max(kw, drawing.get(pid, kw))
+    room = max(budget, 0.0) - held - sum(previous.get(pid, 0.0) for pid in rising)
+    wanted = sum(new[pid] - previous.get(pid, 0.0) for pid in rising)
+    if wanted <= room + 1e-9:
+        return
+    # Lowest first, as for the ramp: a pile starting from 0 needs at least its minimum.
+    left = max(room, 0.0)
+    for pid in sorted(rising, key=lambda p: (previous.get(p, 0.0), p)):
+        before = previous.get(pid, 0.0)
+        slowed = before + min(new[pid] - before, left)
+        if not bounds[pid].allows(slowed):
+            slowed = before if bounds[pid].allows(before) else 0.0
+        new[pid] = slowed
+        left -= max(slowed - before, 0.0)
+
+
 def limit_setpoints(
     targets: Mapping[str, float],
     previous: Mapping[str, float],
@@ -93,6 +129,7 @@ def limit_setpoints(
     max_total_rise_kw: float | None = None,
     groups: Sequence[tuple[Mapping[str, float], float]] = (),
     drawing: Mapping[str, float] | None = None,
+    hold_rises: bool = True,
 ) -> dict[str, float]:
     """Setpoints for this cycle.
 
@@ -100,7 +137,8 @@ def limit_setpoints(
     total rises by at most `max_total_rise_kw` (the site's ramp limit); if the sum
     would exceed `budget`, the piles still above their targets are cut faster, in proportion to
     how far above they are. `drawing`, what each pile draws now, keeps power a vehicle stopped
-    taking from counting as handed over. `groups` are (members with their share, limit kW) pairs, a feeder or
+    taking from counting as handed over, and (with `hold_rises`) holds rises back until piles
+    told to come down have come down. `groups` are (members with their share, limit kW) pairs, a feeder or
     a phase: a group over its limit has its charging members cut in proportion. The result is
     always within each pile's bounds and every group's limit and, whenever the targets fit the
     budget, sums to no more than it.
@@ -158,6 +196,8 @@ def limit_setpoints(
             allowed = charging - excess
             factor = max(allowed, 0.0) / charging if charging > 0 else 0.0
             new = {pid: bounds[pid].clamp(kw * factor) if kw > 0 else kw for pid, kw in new.items()}
+    if drawing is not None and hold_rises:
+        _break_before_make(new, previous, bounds, budget, drawing)
     # Cuts only lower setpoints, so a few passes settle overlapping groups (phases and feeders).
     for _ in range(4):
         settled = True

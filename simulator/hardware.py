@@ -27,6 +27,7 @@ from simulator.modbus_server import DeviceServer
 from simulator.opcua import OpcUaStationServer
 from simulator.plant import Plant
 from simulator.registers import DeviceModel, MeterRegisters, RegisterBank
+from simulator.scenario import Series
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,14 @@ class StationSimulator:
     """Plant + Modbus and OPC-UA servers for one station."""
 
     def __init__(
-        self, station: Station, clock: Clock, *, visits: Iterable[Visit] | None = None
+        self,
+        station: Station,
+        clock: Clock,
+        *,
+        visits: Iterable[Visit] | None = None,
+        limit: Series | None = None,
     ) -> None:
+        """`limit`: the utility's limit signal over time, relayed by the metering terminal."""
         if station.simulator is None:
             raise SimulatorError(f"{station.path}: the station has no [simulator] section")
         self.station = station
@@ -54,7 +61,7 @@ class StationSimulator:
         self.settings = station.simulator
         self.zone = ZoneInfo(station.info.timezone)
         self._random_visits = visits is None
-        self.plant = Plant(station, visits or ())
+        self.plant = Plant(station, visits or (), limit=limit)
         self.models: dict[str, DeviceModel] = {}
         self.banks: dict[str, RegisterBank] = {}
         self.opcua_servers: list[OpcUaStationServer] = []
@@ -69,6 +76,10 @@ class StationSimulator:
         served: list[tuple[DeviceEndpoint, str, DeviceModel]] = [
             (meter, f"meter {meter.id}", MeterRegisters(self.plant))
         ]
+        if station.terminal is not None:
+            # The utility's terminal measures the same connection as the grid meter.
+            terminal = station.terminal
+            served.append((terminal, f"terminal {terminal.id}", MeterRegisters(self.plant)))
         for pile in station.piles:
             regmap = station.map_for(pile.device)
             pile_model = pile_device_model(self.plant.piles[pile.id], regmap, self.clock)

@@ -32,7 +32,7 @@ def free_ports(count: int) -> list[int]:
 
 def on_free_ports(station: Station) -> Station:
     """A copy of `station` whose devices listen on free loopback ports."""
-    ids = [station.grid_meter.id, *(p.id for p in station.piles)]
+    ids = [device.id for device in station.devices]
     return station.with_endpoints(dict(zip(ids, free_ports(len(ids)), strict=True)))
 
 

@@ -50,8 +50,9 @@ def certs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def mixed(certs_dir: Path) -> Station:
-    """The mixed station on free ports, with the test CA."""
+def mixed(certs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Station:
+    """The mixed station on free ports, with the test CA and the terminal's password."""
+    monkeypatch.setenv("FLEXCHARGE_OPCUA_PASSWORD", "correct horse battery staple")
     return on_free_ports(load_station(MIXED)).with_security(certs=str(certs_dir))
 
 

@@ -688,3 +688,118 @@ def test_cli_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert "nowhere.toml" in out
     assert "file not found" in out
+
+
+# --------------------------------------------------------------------------- real devices, security
+
+MIXED = "stations/mixed-site.toml"
+
+
+def mixed_problems(root: Path) -> list[Problem]:
+    """The problems load_station reports for the mixed station copy (fails if it loads)."""
+    with pytest.raises(ConfigError) as info:
+        load_station(root / MIXED)
+    return info.value.problems
+
+
+def test_mixed_station_loads_with_every_protocol() -> None:
+    """The mixed reference station: three AC makes, DC piles, TLS, an OPC-UA terminal."""
+    station = load_station(CONFIG_ROOT / MIXED)
+    protocols = {d.id: d.protocol for d in station.devices}
+    assert protocols["grid"] == "modbus-tls" and protocols["terminal"] == "opcua"
+    assert {station.map_for(p.device).driver for p in station.piles} == {
+        "alfen",
+        "vestel",
+        "abb-terra-ac",
+        None,
+    }
+    assert sum(p.bidirectional for p in station.piles) == 2
+    assert station.terminal is not None and station.terminal.opcua_url.startswith("opc.tcp://")
+    assert station.security is not None and station.security.opcua_password_env
+
+
+def test_secure_devices_need_a_security_section(configs: Path) -> None:
+    """TLS and OPC-UA devices without [security] are reported, naming them."""
+    edit(configs, MIXED, 'certs = "../../var/certs"', 'certs = "x"')
+    path = edit(configs, MIXED, "[security]\n", "[unused]\n")
+    problems = mixed_problems(configs)
+    find(problems, path, None, "unused", "unknown section")
+    edit(configs, MIXED, "[unused]\n", "")
+    edit(configs, MIXED, 'certs = "x"\n', "")
+    edit(configs, MIXED, 'opcua_user = "flexcharge"\n', "")
+    edit(configs, MIXED, "opcua_password_env", "# opcua_password_env")
+    problem = find(mixed_problems(configs), path, None, "security", "need [security]")
+    assert "grid" in problem.message and "terminal" in problem.message and "DC3" in problem.message
+
+
+def test_password_source_rules(configs: Path) -> None:
+    """A user needs exactly one password source; a source without a user is an error."""
+    path = edit(
+        configs,
+        MIXED,
+        'opcua_password_env = "FLEXCHARGE_OPCUA_PASSWORD"',
+        'opcua_password_env = "FLEXCHARGE_OPCUA_PASSWORD"\nopcua_password_file = "pw"',
+    )
+    find(mixed_problems(configs), path, "security", "opcua_user", "exactly one")
+    edit(configs, MIXED, 'opcua_user = "flexcharge"\n', "")
+    find(mixed_problems(configs), path, "security", "opcua_user", "no user name")
+
+
+def test_ac_charger_rules(configs: Path) -> None:
+    """An AC charger cannot discharge, is not on OPC-UA, and its fallback is 0 or >= 6 A."""
+    path = edit(configs, MIXED, "fallback_kw = 4.2", "fallback_kw = 2.0", nth=3)
+    edit(
+        configs,
+        MIXED,
+        'device = "abb-terra-ac"\nport = 15215',
+        'device = "abb-terra-ac"\nport = 15215\nmax_discharge_kw = 11.0',
+    )
+    edit(
+        configs,
+        MIXED,
+        'device = "alfen-ng9xx"\nport = 15212',
+        'device = "alfen-ng9xx"\nprotocol = "opcua"\nport = 15212',
+    )
+    problems = mixed_problems(configs)
+    find(problems, path, "pile VES1", "fallback_kw", "minimum current")
+    find(problems, path, "pile ABB1", "max_discharge_kw", "cannot discharge")
+    find(problems, path, "pile ALF2", "protocol", "Modbus map")
+
+
+def test_opcua_fields_only_on_opcua_devices(configs: Path) -> None:
+    """object and opcua_security on a Modbus device are mistakes, not silently ignored."""
+    path = edit(configs, MIXED, "port = 15221\n", 'port = 15221\nobject = "dc1"\n')
+    edit(configs, MIXED, "port = 15222\n", 'port = 15222\nopcua_security = "none"\n')
+    problems = mixed_problems(configs)
+    find(problems, path, "device DC1", "object", "only OPC-UA")
+    find(problems, path, "device DC2", "opcua_security", "only OPC-UA")
+
+
+def test_charger_map_needs_a_known_driver_and_its_registers(configs: Path) -> None:
+    """A charger map names one of the makes flexcharge drives and has that make's registers."""
+    path = edit(configs, "devices/vestel-evc04.toml", 'driver = "vestel"', 'driver = "keba"')
+    with pytest.raises(ConfigError) as info:
+        load_register_map(path)
+    find(
+        info.value.problems, path, "device map Vestel EVC04 / Webasto Next", "device.driver", "keba"
+    )
+    edit(configs, "devices/vestel-evc04.toml", 'driver = "keba"', 'driver = "vestel"')
+    edit(configs, "devices/vestel-evc04.toml", "[registers.life_bit]", "[registers.lifebit]")
+    with pytest.raises(ConfigError) as info:
+        load_register_map(path)
+    find(info.value.problems, path, "device map Vestel EVC04 / Webasto Next", "registers.life_bit")
+
+
+def test_check_config_never_prints_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The OPC-UA password is read from the environment and appears in no output."""
+    secret = "s3cret-horse-battery"
+    monkeypatch.setenv("FLEXCHARGE_OPCUA_PASSWORD", secret)
+    assert cli.main(["check-config", str(CONFIG_ROOT / MIXED)]) == 0
+    out = capsys.readouterr()
+    assert secret not in out.out + out.err
+    assert "modbus-tls" in out.out and "opcua" in out.out
+    station = load_station(CONFIG_ROOT / MIXED)
+    assert station.opcua_credentials() == ("flexcharge", secret)
+    assert secret not in repr(station) and secret not in str(station.security)

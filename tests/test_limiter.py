@@ -297,3 +297,33 @@ def test_limit_setpoints_never_exceeds_budget(
     result = limit_setpoints(targets, previous, bounds, budget, step)
     assert sum(result.values()) <= max(budget, 0.0) + 1e-6
     _check_bounds_and_ramp(result, previous, bounds, step)
+
+
+# --------------------------------------------------------------------------- break before make
+
+
+def test_rises_wait_until_the_pile_coming_down_has_come_down() -> None:
+    """Power handed from A (told 120 -> 60, still drawing 120) to B waits for A to get there."""
+    bounds = {"A": PileBounds(15.0, 180.0), "B": PileBounds(4.0, 60.0)}
+    previous = {"A": 120.0, "B": 0.0}
+    targets = {"A": 60.0, "B": 60.0}
+    args = (targets, previous, bounds, 130.0, 1000.0)
+    first = limit_setpoints(*args, drawing={"A": 120.0, "B": 0.0})
+    assert first == {"A": 60.0, "B": 10.0}, "only what is free beside A's present draw"
+    later = limit_setpoints(*args, drawing={"A": 61.0, "B": 0.0})
+    assert later["B"] == pytest.approx(60.0)
+    assert limit_setpoints(*args, drawing={"A": 120.0, "B": 0.0}, hold_rises=False)["B"] == 60.0
+
+
+def test_a_rise_that_cannot_reach_its_minimum_waits_at_zero() -> None:
+    """Room for less than a pile's minimum leaves it paused, never between 0 and the minimum."""
+    bounds = {"A": PileBounds(15.0, 180.0), "B": PileBounds(20.0, 60.0)}
+    result = limit_setpoints(
+        {"A": 60.0, "B": 60.0},
+        {"A": 120.0, "B": 0.0},
+        bounds,
+        130.0,
+        1000.0,
+        drawing={"A": 120.0, "B": 0.0},
+    )
+    assert result == {"A": 60.0, "B": 0.0}

@@ -1,0 +1,164 @@
+"""Power to current and back: `AcPile` over a fake AC charger, and `MapCharger`'s rounding.
+
+Pure logic with a fake charger (the makes themselves are tested on loopback in
+test_chargers_loopback.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.acpile import NOT_FOLLOWING, AcPile
+from controller.config import PileConfig
+from drivers.charger import ChargerReading, MapCharger
+from drivers.pile import PileState
+
+
+class FakeCharger:
+    """Records what it is told; reads back what the test sets."""
+
+    def __init__(self) -> None:
+        self.id = "AC1"
+        self.currents: list[float] = []
+        self.armed: list[tuple[float, float]] = []
+        self.reading = ChargerReading(
+            state=PileState.AVAILABLE,
+            power_kw=0.0,
+            max_current_a=32.0,
+            min_current_a=6.0,
+            applied_current_a=None,
+        )
+
+    async def connect(self) -> None:
+        pass
+
+    async def read(self) -> ChargerReading:
+        return self.reading
+
+    async def set_current(self, amps: float) -> None:
+        self.currents.append(amps)
+
+    async def arm_failsafe(self, timeout_s: float, fallback_a: float) -> None:
+        self.armed.append((timeout_s, fallback_a))
+
+
+def _config(phases: int = 3, phase: str | None = None) -> PileConfig:
+    return PileConfig(
+        id="AC1",
+        device="alfen-ng9xx",
+        host="127.0.0.1",
+        port=1502,
+        max_kw=22.0,
+        min_kw=4.14,
+        comm_timeout_s=60.0,
+        fallback_kw=4.14,
+        phases=phases,  # type: ignore[arg-type]
+        phase=phase,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.asyncio
+async def test_power_becomes_current_per_phase() -> None:
+    """11.04 kW on three phases at 230 V is 16 A; on one phase 48 A; discharge is 0."""
+    charger = FakeCharger()
+    pile = AcPile(_config(), charger)
+    await pile.command(11.04)
+    await pile.command(-5.0)
+    single = AcPile(_config(phases=1, phase="L2"), charger)
+    await single.command(7.36)
+    assert charger.currents == pytest.approx([16.0, 0.0, 32.0])
+    await pile.arm_failsafe(60.0, 4.14)
+    assert charger.armed == [(60.0, pytest.approx(6.0))]
+
+
+@pytest.mark.asyncio
+async def test_conversion_uses_the_highest_voltage_measured() -> None:
+    """At 240 V measured, 11.04 kW is 15.33 A, so the charger never draws above the setpoint."""
+    charger = FakeCharger()
+    charger.reading = ChargerReading(
+        state=PileState.CHARGING,
+        power_kw=11.0,
+        max_current_a=32.0,
+        min_current_a=6.0,
+        applied_current_a=16.0,
+        voltages_v=(238.0, 240.0, 236.0),
+        energy_import_kwh=100.0,
+    )
+    pile = AcPile(_config(), charger)
+    reading = await pile.read()
+    await pile.command(11.04)
+    assert charger.currents[-1] == pytest.approx(11.04 * 1000 / (3 * 240.0))
+    assert charger.currents[-1] * 3 * 240.0 / 1000 <= 11.04 + 1e-9
+    assert reading.max_charge_kw == pytest.approx(32 * 3 * 0.240)
+    assert reading.min_kw == pytest.approx(6 * 3 * 0.240)
+    assert reading.applied_setpoint_kw == pytest.approx(16 * 3 * 0.240)
+
+
+@pytest.mark.asyncio
+async def test_sessions_and_energy_are_derived_from_what_the_charger_reports() -> None:
+    """Plug-in starts a session; energy counts from the charger's meter or its session energy."""
+    charger = FakeCharger()
+    pile = AcPile(_config(), charger)
+    assert (await pile.read()).session_id == 0
+    charger.reading = ChargerReading(
+        state=PileState.CHARGING,
+        power_kw=11.0,
+        max_current_a=32.0,
+        min_current_a=6.0,
+        applied_current_a=None,
+        commanded_a=16.0,
+        energy_import_kwh=100.0,
+    )
+    first = await pile.read()
+    charger.reading = ChargerReading(
+        state=PileState.CHARGING,
+        power_kw=11.0,
+        max_current_a=32.0,
+        min_current_a=6.0,
+        applied_current_a=None,
+        commanded_a=16.0,
+        energy_import_kwh=103.5,
+        fault="draws 20.0 A, told 16.0 A",
+    )
+    second = await pile.read()
+    assert (first.session_id, second.session_id) == (1, 1)
+    assert second.session_energy_kwh == pytest.approx(3.5)
+    assert first.applied_setpoint_kw == pytest.approx(16 * 3 * 0.23), "no read-back: what we told"
+    assert second.state is PileState.FAULT and second.fault_code == NOT_FOLLOWING
+    assert "told 16.0 A" in second.fault
+
+
+class _Map:
+    min_current_a = 6.0
+    failsafe_timeout_s = 60.0
+
+
+class _Device:
+    name = "pile X"
+    map = _Map()
+
+
+@pytest.mark.parametrize(
+    ("resolution", "wish", "given"),
+    [
+        (0.1, 5.99, 0.0),
+        (0.1, 6.0, 6.0),
+        (0.1, 10.97, 10.9),
+        (1.0, 10.97, 10.0),
+        (1.0, 6.9, 6.0),
+        (0.1, -3.0, 0.0),
+        (0.1, float("nan"), 0.0),
+        (0.1, 40.0, 32.0),
+    ],
+)
+def test_allowed_current_is_floored_capped_and_never_below_the_minimum(
+    resolution: float, wish: float, given: float
+) -> None:
+    """Floors to the make's resolution, caps at the rating, pauses below 6 A."""
+
+    class Make(MapCharger):
+        RESOLUTION_A = resolution
+
+    charger = Make("X", _Device(), lambda: 0.0)  # type: ignore[arg-type]
+    charger.max_current_a = 32.0
+    assert charger.allowed(wish) == pytest.approx(given)
