@@ -37,4 +37,4 @@ def pile_driver(config: PileConfig, device: Device, clock: Clock) -> Pile:
     if regmap.kind == "charger":
         make = CHARGER_MAKES[regmap.driver or ""]
         return AcPile(config, make(config.id, device, clock.now))
-    return DcPile(config.id, device)
+    return DcPile(config.id, device, clock.now)

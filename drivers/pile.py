@@ -7,6 +7,8 @@ positive when the pile charges a vehicle and negative when it discharges one.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -121,9 +123,19 @@ REQUIRED_ENUMS = ("state", "mode")
 class DcPile:
     """A DC pile driven through a pile map, over Modbus or OPC-UA."""
 
-    def __init__(self, pile_id: str, device: Device) -> None:
+    # After a command, how long the pile may take before its read-back must show it.
+    FOLLOW_GRACE_S = 5.0
+    FOLLOW_TOLERANCE_KW = 1.0
+
+    def __init__(
+        self, pile_id: str, device: Device, now: Callable[[], float] | None = None
+    ) -> None:
+        """`now` (the controller's clock) enables the check that the pile applies its setpoint."""
         self.id = pile_id
         self.device = device
+        self.now = now
+        self._commanded: float | None = None
+        self._changed_at = -math.inf
         regmap = device.map
         self._names = tuple(
             n
@@ -144,10 +156,13 @@ class DcPile:
             state = PileState(label or "")
         except ValueError as exc:
             raise BadValue(self.id, f"state: unknown state code {raw['state']!r}") from exc
+        applied = self._number(raw, "applied_setpoint")
+        countdown = self._optional(raw, "fallback_countdown")
+        fault = self._follow_fault(applied, countdown)
         return PileReading(
-            state=state,
+            state=PileState.FAULT if fault else state,
             power_kw=self._number(raw, "power"),
-            applied_setpoint_kw=self._number(raw, "applied_setpoint"),
+            applied_setpoint_kw=applied,
             max_charge_kw=self._number(raw, "max_charge_power"),
             max_discharge_kw=self._number(raw, "max_discharge_power", 0.0),
             min_kw=self._number(raw, "min_power", 0.0),
@@ -158,9 +173,20 @@ class DcPile:
             soc_pct=self._optional(raw, "soc"),
             ev_max_kw=self._optional(raw, "ev_max_power"),
             ev_capacity_kwh=self._optional(raw, "ev_capacity"),
-            fallback_countdown_s=self._optional(raw, "fallback_countdown"),
+            fallback_countdown_s=countdown,
             fault_code=int(self._number(raw, "fault_code", 0.0)),
+            fault=fault,
         )
+
+    def _follow_fault(self, applied: float, countdown: float | None) -> str:
+        """Non-empty when the pile applies more than it was told (beyond its grace time)."""
+        if self.now is None or self._commanded is None:
+            return ""
+        if self.now() - self._changed_at < self.FOLLOW_GRACE_S or countdown == 0:
+            return ""  # still moving, or on its fallback power after a timeout
+        if applied > max(self._commanded, 0.0) + self.FOLLOW_TOLERANCE_KW:
+            return f"applies {applied:.1f} kW, told {self._commanded:.1f} kW"
+        return ""
 
     async def command(self, setpoint_kw: float) -> None:
         """Write setpoint, mode and heartbeat together (one FC16 request on the reference map)."""
@@ -171,6 +197,9 @@ class DcPile:
         else:
             mode = PileMode.IDLE
         regmap = self.device.map
+        if setpoint_kw != self._commanded and self.now is not None:
+            self._changed_at = self.now()
+        self._commanded = setpoint_kw
         await self.device.write(
             {
                 "setpoint": from_project_units(regmap["setpoint"], setpoint_kw),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -27,11 +28,12 @@ from tests.conftest import free_ports, local_time, truck_visit
 pytestmark = [pytest.mark.asyncio, pytest.mark.loopback, pytest.mark.usefixtures("no_leaked_tasks")]
 
 
-def _pile_driver(station: Station, pile_id: str, link: ModbusLink) -> DcPile:
+def _pile_driver(
+    station: Station, pile_id: str, link: ModbusLink, now: Callable[[], float] | None = None
+) -> DcPile:
     config = station.pile(pile_id)
-    return DcPile(
-        pile_id, ModbusDevice(f"pile {pile_id}", link, station.map_for(config.device), config.unit)
-    )
+    device = ModbusDevice(f"pile {pile_id}", link, station.map_for(config.device), config.unit)
+    return DcPile(pile_id, device, now)
 
 
 async def _client(host: str, port: int) -> AsyncModbusTcpClient:
@@ -222,7 +224,10 @@ async def test_device_rules_are_enforced_on_the_wire(station: Station) -> None:
                 client.close()
 
 
-@pytest.mark.parametrize("meter_map", ["janitza-umg96rm-e", "eastron-sdm630", "carlo-gavazzi-em24"])
+@pytest.mark.parametrize(
+    "meter_map",
+    ["janitza-umg96rm-e", "eastron-sdm630", "carlo-gavazzi-em24", "flexcharge-metering-terminal"],
+)
 async def test_meter_maps_read_through_the_driver(station: Station, meter_map: str) -> None:
     """Every meter map (FC3 Janitza in W/Wh, FC4 SDM630 in W/kWh, FC4 EM24 int32 low word first
     in 0.1 W / 0.1 kWh) reads the plant's site load."""
@@ -304,5 +309,32 @@ async def test_driver_turns_failures_into_the_driver_error_tree(station: Station
                 assert rejected.value.code == 3
                 assert "pile P02" in str(rejected.value)
                 assert not math.isnan(rejected.value.code)
+            finally:
+                link.close()
+
+
+async def test_a_pile_that_does_not_follow_its_setpoint_is_reported(station: Station) -> None:
+    """The read-back of the applied setpoint is checked against the command, after a grace."""
+    start = local_time(station, "2026-11-25T10:00")
+    clock = VirtualClock(start)
+    with clock.participant():
+        async with StationSimulator(station, clock, visits=[truck_visit(start, "P04")]) as sim:
+            config = station.pile("P04")
+            link = ModbusLink(config.host, config.port, timeout_s=1.0)
+            pile = _pile_driver(station, "P04", link, clock.now)
+            try:
+                await pile.arm_failsafe(30.0, 100.0)
+                await pile.command(300.0)
+                await clock.sleep(8)
+                assert (await pile.read()).fault == ""
+                sim.plant.piles["P04"].delay_s = 1e9  # its electronics stop taking commands
+                await pile.command(100.0)
+                await clock.sleep(2)
+                assert (await pile.read()).fault == "", "within the grace time"
+                await pile.command(100.0)
+                await clock.sleep(4)
+                reading = await pile.read()
+                assert reading.state is PileState.FAULT
+                assert reading.fault == "applies 300.0 kW, told 100.0 kW"
             finally:
                 link.close()
