@@ -528,6 +528,19 @@ class ControlSettings(_Strict):
     stale_after_s: float = Field(default=5.0, gt=0)
     io_timeout_s: float = Field(default=0.5, gt=0, le=30)
     background_margin_kw: Kw
+    # How long to keep the highest background seen, to assume when the grid meter is lost.
+    background_window_s: float = Field(default=3600.0, gt=0)
+    # A meter whose every value stays the same this long is frozen, not measuring.
+    frozen_after_s: float = Field(default=20.0, gt=0)
+    # Grid power beyond this (either way) is not a measurement; default: twice the rating.
+    meter_max_kw: float | None = Field(default=None, gt=0)
+    # A device clock that moves this much more or less than ours has jumped.
+    clock_jump_s: float = Field(default=30.0, gt=0)
+    # A pile that draws other than it is told, by more than the tolerance, for longer than the
+    # grace, is not following (the grace covers the pile's delay and ramp).
+    follow_grace_s: float = Field(default=20.0, gt=0)
+    follow_tolerance_kw: float = Field(default=2.0, ge=0)
+    follow_tolerance_pct: float = Field(default=5.0, ge=0, le=100)
 
 
 class BackgroundProfile(_Strict):

@@ -28,9 +28,11 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from controller.config import Station
+from controller.follow import FollowWatch
 from controller.forecast import BackgroundForecast
 from controller.limiter import PileBounds, budget_kw, limit_setpoints
 from controller.site import BackgroundWatch, PileView, SiteSnapshot
+from drivers.pile import PileState
 from scheduler.allocation import Demand, fair_share, laxity_h, priority_fill
 from scheduler.plan import Plan
 from scheduler.problem import GroupLimit, Problem, Vehicle, Weights, month_starts, slot_boundaries
@@ -177,7 +179,16 @@ class Control:
         self.setpoints: dict[str, float] = {p.id: 0.0 for p in station.piles}
         self.plan: Plan | None = None
         self.planned_at: float | None = None
-        self.background = BackgroundWatch(window_s=3600.0)
+        control = station.control
+        self.background = BackgroundWatch(window_s=control.background_window_s)
+        self._notes: list[str] = []
+        self.follow = FollowWatch(
+            control.follow_grace_s,
+            control.follow_tolerance_kw,
+            control.follow_tolerance_pct,
+            notify=lambda _now, text: self._notes.append(text),
+        )
+        self._now: float | None = None
         self.month = MonthPeak(self.zone)
         self.limit_kw = station.limit_kw
         self._why: str | None = "first plan"
@@ -204,6 +215,10 @@ class Control:
         """Update sessions, the month's peak and the background estimate; return events."""
         now = snapshot.time
         events: list[str] = []
+        for view in snapshot.piles:
+            self.follow.check(view, now)
+        events.extend(self._notes)
+        self._notes.clear()
         if snapshot.grid_kw is not None and snapshot.meter_current:
             self.month.add(now, snapshot.grid_kw, dt)
         background = snapshot.background_kw
@@ -225,6 +240,11 @@ class Control:
                     events.append(f"{view.id}: fault cleared")
                 self.faults[view.id] = reading.fault
             session = self.sessions.get(view.id)
+            if reading.state is PileState.FAULT and (
+                session is None or reading.session_id == session.session_id
+            ):
+                # A pile in fault says nothing of its vehicle: the session goes on.
+                continue
             if session is not None and (
                 not reading.state.vehicle_present or reading.session_id != session.session_id
             ):
@@ -497,7 +517,9 @@ class Control:
         worst_background = (
             worst + control.background_margin_kw if worst is not None else snapshot.limit_kw
         )
-        extra = 0.0
+        self._now = now
+        # What piles that do not follow draw beyond their setpoints is load we do not control.
+        extra = sum(self.follow.excess_kw(v.id) for v in controlled)
         for view in blind:
             assumed = max(self.setpoints.get(view.id, 0.0), view.config.fallback_kw)
             if snapshot.grid_kw is not None and view.last is not None:
@@ -512,6 +534,12 @@ class Control:
             worst_uncontrolled_kw=worst_background,
             unreachable_extra_kw=extra,
         )
+        if snapshot.grid_kw is None:
+            # Blind, the worst case is an assumption, not a measurement: come down to it at the
+            # ramp limit rather than all at once.
+            step = control.ramp_kw_per_s * dt
+            gentle = sum(max(self.setpoints.get(v.id, 0.0) - step, 0.0) for v in controlled)
+            budget = max(budget, gentle)
         plan_budget = budget
         slot = None if self.plan is None else self.plan.slot_at(now)
         if (
@@ -527,6 +555,9 @@ class Control:
             plan_budget = min(budget, allowed - (snapshot.grid_kw - controlled_kw))
         targets = self._targets(snapshot, controlled, plan_budget)
         for view in controlled:
+            cap = self.follow.cap_kw(view)
+            if cap is not None:
+                targets[view.id] = min(targets.get(view.id, 0.0), cap)
             if not (snapshot.meter_current and view.current):
                 # Data from an earlier cycle may hold or lower power, never raise it.
                 targets[view.id] = min(targets.get(view.id, 0.0), self.setpoints.get(view.id, 0.0))
@@ -564,8 +595,11 @@ class Control:
         return Decision(budget, targets, setpoints)
 
     def committed(self, written: Mapping[str, float]) -> None:
-        """The setpoints that were actually written."""
+        """The setpoints that were actually written (this cycle's, after `decide`)."""
         self.setpoints.update(written)
+        if self._now is not None:
+            for pid, kw in written.items():
+                self.follow.told(pid, self._now, kw)
 
     def _targets(
         self, snapshot: SiteSnapshot, controlled: list[PileView], budget: float

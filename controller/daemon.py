@@ -30,6 +30,7 @@ from controller.clock import Clock, Ticker
 from controller.config import DeviceEndpoint, Station
 from controller.control import Control, Decision, Policy
 from controller.devices import modbus_device, pile_driver
+from controller.sensing import Sensors
 from controller.site import Feed, PileView, SiteSnapshot
 from drivers.device import Device
 from drivers.errors import DriverError
@@ -170,13 +171,10 @@ class Daemon:
         self.control = Control(station, policy=policy)
         self._close = close
         self.period_s = station.control.period_s
-        self.meter_feed: Feed[MeterReading] = Feed(f"meter {meter.id}")
-        self.terminal_feed: Feed[MeterReading] | None = (
-            None if terminal is None else Feed(f"terminal {terminal.id}")
-        )
-        self.pile_feeds: dict[str, Feed[PileReading]] = {
-            pid: Feed(f"pile {pid}") for pid in self.piles
-        }
+        self.sensors = Sensors(station, notify=self._record)
+        self.meter_feed: Feed[MeterReading] = self.sensors.meter
+        self.terminal_feed: Feed[MeterReading] | None = self.sensors.terminal
+        self.pile_feeds: dict[str, Feed[PileReading]] = self.sensors.piles
         self.tally = Tally(station.limit_kw)
         self.observers: list[Callable[[Cycle], None]] = []
         self.events: deque[tuple[float, str]] = deque(maxlen=500)
@@ -357,77 +355,36 @@ class Daemon:
             observer(cycle)
         return cycle
 
-    async def _read_terminal(self, now: float) -> None:
+    async def _read_terminal(self) -> MeterReading | DriverError | None:
         if self.terminal is None or self.terminal_feed is None:
-            return
-        self._take(
-            self.terminal_feed, await _attempt(self.terminal_feed.device, self.terminal.read), now
-        )
+            return None
+        return await _attempt(self.terminal_feed.device, self.terminal.read)
 
     async def _read(self, now: float) -> SiteSnapshot:
         ids = list(self.piles)
-        meter_result, pile_results, _ = await asyncio.gather(
+        sensors = self.sensors
+        meter_result, pile_results, terminal_result = await asyncio.gather(
             _attempt(self.meter_feed.device, self.meter.read),
             asyncio.gather(*(_attempt(f"pile {pid}", self.piles[pid].read) for pid in ids)),
-            self._read_terminal(now),
+            self._read_terminal(),
         )
-        self._take(self.meter_feed, meter_result, now)
+        sensors.take_meter(meter_result, now)
+        if terminal_result is not None:
+            sensors.take_terminal(terminal_result, now)
         rearm = [
             pid
             for pid, result in zip(ids, pile_results, strict=True)
-            if self._take(self.pile_feeds[pid], result, now)
+            if sensors.take_pile(pid, result, now)
         ]
         if rearm:
             # A pile that was unreachable may have rebooted and lost its fail-safe settings.
             await asyncio.gather(*(self._arm(pid) for pid in rearm))
-        max_age = self.station.control.stale_after_s
-        meter = self.meter_feed.fresh(now, max_age)
-        views = tuple(
-            PileView(
-                self.station.pile(pid),
-                self.pile_feeds[pid].fresh(now, max_age),
-                self.pile_feeds[pid].value,
-                current=self.pile_feeds[pid].at == now,
-            )
-            for pid in ids
-        )
-        meter_current = self.meter_feed.at == now
-        terminal = None if self.terminal_feed is None else self.terminal_feed.fresh(now, max_age)
-        if meter is None and terminal is not None:
-            # The terminal measures the same connection: it stands in for a lost grid meter.
-            meter = terminal
-            meter_current = self.terminal_feed is not None and self.terminal_feed.at == now
-        tariff = self.station.tariff
-        return SiteSnapshot(
-            time=now,
-            limit_kw=self._limit(meter, terminal),
-            grid_kw=None if meter is None else meter.power_kw,
-            meter=meter,
-            piles=views,
-            band=tariff.band_at(now),
-            price=tariff.price_at(now),
-            meter_current=meter_current,
-        )
+        return sensors.snapshot(now, self.station.tariff)
 
-    def _limit(self, *readings: MeterReading | None) -> float:
-        """The transformer's limit, lowered by a utility limit a fresh reading relays.
-
-        A utility limit that is no longer relayed (terminal lost, signal withdrawn) ends; the
-        utility's own equipment is the backstop for a terminal that fails while a limit is on.
-        """
-        limit = self.station.limit_kw
-        for reading in readings:
-            relayed = None if reading is None else reading.utility_limit_kw
-            if relayed is not None and relayed >= 0:
-                limit = min(limit, relayed)
-        return limit
-
-    def _take(self, feed: Feed[T], result: T | DriverError, now: float) -> bool:
-        """Store one read result in its feed; True if the device has just recovered."""
-        if isinstance(result, DriverError):
-            feed.failed(result, now)
-            return False
-        return feed.succeeded(result, now)
+    def _record(self, when: float, text: str) -> None:
+        """A device failure starting or ending (already logged by its feed)."""
+        self.events.append((when, text))
+        self.event_count += 1
 
     async def _write(self, setpoints: Mapping[str, float], now: float) -> dict[str, bool]:
         ids = list(setpoints)

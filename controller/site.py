@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -22,15 +23,21 @@ T = TypeVar("T")
 
 
 class Feed(Generic[T]):
-    """The latest reading of one device and whether the device is answering."""
+    """The latest good reading of one device and whether the device is healthy.
 
-    def __init__(self, device: str) -> None:
+    A device is unhealthy while it does not answer or its answers fail a plausibility check;
+    `notify` hears of it once when that starts and once when it ends.
+    """
+
+    def __init__(self, device: str, notify: Callable[[float, str], None] | None = None) -> None:
         self.device = device
+        self.notify = notify
         self.value: T | None = None
         self.at: float | None = None
         self.ok = True
         self.error: DriverError | None = None
         self.failed_since: float | None = None
+        self.episodes = 0
 
     def succeeded(self, value: T, now: float) -> bool:
         """Store a reading; return True if the device has just recovered."""
@@ -38,7 +45,7 @@ class Feed(Generic[T]):
         recovered = not self.ok
         if recovered:
             down = now - (self.failed_since or now)
-            log.warning("%s: answering again after %.0f s", self.device, down)
+            self._tell(now, logging.WARNING, f"{self.device}: back to normal after {down:.0f} s")
         self.ok, self.error, self.failed_since = True, None, None
         return recovered
 
@@ -46,10 +53,16 @@ class Feed(Generic[T]):
         """Record a failure; return True if the device has just started failing."""
         started = self.ok
         if started:
-            log.error("%s: %s", self.device, error.message)
+            self.episodes += 1
             self.failed_since = now
+            self._tell(now, logging.ERROR, f"{self.device}: {error.message}")
         self.ok, self.error = False, error
         return started
+
+    def _tell(self, now: float, level: int, text: str) -> None:
+        log.log(level, "%s", text)
+        if self.notify is not None:
+            self.notify(now, text)
 
     def fresh(self, now: float, max_age_s: float) -> T | None:
         """The reading if it is no older than `max_age_s`, else None."""

@@ -27,13 +27,15 @@ PHASE_REGISTERS = (
     "power_l3",
 )
 # `utility_limit`: the import limit the utility currently allows at the connection point, as a
-# smart metering terminal relays it (None or NaN: no limit signal in force).
+# smart metering terminal relays it (None or NaN: no limit signal in force). `clock`: the device's
+# own time (epoch seconds), which says whether its readings move on.
 OPTIONAL_REGISTERS = (
     *PHASE_REGISTERS,
     "energy_import",
     "energy_export",
     "frequency",
     "utility_limit",
+    "clock",
 )
 
 
@@ -49,6 +51,7 @@ class MeterReading:
     energy_export_kwh: float | None = None
     frequency_hz: float | None = None
     utility_limit_kw: float | None = None
+    device_time: float | None = None
 
 
 class Meter(Protocol):
@@ -103,4 +106,5 @@ class MapMeter:
             energy_export_kwh=values.get("energy_export"),
             frequency_hz=values.get("frequency"),
             utility_limit_kw=values.get("utility_limit"),
+            device_time=values.get("clock"),
         )

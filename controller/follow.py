@@ -1,0 +1,147 @@
+"""Piles that do not do what they are told, found from what they draw.
+
+A pile may ignore its setpoint, overshoot it, or ramp far slower than rated. The limiter's
+budget assumes each pile draws what it was told; `FollowWatch` compares what each pile draws
+with every setpoint it was given over the last `grace_s` (which covers the pile's delay and
+ramp), and flags it when it draws clearly more than the highest of them or clearly less than the
+lowest (and its vehicle would take more). While flagged:
+
+- a pile drawing more counts its excess as load the controller does not control, so the others
+  make room for it;
+- a pile drawing less is offered only a little more than it draws, so the headroom it does not
+  use goes to the others. It is trusted again once it has followed that for a whole grace.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from controller.site import PileView
+
+# A condition must hold this long (s) before a pile is flagged or a flag is cleared: one
+# cycle's reading is not enough to call a pile faulty.
+SETTLE_S = 5.0
+
+
+class Deviation(StrEnum):
+    """How a pile fails to follow."""
+
+    OVER = "over"
+    UNDER = "under"
+
+
+@dataclass
+class _Track:
+    told: deque[tuple[float, float]] = field(default_factory=deque)
+    flagged: Deviation | None = None
+    seen_since: float | None = None
+    clear_since: float | None = None
+    drawing_kw: float = 0.0
+    told_kw: float = 0.0
+
+
+class FollowWatch:
+    """Which piles draw other than they were told, and by how much."""
+
+    def __init__(
+        self,
+        grace_s: float,
+        tolerance_kw: float,
+        tolerance_pct: float,
+        notify: Callable[[float, str], None] | None = None,
+    ) -> None:
+        self.grace_s = grace_s
+        self.tolerance_kw = tolerance_kw
+        self.tolerance_pct = tolerance_pct
+        self.notify = notify
+        self._tracks: dict[str, _Track] = {}
+
+    def told(self, pile_id: str, now: float, kw: float) -> None:
+        """Record the setpoint written to `pile_id` at `now`."""
+        track = self._tracks.setdefault(pile_id, _Track())
+        if track.told and track.told[-1][1] == kw:
+            return
+        track.told.append((now, kw))
+        # Keep the setpoint in force at the start of the window, and everything after.
+        while len(track.told) > 1 and track.told[1][0] <= now - self.grace_s:
+            track.told.popleft()
+
+    def flagged(self, pile_id: str) -> Deviation | None:
+        """How the pile is failing to follow, if it is."""
+        track = self._tracks.get(pile_id)
+        return None if track is None else track.flagged
+
+    def excess_kw(self, pile_id: str) -> float:
+        """What a pile flagged as drawing too much draws beyond its setpoint now."""
+        track = self._tracks.get(pile_id)
+        if track is None or track.flagged is not Deviation.OVER:
+            return 0.0
+        return max(0.0, track.drawing_kw - track.told_kw)
+
+    def cap_kw(self, view: PileView) -> float | None:
+        """The most a pile flagged as drawing too little should be offered (None: no cap)."""
+        track = self._tracks.get(view.id)
+        if track is None or track.flagged is not Deviation.UNDER:
+            return None
+        return track.drawing_kw + self._tolerance(view)
+
+    def check(self, view: PileView, now: float) -> None:
+        """Compare the pile's fresh reading with what it was told."""
+        track = self._tracks.get(view.id)
+        reading = view.reading
+        if track is None or not track.told or reading is None or not view.current:
+            return
+        if track.told[0][0] > now - self.grace_s:
+            return  # not yet a whole grace of history: the pile may still be on its way
+        told = [kw for _, kw in track.told]
+        tolerance = self._tolerance(view)
+        drawing = reading.power_kw
+        track.drawing_kw, track.told_kw = drawing, told[-1]
+        over = drawing > max(told) + tolerance
+        wants = view.wants_kw
+        under = (
+            min(told) > 0 and drawing < min(min(told), wants) - tolerance and wants > drawing
+        )
+        if track.flagged is None:
+            deviation = Deviation.OVER if over else Deviation.UNDER if under else None
+            if deviation is None:
+                track.seen_since = None
+                return
+            if track.seen_since is None:
+                track.seen_since = now
+            if now - track.seen_since >= SETTLE_S:
+                track.flagged, track.seen_since, track.clear_since = deviation, None, None
+                self._tell(
+                    now,
+                    f"pile {view.id}: not following: draws {drawing:.0f} kW, told "
+                    f"{told[-1]:.0f} kW"
+                    + (" (counted as load it takes on its own)" if over else " (offered less)"),
+                )
+            return
+        if track.flagged is Deviation.OVER:
+            clear, settle = not over, SETTLE_S
+        else:
+            # Following the little it is offered, for a whole grace, earns it its share back.
+            clear, settle = not under, self.grace_s
+        if not clear:
+            track.clear_since = None
+            return
+        if track.clear_since is None:
+            track.clear_since = now
+        if now - track.clear_since >= settle:
+            track.flagged, track.clear_since = None, None
+            self._tell(now, f"pile {view.id}: following its setpoint again")
+
+    def forget(self, pile_id: str) -> None:
+        """Drop what is known of a pile (it was removed)."""
+        self._tracks.pop(pile_id, None)
+
+    def _tolerance(self, view: PileView) -> float:
+        return max(self.tolerance_kw, self.tolerance_pct / 100 * view.config.max_kw)
+
+    def _tell(self, now: float, text: str) -> None:
+        if self.notify is not None:
+            self.notify(now, text)

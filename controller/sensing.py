@@ -1,0 +1,228 @@
+"""Every reading checked before the controller uses it, the same way in the daemon and in simulation.
+
+`Sensors` keeps one `Feed` per device (grid meter, the utility's terminal, each pile) and turns
+the results of one cycle's reads into a `SiteSnapshot`. A reading is used only if it is fresh
+and plausible:
+
+- age: a reading older than `stale_after_s` is not used; one from an earlier cycle (this cycle's
+  read failed or came late) may hold or lower power, never raise it;
+- range: grid power that is NaN or beyond what the connection can carry, pile power beyond what
+  the pile can draw, are failures of the device, not measurements;
+- frozen: a meter whose every value stays the same while the piles it measures change, or for
+  `frozen_after_s`, has stopped measuring;
+- clock: a meter whose own clock jumps is not trusted until the clock has been steady again for a
+  few readings.
+
+Each failure is reported once when it starts and once when it ends, naming the device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from controller.config import Station
+from controller.site import Feed, PileView, SiteSnapshot
+from drivers.errors import BadValue, DriverError
+from drivers.meter import MeterReading
+from drivers.pile import PileReading
+from scheduler.tariff import Tariff
+
+T = TypeVar("T")
+Notify = Callable[[float, str], None]
+
+# Readings a meter's clock must keep steady after a jump before it is trusted again.
+STEADY_READINGS = 3
+
+
+@dataclass
+class _MeterWatch:
+    """What one meter's earlier readings say about the next one."""
+
+    same: MeterReading | None = None
+    same_since: float = 0.0
+    piles_kw_then: float = 0.0
+    clock_offset: float | None = None
+    steady_needed: int = 0
+
+
+class Sensors:
+    """The feeds of one station's devices, with freshness and plausibility checks."""
+
+    def __init__(self, station: Station, notify: Notify | None = None) -> None:
+        self.station = station
+        self.settings = station.control
+        gm, term = station.grid_meter, station.terminal
+        self.meter: Feed[MeterReading] = Feed(f"meter {gm.id}", notify)
+        self.terminal: Feed[MeterReading] | None = (
+            None if term is None else Feed(f"terminal {term.id}", notify)
+        )
+        self.piles: dict[str, Feed[PileReading]] = {
+            p.id: Feed(f"pile {p.id}", notify) for p in station.piles
+        }
+        self._watches: dict[str, _MeterWatch] = {}
+        self._piles_kw = 0.0
+
+    @property
+    def meter_max_kw(self) -> float:
+        """The largest grid power that can be a measurement."""
+        configured = self.settings.meter_max_kw
+        return configured if configured is not None else 2.0 * self.station.transformer.rating_kva
+
+    def feeds(self) -> list[Feed[MeterReading] | Feed[PileReading]]:
+        """Every feed, meters first."""
+        meters: list[Feed[MeterReading] | Feed[PileReading]] = [self.meter]
+        if self.terminal is not None:
+            meters.append(self.terminal)
+        return [*meters, *self.piles.values()]
+
+    # -- taking readings ---------------------------------------------------------------------
+
+    def take_meter(
+        self, result: MeterReading | DriverError, now: float, at: float | None = None
+    ) -> bool:
+        """The grid meter's read result (measured at `at`, default `now`); True if it recovered."""
+        return self._take_meter(self.meter, result, now, now if at is None else at)
+
+    def take_terminal(
+        self, result: MeterReading | DriverError, now: float, at: float | None = None
+    ) -> bool:
+        """The utility terminal's read result; True if it recovered."""
+        if self.terminal is None:
+            return False
+        return self._take_meter(self.terminal, result, now, now if at is None else at)
+
+    def take_pile(
+        self, pile_id: str, result: PileReading | DriverError, now: float, at: float | None = None
+    ) -> bool:
+        """One pile's read result; True if it has just recovered (it may need re-arming)."""
+        feed = self.piles[pile_id]
+        if not isinstance(result, DriverError):
+            result = self._check_pile(pile_id, result)
+        return _store(feed, result, now if at is None else at)
+
+    def _take_meter(
+        self, feed: Feed[MeterReading], result: MeterReading | DriverError, now: float, at: float
+    ) -> bool:
+        if not isinstance(result, DriverError):
+            result = self._check_meter(feed, result, at)
+        return _store(feed, result, at)
+
+    def _check_meter(
+        self, feed: Feed[MeterReading], reading: MeterReading, at: float
+    ) -> MeterReading | DriverError:
+        device = feed.device
+        power = reading.power_kw
+        if not math.isfinite(power):
+            return BadValue(device, f"power reads {power}: not a measurement")
+        if abs(power) > self.meter_max_kw:
+            return BadValue(
+                device,
+                f"power reads {power:,.0f} kW, beyond the {self.meter_max_kw:,.0f} kW "
+                "the connection can carry: not a measurement",
+            )
+        watch = self._watches.setdefault(device, _MeterWatch())
+        jumped = self._check_clock(device, watch, reading, at)
+        if jumped is not None:
+            return jumped
+        if reading != watch.same:
+            watch.same, watch.same_since, watch.piles_kw_then = reading, at, self._piles_kw
+            return reading
+        still_for = at - watch.same_since
+        moved = abs(self._piles_kw - watch.piles_kw_then)
+        if still_for >= self.settings.frozen_after_s or moved > self._frozen_move_kw():
+            return BadValue(
+                device,
+                f"frozen: every value unchanged for {still_for:.0f} s"
+                + (f" while the piles moved {moved:.0f} kW" if moved > 1 else ""),
+            )
+        return reading
+
+    def _frozen_move_kw(self) -> float:
+        """A change in the piles' power that a working meter cannot miss."""
+        return max(20.0, 0.02 * self.station.limit_kw)
+
+    def _check_clock(
+        self, device: str, watch: _MeterWatch, reading: MeterReading, at: float
+    ) -> DriverError | None:
+        if reading.device_time is None:
+            return None
+        offset = reading.device_time - at
+        before, watch.clock_offset = watch.clock_offset, offset
+        if before is None:
+            return None
+        step = offset - before
+        if abs(step) > self.settings.clock_jump_s:
+            watch.steady_needed = STEADY_READINGS
+            return BadValue(device, f"its clock jumped by {step:+.0f} s: readings not trusted")
+        if watch.steady_needed > 0:
+            watch.steady_needed -= 1
+            return BadValue(device, "its clock jumped: waiting for it to keep steady time")
+        return None
+
+    def _check_pile(self, pile_id: str, reading: PileReading) -> PileReading | DriverError:
+        config = self.station.pile(pile_id)
+        power = reading.power_kw
+        # Beyond half again its rating (plus a little for small piles) a pile cannot draw.
+        top = 1.5 * config.max_kw + 10.0
+        bottom = -(1.5 * config.max_discharge_kw + 10.0)
+        if not math.isfinite(power) or not bottom <= power <= top:
+            return BadValue(
+                f"pile {pile_id}", f"power reads {power:g} kW, outside what the pile can draw"
+            )
+        return reading
+
+    # -- the cycle's snapshot ----------------------------------------------------------------
+
+    def snapshot(self, now: float, tariff: Tariff) -> SiteSnapshot:
+        """What the controller may use this cycle."""
+        max_age = self.settings.stale_after_s
+        views = tuple(
+            PileView(
+                self.station.pile(pid),
+                feed.fresh(now, max_age),
+                feed.value,
+                current=feed.at == now,
+            )
+            for pid, feed in self.piles.items()
+        )
+        self._piles_kw = sum(v.reading.power_kw for v in views if v.reading is not None)
+        meter = self.meter.fresh(now, max_age)
+        meter_current = self.meter.at == now
+        terminal = None if self.terminal is None else self.terminal.fresh(now, max_age)
+        if meter is None and terminal is not None and self.terminal is not None:
+            # The terminal measures the same connection: it stands in for a lost grid meter.
+            meter = terminal
+            meter_current = self.terminal.at == now
+        return SiteSnapshot(
+            time=now,
+            limit_kw=self.limit_kw(meter, terminal),
+            grid_kw=None if meter is None else meter.power_kw,
+            meter=meter,
+            piles=views,
+            band=tariff.band_at(now),
+            price=tariff.price_at(now),
+            meter_current=meter_current,
+        )
+
+    def limit_kw(self, *readings: MeterReading | None) -> float:
+        """The transformer's limit, lowered by a utility limit a fresh reading relays.
+
+        A utility limit that is no longer relayed (terminal lost, signal withdrawn) ends; the
+        utility's own equipment is the backstop for a terminal that fails while a limit is on.
+        """
+        limit = self.station.limit_kw
+        for reading in readings:
+            relayed = None if reading is None else reading.utility_limit_kw
+            if relayed is not None and relayed >= 0:
+                limit = min(limit, relayed)
+        return limit
+
+
+def _store(feed: Feed[T], result: T | DriverError, at: float) -> bool:
+    if isinstance(result, DriverError):
+        feed.failed(result, at)
+        return False
+    return feed.succeeded(result, at)
