@@ -11,6 +11,7 @@ import signal
 import sys
 import tomllib
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -264,6 +265,7 @@ ALL_POLICIES = ("uncontrolled", "equal-share", "edf", "llf", "mpc", "offline-opt
 def _scenario(args: argparse.Namespace, console: Console) -> tuple[Station, Scenario] | None:
     """The station and scenario a simulate/compare command names, or None after printing why."""
     from simulator.fast import Scenario
+    from simulator.faults import FaultScript, load_faults
     from simulator.scenario import load_series, load_sessions
 
     station = _load(Path(args.station), console)
@@ -276,6 +278,8 @@ def _scenario(args: argparse.Namespace, console: Console) -> tuple[Station, Scen
             load_series(Path(args.background), allow_negative=True) if args.background else None
         )
         limit = load_series(Path(args.limit), kind="step") if args.limit else None
+        faults = load_faults(Path(args.faults)) if args.faults else FaultScript()
+        faults.check(station, Path(args.faults) if args.faults else None)
     except ConfigError as err:
         _print_problems(err, console)
         return None
@@ -290,6 +294,7 @@ def _scenario(args: argparse.Namespace, console: Console) -> tuple[Station, Scen
     scenario = Scenario.around(
         station, visits, tariff=tariff, name=name, background=background, limit=limit
     )
+    scenario = replace(scenario, faults=faults.faults)
     return station, scenario.with_warmup(args.warmup_days)
 
 
@@ -395,6 +400,9 @@ def _scenario_arguments(parser: argparse.ArgumentParser) -> None:
         "--background", help="the site's own load, CSV time,kw (default: the station's profile)"
     )
     parser.add_argument("--limit", help="the utility's limit signal, CSV time,kw")
+    parser.add_argument(
+        "--faults", help="faults to inject, CSV start,end,kind,target,value (see README)"
+    )
     parser.add_argument(
         "--policy", action="append", choices=ALL_POLICIES, help="repeat for several"
     )

@@ -49,6 +49,7 @@ class Visit:
     delivered_kwh: float
     wanted_kwh: float
     max_kw: float
+    vehicle_id: str = ""
 
 
 # Control periods up to this long hold rises back until released power is really given up.
@@ -233,12 +234,15 @@ class Control:
             reading = view.reading
             if reading is None:
                 continue
-            if reading.fault != self.faults.get(view.id, ""):
-                if reading.fault:
-                    events.append(f"{view.id}: fault: {reading.fault}")
+            fault = reading.fault or (
+                f"reports fault code {reading.fault_code}" if reading.fault_code else ""
+            )
+            if fault != self.faults.get(view.id, ""):
+                if fault:
+                    events.append(f"pile {view.id}: fault: {fault}")
                 else:
-                    events.append(f"{view.id}: fault cleared")
-                self.faults[view.id] = reading.fault
+                    events.append(f"pile {view.id}: fault cleared")
+                self.faults[view.id] = fault
             session = self.sessions.get(view.id)
             if reading.state is PileState.FAULT and (
                 session is None or reading.session_id == session.session_id
@@ -256,6 +260,7 @@ class Control:
                         session.delivered_kwh if session.need_kwh > 0 else 0.0,
                         max(session.need_kwh, session.delivered_kwh),
                         session.max_kw,
+                        session.vehicle_id,
                     )
                 )
                 events.append(
@@ -276,7 +281,10 @@ class Control:
                 session.soc = None if reading.soc_pct is None else reading.soc_pct / 100
                 if reading.ev_max_kw is not None:
                     session.max_kw = max(session.max_kw, min(reading.ev_max_kw, view.max_kw))
-                if session.departure <= now + 60:
+                if session.departure_known and now >= session.departure:
+                    events.append(f"{view.id}: vehicle still here after its departure time")
+                    session.departure_known = False
+                if not session.departure_known and session.departure <= now + 60:
                     # Still here after we expected it to leave: it stays a while longer.
                     session.departure = now + self.settings.slot_minutes * 60
         return events

@@ -9,7 +9,9 @@ lowest (and its vehicle would take more). While flagged:
 - a pile drawing more counts its excess as load the controller does not control, so the others
   make room for it;
 - a pile drawing less is offered only a little more than it draws, so the headroom it does not
-  use goes to the others. It is trusted again once it has followed that for a whole grace.
+  use goes to the others.
+
+A flagged pile is trusted again once it has followed what it is told for three graces.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from controller.site import PileView
 # A condition must hold this long (s) before a pile is flagged or a flag is cleared: one
 # cycle's reading is not enough to call a pile faulty.
 SETTLE_S = 5.0
+# A flagged pile must follow for this many graces before it is trusted again.
+CLEAR_GRACES = 3
 
 
 class Deviation(StrEnum):
@@ -65,6 +69,9 @@ class FollowWatch:
         if track.told and track.told[-1][1] == kw:
             return
         track.told.append((now, kw))
+        self._prune(track, now)
+
+    def _prune(self, track: _Track, now: float) -> None:
         # Keep the setpoint in force at the start of the window, and everything after.
         while len(track.told) > 1 and track.told[1][0] <= now - self.grace_s:
             track.told.popleft()
@@ -94,6 +101,7 @@ class FollowWatch:
         reading = view.reading
         if track is None or not track.told or reading is None or not view.current:
             return
+        self._prune(track, now)
         if track.told[0][0] > now - self.grace_s:
             return  # not yet a whole grace of history: the pile may still be on its way
         told = [kw for _, kw in track.told]
@@ -102,11 +110,9 @@ class FollowWatch:
         track.drawing_kw, track.told_kw = drawing, told[-1]
         over = drawing > max(told) + tolerance
         wants = view.wants_kw
-        under = (
-            min(told) > 0 and drawing < min(min(told), wants) - tolerance and wants > drawing
-        )
+        under = min(told) > 0 and drawing < min(min(told), wants) - tolerance and wants > drawing
+        deviation = Deviation.OVER if over else Deviation.UNDER if under else None
         if track.flagged is None:
-            deviation = Deviation.OVER if over else Deviation.UNDER if under else None
             if deviation is None:
                 track.seen_since = None
                 return
@@ -121,17 +127,14 @@ class FollowWatch:
                     + (" (counted as load it takes on its own)" if over else " (offered less)"),
                 )
             return
-        if track.flagged is Deviation.OVER:
-            clear, settle = not over, SETTLE_S
-        else:
-            # Following the little it is offered, for a whole grace, earns it its share back.
-            clear, settle = not under, self.grace_s
-        if not clear:
-            track.clear_since = None
+        if deviation is not None:
+            # A pile may swing from one to the other (a slow ramp): still the same failure.
+            track.flagged, track.clear_since = deviation, None
             return
+        # Following what it is told for a while earns it its share back.
         if track.clear_since is None:
             track.clear_since = now
-        if now - track.clear_since >= settle:
+        if now - track.clear_since >= CLEAR_GRACES * self.grace_s:
             track.flagged, track.clear_since = None, None
             self._tell(now, f"pile {view.id}: following its setpoint again")
 

@@ -18,6 +18,7 @@ Each failure is reported once when it starts and once when it ends, naming the d
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from drivers.pile import PileReading
 from scheduler.tariff import Tariff
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 Notify = Callable[[float, str], None]
 
 # Readings a meter's clock must keep steady after a jump before it is trusted again.
@@ -46,6 +48,7 @@ class _MeterWatch:
     piles_kw_then: float = 0.0
     clock_offset: float | None = None
     steady_needed: int = 0
+    frozen: bool = False
 
 
 class Sensors:
@@ -64,6 +67,9 @@ class Sensors:
         }
         self._watches: dict[str, _MeterWatch] = {}
         self._piles_kw = 0.0
+        self._notify = notify
+        self._late: set[str] = set()
+        self._relayed: dict[str, float | None] = {}
 
     @property
     def meter_max_kw(self) -> float:
@@ -129,10 +135,17 @@ class Sensors:
             return jumped
         if reading != watch.same:
             watch.same, watch.same_since, watch.piles_kw_then = reading, at, self._piles_kw
+            watch.frozen = False
             return reading
         still_for = at - watch.same_since
         moved = abs(self._piles_kw - watch.piles_kw_then)
-        if still_for >= self.settings.frozen_after_s or moved > self._frozen_move_kw():
+        if (
+            watch.frozen
+            or still_for >= self.settings.frozen_after_s
+            or moved > self._frozen_move_kw()
+        ):
+            # Frozen until a value moves again.
+            watch.frozen = True
             return BadValue(
                 device,
                 f"frozen: every value unchanged for {still_for:.0f} s"
@@ -179,6 +192,7 @@ class Sensors:
     def snapshot(self, now: float, tariff: Tariff) -> SiteSnapshot:
         """What the controller may use this cycle."""
         max_age = self.settings.stale_after_s
+        self._check_late(now)
         views = tuple(
             PileView(
                 self.station.pile(pid),
@@ -198,7 +212,7 @@ class Sensors:
             meter_current = self.terminal.at == now
         return SiteSnapshot(
             time=now,
-            limit_kw=self.limit_kw(meter, terminal),
+            limit_kw=self._relayed_limit(now, max_age),
             grid_kw=None if meter is None else meter.power_kw,
             meter=meter,
             piles=views,
@@ -207,17 +221,46 @@ class Sensors:
             meter_current=meter_current,
         )
 
-    def limit_kw(self, *readings: MeterReading | None) -> float:
-        """The transformer's limit, lowered by a utility limit a fresh reading relays.
+    def _check_late(self, now: float) -> None:
+        """Report devices whose answers arrive more than a control period late."""
+        for feed in self.feeds():
+            late = feed.ok and feed.at is not None and now - feed.at > self.settings.period_s
+            if late == (feed.device in self._late):
+                continue
+            if late:
+                self._late.add(feed.device)
+                assert feed.at is not None
+                text = (
+                    f"{feed.device}: answers {now - feed.at:.0f} s late: its readings may "
+                    "hold or lower power, not raise it"
+                )
+            else:
+                self._late.discard(feed.device)
+                text = f"{feed.device}: answers in time again"
+            log.warning("%s", text)
+            if self._notify is not None:
+                self._notify(now, text)
 
-        A utility limit that is no longer relayed (terminal lost, signal withdrawn) ends; the
-        utility's own equipment is the backstop for a terminal that fails while a limit is on.
+    def _relayed_limit(self, now: float, max_age: float) -> float:
+        """The transformer's limit, lowered by the utility limit the meters relay.
+
+        A fresh reading says whether a utility limit is in force (None: the signal was
+        withdrawn). While a meter that relayed one is lost, its last limit stays in force: the
+        utility has not said it ended.
         """
         limit = self.station.limit_kw
-        for reading in readings:
-            relayed = None if reading is None else reading.utility_limit_kw
-            if relayed is not None and relayed >= 0:
-                limit = min(limit, relayed)
+        for feed in (self.meter, self.terminal):
+            if feed is None:
+                continue
+            reading = feed.fresh(now, max_age)
+            if reading is not None:
+                relayed = reading.utility_limit_kw
+                self._relayed[feed.device] = (
+                    relayed if relayed is not None and relayed >= 0 else None
+                )
+            kept = self._relayed.get(feed.device)
+            if kept is not None:
+                limit = min(limit, kept)
         return limit
 
 

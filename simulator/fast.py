@@ -16,6 +16,7 @@ from __future__ import annotations
 import calendar
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -28,11 +29,15 @@ from controller.config import Station
 from controller.control import Control, Policy, Wish
 from controller.control import Visit as PastVisit
 from controller.forecast import BackgroundForecast
-from drivers.pile import PileMode
+from controller.sensing import Sensors
+from controller.site import SiteSnapshot
+from drivers.meter import MeterReading
+from drivers.pile import PileMode, PileReading
 from scheduler.fallback import fallback_plan
 from scheduler.problem import Problem, Vehicle, Weights, month_starts, slot_boundaries
 from scheduler.solver import Solver
 from scheduler.tariff import Tariff
+from simulator.faults import Fault, FaultScript
 from simulator.fleet import Visit, assign_piles
 from simulator.plant import PileModel, Plant
 from simulator.plant import Vehicle as PlantVehicle
@@ -53,6 +58,7 @@ class Scenario:
     limit: Series | None = None
     measure_from: float | None = None
     history: tuple[PastVisit, ...] = ()
+    faults: tuple[Fault, ...] = ()
 
     @property
     def measured_start(self) -> float:
@@ -143,6 +149,8 @@ class SimResult:
     requested_kwh: dict[str, float]
     delivered_kwh: dict[str, float]
     solve_ms: list[float] = field(default_factory=list)
+    events: list[tuple[float, str]] = field(default_factory=list)
+    controller_delivered_kwh: dict[str, float] = field(default_factory=dict)
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -230,7 +238,12 @@ def simulate(
     plan_period_s: float | None = None,
     progress: Callable[[float], None] | None = None,
 ) -> SimResult:
-    """Run one policy through the scenario; `progress` gets the fraction done now and then."""
+    """Run one policy through the scenario; `progress` gets the fraction done now and then.
+
+    The controller reads the plant through the same `Sensors` checks as the daemon. With the
+    scenario's `faults`, devices, vehicles and the utility misbehave as scripted; devices that do
+    not answer get no setpoints. `SimResult.events` holds what the controller noticed and when.
+    """
     policy = Policy(policy)
     station = scenario.station
     if station.simulator is None:
@@ -255,6 +268,10 @@ def simulate(
         control.wish(pile.id, pile.session_id, _wish(visits_by_id[vehicle.visit.vehicle_id]))
 
     plant.on_plug = plugged
+    events: list[tuple[float, str]] = []
+    faults = FaultScript(scenario.faults)
+    faults.check(station)
+    sensing = _Sensing(station, plant, faults, events)
     solver = Solver(time_limit_s=station.scheduler.solve_deadline_s)
     solve_ms: list[float] = []
     plans = fallbacks = 0
@@ -283,11 +300,13 @@ def simulate(
         now = float(now)
         # The daemon's fast loop writes every second; between our steps it would have kept every
         # pile's fail-safe timer from running out.
+        events.extend((now, f"simulator: {text}") for text in faults.apply(plant, now))
         for pile in plant.piles.values():
-            pile.heartbeat(now)
+            if faults.reachable(pile.id, now):
+                pile.heartbeat(now)
         plant.step(now, step_s)
-        snapshot = plant.snapshot(now, scenario.tariff)
-        control.observe(snapshot, step_s)
+        snapshot = sensing.snapshot(now, scenario.tariff)
+        events.extend((now, text) for text in control.observe(snapshot, step_s))
         reason = control.plan_due(now)
         if reason is not None:
             problem = control.problem(snapshot)
@@ -299,10 +318,14 @@ def simulate(
                 plan = fallback_plan(problem, reason=plan.message)
             control.adopt(plan, now, problem)
         decision = control.decide(snapshot, step_s)
+        written = {}
         for pid, kw in decision.setpoints.items():
+            if not faults.reachable(pid, now):
+                continue
             mode = PileMode.CHARGE if kw > 0 else PileMode.DISCHARGE if kw < 0 else PileMode.IDLE
             plant.piles[pid].command(now, kw, mode)
-        control.committed(decision.setpoints)
+            written[pid] = kw
+        control.committed(written)
         site[k] = plant.site_kw
         background[k] = plant.background_kw
         piles[k] = plant.site_kw - plant.background_kw
@@ -345,11 +368,72 @@ def simulate(
         requested,
         delivered,
         solve_ms,
+        events,
+        {v.vehicle_id: v.delivered_kwh for v in control.history},
     )
     result.metrics = _metrics(result, scenario, station, step_s, plans, fallbacks)
     result.metrics["wall_s"] = round(time.perf_counter() - started, 2)
     result.metrics["group_over_kwh"] = round(float(group_over.sum() * step_s / 3600), 3)
     return result
+
+
+class _Sensing:
+    """The plant read as the daemon reads its devices: through the fault script and `Sensors`."""
+
+    def __init__(
+        self,
+        station: Station,
+        plant: Plant,
+        faults: FaultScript,
+        events: list[tuple[float, str]],
+    ) -> None:
+        self.station = station
+        self.plant = plant
+        self.faults = faults
+        self.sensors = Sensors(station, notify=lambda when, text: events.append((when, text)))
+        self.meters = [station.grid_meter.id]
+        if station.terminal is not None:
+            self.meters.append(station.terminal.id)
+        # What each device reported, recently: a late answer is an old reading.
+        self.history: deque[tuple[float, MeterReading, dict[str, PileReading]]] = deque()
+
+    def snapshot(self, now: float, tariff: Tariff) -> SiteSnapshot:
+        """Read every device as of `now` and check it."""
+        plant, faults, sensors = self.plant, self.faults, self.sensors
+        measured = MeterReading(
+            power_kw=plant.site_kw,
+            energy_import_kwh=plant.energy_import_kwh,
+            energy_export_kwh=plant.energy_export_kwh,
+            utility_limit_kw=plant.utility_limit_kw,
+            device_time=now,
+        )
+        piles = {pid: pile.reading(now) for pid, pile in plant.piles.items()}
+        self.history.append((now, measured, piles))
+        while len(self.history) > 1 and self.history[1][0] <= now - 600:
+            self.history.popleft()
+        for index, meter_id in enumerate(self.meters):
+            label = "meter" if index == 0 else "terminal"
+            at, reading, _ = self._as_of(meter_id, now)
+            error = faults.unreachable_error(meter_id, f"{label} {meter_id}", now)
+            result = error or faults.meter_reading(meter_id, now, reading)
+            take = sensors.take_meter if index == 0 else sensors.take_terminal
+            take(result, now, at)
+        for pid, pile in plant.piles.items():
+            at, _, readings = self._as_of(pid, now)
+            error = faults.unreachable_error(pid, f"pile {pid}", now)
+            if sensors.take_pile(pid, error or readings[pid], now, at):
+                # Back after being unreachable: the daemon re-arms its fail-safe.
+                pile.configure(pile.config.comm_timeout_s, pile.config.fallback_kw)
+        return sensors.snapshot(now, tariff)
+
+    def _as_of(self, device: str, now: float) -> tuple[float, MeterReading, dict[str, PileReading]]:
+        latency = self.faults.latency_s(device, now)
+        if latency <= 0:
+            return self.history[-1]
+        for entry in reversed(self.history):
+            if entry[0] <= now - latency:
+                return entry
+        return self.history[0]
 
 
 def _with_tariff(station: Station, tariff: Tariff) -> Station:

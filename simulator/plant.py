@@ -13,7 +13,7 @@ import math
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -93,6 +93,11 @@ class PileModel:
     session_id: int = 0
     vehicle: Vehicle | None = None
     fault_code: int = 0
+    # Faults a test or scenario injects: see simulator.faults.
+    ignoring: bool = False
+    overshoot: float = 1.0
+    ramp_factor: float = 1.0
+    down_until: float = -math.inf
     _pending: deque[tuple[float, float, PileMode]] = field(default_factory=deque)
     _commanded: tuple[float, PileMode] = (0.0, PileMode.IDLE)
 
@@ -113,6 +118,8 @@ class PileModel:
 
     def state(self) -> PileState:
         """What the pile reports in its state register."""
+        if self.fault_code:
+            return PileState.FAULT
         if self.vehicle is None:
             return PileState.AVAILABLE
         if self.power_kw > 0.5:
@@ -162,8 +169,18 @@ class PileModel:
         if new_mode is PileMode.DISCHARGE and self.max_discharge_kw <= 0:
             raise Rejected("this pile cannot discharge")
         self.setpoint_kw, self.mode = new_setpoint, new_mode
-        self._pending.append((now + self.delay_s, new_setpoint, new_mode))
         self.last_contact = now
+        if not self.ignoring:
+            self._pending.append((now + self.delay_s, new_setpoint, new_mode))
+
+    def reboot(self, now: float, down_s: float) -> None:
+        """Restart: off for `down_s`, then at its own safe value, its fail-safe settings lost."""
+        self.down_until = now + down_s
+        self._pending.clear()
+        self.setpoint_kw, self.mode = self.config.fallback_kw, PileMode.CHARGE
+        self._commanded = (self.config.fallback_kw, PileMode.CHARGE)
+        self.comm_timeout_s, self.fallback_kw = self.config.comm_timeout_s, self.config.fallback_kw
+        self.last_contact = -math.inf
 
     def heartbeat(self, now: float) -> None:
         """The controller is alive."""
@@ -188,17 +205,10 @@ class PileModel:
 
     # -- physics --------------------------------------------------------------------------
 
-    def step(self, now: float, dt: float) -> float:
-        """Advance by `dt` seconds; return the energy (kWh) drawn from the site."""
-        # The limit may have changed part-way through this step; the pile moves only after.
-        moving_since = now - dt
-        while self._pending and self._pending[0][0] <= now:
-            effective, setpoint, mode = self._pending.popleft()
-            self._commanded = (setpoint, mode)
-            moving_since = max(moving_since, effective)
-        fallback_from = self.last_contact + self.comm_timeout_s
-        if now - dt < fallback_from <= now:
-            moving_since = max(moving_since, fallback_from)
+    def _limit(self, now: float) -> float:
+        """The power limit the pile applies at `now`."""
+        if now < self.down_until or self.fault_code:
+            return 0.0
         if self.timed_out(now):
             limit = self.fallback_kw
         else:
@@ -209,17 +219,44 @@ class PileModel:
                 limit = min(0.0, setpoint)
             else:
                 limit = 0.0
-        if 0 < limit < self.config.min_kw:
-            limit = 0.0
+        return 0.0 if 0 < limit < self.config.min_kw else limit
+
+    def _target(self, limit: float) -> float:
+        """The power the pile heads for under `limit`, given its vehicle."""
+        if self.vehicle is None:
+            return 0.0
+        if limit >= 0:
+            return min(limit * self.overshoot, self.vehicle.acceptance_kw())
+        return limit if self.vehicle.soc > 0.05 else 0.0
+
+    def _ramp(self, power: float, target: float, seconds: float) -> float:
+        step = self.ramp_kw_per_s * self.ramp_factor * max(seconds, 0.0)
+        return power + max(-step, min(step, target - power))
+
+    def step(self, now: float, dt: float) -> float:
+        """Advance by `dt` seconds; return the energy (kWh) drawn from the site."""
+        # Within the step the pile heads for what it was told until a newer setpoint takes
+        # effect (after its delay) or its fail-safe fires, then for that: piecewise.
+        since = now - dt
+        power = self.power_kw
+        breaks = []
+        while self._pending and self._pending[0][0] <= now:
+            breaks.append(self._pending.popleft())
+        fallback_from = self.last_contact + self.comm_timeout_s
+        if since < fallback_from <= now:
+            breaks.append((fallback_from, *self._commanded))
+            breaks.sort(key=lambda b: b[0])
+        for effective, setpoint, mode in breaks:
+            if effective > since:
+                power = self._ramp(power, self._target(self._limit(since)), effective - since)
+                since = effective
+            self._commanded = (setpoint, mode)
+        limit = self._limit(now)
         self.applied_kw = limit
-        target = 0.0
-        if self.vehicle is not None:
-            if limit >= 0:
-                target = min(limit, self.vehicle.acceptance_kw())
-            elif self.vehicle.soc > 0.05:
-                target = limit
-        step = self.ramp_kw_per_s * (now - moving_since)
-        moved = self.power_kw + max(-step, min(step, target - self.power_kw))
+        target = self._target(limit)
+        if now < self.down_until:
+            power, since = 0.0, now  # the power electronics are off
+        moved = self._ramp(power, target, now - since)
         if self.vehicle is not None and moved > 0:
             # The BMS cuts its own demand at once; only the pile's increase is ramp-limited.
             moved = min(moved, self.vehicle.acceptance_kw())
@@ -380,6 +417,7 @@ class Plant:
         self.background = Background(station.background, zone, settings.seed)
         self.background_series = background
         self.limit_series = limit
+        self.limit_override: float | None = None
         self.limit_kw = station.limit_kw
         self.interval_limit_kw = station.limit_kw
         self.background_kw = 0.0
@@ -429,8 +467,13 @@ class Plant:
         interval_limit = (
             self.limit_kw if self.limit_series is None else self.limit_series.at(now - dt)
         )
+        signalled = self.station.limit_kw
         if self.limit_series is not None:
-            self.limit_kw = self.limit_series.at(now)
+            signalled = self.limit_series.at(now)
+        self.limit_kw = signalled
+        if self.limit_override is not None:
+            interval_limit = min(interval_limit, self.limit_override)
+            self.limit_kw = min(self.limit_kw, self.limit_override)
         piles_kwh = 0.0
         for pile in self.piles.values():
             piles_kwh += pile.step(now, dt)
@@ -446,6 +489,20 @@ class Plant:
             self.trace_t.append(now)
             self.trace_site.append(self.site_kw)
             self.trace_background.append(self.background_kw)
+
+    @property
+    def utility_limit_kw(self) -> float | None:
+        """The limit the utility signals now (None: no signal in force)."""
+        if self.limit_series is None and self.limit_override is None:
+            return None
+        return self.limit_kw
+
+    def move_departure(self, pile_id: str, departure: float) -> Vehicle | None:
+        """The vehicle at `pile_id` now leaves at `departure` (early or late); it, or None."""
+        vehicle = self.piles[pile_id].vehicle
+        if vehicle is not None:
+            vehicle.visit = replace(vehicle.visit, departure=departure)
+        return vehicle
 
     def _departures(self, now: float) -> None:
         for pile in self.piles.values():

@@ -213,7 +213,8 @@ class MeterRegisters:
             "energy_export": self.plant.energy_export_kwh,
             "frequency": 50.0,
             # What the utility allows now, as a terminal relays it; None: no signal in force.
-            "utility_limit": self.plant.limit_kw if self.plant.limit_series is not None else None,
+            "utility_limit": self.plant.utility_limit_kw,
+            "clock": self.plant.now,
         }
         for phase in (1, 2, 3):
             values[f"voltage_l{phase}"] = voltage

@@ -23,7 +23,7 @@ BAND_COLOURS = {"valley": "#c8e6c9", "flat": "#fff9c4", "peak": "#ffcdd2", "crit
 
 
 def write_outputs(result: SimResult, out: Path, zone: ZoneInfo) -> None:
-    """metrics.json, timeseries.csv and plot.png for one run, in `out`."""
+    """metrics.json, timeseries.csv, events.csv (what the controller noticed) and plot.png."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
     with (out / "timeseries.csv").open("w", newline="", encoding="utf-8") as handle:
@@ -43,6 +43,11 @@ def write_outputs(result: SimResult, out: Path, zone: ZoneInfo) -> None:
                     result.bands[k],
                 ]
             )
+    with (out / "events.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["time", "event"])
+        for when, text in result.events:
+            writer.writerow([datetime.fromtimestamp(when, zone).isoformat(), text])
     plot(result, out / "plot.png", zone)
 
 

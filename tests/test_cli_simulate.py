@@ -18,7 +18,7 @@ from simulator.scenario import load_sessions
 
 STATION = str(CONFIG_ROOT / "stations" / "bozhou-depot.toml")
 ZONE = ZoneInfo("Asia/Shanghai")
-OUTPUTS = ["metrics.json", "plot.png", "timeseries.csv"]
+OUTPUTS = ["events.csv", "metrics.json", "plot.png", "timeseries.csv"]
 HEADER = "id,arrival,departure,energy_kwh,max_kw,pile,capacity_kwh,soc_arrival,v2g"
 
 

@@ -170,7 +170,12 @@ def test_write_outputs(night_results: dict[str, SimResult], tmp_path: Path) -> N
     result = night_results["mpc"]
     out = tmp_path / "out" / "mpc"
     write_outputs(result, out, ZONE)
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "plot.png", "timeseries.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "events.csv",
+        "metrics.json",
+        "plot.png",
+        "timeseries.csv",
+    ]
     assert json.loads((out / "metrics.json").read_text(encoding="utf-8")) == pytest.approx(
         result.metrics
     )

@@ -1,0 +1,358 @@
+"""Faults the simulator injects: devices that go quiet, lie or misbehave; vehicles and the utility
+that do the unexpected.
+
+A fault script is a CSV file, one fault per row (header required; ISO 8601 times with their UTC
+offset; `end` empty: until the run ends):
+
+    start,end,kind,target,value
+    2026-11-25T19:00:00+08:00,2026-11-25T19:05:00+08:00,silent,grid,
+    2026-11-25T20:00:00+08:00,,limit-step,site,3000
+
+`target` is a device id of the station (its grid meter, its terminal, a pile), a pile id for the
+vehicle faults, or `site` for the utility's limit. `value` depends on the kind:
+
+| kind             | target        | value (default)                                       |
+|------------------|---------------|-------------------------------------------------------|
+| silent           | any device    | -: requests time out                                  |
+| late             | any device    | latency in s (3): answers arrive that much later      |
+| dropped          | any device    | -: connections refused, then it comes back            |
+| frozen           | meter         | -: every value stays as it was when the fault began   |
+| nan              | meter         | -: power reads NaN                                    |
+| absurd           | meter         | power it reads, kW (1000000)                          |
+| clock-jump       | meter         | jump of its clock, s (3600), until the fault ends     |
+| ignores-setpoint | pile          | -: keeps applying what it applied before              |
+| overshoot        | pile          | factor on its setpoint (1.3)                          |
+| slow-ramp        | pile          | factor on its rated ramp (0.05)                       |
+| reboot           | pile          | -: off and unreachable until `end`, then at its own   |
+|                  |               | safe value with its fail-safe settings lost           |
+| fault-state      | pile          | fault code it reports (7): it stops delivering        |
+| leaves-early     | pile          | -: its vehicle leaves at `start`                      |
+| stays-late       | pile          | extra stay in s (3600)                                |
+| limit-step       | site          | the utility's limit, kW (required)                    |
+
+`load_faults` raises `ConfigError` naming the file, the row and the field of every bad entry.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+
+from controller.config import ConfigError, Problem, Station
+from drivers.errors import ConnectionLost, DeviceTimeout, DriverError
+from drivers.meter import MeterReading
+from simulator.plant import Plant
+
+
+class FaultKind(StrEnum):
+    """What goes wrong."""
+
+    SILENT = "silent"
+    LATE = "late"
+    DROPPED = "dropped"
+    FROZEN = "frozen"
+    NAN = "nan"
+    ABSURD = "absurd"
+    CLOCK_JUMP = "clock-jump"
+    IGNORES_SETPOINT = "ignores-setpoint"
+    OVERSHOOT = "overshoot"
+    SLOW_RAMP = "slow-ramp"
+    REBOOT = "reboot"
+    FAULT_STATE = "fault-state"
+    LEAVES_EARLY = "leaves-early"
+    STAYS_LATE = "stays-late"
+    LIMIT_STEP = "limit-step"
+
+
+DEVICE_FAULTS = frozenset({FaultKind.SILENT, FaultKind.LATE, FaultKind.DROPPED})
+METER_FAULTS = frozenset({FaultKind.FROZEN, FaultKind.NAN, FaultKind.ABSURD, FaultKind.CLOCK_JUMP})
+PILE_FAULTS = frozenset(
+    {
+        FaultKind.IGNORES_SETPOINT,
+        FaultKind.OVERSHOOT,
+        FaultKind.SLOW_RAMP,
+        FaultKind.REBOOT,
+        FaultKind.FAULT_STATE,
+        FaultKind.LEAVES_EARLY,
+        FaultKind.STAYS_LATE,
+    }
+)
+DEFAULT_VALUES: dict[FaultKind, float] = {
+    FaultKind.LATE: 3.0,
+    FaultKind.ABSURD: 1e6,
+    FaultKind.CLOCK_JUMP: 3600.0,
+    FaultKind.OVERSHOOT: 1.3,
+    FaultKind.SLOW_RAMP: 0.05,
+    FaultKind.FAULT_STATE: 7.0,
+    FaultKind.STAYS_LATE: 3600.0,
+}
+# A reboot without an end keeps the pile off this long.
+DEFAULT_REBOOT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault: what, on which device, from `start` until `end` (epoch seconds)."""
+
+    kind: FaultKind
+    target: str
+    start: float
+    end: float = math.inf
+    value: float | None = None
+
+    @property
+    def amount(self) -> float:
+        """The fault's value, or its kind's default."""
+        if self.value is not None:
+            return self.value
+        if self.kind is FaultKind.REBOOT:
+            return DEFAULT_REBOOT_S if math.isinf(self.end) else self.end - self.start
+        return DEFAULT_VALUES.get(self.kind, math.nan)
+
+    def active(self, now: float) -> bool:
+        """True while the fault is on."""
+        return self.start <= now < self.end
+
+    def __str__(self) -> str:
+        value = "" if self.value is None else f" {self.value:g}"
+        return f"{self.kind}{value} on {self.target}"
+
+
+class FaultScript:
+    """The faults of one run, applied to the plant and to what the controller reads."""
+
+    def __init__(self, faults: Iterable[Fault] = ()) -> None:
+        self.faults = tuple(sorted(faults, key=lambda f: f.start))
+        self._started: set[int] = set()
+        self._ended: set[int] = set()
+        self._frozen: dict[int, MeterReading] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.faults)
+
+    def check(self, station: Station, file: Path | None = None) -> None:
+        """Raise `ConfigError` if a fault names a device the station lacks or cannot have it."""
+        where = file or station.path
+        meters = {station.grid_meter.id} | (
+            set() if station.terminal is None else {station.terminal.id}
+        )
+        piles = {p.id for p in station.piles}
+        problems = []
+        for number, fault in enumerate(self.faults, start=1):
+            row = f"fault {number} ({fault})"
+            if fault.kind is FaultKind.LIMIT_STEP:
+                allowed, what = {"site"}, "`site`"
+            elif fault.kind in METER_FAULTS:
+                allowed, what = meters, "a meter of the station"
+            elif fault.kind in PILE_FAULTS:
+                allowed, what = piles, "a pile of the station"
+            else:
+                allowed, what = meters | piles, "a device of the station"
+            if fault.target not in allowed:
+                known = ", ".join(sorted(allowed))
+                problems.append(
+                    Problem(where, row, "target", f"must be {what} ({known}), not {fault.target!r}")
+                )
+        if problems:
+            raise ConfigError(problems)
+
+    def active(self, kind: FaultKind, target: str, now: float) -> Fault | None:
+        """The fault of `kind` on `target` in force at `now`, if any."""
+        for fault in self.faults:
+            if fault.kind is kind and fault.target == target and fault.active(now):
+                return fault
+        return None
+
+    # -- the plant -----------------------------------------------------------------------------
+
+    def apply(self, plant: Plant, now: float) -> list[str]:
+        """Start and end the faults that act on the plant; what happened, for a log."""
+        notes = []
+        for index, fault in enumerate(self.faults):
+            if index not in self._started and now >= fault.start:
+                self._started.add(index)
+                notes.append(f"fault starts: {fault}")
+                self._start(plant, fault, now)
+            if index in self._started and index not in self._ended and now >= fault.end:
+                self._ended.add(index)
+                notes.append(f"fault ends: {fault}")
+                self._end(plant, fault)
+        return notes
+
+    def _start(self, plant: Plant, fault: Fault, now: float) -> None:
+        kind, pile = fault.kind, plant.piles.get(fault.target)
+        if kind is FaultKind.LIMIT_STEP:
+            plant.limit_override = fault.amount
+        elif pile is None:
+            return
+        elif kind is FaultKind.IGNORES_SETPOINT:
+            pile.ignoring = True
+        elif kind is FaultKind.OVERSHOOT:
+            pile.overshoot = fault.amount
+        elif kind is FaultKind.SLOW_RAMP:
+            pile.ramp_factor = fault.amount
+        elif kind is FaultKind.REBOOT:
+            pile.reboot(now, fault.amount)
+        elif kind is FaultKind.FAULT_STATE:
+            pile.fault_code = int(fault.amount)
+        elif kind is FaultKind.LEAVES_EARLY:
+            plant.move_departure(pile.id, now)
+        elif kind is FaultKind.STAYS_LATE and pile.vehicle is not None:
+            plant.move_departure(pile.id, pile.vehicle.visit.departure + fault.amount)
+
+    def _end(self, plant: Plant, fault: Fault) -> None:
+        kind, pile = fault.kind, plant.piles.get(fault.target)
+        if kind is FaultKind.LIMIT_STEP:
+            plant.limit_override = None
+        elif pile is None:
+            return
+        elif kind is FaultKind.IGNORES_SETPOINT:
+            pile.ignoring = False
+        elif kind is FaultKind.OVERSHOOT:
+            pile.overshoot = 1.0
+        elif kind is FaultKind.SLOW_RAMP:
+            pile.ramp_factor = 1.0
+        elif kind is FaultKind.FAULT_STATE:
+            pile.fault_code = 0
+
+    # -- what the controller reads -------------------------------------------------------------
+
+    def reachable(self, device: str, now: float) -> bool:
+        """False while `device` takes no requests (silent, dropped, rebooting)."""
+        for fault in self.faults:
+            if fault.target != device or not fault.active(now):
+                continue
+            if fault.kind in (FaultKind.SILENT, FaultKind.DROPPED):
+                return False
+            if fault.kind is FaultKind.REBOOT and now < fault.start + fault.amount:
+                return False
+        return True
+
+    def latency_s(self, device: str, now: float) -> float:
+        """How late `device` answers now."""
+        fault = self.active(FaultKind.LATE, device, now)
+        return 0.0 if fault is None else max(fault.amount, 0.0)
+
+    def unreachable_error(self, device: str, label: str, now: float) -> DriverError | None:
+        """The error a read of `device` meets now, or None if it answers."""
+        if self.reachable(device, now):
+            return None
+        if self.active(FaultKind.DROPPED, device, now) is not None:
+            return ConnectionLost(label, "connection refused")
+        return DeviceTimeout(label, "no answer")
+
+    def meter_reading(self, device: str, now: float, reading: MeterReading) -> MeterReading:
+        """What a meter reports, given what it measures."""
+        for index, fault in enumerate(self.faults):
+            if fault.target != device or not fault.active(now):
+                continue
+            if fault.kind is FaultKind.FROZEN:
+                reading = self._frozen.setdefault(index, reading)
+            elif fault.kind is FaultKind.NAN:
+                reading = replace(reading, power_kw=math.nan)
+            elif fault.kind is FaultKind.ABSURD:
+                reading = replace(reading, power_kw=fault.amount)
+            elif fault.kind is FaultKind.CLOCK_JUMP and reading.device_time is not None:
+                reading = replace(reading, device_time=reading.device_time + fault.amount)
+        return reading
+
+
+# -- the file format ----------------------------------------------------------------------------
+
+COLUMNS = ("start", "end", "kind", "target", "value")
+
+
+def load_faults(path: Path | str) -> FaultScript:
+    """A fault script from its CSV file (see the module docstring)."""
+    path = Path(path)
+    problems: list[Problem] = []
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(path, None, "", f"cannot read: {exc}")]) from None
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in reader.fieldnames or []]
+    missing = [c for c in ("start", "kind", "target") if c not in header]
+    unknown = [c for c in header if c not in COLUMNS]
+    if missing or unknown:
+        if missing:
+            problems.append(Problem(path, None, "header", f"missing column(s): {missing}"))
+        if unknown:
+            problems.append(Problem(path, None, "header", f"unknown column(s): {unknown}"))
+        raise ConfigError(problems)
+    faults = []
+    for number, raw in enumerate(reader, start=2):
+        row = {k.strip(): (v or "").strip() for k, v in raw.items() if isinstance(k, str)}
+        where = f"row {number}"
+        fault = _fault_row(row, path, where, problems)
+        if fault is not None:
+            faults.append(fault)
+    if problems:
+        raise ConfigError(problems)
+    return FaultScript(faults)
+
+
+def _fault_row(
+    row: dict[str, str], path: Path, where: str, problems: list[Problem]
+) -> Fault | None:
+    before = len(problems)
+    kind: FaultKind | None = None
+    try:
+        kind = FaultKind(row.get("kind", ""))
+    except ValueError:
+        known = ", ".join(k.value for k in FaultKind)
+        problems.append(
+            Problem(path, where, "kind", f"unknown kind {row.get('kind')!r}; known: {known}")
+        )
+    start = end = math.nan
+    for name in ("start", "end"):
+        text = row.get(name, "")
+        if name == "end" and not text:
+            end = math.inf
+            continue
+        try:
+            when = _when(text)
+        except ValueError as exc:
+            problems.append(Problem(path, where, name, str(exc)))
+            continue
+        if name == "start":
+            start = when
+        else:
+            end = when
+    if not math.isnan(start) and not math.isnan(end) and end <= start:
+        problems.append(Problem(path, where, "end", "must be after start"))
+    target = row.get("target", "")
+    if not target:
+        problems.append(Problem(path, where, "target", "required, but empty"))
+    value: float | None = None
+    if row.get("value"):
+        try:
+            value = float(row["value"])
+        except ValueError:
+            problems.append(Problem(path, where, "value", f"not a number: {row['value']!r}"))
+        else:
+            if not math.isfinite(value) or value < 0:
+                problems.append(
+                    Problem(path, where, "value", f"must be finite and >= 0, not {value}")
+                )
+    elif kind is FaultKind.LIMIT_STEP:
+        problems.append(Problem(path, where, "value", "a limit step needs the new limit in kW"))
+    if len(problems) > before or kind is None:
+        return None
+    return Fault(kind, target, start, end, value)
+
+
+def _when(text: str) -> float:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 time") from None
+    if value.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset (write e.g. 2026-11-25T19:00:00+08:00)")
+    return value.timestamp()
