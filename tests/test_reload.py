@@ -1,0 +1,275 @@
+"""Reloading the config of a running daemon, over real Modbus on loopback, on a virtual clock.
+
+The simulator serves every device of the reference station; the daemon starts with some of them
+and is reloaded while trucks charge: a pile added is armed and controlled, a pile removed is left
+at its fallback power and not written again, a new tariff is planned with at once, and a bad
+config is refused with every problem while the old one keeps controlling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+import pytest_asyncio
+
+from controller.clock import VirtualClock
+from controller.config import CONFIG_ROOT, Station, load_tariff
+from controller.control import Policy
+from controller.daemon import Cycle, Daemon
+from controller.reload import StationChange
+from scheduler.problem import Problem
+from simulator.fleet import Visit
+from simulator.hardware import StationSimulator
+from tests.conftest import local_time
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.loopback, pytest.mark.usefixtures("no_leaked_tasks")]
+
+PERIOD_S = 2.0
+
+
+def _truck(start: float, pile: str, *, after_s: float = 60.0) -> Visit:
+    return Visit(
+        vehicle_id=f"truck-{pile}",
+        arrival=start + after_s,
+        departure=start + 4 * 3600,
+        energy_kwh=300.0,
+        max_kw=450.0,
+        capacity_kwh=600.0,
+        soc_arrival=0.3,
+        pile=pile,
+    )
+
+
+@dataclass
+class Site:
+    """The simulated station, and the daemon controlling some config of it."""
+
+    simulator: StationSimulator
+    daemon: Daemon
+    clock: VirtualClock
+    start: float
+    cycles: list[Cycle]
+
+    async def until(self, seconds: float) -> None:
+        """Let the station run until `seconds` after the start."""
+        await self.clock.sleep_until(self.start + seconds)
+
+    def cycles_after(self, when: float) -> list[Cycle]:
+        """The cycles run after station time `when`."""
+        return [c for c in self.cycles if c.time > when]
+
+
+class Start(Protocol):
+    """Starts the simulator for one config and the daemon for another."""
+
+    async def __call__(
+        self, served: Station, controlled: Station, visits: list[Visit], policy: str = ...
+    ) -> Site: ...
+
+
+@pytest_asyncio.fixture
+async def running() -> AsyncIterator[Start]:
+    """Start a simulator for one config and a daemon for another; stop both at the end."""
+    started: list[tuple[StationSimulator, Daemon, asyncio.Task[None]]] = []
+
+    async def start(
+        served: Station, controlled: Station, visits: list[Visit], policy: str = "equal-share"
+    ) -> Site:
+        begin = min(v.arrival for v in visits) - 60
+        clock = VirtualClock(begin)
+        simulator = StationSimulator(served, clock, visits=visits)
+        await simulator.start()
+        daemon = Daemon.for_station(controlled, clock, policy=policy)
+        cycles: list[Cycle] = []
+        daemon.observers.append(cycles.append)
+        started.append((simulator, daemon, asyncio.create_task(daemon.run())))
+        return Site(simulator, daemon, clock, begin, cycles)
+
+    yield start
+    for simulator, daemon, task in started:
+        daemon.request_stop()
+        await task
+        await simulator.stop()
+
+
+def _within_limit(site: Site, limit_kw: float) -> None:
+    truth = site.simulator.plant.truth
+    assert truth.peak_kw <= limit_kw + 1e-6, f"true peak {truth.peak_kw:.0f} kW"
+    assert site.daemon.tally.over_limit_s == 0.0
+
+
+async def test_added_pile_is_armed_and_controlled(running: Start, station: Station) -> None:
+    """A pile added by a reload gets its fail-safe, setpoints, and its truck charges."""
+    station = station.with_control(period_s=PERIOD_S)
+    p12 = station.pile("P12").model_copy(update={"fallback_kw": 50.0, "comm_timeout_s": 20.0})
+    without = replace(station, piles=station.piles[:11])
+    with_p12 = replace(station, piles=(*station.piles[:11], p12))
+    begin = local_time(station, "2026-11-25T10:00")
+    site = await running(station, without, [_truck(begin, "P01"), _truck(begin, "P12")])
+    await site.until(300)
+    plant_p12 = site.simulator.plant.piles["P12"]
+    assert "P12" not in site.daemon.piles
+    assert plant_p12.power_kw == pytest.approx(100.0, abs=1.0), "uncontrolled: its own fallback"
+
+    reloaded_at = site.clock.now()
+    assert StationChange.between(without, with_p12).added == ("P12",)
+    assert await site.daemon.reload(with_p12)
+    assert (plant_p12.comm_timeout_s, plant_p12.fallback_kw) == (20.0, 50.0), "armed"
+    await site.until(900)
+
+    after = site.cycles_after(reloaded_at)
+    assert after and all(c.written.get("P12") for c in after)
+    assert max(c.setpoints["P12"] for c in after) > 200.0
+    assert plant_p12.power_kw > 200.0, "the truck charges under control, above its fallback"
+    assert plant_p12.last_contact >= site.clock.now() - 2 * PERIOD_S
+    assert "P12" in site.daemon.control.sessions
+    assert any("piles added: P12" in text for _, text in site.daemon.events)
+    _within_limit(site, station.limit_kw)
+
+
+async def test_removed_pile_is_left_at_its_fallback(running: Start, station: Station) -> None:
+    """A pile removed by a reload is left at its fallback and never written again."""
+    station = station.with_control(period_s=PERIOD_S)
+    begin = local_time(station, "2026-11-25T10:00")
+    trucks = [_truck(begin, pid) for pid in ("P01", "P02", "P03", "P04")]
+    site = await running(station, station, trucks)
+    await site.until(600)
+    plant_p03 = site.simulator.plant.piles["P03"]
+    assert plant_p03.power_kw > 300.0, "charging under control before the reload"
+    assert "P03" in site.daemon.control.sessions
+
+    without = replace(station, piles=tuple(p for p in station.piles if p.id != "P03"))
+    reloaded_at = site.clock.now()
+    assert await site.daemon.reload(without)
+    contact = plant_p03.last_contact
+    fallback = station.pile("P03").fallback_kw
+    assert plant_p03.setpoint_kw == pytest.approx(fallback)
+    await site.until(1200)
+
+    assert plant_p03.last_contact == contact, "no writes after the reload"
+    assert plant_p03.applied_kw == pytest.approx(fallback)
+    assert plant_p03.power_kw == pytest.approx(fallback, abs=1.0)
+    after = site.cycles_after(reloaded_at)
+    assert after and all("P03" not in c.setpoints for c in after)
+    assert all(all(c.written.values()) for c in after)
+    assert "P03" not in site.daemon.control.sessions
+    assert any("P03: removed by a reload" in text for _, text in site.daemon.events)
+    for pid in ("P01", "P02", "P04"):
+        assert site.simulator.plant.piles[pid].power_kw > 300.0, pid
+    _within_limit(site, station.limit_kw)
+
+
+async def test_new_tariff_is_planned_with_at_once(
+    running: Start, station: Station, tmp_path: Path
+) -> None:
+    """A reloaded tariff is in the next snapshot and the next plan, made at once."""
+    station = replace(station, piles=station.piles[:4]).with_control(period_s=5.0)
+    assert station.tariff_path is not None
+    text = station.tariff_path.read_text(encoding="utf-8")
+    text = text.replace("valley = 0.3162", "valley = 0.2000")
+    # The standard season's evening flat band becomes valley: it starts at once, at 22:30.
+    text = text.replace(
+        '{ start = "21:00", end = "24:00", band = "flat" }',
+        '{ start = "21:00", end = "24:00", band = "valley" }',
+    )
+    cheaper = tmp_path / "cheaper.toml"
+    cheaper.write_text(text, encoding="utf-8")
+    tariff = load_tariff(cheaper)
+
+    begin = local_time(station, "2026-11-25T22:30")
+    trucks = [_truck(begin, p.id) for p in station.piles]
+    site = await running(station, station, trucks, policy=Policy.MPC)
+    problems: list[tuple[float, Problem]] = []
+    make_problem = site.daemon.control.problem
+
+    def recording(snapshot: object) -> Problem:
+        problem = make_problem(snapshot)  # type: ignore[arg-type]
+        problems.append((site.clock.now(), problem))
+        return problem
+
+    site.daemon.control.problem = recording  # type: ignore[method-assign]
+    await site.until(600)
+    assert problems and problems[-1][1].import_price[0] == pytest.approx(0.6210)
+    plans_before = site.daemon.tally.plans
+
+    reloaded_at = site.clock.now()
+    assert await site.daemon.reload(replace(station, tariff=tariff, tariff_path=cheaper))
+    await site.until(660)
+
+    after = site.cycles_after(reloaded_at)
+    assert after and all((c.snapshot.band, c.snapshot.price) == ("valley", 0.2) for c in after)
+    planned_after = [p for t, p in problems if t > reloaded_at]
+    assert planned_after, "a new plan was made after the reload"
+    assert planned_after[0].import_price[0] == pytest.approx(0.2)
+    first_plan_at = min(t for t, _ in problems if t > reloaded_at)
+    assert first_plan_at - reloaded_at <= 2 * 5.0, "re-planned at once, not at the next minute"
+    assert site.daemon.tally.plans > plans_before
+    planned_at = site.daemon.control.planned_at
+    assert planned_at is not None and planned_at > reloaded_at
+    assert any("tariff changed" in text for _, text in site.daemon.events)
+
+
+def _broken_copy(tmp_path: Path, station: Station) -> Path:
+    """The reference station file, with a negative rating and a pile whose map does not exist."""
+    root = tmp_path / "configs"
+    shutil.copytree(CONFIG_ROOT, root)
+    path = root / "stations" / "bozhou-depot.toml"
+    text = path.read_text(encoding="utf-8").replace("rating_kva = 5000.0", "rating_kva = -5000.0")
+    text += '\n[[piles]]\nid = "P13"\nport = 15033\nmax_kw = 240.0\ndevice = "no-such-map"\n'
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+async def test_bad_config_is_refused_and_the_old_one_runs_on(
+    running: Start, station: Station, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every problem is logged naming file, device and field; control carries on unchanged."""
+    caplog.set_level(logging.INFO, logger="controller.daemon")
+    station = station.with_control(period_s=PERIOD_S)
+    begin = local_time(station, "2026-11-25T10:00")
+    site = await running(station, station, [_truck(begin, "P01"), _truck(begin, "P02")])
+    await site.until(120)
+
+    broken = _broken_copy(tmp_path, station)
+    refused_at = site.clock.now()
+    assert not await site.daemon.reload_file(broken)
+    refused = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
+    assert any(
+        f"{broken}: transformer.rating_kva: Input should be greater than 0" in m for m in refused
+    ), refused
+    assert any(
+        re.search(rf"{re.escape(str(broken))}: pile P13: device: no register map", m)
+        for m in refused
+    ), refused
+
+    # Drivers for an added pile that cannot be made (no certificates for Modbus/TCP Security).
+    tls = station.pile("P12").model_copy(update={"id": "P13", "protocol": "modbus-tls"})
+    without_certs = replace(station, piles=(*station.piles, tls)).with_security(
+        certs=str(tmp_path / "no-certs")
+    )
+    caplog.clear()
+    assert not await site.daemon.reload(without_certs)
+    refused = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
+    assert any("security.certs: daemon certificate files missing" in m for m in refused), refused
+
+    caplog.clear()
+    assert await site.daemon.reload(station)
+    assert any("nothing changed" in r.getMessage() for r in caplog.records)
+
+    await site.until(300)
+    assert site.daemon.station is station
+    assert set(site.daemon.piles) == {p.id for p in station.piles}
+    after = site.cycles_after(refused_at)
+    assert len(after) >= (300 - 120) / PERIOD_S - 2, "still cycling every period"
+    ids = {p.id for p in station.piles}
+    assert all(set(c.setpoints) == ids and all(c.written.values()) for c in after)
+    assert site.simulator.plant.piles["P01"].power_kw > 300.0
+    _within_limit(site, station.limit_kw)
