@@ -3,16 +3,20 @@
 The simulator serves every device of the reference station; the daemon starts with some of them
 and is reloaded while trucks charge: a pile added is armed and controlled, a pile removed is left
 at its fallback power and not written again, a new tariff is planned with at once, and a bad
-config is refused with every problem while the old one keeps controlling.
+config is refused with every problem while the old one keeps controlling. `flexcharge reload` checks a file before it signals the daemon.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import shutil
-from collections.abc import AsyncIterator
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -29,8 +33,9 @@ from scheduler.problem import Problem
 from simulator.fleet import Visit
 from simulator.hardware import StationSimulator
 from tests.conftest import local_time
+from tests.test_cli import _station_on_free_ports, _wait_for_line
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.loopback, pytest.mark.usefixtures("no_leaked_tasks")]
+pytestmark = [pytest.mark.loopback]
 
 PERIOD_S = 2.0
 
@@ -106,6 +111,8 @@ def _within_limit(site: Site, limit_kw: float) -> None:
     assert site.daemon.tally.over_limit_s == 0.0
 
 
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("no_leaked_tasks")
 async def test_added_pile_is_armed_and_controlled(running: Start, station: Station) -> None:
     """A pile added by a reload gets its fail-safe, setpoints, and its truck charges."""
     station = station.with_control(period_s=PERIOD_S)
@@ -135,6 +142,8 @@ async def test_added_pile_is_armed_and_controlled(running: Start, station: Stati
     _within_limit(site, station.limit_kw)
 
 
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("no_leaked_tasks")
 async def test_removed_pile_is_left_at_its_fallback(running: Start, station: Station) -> None:
     """A pile removed by a reload is left at its fallback and never written again."""
     station = station.with_control(period_s=PERIOD_S)
@@ -167,6 +176,8 @@ async def test_removed_pile_is_left_at_its_fallback(running: Start, station: Sta
     _within_limit(site, station.limit_kw)
 
 
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("no_leaked_tasks")
 async def test_new_tariff_is_planned_with_at_once(
     running: Start, station: Station, tmp_path: Path
 ) -> None:
@@ -228,6 +239,8 @@ def _broken_copy(tmp_path: Path, station: Station) -> Path:
     return path
 
 
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("no_leaked_tasks")
 async def test_bad_config_is_refused_and_the_old_one_runs_on(
     running: Start, station: Station, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -273,3 +286,84 @@ async def test_bad_config_is_refused_and_the_old_one_runs_on(
     assert all(set(c.setpoints) == ids and all(c.written.values()) for c in after)
     assert site.simulator.plant.piles["P01"].power_kw > 300.0
     _within_limit(site, station.limit_kw)
+
+
+FLEXCHARGE = str(Path(sys.executable).parent / "flexcharge")
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """Started processes, killed at the end if a test left them running."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _flexcharge(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [FLEXCHARGE, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def test_reload_command_checks_then_signals_the_daemon(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    """A bad file: exit 2, no signal. A good one: SIGHUP, and the daemon applies it."""
+    path = _station_on_free_ports(tmp_path)
+    good = path.read_text(encoding="utf-8")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [FLEXCHARGE, *args],
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        processes.append(proc)
+        return proc
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    pidfile = tmp_path / "var" / "run" / "bozhou-depot.pid"
+    pidfile.parent.mkdir(parents=True)
+    pidfile.write_text(f"{gone.pid}\n")
+    simulator = start("sim-hardware", "--station", str(path))
+    _wait_for_line(simulator, r"serving ")
+    daemon = start("run", "--station", str(path), "--status-every", "600")
+    started = _wait_for_line(daemon, r"controlling Bozhou")
+    assert any("replacing the stale pidfile" in line for line in started)
+    assert pidfile.read_text().strip() == str(daemon.pid)
+    second = _flexcharge(tmp_path, "run", "--station", str(path))
+    assert second.returncode == 2 and "already running" in second.stdout, second.stdout
+
+    path.write_text(good.replace("rating_kva = 5000.0", "rating_kva = -5000.0"))
+    refused = _flexcharge(tmp_path, "reload", "--station", str(path))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "transformer.rating_kva: Input should be greater than 0" in refused.stdout
+
+    without_p12 = re.sub(r'\[\[piles\]\]\nid = "P12"\nport = \d+\nmax_kw = 240.0\n', "", good)
+    assert without_p12 != good
+    path.write_text(without_p12)
+    nobody = _flexcharge(tmp_path, "reload", "--station", str(path), "--pidfile", "none.pid")
+    assert nobody.returncode == 1 and "no pidfile" in nobody.stdout, nobody.stdout
+    applied = _flexcharge(tmp_path, "reload", "--station", str(path))
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    seen = _wait_for_line(daemon, r"config reloaded from .*: piles removed: P12")
+    assert sum("reloading" in line for line in seen) == 1, "the bad file was never signalled"
+    assert not any("refused" in line for line in seen)
+
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=30) == 0
+    assert not pidfile.exists()
+    simulator.send_signal(signal.SIGTERM)
+    assert simulator.wait(timeout=30) == 0
