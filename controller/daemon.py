@@ -694,10 +694,10 @@ class Daemon:
 
     @staticmethod
     def _stop_watching(feed: Feed[T], now: float) -> None:
-        """A failure logged when it started is logged as ended when its device goes."""
+        """A failure logged when it started is logged as ended when a reload drops its device."""
         if not feed.ok:
             log.warning(
-                "%s: no longer in the config, after %.0f s not answering",
+                "%s: no longer watched (config reloaded), after %.0f s not answering",
                 feed.device,
                 now - (feed.failed_since or now),
             )

@@ -3,7 +3,8 @@
 The simulator serves every device of the reference station; the daemon starts with some of them
 and is reloaded while trucks charge: a pile added is armed and controlled, a pile removed is left
 at its fallback power and not written again, a new tariff is planned with at once, and a bad
-config is refused with every problem while the old one keeps controlling. `flexcharge reload` checks a file before it signals the daemon.
+config is refused with every problem while the old one keeps controlling. And as an operator
+runs it: `flexcharge reload` checks a file before it signals a `flexcharge run` process.
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ pytestmark = [pytest.mark.loopback]
 PERIOD_S = 2.0
 
 
-def _truck(start: float, pile: str, *, after_s: float = 60.0) -> Visit:
+def _truck(start: float, pile: str) -> Visit:
     return Visit(
         vehicle_id=f"truck-{pile}",
-        arrival=start + after_s,
+        arrival=start + 60,
         departure=start + 4 * 3600,
         energy_kwh=300.0,
         max_kw=450.0,
@@ -367,3 +368,22 @@ def test_reload_command_checks_then_signals_the_daemon(
     assert not pidfile.exists()
     simulator.send_signal(signal.SIGTERM)
     assert simulator.wait(timeout=30) == 0
+
+
+def test_station_change_tells_reconnected_from_rerated(reference: Station) -> None:
+    """A new port or map reconnects a pile; new numbers only re-rate it; a copy changes nothing."""
+    piles = list(reference.piles)
+    piles[0] = piles[0].model_copy(update={"port": 16021})
+    piles[1] = piles[1].model_copy(update={"max_kw": 400.0, "fallback_kw": 80.0})
+    new = replace(reference, piles=tuple(piles[:-1]))
+    change = StationChange.between(reference, new)
+    assert (change.reconnected, change.rerated, change.removed) == (("P01",), ("P02",), ("P12",))
+    assert change.summary() == "piles removed: P12; piles reconnected: P01; piles re-rated: P02"
+    assert StationChange.between(reference, replace(reference)).empty
+    tariff_and_limit = replace(
+        reference,
+        transformer=reference.transformer.model_copy(update={"rating_kva": 4000.0}),
+        tariff=replace(reference.tariff, export_price=0.0),
+    )
+    change = StationChange.between(reference, tariff_and_limit)
+    assert change.summary() == "tariff changed; changed: transformer"
