@@ -1,4 +1,4 @@
-"""The `flexcharge` command: check a config, run the daemon, simulate hardware, run the demo."""
+"""The `flexcharge` command: check a config, run (and reload) the daemon, simulate hardware, demo."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import tomllib
@@ -142,14 +143,93 @@ def cmd_certs_init(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    """Run the daemon against the station's real devices, in real time."""
-    from controller.clock import WallClock
-    from controller.daemon import Daemon
+def _pidfile(args: argparse.Namespace) -> Path:
+    """The pidfile given, or var/run/<station file stem>.pid under the working directory."""
+    if args.pidfile:
+        return Path(args.pidfile)
+    return Path("var") / "run" / f"{Path(args.station).stem}.pid"
 
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_daemon(pid: int) -> bool:
+    """True if `pid` is a live process that is (as far as the system tells) flexcharge."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc here: a live process is taken for the daemon
+    # A pid the system gave to another program since: signalling it could end that program.
+    return b"flexcharge" in cmdline or b"controller.cli" in cmdline
+
+
+def _claim_pidfile(path: Path) -> int | None:
+    """Write this process's pid to `path`; return the pid of a live daemon holding it instead."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            other = _read_pid(path)
+            if other is not None and other != os.getpid() and _is_daemon(other):
+                return other
+            log.warning("replacing the stale pidfile %s (pid %s is not running)", path, other)
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(f"{os.getpid()}\n")
+        return None
+    raise OSError(f"cannot create the pidfile {path}: another process keeps replacing it")
+
+
+def _release_pidfile(path: Path) -> None:
+    if _read_pid(path) == os.getpid():
+        path.unlink(missing_ok=True)
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    """Run the daemon against the station's real devices, in real time; SIGHUP reloads."""
     station = _load(Path(args.station), console)
     if station is None:
         return EXIT_BAD_CONFIG
+    station_path = Path(args.station).resolve()
+    # `flexcharge reload` may signal as soon as the pidfile exists: until the daemon's handler
+    # is in place, a SIGHUP must not end the process (its default), only be missed.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    pidfile = _pidfile(args)
+    try:
+        running = _claim_pidfile(pidfile)
+    except OSError as exc:
+        console.print(f"[bold red]{exc}[/]", highlight=False)
+        return EXIT_FAILURE
+    if running is not None:
+        console.print(
+            f"[bold red]already running[/]: pid {running} ({pidfile}); "
+            "reload it with `flexcharge reload`, or stop it first",
+            highlight=False,
+        )
+        return EXIT_BAD_CONFIG
+    try:
+        return _run_daemon(args, station, station_path, console)
+    finally:
+        _release_pidfile(pidfile)
+
+
+def _run_daemon(
+    args: argparse.Namespace, station: Station, station_path: Path, console: Console
+) -> int:
+    from controller.clock import WallClock
+    from controller.daemon import Daemon
 
     async def main() -> int:
         try:
@@ -160,6 +240,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, daemon.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, daemon.request_reload, station_path)
         status_every = args.status_every
 
         def status(cycle: object) -> None:
@@ -183,6 +264,41 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         return EXIT_OK
 
     return asyncio.run(main())
+
+
+def cmd_reload(args: argparse.Namespace, console: Console) -> int:
+    """Check a station file, then tell the daemon running it to reload it (SIGHUP)."""
+    path = Path(args.station)
+    if _load(path, console) is None:
+        return EXIT_BAD_CONFIG
+    pidfile = _pidfile(args)
+    if not pidfile.exists():
+        console.print(
+            f"[bold red]no pidfile {pidfile}[/]: is `flexcharge run --station {path}` running "
+            "from this directory? (give --pidfile if it was started with one)",
+            highlight=False,
+        )
+        return EXIT_FAILURE
+    pid = _read_pid(pidfile)
+    if pid is None:
+        console.print(f"[bold red]{pidfile} holds no process id[/]", highlight=False)
+        return EXIT_FAILURE
+    if not _is_daemon(pid):
+        console.print(
+            f"[bold red]no daemon is running as pid {pid}[/] ({pidfile} is stale)", highlight=False
+        )
+        return EXIT_FAILURE
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        console.print(f"[bold red]cannot signal pid {pid}: {exc.strerror}[/]", highlight=False)
+        return EXIT_FAILURE
+    console.print(
+        f"{path} is valid; daemon pid {pid} asked to reload it (its log says what changed)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return EXIT_OK
 
 
 def cmd_sim_hardware(args: argparse.Namespace, console: Console) -> int:
@@ -439,7 +555,17 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon (real time)")
     run.add_argument("--station", required=True)
     run.add_argument("--status-every", type=float, default=60.0, help="log a status line every N s")
+    run.add_argument(
+        "--pidfile", help="where to write the process id (default: var/run/<station>.pid)"
+    )
     run.set_defaults(func=cmd_run)
+
+    reload = sub.add_parser(
+        "reload", help="check a station file, then make the daemon running it reload it"
+    )
+    reload.add_argument("--station", required=True)
+    reload.add_argument("--pidfile", help="the daemon's pidfile (default: var/run/<station>.pid)")
+    reload.set_defaults(func=cmd_reload)
 
     sim = sub.add_parser(
         "sim-hardware",

@@ -31,6 +31,7 @@ from controller.config import Station
 from controller.follow import FollowWatch
 from controller.forecast import BackgroundForecast
 from controller.limiter import PileBounds, budget_kw, limit_setpoints
+from controller.reload import reconnects
 from controller.site import BackgroundWatch, PileView, SiteSnapshot
 from drivers.pile import PileState
 from scheduler.allocation import Demand, fair_share, laxity_h, priority_fill
@@ -338,6 +339,67 @@ class Control:
         pile = self.station.pile(session.pile)
         session.v2g = wish.v2g and pile.bidirectional
         session.min_soc = wish.min_soc
+
+    # -- a reloaded config -------------------------------------------------------------------
+
+    def reconfigure(
+        self, station: Station, now: float, *, policy: Policy | str | None = None
+    ) -> list[str]:
+        """Follow a reloaded config of this station from `now` on; return events.
+
+        The piles that remain keep their sessions, setpoints and faults; the month's peak, the
+        background estimate and the visits remembered for forecasting are kept. A pile the new
+        config does not have, or reaches differently (endpoint, map), starts over: its session
+        ends there. Tariff, limits and settings take effect at once, and a new plan is due.
+        `policy` overrides the config's, as at construction.
+        """
+        old = self.station
+        before = {p.id: p for p in old.piles}
+        kept = {
+            p.id
+            for p in station.piles
+            if p.id in before and not reconnects(old, station, before[p.id], p)
+        }
+        ids = {p.id for p in station.piles}
+        events: list[str] = []
+        for pile in [pid for pid in self.sessions if pid not in kept]:
+            session = self.sessions.pop(pile)
+            self.history.append(
+                Visit(
+                    session.plugged_at,
+                    now,
+                    session.delivered_kwh if session.need_kwh > 0 else 0.0,
+                    max(session.need_kwh, session.delivered_kwh),
+                    session.max_kw,
+                )
+            )
+            events.append(
+                f"{pile}: {'reconnected' if pile in ids else 'removed'} by a reload; its session "
+                f"ended after {session.delivered_kwh:.0f} of {session.need_kwh:.0f} kWh"
+            )
+        for pid in [pid for pid in self.setpoints if pid not in kept]:
+            del self.setpoints[pid]
+        for pile_config in station.piles:
+            self.setpoints.setdefault(pile_config.id, 0.0)
+        self.faults = {pid: fault for pid, fault in self.faults.items() if pid in kept}
+        self.wishes = {
+            key: wish
+            for key, wish in self.wishes.items()
+            if key[0] in kept or (key[0] not in before and key[0] in ids)
+        }
+        if self.plan_period_s == self.settings.plan_period_s:
+            self.plan_period_s = station.scheduler.plan_period_s
+        self.station = station
+        self.settings = station.scheduler
+        self.policy = Policy(policy or self.settings.policy)
+        if station.info.timezone != old.info.timezone:
+            self.zone = ZoneInfo(station.info.timezone)
+            self.month.zone = self.zone
+        if station.background != old.background or station.info.timezone != old.info.timezone:
+            self.forecast = BackgroundForecast(station.background.profile_kw, self.zone)
+        self._group_budgets = [(dict(g.members), g.limit_kw) for g in self.group_limits()]
+        self._why = self._why or "config reloaded"
+        return events
 
     # -- plans -------------------------------------------------------------------------------
 

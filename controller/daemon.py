@@ -10,7 +10,12 @@ Two tasks, both owned here:
   deadline, so the event loop never blocks; a failed or late solve gives way to the fallback
   heuristic.
 
-On stop it cancels both tasks, leaves every pile at its fallback power and closes the
+A reload (`reload`, `reload_file`, `request_reload` on SIGHUP) applies a new, validated config
+between two cycles: removed piles are left at their fallback power, added ones armed and
+controlled, the tariff, limits and settings take effect at once and a new plan is due. A config
+that fails its checks is refused with every problem, and the old one keeps running.
+
+On stop it cancels its tasks, leaves every pile at its fallback power and closes the
 connections, in that order.
 """
 
@@ -24,19 +29,20 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
-from controller.clock import Clock, Ticker
-from controller.config import DeviceEndpoint, Station
+from controller.acpile import AcPile
+from controller.clock import Clock, Ticker, stop_task
+from controller.config import ConfigError, Station, load_station
+from controller.config import Problem as ConfigProblem
 from controller.control import Control, Decision, Policy
-from controller.devices import modbus_device, pile_driver
+from controller.devices import StationLinks, pile_driver
+from controller.reload import StationChange
 from controller.sensing import Sensors
 from controller.site import Feed, PileView, SiteSnapshot
-from drivers.device import Device
 from drivers.errors import DriverError
 from drivers.meter import MapMeter, Meter, MeterReading
-from drivers.modbus import ModbusLinks
-from drivers.opcua import OpcUaDevice, OpcUaLinks, OpcUaSecurity
 from drivers.pile import Pile, PileReading
 from scheduler.fallback import fallback_plan
 from scheduler.plan import Plan
@@ -119,24 +125,6 @@ def _within_bounds(kw: float, view: PileView) -> bool:
     return view.min_kw - 1e-6 <= -kw <= view.max_discharge_kw + 1e-6
 
 
-def _opcua_security(station: Station) -> OpcUaSecurity:
-    """SignAndEncrypt with the daemon's certificate and the station's OPC-UA user and policies."""
-    identity = station.identity("daemon")
-    assert station.security is not None  # identity() raises ConfigError without [security]
-    credentials = station.opcua_credentials()
-    user, password = credentials if credentials is not None else (None, None)
-    return OpcUaSecurity(
-        encrypt=True,
-        certificate=identity.cert_pem,
-        private_key=identity.key_pem,
-        trust_dir=identity.trust_dir,
-        application_uri=identity.application_uri,
-        policies=tuple(station.security.opcua_policies),
-        user=user,
-        password=password,
-    )
-
-
 async def _attempt(device: str, read: Callable[[], Awaitable[T]]) -> T | DriverError:
     """Run a device read; a failure comes back as a `DriverError` value, never raised."""
     try:
@@ -170,6 +158,12 @@ class Daemon:
         self.piles = {pile.id: pile for pile in piles}
         self.control = Control(station, policy=policy)
         self._close = close
+        # for_station keeps its connections here, so that a reload can add devices through them.
+        self.links: StationLinks | None = None
+        self._policy = policy
+        self._config_lock = asyncio.Lock()
+        self._config_serial = 0
+        self._reloads: set[asyncio.Task[bool]] = set()
         self.period_s = station.control.period_s
         self.sensors = Sensors(station, notify=self._record)
         self.meter_feed: Feed[MeterReading] = self.sensors.meter
@@ -202,35 +196,27 @@ class Daemon:
 
         OPC-UA devices are reached through one session per endpoint URL, with the daemon's
         certificate, the station's OPC-UA user and policies; the others over Modbus TCP or
-        Modbus/TCP Security, AC chargers through their make's driver. Raises
-        `ConfigError` when certificates or the password an encrypted link needs are missing.
+        Modbus/TCP Security, AC chargers through their make's driver. The daemon keeps the
+        connections, so that a reload can add devices. Raises `ConfigError` when certificates or
+        the password an encrypted link needs are missing.
         """
-        io_timeout = station.control.io_timeout_s
-        modbus = ModbusLinks(timeout_s=io_timeout)
-        opcua = OpcUaLinks(
-            now=clock.now, timeout_s=io_timeout, secure=lambda: _opcua_security(station)
-        )
-
-        def device(endpoint: DeviceEndpoint, name: str) -> Device:
-            regmap = station.map_for(endpoint.device)
-            if endpoint.protocol == "opcua":
-                link = opcua.get(
-                    endpoint.opcua_url, encrypt=endpoint.opcua_security == "sign-and-encrypt"
-                )
-                return OpcUaDevice(name, link, regmap, endpoint.opcua_object)
-            return modbus_device(endpoint, name, station, modbus)
-
+        links = StationLinks(station, clock)
         gm = station.grid_meter
-        meter = MapMeter(gm.id, device(gm, f"meter {gm.id}"))
+        meter = MapMeter(gm.id, links.device(station, gm, f"meter {gm.id}"))
         term = station.terminal
-        terminal = None if term is None else MapMeter(term.id, device(term, f"terminal {term.id}"))
-        piles = [pile_driver(p, device(p, f"pile {p.id}"), clock) for p in station.piles]
-
-        async def close() -> None:
-            modbus.close()
-            await opcua.close()
-
-        return cls(station, clock, meter, piles, policy=policy, close=close, terminal=terminal)
+        terminal = (
+            None
+            if term is None
+            else MapMeter(term.id, links.device(station, term, f"terminal {term.id}"))
+        )
+        piles = [
+            pile_driver(p, links.device(station, p, f"pile {p.id}"), clock) for p in station.piles
+        ]
+        daemon = cls(
+            station, clock, meter, piles, policy=policy, close=links.close, terminal=terminal
+        )
+        daemon.links = links
+        return daemon
 
     over_modbus = for_station
 
@@ -282,6 +268,8 @@ class Daemon:
 
     async def shutdown(self) -> None:
         """Stop the loops, leave every pile at its fallback power, close connections."""
+        for reload in list(self._reloads):
+            await stop_task(reload)
         self._solver.cancel()
         for task in reversed(self._tasks):
             task.cancel()
@@ -317,9 +305,11 @@ class Daemon:
         with self.clock.participant():
             ticker = Ticker(self.clock, self.period_s)
             while True:
+                ticker.period = self.period_s  # a reload may have changed it
                 await ticker.wait()
                 try:
-                    await self.cycle()
+                    async with self._config_lock:  # a reload applies between two cycles
+                        await self.cycle()
                 except Exception as exc:
                     # A bug must not stop control: log it once, keep cycling.
                     self._log_once(exc, "cycle failed")
@@ -412,6 +402,7 @@ class Daemon:
         with self.clock.participant():
             ticker = Ticker(self.clock, self.period_s, start=self.clock.now() + self.period_s / 2)
             while True:
+                ticker.period = self.period_s
                 await ticker.wait()
                 cycle = self.last_cycle
                 if cycle is None:
@@ -433,6 +424,7 @@ class Daemon:
             self._log_once(exc, "cannot build the scheduling problem")
             return None
         assert self._executor is not None
+        serial = self._config_serial
         loop = asyncio.get_running_loop()
         deadline = self.station.scheduler.solve_deadline_s
         future = loop.run_in_executor(self._executor, self._solver.solve, problem)
@@ -441,6 +433,9 @@ class Daemon:
         except TimeoutError:
             self._solver.cancel()
             plan = None
+        if serial != self._config_serial:
+            log.debug("a plan made under the config a reload replaced was dropped")
+            return None
         plan = self._accept(problem, plan, reason)
         self.control.adopt(plan, self.clock.now(), problem)
         return plan
@@ -470,6 +465,224 @@ class Daemon:
             self._plan_failing = True
         self.tally.fallbacks += 1
         return fallback_plan(problem, reason=why)
+
+    # -- reloading the config ----------------------------------------------------------------
+
+    def request_reload(self, path: Path) -> None:
+        """Reload the station file at `path` (safe to call from a signal handler).
+
+        The reload runs in a task the daemon owns (shutdown cancels it); reloads requested
+        together apply one after the other.
+        """
+        if self._stop.is_set():
+            return
+        task = asyncio.create_task(self.reload_file(path), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload_file(self, path: Path) -> bool:
+        """Load and check the station file at `path`, then apply it; False if it was refused."""
+        log.info("reloading %s", path)
+        try:
+            station = load_station(path)
+        except ConfigError as err:
+            self._refuse(err)
+            return False
+        return await self.reload(station)
+
+    async def reload(self, station: Station) -> bool:
+        """Apply a new, already validated config between two cycles; False if it was refused.
+
+        Removed piles are left at their fallback power and no longer controlled; their sessions
+        end. Added piles get drivers (sharing the connections already open to their address),
+        their fail-safe armed, and setpoints from the next cycle on. A pile whose endpoint or
+        map changed is removed and added again; one whose numbers changed keeps its driver and
+        session (its fail-safe is re-armed if that changed). Tariff, limits and settings take
+        effect at once and a new plan is due. If the drivers for the new devices cannot be made
+        (certificates, a password), the reload is refused and nothing changes.
+        """
+        async with self._config_lock:
+            old = self.station
+            change = StationChange.between(old, station)
+            if change.empty:
+                log.info("reload of %s: nothing changed", station.path)
+                return True
+            try:
+                meter, terminal, built = self._drivers_for(station, change)
+            except ConfigError as err:
+                if self.links is not None:
+                    self.links.station = old
+                    await self.links.prune(old)
+                self._refuse(err)
+                return False
+            now = self.clock.now()
+            await self._let_go(change.drops, old)
+            feeds = {pid: Feed[PileReading](f"pile {pid}", self._record) for pid in built}
+            for pid in change.rerated:
+                driver = self.piles[pid]
+                if isinstance(driver, AcPile):
+                    driver.config = station.pile(pid)
+            rearm = [
+                pid
+                for pid in change.rerated
+                if (old.pile(pid).comm_timeout_s, old.pile(pid).fallback_kw)
+                != (station.pile(pid).comm_timeout_s, station.pile(pid).fallback_kw)
+            ]
+            drivers = {**self.piles, **built}
+            await asyncio.gather(
+                *(self._arm_with(station, drivers[pid], feeds.get(pid)) for pid in built),
+                *(self._arm_with(station, drivers[pid], self.pile_feeds[pid]) for pid in rearm),
+            )
+            self._swap(station, change, drivers, feeds, meter, terminal)
+            for text in self.control.reconfigure(station, now, policy=self._policy):
+                self._event(now, text)
+            await self._follow_policy()
+            if self.links is not None:
+                await self.links.prune(station)
+            self._event(now, f"config reloaded from {station.path}: {change.summary()}")
+            return True
+
+    def _refuse(self, err: ConfigError) -> None:
+        log.error(
+            "reload refused: %d problem(s); still running the config loaded before",
+            len(err.problems),
+        )
+        for problem in err.problems:
+            log.error("reload refused: %s", problem)
+
+    def _drivers_for(
+        self, station: Station, change: StationChange
+    ) -> tuple[Meter | None, Meter | None, dict[str, Pile]]:
+        """Drivers for the devices a reload adds or reconnects (meter, terminal, piles)."""
+        links = self.links
+        if links is None:
+            if change.builds or change.meter or change.terminal:
+                raise ConfigError(
+                    [
+                        ConfigProblem(
+                            station.path,
+                            None,
+                            "",
+                            "this daemon was given its drivers, so a reload cannot add devices",
+                        )
+                    ]
+                )
+            return None, None, {}
+        meter = None
+        if change.meter:
+            gm = station.grid_meter
+            meter = MapMeter(gm.id, links.device(station, gm, f"meter {gm.id}"))
+        terminal = None
+        if change.terminal and station.terminal is not None:
+            term = station.terminal
+            terminal = MapMeter(term.id, links.device(station, term, f"terminal {term.id}"))
+        piles = {
+            pid: pile_driver(
+                station.pile(pid),
+                links.device(station, station.pile(pid), f"pile {pid}"),
+                self.clock,
+            )
+            for pid in change.builds
+        }
+        return meter, terminal, piles
+
+    async def _let_go(self, pile_ids: Sequence[str], old: Station) -> None:
+        """Leave piles the daemon stops controlling at their fallback power, as shutdown does."""
+        fallbacks = {pid: old.pile(pid).fallback_kw for pid in pile_ids}
+        results = await asyncio.gather(
+            *(self.piles[pid].command(kw) for pid, kw in fallbacks.items()), return_exceptions=True
+        )
+        for pid, result in zip(fallbacks, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error(
+                    "pile %s: no longer controlled, but could not leave it at its fallback "
+                    "power (%s); its fail-safe falls back after %g s",
+                    pid,
+                    result,
+                    old.pile(pid).comm_timeout_s,
+                )
+            else:
+                log.info("pile %s: no longer controlled, left at %.0f kW", pid, fallbacks[pid])
+
+    async def _arm_with(self, station: Station, pile: Pile, feed: Feed[PileReading] | None) -> None:
+        config = station.pile(pile.id)
+        try:
+            await pile.arm_failsafe(config.comm_timeout_s, config.fallback_kw)
+        except DriverError as exc:
+            if feed is not None:
+                # Marked failing: the fast loop arms it again once it answers.
+                feed.failed(exc, self.clock.now())
+
+    def _swap(
+        self,
+        station: Station,
+        change: StationChange,
+        drivers: Mapping[str, Pile],
+        feeds: Mapping[str, Feed[PileReading]],
+        meter: Meter | None,
+        terminal: Meter | None,
+    ) -> None:
+        """Switch every structure the loops use to the new config, with no await in between."""
+        now = self.clock.now()
+        for pid in change.drops:
+            self._stop_watching(self.pile_feeds[pid], now)
+            self.tally._counters.pop(pid, None)  # a reconnected pile's counter starts anew
+            self.control.follow.forget(pid)
+        piles = {p.id: drivers[p.id] for p in station.piles}
+        pile_feeds = {p.id: feeds.get(p.id) or self.pile_feeds[p.id] for p in station.piles}
+        self.piles.clear()
+        self.piles.update(piles)
+        self.pile_feeds.clear()  # the same dict as the sensors'
+        self.pile_feeds.update(pile_feeds)
+        sensors = self.sensors
+        if meter is not None:
+            self._stop_watching(self.meter_feed, now)
+            self.meter = meter
+            self.meter_feed = sensors.meter = Feed(f"meter {meter.id}", self._record)
+        if change.terminal:
+            if self.terminal_feed is not None:
+                self._stop_watching(self.terminal_feed, now)
+            self.terminal = terminal
+            self.terminal_feed = sensors.terminal = (
+                None if terminal is None else Feed(f"terminal {terminal.id}", self._record)
+            )
+        sensors.station, sensors.settings = station, station.control
+        self.station = station
+        self.period_s = station.control.period_s
+        self.tally.limit_kw = station.limit_kw
+        self._solver.time_limit_s = station.scheduler.solve_deadline_s
+        self._config_serial += 1
+        # The last snapshot describes the old config: the plan loop waits for the next one.
+        self.last_cycle = None
+
+    @staticmethod
+    def _stop_watching(feed: Feed[T], now: float) -> None:
+        """A failure logged when it started is logged as ended when a reload drops its device."""
+        if not feed.ok:
+            log.warning(
+                "%s: no longer watched (config reloaded), after %.0f s not answering",
+                feed.device,
+                now - (feed.failed_since or now),
+            )
+
+    async def _follow_policy(self) -> None:
+        """Start or stop the plan loop when a reload changed the policy of a running daemon."""
+        if not self._tasks:
+            return
+        planning = [t for t in self._tasks if t.get_name() == "plan loop"]
+        if self.control.policy is Policy.MPC and not planning:
+            self._executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="flexcharge-solver"
+            )
+            self._tasks.append(asyncio.create_task(self._plan_loop(), name="plan loop"))
+        elif self.control.policy is not Policy.MPC and planning:
+            self._solver.cancel()
+            for task in planning:
+                await stop_task(task)
+                self._tasks.remove(task)
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
 
     # -- what an operator is told ------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 A pile entry whose map is of kind "pile" is driven as a DC pile in kW; one whose map is of kind
 "charger" is driven by its make's AC driver, in amps, through `AcPile`. Modbus devices share one
-connection per host and port, encrypted with the station's certificates for `modbus-tls`.
+connection per host and port, encrypted with the station's certificates for `modbus-tls`; OPC-UA
+devices one session per endpoint URL. `StationLinks` keeps those connections for the daemon, so a
+reloaded config reuses the ones still in use.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from controller.clock import Clock
 from controller.config import DeviceEndpoint, PileConfig, Station
 from drivers.device import Device
 from drivers.makes import CHARGER_MAKES
-from drivers.modbus import ModbusDevice, ModbusLinks
+from drivers.modbus import ModbusDevice, ModbusLink, ModbusLinks
+from drivers.opcua import OpcUaDevice, OpcUaLink, OpcUaLinks, OpcUaSecurity
 from drivers.pile import DcPile, Pile
 from drivers.tls import client_context
 
@@ -38,3 +41,84 @@ def pile_driver(config: PileConfig, device: Device, clock: Clock) -> Pile:
         make = CHARGER_MAKES[regmap.driver or ""]
         return AcPile(config, make(config.id, device, clock.now))
     return DcPile(config.id, device, clock.now)
+
+
+def opcua_security(station: Station) -> OpcUaSecurity:
+    """SignAndEncrypt with the daemon's certificate and the station's OPC-UA user and policies."""
+    identity = station.identity("daemon")
+    assert station.security is not None  # identity() raises ConfigError without [security]
+    credentials = station.opcua_credentials()
+    user, password = credentials if credentials is not None else (None, None)
+    return OpcUaSecurity(
+        encrypt=True,
+        certificate=identity.cert_pem,
+        private_key=identity.key_pem,
+        trust_dir=identity.trust_dir,
+        application_uri=identity.application_uri,
+        policies=tuple(station.security.opcua_policies),
+        user=user,
+        password=password,
+    )
+
+
+def _link_key(endpoint: DeviceEndpoint) -> tuple[str, int | str, bool]:
+    if endpoint.protocol == "opcua":
+        return ("opcua", endpoint.opcua_url, endpoint.opcua_security == "sign-and-encrypt")
+    return (endpoint.host, endpoint.port, False)
+
+
+class StationLinks:
+    """The station's connections: one per Modbus address and per OPC-UA endpoint (and security),
+    shared by the devices behind it, opened on first use.
+
+    A reloaded config asks it for the devices it adds: a device at an address already in use
+    shares that connection; `prune` closes the connections no device of the new config uses.
+    """
+
+    def __init__(self, station: Station, clock: Clock) -> None:
+        self.station = station
+        io_timeout = station.control.io_timeout_s
+        self.modbus = ModbusLinks(timeout_s=io_timeout)
+        # OPC-UA sessions opened after a reload use that config's certificates and user.
+        self.opcua = OpcUaLinks(
+            now=clock.now, timeout_s=io_timeout, secure=lambda: opcua_security(self.station)
+        )
+        self._open: dict[tuple[str, int | str, bool], ModbusLink | OpcUaLink] = {}
+
+    def device(self, station: Station, endpoint: DeviceEndpoint, label: str) -> Device:
+        """The device a station entry names, on its link.
+
+        Raises `ConfigError` when certificates or the password an encrypted link needs are
+        missing.
+        """
+        self.station = station
+        regmap = station.map_for(endpoint.device)
+        device: ModbusDevice | OpcUaDevice
+        if endpoint.protocol == "opcua":
+            link = self.opcua.get(
+                endpoint.opcua_url, encrypt=endpoint.opcua_security == "sign-and-encrypt"
+            )
+            device = OpcUaDevice(label, link, regmap, endpoint.opcua_object)
+        else:
+            device = modbus_device(endpoint, label, station, self.modbus)
+        self._open[_link_key(endpoint)] = device.link
+        return device
+
+    async def prune(self, station: Station) -> list[str]:
+        """Close the connections no device of `station` uses; return their addresses."""
+        used = {_link_key(endpoint) for endpoint in station.devices}
+        closed: list[str] = []
+        for key in [k for k in self._open if k not in used]:
+            link = self._open.pop(key)
+            if isinstance(link, ModbusLink):
+                link.close()
+                closed.append(link.address)
+            else:
+                await link.close()
+                closed.append(link.url)
+        return closed
+
+    async def close(self) -> None:
+        """Close every connection."""
+        self.modbus.close()
+        await self.opcua.close()
