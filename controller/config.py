@@ -71,7 +71,7 @@ class _Problems:
 
     def add_validation(self, err: ValidationError, device: str | None, prefix: str = "") -> None:
         for item in err.errors():
-            loc = ".".join(str(part) for part in item["loc"])
+            loc = ".".join(_key(part) for part in item["loc"])
             where = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
             kind = item["type"]
             if kind == "missing":
@@ -89,16 +89,35 @@ class _Problems:
             raise ConfigError(self.items)
 
 
+def _key(part: object) -> str:
+    """A TOML key as a problem's field shows it: an empty key as "", so that it is seen."""
+    return str(part) if part != "" else '""'
+
+
 def _read_toml(path: Path, problems: _Problems) -> dict[str, Any] | None:
     try:
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            data = handle.read()
     except FileNotFoundError:
         problems.add(None, "", "file not found")
+        return None
     except OSError as exc:
         problems.add(None, "", f"cannot read: {exc.strerror}")
+        return None
+    except ValueError:
+        problems.add(None, "", "cannot read: the path contains a NUL character")
+        return None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        problems.add(None, "", f"not valid TOML: not UTF-8 ({exc.reason} at byte {exc.start})")
     except tomllib.TOMLDecodeError as exc:
         problems.add(None, "", f"not valid TOML: {exc}")
+    except ValueError as exc:
+        # tomllib lets Python's own limits through (an integer of more than 4300 digits).
+        problems.add(None, "", f"not valid TOML: {exc}")
+    except RecursionError:
+        problems.add(None, "", "not valid TOML: arrays or tables nested too deeply")
     return None
 
 
@@ -126,7 +145,7 @@ def _minutes(text: str) -> int:
 def _check_zone(name: str) -> str:
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: name too long
         raise ValueError(f"unknown time zone {name!r}") from exc
     return name
 
@@ -200,7 +219,7 @@ def load_register_map(path: Path) -> RegisterMap:
     )
     for key in raw:
         if key not in _MapFile.model_fields:
-            problems.add(device, key, "unknown section (misspelt?)")
+            problems.add(device, _key(key), "unknown section (misspelt?)")
     # Each part is checked on its own, so that one bad register does not hide the others.
     try:
         spec_device = _DeviceSpec.model_validate(head if isinstance(head, dict) else {})
@@ -883,7 +902,7 @@ def load_station(path: Path | str) -> Station:
         if key not in _STATION_SECTIONS:
             problems.add(
                 None,
-                key,
+                _key(key),
                 f"unknown section (misspelt?); expected one of {sorted(_STATION_SECTIONS)}",
             )
 
@@ -980,12 +999,18 @@ def load_station(path: Path | str) -> Station:
     tariff_path: Path | None = None
     device_maps: dict[str, RegisterMap] = {}
     if info is not None:
-        tariff_path = (path.parent / info.tariff).resolve()
+        tariff_path = _resolve(path.parent / info.tariff)
         try:
             tariff = load_tariff(tariff_path)
         except ConfigError as err:
             problems.items.extend(err.problems)
-        devices_dir = (path.parent / info.devices).resolve()
+            problems.add(
+                None,
+                "station.tariff",
+                f"the tariff {info.tariff!r} ({tariff_path}) does not load: "
+                f"{len(err.problems)} problem(s) in that file",
+            )
+        devices_dir = _resolve(path.parent / info.devices)
         wanted: dict[str, str] = {}
         # Check every map any entry names, even entries that failed their own checks.
         for entry, label in ((meter_raw, meter_label), (terminal_raw, terminal_label)):
@@ -998,8 +1023,8 @@ def load_station(path: Path | str) -> Station:
                     wanted.setdefault(device_name, f"pile {entry.get('id', f'#{index + 1}')}")
         for device_name, user in wanted.items():
             map_path = devices_dir / f"{device_name}.toml"
-            if not map_path.exists():
-                known = sorted(p.stem for p in devices_dir.glob("*.toml"))
+            if not _is_file(map_path):
+                known = _maps_in(devices_dir)
                 problems.add(
                     user,
                     "device",
@@ -1010,6 +1035,13 @@ def load_station(path: Path | str) -> Station:
                 device_maps[device_name] = load_register_map(map_path)
             except ConfigError as err:
                 problems.items.extend(err.problems)
+                # Name the device too: the map may be sound, just not the file meant.
+                problems.add(
+                    user,
+                    "device",
+                    f"the register map {device_name!r} ({map_path}) does not load: "
+                    f"{len(err.problems)} problem(s) in that file",
+                )
 
     _check_groups(problems, piles, groups, phase_limits)
     meters = [m for m in (grid_meter, terminal) if m is not None]
@@ -1039,6 +1071,31 @@ def load_station(path: Path | str) -> Station:
     )
 
 
+# A path from a station file may be one the OS refuses (a NUL in it, a name too long): it then
+# names no file, and the loader reports that, instead of the OS error escaping.
+
+
+def _resolve(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, ValueError):
+        return path
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _maps_in(directory: Path) -> list[str]:
+    try:
+        return sorted(p.stem for p in directory.glob("*.toml"))
+    except (OSError, ValueError):
+        return []
+
+
 def _address(device: DeviceEndpoint) -> tuple[str, int, str, int | str]:
     if device.protocol == "opcua":
         return (device.host, device.port, device.path, device.opcua_object)
@@ -1058,7 +1115,8 @@ def _check_security(
             "(create DIR with: flexcharge certs init DIR)",
         )
     for device in devices:
-        label = f"device {device.id}"
+        # The same label as every other problem about this pile or meter.
+        label = f"{'pile' if isinstance(device, PileConfig) else 'meter'} {device.id}"
         if device.protocol != "opcua":
             if device.object is not None:
                 problems.add(label, "object", "only OPC-UA devices have an object name")

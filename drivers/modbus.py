@@ -17,7 +17,7 @@ from pymodbus.client import AsyncModbusTcpClient, AsyncModbusTlsClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
-from drivers.errors import ConnectionLost, DeviceRejected, DeviceTimeout, DriverError
+from drivers.errors import BadValue, ConnectionLost, DeviceRejected, DeviceTimeout, DriverError
 from drivers.registers import ReadBlock, RegisterMap, Value, WriteRequest
 
 log = logging.getLogger(__name__)
@@ -191,12 +191,21 @@ class ModbusDevice:
         values: dict[str, Value | None] = {}
         for block in plan:
             words = await self.link.read(block, self.name)
-            values.update(block.decode(words))
+            try:
+                values.update(block.decode(words))
+            except BadValue as exc:
+                # The codec knows only the register; this is the device the station names.
+                raise BadValue(self.name, f"{exc.device}: {exc.message}") from None
         return values
 
     async def write(self, values: Mapping[str, Value | None]) -> None:
         """Write the named registers; contiguous FC16 registers go in one request."""
-        for request in self.map.write_plan(values, self.unit_id):
+        try:
+            requests = self.map.write_plan(values, self.unit_id)
+        except BadValue as exc:
+            # The plan's message names the register; name the device, not its map.
+            raise BadValue(self.name, exc.message) from None
+        for request in requests:
             await self.link.write(request, self.name)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -142,6 +143,9 @@ class Register:
         """Turn raw words into an engineering value; None when the device says "unavailable"."""
         if len(words) != self.words:
             raise BadValue(self.name, f"expected {self.words} registers, got {len(words)}")
+        for word in words:
+            if not 0 <= word <= 0xFFFF:
+                raise BadValue(self.name, f"register value {word} is outside 0-65535")
         if self.type is ValueType.STRING:
             # Text is stored in reading order whatever the device's word order for numbers.
             try:
@@ -179,12 +183,20 @@ class Register:
             return list(ModbusClientMixin.convert_to_registers(padded, _DT.STRING))
         if isinstance(value, (str, bool)):
             raise BadValue(self.name, f"expected a number, got {value!r}")
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise BadValue(self.name, f"not a finite number: {value!r}")
         if self.type.is_float:
-            raw = value / self.scale
-            if self.type is ValueType.F32 and abs(raw) > _F32_MAX:
-                raise BadValue(self.name, f"{value} does not fit a 32-bit float")
+            try:
+                raw = value / self.scale
+            except OverflowError:  # an int beyond any float
+                raw = math.inf
+            limit = _F32_MAX if self.type is ValueType.F32 else sys.float_info.max
+            if not abs(raw) <= limit:
+                raise BadValue(
+                    self.name,
+                    f"{_shown(value)} with scale {self.scale:g} does not fit a "
+                    f"{32 if self.type is ValueType.F32 else 64}-bit float",
+                )
             return self._pack(float(raw))
         lo, hi = _INT_RANGE[self.type]
         if isinstance(value, int) and self.scale == 1.0:
@@ -196,7 +208,7 @@ class Register:
             unit = f" {self.unit}" if self.unit else ""
             raise BadValue(
                 self.name,
-                f"{value}{unit} is outside what {self.type} with scale {self.scale:g} holds "
+                f"{_shown(value)}{unit} is outside what {self.type} with scale {self.scale:g} holds "
                 f"({lo * self.scale:g} to {hi * self.scale:g})",
             )
         return self._pack(whole)
@@ -206,6 +218,13 @@ class Register:
             raw, _PYMODBUS_TYPE[self.type], word_order=self.word_order
         )
         return list(words)
+
+
+def _shown(value: float | int) -> str:
+    """A number for a message; an integer too long for str() is shown by its size."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -358,7 +377,10 @@ class RegisterMap:
         for reg in regs:
             if not reg.access.writable:
                 raise BadValue(self.name, f"register {reg.name} is read-only")
-            words = reg.encode(values[reg.name])
+            try:
+                words = reg.encode(values[reg.name])
+            except BadValue as exc:
+                raise BadValue(self.name, f"{reg.name}: {exc.message}") from None
             if reg.write_fc == 6:
                 flush()
                 requests.append(

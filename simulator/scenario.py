@@ -20,10 +20,11 @@ the field.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -58,7 +59,7 @@ def _read_text(path: Path, rows: _Rows) -> str | None:
         return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         rows.add(None, "", "file not found")
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in the path
         rows.add(None, "", f"cannot read: {exc}")
     return None
 
@@ -66,7 +67,9 @@ def _read_text(path: Path, rows: _Rows) -> str | None:
 def _table(text: str, rows: _Rows) -> list[list[str]]:
     """The CSV's rows, or a problem (and the error raised) if it is not CSV."""
     try:
-        return list(csv.reader(text.splitlines()))
+        # Only \n and \r end a record: str.splitlines() would also split a row at \x1e, \x85
+        # or \u2028 inside a value, and break quoted values that span lines.
+        return list(csv.reader(io.StringIO(text, newline="")))
     except csv.Error as exc:
         rows.add(None, "", f"not a CSV file: {exc}")
         rows.raise_if_any()
@@ -241,6 +244,9 @@ def load_acn_sessions(path: Path | str, *, max_kw: float = 6.6) -> list[Visit]:
     except ValueError as exc:  # JSONDecodeError, and integers too long to read
         rows.add(None, "", f"not valid JSON: {exc}")
         rows.raise_if_any()
+    except RecursionError:
+        rows.add(None, "", "not valid JSON: arrays or objects nested too deeply")
+        rows.raise_if_any()
     items = data.get("_items") if isinstance(data, dict) else None
     if not isinstance(items, list):
         rows.add(None, "_items", "an ACN-Data file has a list of sessions under _items")
@@ -252,16 +258,24 @@ def load_acn_sessions(path: Path | str, *, max_kw: float = 6.6) -> list[Visit]:
         if not isinstance(item, dict):
             rows.add(where, "", "not an object")
             continue
-        try:
-            arrival = _rfc2822(str(item["connectionTime"]))
-            departure = _rfc2822(str(item["disconnectTime"]))
-            energy = float(item["kWhDelivered"])
-        except KeyError as exc:
-            rows.add(where, str(exc.args[0]), "required, but missing")
+        read: dict[str, Callable[[Any], float]] = {
+            "connectionTime": lambda value: _rfc2822(str(value)),
+            "disconnectTime": lambda value: _rfc2822(str(value)),
+            "kWhDelivered": float,
+        }
+        found: dict[str, float] = {}
+        for name, convert in read.items():
+            if name not in item:
+                rows.add(where, name, "required, but missing")
+                continue
+            try:
+                found[name] = convert(item[name])
+            except (TypeError, ValueError, OverflowError) as exc:
+                rows.add(where, name, str(exc) or f"cannot read {item[name]!r}")
+        if len(found) < len(read):
             continue
-        except (TypeError, ValueError, OverflowError) as exc:
-            rows.add(where, "connectionTime/disconnectTime/kWhDelivered", str(exc))
-            continue
+        arrival, departure = found["connectionTime"], found["disconnectTime"]
+        energy = found["kWhDelivered"]
         if not math.isfinite(energy) or energy < 0:
             rows.add(where, "kWhDelivered", f"must be a non-negative number, got {energy}")
             continue

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -608,9 +608,13 @@ def test_several_errors_reported_at_once(configs: Path) -> None:
         "device map Janitza UMG 96RM-E",
         "registers.energy_export.address",
     )
+    # The station also names who pulled in each broken file: its tariff, the first pile, the meter.
+    find(problems, configs / STATION, None, "station.tariff", "does not load")
+    find(problems, configs / STATION, "pile P01", "device", "does not load")
+    find(problems, configs / STATION, "meter grid", "device", "does not load")
     files = {Path(p.file).resolve() for p in problems}
     assert files == {(configs / rel).resolve() for rel in (STATION, TARIFF, PILE_MAP, METER_MAP)}
-    assert len(problems) == 7
+    assert len(problems) == 10
 
 
 def test_config_error_message_lists_every_problem(configs: Path) -> None:
@@ -620,8 +624,9 @@ def test_config_error_message_lists_every_problem(configs: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_station(configs / STATION)
     text = str(info.value)
-    assert text.startswith("2 problem(s)")
+    assert text.startswith("3 problem(s)")
     assert "transformer.rating_kva" in text
+    assert "station.tariff: the tariff '../tariffs/guizhou-tou.toml'" in text
     assert "no season covers month 8" in text
     assert "bozhou-depot.toml" in text
     assert "guizhou-tou.toml" in text
@@ -654,7 +659,7 @@ def test_cli_check_config_broken_station(configs: Path, capsys: pytest.CaptureFi
     edit(configs, PILE_MAP, "address = 111", "address = 110")
     assert cli.main(["check-config", str(configs / STATION)]) == 2
     out = capsys.readouterr().out
-    assert "2 problem(s)" in out
+    assert "3 problem(s)" in out
     assert "bozhou-depot.toml" in out
     assert "transformer.rating_kva" in out
     assert "flexcharge-dc-pile.toml" in out
@@ -771,8 +776,8 @@ def test_opcua_fields_only_on_opcua_devices(configs: Path) -> None:
     path = edit(configs, MIXED, "port = 15221\n", 'port = 15221\nobject = "dc1"\n')
     edit(configs, MIXED, "port = 15222\n", 'port = 15222\nopcua_security = "none"\n')
     problems = mixed_problems(configs)
-    find(problems, path, "device DC1", "object", "only OPC-UA")
-    find(problems, path, "device DC2", "opcua_security", "only OPC-UA")
+    find(problems, path, "pile DC1", "object", "only OPC-UA")
+    find(problems, path, "pile DC2", "opcua_security", "only OPC-UA")
 
 
 def test_charger_map_needs_a_known_driver_and_its_registers(configs: Path) -> None:
@@ -803,3 +808,94 @@ def test_check_config_never_prints_secrets(
     station = load_station(CONFIG_ROOT / MIXED)
     assert station.opcua_credentials() == ("flexcharge", secret)
     assert secret not in repr(station) and secret not in str(station.security)
+
+
+# --------------------------------------------------------------------------- found by fuzzing
+
+LOADERS = [load_station, load_tariff, load_register_map]
+FILES = [STATION, TARIFF, PILE_MAP]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'name = "\xff"\n',
+        b"x = " + b"1" * 5000 + b"\n",
+        b"x = " + b"[" * 3000 + b"]" * 3000 + b"\n",
+        b"x = " + b"{a = " * 2000 + b"1" + b"}" * 2000 + b"\n",
+    ],
+    ids=["not-utf8", "5000-digit-integer", "deep-array", "deep-table"],
+)
+@pytest.mark.parametrize(("load", "rel"), list(zip(LOADERS, FILES, strict=True)))
+def test_files_tomllib_chokes_on_are_config_errors(
+    configs: Path, load: Callable[[Path], object], rel: str, content: bytes
+) -> None:
+    """Bytes that make tomllib raise UnicodeDecodeError, ValueError or RecursionError are a
+    ConfigError naming the file as not valid TOML."""
+    path = configs / rel
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    [problem] = info.value.problems
+    assert (problem.file, problem.device, problem.field) == (path, None, "")
+    assert problem.message.startswith("not valid TOML")
+
+
+def test_time_zone_name_too_long_for_the_os_is_a_config_error(configs: Path) -> None:
+    """A time zone name longer than a file name may be (OSError in ZoneInfo) is unknown."""
+    zone = "Asia/" + "x" * 300
+    edit(configs, STATION, 'timezone = "Asia/Shanghai"', f'timezone = "{zone}"')
+    edit(configs, TARIFF, 'timezone = "Asia/Shanghai"', f'timezone = "{zone}"')
+    find(station_problems(configs), configs / STATION, None, "station.timezone", "unknown time")
+    with pytest.raises(ConfigError) as info:
+        load_tariff(configs / TARIFF)
+    find(info.value.problems, configs / TARIFF, "tariff", "timezone", "unknown time zone")
+
+
+def test_empty_section_name_is_shown_quoted(configs: Path) -> None:
+    """A section named "" is reported as '""', not as a problem with no field."""
+    path = configs / PILE_MAP
+    path.write_text('"" = 1\n' + path.read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_register_map(path)
+    find(info.value.problems, path, DC_MAP_DEVICE, '""', "unknown section")
+
+
+def test_map_that_does_not_load_is_named_by_the_pile_using_it(configs: Path) -> None:
+    """A pile whose device names a file that is no register map: the pile is named too."""
+    path = edit(
+        configs, STATION, "[[piles]]\n", '[[piles]]\ndevice = "../tariffs/guizhou-tou"\n', nth=1
+    )
+    problems = station_problems(configs)
+    find(problems, path, "pile P01", "device", "'../tariffs/guizhou-tou'")
+    find(problems, configs / TARIFF, "device map guizhou-tou", "registers", "at least one")
+
+
+def test_tariff_that_does_not_load_is_named_by_the_station(configs: Path) -> None:
+    """A station whose tariff file is broken or missing says so in its own [station] table."""
+    path = edit(configs, STATION, "guizhou-tou.toml", "no-such-tariff.toml")
+    problems = station_problems(configs)
+    find(problems, path, None, "station.tariff", "does not load")
+    find(problems, configs / "tariffs" / "no-such-tariff.toml", None, "", "file not found")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ('tariff = "../tariffs/guizhou-tou.toml"', 'tariff = "a\\u0000b"', "station.tariff"),
+        ('tariff = "../tariffs/guizhou-tou.toml"', f'tariff = "{"x" * 300}"', "station.tariff"),
+        ('name = "Bozhou logistics depot"', 'name = "B"\ndevices = "a\\u0000b"', "device"),
+        ('name = "Bozhou logistics depot"', f'name = "B"\ndevices = "{"x" * 300}"', "device"),
+        ('device = "janitza-umg96rm-e"', 'device = "a\\u0000b"', "device"),
+        ('device = "janitza-umg96rm-e"', f'device = "{"x" * 300}"', "device"),
+    ],
+    ids=["tariff-nul", "tariff-too-long", "devices-nul", "devices-too-long", "map-nul", "map-long"],
+)
+def test_paths_the_os_refuses_are_config_errors(
+    configs: Path, old: str, new: str, field: str
+) -> None:
+    """A NUL or an over-long name in the tariff path, the devices dir or a map name is a problem
+    in the station file, not a ValueError or OSError from the OS."""
+    path = edit(configs, STATION, old, new)
+    problems = station_problems(configs)
+    assert any(p.file == path and p.field == field for p in problems), problems

@@ -6,6 +6,7 @@ Expected register words are computed independently with `struct` (big-endian byt
 
 from __future__ import annotations
 
+import asyncio
 import math
 import struct
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.errors import BadValue
+from drivers.modbus import ModbusDevice
 from drivers.registers import (
     Access,
     ReadBlock,
@@ -317,6 +319,37 @@ def test_integer_just_outside_limits_is_bad_value(vtype: ValueType, value: int) 
     with pytest.raises(BadValue) as info:
         reg(vtype, name="limit_reg").encode(value)
     assert info.value.device == "limit_reg"
+
+
+@pytest.mark.parametrize("vtype", [*INT_TYPES, *FLOAT_TYPES])
+@pytest.mark.parametrize(
+    "value", [10**400, -(10**400), 10**5000], ids=["1e400", "-1e400", "1e5000"]
+)
+def test_integer_beyond_any_float_is_bad_value(vtype: ValueType, value: int) -> None:
+    """An integer too big for a float (or for str()) is refused with BadValue, not OverflowError."""
+    with pytest.raises(BadValue) as info:
+        reg(vtype, name="huge", scale=0.1).encode(value)
+    assert info.value.device == "huge"
+    with pytest.raises(BadValue):
+        reg(vtype, name="huge").encode(value)
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-10])
+def test_f64_value_that_overflows_when_scaled_is_bad_value(scale: float) -> None:
+    """1e308 with a tiny scale is inf in registers: refused, not written as infinity."""
+    with pytest.raises(BadValue, match="64-bit float"):
+        reg(ValueType.F64, name="big", scale=scale).encode(1e308)
+
+
+@pytest.mark.parametrize("vtype", list(ValueType))
+@pytest.mark.parametrize("word", [-1, 0x1_0000, 2**40])
+def test_register_word_outside_0_to_65535_is_bad_value(vtype: ValueType, word: int) -> None:
+    """A transport that hands over a word outside 16 bits gets BadValue, not OverflowError."""
+    words = 3 if vtype is ValueType.STRING else WORDS[vtype]
+    register = reg(vtype, name="w", words=words)
+    with pytest.raises(BadValue, match="outside 0-65535") as info:
+        register.decode([word] + [0] * (words - 1))
+    assert info.value.device == "w"
 
 
 def test_u16_rounding_at_the_top_edge() -> None:
@@ -670,6 +703,41 @@ def test_write_plan_propagates_encode_errors() -> None:
     """An out-of-range value in a write plan raises BadValue."""
     with pytest.raises(BadValue):
         _pile_write_map().write_plan({"mode": 70000})
+
+
+def test_write_plan_encode_error_names_the_map_and_register() -> None:
+    """A value the register cannot hold names the map as the device and the register."""
+    with pytest.raises(BadValue) as info:
+        _pile_write_map().write_plan({"mode": 70000})
+    assert info.value.device == "test-map"
+    assert info.value.message.startswith("mode: 70000 is outside")
+
+
+class _FakeLink:
+    """A Modbus link that answers every read with the same words and records writes."""
+
+    def __init__(self, words: list[int]) -> None:
+        self.words = words
+        self.written: list[WriteRequest] = []
+
+    async def read(self, block: ReadBlock, device: str) -> list[int]:
+        return self.words[: block.count]
+
+    async def write(self, request: WriteRequest, device: str) -> None:
+        self.written.append(request)
+
+
+def test_modbus_device_bad_values_name_the_device_and_register() -> None:
+    """A Modbus device's BadValue names the device as the station does, and the register."""
+    device = ModbusDevice("pile P07", _FakeLink([0x1_0000]), _pile_write_map(), 1)  # type: ignore[arg-type]
+    with pytest.raises(BadValue) as read_error:
+        asyncio.run(device.read(["state"]))
+    assert read_error.value.device == "pile P07"
+    assert read_error.value.message.startswith("state: register value 65536")
+    with pytest.raises(BadValue) as write_error:
+        asyncio.run(device.write({"mode": 70000}))
+    assert write_error.value.device == "pile P07"
+    assert write_error.value.message.startswith("mode: 70000 is outside")
 
 
 # --------------------------------------------------------------------------- problems()

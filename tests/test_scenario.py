@@ -381,12 +381,12 @@ def test_acn_bad_items_reported_with_their_index(tmp_path: Path) -> None:
     )
     assert problems(load_acn_sessions, path) == {
         ("session 1", "disconnectTime"),
-        ("session 2", "connectionTime/disconnectTime/kWhDelivered"),
+        ("session 2", "connectionTime"),
         ("session 3", "kWhDelivered"),
         ("session 4", "disconnectTime"),
         ("session 5", ""),
         ("session 6", "kWhDelivered"),
-        ("session 7", "connectionTime/disconnectTime/kWhDelivered"),
+        ("session 7", "kWhDelivered"),
     }
 
 
@@ -629,6 +629,52 @@ def test_any_bytes_load_or_raise_config_error(scratch: Path, data: bytes) -> Non
     assert_loaded_or_refused(path)
     path.write_bytes(data)  # undecoded: not UTF-8 is a ConfigError too
     assert_loaded_or_refused(path)
+
+
+# -- found by fuzzing ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("separator", ["\x1c", "\x1e", "\x85", "\u2028", "\x0b"])
+def test_unicode_line_separator_in_a_value_does_not_split_the_row(
+    tmp_path: Path, separator: str
+) -> None:
+    """Only \\n and \\r end a CSV record: a vehicle id with \\x1e or U+2028 stays one row."""
+    path = write(
+        tmp_path / "s.csv",
+        f"id,arrival,departure,energy_kwh,max_kw\nA{separator}1,{ARRIVAL},{DEPARTURE},1,2\n",
+    )
+    [visit] = load_sessions(path)
+    assert visit.vehicle_id == f"A{separator}1"
+
+
+def test_quoted_value_spanning_lines_is_one_value(tmp_path: Path) -> None:
+    """A quoted value with a line break in it is one value of one row (the CSV standard)."""
+    path = write(
+        tmp_path / "s.csv",
+        f'id,arrival,departure,energy_kwh,max_kw\n"truck\n7",{ARRIVAL},{DEPARTURE},1,2\n',
+    )
+    assert [v.vehicle_id for v in load_sessions(path)] == ["truck\n7"]
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"_items": ' + "[" * 5000 + "]" * 5000 + "}"])
+def test_acn_json_nested_too_deeply_is_a_config_error(tmp_path: Path, text: str) -> None:
+    """JSON nested deeper than Python recurses is a ConfigError, not RecursionError."""
+    path = write(tmp_path / "acn.json", text)
+    with pytest.raises(ConfigError) as caught:
+        load_acn_sessions(path)
+    [problem] = caught.value.problems
+    assert (problem.device, problem.field) == (None, "")
+    assert "nested too deeply" in problem.message
+
+
+def test_acn_each_bad_field_is_named_on_its_own(tmp_path: Path) -> None:
+    """A session with a bad connection time and a bad energy has a problem for each field."""
+    path = write_acn(tmp_path / "acn.json", [acn_item("s0", "", "yesterday", {"kWh": 1})])
+    assert problems(load_acn_sessions, path) == {
+        ("session 0", "connectionTime"),
+        ("session 0", "disconnectTime"),
+        ("session 0", "kWhDelivered"),
+    }
 
 
 # -- which pile each visit gets ------------------------------------------------------------------
