@@ -130,7 +130,11 @@ class MonthPeak:
 
     def _window(self, when: float) -> float:
         local = datetime.fromtimestamp(when, self.zone)
-        return when - (local.minute % 15) * 60 - local.second - local.microsecond / 1e6
+        # Quarter hours start on whole seconds; rounding drops the float noise that would make
+        # two times of one window (wall-clock times have fractions) look like two windows.
+        return float(
+            round(when - (local.minute % 15) * 60 - local.second - local.microsecond / 1e6)
+        )
 
     def add(self, now: float, grid_kw: float, dt: float) -> None:
         """Account `grid_kw` drawn over the `dt` seconds before `now`."""

@@ -306,6 +306,18 @@ def test_month_rollover(reference: Station, tmp_path: Path) -> None:
     assert months[0][1] == pytest.approx(control.month.peak_kw)
 
 
+def test_wall_clock_times_stay_in_their_window(reference: Station) -> None:
+    """Times with fractions of a second (the wall clock's) accumulate in one 15-minute window."""
+    zone = ZoneInfo(reference.info.timezone)
+    month = MonthPeak(zone)
+    start = local_time(reference, "2026-11-26T08:30")
+    for k in range(1, 600):
+        month.add(start + k * 1.0013 + 0.123456, 1800.0, 1.0013)
+    assert month.window_start == start
+    assert month.window_kwh == pytest.approx(1800.0 * 599 * 1.0013 / 3600)
+    assert month.peak_kw == pytest.approx(month.window_kwh / 0.25)
+
+
 @pytest.mark.parametrize(
     ("spoil", "message"),
     [
