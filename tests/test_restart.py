@@ -234,7 +234,6 @@ def test_killed_daemon_resumes_the_session_and_the_month_peak(
         f"pile session counter {pile['session_energy']:.2f} kWh (lifetime {pile['energy_import']:.1f}); "
         f"month peak {peak_before:.1f} -> {peak_after:.1f} kW; wall {wall_s:.1f} s"
     )
-    assert wall_s < 40
 
 
 def test_an_unusable_state_file_stops_the_daemon_before_it_starts(tmp_path: Path) -> None:
