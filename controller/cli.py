@@ -32,6 +32,7 @@ from controller.config import (
 
 if TYPE_CHECKING:
     from simulator.fast import Scenario
+    from simulator.fleet import Visit
 
 log = logging.getLogger("flexcharge")
 
@@ -150,6 +151,11 @@ def _pidfile(args: argparse.Namespace) -> Path:
     return Path("var") / "run" / f"{Path(args.station).stem}.pid"
 
 
+def state_path(station_path: Path) -> Path:
+    """Where `run` keeps a station's state by default: var/state/<station file stem>.sqlite."""
+    return Path("var") / "state" / f"{station_path.stem}.sqlite"
+
+
 def _read_pid(path: Path) -> int | None:
     try:
         return int(path.read_text(encoding="ascii").strip())
@@ -230,10 +236,11 @@ def _run_daemon(
 ) -> int:
     from controller.clock import WallClock
     from controller.daemon import Daemon
+    from controller.store import StateError, StateStore
 
-    async def main() -> int:
+    async def main(store: StateStore) -> int:
         try:
-            daemon = Daemon.for_station(station, WallClock())
+            daemon = Daemon.for_station(station, WallClock(), store=store)
         except ConfigError as err:  # certificates or a password an encrypted link needs
             _print_problems(err, console)
             return EXIT_BAD_CONFIG
@@ -263,7 +270,15 @@ def _run_daemon(
         await daemon.run()
         return EXIT_OK
 
-    return asyncio.run(main())
+    # A state file that cannot be read stops the daemon before it touches a device: starting
+    # afresh would forget the month's peak and count sessions' energy again.
+    try:
+        store = StateStore(args.state or state_path(Path(args.station)), station.name)
+        with store:
+            return asyncio.run(main(store))
+    except StateError as exc:
+        console.print(str(exc), style="bold red", highlight=False, markup=False, soft_wrap=True)
+        return EXIT_BAD_CONFIG
 
 
 def cmd_reload(args: argparse.Namespace, console: Console) -> int:
@@ -309,13 +324,24 @@ def cmd_sim_hardware(args: argparse.Namespace, console: Console) -> int:
     station = _load(Path(args.station), console)
     if station is None:
         return EXIT_BAD_CONFIG
+    visits = None
+    if args.sessions:
+        from simulator.scenario import load_sessions
+
+        try:
+            visits = load_sessions(Path(args.sessions))
+        except ConfigError as err:
+            _print_problems(err, console)
+            return EXIT_BAD_CONFIG
+        if not _piles_known(station, visits, args.sessions, console):
+            return EXIT_BAD_CONFIG
 
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        simulator = StationSimulator(station, WallClock())
+        simulator = StationSimulator(station, WallClock(), visits=visits)
         try:
             await simulator.start()
         except SimulatorError as exc:
@@ -375,6 +401,17 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def _piles_known(station: Station, visits: Sequence[Visit], source: str, console: Console) -> bool:
+    """True if every visit that names a pile names one of the station's; else print which not."""
+    known = {p.id for p in station.piles}
+    unknown = sorted({v.pile for v in visits if v.pile is not None and v.pile not in known})
+    if unknown:
+        console.print(
+            f"[bold red]{source}: sessions name piles the station does not have: {unknown}[/]"
+        )
+    return not unknown
+
+
 ALL_POLICIES = ("uncontrolled", "equal-share", "edf", "llf", "mpc", "offline-optimal")
 
 
@@ -399,12 +436,7 @@ def _scenario(args: argparse.Namespace, console: Console) -> tuple[Station, Scen
     except ConfigError as err:
         _print_problems(err, console)
         return None
-    known = {p.id for p in station.piles}
-    unknown = sorted({v.pile for v in visits if v.pile is not None and v.pile not in known})
-    if unknown:
-        console.print(
-            f"[bold red]{args.sessions}: sessions name piles the station does not have: {unknown}[/]"
-        )
+    if not _piles_known(station, visits, args.sessions, console):
         return None
     name = Path(args.sessions).stem
     scenario = Scenario.around(
@@ -558,6 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--pidfile", help="where to write the process id (default: var/run/<station>.pid)"
     )
+    run.add_argument(
+        "--state",
+        help="the station's state file (SQLite; created if missing; default "
+        "var/state/<station file stem>.sqlite under the working directory)",
+    )
     run.set_defaults(func=cmd_run)
 
     reload = sub.add_parser(
@@ -572,6 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a station's simulated devices over Modbus and OPC-UA (real time)",
     )
     sim.add_argument("--station", required=True)
+    sim.add_argument(
+        "--sessions",
+        help="replay the vehicles of this sessions CSV instead of the seeded random days",
+    )
     sim.set_defaults(func=cmd_sim_hardware)
 
     simulate = sub.add_parser("simulate", help="run a scenario on the simulated clock (no sockets)")

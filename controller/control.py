@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from zoneinfo import ZoneInfo
@@ -35,7 +35,7 @@ from controller.reload import reconnects
 from controller.site import BackgroundWatch, PileView, SiteSnapshot
 from drivers.pile import PileState
 from scheduler.allocation import Demand, fair_share, laxity_h, priority_fill
-from scheduler.plan import Plan
+from scheduler.plan import FloatArray, Plan
 from scheduler.problem import GroupLimit, Problem, Vehicle, Weights, month_starts, slot_boundaries
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,11 @@ class MonthPeak:
 
     def _window(self, when: float) -> float:
         local = datetime.fromtimestamp(when, self.zone)
-        return when - (local.minute % 15) * 60 - local.second - local.microsecond / 1e6
+        # Quarter hours start on whole seconds; rounding drops the float noise that would make
+        # two times of one window (wall-clock times have fractions) look like two windows.
+        return float(
+            round(when - (local.minute % 15) * 60 - local.second - local.microsecond / 1e6)
+        )
 
     def add(self, now: float, grid_kw: float, dt: float) -> None:
         """Account `grid_kw` drawn over the `dt` seconds before `now`."""
@@ -156,6 +160,23 @@ class MonthPeak:
     def so_far_kwh(self, now: float) -> float:
         """What the window containing `now` has imported before `now`."""
         return self.window_kwh if self.window_start == self._window(now) else 0.0
+
+
+@dataclass(frozen=True)
+class ControlState:
+    """What `Control` keeps across a restart: sessions in progress, the month's peak, the plan it
+    follows (with the site load that plan accepted), finished visits and wishes not yet used.
+
+    Everything else (setpoints, faults, the background estimate) is measured again within seconds.
+    """
+
+    sessions: tuple[Session, ...] = ()
+    month: MonthPeak | None = None
+    plan: Plan | None = None
+    planned_at: float | None = None
+    plan_site_kw: FloatArray | None = None
+    history: tuple[Visit, ...] = ()
+    wishes: Mapping[tuple[str, int], Wish] = field(default_factory=dict)
 
 
 class Control:
@@ -783,3 +804,53 @@ class Control:
             return 0.0
         planned = plan.energy_between(session.vehicle_id, session.plan_from, now)
         return (session.delivered_kwh - session.plan_baseline_kwh) - planned
+
+    # -- across restarts -----------------------------------------------------------------------
+
+    def export_state(self) -> ControlState:
+        """A copy of what must survive a restart (cheap: called about once a second)."""
+        return ControlState(
+            sessions=tuple(replace(s) for s in self.sessions.values()),
+            month=replace(self.month),
+            plan=self.plan,
+            planned_at=self.planned_at,
+            plan_site_kw=self._plan_site_kw,
+            history=tuple(self.history),
+            wishes=dict(self.wishes),
+        )
+
+    def restore_state(self, state: ControlState, now: float) -> list[str]:
+        """Take up what an earlier run saved, before the first observation; return what was
+        taken up and what was dropped, for the log.
+
+        Sessions come back as they were; the first reading of their pile then either continues
+        them (same pile session id) or ends them as usual. The month's peak comes back if it is
+        still this month's; the plan if it still covers `now`.
+        """
+        notes = []
+        known = {p.id for p in self.station.piles}
+        for saved in state.sessions:
+            if saved.pile not in known:
+                notes.append(f"session on {saved.pile} dropped: the station has no such pile")
+                continue
+            self.sessions[saved.pile] = replace(saved, plan_serial=None)
+        if self.sessions:
+            notes.append(f"{len(self.sessions)} session(s) in progress")
+        month = state.month
+        local = datetime.fromtimestamp(now, self.zone)
+        if month is not None and month.month == (local.year, local.month):
+            self.month = replace(month, zone=self.zone)
+            notes.append(f"month peak {month.peak_kw:.0f} kW")
+        elif month is not None and month.month is not None:
+            notes.append("month peak of {}-{:02d} not carried into this month".format(*month.month))
+        plan = state.plan
+        if plan is not None and plan.status.has_schedule and plan.slot_at(now) is not None:
+            self.plan, self.planned_at, self._why = plan, state.planned_at, None
+            self._plan_serial += 1
+            self._plan_site_kw = state.plan_site_kw
+            notes.append(f"plan until {datetime.fromtimestamp(plan.end, self.zone):%d %b %H:%M}")
+        elif plan is not None:
+            notes.append("last plan no longer covers now")
+        self.history = list(state.history)
+        self.wishes.update(state.wishes)
+        return notes

@@ -15,8 +15,13 @@ between two cycles: removed piles are left at their fallback power, added ones a
 controlled, the tariff, limits and settings take effect at once and a new plan is due. A config
 that fails its checks is refused with every problem, and the old one keeps running.
 
-On stop it cancels its tasks, leaves every pile at its fallback power and closes the
-connections, in that order.
+With a state file (`controller.store`), it resumes what the last run left on start (sessions,
+the month's peak, the plan, the visits it forecasts from), keeps each session's energy account
+(`controller.ledger`), and saves in a worker thread: after a session starts or ends, otherwise at
+most every `SAVE_EVERY_S`, and once more on stop.
+
+On stop it cancels its tasks, leaves every pile at its fallback power, saves the state and closes
+the connections, in that order.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -38,9 +44,11 @@ from controller.config import ConfigError, Station, load_station
 from controller.config import Problem as ConfigProblem
 from controller.control import Control, Decision, Policy
 from controller.devices import StationLinks, pile_driver
+from controller.ledger import SessionLedger
 from controller.reload import StationChange
 from controller.sensing import Sensors
 from controller.site import Feed, PileView, SiteSnapshot
+from controller.store import SavedState, StateStore
 from drivers.errors import DriverError
 from drivers.meter import MapMeter, Meter, MeterReading
 from drivers.pile import Pile, PileReading
@@ -51,6 +59,10 @@ from scheduler.solver import Solver
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# The state file is written at most this often (station seconds), and at once when a session
+# starts or ends.
+SAVE_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -150,7 +162,9 @@ class Daemon:
         policy: Policy | str | None = None,
         close: Callable[[], Awaitable[None]] | None = None,
         terminal: Meter | None = None,
+        store: StateStore | None = None,
     ) -> None:
+        """`store`: the station's state file, to resume from on start and save to while running."""
         self.station = station
         self.clock = clock
         self.meter = meter
@@ -182,6 +196,13 @@ class Daemon:
         self._errors_logged: set[str] = set()
         self._curtailing = False
         self._plan_failing = False
+        self.store = store
+        self.ledger = SessionLedger()
+        self._store_executor: ThreadPoolExecutor | None = None
+        self._unsaved: tuple[SavedState, float] | None = None
+        self._save_wanted = asyncio.Event()
+        self._last_save_at: float | None = None
+        self._save_failing = False
 
     @property
     def setpoints(self) -> Mapping[str, float]:
@@ -190,7 +211,12 @@ class Daemon:
 
     @classmethod
     def for_station(
-        cls, station: Station, clock: Clock, *, policy: Policy | str | None = None
+        cls,
+        station: Station,
+        clock: Clock,
+        *,
+        policy: Policy | str | None = None,
+        store: StateStore | None = None,
     ) -> Daemon:
         """A daemon whose meter and piles are the devices the station config names.
 
@@ -213,7 +239,14 @@ class Daemon:
             pile_driver(p, links.device(station, p, f"pile {p.id}"), clock) for p in station.piles
         ]
         daemon = cls(
-            station, clock, meter, piles, policy=policy, close=links.close, terminal=terminal
+            station,
+            clock,
+            meter,
+            piles,
+            policy=policy,
+            close=links.close,
+            terminal=terminal,
+            store=store,
         )
         daemon.links = links
         return daemon
@@ -237,7 +270,23 @@ class Daemon:
             self._stop.set()
 
     async def start(self) -> None:
-        """Connect, arm every pile's fail-safe, and start the fast and plan loops."""
+        """Resume the saved state, connect, arm every pile's fail-safe, and start the loops.
+
+        Raises `StateError` (before touching any device) if the state file cannot be read.
+        """
+        if self.store is not None:
+            self._store_executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="flexcharge-state"
+            )
+            try:
+                # On a virtual clock, the plant must not run on while the file is read.
+                with self.clock.participant():
+                    await self._restore(self.store)
+            except BaseException:
+                self._store_executor.shutdown(wait=True)
+                self._store_executor = None
+                raise
+            self._tasks.append(asyncio.create_task(self._save_loop(), name="state saver"))
         transformer = self.station.transformer
         log.info(
             "controlling %s: %d piles, limit %.0f kW (%.0f kVA x %.2f x %.2f), period %.1f s, policy %s",
@@ -289,6 +338,11 @@ class Daemon:
             else:
                 self.control.committed({pid: fallbacks[pid]})
         log.info("every reachable pile left at its fallback power; stopped")
+        if self._store_executor is not None:
+            self._hand_over(self.clock.now(), now_anyway=True)
+            await self._save()
+            self._store_executor.shutdown(wait=True)
+            self._store_executor = None
         if self._close is not None:
             await self._close()
 
@@ -331,8 +385,12 @@ class Daemon:
         )
         self._last_cycle_at = now
         snapshot = await self._read(now)
+        if self.store is not None:
+            self.ledger.close_ended(snapshot, self.control.sessions)
         for text in self.control.observe(snapshot, dt):
             self._event(now, text)
+        if self.store is not None:
+            self.ledger.follow(snapshot, self.control.sessions)
         decision = self.control.decide(snapshot, dt)
         written = await self._write(decision.setpoints, now)
         cycle = Cycle(
@@ -343,6 +401,8 @@ class Daemon:
         self._notice(cycle, decision)
         for observer in self.observers:
             observer(cycle)
+        if self.store is not None:
+            self._hand_over(now)
         return cycle
 
     async def _read_terminal(self) -> MeterReading | DriverError | None:
@@ -712,3 +772,52 @@ class Daemon:
         self.events.append((when, text))
         self.event_count += 1
         log.info("%s", text)
+
+    # -- the state file ------------------------------------------------------------------------
+
+    async def _restore(self, store: StateStore) -> None:
+        now = self.clock.now()
+        loop = asyncio.get_running_loop()
+        saved = await loop.run_in_executor(self._store_executor, store.load, now, self.control.zone)
+        gone = [r for r in saved.records if r.pile not in self.piles]
+        for record in gone:
+            record.ended_at = now
+        self.ledger = SessionLedger((r for r in saved.records if r.pile in self.piles), closed=gone)
+        notes = self.control.restore_state(saved.control, now)
+        log.info("resuming from %s: %s", store.path, "; ".join(notes) or "nothing to resume")
+
+    def _hand_over(self, now: float, *, now_anyway: bool = False) -> None:
+        """Give the saver the current state: at once after a session started or ended, else at
+        most every `SAVE_EVERY_S`. Only copies are handed over; the saver's thread reads them."""
+        due = self._last_save_at is None or now - self._last_save_at >= SAVE_EVERY_S
+        if not (due or now_anyway or self.ledger.changed):
+            return
+        self.ledger.changed = False
+        self._last_save_at = now
+        self._unsaved = (SavedState(self.control.export_state(), tuple(self.ledger.records())), now)
+        self._save_wanted.set()
+
+    async def _save_loop(self) -> None:
+        while True:
+            await self._save_wanted.wait()
+            self._save_wanted.clear()
+            await self._save()
+
+    async def _save(self) -> None:
+        """Write the state last handed over, in the store's thread (a failure is logged once)."""
+        if self._unsaved is None or self.store is None:
+            return
+        state, at = self._unsaved
+        self._unsaved = None
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._store_executor, self.store.save, state, at)
+        except (sqlite3.Error, OSError) as exc:
+            if not self._save_failing:
+                self._save_failing = True
+                log.error("%s: cannot save the state: %s", self.store.path, exc)
+            return
+        if self._save_failing:
+            self._save_failing = False
+            log.warning("%s: saving the state again", self.store.path)
+        self.ledger.saved(state.records)

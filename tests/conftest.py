@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 import pytest_asyncio
 
-from controller.config import REFERENCE_STATION, Station, load_station
+from controller.config import CONFIG_ROOT, REFERENCE_STATION, Station, load_station
 from simulator.fleet import Visit
 
 
@@ -34,6 +37,19 @@ def on_free_ports(station: Station) -> Station:
     """A copy of `station` whose devices listen on free loopback ports."""
     ids = [device.id for device in station.devices]
     return station.with_endpoints(dict(zip(ids, free_ports(len(ids)), strict=True)))
+
+
+def station_files_on_free_ports(tmp_path: Path) -> Path:
+    """A copy of configs/ in `tmp_path` whose reference station listens on free ports (for tests
+    that start `flexcharge` processes); returns the station file."""
+    root = tmp_path / "configs"
+    shutil.copytree(CONFIG_ROOT, root)
+    path = root / "stations" / "bozhou-depot.toml"
+    text = path.read_text()
+    ports = iter(free_ports(13))
+    text = re.sub(r"^port = 150\d\d$", lambda _: f"port = {next(ports)}", text, flags=re.M)
+    path.write_text(text)
+    return path
 
 
 def local_time(station: Station, text: str) -> float:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,21 +20,9 @@ import pytest
 
 from controller.config import CONFIG_ROOT, load_station
 from drivers.modbus import ModbusDevice, ModbusLink
-from tests.conftest import free_ports
+from tests.conftest import station_files_on_free_ports
 
 FLEXCHARGE = str(Path(sys.executable).parent / "flexcharge")
-
-
-def _station_on_free_ports(tmp_path: Path) -> Path:
-    """A copy of configs/ whose reference station listens on free ports."""
-    root = tmp_path / "configs"
-    shutil.copytree(CONFIG_ROOT, root)
-    path = root / "stations" / "bozhou-depot.toml"
-    text = path.read_text()
-    ports = iter(free_ports(13))
-    text = re.sub(r"^port = 150\d\d$", lambda _: f"port = {next(ports)}", text, flags=re.M)
-    path.write_text(text)
-    return path
 
 
 @pytest.fixture
@@ -87,7 +74,7 @@ def test_check_config_exit_codes(tmp_path: Path) -> None:
     assert "valid station: Bozhou logistics depot" in ok.stdout
     assert "limit 4,275 kW" in ok.stdout
 
-    path = _station_on_free_ports(tmp_path)
+    path = station_files_on_free_ports(tmp_path)
     text = path.read_text().replace("reserve_kw = 80.0", "reserve_kw = -80.0")
     text = re.sub(r'(id = "P04"\nport = \d+\n)max_kw = 480.0', r"\1max_kw = 6000.0", text)
     path.write_text(text)
@@ -118,11 +105,14 @@ def test_daemon_process_stops_on_signal_leaving_fallbacks(
     tmp_path: Path, processes: list[subprocess.Popen[str]], stop_signal: signal.Signals
 ) -> None:
     """`run` against `sim-hardware`: controls, then on a signal exits 0 with piles at fallback."""
-    path = _station_on_free_ports(tmp_path)
+    path = station_files_on_free_ports(tmp_path)
     station = load_station(path)
     simulator = _start(["sim-hardware", "--station", str(path)], processes)
     _wait_for_line(simulator, r"serving ")
-    daemon = _start(["run", "--station", str(path), "--status-every", "1"], processes)
+    state = str(tmp_path / "state.sqlite")
+    daemon = _start(
+        ["run", "--station", str(path), "--state", state, "--status-every", "1"], processes
+    )
     _wait_for_line(daemon, r"controlling Bozhou")
     _wait_for_line(daemon, r"site \d+ / 4275 kW")
     _wait_for_line(daemon, r"site \d+ / 4275 kW")  # at least two cycles a second apart
