@@ -110,8 +110,20 @@ def test_daemon_process_stops_on_signal_leaving_fallbacks(
     simulator = _start(["sim-hardware", "--station", str(path)], processes)
     _wait_for_line(simulator, r"serving ")
     state = str(tmp_path / "state.sqlite")
+    pidfile = str(tmp_path / "flexcharge.pid")
     daemon = _start(
-        ["run", "--station", str(path), "--state", state, "--status-every", "1"], processes
+        [
+            "run",
+            "--station",
+            str(path),
+            "--state",
+            state,
+            "--pidfile",
+            pidfile,
+            "--status-every",
+            "1",
+        ],
+        processes,
     )
     _wait_for_line(daemon, r"controlling Bozhou")
     _wait_for_line(daemon, r"site \d+ / 4275 kW")

@@ -33,8 +33,8 @@ from controller.reload import StationChange
 from scheduler.problem import Problem
 from simulator.fleet import Visit
 from simulator.hardware import StationSimulator
-from tests.conftest import local_time
-from tests.test_cli import _station_on_free_ports, _wait_for_line
+from tests.conftest import local_time, station_files_on_free_ports
+from tests.test_cli import _wait_for_line
 
 pytestmark = [pytest.mark.loopback]
 
@@ -317,7 +317,7 @@ def test_reload_command_checks_then_signals_the_daemon(
     tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
     """A bad file: exit 2, no signal. A good one: SIGHUP, and the daemon applies it."""
-    path = _station_on_free_ports(tmp_path)
+    path = station_files_on_free_ports(tmp_path)
     good = path.read_text(encoding="utf-8")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
 

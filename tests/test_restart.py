@@ -157,6 +157,7 @@ def test_killed_daemon_resumes_the_session_and_the_month_peak(
     sessions = _truck_now(tmp_path / "truck.csv", ZoneInfo(station.info.timezone))
     db = tmp_path / "state" / "depot.sqlite"
     run = ["run", "--station", str(station_path), "--state", str(db), "--status-every", "1"]
+    run += ["--pidfile", str(tmp_path / "flexcharge.pid")]
 
     simulator = Process(
         ["sim-hardware", "--station", str(station_path), "--sessions", str(sessions)],
@@ -242,7 +243,16 @@ def test_an_unusable_state_file_stops_the_daemon_before_it_starts(tmp_path: Path
     db = tmp_path / "state.sqlite"
     db.write_bytes(b"not a database at all" * 100)
     result = subprocess.run(
-        [FLEXCHARGE, "run", "--station", str(station_path), "--state", str(db)],
+        [
+            FLEXCHARGE,
+            "run",
+            "--station",
+            str(station_path),
+            "--state",
+            str(db),
+            "--pidfile",
+            str(tmp_path / "other.pid"),
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "COLUMNS": "300"},
