@@ -274,6 +274,9 @@ class Control:
             if session is not None and (
                 not reading.state.vehicle_present or reading.session_id != session.session_id
             ):
+                if reading.session_id == session.session_id:
+                    # The pile's counter holds the session's last energy after the unplug.
+                    session.delivered_kwh = max(session.delivered_kwh, reading.session_energy_kwh)
                 del self.sessions[view.id]
                 self.history.append(
                     Visit(

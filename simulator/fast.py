@@ -296,7 +296,9 @@ def simulate(
     prices = np.zeros(steps)
     bands: list[str] = []
     report_every = max(1, steps // 100)
+    step_ms = np.zeros(steps)
     for k, now in enumerate(times):
+        step_started = time.perf_counter()
         now = float(now)
         # The daemon's fast loop writes every second; between our steps it would have kept every
         # pile's fail-safe timer from running out.
@@ -339,6 +341,7 @@ def simulate(
         )
         prices[k] = snapshot.price
         bands.append(snapshot.band)
+        step_ms[k] = (time.perf_counter() - step_started) * 1000
         if progress is not None and k % report_every == 0:
             progress(k / steps)
     plant.step(scenario.end + step_s, step_s)  # let the last departures happen
@@ -374,6 +377,10 @@ def simulate(
     result.metrics = _metrics(result, scenario, station, step_s, plans, fallbacks)
     result.metrics["wall_s"] = round(time.perf_counter() - started, 2)
     result.metrics["group_over_kwh"] = round(float(group_over.sum() * step_s / 3600), 3)
+    # One step is one control cycle (plant, sensing, control, the plan when one is due).
+    result.metrics["cycle_ms_p50"] = round(_percentile(list(step_ms), 50), 3)
+    result.metrics["cycle_ms_p99"] = round(_percentile(list(step_ms), 99), 3)
+    result.metrics["cycle_ms_max"] = round(float(step_ms.max()) if steps else 0.0, 3)
     return result
 
 

@@ -44,6 +44,8 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
+import numpy as np
+
 from controller.config import ConfigError, Problem, Station
 from drivers.errors import ConnectionLost, DeviceTimeout, DriverError
 from drivers.meter import MeterReading
@@ -356,3 +358,42 @@ def _when(text: str) -> float:
     if value.tzinfo is None:
         raise ValueError(f"{text!r} has no UTC offset (write e.g. 2026-11-25T19:00:00+08:00)")
     return value.timestamp()
+
+
+def random_faults(
+    station: Station, start: float, end: float, *, per_day: float, seed: int
+) -> FaultScript:
+    """A seeded random fault script: `per_day` faults a day on average, of every kind, on random
+    devices, each lasting from a minute to half an hour (a soak test's diet)."""
+    rng = np.random.default_rng(seed)
+    meters = [station.grid_meter.id] + ([] if station.terminal is None else [station.terminal.id])
+    piles = [p.id for p in station.piles]
+    count = int(rng.poisson(per_day * (end - start) / 86400))
+    faults = []
+    for when in np.sort(rng.uniform(start, end, count)):
+        kind = FaultKind(rng.choice([k.value for k in FaultKind]))
+        if kind is FaultKind.LIMIT_STEP:
+            target = "site"
+        elif kind in METER_FAULTS:
+            target = str(rng.choice(meters))
+        elif kind in PILE_FAULTS:
+            target = str(rng.choice(piles))
+        else:
+            target = str(rng.choice(meters + piles))
+        length = float(rng.uniform(60, 1800))
+        value: float | None = None
+        if kind is FaultKind.LIMIT_STEP:
+            value = round(float(rng.uniform(0.5, 0.9)) * station.limit_kw)
+        elif kind is FaultKind.REBOOT:
+            length = float(rng.uniform(10, 120))
+        elif kind is FaultKind.LATE:
+            value = float(rng.uniform(2, 4))
+        elif kind is FaultKind.OVERSHOOT:
+            value = float(rng.uniform(1.1, 1.5))
+        elif kind is FaultKind.SLOW_RAMP:
+            value = float(rng.uniform(0.01, 0.2))
+        one_off = kind in (FaultKind.LEAVES_EARLY, FaultKind.STAYS_LATE)
+        faults.append(
+            Fault(kind, target, float(when), math.inf if one_off else float(when) + length, value)
+        )
+    return FaultScript(faults)

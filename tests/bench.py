@@ -9,15 +9,27 @@ ratio, and the largest relative difference of the objectives.
 
 Quality: the shipped scenarios, one warm-up day each, under every policy; cost against
 offline-optimal, energy delivered, limit and peak. Targets are checked and printed.
+
+Faults: the fault matrix of tests/test_faults.py, each fault's worst overshoot of the limit (kW
+and seconds), how long until the controller logged the fault's end, and until the site charged at
+the limit again.
+
+Soak: 30 days of the reference station's seeded random fleet with random faults (a dozen a day,
+of every kind), in fast simulation: over-limit energy, accounting, the cycle time's spread and
+the process's memory at the end against after the first day.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import statistics
 import sys
 import time
 from dataclasses import dataclass, replace
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from rich.console import Console
@@ -31,8 +43,10 @@ from scheduler.plan import Plan
 from scheduler.problem import Problem
 from scheduler.solver import Solver
 from simulator.fast import Scenario, simulate
-from simulator.fleet import Visit
+from simulator.faults import FaultKind, random_faults
+from simulator.fleet import Visit, random_days
 from simulator.scenario import load_sessions
+from tests.test_faults import F0, MATRIX, back_to_full, busy_night, over_limit
 
 POLICIES = ("uncontrolled", "equal-share", "edf", "llf", "mpc", "offline-optimal")
 SCENARIOS = (
@@ -256,12 +270,153 @@ def quality_bench(console: Console, scenarios: tuple[tuple[str, str], ...]) -> b
     return met
 
 
+def fault_bench(console: Console) -> bool:
+    """Each fault of the matrix: worst overshoot, and how long recovery took; True if every
+    overshoot stayed within the reaction time stated for it."""
+    station = load_station(CONFIG_ROOT / "stations" / "bozhou-depot.toml")
+    table = Table(
+        title="fault matrix (bozhou-depot, 12 trucks wanting more than fits, 1 s cycles)",
+        title_justify="left",
+    )
+    for column in (
+        "fault",
+        "worst over kW",
+        "s over",
+        "allowed s",
+        "detected after s",
+        "end logged after s",
+        "at the limit again after s",
+        "accounting max diff kWh",
+    ):
+        table.add_column(column, justify="left" if column == "fault" else "right")
+    met = True
+    for name, case in MATRIX.items():
+        scenario = busy_night(station, case.faults)
+        result = simulate(scenario, "mpc", step_s=1.0)
+        worst, over_s = over_limit(result)
+        start = scenario.start
+        fault_start = min(f.start for f in scenario.faults) - start
+        fault_end = max(f.end for f in scenario.faults) - start
+        events = [(t - start, e) for t, e in result.events if not e.startswith("simulator")]
+        detected = [t for t, e in events if any(text in e for text in case.starts)]
+        ended = [t for t, e in events if any(text in e for text in case.ends)]
+        logged_end = ended[-1] - fault_end if ended and math.isfinite(fault_end) else None
+        back = back_to_full(result, start + ended[-1]) if ended else None
+        diffs = [
+            abs(result.controller_delivered_kwh.get(v, math.inf) - kwh)
+            for v, kwh in result.delivered_kwh.items()
+        ]
+        met = met and over_s <= case.reaction_s
+        table.add_row(
+            name,
+            f"{worst:,.0f}",
+            f"{over_s:.0f}",
+            f"{case.reaction_s:.0f}",
+            "-" if not detected else f"{detected[0] - fault_start:.0f}",
+            "-" if logged_end is None else f"{logged_end:.0f}",
+            "-" if back is None else f"{back:.0f}",
+            f"{max(diffs):.2f}",
+        )
+    console.print(table)
+    console.print(
+        f"  faults start {F0:.0f} s into the night; 'detected' counts from the start of the "
+        "fault, 'end logged' from its end, 'at the limit again' from the end being logged",
+        highlight=False,
+    )
+    return met
+
+
+def _rss_mb() -> float:
+    with open(f"/proc/{os.getpid()}/statm", encoding="ascii") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def soak_bench(console: Console, days: int, step_s: float) -> bool:
+    """`days` of the reference station with random faults; True if the limit held and the
+    accounting balanced."""
+    station = load_station(CONFIG_ROOT / "stations" / "bozhou-depot.toml")
+    assert station.simulator is not None
+    zone = ZoneInfo(station.info.timezone)
+    start = datetime(2026, 11, 1, tzinfo=zone).timestamp()
+    end = start + days * 86400
+    visits = tuple(
+        v
+        for v in random_days(station.simulator, start, end, zone)
+        if v.arrival >= start and v.departure <= end
+    )
+    faults = random_faults(station, start, end, per_day=12, seed=7).faults
+    scenario = Scenario(station, station.tariff, visits, start, end, "soak", faults=faults)
+    memory: list[tuple[float, float]] = []
+
+    def sample(done: float) -> None:
+        memory.append((done, _rss_mb()))
+
+    started = time.perf_counter()
+    result = simulate(scenario, "mpc", step_s=step_s, plan_period_s=900.0, progress=sample)
+    wall = time.perf_counter() - started
+    m = result.metrics
+    worst, over_steps = over_limit(result)
+    steps = [
+        float(t)
+        for t, over in zip(result.times, result.site_kw - result.limit_kw, strict=True)
+        if over > 1e-6
+    ]
+    # Over the limit is allowed only as the reaction to the utility lowering it: the step in
+    # which it fell (the controller learns of it at the step's end), and the next.
+    reacting = [
+        t
+        for t in steps
+        if any(
+            f.kind is FaultKind.LIMIT_STEP and f.start <= t <= f.start + max(10.0, 2 * step_s)
+            for f in faults
+        )
+    ]
+    diffs = [
+        abs(result.controller_delivered_kwh.get(v, math.inf) - kwh)
+        for v, kwh in result.delivered_kwh.items()
+    ]
+    after_day = next(mb for done, mb in memory if done >= 1 / days)
+    final = memory[-1][1]
+    p50, p99 = float(m["cycle_ms_p50"]), float(m["cycle_ms_p99"])
+    table = Table(
+        title=f"soak: {days} days, {len(visits)} vehicles, {len(faults)} random faults, "
+        f"{step_s:.0f} s steps",
+        title_justify="left",
+    )
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("simulated days per wall minute", f"{days / wall * 60:.1f}"),
+        ("over limit", f"{float(m['over_limit_kwh']):.3f} kWh in {over_steps:.0f} steps"),
+        ("... of which reacting to a limit step", f"{len(reacting)} steps"),
+        ("worst overshoot", f"{worst:,.0f} kW"),
+        ("energy delivered", f"{float(m['delivered_pct']):.2f}% of requested"),
+        ("accounting: largest controller vs plant gap", f"{max(diffs):.3f} kWh"),
+        (
+            "cycle time p50 / p99 / max",
+            f"{p50:.2f} / {p99:.2f} / {float(m['cycle_ms_max']):.0f} ms",
+        ),
+        ("cycle p99 / p50", f"{p99 / p50:.1f}x"),
+        ("cycle p99 / daemon period", f"{p99 / (station.control.period_s * 1000):.3f}"),
+        ("plans (fallbacks)", f"{m['plans']} ({m['fallbacks']})"),
+        ("memory after day 1 / at the end", f"{after_day:.0f} / {final:.0f} MB"),
+        ("memory growth over the soak", f"{final / after_day:.2f}x"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    return len(steps) == len(reacting) and max(diffs) <= 0.05
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks; exit 0 whatever the figures (they are reported, not asserted)."""
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--skip-solver", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--skip-faults", action="store_true")
+    parser.add_argument("--soak-days", type=int, default=30, help="0 skips the soak")
+    parser.add_argument("--soak-step", type=float, default=10.0)
     args = parser.parse_args(argv)
     console = Console(width=170)
     results = {}
@@ -271,6 +426,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     if not args.skip_quality:
         results["quality targets"] = quality_bench(console, SCENARIOS)
+    if not args.skip_faults:
+        results["fault overshoots within their reaction times"] = fault_bench(console)
+    if args.soak_days > 0:
+        results["soak: limit held, accounting balanced"] = soak_bench(
+            console, args.soak_days, args.soak_step
+        )
     for name, ok in results.items():
         console.print(f"{'PASS' if ok else 'FAIL'}  {name}", style="green" if ok else "bold red")
     return 0
