@@ -335,13 +335,21 @@ def cmd_sim_hardware(args: argparse.Namespace, console: Console) -> int:
             return EXIT_BAD_CONFIG
         if not _piles_known(station, visits, args.sessions, console):
             return EXIT_BAD_CONFIG
+    from simulator.faults import FaultScript, load_faults
+
+    try:
+        faults = load_faults(Path(args.faults)) if args.faults else FaultScript()
+        faults.check(station, Path(args.faults) if args.faults else None)
+    except ConfigError as err:
+        _print_problems(err, console)
+        return EXIT_BAD_CONFIG
 
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        simulator = StationSimulator(station, WallClock(), visits=visits)
+        simulator = StationSimulator(station, WallClock(), visits=visits, faults=faults)
         try:
             await simulator.start()
         except SimulatorError as exc:
@@ -612,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--sessions",
         help="replay the vehicles of this sessions CSV instead of the seeded random days",
+    )
+    sim.add_argument(
+        "--faults", help="faults to inject, CSV start,end,kind,target,value (see README)"
     )
     sim.set_defaults(func=cmd_sim_hardware)
 

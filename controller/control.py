@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -218,6 +218,8 @@ class Control:
         self._plan_serial = 0
         self._plan_site_kw: np.ndarray | None = None
         self.history: list[Visit] = []
+        # Told of every session that ends (the fast simulation keeps its books with it).
+        self.on_departure: Callable[[Visit], None] | None = None
         self._group_budgets = [(dict(g.members), g.limit_kw) for g in self.group_limits()]
         self._rise_tokens = 0.0
         self._last_background: float | None = None
@@ -278,16 +280,17 @@ class Control:
                     # The pile's counter holds the session's last energy after the unplug.
                     session.delivered_kwh = max(session.delivered_kwh, reading.session_energy_kwh)
                 del self.sessions[view.id]
-                self.history.append(
-                    Visit(
-                        session.plugged_at,
-                        now,
-                        session.delivered_kwh if session.need_kwh > 0 else 0.0,
-                        max(session.need_kwh, session.delivered_kwh),
-                        session.max_kw,
-                        session.vehicle_id,
-                    )
+                visit = Visit(
+                    session.plugged_at,
+                    now,
+                    session.delivered_kwh if session.need_kwh > 0 else 0.0,
+                    max(session.need_kwh, session.delivered_kwh),
+                    session.max_kw,
+                    session.vehicle_id,
                 )
+                self.history.append(visit)
+                if self.on_departure is not None:
+                    self.on_departure(replace(visit, delivered_kwh=session.delivered_kwh))
                 events.append(
                     f"{view.id}: vehicle left after {session.delivered_kwh:.0f} of {session.need_kwh:.0f} kWh"
                 )

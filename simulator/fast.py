@@ -261,6 +261,8 @@ def simulate(
         forecast = BackgroundForecast(scenario.background.hourly_profile(zone), zone)
     control = Control(station, policy=policy, forecast=forecast, plan_period_s=plan_period_s)
     control.history.extend(scenario.history)
+    counted: dict[str, float] = {}
+    control.on_departure = lambda visit: counted.__setitem__(visit.vehicle_id, visit.delivered_kwh)
     visits_by_id = {v.vehicle_id: v for v in served}
 
     def plugged(pile: PileModel, vehicle: PlantVehicle) -> None:
@@ -372,7 +374,7 @@ def simulate(
         delivered,
         solve_ms,
         events,
-        {v.vehicle_id: v.delivered_kwh for v in control.history},
+        counted,
     )
     result.metrics = _metrics(result, scenario, station, step_s, plans, fallbacks)
     result.metrics["wall_s"] = round(time.perf_counter() - started, 2)

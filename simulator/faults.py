@@ -49,6 +49,7 @@ import numpy as np
 from controller.config import ConfigError, Problem, Station
 from drivers.errors import ConnectionLost, DeviceTimeout, DriverError
 from drivers.meter import MeterReading
+from drivers.registers import Value
 from simulator.plant import Plant
 
 
@@ -134,6 +135,7 @@ class FaultScript:
         self._started: set[int] = set()
         self._ended: set[int] = set()
         self._frozen: dict[int, MeterReading] = {}
+        self._frozen_values: dict[int, dict[str, Value | None]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.faults)
@@ -248,6 +250,36 @@ class FaultScript:
         if self.active(FaultKind.DROPPED, device, now) is not None:
             return ConnectionLost(label, "connection refused")
         return DeviceTimeout(label, "no answer")
+
+    def access(self, devices: Iterable[str], now: float) -> FaultKind | float | None:
+        """How a server for `devices` treats a request now: SILENT or DROPPED (any of them is
+        unreachable), a latency in s, or None (it answers)."""
+        latency = 0.0
+        for device in devices:
+            if not self.reachable(device, now):
+                dropped = self.active(FaultKind.DROPPED, device, now) is not None
+                return FaultKind.DROPPED if dropped else FaultKind.SILENT
+            latency = max(latency, self.latency_s(device, now))
+        return latency or None
+
+    def meter_values(
+        self, device: str, now: float, values: dict[str, Value | None]
+    ) -> dict[str, Value | None]:
+        """What a meter's registers hold, given what it measures (see `meter_reading`)."""
+        for index, fault in enumerate(self.faults):
+            if fault.target != device or not fault.active(now):
+                continue
+            if fault.kind is FaultKind.FROZEN:
+                values = self._frozen_values.setdefault(index, values)
+            elif fault.kind is FaultKind.NAN:
+                values = {**values, "power": None}
+            elif fault.kind is FaultKind.ABSURD:
+                values = {**values, "power": fault.amount}
+            elif fault.kind is FaultKind.CLOCK_JUMP and isinstance(values.get("clock"), float):
+                clock = values["clock"]
+                assert isinstance(clock, float)
+                values = {**values, "clock": clock + fault.amount}
+        return values
 
     def meter_reading(self, device: str, now: float, reading: MeterReading) -> MeterReading:
         """What a meter reports, given what it measures."""

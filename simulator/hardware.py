@@ -22,6 +22,7 @@ from controller.clock import Clock, Ticker, stop_task
 from controller.config import ConfigError, DeviceEndpoint, Station
 from drivers.tls import server_context
 from simulator.chargers import pile_device_model
+from simulator.faults import FaultScript
 from simulator.fleet import Visit, random_day
 from simulator.modbus_server import DeviceServer
 from simulator.opcua import OpcUaStationServer
@@ -52,8 +53,10 @@ class StationSimulator:
         *,
         visits: Iterable[Visit] | None = None,
         limit: Series | None = None,
+        faults: FaultScript | None = None,
     ) -> None:
-        """`limit`: the utility's limit signal over time, relayed by the metering terminal."""
+        """`limit`: the utility's limit signal over time, relayed by the metering terminal;
+        `faults`: what goes wrong, and when (checked against the station: `ConfigError`)."""
         if station.simulator is None:
             raise SimulatorError(f"{station.path}: the station has no [simulator] section")
         self.station = station
@@ -62,6 +65,10 @@ class StationSimulator:
         self.zone = ZoneInfo(station.info.timezone)
         self._random_visits = visits is None
         self.plant = Plant(station, visits or (), limit=limit)
+        self.faults = faults or FaultScript()
+        self.faults.check(station)
+        self._opcua_down: set[int] = set()
+        self._opcua_ids: list[list[str]] = []
         self.models: dict[str, DeviceModel] = {}
         self.banks: dict[str, RegisterBank] = {}
         self.opcua_servers: list[OpcUaStationServer] = []
@@ -73,13 +80,19 @@ class StationSimulator:
         """Listen on every device's endpoint and start stepping the plant."""
         station = self.station
         meter = station.grid_meter
+        faults = self.faults
         served: list[tuple[DeviceEndpoint, str, DeviceModel]] = [
-            (meter, f"meter {meter.id}", MeterRegisters(self.plant))
+            (
+                meter,
+                f"meter {meter.id}",
+                MeterRegisters(self.plant, faults=faults, device_id=meter.id),
+            )
         ]
         if station.terminal is not None:
             # The utility's terminal measures the same connection as the grid meter.
             terminal = station.terminal
-            served.append((terminal, f"terminal {terminal.id}", MeterRegisters(self.plant)))
+            relay = MeterRegisters(self.plant, faults=faults, device_id=terminal.id)
+            served.append((terminal, f"terminal {terminal.id}", relay))
         for pile in station.piles:
             regmap = station.map_for(pile.device)
             pile_model = pile_device_model(self.plant.piles[pile.id], regmap, self.clock)
@@ -137,6 +150,8 @@ class StationSimulator:
                 raise SimulatorError(str(exc)) from exc
             sslctx = server_context(ident.cert_pem, ident.key_pem, ident.ca_pem, device=names)
         maps = [bank.map for _, bank in banks]
+        ids = [endpoint.id for endpoint, _ in banks]
+        faults, clock = self.faults, self.clock
         limits = [m.max_connections for m in maps if m.max_connections is not None]
         idles = [m.idle_timeout_s for m in maps if m.idle_timeout_s is not None]
         server = DeviceServer(
@@ -147,6 +162,8 @@ class StationSimulator:
             sslctx=sslctx,
             max_connections=min(limits) if limits else None,
             idle_timeout_s=min(idles) if idles else None,
+            # A fault on any device behind an endpoint takes the endpoint down, as a gateway's would.
+            gate=(lambda: faults.access(ids, clock.now())) if faults else None,
         )
         try:
             await server.serve_forever(background=True)
@@ -175,6 +192,7 @@ class StationSimulator:
             names = ", ".join(label for _, label, _ in group)
             raise SimulatorError(f"cannot serve {url} for {names}: {exc}") from exc
         self.opcua_servers.append(server)
+        self._opcua_ids.append([device.id for device, _, _ in group])
 
     async def stop(self) -> None:
         """Stop stepping and close every server."""
@@ -207,10 +225,26 @@ class StationSimulator:
                 now = self.clock.now()
                 if self._random_visits:
                     self._extend_visits(now)
+                for note in self.faults.apply(self.plant, now):
+                    log.warning("simulator: %s", note)
                 self.plant.step(now, step if last is None else now - last)
                 last = now
+                await self._opcua_faults(now)
                 for server in self._servers:
                     server.close_idle(now)
+
+    async def _opcua_faults(self, now: float) -> None:
+        """Stop an OPC-UA server while a device it serves is unreachable; start it again after."""
+        if not self.faults:
+            return
+        for index, server in enumerate(self.opcua_servers):
+            down = not all(self.faults.reachable(d, now) for d in self._opcua_ids[index])
+            if down and index not in self._opcua_down:
+                self._opcua_down.add(index)
+                await server.stop()
+            elif not down and index in self._opcua_down:
+                self._opcua_down.discard(index)
+                await server.start()
 
     def _extend_visits(self, now: float) -> None:
         """Keep random visits drawn until at least a day ahead."""

@@ -3,13 +3,17 @@
 Some devices accept only a few masters at once and close a connection that stays idle (the Alfen
 NG9xx: 2 masters, 60 s). `DeviceServer` enforces both on top of pymodbus's server: a connection
 beyond `max_connections` is closed as soon as it opens, and `close_idle(now)` (called by the
-simulator on its clock) closes connections that have sent nothing for `idle_timeout_s`.
+simulator on its clock) closes connections that have sent nothing for `idle_timeout_s`. A fault
+script may make the server silent (requests heard, never answered), late, or drop and refuse
+connections (`gate`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from pymodbus.server import ModbusTlsServer
@@ -17,6 +21,7 @@ from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import SimDevice
 
 from controller.clock import Clock
+from simulator.faults import FaultKind
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,9 @@ class _Connection(ServerRequestHandler):
         super().callback_connected()
         server = self.server
         self.last_active = server.clock.now()
+        if server.gate is not None and server.gate() is FaultKind.DROPPED:
+            self.transport.close()
+            return
         limit = server.max_connections
         if limit is not None and len(server.active_connections) > limit:
             server.refused += 1
@@ -38,8 +46,22 @@ class _Connection(ServerRequestHandler):
 
     def callback_data(self, data: bytes, addr: tuple[Any, ...] | None = None) -> int:
         self.last_active = self.server.clock.now()
+        access = None if self.server.gate is None else self.server.gate()
+        if access is FaultKind.DROPPED:
+            self.transport.close()
+            return len(data)
+        if access is FaultKind.SILENT:
+            return len(data)  # heard, never answered
+        if isinstance(access, float):
+            # Answered late: the request is handled after the latency (real seconds).
+            asyncio.get_running_loop().call_later(access, self._late, data, addr)
+            return len(data)
         used: int = super().callback_data(data, addr)
         return used
+
+    def _late(self, data: bytes, addr: tuple[Any, ...] | None) -> None:
+        if not self.transport.is_closing():
+            super().callback_data(data, addr)
 
 
 class DeviceServer(ModbusTlsServer):
@@ -59,8 +81,11 @@ class DeviceServer(ModbusTlsServer):
         sslctx: ssl.SSLContext | None = None,
         max_connections: int | None = None,
         idle_timeout_s: float | None = None,
+        gate: Callable[[], FaultKind | float | None] | None = None,
     ) -> None:
+        """`gate` says how a request is treated now (a fault script's `access`)."""
         self.clock = clock
+        self.gate = gate
         self.name = name
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s

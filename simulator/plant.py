@@ -27,6 +27,9 @@ from scheduler.tariff import Tariff
 from simulator.fleet import Visit
 from simulator.scenario import Series
 
+# The communication timeout a pile falls back to when it reboots and forgets the controller's.
+FACTORY_TIMEOUT_S = 60.0
+
 
 class Rejected(Exception):
     """A write the device refuses (answered with Modbus exception 3, illegal data value)."""
@@ -179,7 +182,8 @@ class PileModel:
         self._pending.clear()
         self.setpoint_kw, self.mode = self.config.fallback_kw, PileMode.CHARGE
         self._commanded = (self.config.fallback_kw, PileMode.CHARGE)
-        self.comm_timeout_s, self.fallback_kw = self.config.comm_timeout_s, self.config.fallback_kw
+        # Its factory settings: its own safe value, and a timeout no controller chose.
+        self.comm_timeout_s, self.fallback_kw = FACTORY_TIMEOUT_S, self.config.fallback_kw
         self.last_contact = -math.inf
 
     def heartbeat(self, now: float) -> None:

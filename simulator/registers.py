@@ -19,6 +19,7 @@ from controller.clock import Clock
 from drivers.errors import BadValue
 from drivers.pile import PileMode
 from drivers.registers import Register, RegisterMap, Value, from_project_units, in_project_units
+from simulator.faults import FaultScript
 from simulator.plant import PileModel, Plant, Rejected
 
 
@@ -194,9 +195,18 @@ class PileRegisters:
 class MeterRegisters:
     """The grid-connection meter: the site load, balanced over three phases."""
 
-    def __init__(self, plant: Plant, phase_voltage_v: float = 230.0) -> None:
+    def __init__(
+        self,
+        plant: Plant,
+        phase_voltage_v: float = 230.0,
+        *,
+        faults: FaultScript | None = None,
+        device_id: str = "",
+    ) -> None:
         self.plant = plant
         self.phase_voltage_v = phase_voltage_v
+        self.faults = faults
+        self.device_id = device_id
 
     def values(self) -> Mapping[str, Value | None]:
         """Every register, from the plant."""
@@ -220,6 +230,8 @@ class MeterRegisters:
             values[f"voltage_l{phase}"] = voltage
             values[f"current_l{phase}"] = current
             values[f"power_l{phase}"] = phase_kw
+        if self.faults is not None and self.plant.now is not None:
+            values = self.faults.meter_values(self.device_id, self.plant.now, values)
         return values
 
     def write(self, values: Mapping[str, float]) -> None:
