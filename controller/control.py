@@ -618,7 +618,7 @@ class Control:
         # What piles that do not follow draw beyond their setpoints is load we do not control.
         extra = sum(self.follow.excess_kw(v.id) for v in controlled)
         for view in blind:
-            assumed = max(self.setpoints.get(view.id, 0.0), view.config.fallback_kw)
+            assumed = max(self.setpoints.get(view.id, 0.0), view.on_its_own_kw)
             if snapshot.grid_kw is not None and view.last is not None:
                 extra += max(0.0, assumed - view.last.power_kw)
             else:

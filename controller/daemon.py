@@ -351,7 +351,11 @@ class Daemon:
         try:
             await self.piles[pile_id].arm_failsafe(config.comm_timeout_s, config.fallback_kw)
         except DriverError as exc:
+            # Until it is armed, the pile may fall back to anything: it is budgeted at its rating.
+            self.sensors.unarmed.add(pile_id)
             self.pile_feeds[pile_id].failed(exc, self.clock.now())
+        else:
+            self.sensors.unarmed.discard(pile_id)
 
     # -- the fast loop -------------------------------------------------------------------------
 

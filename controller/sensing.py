@@ -70,6 +70,8 @@ class Sensors:
         self._notify = notify
         self._late: set[str] = set()
         self._relayed: dict[str, float | None] = {}
+        # Piles whose fail-safe the controller could not set (the daemon keeps this up to date).
+        self.unarmed: set[str] = set()
 
     @property
     def meter_max_kw(self) -> float:
@@ -172,7 +174,8 @@ class Sensors:
             return BadValue(device, f"its clock jumped by {step:+.0f} s: readings not trusted")
         if watch.steady_needed > 0:
             watch.steady_needed -= 1
-            return BadValue(device, "its clock jumped: waiting for it to keep steady time")
+            if watch.steady_needed > 0:
+                return BadValue(device, "its clock jumped: waiting for it to keep steady time")
         return None
 
     def _check_pile(self, pile_id: str, reading: PileReading) -> PileReading | DriverError:
@@ -199,6 +202,7 @@ class Sensors:
                 feed.fresh(now, max_age),
                 feed.value,
                 current=feed.at == now,
+                armed=pid not in self.unarmed,
             )
             for pid, feed in self.piles.items()
         )

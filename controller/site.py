@@ -76,13 +76,21 @@ class PileView:
     """One pile in a snapshot: its config, its fresh reading (None if stale) and its last one.
 
     `current` is False when the fresh reading is from an earlier cycle (this cycle's read failed):
-    such data may hold or lower power, never raise it.
+    such data may hold or lower power, never raise it. `armed` is False while the controller has
+    not been able to set the pile's fail-safe: what it falls back to on its own is then unknown.
     """
 
     config: PileConfig
     reading: PileReading | None
     last: PileReading | None
     current: bool = True
+    armed: bool = True
+
+    @property
+    def on_its_own_kw(self) -> float:
+        """What the pile may draw when it falls back on its own: its fallback power if the
+        controller set it, else (not knowing) its rating."""
+        return self.config.fallback_kw if self.armed else self.config.max_kw
 
     @property
     def id(self) -> str:

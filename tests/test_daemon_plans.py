@@ -17,6 +17,8 @@ from controller.clock import VirtualClock
 from controller.config import Station
 from controller.control import Policy, Wish
 from controller.daemon import Cycle, Daemon
+from scheduler.plan import Plan, PlanStatus
+from scheduler.problem import Problem
 from simulator.fleet import Visit
 from simulator.hardware import StationSimulator
 from simulator.plant import PileModel
@@ -90,3 +92,45 @@ async def test_daemon_follows_its_plans_into_the_valley(station: Station) -> Non
         )
     assert plant.truth.over_s == 0.0
     assert daemon.tally.out_of_bounds == 0
+
+
+async def test_a_failing_optimiser_gives_way_to_the_fallback_logged_once(
+    station: Station, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Solver failures and missed deadlines: the fallback plans, the failure is logged once when
+    it starts and once when the optimiser plans again, and the limit holds throughout."""
+    station = replace(station, piles=station.piles[:4]).with_control(period_s=5.0)
+    start = local_time(station, "2026-11-25T22:30")
+    visits = _trucks(start, [p.id for p in station.piles])
+    clock = VirtualClock(start)
+    simulator = StationSimulator(station, clock, visits=visits)
+    daemon = Daemon.over_modbus(station, clock, policy=Policy.MPC)
+    solve = daemon._solver.solve
+    failures = {"left": 6}
+
+    def failing(problem: Problem, *, time_limit_s: float | None = None) -> Plan:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            status = PlanStatus.FAILED if failures["left"] % 2 else PlanStatus.TIME_LIMIT
+            return Plan(status, problem.boundaries, message="injected")
+        return solve(problem, time_limit_s=time_limit_s)
+
+    daemon._solver.solve = failing  # type: ignore[method-assign]
+    await simulator.start()
+    try:
+        running = asyncio.create_task(daemon.run())
+        await clock.sleep_until(start + 1.5 * 3600)
+        daemon.request_stop()
+        await running
+    finally:
+        await simulator.stop()
+
+    assert daemon.tally.fallbacks == 6
+    assert daemon.tally.plans > 6, "the optimiser planned again once it could"
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("the optimiser gave no plan" in m for m in messages) == 1
+    assert sum("the optimiser is planning again" in m for m in messages) == 1
+    assert simulator.plant.truth.longest_over_s == 0.0
+    # The fallback charges at once (least laxity first), where the optimiser's plans wait for
+    # the valley: the trucks got energy in the flat band.
+    assert daemon.tally.energy_kwh > 20

@@ -1,0 +1,209 @@
+"""The checks every reading passes before the controller uses it, and the pile follow watch:
+pure logic, no I/O."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from controller.config import Station
+from controller.control import Control, Policy
+from controller.follow import Deviation, FollowWatch
+from controller.sensing import STEADY_READINGS, Sensors
+from controller.site import PileView
+from drivers.errors import DeviceTimeout
+from drivers.meter import MeterReading
+from drivers.pile import PileReading, PileState
+
+T0 = 1_800_000_000.0
+
+
+def meter(kw: float, *, clock: float | None = None, limit: float | None = None) -> MeterReading:
+    return MeterReading(power_kw=kw, device_time=clock, utility_limit_kw=limit)
+
+
+def pile(kw: float, *, state: PileState = PileState.CHARGING, ev_max: float = 450.0) -> PileReading:
+    return PileReading(
+        state=state,
+        power_kw=kw,
+        applied_setpoint_kw=kw,
+        max_charge_kw=480.0,
+        max_discharge_kw=0.0,
+        min_kw=10.0,
+        energy_import_kwh=100.0,
+        energy_export_kwh=0.0,
+        session_energy_kwh=10.0,
+        session_id=1,
+        soc_pct=50.0,
+        ev_max_kw=ev_max,
+    )
+
+
+@pytest.fixture
+def events() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def sensors(reference: Station, events: list[str]) -> Sensors:
+    return Sensors(reference, notify=lambda _t, text: events.append(text))
+
+
+def test_absurd_and_nan_grid_power_are_failures_not_measurements(
+    sensors: Sensors, events: list[str], reference: Station
+) -> None:
+    sensors.take_meter(meter(1500.0), T0)
+    assert sensors.snapshot(T0, reference.tariff).grid_kw == 1500.0
+    for t, bad in ((T0 + 1, math.nan), (T0 + 2, 1e6), (T0 + 3, -1e6)):
+        sensors.take_meter(meter(bad), t)
+        assert sensors.snapshot(t, reference.tariff).meter_current is False
+    assert events == ["meter grid: power reads nan: not a measurement"], (
+        "logged once when it starts, not every cycle"
+    )
+    sensors.take_meter(meter(1510.0), T0 + 4)
+    assert sensors.snapshot(T0 + 4, reference.tariff).grid_kw == 1510.0
+    assert events[-1] == "meter grid: back to normal after 3 s"
+
+
+def test_old_readings_are_not_used_as_fresh(sensors: Sensors, reference: Station) -> None:
+    sensors.take_meter(meter(1500.0), T0)
+    sensors.take_meter(DeviceTimeout("meter grid", "no answer"), T0 + 1)
+    held = sensors.snapshot(T0 + 1, reference.tariff)
+    assert held.grid_kw == 1500.0 and not held.meter_current, "it may hold, not raise"
+    stale_at = T0 + reference.control.stale_after_s + 0.5
+    assert sensors.snapshot(stale_at, reference.tariff).grid_kw is None
+
+
+def test_a_meter_frozen_while_the_piles_move_is_caught_at_once(
+    sensors: Sensors, events: list[str], reference: Station
+) -> None:
+    sensors.take_pile("P01", pile(100.0), T0)
+    sensors.take_meter(meter(1500.0), T0)
+    sensors.snapshot(T0, reference.tariff)
+    sensors.take_pile("P01", pile(300.0), T0 + 1)
+    sensors.snapshot(T0 + 1, reference.tariff)  # the piles moved 200 kW...
+    sensors.take_meter(meter(1500.0), T0 + 2)  # ...the meter did not
+    assert sensors.snapshot(T0 + 2, reference.tariff).meter_current is False
+    assert events and "frozen" in events[-1] and "while the piles moved" in events[-1]
+    # Still the same reading: still frozen, not flapping back.
+    sensors.take_meter(meter(1500.0), T0 + 3)
+    assert len(events) == 1
+    sensors.take_meter(meter(1700.0), T0 + 4)
+    assert events[-1].startswith("meter grid: back to normal")
+
+
+def test_a_quiet_site_still_freezes_after_the_frozen_time(
+    sensors: Sensors, reference: Station
+) -> None:
+    limit_s = reference.control.frozen_after_s
+    for k in range(int(limit_s) + 2):
+        sensors.take_meter(meter(800.0), T0 + k)
+    assert sensors.meter.ok is False
+
+
+def test_a_clock_jump_distrusts_the_meter_until_it_keeps_steady_time(
+    sensors: Sensors, events: list[str]
+) -> None:
+    sensors.take_meter(meter(1500.0, clock=T0), T0)
+    sensors.take_meter(meter(1501.0, clock=T0 + 3601), T0 + 1)
+    assert sensors.meter.ok is False and "jumped by +3600 s" in events[-1]
+    for k in range(STEADY_READINGS):
+        sensors.take_meter(meter(1502.0 + k, clock=T0 + 3602 + k), T0 + 2 + k)
+    assert sensors.meter.ok is True
+
+
+def test_late_answers_are_reported_once_and_only_hold(
+    sensors: Sensors, events: list[str], reference: Station
+) -> None:
+    for k in range(5):
+        sensors.take_meter(meter(1500.0 + k), T0 + k, at=T0 + k - 3)
+        assert sensors.snapshot(T0 + k, reference.tariff).meter_current is False
+    assert events == [
+        "meter grid: answers 3 s late: its readings may hold or lower power, not raise it"
+    ]
+    sensors.take_meter(meter(1510.0), T0 + 5)
+    assert sensors.snapshot(T0 + 5, reference.tariff).meter_current is True
+    assert events[-1] == "meter grid: answers in time again"
+
+
+def test_pile_power_beyond_its_rating_is_a_failure(sensors: Sensors) -> None:
+    sensors.take_pile("P01", pile(5000.0), T0)
+    assert sensors.piles["P01"].ok is False
+
+
+def test_a_lost_relay_keeps_the_utility_limit(sensors: Sensors, reference: Station) -> None:
+    sensors.take_meter(meter(1500.0, limit=3000.0), T0)
+    assert sensors.snapshot(T0, reference.tariff).limit_kw == 3000.0
+    sensors.take_meter(DeviceTimeout("meter grid", "no answer"), T0 + 10)
+    assert sensors.snapshot(T0 + 10, reference.tariff).limit_kw == 3000.0, "kept while lost"
+    sensors.take_meter(meter(1500.0), T0 + 11)  # back, and no limit signal any more
+    assert sensors.snapshot(T0 + 11, reference.tariff).limit_kw == reference.limit_kw
+
+
+# -- piles that do not follow ---------------------------------------------------------------------
+
+
+def view(reference: Station, reading: PileReading | None, *, armed: bool = True) -> PileView:
+    return PileView(reference.pile("P01"), reading, reading, armed=armed)
+
+
+def test_a_pile_drawing_more_than_told_is_flagged_and_its_excess_counted(
+    reference: Station,
+) -> None:
+    said: list[str] = []
+    watch = FollowWatch(20.0, 2.0, 5.0, notify=lambda _t, text: said.append(text))
+    watch.told("P01", T0, 200.0)
+    for k in range(0, 40):
+        watch.check(view(reference, pile(300.0)), T0 + k)
+    assert watch.flagged("P01") is Deviation.OVER
+    assert watch.excess_kw("P01") == pytest.approx(100.0)
+    assert said == [
+        "pile P01: not following: draws 300 kW, told 200 kW (counted as load it takes on its own)"
+    ]
+    # Following again, for three graces, clears it (once).
+    for k in range(40, 110):
+        watch.check(view(reference, pile(200.0)), T0 + k)
+    assert watch.flagged("P01") is None and said[-1] == "pile P01: following its setpoint again"
+    assert len(said) == 2
+
+
+def test_a_pile_ramping_on_its_way_is_not_flagged(reference: Station) -> None:
+    watch = FollowWatch(20.0, 2.0, 5.0)
+    watch.told("P01", T0, 0.0)
+    watch.told("P01", T0 + 25, 400.0)
+    for k in range(25, 40):  # 15 s into the ramp: within the grace
+        watch.check(view(reference, pile(20.0 * (k - 25))), T0 + k)
+    assert watch.flagged("P01") is None
+
+
+def test_a_pile_drawing_less_is_offered_little_more_than_it_draws(reference: Station) -> None:
+    watch = FollowWatch(20.0, 2.0, 5.0)
+    watch.told("P01", T0, 400.0)
+    for k in range(0, 40):
+        watch.check(view(reference, pile(150.0)), T0 + k)
+    assert watch.flagged("P01") is Deviation.UNDER
+    assert watch.cap_kw(view(reference, pile(150.0))) == pytest.approx(150.0 + 0.05 * 480)
+    # A vehicle that takes no more than it draws is not the pile's fault.
+    other = FollowWatch(20.0, 2.0, 5.0)
+    other.told("P01", T0, 400.0)
+    for k in range(0, 40):
+        other.check(view(reference, pile(150.0, ev_max=150.0)), T0 + k)
+    assert other.flagged("P01") is None
+
+
+def test_a_pile_never_armed_is_budgeted_at_its_rating(reference: Station) -> None:
+    """Lost and never armed, a pile may fall back to anything: count its rating, not its
+    configured fallback power."""
+    control = Control(reference, policy=Policy.EQUAL_SHARE)
+    sensors = Sensors(reference)
+    sensors.take_meter(meter(2000.0), T0)
+    for p in reference.piles:
+        if p.id != "P01":
+            sensors.take_pile(p.id, pile(0.0, state=PileState.AVAILABLE), T0)
+    sensors.take_pile("P01", DeviceTimeout("pile P01", "no answer"), T0)
+    armed = control.decide(sensors.snapshot(T0, reference.tariff), 1.0).budget_kw
+    sensors.unarmed.add("P01")
+    unarmed = control.decide(sensors.snapshot(T0, reference.tariff), 1.0).budget_kw
+    config = reference.pile("P01")
+    assert armed - unarmed == pytest.approx(config.max_kw - config.fallback_kw)
