@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
@@ -70,6 +72,32 @@ def truck_visit(start: float, pile: str, *, soc: float = 0.2, capacity: float = 
         soc_arrival=soc,
         pile=pile,
     )
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logger() -> Iterator[None]:
+    """cli.main() replaces the root logger's handlers; put them (and pymodbus's level) back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    pymodbus_level = logging.getLogger("pymodbus").level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger("pymodbus").setLevel(pymodbus_level)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """Started processes, killed at the end if a test left them running."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 @pytest.fixture(scope="session")

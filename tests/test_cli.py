@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,20 +22,6 @@ from drivers.modbus import ModbusDevice, ModbusLink
 from tests.conftest import station_files_on_free_ports
 
 FLEXCHARGE = str(Path(sys.executable).parent / "flexcharge")
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    """Started processes, killed at the end if a test left them running."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def _start(args: list[str], processes: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:

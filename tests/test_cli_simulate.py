@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -20,18 +18,6 @@ STATION = str(CONFIG_ROOT / "stations" / "bozhou-depot.toml")
 ZONE = ZoneInfo("Asia/Shanghai")
 OUTPUTS = ["events.csv", "metrics.json", "plot.png", "timeseries.csv"]
 HEADER = "id,arrival,departure,energy_kwh,max_kw,pile,capacity_kwh,soc_arrival,v2g"
-
-
-@pytest.fixture(autouse=True)
-def _restore_root_logger() -> Iterator[None]:
-    """cli.main() replaces the root logger's handlers; put them back after each test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    pymodbus_level = logging.getLogger("pymodbus").level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.getLogger("pymodbus").setLevel(pymodbus_level)
 
 
 @pytest.fixture

@@ -5,9 +5,8 @@ whole configs/ tree in tmp_path, so relative paths (../tariffs, ../devices) stil
 
 from __future__ import annotations
 
-import logging
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,18 +36,6 @@ def configs(tmp_path: Path) -> Path:
     root = tmp_path / "configs"
     shutil.copytree(CONFIG_ROOT, root)
     return root
-
-
-@pytest.fixture(autouse=True)
-def _restore_root_logger() -> Iterator[None]:
-    """cli.main() replaces the root logger's handlers; put them back after each test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    pymodbus_level = logging.getLogger("pymodbus").level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.getLogger("pymodbus").setLevel(pymodbus_level)
 
 
 def edit(root: Path, rel: str, old: str, new: str, *, nth: int | None = None) -> Path:

@@ -17,9 +17,7 @@ Twelve trucks plug in at 23:00 wanting more than the transformer allows until th
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,16 +34,6 @@ from tests.conftest import local_time
 F0 = 600.0  # the fault starts this long after the scenario
 F1 = 1200.0  # and ends here
 END = 2900.0
-
-
-@pytest.fixture(autouse=True)
-def _restore_root_logger() -> Iterator[None]:
-    """cli.main() replaces the root logger's handlers; put them back after each test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -290,20 +290,6 @@ async def test_bad_config_is_refused_and_the_old_one_runs_on(
 
 
 FLEXCHARGE = str(Path(sys.executable).parent / "flexcharge")
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    """Started processes, killed at the end if a test left them running."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def _flexcharge(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
