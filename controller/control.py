@@ -200,6 +200,9 @@ class Control:
         self.faults: dict[str, str] = {}
         self.wishes: dict[tuple[str, int], Wish] = {}
         self.setpoints: dict[str, float] = {p.id: 0.0 for p in station.piles}
+        # Piles whose applied setpoint has been read: the limiter starts each from what it
+        # applies (after a restart, what the last run told it), not from zero.
+        self._seeded: set[str] = set()
         self.plan: Plan | None = None
         self.planned_at: float | None = None
         control = station.control
@@ -242,6 +245,11 @@ class Control:
         events: list[str] = []
         for view in snapshot.piles:
             self.follow.check(view, now)
+            if view.id not in self._seeded and view.reading is not None and view.current:
+                self._seeded.add(view.id)
+                self.setpoints[view.id] = PileBounds(
+                    view.min_kw, view.max_kw, view.max_discharge_kw
+                ).clamp(view.reading.applied_setpoint_kw)
         events.extend(self._notes)
         self._notes.clear()
         if snapshot.grid_kw is not None and snapshot.meter_current:

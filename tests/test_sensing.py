@@ -207,3 +207,19 @@ def test_a_pile_never_armed_is_budgeted_at_its_rating(reference: Station) -> Non
     unarmed = control.decide(sensors.snapshot(T0, reference.tariff), 1.0).budget_kw
     config = reference.pile("P01")
     assert armed - unarmed == pytest.approx(config.max_kw - config.fallback_kw)
+
+
+def test_the_limiter_starts_each_pile_from_what_it_applies(reference: Station) -> None:
+    """After a restart a truck at 400 kW is not dropped to zero and ramped up again: the first
+    setpoint starts from the 400 kW the pile applies."""
+    control = Control(reference, policy=Policy.EQUAL_SHARE)
+    sensors = Sensors(reference)
+    sensors.take_meter(meter(2400.0), T0)
+    for p in reference.piles:
+        reading = pile(400.0) if p.id == "P01" else pile(0.0, state=PileState.AVAILABLE)
+        sensors.take_pile(p.id, reading, T0)
+    snapshot = sensors.snapshot(T0, reference.tariff)
+    control.observe(snapshot, 1.0)
+    setpoint = control.decide(snapshot, 1.0).setpoints["P01"]
+    step = reference.control.ramp_kw_per_s
+    assert 400.0 - step <= setpoint <= 400.0 + step
