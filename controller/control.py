@@ -258,6 +258,11 @@ class Control:
         if background is not None and snapshot.meter_current:
             self.background.add(now, background)
             self._last_background = background
+        elif snapshot.grid_kw is not None and snapshot.meter_current:
+            # A pile we cannot read draws something between nothing and its fallback: grid minus
+            # the piles we can read bounds the site's own load from above. The worst case to
+            # assume if the meter is lost too must keep learning while a pile is silent.
+            self.background.add(now, snapshot.grid_kw - snapshot.piles_kw)
         if abs(snapshot.limit_kw - self.limit_kw) > 1.0:
             events.append(f"site limit now {snapshot.limit_kw:.0f} kW (was {self.limit_kw:.0f} kW)")
             self._why = self._why or "limit changed"

@@ -371,8 +371,10 @@ def soak_bench(console: Console, days: int, step_s: float) -> bool:
             for f in faults
         )
     ]
+    # A vehicle that never reached a pile (or left while its pile was silent throughout) is
+    # one the controller never saw: it must have been delivered nothing.
     diffs = [
-        abs(result.controller_delivered_kwh.get(v, math.inf) - kwh)
+        abs(result.controller_delivered_kwh.get(v, 0.0) - kwh)
         for v, kwh in result.delivered_kwh.items()
     ]
     after_day = next(mb for done, mb in memory if done >= 1 / days)

@@ -223,3 +223,19 @@ def test_the_limiter_starts_each_pile_from_what_it_applies(reference: Station) -
     setpoint = control.decide(snapshot, 1.0).setpoints["P01"]
     step = reference.control.ramp_kw_per_s
     assert 400.0 - step <= setpoint <= 400.0 + step
+
+
+def test_the_worst_case_background_keeps_learning_while_a_pile_is_silent(
+    reference: Station,
+) -> None:
+    """With a pile unreadable, grid minus the piles read bounds the site's own load from above:
+    the worst case kept for a lost meter must not go stale meanwhile."""
+    control = Control(reference, policy=Policy.EQUAL_SHARE)
+    sensors = Sensors(reference)
+    sensors.take_meter(meter(2600.0), T0)
+    for p in reference.piles:
+        reading = pile(500.0) if p.id == "P02" else pile(0.0, state=PileState.AVAILABLE)
+        sensors.take_pile(p.id, reading, T0)
+    sensors.take_pile("P01", DeviceTimeout("pile P01", "no answer"), T0)
+    control.observe(sensors.snapshot(T0, reference.tariff), 1.0)
+    assert control.background.highest(T0) == pytest.approx(2100.0)
