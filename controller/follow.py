@@ -45,6 +45,7 @@ class _Track:
     clear_since: float | None = None
     drawing_kw: float = 0.0
     told_kw: float = 0.0
+    flagged_at_kw: float = 0.0
 
 
 class FollowWatch:
@@ -120,6 +121,7 @@ class FollowWatch:
                 track.seen_since = now
             if now - track.seen_since >= SETTLE_S:
                 track.flagged, track.seen_since, track.clear_since = deviation, None, None
+                track.flagged_at_kw = drawing
                 self._tell(
                     now,
                     f"pile {view.id}: not following: draws {drawing:.0f} kW, told "
@@ -127,8 +129,20 @@ class FollowWatch:
                     + (" (counted as load it takes on its own)" if over else " (offered less)"),
                 )
             return
+        if track.flagged is Deviation.UNDER:
+            # Offered only a little more than it draws, a stuck pile looks as if it followed:
+            # it has to show it can rise (or its vehicle has to want no more).
+            recovering = (
+                drawing >= track.flagged_at_kw + tolerance / 2 or wants <= drawing + tolerance
+            )
+            if over:
+                deviation = Deviation.OVER
+            elif not recovering:
+                deviation = Deviation.UNDER
         if deviation is not None:
             # A pile may swing from one to the other (a slow ramp): still the same failure.
+            if deviation is not track.flagged:
+                track.flagged_at_kw = drawing
             track.flagged, track.clear_since = deviation, None
             return
         # Following what it is told for a while earns it its share back.

@@ -299,6 +299,7 @@ def simulate(
     bands: list[str] = []
     report_every = max(1, steps // 100)
     step_ms = np.zeros(steps)
+    reached: set[str] = set()  # piles the controller was in touch with at the last step
     for k, now in enumerate(times):
         step_started = time.perf_counter()
         now = float(now)
@@ -307,7 +308,10 @@ def simulate(
         events.extend((now, f"simulator: {text}") for text in faults.apply(plant, now))
         for pile in plant.piles.values():
             if faults.reachable(pile.id, now):
-                pile.heartbeat(now)
+                pile.heartbeat(now, continuous=pile.id in reached)
+                reached.add(pile.id)
+            else:
+                reached.discard(pile.id)
         plant.step(now, step_s)
         snapshot = sensing.snapshot(now, scenario.tariff)
         events.extend((now, text) for text in control.observe(snapshot, step_s))

@@ -171,6 +171,7 @@ class PileModel:
         self._check_power(new_setpoint, "setpoint")
         if new_mode is PileMode.DISCHARGE and self.max_discharge_kw <= 0:
             raise Rejected("this pile cannot discharge")
+        self._resume(now)
         self.setpoint_kw, self.mode = new_setpoint, new_mode
         self.last_contact = now
         if not self.ignoring:
@@ -186,9 +187,19 @@ class PileModel:
         self.comm_timeout_s, self.fallback_kw = FACTORY_TIMEOUT_S, self.config.fallback_kw
         self.last_contact = -math.inf
 
-    def heartbeat(self, now: float) -> None:
-        """The controller is alive."""
+    def heartbeat(self, now: float, *, continuous: bool = False) -> None:
+        """The controller is alive (`continuous`: it has been in touch ever since its last
+        contact, as the daemon's one-second writes are between a fast simulation's steps)."""
+        if not continuous:
+            self._resume(now)
         self.last_contact = now
+
+    def _resume(self, now: float) -> None:
+        # Contact after the fail-safe fired: the pile stays at its fallback power until it is
+        # told something new; a setpoint from before the silence is not taken up again.
+        if self.timed_out(now):
+            self._pending.clear()
+            self._commanded = (self.fallback_kw, PileMode.CHARGE)
 
     def configure(self, comm_timeout_s: float | None, fallback_kw: float | None) -> None:
         """Change the fail-safe; raise `Rejected` for values the pile refuses."""

@@ -111,8 +111,10 @@ async def test_pile_follows_its_setpoint_after_its_delay_at_its_ramp(station: St
             link = ModbusLink(config.host, config.port, timeout_s=1.0)
             pile = _pile_driver(station, "P01", link)
             try:
-                await pile.command(0.0)  # until a controller speaks, the pile runs at its fallback
-                await clock.sleep(2)
+                # Until a controller speaks the pile runs at its fallback, and goes on doing so
+                # for its delay after the first write.
+                await pile.command(0.0)
+                await clock.sleep(5)
                 assert (await pile.read()).power_kw == 0.0
                 await pile.command(300.0)
                 settings = sim.settings
