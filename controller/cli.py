@@ -822,12 +822,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="directory for report.html, report.png, whatif.json, runs/"
     )
     tcompare.add_argument(
-        "--step", type=float, help="simulation step, s (default 120; see README, Tariff what-if)"
+        "--step", type=float, help="simulation step, s (default 300; see README, Tariff what-if)"
     )
     tcompare.add_argument(
         "--plan-period",
         type=float,
-        help="MPC re-plans at least this often, s (default 1800; see README, Tariff what-if)",
+        help="MPC re-plans at least this often, s (default 3600; see README, Tariff what-if)",
     )
     tcompare.add_argument(
         "--workers", type=int, help="simulations at once, in processes (default: one per CPU)"

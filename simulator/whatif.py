@@ -34,11 +34,12 @@ from simulator.fleet import Visit
 
 BASELINE = Policy.UNCONTROLLED.value
 # A month of the reference station under three tariffs has to finish in about a minute on two
-# cores. Most of the time goes into re-plans, and most re-plans are caused by arrivals,
-# departures and deviations, whatever the period; a 2-minute step and a half-hour period cut the
-# rest (see README, "Tariff what-if", for what they change).
-WHATIF_STEP_S = 120.0
-WHATIF_PLAN_PERIOD_S = 1800.0
+# cores. Most of the time goes into re-plans, most of them caused by arrivals, departures and
+# deviations whatever the period, and the rest into the per-step loop: a 5-minute step (three
+# samples per 15-minute billing window) and an hourly period take a month's MPC run from about
+# 45 s of CPU (60 s / 900 s) to about 20 s. See README, "Tariff what-if", for what they change.
+WHATIF_STEP_S = 300.0
+WHATIF_PLAN_PERIOD_S = 3600.0
 
 Progress = Callable[[str, float], None]
 

@@ -17,7 +17,14 @@ from controller.config import CONFIG_ROOT, ConfigError, load_station, load_tarif
 from scheduler.tariff import DayType, Period, Season, Tariff, schedule_problems
 from simulator.fast import Scenario, repriced, simulate
 from simulator.scenario import load_sessions
-from simulator.whatif import TariffCase, compare_tariffs, load_cases, plan_jobs
+from simulator.whatif import (
+    WHATIF_PLAN_PERIOD_S,
+    WHATIF_STEP_S,
+    TariffCase,
+    compare_tariffs,
+    load_cases,
+    plan_jobs,
+)
 
 STATION = str(CONFIG_ROOT / "stations" / "bozhou-depot.toml")
 REFERENCE = CONFIG_ROOT / "tariffs" / "guizhou-tou.toml"
@@ -123,7 +130,8 @@ def test_report_files_name_tariffs_units_and_embed_figures(compared: Compared) -
     assert str(compared.wide) in page and str(compared.narrow) in page
     assert "station bill (CNY)" in page and "per kWh (CNY/kWh)" in page
     assert "15-min peak (kW)" in page
-    assert compared.settings["step_s"] == 120 and compared.settings["plan_period_s"] == 1800
+    assert compared.settings["step_s"] == WHATIF_STEP_S
+    assert compared.settings["plan_period_s"] == WHATIF_PLAN_PERIOD_S
     assert compared.settings["simulations"] == 3  # uncontrolled ran once, for both tariffs
     assert "report.html" in compared.output and "wide" in compared.output
 
@@ -137,7 +145,7 @@ def test_figures_agree_with_separate_simulate_runs(
     out = tmp_path / "sim"
     argv = ["simulate", "--station", STATION, "--sessions", str(compared.sessions)]
     argv += ["--tariff", str(path), "--policy", policy, "--out", str(out)]
-    argv += ["--step", "120", "--plan-period", "1800"]
+    argv += ["--step", str(WHATIF_STEP_S), "--plan-period", str(WHATIF_PLAN_PERIOD_S)]
     assert cli.main(argv) == cli.EXIT_OK
     alone = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     row = compared.row(tariff, policy)
