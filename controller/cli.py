@@ -682,7 +682,7 @@ def cmd_tariff_show(args: argparse.Namespace, console: Console) -> int:
     console.print(
         f"demand charge {tariff.demand_charge_per_kw_month:g} {tariff.currency}/kW per month on "
         f"the highest 15-minute average import; export {tariff.export_price:g} "
-        f"{tariff.currency}/kWh; peak - valley spread {tariff.spread:.4f} {tariff.currency}/kWh; "
+        f"{tariff.currency}/kWh; highest - lowest band {tariff.spread:.4f} {tariff.currency}/kWh; "
         f"time zone {tariff.timezone}",
         highlight=False,
         soft_wrap=True,
