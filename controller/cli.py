@@ -11,11 +11,11 @@ import os
 import signal
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from zoneinfo import ZoneInfo
 
 from rich.console import Console
@@ -24,6 +24,7 @@ from rich.logging import RichHandler
 from controller.config import (
     REFERENCE_STATION,
     ConfigError,
+    Problem,
     Station,
     load_register_map,
     load_station,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from simulator.fleet import Visit
 
 log = logging.getLogger("flexcharge")
+T = TypeVar("T")
 
 # Each command imports what only it needs (the simulator, matplotlib, the daemon) inside its
 # function, so that `check-config` on an operator's box starts fast and needs none of them.
@@ -548,6 +550,163 @@ def cmd_sessions(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_tariff_compare(args: argparse.Namespace, console: Console) -> int:
+    """The same scenario under several tariffs (and policies): a report for utility engineers."""
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+    from simulator.fast import Scenario
+    from simulator.scenario import load_series, load_sessions
+    from simulator.whatif import (
+        WHATIF_PLAN_PERIOD_S,
+        WHATIF_STEP_S,
+        check_sessions,
+        compare_tariffs,
+        load_cases,
+        plan_jobs,
+    )
+    from simulator.whatif_report import comparison_table, write_report
+
+    station = _load(Path(args.station), console)
+    if station is None:
+        return EXIT_BAD_CONFIG
+    problems: list[Problem] = []
+
+    def gathered(load: Callable[[], T]) -> T | None:
+        try:
+            return load()
+        except ConfigError as err:
+            problems.extend(err.problems)
+            return None
+
+    # Every input is checked before anything runs, and every problem is reported at once.
+    cases = gathered(lambda: load_cases([Path(t) for t in args.tariffs]))
+    visits = gathered(lambda: load_sessions(Path(args.sessions)))
+    background = (
+        gathered(lambda: load_series(Path(args.background), allow_negative=True))
+        if args.background
+        else None
+    )
+    limit = gathered(lambda: load_series(Path(args.limit), kind="step")) if args.limit else None
+    if visits is not None:
+        gathered(lambda: check_sessions(station, visits, Path(args.sessions)))
+    if problems or cases is None or visits is None:
+        _print_problems(ConfigError(problems), console)
+        return EXIT_BAD_CONFIG
+    step = WHATIF_STEP_S if args.step is None else args.step
+    plan_period = WHATIF_PLAN_PERIOD_S if args.plan_period is None else args.plan_period
+    scenario = Scenario.around(
+        station,
+        visits,
+        tariff=cases[0].tariff,
+        name=Path(args.sessions).stem,
+        background=background,
+        limit=limit,
+    ).with_warmup(args.warmup_days)
+    policies = args.policy or ["mpc"]
+    jobs = plan_jobs(cases, policies)
+    console.print(
+        f"{len(cases)} tariffs x {len(dict.fromkeys([*policies, 'uncontrolled']))} policies: "
+        f"{len(jobs)} simulations of {scenario.name} ({(scenario.end - scenario.measured_start) / 86400:g} days), "
+        f"step {step:g} s, re-plan at least every {plan_period:g} s",
+        highlight=False,
+        soft_wrap=True,
+    )
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeRemainingColumn(),
+    )
+    with Progress(
+        *columns, console=console, disable=not console.is_terminal, transient=True
+    ) as progress:
+        tasks: dict[str, TaskID] = {
+            job.title: progress.add_task(f"{job.title:<32}", total=1.0) for job in jobs
+        }
+
+        def advance(title: str, done: float) -> None:
+            progress.update(tasks[title], completed=done)
+
+        whatif = compare_tariffs(
+            scenario,
+            cases,
+            policies,
+            step_s=step,
+            plan_period_s=plan_period,
+            workers=args.workers,
+            progress=advance,
+        )
+    page = write_report(whatif, Path(args.out))
+    console.print(comparison_table(whatif))
+    console.print(
+        f"{whatif.simulations} simulations in {whatif.wall_s:.1f} s ({whatif.workers} processes); "
+        f"report: {page} and {Path(args.out) / 'report.png'}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return EXIT_OK
+
+
+def cmd_tariff_show(args: argparse.Namespace, console: Console) -> int:
+    """Draw a tariff's bands over a day and a year, tabulate them, and check for gaps/overlaps."""
+    from rich.table import Table
+
+    from scheduler.tariff import schedule_problems
+    from simulator.tariff_view import band_rows, day_figure, year_figure
+
+    path = Path(args.path)
+    try:
+        tariff = load_tariff(path)
+    except ConfigError as err:
+        _print_problems(err, console)
+        return EXIT_BAD_CONFIG
+    year = args.year or datetime.now().year
+    table = Table(title=f"{tariff.name} ({path})", title_justify="left")
+    for column in (
+        "band",
+        f"price ({tariff.currency}/kWh)",
+        f"hours in {year}",
+        "share of the year",
+        "when",
+    ):
+        table.add_column(column, justify="left" if column in ("band", "when") else "right")
+    for row in band_rows(tariff, year):
+        table.add_row(
+            row["band"],
+            f"{row['price']:.4f}",
+            f"{row['hours_per_year']:,.0f}",
+            f"{row['share_pct']:.1f}%",
+            row["when"],
+        )
+    console.print(table)
+    console.print(
+        f"demand charge {tariff.demand_charge_per_kw_month:g} {tariff.currency}/kW per month on "
+        f"the highest 15-minute average import; export {tariff.export_price:g} "
+        f"{tariff.currency}/kWh; highest - lowest band {tariff.spread:.4f} {tariff.currency}/kWh; "
+        f"time zone {tariff.timezone}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    problems = schedule_problems(tariff)
+    checked = (
+        "every month in one season, every weekday in one day type of its season, every minute "
+        "of 00:00-24:00 in one period"
+    )
+    if problems:
+        console.print(f"[bold red]{len(problems)} gap(s) or overlap(s):[/]")
+        for problem in problems:
+            console.print(f"  - {problem}", highlight=False, markup=False)
+    else:
+        console.print(f"no gaps or overlaps: {checked}", highlight=False, soft_wrap=True)
+    out = Path(args.out) if args.out else Path(".")
+    out.mkdir(parents=True, exist_ok=True)
+    day_png, year_png = out / f"{path.stem}-day.png", out / f"{path.stem}-year.png"
+    day_figure(tariff, day_png)
+    year_figure(tariff, year, year_png)
+    console.print(f"drawn: {day_png}, {year_png}", highlight=False, soft_wrap=True)
+    return EXIT_BAD_CONFIG if problems else EXIT_OK
+
+
 def _scenario_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--station", required=True)
     parser.add_argument("--tariff", help="a tariff file (default: the station's)")
@@ -640,6 +799,53 @@ def build_parser() -> argparse.ArgumentParser:
     sessions.add_argument("--days", type=int, default=1)
     sessions.add_argument("--out", required=True)
     sessions.set_defaults(func=cmd_sessions)
+
+    tariff = sub.add_parser("tariff", help="what a tariff does: draw it, or compare tariffs")
+    tariff_sub = tariff.add_subparsers(dest="tariff_command", required=True)
+    tcompare = tariff_sub.add_parser(
+        "compare", help="one scenario under several tariffs (and policies), as a report"
+    )
+    tcompare.add_argument("--station", required=True)
+    tcompare.add_argument("--sessions", required=True, help="sessions CSV, or ACN-Data JSON")
+    tcompare.add_argument("tariffs", nargs="+", metavar="TARIFF", help="tariff files to compare")
+    tcompare.add_argument(
+        "--policy",
+        action="append",
+        choices=ALL_POLICIES,
+        help="repeat for several (default mpc; uncontrolled always runs, as the baseline)",
+    )
+    tcompare.add_argument(
+        "--background", help="the site's own load, CSV time,kw (default: the station's profile)"
+    )
+    tcompare.add_argument("--limit", help="the utility's limit signal, CSV time,kw")
+    tcompare.add_argument(
+        "--out", required=True, help="directory for report.html, report.png, whatif.json, runs/"
+    )
+    tcompare.add_argument(
+        "--step", type=float, help="simulation step, s (default 300; see README, Tariff what-if)"
+    )
+    tcompare.add_argument(
+        "--plan-period",
+        type=float,
+        help="MPC re-plans at least this often, s (default 3600; see README, Tariff what-if)",
+    )
+    tcompare.add_argument(
+        "--workers", type=int, help="simulations at once, in processes (default: one per CPU)"
+    )
+    tcompare.add_argument(
+        "--warmup-days",
+        type=int,
+        default=0,
+        help="repeat the first day this many times before, unmeasured (default 0)",
+    )
+    tcompare.set_defaults(func=cmd_tariff_compare)
+    tshow = tariff_sub.add_parser(
+        "show", help="a tariff's bands over a day and a year, as PNGs and a table"
+    )
+    tshow.add_argument("path")
+    tshow.add_argument("--out", help="directory for the PNGs (default: the working directory)")
+    tshow.add_argument("--year", type=int, help="the year to draw (default: this year)")
+    tshow.set_defaults(func=cmd_tariff_show)
 
     certs = sub.add_parser("certs", help="the station's certificates for TLS and OPC-UA")
     certs_sub = certs.add_subparsers(dest="certs_command", required=True)

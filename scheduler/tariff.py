@@ -124,3 +124,45 @@ class Tariff:
     def spread(self) -> float:
         """Highest minus lowest band price."""
         return max(self.band_prices.values()) - min(self.band_prices.values())
+
+
+WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _hhmm(minute: int) -> str:
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+def schedule_problems(tariff: Tariff) -> list[str]:
+    """Every gap and overlap in the tariff's schedule; empty when each instant has one band.
+
+    Checks that every month is in exactly one season, every weekday in exactly one day type of
+    its season, and every minute of 00:00-24:00 in exactly one period of its day type. The config
+    loader refuses a file that fails any of these; this re-checks a `Tariff` however it was made.
+    """
+    problems: list[str] = []
+    for month in range(1, 13):
+        owners = [s.name for s in tariff.seasons if month in s.months]
+        if len(owners) != 1:
+            problems.append(f"month {month}: in {len(owners)} seasons {owners}")
+    for season in tariff.seasons:
+        for weekday, name in enumerate(WEEKDAY_NAMES):
+            owners = [d.name for d in season.day_types if weekday in d.weekdays]
+            if len(owners) != 1:
+                problems.append(f"season {season.name}: {name} in {len(owners)} day types {owners}")
+        for day_type in season.day_types:
+            cover = [0] * MINUTES_PER_DAY
+            for period in day_type.periods:
+                for minute in range(max(period.start_min, 0), min(period.end_min, MINUTES_PER_DAY)):
+                    cover[minute] += 1
+            where = f"season {season.name}, day type {day_type.name}"
+            start = 0
+            for minute in range(1, MINUTES_PER_DAY + 1):
+                if minute == MINUTES_PER_DAY or cover[minute] != cover[start]:
+                    span = f"{_hhmm(start)}-{_hhmm(minute)}"
+                    if cover[start] == 0:
+                        problems.append(f"{where}: gap {span}, no band")
+                    elif cover[start] > 1:
+                        problems.append(f"{where}: overlap {span}, {cover[start]} periods")
+                    start = minute
+    return problems

@@ -390,6 +390,38 @@ def simulate(
     return result
 
 
+PRICE_BLIND = frozenset({Policy.UNCONTROLLED, Policy.EQUAL_SHARE, Policy.EDF, Policy.LLF})
+"""Policies whose decisions never look at a price: one run serves every tariff (`repriced`)."""
+
+
+def repriced(result: SimResult, scenario: Scenario) -> SimResult:
+    """`result` billed under `scenario.tariff` instead of the tariff it was simulated under.
+
+    Only for a policy in `PRICE_BLIND`, simulated on the same scenario with the same step: its
+    setpoints, and so every kW of the run, do not depend on the prices, which the metrics then
+    see exactly as a separate `simulate` under the new tariff would.
+    """
+    if Policy(result.policy) not in PRICE_BLIND:
+        raise ValueError(f"{result.policy} decides on prices: simulate it under each tariff")
+    step_s = float(result.metrics["step_s"])
+    tariff = scenario.tariff
+    bands = [tariff.band_at(float(t)) for t in result.times]
+    prices = np.array([tariff.band_prices[band] for band in bands], dtype=float)
+    billed = replace(result, price=prices, bands=bands, metrics={})
+    station = _with_tariff(scenario.station, tariff)
+    billed.metrics = _metrics(
+        billed,
+        scenario,
+        station,
+        step_s,
+        int(result.metrics["plans"]),
+        int(result.metrics["fallbacks"]),
+    )
+    for key, value in result.metrics.items():
+        billed.metrics.setdefault(key, value)  # wall time, cycle times, group overload
+    return billed
+
+
 class _Sensing:
     """The plant read as the daemon reads its devices: through the fault script and `Sensors`."""
 
@@ -540,6 +572,8 @@ def _metrics(
         "energy_cost_yuan": round(energy_with - energy_without, 2),
         "demand_charge_yuan": round(demand_with - demand_without, 2),
         "site_cost_yuan": round(energy_with + demand_with, 2),
+        "site_energy_cost_yuan": round(energy_with, 2),
+        "site_demand_charge_yuan": round(demand_with, 2),
         "energy_requested_kwh": round(total_requested, 1),
         "energy_delivered_kwh": round(total_delivered, 1),
         "delivered_pct": round(100 * total_delivered / total_requested, 3)

@@ -76,12 +76,13 @@ def random_day(settings: SimulatorSettings, day: date, zone: ZoneInfo) -> list[V
         max_kw = float(rng.uniform(*settings.vehicle_max_kw))
         arrival = midnight + arrival_h * 3600
         soc_arrival = round(soc_arrival, 3)
+        room = (1.0 - soc_arrival) * capacity
         visits.append(
             Visit(
                 vehicle_id=f"{day:%m%d}-{index + 1:02d}",
                 arrival=round(arrival),
                 departure=round(arrival + dwell_h * 3600),
-                energy_kwh=round(max(soc_target - soc_arrival, 0.0) * capacity, 1),
+                energy_kwh=_tenths_that_fit(max(soc_target - soc_arrival, 0.0) * capacity, room),
                 max_kw=round(max_kw),
                 capacity_kwh=capacity,
                 soc_arrival=soc_arrival,
@@ -89,6 +90,13 @@ def random_day(settings: SimulatorSettings, day: date, zone: ZoneInfo) -> list[V
         )
     visits.sort(key=lambda v: v.arrival)
     return visits
+
+
+def _tenths_that_fit(energy_kwh: float, room_kwh: float) -> float:
+    # Rounded to the nearest 0.1 kWh, a pack filled to 100 % would ask for more than it holds,
+    # and the sessions loader rightly refuses that row.
+    nearest = round(energy_kwh, 1)
+    return nearest if nearest <= room_kwh else math.floor(room_kwh * 10) / 10
 
 
 def random_days(

@@ -14,6 +14,9 @@ Faults: the fault matrix of tests/test_faults.py, each fault's worst overshoot o
 and seconds), how long until the controller logged the fault's end, and until the site charged at
 the limit again.
 
+What-if: a month of the reference station (configs/scenarios/bozhou-month.csv) under the three
+shipped tariffs, as `flexcharge tariff compare` runs it: wall and CPU time, and the load average.
+
 Soak: 30 days of the reference station's seeded random fleet with random faults (a dozen a day,
 of every kind), in fast simulation: over-limit energy, accounting, the cycle time's spread and
 the process's memory at the end against after the first day.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import statistics
 import sys
 import time
@@ -46,6 +50,8 @@ from simulator.fast import Scenario, simulate
 from simulator.faults import FaultKind, random_faults
 from simulator.fleet import Visit, random_days
 from simulator.scenario import load_sessions
+from simulator.whatif import compare_tariffs, load_cases
+from simulator.whatif_report import comparison_table
 from tests.test_faults import F0, MATRIX, back_to_full, busy_night, over_limit
 
 POLICIES = ("uncontrolled", "equal-share", "edf", "llf", "mpc", "offline-optimal")
@@ -410,6 +416,55 @@ def soak_bench(console: Console, days: int, step_s: float) -> bool:
     return len(steps) == len(reacting) and max(diffs) <= 0.05
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its children that have ended (the what-if's workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def whatif_bench(console: Console, workers: int | None) -> bool:
+    """A month of the reference station under the three shipped tariffs, as `tariff compare`
+    runs it; True if it took under a minute of wall time."""
+    station = load_station(CONFIG_ROOT / "stations" / "bozhou-depot.toml")
+    visits = load_sessions(CONFIG_ROOT / "scenarios" / "bozhou-month.csv")
+    cases = load_cases(
+        [
+            CONFIG_ROOT / "tariffs" / name
+            for name in ("guizhou-tou.toml", "guizhou-tou-wide.toml", "guizhou-flat-demand.toml")
+        ]
+    )
+    scenario = Scenario.around(station, visits, tariff=cases[0].tariff, name="bozhou-month")
+    load_before = os.getloadavg()[0]
+    started, cpu = time.perf_counter(), _cpu_s()
+    whatif = compare_tariffs(scenario, cases, ["mpc"], workers=workers)
+    wall, cpu = time.perf_counter() - started, _cpu_s() - cpu
+    console.print(comparison_table(whatif))
+    arrivals = (max(v.arrival for v in visits) - scenario.start) / 86400
+    table = Table(
+        title=f"what-if: {len(visits)} trucks arriving over {math.ceil(arrivals)} days "
+        f"(simulated to the last departure: {(scenario.end - scenario.start) / 86400:.0f} days) "
+        f"x {len(cases)} tariffs",
+        title_justify="left",
+    )
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for row in (
+        ("simulations (mpc per tariff, uncontrolled once)", str(whatif.simulations)),
+        ("worker processes", str(whatif.workers)),
+        ("step / plan period", f"{whatif.step_s:g} s / {whatif.plan_period_s:g} s"),
+        ("wall time", f"{wall:.1f} s"),
+        ("CPU time, all processes", f"{cpu:.1f} s"),
+        (
+            "CPUs / load average before / after",
+            f"{os.cpu_count()} / {load_before:.2f} / {os.getloadavg()[0]:.2f}",
+        ),
+    ):
+        table.add_row(*row)
+    console.print(table)
+    return wall < 60.0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks; exit 0 whatever the figures (they are reported, not asserted)."""
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
@@ -419,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-faults", action="store_true")
     parser.add_argument("--soak-days", type=int, default=30, help="0 skips the soak")
     parser.add_argument("--soak-step", type=float, default=10.0)
+    parser.add_argument("--skip-whatif", action="store_true")
+    parser.add_argument("--whatif-workers", type=int, help="default: one per CPU")
     args = parser.parse_args(argv)
     console = Console(width=170)
     results = {}
@@ -433,6 +490,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.soak_days > 0:
         results["soak: limit held, accounting balanced"] = soak_bench(
             console, args.soak_days, args.soak_step
+        )
+    if not args.skip_whatif:
+        results["what-if: a month under three tariffs in under a minute"] = whatif_bench(
+            console, args.whatif_workers
         )
     for name, ok in results.items():
         console.print(f"{'PASS' if ok else 'FAIL'}  {name}", style="green" if ok else "bold red")
