@@ -176,6 +176,15 @@ function drawChart(status, history, plan) {
 
   const limitPoints = samples.map((s) => [x(s.t), y(s.limit_kw)]);
   limitPoints.push([x(now), y(status.site.limit_kw)]);
+  // Ahead, the limit in force now; an operator's override ends at its expiry.
+  const override = status.site.override;
+  if (override && status.site.limit_source === "operator") {
+    const until = clampT(Date.parse(override.until) / 1000);
+    const after = Math.min(status.site.transformer_limit_kw, status.site.utility_limit_kw ?? Infinity);
+    limitPoints.push([x(until), y(after)], [x(end), y(after)]);
+  } else {
+    limitPoints.push([x(end), y(status.site.limit_kw)]);
+  }
   svg.append(polyline(limitPoints, "limit", true));
 
   const loadPoints = samples.filter((s) => s.load_kw !== null).map((s) => [x(s.t), y(s.load_kw)]);
