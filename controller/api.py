@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 # Samples of the load history the page draws: a few hundred per window, whatever its length.
 HISTORY_SAMPLES = 720
+MAX_OVERRIDE_S = 7 * 86400
 PAGE_FILES = {
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
@@ -244,7 +245,7 @@ class LimitOverrideIn(_In):
 
     limit_kw: float = Field(ge=0, description="at most the transformer's limit")
     until: AwareDatetime | None = None
-    minutes: float | None = Field(default=None, gt=0, le=7 * 24 * 60)
+    minutes: float | None = Field(default=None, gt=0, le=MAX_OVERRIDE_S / 60)
     reason: str = Field(default="", max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
 
     @model_validator(mode="after")
@@ -500,6 +501,7 @@ def build_app(daemon: Daemon, settings: ApiSettings, token: str | None) -> FastA
     )
     daemon.observers.append(history.add)
     registry = registry_for(daemon)
+
     def check(credentials: HTTPAuthorizationCredentials | None, what: str) -> None:
         if token is None:
             raise HTTPException(
@@ -618,6 +620,8 @@ def build_app(daemon: Daemon, settings: ApiSettings, token: str | None) -> FastA
         else:
             assert request.minutes is not None
             until = now + request.minutes * 60
+        if until - now > MAX_OVERRIDE_S:
+            raise HTTPException(422, "an override lasts at most a week: give an earlier until")
         try:
             daemon.sensors.override_limit(request.limit_kw, until, now, request.reason)
         except ValueError as exc:

@@ -265,6 +265,7 @@ async def test_writes_need_the_token_and_it_is_never_logged(
 ) -> None:
     """No token: 401; a wrong one: 403; reads stay open unless the config protects them."""
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.INFO, logger="pymodbus")  # its frames are Modbus, and many
     body = {"limit_kw": 3000, "minutes": 10}
     async with running_site(station, monkeypatch) as site:
         client = site.client
@@ -359,6 +360,12 @@ async def test_bad_input_gets_a_clear_4xx(
                 "future",
             ),
             ("/api/limit/override", {"limit_kw": "lots", "minutes": 5}, 422, "limit_kw"),
+            (
+                "/api/limit/override",
+                {"limit_kw": 3000, "until": site.iso(site.start + 8 * 86400)},
+                422,
+                "at most a week",
+            ),
         ]
         for path, body, code, text in cases:
             answer = await post(path, json=body, headers=AUTH)
