@@ -23,6 +23,7 @@ from rich.logging import RichHandler
 
 from controller.config import (
     REFERENCE_STATION,
+    ApiSettings,
     ConfigError,
     Problem,
     Station,
@@ -32,6 +33,7 @@ from controller.config import (
 )
 
 if TYPE_CHECKING:
+    from controller.daemon import Daemon
     from simulator.fast import Scenario
     from simulator.fleet import Visit
 
@@ -246,6 +248,8 @@ def _run_daemon(
         except ConfigError as err:  # certificates or a password an encrypted link needs
             _print_problems(err, console)
             return EXIT_BAD_CONFIG
+        if not _serve_api(daemon, _api_settings(args, station), console):
+            return EXIT_FAILURE
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, daemon.request_stop)
@@ -281,6 +285,42 @@ def _run_daemon(
     except StateError as exc:
         console.print(str(exc), style="bold red", highlight=False, markup=False, soft_wrap=True)
         return EXIT_BAD_CONFIG
+
+
+def _api_settings(args: argparse.Namespace, station: Station) -> ApiSettings | None:
+    """The station's [api] settings, with `--api HOST:PORT` (which also enables it) applied."""
+    settings = station.api
+    if args.api is None:
+        return settings
+    host, port = args.api
+    return (settings or ApiSettings()).model_copy(update={"host": host, "port": port})
+
+
+def _parse_api(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return host.strip("[]"), int(port)
+
+
+def _serve_api(daemon: Daemon, settings: ApiSettings | None, console: Console) -> bool:
+    """Give the daemon its API service (if configured); False if its address cannot be had."""
+    if settings is None:
+        return True
+    from controller.api import ApiServer
+
+    server = ApiServer(daemon, settings)
+    try:
+        server.bind()
+    except OSError as exc:
+        console.print(
+            f"[bold red]cannot serve the API on {settings.host}:{settings.port}: "
+            f"{exc.strerror or exc}[/]",
+            highlight=False,
+        )
+        return False
+    daemon.services.append(server)
+    return True
 
 
 def cmd_reload(args: argparse.Namespace, console: Console) -> int:
@@ -402,10 +442,14 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
                 speed=args.speed,
                 duration_s=args.duration,
                 console=console,
+                api=_api_settings(args, station) if args.api else None,
             )
         )
     except SimulatorError as exc:
         log.error("%s", exc)
+        return EXIT_FAILURE
+    except OSError as exc:  # the API's address (the simulator reports its own)
+        log.error("cannot serve the API: %s", exc)
         return EXIT_FAILURE
     print_summary(result, station, console)
     return EXIT_OK
@@ -762,6 +806,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the station's state file (SQLite; created if missing; default "
         "var/state/<station file stem>.sqlite under the working directory)",
     )
+    run.add_argument(
+        "--api",
+        type=_parse_api,
+        metavar="HOST:PORT",
+        help="serve the HTTP API, metrics and live page there (default: the station's [api])",
+    )
     run.set_defaults(func=cmd_run)
 
     reload = sub.add_parser(
@@ -870,6 +920,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--speed", type=float, default=960.0, help="station seconds per real second, at most"
     )
     demo.add_argument("--duration", type=float, default=85.0, help="real seconds, at most")
+    demo.add_argument(
+        "--api", type=_parse_api, metavar="HOST:PORT", help="serve the API and live page there"
+    )
     demo.add_argument("--hours", type=float, default=15.0, help="station hours to simulate")
     demo.add_argument("--start", default="16:00", help="local station time to start at (HH:MM)")
     demo.add_argument(

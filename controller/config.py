@@ -652,6 +652,25 @@ class SecuritySettings(_Strict):
     )
 
 
+class ApiSettings(_Strict):
+    """[api]: the HTTP API, Prometheus metrics and live page the daemon serves.
+
+    Writes (session information, limit overrides) need the bearer token found in the environment
+    variable `token_env`; the token is never written in a station file and never logged. Without
+    it writes are refused. `reads_need_token` asks for the token on reads too.
+    """
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=8080, ge=0, le=65535)
+    token_env: str = Field(default="FLEXCHARGE_API_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    reads_need_token: bool = False
+    history_h: float = Field(default=6.0, gt=0, le=48)
+
+    def token(self) -> str | None:
+        """The bearer token writes need, read from the environment now (None if unset or empty)."""
+        return os.environ.get(self.token_env) or None
+
+
 class ArrivalWave(_Strict):
     """[[simulator.arrivals]]: a wave of truck arrivals around a time of day."""
 
@@ -749,6 +768,7 @@ class Station:
     phase_limits: PhaseLimits | None = None
     security: SecuritySettings | None = None
     terminal: MeterConfig | None = None
+    api: ApiSettings | None = None
 
     @property
     def name(self) -> str:
@@ -885,6 +905,7 @@ _STATION_SECTIONS = {
     "phase_limits",
     "security",
     "simulator",
+    "api",
 }
 
 
@@ -952,6 +973,7 @@ def load_station(path: Path | str) -> Station:
     security: SecuritySettings | None = (
         section(SecuritySettings, "security") if "security" in raw else None
     )
+    api: ApiSettings | None = section(ApiSettings, "api") if "api" in raw else None
     groups: list[GroupConfig] = []
     raw_groups = raw.get("groups", [])
     if not isinstance(raw_groups, list):
@@ -1068,6 +1090,7 @@ def load_station(path: Path | str) -> Station:
         phase_limits=phase_limits,
         security=security,
         terminal=terminal,
+        api=api,
     )
 
 

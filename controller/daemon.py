@@ -20,8 +20,10 @@ the month's peak, the plan, the visits it forecasts from), keeps each session's 
 (`controller.ledger`), and saves in a worker thread: after a session starts or ends, otherwise at
 most every `SAVE_EVERY_S`, and once more on stop.
 
-On stop it cancels its tasks, leaves every pile at its fallback power, saves the state and closes
-the connections, in that order.
+Services (the HTTP API) run beside the loops: started after them, stopped before them.
+
+On stop it stops its services, cancels its tasks, leaves every pile at its fallback power, saves
+the state and closes the connections, in that order.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from controller.acpile import AcPile
 from controller.clock import Clock, Ticker, stop_task
@@ -129,6 +131,18 @@ class Tally:
                 self.out_of_bounds += 1
 
 
+class Service(Protocol):
+    """Something the daemon runs beside its loops (the HTTP API), in its event loop."""
+
+    async def start(self) -> None:
+        """Start serving; raise if that is impossible."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop serving and wait until its tasks have ended (nothing to do if not started)."""
+        ...
+
+
 def _within_bounds(kw: float, view: PileView) -> bool:
     if kw == 0:
         return True
@@ -203,6 +217,8 @@ class Daemon:
         self._save_wanted = asyncio.Event()
         self._last_save_at: float | None = None
         self._save_failing = False
+        # Started after the loops, stopped (in reverse order) before them.
+        self.services: list[Service] = []
 
     @property
     def setpoints(self) -> Mapping[str, float]:
@@ -314,9 +330,23 @@ class Daemon:
                 max_workers=1, thread_name_prefix="flexcharge-solver"
             )
             self._tasks.append(asyncio.create_task(self._plan_loop(), name="plan loop"))
+        await self._start_services()
+
+    async def _start_services(self) -> None:
+        try:
+            for service in self.services:
+                await service.start()
+        except BaseException:
+            await self.shutdown()
+            raise
 
     async def shutdown(self) -> None:
-        """Stop the loops, leave every pile at its fallback power, close connections."""
+        """Stop the services and loops, leave every pile at its fallback power, close connections."""
+        for service in reversed(self.services):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("could not stop %r cleanly", service)
         for reload in list(self._reloads):
             await stop_task(reload)
         self._solver.cancel()

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from rich.console import Console
 
 from controller.clock import VirtualClock
-from controller.config import Station
+from controller.config import ApiSettings, Station
 from controller.control import Wish
 from controller.daemon import Daemon
 from controller.view import LiveView, summary_table
@@ -72,12 +72,23 @@ async def run_demo(
     speed: float,
     duration_s: float,
     console: Console,
+    api: ApiSettings | None = None,
 ) -> DemoResult:
-    """Run simulator and daemon for `hours` of station time or `duration_s` of real time."""
+    """Run simulator and daemon for `hours` of station time or `duration_s` of real time.
+
+    With `api`, the daemon also serves its API and live page there (`OSError` if it cannot).
+    """
     clock = VirtualClock(start, pace=speed)
     end = start + hours * 3600
     simulator = StationSimulator(station, clock)
     daemon = Daemon.for_station(station, clock)
+    if api is not None:
+        from controller.api import ApiServer
+
+        server = ApiServer(daemon, api)
+        server.bind()
+        daemon.services.append(server)
+        console.print(f"live page: {server.url}/", highlight=False)
 
     def fleet_system(pile: PileModel, vehicle: PlantVehicle) -> None:
         # The depot's fleet system tells the station what each truck needs and when it leaves

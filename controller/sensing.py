@@ -14,6 +14,9 @@ and plausible:
   few readings.
 
 Each failure is reported once when it starts and once when it ends, naming the device.
+
+The site limit is the transformer's, lowered by any utility limit the meters relay and by an
+operator's override (`override_limit`, from the API), which may only lower it and ends by itself.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from controller.config import Station
 from controller.site import Feed, PileView, SiteSnapshot
@@ -34,9 +37,20 @@ from scheduler.tariff import Tariff
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 Notify = Callable[[float, str], None]
+LimitSource = Literal["transformer", "utility", "operator"]
 
 # Readings a meter's clock must keep steady after a jump before it is trusted again.
 STEADY_READINGS = 3
+
+
+@dataclass(frozen=True)
+class LimitOverride:
+    """An operator's lower site limit, in force from `set_at` until `until` (station time)."""
+
+    kw: float
+    until: float
+    set_at: float
+    reason: str = ""
 
 
 @dataclass
@@ -72,6 +86,9 @@ class Sensors:
         self._relayed: dict[str, float | None] = {}
         # Piles whose fail-safe the controller could not set (the daemon keeps this up to date).
         self.unarmed: set[str] = set()
+        self.override: LimitOverride | None = None
+        # What set the limit of the last snapshot: "transformer", "utility" or "operator".
+        self.limit_source: LimitSource = "transformer"
 
     @property
     def meter_max_kw(self) -> float:
@@ -216,7 +233,7 @@ class Sensors:
             meter_current = self.terminal.at == now
         return SiteSnapshot(
             time=now,
-            limit_kw=self._relayed_limit(now, max_age),
+            limit_kw=self._overridden_limit(self._relayed_limit(now, max_age), now),
             grid_kw=None if meter is None else meter.power_kw,
             meter=meter,
             piles=views,
@@ -253,6 +270,7 @@ class Sensors:
         utility has not said it ended.
         """
         limit = self.station.limit_kw
+        self.limit_source = "transformer"
         for feed in (self.meter, self.terminal):
             if feed is None:
                 continue
@@ -263,9 +281,64 @@ class Sensors:
                     relayed if relayed is not None and relayed >= 0 else None
                 )
             kept = self._relayed.get(feed.device)
-            if kept is not None:
-                limit = min(limit, kept)
+            if kept is not None and kept < limit:
+                limit, self.limit_source = kept, "utility"
         return limit
+
+    @property
+    def utility_limit_kw(self) -> float | None:
+        """The lowest utility limit in force (relayed by a meter), or None."""
+        kept = [kw for kw in self._relayed.values() if kw is not None]
+        return min(kept) if kept else None
+
+    # -- the operator's override -------------------------------------------------------------
+
+    def override_limit(
+        self, kw: float, until: float, now: float, reason: str = ""
+    ) -> LimitOverride:
+        """Lower the site limit to `kw` until station time `until` (replacing any override).
+
+        Raises `ValueError` for a limit above the transformer's (an override only lowers the
+        limit), a negative or non-finite one, or an expiry not in the future.
+        """
+        top = self.station.limit_kw
+        if not math.isfinite(kw) or kw < 0:
+            raise ValueError(f"a limit of {kw} kW is not a limit")
+        if kw > top:
+            raise ValueError(
+                f"an override may only lower the site limit: {kw:,.0f} kW is above the "
+                f"transformer's limit of {top:,.0f} kW"
+            )
+        if not math.isfinite(until) or until <= now:
+            raise ValueError("an override must expire in the future")
+        self.override = LimitOverride(kw, until, now, reason)
+        self._tell(now, f"operator override: site limit at most {kw:,.0f} kW" + _why(reason))
+        return self.override
+
+    def clear_override(self, now: float) -> LimitOverride | None:
+        """End the operator's override now; return it (None if there was none)."""
+        ended, self.override = self.override, None
+        if ended is not None:
+            self._tell(now, f"operator override of {ended.kw:,.0f} kW withdrawn")
+        return ended
+
+    def _overridden_limit(self, limit: float, now: float) -> float:
+        override = self.override
+        if override is not None and now >= override.until:
+            self.override = None
+            self._tell(now, f"operator override of {override.kw:,.0f} kW expired")
+        elif override is not None and override.kw < limit:
+            limit, self.limit_source = override.kw, "operator"
+        return limit
+
+    def _tell(self, now: float, text: str) -> None:
+        log.warning("%s", text)
+        if self._notify is not None:
+            self._notify(now, text)
+
+
+def _why(reason: str) -> str:
+    return f" ({reason})" if reason else ""
 
 
 def _store(feed: Feed[T], result: T | DriverError, at: float) -> bool:
