@@ -31,6 +31,7 @@ from controller.config import (
 )
 
 if TYPE_CHECKING:
+    from controller.telemetry import TelemetryWriter
     from simulator.fast import Scenario
     from simulator.fleet import Visit
 
@@ -114,6 +115,9 @@ def cmd_check_config(args: argparse.Namespace, console: Console) -> int:
             if station.certs_dir is not None:
                 state = "present" if station.certs_dir.is_dir() else "not created yet"
                 console.print(f"certificates: {station.certs_dir} ({state})", highlight=False)
+            console.print(
+                f"telemetry: {telemetry_target(station)}", highlight=False, soft_wrap=True
+            )
     except ConfigError as err:
         _print_problems(err, console)
         return EXIT_BAD_CONFIG
@@ -154,6 +158,21 @@ def _pidfile(args: argparse.Namespace) -> Path:
 def state_path(station_path: Path) -> Path:
     """Where `run` keeps a station's state by default: var/state/<station file stem>.sqlite."""
     return Path("var") / "state" / f"{station_path.stem}.sqlite"
+
+
+def telemetry_target(station: Station) -> str:
+    """Where a station's telemetry goes, in words (never the token)."""
+    settings = station.telemetry
+    if not settings.enabled:
+        return "off"
+    if settings.url is None:
+        store = settings.local_store or f"var/telemetry/{station.path.stem}.sqlite"
+        return f"local store {store}"
+    return (
+        f"InfluxDB at {settings.url}, org {settings.org}, bucket {settings.bucket} "
+        f"({settings.token_source}); batches of {settings.batch_size}, disk buffer in "
+        f"{settings.buffer_dir} up to {settings.buffer_max_mb:g} MB"
+    )
 
 
 def _read_pid(path: Path) -> int | None:
@@ -239,9 +258,14 @@ def _run_daemon(
     from controller.store import StateError, StateStore
 
     async def main(store: StateStore) -> int:
+        telemetry = _telemetry_writer(station, Path(args.station), console)
+        if isinstance(telemetry, int):
+            return telemetry
         try:
-            daemon = Daemon.for_station(station, WallClock(), store=store)
+            daemon = Daemon.for_station(station, WallClock(), store=store, telemetry=telemetry)
         except ConfigError as err:  # certificates or a password an encrypted link needs
+            if telemetry is not None:
+                telemetry.close()
             _print_problems(err, console)
             return EXIT_BAD_CONFIG
         loop = asyncio.get_running_loop()
@@ -279,6 +303,22 @@ def _run_daemon(
     except StateError as exc:
         console.print(str(exc), style="bold red", highlight=False, markup=False, soft_wrap=True)
         return EXIT_BAD_CONFIG
+
+
+def _telemetry_writer(
+    station: Station, station_file: Path, console: Console
+) -> TelemetryWriter | int | None:
+    """The writer [telemetry] asks for (None if disabled), or EXIT_BAD_CONFIG after printing why
+    (a token variable unset, a store or buffer file that is not one)."""
+    from controller.telemetry import TelemetryError, writer_for
+
+    try:
+        return writer_for(station, station_file)
+    except ConfigError as err:
+        _print_problems(err, console)
+    except TelemetryError as exc:
+        console.print(str(exc), style="bold red", highlight=False, markup=False, soft_wrap=True)
+    return EXIT_BAD_CONFIG
 
 
 def cmd_reload(args: argparse.Namespace, console: Console) -> int:

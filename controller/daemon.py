@@ -20,8 +20,11 @@ the month's peak, the plan, the visits it forecasts from), keeps each session's 
 (`controller.ledger`), and saves in a worker thread: after a session starts or ends, otherwise at
 most every `SAVE_EVERY_S`, and once more on stop.
 
-On stop it cancels its tasks, leaves every pile at its fallback power, saves the state and closes
-the connections, in that order.
+With a telemetry writer (`controller.telemetry`), every cycle, new plan and event is handed to
+it as points; it writes them from its own thread, so the loops never wait on the database.
+
+On stop it cancels its tasks, leaves every pile at its fallback power, saves the state, stops the
+telemetry writer and closes the connections, in that order.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from controller.reload import StationChange
 from controller.sensing import Sensors
 from controller.site import Feed, PileView, SiteSnapshot
 from controller.store import SavedState, StateStore
+from controller.telemetry import TelemetryWriter
 from drivers.errors import DriverError
 from drivers.meter import MapMeter, Meter, MeterReading
 from drivers.pile import Pile, PileReading
@@ -163,8 +167,10 @@ class Daemon:
         close: Callable[[], Awaitable[None]] | None = None,
         terminal: Meter | None = None,
         store: StateStore | None = None,
+        telemetry: TelemetryWriter | None = None,
     ) -> None:
-        """`store`: the station's state file, to resume from on start and save to while running."""
+        """`store`: the station's state file, to resume from on start and save to while running;
+        `telemetry`: where cycles, plans and events are written (the daemon starts and stops it)."""
         self.station = station
         self.clock = clock
         self.meter = meter
@@ -203,6 +209,7 @@ class Daemon:
         self._save_wanted = asyncio.Event()
         self._last_save_at: float | None = None
         self._save_failing = False
+        self.telemetry = telemetry
 
     @property
     def setpoints(self) -> Mapping[str, float]:
@@ -217,6 +224,7 @@ class Daemon:
         *,
         policy: Policy | str | None = None,
         store: StateStore | None = None,
+        telemetry: TelemetryWriter | None = None,
     ) -> Daemon:
         """A daemon whose meter and piles are the devices the station config names.
 
@@ -247,6 +255,7 @@ class Daemon:
             close=links.close,
             terminal=terminal,
             store=store,
+            telemetry=telemetry,
         )
         daemon.links = links
         return daemon
@@ -307,6 +316,9 @@ class Daemon:
                     device.id,
                     device.opcua_url,
                 )
+        if self.telemetry is not None:
+            self.telemetry.start()
+            log.info("telemetry to %s", self.telemetry.sink.description)
         await asyncio.gather(*(self._arm(pid) for pid in self.piles))
         self._tasks.append(asyncio.create_task(self._fast_loop(), name="fast loop"))
         if self.control.policy is Policy.MPC:
@@ -343,6 +355,9 @@ class Daemon:
             await self._save()
             self._store_executor.shutdown(wait=True)
             self._store_executor = None
+        if self.telemetry is not None:
+            counts = await self.telemetry.stop()
+            log.info("telemetry: %s", counts.summary())
         if self._close is not None:
             await self._close()
 
@@ -403,6 +418,10 @@ class Daemon:
         self.last_cycle = cycle
         self.tally.add(cycle, dt, (time.perf_counter() - started) * 1000)
         self._notice(cycle, decision)
+        if self.telemetry is not None:
+            self.telemetry.cycle(
+                now, snapshot, cycle.budget_kw, cycle.targets, decision.setpoints, written
+            )
         for observer in self.observers:
             observer(cycle)
         if self.store is not None:
@@ -439,6 +458,8 @@ class Daemon:
         """A device failure starting or ending (already logged by its feed)."""
         self.events.append((when, text))
         self.event_count += 1
+        if self.telemetry is not None:
+            self.telemetry.event(when, text, "device")
 
     async def _write(self, setpoints: Mapping[str, float], now: float) -> dict[str, bool]:
         ids = list(setpoints)
@@ -502,6 +523,8 @@ class Daemon:
             return None
         plan = self._accept(problem, plan, reason)
         self.control.adopt(plan, self.clock.now(), problem)
+        if self.telemetry is not None:
+            self.telemetry.plan(plan, self.clock.now())
         return plan
 
     def _accept(self, problem: Problem, plan: Plan | None, reason: str) -> Plan:
@@ -776,6 +799,8 @@ class Daemon:
         self.events.append((when, text))
         self.event_count += 1
         log.info("%s", text)
+        if self.telemetry is not None:
+            self.telemetry.event(when, text, "control")
 
     # -- the state file ------------------------------------------------------------------------
 
