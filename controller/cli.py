@@ -506,6 +506,9 @@ def _run_policies(args: argparse.Namespace, console: Console, policies: Sequence
     station, scenario = loaded
     zone = ZoneInfo(station.info.timezone)
     out = Path(args.out)
+    telemetry = _simulation_telemetry(args, station, policies, console)
+    if isinstance(telemetry, int):
+        return telemetry
     results = []
     columns = (
         TextColumn("{task.description}"),
@@ -523,7 +526,12 @@ def _run_policies(args: argparse.Namespace, console: Console, policies: Sequence
                 progress.update(task, completed=done)
 
             result = simulate(
-                scenario, policy, step_s=args.step, plan_period_s=args.plan_period, progress=advance
+                scenario,
+                policy,
+                step_s=args.step,
+                plan_period_s=args.plan_period,
+                progress=advance,
+                telemetry=telemetry,
             )
             results.append(result)
             target = out if len(policies) == 1 else out / policy
@@ -541,10 +549,50 @@ def _run_policies(args: argparse.Namespace, console: Console, policies: Sequence
         (out / "comparison.json").write_text(
             json.dumps([r.metrics for r in results], indent=2) + "\n", encoding="utf-8"
         )
+    if telemetry is not None:
+        counts = telemetry.close()
+        console.print(
+            f"telemetry to {telemetry.sink.description}: {counts.summary()}",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(comparison_table(results, currency=scenario.tariff.currency))
     where = out / "metrics.json" if len(results) == 1 else out
     console.print(f"written to {where}", highlight=False, soft_wrap=True)
     return EXIT_OK
+
+
+def _simulation_telemetry(
+    args: argparse.Namespace, station: Station, policies: Sequence[str], console: Console
+) -> TelemetryWriter | int | None:
+    """The started writer `simulate --telemetry` asks for (None without the flag), or an exit
+    code after printing why not."""
+    if not getattr(args, "telemetry", False):
+        return None
+    if len(policies) != 1:
+        console.print(
+            "[bold red]--telemetry: give one --policy (runs would overwrite each other)[/]"
+        )
+        return EXIT_BAD_CONFIG
+    from controller.telemetry import TelemetryError, writer_for
+
+    out = Path(args.out)
+    try:
+        telemetry = writer_for(
+            station.with_telemetry(enabled=True),
+            Path(args.station),
+            local_store=out / "telemetry.sqlite",
+            buffer_dir=out,
+        )
+    except ConfigError as err:
+        _print_problems(err, console)
+        return EXIT_BAD_CONFIG
+    except TelemetryError as exc:
+        console.print(str(exc), style="bold red", highlight=False, markup=False, soft_wrap=True)
+        return EXIT_BAD_CONFIG
+    assert telemetry is not None
+    telemetry.start()
+    return telemetry
 
 
 def cmd_simulate(args: argparse.Namespace, console: Console) -> int:
@@ -668,6 +716,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = sub.add_parser("simulate", help="run a scenario on the simulated clock (no sockets)")
     _scenario_arguments(simulate)
+    simulate.add_argument(
+        "--telemetry",
+        action="store_true",
+        help="write the run to the station's [telemetry] database, or (without one) to "
+        "OUT/telemetry.sqlite; one policy only",
+    )
     simulate.set_defaults(func=cmd_simulate)
 
     compare = sub.add_parser("compare", help="every policy on one scenario, side by side")

@@ -733,7 +733,7 @@ class TelemetryWriter:
                 self.buffer.points,
                 self.buffer.path,
             )
-        self._thread = threading.Thread(target=self._run, name="flexcharge-telemetry")
+        self._thread = threading.Thread(target=self._run, name="flexcharge-telemetry", daemon=True)
         self._thread.start()
 
     async def stop(self) -> TelemetryCounts:
@@ -946,10 +946,16 @@ def _settle(future: asyncio.Future[None]) -> None:
 # -- from a station's config -------------------------------------------------------------------
 
 
-def writer_for(station: Station, station_file: Path | None = None) -> TelemetryWriter | None:
+def writer_for(
+    station: Station,
+    station_file: Path | None = None,
+    *,
+    local_store: Path | None = None,
+    buffer_dir: Path | None = None,
+) -> TelemetryWriter | None:
     """The writer a station's [telemetry] section asks for (None when it is disabled).
 
-    Without a `url` it writes to the local store (`local_store`, by default
+    Without a `url` it writes to the local store (`local_store`, else the section's, by default
     var/telemetry/<station file stem>.sqlite under the working directory). Raises `ConfigError`
     naming the setting when the token's environment variable is unset, and `TelemetryError`
     when a file cannot be used.
@@ -959,11 +965,14 @@ def writer_for(station: Station, station_file: Path | None = None) -> TelemetryW
         return None
     stem = (station_file or station.path).stem
     buffer = DiskBuffer(
-        Path(settings.buffer_dir) / f"{stem}.buffer.sqlite", int(settings.buffer_max_mb * 1e6)
+        (buffer_dir or Path(settings.buffer_dir)) / f"{stem}.buffer.sqlite",
+        int(settings.buffer_max_mb * 1e6),
     )
     sink: Sink
     if settings.url is None:
-        sink = LocalStore(settings.local_store or Path("var") / "telemetry" / f"{stem}.sqlite")
+        sink = LocalStore(
+            local_store or settings.local_store or Path("var") / "telemetry" / f"{stem}.sqlite"
+        )
     else:
         assert settings.org is not None and settings.bucket is not None
         sink = InfluxSink(

@@ -5,6 +5,7 @@ settings, and the daemon writing a short run to its local store."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import logging
 import math
 import sqlite3
@@ -18,7 +19,7 @@ import pytest
 
 from controller.cli import main
 from controller.clock import VirtualClock
-from controller.config import ConfigError, Station, load_station
+from controller.config import CONFIG_ROOT, REFERENCE_STATION, ConfigError, Station, load_station
 from controller.daemon import Cycle, Daemon
 from controller.site import PileView, SiteSnapshot
 from controller.telemetry import (
@@ -446,3 +447,35 @@ async def test_the_daemon_writes_its_run_to_the_local_store(
     assert [p.field("text") for p in events] == [text for _, text in daemon.events]
     assert counts.written == counts.handed and counts.dropped == counts.buffered == 0
     assert not (Path("var/telemetry") / f"{station.path.stem}.buffer.sqlite").exists()
+
+
+def test_simulate_writes_its_run_to_a_store_in_its_output(tmp_path: Path) -> None:
+    """`simulate --telemetry` without a database: OUT/telemetry.sqlite, one site point a step."""
+    out = tmp_path / "out"
+    code = main(
+        [
+            "simulate",
+            "--station",
+            str(REFERENCE_STATION),
+            "--sessions",
+            str(CONFIG_ROOT / "scenarios" / "bozhou-day.csv"),
+            "--policy",
+            "equal-share",
+            "--out",
+            str(out),
+            "--telemetry",
+        ]
+    )
+    assert code == 0
+    with (out / "timeseries.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    site = query_local(out / "telemetry.sqlite", "site")
+    assert len(site) == len(rows) > 0
+    assert [p.field("limit_kw") for p in site] == pytest.approx(
+        [float(r["limit_kw"]) for r in rows]
+    )
+    with (out / "events.csv").open() as handle:
+        events = list(csv.DictReader(handle))
+    assert [p.field("text") for p in query_local(out / "telemetry.sqlite", "event")] == [
+        e["event"] for e in events
+    ]
