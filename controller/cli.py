@@ -34,6 +34,7 @@ from controller.config import (
 
 if TYPE_CHECKING:
     from controller.daemon import Daemon
+    from controller.telemetry import TelemetryWriter
     from simulator.fast import Scenario
     from simulator.fleet import Visit
 
@@ -118,6 +119,9 @@ def cmd_check_config(args: argparse.Namespace, console: Console) -> int:
             if station.certs_dir is not None:
                 state = "present" if station.certs_dir.is_dir() else "not created yet"
                 console.print(f"certificates: {station.certs_dir} ({state})", highlight=False)
+            console.print(
+                f"telemetry: {telemetry_target(station)}", highlight=False, soft_wrap=True
+            )
     except ConfigError as err:
         _print_problems(err, console)
         return EXIT_BAD_CONFIG
@@ -158,6 +162,21 @@ def _pidfile(args: argparse.Namespace) -> Path:
 def state_path(station_path: Path) -> Path:
     """Where `run` keeps a station's state by default: var/state/<station file stem>.sqlite."""
     return Path("var") / "state" / f"{station_path.stem}.sqlite"
+
+
+def telemetry_target(station: Station) -> str:
+    """Where a station's telemetry goes, in words (never the token)."""
+    settings = station.telemetry
+    if not settings.enabled:
+        return "off"
+    if settings.url is None:
+        store = settings.local_store or f"var/telemetry/{station.path.stem}.sqlite"
+        return f"local store {store}"
+    return (
+        f"InfluxDB at {settings.url}, org {settings.org}, bucket {settings.bucket} "
+        f"({settings.token_source}); batches of {settings.batch_size}, disk buffer in "
+        f"{settings.buffer_dir} up to {settings.buffer_max_mb:g} MB"
+    )
 
 
 def _read_pid(path: Path) -> int | None:
@@ -243,9 +262,14 @@ def _run_daemon(
     from controller.store import StateError, StateStore
 
     async def main(store: StateStore) -> int:
+        telemetry = _telemetry_writer(station, Path(args.station), console)
+        if isinstance(telemetry, int):
+            return telemetry
         try:
-            daemon = Daemon.for_station(station, WallClock(), store=store)
+            daemon = Daemon.for_station(station, WallClock(), store=store, telemetry=telemetry)
         except ConfigError as err:  # certificates or a password an encrypted link needs
+            if telemetry is not None:
+                telemetry.close()
             _print_problems(err, console)
             return EXIT_BAD_CONFIG
         if not _serve_api(daemon, _api_settings(args, station), console):
@@ -321,6 +345,22 @@ def _serve_api(daemon: Daemon, settings: ApiSettings | None, console: Console) -
         return False
     daemon.services.append(server)
     return True
+
+
+def _telemetry_writer(
+    station: Station, station_file: Path, console: Console
+) -> TelemetryWriter | int | None:
+    """The writer [telemetry] asks for (None if disabled), or EXIT_BAD_CONFIG after printing why
+    (a token variable unset, a store or buffer file that is not one)."""
+    from controller.telemetry import TelemetryError, writer_for
+
+    try:
+        return writer_for(station, station_file)
+    except ConfigError as err:
+        _print_problems(err, console)
+    except TelemetryError as exc:
+        console.print(str(exc), style="bold red", highlight=False, markup=False, soft_wrap=True)
+    return EXIT_BAD_CONFIG
 
 
 def cmd_reload(args: argparse.Namespace, console: Console) -> int:
@@ -512,6 +552,9 @@ def _run_policies(args: argparse.Namespace, console: Console, policies: Sequence
     station, scenario = loaded
     zone = ZoneInfo(station.info.timezone)
     out = Path(args.out)
+    telemetry = _simulation_telemetry(args, station, policies, console)
+    if isinstance(telemetry, int):
+        return telemetry
     results = []
     columns = (
         TextColumn("{task.description}"),
@@ -529,7 +572,12 @@ def _run_policies(args: argparse.Namespace, console: Console, policies: Sequence
                 progress.update(task, completed=done)
 
             result = simulate(
-                scenario, policy, step_s=args.step, plan_period_s=args.plan_period, progress=advance
+                scenario,
+                policy,
+                step_s=args.step,
+                plan_period_s=args.plan_period,
+                progress=advance,
+                telemetry=telemetry,
             )
             results.append(result)
             target = out if len(policies) == 1 else out / policy
@@ -547,10 +595,50 @@ def _run_policies(args: argparse.Namespace, console: Console, policies: Sequence
         (out / "comparison.json").write_text(
             json.dumps([r.metrics for r in results], indent=2) + "\n", encoding="utf-8"
         )
+    if telemetry is not None:
+        counts = telemetry.close()
+        console.print(
+            f"telemetry to {telemetry.sink.description}: {counts.summary()}",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(comparison_table(results, currency=scenario.tariff.currency))
     where = out / "metrics.json" if len(results) == 1 else out
     console.print(f"written to {where}", highlight=False, soft_wrap=True)
     return EXIT_OK
+
+
+def _simulation_telemetry(
+    args: argparse.Namespace, station: Station, policies: Sequence[str], console: Console
+) -> TelemetryWriter | int | None:
+    """The started writer `simulate --telemetry` asks for (None without the flag), or an exit
+    code after printing why not."""
+    if not getattr(args, "telemetry", False):
+        return None
+    if len(policies) != 1:
+        console.print(
+            "[bold red]--telemetry: give one --policy (runs would overwrite each other)[/]"
+        )
+        return EXIT_BAD_CONFIG
+    from controller.telemetry import TelemetryError, writer_for
+
+    out = Path(args.out)
+    try:
+        telemetry = writer_for(
+            station.with_telemetry(enabled=True),
+            Path(args.station),
+            local_store=out / "telemetry.sqlite",
+            buffer_dir=out,
+        )
+    except ConfigError as err:
+        _print_problems(err, console)
+        return EXIT_BAD_CONFIG
+    except TelemetryError as exc:
+        console.print(str(exc), style="bold red", highlight=False, markup=False, soft_wrap=True)
+        return EXIT_BAD_CONFIG
+    assert telemetry is not None
+    telemetry.start()
+    return telemetry
 
 
 def cmd_simulate(args: argparse.Namespace, console: Console) -> int:
@@ -837,6 +925,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = sub.add_parser("simulate", help="run a scenario on the simulated clock (no sockets)")
     _scenario_arguments(simulate)
+    simulate.add_argument(
+        "--telemetry",
+        action="store_true",
+        help="write the run to the station's [telemetry] database, or (without one) to "
+        "OUT/telemetry.sqlite; one policy only",
+    )
     simulate.set_defaults(func=cmd_simulate)
 
     compare = sub.add_parser("compare", help="every policy on one scenario, side by side")

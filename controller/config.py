@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from controller import certs
 from drivers import meter as meter_driver
@@ -748,6 +748,66 @@ class SimulatorSettings(_Strict):
     arrivals: list[ArrivalWave] = Field(min_length=1)
 
 
+class TelemetrySettings(_Strict):
+    """[telemetry]: where the daemon and `simulate --telemetry` write their time series.
+
+    With `url`, an InfluxDB 2.x write API (`org`, `bucket`, and a token from the environment
+    variable `token_env`, or `token` itself); without it, the embedded local store
+    (`local_store`, by default var/telemetry/<station file stem>.sqlite). Paths are relative to
+    the working directory, like the state file. The token never appears in logs or output.
+    """
+
+    enabled: bool = True
+    url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+")
+    org: str | None = Field(default=None, min_length=1)
+    bucket: str | None = Field(default=None, min_length=1)
+    token: SecretStr | None = None
+    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    batch_size: int = Field(default=500, ge=1, le=50_000)
+    flush_interval_s: float = Field(default=1.0, gt=0, le=600)
+    timeout_s: float = Field(default=5.0, gt=0, le=120)
+    retry_max_s: float = Field(default=30.0, gt=0, le=3600)
+    queue_max_points: int = Field(default=100_000, ge=100)
+    buffer_dir: str = Field(default="var/telemetry", min_length=1)
+    buffer_max_mb: float = Field(default=256.0, gt=0, allow_inf_nan=False)
+    local_store: str | None = Field(default=None, min_length=1)
+
+    @property
+    def token_source(self) -> str:
+        """Where the token comes from, for output that must not show it."""
+        if self.token_env is not None:
+            return f"token from ${self.token_env}"
+        return "token in the station file" if self.token is not None else "no token"
+
+
+def _check_telemetry(problems: _Problems, telemetry: TelemetrySettings | None) -> None:
+    if telemetry is None:
+        return
+    if telemetry.url is not None:
+        for name in ("org", "bucket"):
+            if getattr(telemetry, name) is None:
+                problems.add(
+                    None, f"telemetry.{name}", f"required with telemetry.url ({telemetry.url})"
+                )
+        if telemetry.token is not None and telemetry.token_env is not None:
+            problems.add(None, "telemetry.token", "give token or token_env, not both")
+    else:
+        for name in ("org", "bucket", "token", "token_env"):
+            if getattr(telemetry, name) is not None:
+                problems.add(
+                    None,
+                    f"telemetry.{name}",
+                    "applies only with telemetry.url (without one, telemetry goes to the local store)",
+                )
+    if telemetry.buffer_max_mb * 1e6 < 4 * telemetry.batch_size * 200:
+        problems.add(
+            None,
+            "telemetry.buffer_max_mb",
+            f"{telemetry.buffer_max_mb:g} MB holds fewer than four batches of "
+            f"{telemetry.batch_size} points (about 200 bytes each)",
+        )
+
+
 @dataclass(frozen=True)
 class Station:
     """A whole station: its devices, limits, control settings, tariff and register maps."""
@@ -769,6 +829,7 @@ class Station:
     security: SecuritySettings | None = None
     terminal: MeterConfig | None = None
     api: ApiSettings | None = None
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     @property
     def name(self) -> str:
@@ -861,6 +922,33 @@ class Station:
                 ]
             ) from None
 
+    def telemetry_token(self) -> str | None:
+        """The telemetry database's token (None without one), read from the environment at call
+        time when [telemetry] names a variable; never logged."""
+        settings = self.telemetry
+        if settings.token_env is not None:
+            token = os.environ.get(settings.token_env)
+            if token is None:
+                raise ConfigError(
+                    [
+                        Problem(
+                            self.path,
+                            None,
+                            "telemetry.token_env",
+                            f"the environment variable {settings.token_env} is not set",
+                        )
+                    ]
+                )
+            return token
+        return None if settings.token is None else settings.token.get_secret_value()
+
+    def with_telemetry(self, **changes: Any) -> Station:
+        """A copy with [telemetry] settings changed (tests point it at a temporary server)."""
+        return replace(
+            self,
+            telemetry=TelemetrySettings.model_validate({**self.telemetry.model_dump(), **changes}),
+        )
+
     def with_security(self, **changes: Any) -> Station:
         """A copy with [security] settings changed (tests point `certs` at a temporary CA)."""
         if self.security is None:
@@ -906,6 +994,7 @@ _STATION_SECTIONS = {
     "security",
     "simulator",
     "api",
+    "telemetry",
 }
 
 
@@ -974,6 +1063,9 @@ def load_station(path: Path | str) -> Station:
         section(SecuritySettings, "security") if "security" in raw else None
     )
     api: ApiSettings | None = section(ApiSettings, "api") if "api" in raw else None
+    telemetry: TelemetrySettings | None = (
+        section(TelemetrySettings, "telemetry") if "telemetry" in raw else TelemetrySettings()
+    )
     groups: list[GroupConfig] = []
     raw_groups = raw.get("groups", [])
     if not isinstance(raw_groups, list):
@@ -1068,6 +1160,7 @@ def load_station(path: Path | str) -> Station:
     _check_groups(problems, piles, groups, phase_limits)
     meters = [m for m in (grid_meter, terminal) if m is not None]
     _check_security(problems, security, [*meters, *piles])
+    _check_telemetry(problems, telemetry)
     _cross_check(
         problems, transformer, control, background, meters, piles, device_maps, tariff, info
     )
@@ -1091,6 +1184,7 @@ def load_station(path: Path | str) -> Station:
         security=security,
         terminal=terminal,
         api=api,
+        telemetry=telemetry or TelemetrySettings(),
     )
 
 

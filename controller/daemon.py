@@ -22,8 +22,11 @@ most every `SAVE_EVERY_S`, and once more on stop.
 
 Services (the HTTP API) run beside the loops: started after them, stopped before them.
 
+With a telemetry writer (`controller.telemetry`), every cycle, new plan and event is handed to
+it as points; it writes them from its own thread, so the loops never wait on the database.
+
 On stop it stops its services, cancels its tasks, leaves every pile at its fallback power, saves
-the state and closes the connections, in that order.
+the state, stops the telemetry writer and closes the connections, in that order.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from controller.reload import StationChange
 from controller.sensing import Sensors
 from controller.site import Feed, PileView, SiteSnapshot
 from controller.store import SavedState, StateStore
+from controller.telemetry import TelemetryWriter
 from drivers.errors import DriverError
 from drivers.meter import MapMeter, Meter, MeterReading
 from drivers.pile import Pile, PileReading
@@ -177,8 +181,10 @@ class Daemon:
         close: Callable[[], Awaitable[None]] | None = None,
         terminal: Meter | None = None,
         store: StateStore | None = None,
+        telemetry: TelemetryWriter | None = None,
     ) -> None:
-        """`store`: the station's state file, to resume from on start and save to while running."""
+        """`store`: the station's state file, to resume from on start and save to while running;
+        `telemetry`: where cycles, plans and events are written (the daemon starts and stops it)."""
         self.station = station
         self.clock = clock
         self.meter = meter
@@ -219,6 +225,7 @@ class Daemon:
         self._save_failing = False
         # Started after the loops, stopped (in reverse order) before them.
         self.services: list[Service] = []
+        self.telemetry = telemetry
 
     @property
     def setpoints(self) -> Mapping[str, float]:
@@ -233,6 +240,7 @@ class Daemon:
         *,
         policy: Policy | str | None = None,
         store: StateStore | None = None,
+        telemetry: TelemetryWriter | None = None,
     ) -> Daemon:
         """A daemon whose meter and piles are the devices the station config names.
 
@@ -263,6 +271,7 @@ class Daemon:
             close=links.close,
             terminal=terminal,
             store=store,
+            telemetry=telemetry,
         )
         daemon.links = links
         return daemon
@@ -323,6 +332,9 @@ class Daemon:
                     device.id,
                     device.opcua_url,
                 )
+        if self.telemetry is not None:
+            self.telemetry.start()
+            log.info("telemetry to %s", self.telemetry.sink.description)
         await asyncio.gather(*(self._arm(pid) for pid in self.piles))
         self._tasks.append(asyncio.create_task(self._fast_loop(), name="fast loop"))
         if self.control.policy is Policy.MPC:
@@ -373,6 +385,9 @@ class Daemon:
             await self._save()
             self._store_executor.shutdown(wait=True)
             self._store_executor = None
+        if self.telemetry is not None:
+            counts = await self.telemetry.stop()
+            log.info("telemetry: %s", counts.summary())
         if self._close is not None:
             await self._close()
 
@@ -433,6 +448,10 @@ class Daemon:
         self.last_cycle = cycle
         self.tally.add(cycle, dt, (time.perf_counter() - started) * 1000)
         self._notice(cycle, decision)
+        if self.telemetry is not None:
+            self.telemetry.cycle(
+                now, snapshot, cycle.budget_kw, cycle.targets, decision.setpoints, written
+            )
         for observer in self.observers:
             observer(cycle)
         if self.store is not None:
@@ -469,6 +488,8 @@ class Daemon:
         """A device failure starting or ending (already logged by its feed)."""
         self.events.append((when, text))
         self.event_count += 1
+        if self.telemetry is not None:
+            self.telemetry.event(when, text, "device")
 
     async def _write(self, setpoints: Mapping[str, float], now: float) -> dict[str, bool]:
         ids = list(setpoints)
@@ -532,6 +553,8 @@ class Daemon:
             return None
         plan = self._accept(problem, plan, reason)
         self.control.adopt(plan, self.clock.now(), problem)
+        if self.telemetry is not None:
+            self.telemetry.plan(plan, self.clock.now())
         return plan
 
     def _accept(self, problem: Problem, plan: Plan | None, reason: str) -> Plan:
@@ -806,6 +829,8 @@ class Daemon:
         self.events.append((when, text))
         self.event_count += 1
         log.info("%s", text)
+        if self.telemetry is not None:
+            self.telemetry.event(when, text, "control")
 
     # -- the state file ------------------------------------------------------------------------
 

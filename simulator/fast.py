@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import calendar
 import math
+import re
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -26,11 +27,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from controller.config import Station
-from controller.control import Control, Policy, Wish
+from controller.control import Control, Decision, Policy, Wish
 from controller.control import Visit as PastVisit
 from controller.forecast import BackgroundForecast
 from controller.sensing import Sensors
 from controller.site import SiteSnapshot
+from controller.telemetry import TelemetryWriter
 from drivers.meter import MeterReading
 from drivers.pile import PileMode, PileReading
 from scheduler.fallback import fallback_plan
@@ -237,8 +239,12 @@ def simulate(
     step_s: float = 60.0,
     plan_period_s: float | None = None,
     progress: Callable[[float], None] | None = None,
+    telemetry: TelemetryWriter | None = None,
 ) -> SimResult:
     """Run one policy through the scenario; `progress` gets the fraction done now and then.
+
+    With `telemetry`, every step, plan and event is written as the daemon writes them (the
+    caller starts and closes the writer; no point is dropped: a full queue waits).
 
     The controller reads the plant through the same `Sensors` checks as the daemon. With the
     scenario's `faults`, devices, vehicles and the utility misbehave as scripted; devices that do
@@ -286,6 +292,8 @@ def simulate(
             fallbacks += 1
             plan = fallback_plan(whole, reason=plan.message)
         control.adopt(plan, scenario.start, whole)
+        if telemetry is not None:
+            telemetry.plan(plan, scenario.start, block=True)
 
     steps = math.ceil((scenario.end - scenario.start) / step_s)
     times: NDArray[np.float64] = scenario.start + step_s * np.arange(1, steps + 1, dtype=float)
@@ -300,6 +308,7 @@ def simulate(
     report_every = max(1, steps // 100)
     step_ms = np.zeros(steps)
     reached: set[str] = set()  # piles the controller was in touch with at the last step
+    told = 0
     for k, now in enumerate(times):
         step_started = time.perf_counter()
         now = float(now)
@@ -325,6 +334,8 @@ def simulate(
                 fallbacks += 1
                 plan = fallback_plan(problem, reason=plan.message)
             control.adopt(plan, now, problem)
+            if telemetry is not None:
+                telemetry.plan(plan, now, block=True)
         decision = control.decide(snapshot, step_s)
         written = {}
         for pid, kw in decision.setpoints.items():
@@ -334,6 +345,9 @@ def simulate(
             plant.piles[pid].command(now, kw, mode)
             written[pid] = kw
         control.committed(written)
+        if telemetry is not None:
+            _tell(telemetry, now, snapshot, decision, written, events, told)
+            told = len(events)
         site[k] = plant.site_kw
         background[k] = plant.background_kw
         piles[k] = plant.site_kw - plant.background_kw
@@ -420,6 +434,35 @@ def repriced(result: SimResult, scenario: Scenario) -> SimResult:
     for key, value in result.metrics.items():
         billed.metrics.setdefault(key, value)  # wall time, cycle times, group overload
     return billed
+
+
+# What a device's feed reports when it starts or stops failing ("pile P03: ...").
+_DEVICE_EVENT = re.compile(r"^(pile|meter|terminal) \S+: ")
+
+
+def _tell(
+    telemetry: TelemetryWriter,
+    now: float,
+    snapshot: SiteSnapshot,
+    decision: Decision,
+    written: Mapping[str, float],
+    events: Sequence[tuple[float, str]],
+    told: int,
+) -> None:
+    """Hand one step and the events since the last one to the telemetry writer."""
+    for when, text in events[told:]:
+        kind = (
+            "simulator"
+            if text.startswith("simulator: ")
+            else "device"
+            if _DEVICE_EVENT.match(text)
+            else "control"
+        )
+        telemetry.event(when, text, kind, block=True)
+    ok = {pid: pid in written for pid in decision.setpoints}
+    telemetry.cycle(
+        now, snapshot, decision.budget_kw, decision.targets, decision.setpoints, ok, block=True
+    )
 
 
 class _Sensing:

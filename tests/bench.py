@@ -33,6 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -465,6 +466,101 @@ def whatif_bench(console: Console, workers: int | None) -> bool:
     return wall < 60.0
 
 
+def telemetry_bench(console: Console, cycles: int = 3000) -> bool:
+    """Telemetry through a VictoriaMetrics restart: the writer is fed the points of `cycles`
+    control cycles of a 12-pile station (a third of them while the server is stopped), then
+    every point is looked for on the server. Reports the buffered and replayed counts and rates.
+    """
+    import tempfile
+
+    from controller.telemetry import DiskBuffer, InfluxSink, Point, TelemetryWriter
+    from tests.conftest import free_ports
+    from tests.victoria import VictoriaMetrics, find_or_install, poll_until
+
+    binary, why = find_or_install()
+    if binary is None:
+        console.print(f"telemetry: skipped ({why})")
+        return True
+    start = float(int(time.time())) - cycles
+
+    def cycle(k: int) -> list[Point]:
+        when = start + k
+        site = Point.of("site", when, {"station": "bench"}, {"grid_kw": 2000.0 + k, "n": k})
+        piles = [
+            Point.of("pile", when, {"station": "bench", "pile": f"P{p:02d}"}, {"power_kw": k + p})
+            for p in range(12)
+        ]
+        return [site, *piles]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = VictoriaMetrics(binary, Path(tmp) / "data", free_ports(1)[0], Path(tmp) / "log")
+        server.start()
+        writer = TelemetryWriter(
+            InfluxSink(server.url, org="bench", bucket="bench", token=None, timeout_s=5),
+            DiskBuffer(Path(tmp) / "buffer.sqlite", 100_000_000),
+            station="bench",
+            batch_size=500,
+            flush_interval_s=0.1,
+            retry_min_s=0.1,
+            retry_max_s=0.5,
+        )
+        writer.start()
+        try:
+            up = time.perf_counter()
+            third = cycles // 3
+            for k in range(third):
+                writer.put(cycle(k))
+            poll_until(lambda: writer.counts.written == 13 * third, 60, "the first third")
+            rate = 13 * third / (time.perf_counter() - up)
+            server.stop()
+            for k in range(third, 2 * third):
+                writer.put(cycle(k))
+            poll_until(lambda: writer.counts.buffered == 13 * third, 60, "the buffered third")
+            server.start()
+            back = time.perf_counter()
+            poll_until(lambda: writer.counts.held == 0, 60, "the replay")
+            replay_rate = writer.counts.replayed / (time.perf_counter() - back)
+            for k in range(2 * third, cycles):
+                writer.put(cycle(k))
+        finally:
+            counts = writer.close()
+        # Each site point is two samples (grid_kw, n), each pile point one.
+        want = sum(len(p.fields) for k in range(cycles) for p in cycle(k))
+
+        def samples() -> int:
+            return sum(len(s.values) for s in server.export('{__name__=~"(site|pile)_.+"}'))
+
+        try:
+            poll_until(lambda: samples() >= want, 60, "every sample to be searchable")
+            found = samples()
+        finally:
+            server.stop()
+    table = Table(title="telemetry through a VictoriaMetrics restart (writer, 13 points a cycle)")
+    for name in (
+        "points",
+        "written",
+        "buffered while down",
+        "replayed",
+        "dropped",
+        "write pts/s",
+        "replay pts/s",
+        "samples on server",
+    ):
+        table.add_column(name, justify="right")
+    table.add_row(
+        f"{counts.handed:,}",
+        f"{counts.written:,}",
+        f"{counts.buffered:,}",
+        f"{counts.replayed:,}",
+        f"{counts.dropped:,}",
+        f"{rate:,.0f}",
+        f"{replay_rate:,.0f}",
+        f"{found:,} of {want:,}",
+    )
+    console.print(table)
+    return counts.dropped == 0 and counts.replayed == counts.buffered > 0 and found == want
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks; exit 0 whatever the figures (they are reported, not asserted)."""
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
@@ -476,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-step", type=float, default=10.0)
     parser.add_argument("--skip-whatif", action="store_true")
     parser.add_argument("--whatif-workers", type=int, help="default: one per CPU")
+
+    parser.add_argument("--skip-telemetry", action="store_true")
     args = parser.parse_args(argv)
     console = Console(width=170)
     results = {}
@@ -495,6 +593,9 @@ def main(argv: list[str] | None = None) -> int:
         results["what-if: a month under three tariffs in under a minute"] = whatif_bench(
             console, args.whatif_workers
         )
+
+    if not args.skip_telemetry:
+        results["telemetry: every point once through a server restart"] = telemetry_bench(console)
     for name, ok in results.items():
         console.print(f"{'PASS' if ok else 'FAIL'}  {name}", style="green" if ok else "bold red")
     return 0

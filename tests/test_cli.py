@@ -24,10 +24,17 @@ from tests.conftest import station_files_on_free_ports
 FLEXCHARGE = str(Path(sys.executable).parent / "flexcharge")
 
 
-def _start(args: list[str], processes: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
+def _start(
+    args: list[str], processes: list[subprocess.Popen[str]], cwd: Path | None = None
+) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     proc = subprocess.Popen(
-        [FLEXCHARGE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        [FLEXCHARGE, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
     )
     processes.append(proc)
     return proc
@@ -109,6 +116,7 @@ def test_daemon_process_stops_on_signal_leaving_fallbacks(
             "1",
         ],
         processes,
+        cwd=tmp_path,  # its telemetry goes to var/telemetry/ under the working directory
     )
     _wait_for_line(daemon, r"controlling Bozhou")
     _wait_for_line(daemon, r"site \d+ / 4275 kW")

@@ -44,7 +44,12 @@ class Process:
         self._file: IO[str] = log.open("w")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
         self.proc = subprocess.Popen(
-            [FLEXCHARGE, *args], stdout=self._file, stderr=subprocess.STDOUT, text=True, env=env
+            [FLEXCHARGE, *args],
+            stdout=self._file,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=log.parent,  # the daemon's telemetry goes to var/telemetry/ under it
         )
 
     def text(self) -> str:
