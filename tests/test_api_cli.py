@@ -58,6 +58,7 @@ def test_run_serves_the_api(
             f"127.0.0.1:{port}",
         ],
         processes,
+        cwd=tmp_path,  # its telemetry's local store goes under the working directory
     )
     _wait_for_line(daemon, r"API, metrics and live page at http://127.0.0.1:\d+ \(writes need")
     base = f"http://127.0.0.1:{port}"
@@ -109,6 +110,7 @@ def test_run_refuses_an_api_address_in_use(
                 f"127.0.0.1:{port}",
             ],
             processes,
+            cwd=tmp_path,
         )
         assert daemon.wait(timeout=60) == 1
     assert daemon.stdout is not None
