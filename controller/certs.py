@@ -210,11 +210,8 @@ def _leaf(
         except ValueError:
             alt_names.append(x509.DNSName(host))
     issuer = ca_cert.subject if ca_cert is not None else subject
-    authority = (
-        x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
-        if ca_cert is not None
-        else x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
-    )
+    # A self-signed certificate is its own authority: its caller passes its key as `ca_key`.
+    authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
     return (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -273,6 +273,8 @@ def _run_daemon(
             _print_problems(err, console)
             return EXIT_BAD_CONFIG
         if not _serve_api(daemon, _api_settings(args, station), console):
+            if telemetry is not None:
+                telemetry.close()
             return EXIT_FAILURE
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -26,7 +26,7 @@ from drivers import meter as meter_driver
 from drivers import pile as pile_driver
 from drivers.makes import CHARGER_MAKES
 from drivers.registers import UNIT_SCALE, Access, Register, RegisterMap, ValueType
-from scheduler.tariff import MINUTES_PER_DAY, DayType, Period, Season, Tariff
+from scheduler.tariff import MINUTES_PER_DAY, WEEKDAY_NAMES, DayType, Period, Season, Tariff, hhmm
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 REFERENCE_STATION = CONFIG_ROOT / "stations" / "bozhou-depot.toml"
@@ -362,8 +362,6 @@ def _check_kind(regmap: RegisterMap, problems: _Problems, device: str, declared:
 
 # --------------------------------------------------------------------------- tariffs
 
-_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
 
 class _PeriodSpec(_Strict):
     start: str
@@ -425,7 +423,7 @@ def load_tariff(path: Path) -> Tariff:
             dwhere = f"{where}, day type {day_type.name}"
             days: set[int] = set()
             for day in day_type.weekdays:
-                number = _WEEKDAYS.index(day)
+                number = WEEKDAY_NAMES.index(day)
                 if number in day_owner:
                     problems.add(
                         dwhere, "weekdays", f"{day} is also in day type {day_owner[number]}"
@@ -440,7 +438,7 @@ def load_tariff(path: Path) -> Tariff:
                 f"seasons[{s_index}].day_types[{d_index}].periods",
             )
             day_types.append(DayType(day_type.name, frozenset(days), tuple(periods)))
-        for number, weekday in enumerate(_WEEKDAYS):
+        for number, weekday in enumerate(WEEKDAY_NAMES):
             if number not in day_owner:
                 problems.add(where, "day_types", f"no day type covers {weekday}")
         seasons.append(Season(season.name, frozenset(season.months), tuple(day_types)))
@@ -492,20 +490,14 @@ def _check_periods(
             problems.add(
                 where,
                 f"{field_}[{index}]",
-                f"overlaps the period before it (starts {_hhmm(period.start_min)}, previous ends {_hhmm(reached)})",
+                f"overlaps the period before it (starts {hhmm(period.start_min)}, previous ends {hhmm(reached)})",
             )
         elif period.start_min > reached:
-            problems.add(
-                where, field_, f"no band from {_hhmm(reached)} to {_hhmm(period.start_min)}"
-            )
+            problems.add(where, field_, f"no band from {hhmm(reached)} to {hhmm(period.start_min)}")
         reached = max(reached, period.end_min)
     if periods and reached < MINUTES_PER_DAY:
-        problems.add(where, field_, f"no band from {_hhmm(reached)} to 24:00")
+        problems.add(where, field_, f"no band from {hhmm(reached)} to 24:00")
     return [p for _, p in periods]
-
-
-def _hhmm(minutes: int) -> str:
-    return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
 # --------------------------------------------------------------------------- stations
@@ -893,18 +885,7 @@ class Station:
         if sec is None or sec.opcua_user is None:
             return None
         if sec.opcua_password_env is not None:
-            password = os.environ.get(sec.opcua_password_env)
-            if password is None:
-                raise ConfigError(
-                    [
-                        Problem(
-                            self.path,
-                            None,
-                            "security.opcua_password_env",
-                            f"the environment variable {sec.opcua_password_env} is not set",
-                        )
-                    ]
-                )
+            password = self._from_env(sec.opcua_password_env, "security.opcua_password_env")
             return sec.opcua_user, password
         assert sec.opcua_password_file is not None
         file = (self.path.parent / sec.opcua_password_file).resolve()
@@ -922,24 +903,25 @@ class Station:
                 ]
             ) from None
 
+    def _from_env(self, variable: str, setting: str) -> str:
+        """A secret from the environment variable `variable`, which `setting` names."""
+        value = os.environ.get(variable)
+        if value is None:
+            raise ConfigError(
+                [
+                    Problem(
+                        self.path, None, setting, f"the environment variable {variable} is not set"
+                    )
+                ]
+            )
+        return value
+
     def telemetry_token(self) -> str | None:
         """The telemetry database's token (None without one), read from the environment at call
         time when [telemetry] names a variable; never logged."""
         settings = self.telemetry
         if settings.token_env is not None:
-            token = os.environ.get(settings.token_env)
-            if token is None:
-                raise ConfigError(
-                    [
-                        Problem(
-                            self.path,
-                            None,
-                            "telemetry.token_env",
-                            f"the environment variable {settings.token_env} is not set",
-                        )
-                    ]
-                )
-            return token
+            return self._from_env(settings.token_env, "telemetry.token_env")
         return None if settings.token is None else settings.token.get_secret_value()
 
     def with_telemetry(self, **changes: Any) -> Station:

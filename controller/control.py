@@ -827,14 +827,16 @@ class Control:
     # -- across restarts -----------------------------------------------------------------------
 
     def export_state(self) -> ControlState:
-        """A copy of what must survive a restart (cheap: called about once a second)."""
+        """A copy of what the store saves from `Control` (cheap: called about once a second).
+
+        Sessions are saved from the ledger's records and finished visits are its closed rows, so
+        neither is copied here; `StateStore.load` gives both back for `restore_state`.
+        """
         return ControlState(
-            sessions=tuple(replace(s) for s in self.sessions.values()),
             month=replace(self.month),
             plan=self.plan,
             planned_at=self.planned_at,
             plan_site_kw=self._plan_site_kw,
-            history=tuple(self.history),
             wishes=dict(self.wishes),
         )
 

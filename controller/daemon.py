@@ -200,9 +200,6 @@ class Daemon:
         self._reloads: set[asyncio.Task[bool]] = set()
         self.period_s = station.control.period_s
         self.sensors = Sensors(station, notify=self._record)
-        self.meter_feed: Feed[MeterReading] = self.sensors.meter
-        self.terminal_feed: Feed[MeterReading] | None = self.sensors.terminal
-        self.pile_feeds: dict[str, Feed[PileReading]] = self.sensors.piles
         self.tally = Tally(station.limit_kw)
         self.observers: list[Callable[[Cycle], None]] = []
         self.events: deque[tuple[float, str]] = deque(maxlen=500)
@@ -226,6 +223,21 @@ class Daemon:
         # Started after the loops, stopped (in reverse order) before them.
         self.services: list[Service] = []
         self.telemetry = telemetry
+
+    @property
+    def meter_feed(self) -> Feed[MeterReading]:
+        """The grid meter's feed (kept by the sensors)."""
+        return self.sensors.meter
+
+    @property
+    def terminal_feed(self) -> Feed[MeterReading] | None:
+        """The utility terminal's feed, if the station has one."""
+        return self.sensors.terminal
+
+    @property
+    def pile_feeds(self) -> dict[str, Feed[PileReading]]:
+        """Each pile's feed, by pile id."""
+        return self.sensors.piles
 
     @property
     def setpoints(self) -> Mapping[str, float]:
@@ -749,18 +761,17 @@ class Daemon:
         pile_feeds = {p.id: feeds.get(p.id) or self.pile_feeds[p.id] for p in station.piles}
         self.piles.clear()
         self.piles.update(piles)
-        self.pile_feeds.clear()  # the same dict as the sensors'
-        self.pile_feeds.update(pile_feeds)
         sensors = self.sensors
+        sensors.piles = pile_feeds
         if meter is not None:
             self._stop_watching(self.meter_feed, now)
             self.meter = meter
-            self.meter_feed = sensors.meter = Feed(f"meter {meter.id}", self._record)
+            sensors.meter = Feed(f"meter {meter.id}", self._record)
         if change.terminal:
             if self.terminal_feed is not None:
                 self._stop_watching(self.terminal_feed, now)
             self.terminal = terminal
-            self.terminal_feed = sensors.terminal = (
+            sensors.terminal = (
                 None if terminal is None else Feed(f"terminal {terminal.id}", self._record)
             )
         sensors.station, sensors.settings = station, station.control

@@ -10,6 +10,7 @@ reloaded config reuses the ones still in use.
 from __future__ import annotations
 
 import ssl
+from functools import partial
 
 from controller.acpile import AcPile
 from controller.clock import Clock
@@ -26,12 +27,15 @@ def modbus_device(
     endpoint: DeviceEndpoint, label: str, station: Station, links: ModbusLinks
 ) -> ModbusDevice:
     """The Modbus device a station entry names, on its (possibly encrypted) link."""
-    sslctx: ssl.SSLContext | None = None
-    if endpoint.protocol == "modbus-tls":
-        ident = station.identity("daemon")
-        sslctx = client_context(ident.cert_pem, ident.key_pem, ident.ca_pem, device=label)
-    link = links.get(endpoint.host, endpoint.port, sslctx=sslctx)
+    tls = partial(_client_tls, station, label) if endpoint.protocol == "modbus-tls" else None
+    link = links.get(endpoint.host, endpoint.port, tls=tls)
     return ModbusDevice(label, link, station.map_for(endpoint.device), endpoint.unit)
+
+
+def _client_tls(station: Station, label: str) -> ssl.SSLContext:
+    """The daemon's side of Modbus/TCP Security (raises `ConfigError` without certificates)."""
+    ident = station.identity("daemon")
+    return client_context(ident.cert_pem, ident.key_pem, ident.ca_pem, device=label)
 
 
 def pile_driver(config: PileConfig, device: Device, clock: Clock) -> Pile:
@@ -64,7 +68,7 @@ def opcua_security(station: Station) -> OpcUaSecurity:
 def _link_key(endpoint: DeviceEndpoint) -> tuple[str, int | str, bool]:
     if endpoint.protocol == "opcua":
         return ("opcua", endpoint.opcua_url, endpoint.opcua_security == "sign-and-encrypt")
-    return (endpoint.host, endpoint.port, False)
+    return (endpoint.host, endpoint.port, endpoint.protocol == "modbus-tls")
 
 
 class StationLinks:

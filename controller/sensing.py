@@ -237,8 +237,8 @@ class Sensors:
             grid_kw=None if meter is None else meter.power_kw,
             meter=meter,
             piles=views,
-            band=tariff.band_at(now),
-            price=tariff.price_at(now),
+            band=(band := tariff.band_at(now)),
+            price=tariff.band_prices[band],
             meter_current=meter_current,
         )
 

@@ -7,12 +7,14 @@ from the grid.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from drivers.device import Device
 from drivers.errors import BadValue
-from drivers.registers import in_project_units
+from drivers.registers import Value, in_project_units
 
 REQUIRED_REGISTERS = ("power",)
 PHASE_REGISTERS = (
@@ -86,25 +88,31 @@ class MapMeter:
         raw = await self.device.read(self._names)
         regmap = self.device.map
         values = {name: in_project_units(regmap[name], raw[name]) for name in raw}
-        power = values["power"]
-        if power is None:
+        if values["power"] is None:
             raise BadValue(self.id, "power: the meter reports it unavailable (NaN)")
+        return reading_from(values)
 
-        def three(prefix: str) -> tuple[float | None, float | None, float | None]:
-            return (
-                values.get(f"{prefix}_l1"),
-                values.get(f"{prefix}_l2"),
-                values.get(f"{prefix}_l3"),
-            )
 
-        return MeterReading(
-            power_kw=power,
-            power_phases_kw=three("power"),
-            voltages_v=three("voltage"),
-            currents_a=three("current"),
-            energy_import_kwh=values.get("energy_import"),
-            energy_export_kwh=values.get("energy_export"),
-            frequency_hz=values.get("frequency"),
-            utility_limit_kw=values.get("utility_limit"),
-            device_time=values.get("clock"),
-        )
+def reading_from(values: Mapping[str, Value | None]) -> MeterReading:
+    """A reading from a meter's named values in the project's units (absent or None: unknown;
+    power unavailable reads NaN)."""
+
+    def number(name: str) -> float | None:
+        value = values.get(name)
+        return None if value is None else float(value)
+
+    def three(prefix: str) -> tuple[float | None, float | None, float | None]:
+        return (number(f"{prefix}_l1"), number(f"{prefix}_l2"), number(f"{prefix}_l3"))
+
+    power = number("power")
+    return MeterReading(
+        power_kw=math.nan if power is None else power,
+        power_phases_kw=three("power"),
+        voltages_v=three("voltage"),
+        currents_a=three("current"),
+        energy_import_kwh=number("energy_import"),
+        energy_export_kwh=number("energy_export"),
+        frequency_hz=number("frequency"),
+        utility_limit_kw=number("utility_limit"),
+        device_time=number("clock"),
+    )

@@ -214,12 +214,17 @@ class ModbusLinks:
 
     def __init__(self, *, timeout_s: float) -> None:
         self.timeout_s = timeout_s
-        self._links: dict[tuple[str, int], ModbusLink] = {}
+        self._links: dict[tuple[str, int, bool], ModbusLink] = {}
 
-    def get(self, host: str, port: int, *, sslctx: ssl.SSLContext | None = None) -> ModbusLink:
-        """The link to host:port (Modbus/TCP Security when `sslctx` is given)."""
-        key = (host, port)
+    def get(
+        self, host: str, port: int, *, tls: Callable[[], ssl.SSLContext] | None = None
+    ) -> ModbusLink:
+        """The link to host:port: Modbus/TCP Security when `tls` is given (it makes the SSL
+        context, called only when the link is new). A plain and a secured link to the same
+        address are different links."""
+        key = (host, port, tls is not None)
         if key not in self._links:
+            sslctx = None if tls is None else tls()
             self._links[key] = ModbusLink(host, port, timeout_s=self.timeout_s, sslctx=sslctx)
         return self._links[key]
 

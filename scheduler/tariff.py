@@ -129,7 +129,8 @@ class Tariff:
 WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-def _hhmm(minute: int) -> str:
+def hhmm(minute: int) -> str:
+    """A minute of the day as HH:MM (1440 is 24:00)."""
     return f"{minute // 60:02d}:{minute % 60:02d}"
 
 
@@ -159,7 +160,7 @@ def schedule_problems(tariff: Tariff) -> list[str]:
             start = 0
             for minute in range(1, MINUTES_PER_DAY + 1):
                 if minute == MINUTES_PER_DAY or cover[minute] != cover[start]:
-                    span = f"{_hhmm(start)}-{_hhmm(minute)}"
+                    span = f"{hhmm(start)}-{hhmm(minute)}"
                     if cover[start] == 0:
                         problems.append(f"{where}: gap {span}, no band")
                     elif cover[start] > 1:

@@ -33,8 +33,9 @@ from controller.forecast import BackgroundForecast
 from controller.sensing import Sensors
 from controller.site import SiteSnapshot
 from controller.telemetry import TelemetryWriter
-from drivers.meter import MeterReading
+from drivers.meter import reading_from
 from drivers.pile import PileMode, PileReading
+from drivers.registers import Value
 from scheduler.fallback import fallback_plan
 from scheduler.problem import Problem, Vehicle, Weights, month_starts, slot_boundaries
 from scheduler.solver import Solver
@@ -43,6 +44,7 @@ from simulator.faults import Fault, FaultScript
 from simulator.fleet import Visit, assign_piles
 from simulator.plant import PileModel, Plant
 from simulator.plant import Vehicle as PlantVehicle
+from simulator.registers import MeterRegisters
 from simulator.scenario import Series
 
 
@@ -482,28 +484,23 @@ class _Sensing:
         self.meters = [station.grid_meter.id]
         if station.terminal is not None:
             self.meters.append(station.terminal.id)
-        # What each device reported, recently: a late answer is an old reading.
-        self.history: deque[tuple[float, MeterReading, dict[str, PileReading]]] = deque()
+        self.meter = MeterRegisters(plant)  # the grid meter and the terminal measure the same
+        # What each device measured, as long ago as a device is scripted to answer late.
+        self.history: deque[tuple[float, dict[str, Value | None], dict[str, PileReading]]] = deque()
+        self.keep_s = faults.longest_latency_s
 
     def snapshot(self, now: float, tariff: Tariff) -> SiteSnapshot:
         """Read every device as of `now` and check it."""
         plant, faults, sensors = self.plant, self.faults, self.sensors
-        measured = MeterReading(
-            power_kw=plant.site_kw,
-            energy_import_kwh=plant.energy_import_kwh,
-            energy_export_kwh=plant.energy_export_kwh,
-            utility_limit_kw=plant.utility_limit_kw,
-            device_time=now,
-        )
         piles = {pid: pile.reading(now) for pid, pile in plant.piles.items()}
-        self.history.append((now, measured, piles))
-        while len(self.history) > 1 and self.history[1][0] <= now - 600:
+        self.history.append((now, dict(self.meter.values()), piles))
+        while len(self.history) > 1 and self.history[1][0] <= now - self.keep_s:
             self.history.popleft()
         for index, meter_id in enumerate(self.meters):
             label = "meter" if index == 0 else "terminal"
-            at, reading, _ = self._as_of(meter_id, now)
+            at, values, _ = self._as_of(meter_id, now)
             error = faults.unreachable_error(meter_id, f"{label} {meter_id}", now)
-            result = error or faults.meter_reading(meter_id, now, reading)
+            result = error or reading_from(faults.meter_values(meter_id, now, values))
             take = sensors.take_meter if index == 0 else sensors.take_terminal
             take(result, now, at)
         for pid, pile in plant.piles.items():
@@ -514,7 +511,9 @@ class _Sensing:
                 pile.configure(pile.config.comm_timeout_s, pile.config.fallback_kw)
         return sensors.snapshot(now, tariff)
 
-    def _as_of(self, device: str, now: float) -> tuple[float, MeterReading, dict[str, PileReading]]:
+    def _as_of(
+        self, device: str, now: float
+    ) -> tuple[float, dict[str, Value | None], dict[str, PileReading]]:
         latency = self.faults.latency_s(device, now)
         if latency <= 0:
             return self.history[-1]

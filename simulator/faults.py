@@ -39,7 +39,7 @@ import csv
 import io
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -48,7 +48,6 @@ import numpy as np
 
 from controller.config import ConfigError, Problem, Station
 from drivers.errors import ConnectionLost, DeviceTimeout, DriverError
-from drivers.meter import MeterReading
 from drivers.registers import Value
 from simulator.plant import Plant
 
@@ -134,7 +133,6 @@ class FaultScript:
         self.faults = tuple(sorted(faults, key=lambda f: f.start))
         self._started: set[int] = set()
         self._ended: set[int] = set()
-        self._frozen: dict[int, MeterReading] = {}
         self._frozen_values: dict[int, dict[str, Value | None]] = {}
 
     def __bool__(self) -> bool:
@@ -238,6 +236,11 @@ class FaultScript:
                 return False
         return True
 
+    @property
+    def longest_latency_s(self) -> float:
+        """The longest any device is scripted to answer late (0 if none is)."""
+        return max((f.amount for f in self.faults if f.kind is FaultKind.LATE), default=0.0)
+
     def latency_s(self, device: str, now: float) -> float:
         """How late `device` answers now."""
         fault = self.active(FaultKind.LATE, device, now)
@@ -265,7 +268,8 @@ class FaultScript:
     def meter_values(
         self, device: str, now: float, values: dict[str, Value | None]
     ) -> dict[str, Value | None]:
-        """What a meter's registers hold, given what it measures (see `meter_reading`)."""
+        """What a meter's registers hold (named values in the project's units), given what it
+        measures."""
         for index, fault in enumerate(self.faults):
             if fault.target != device or not fault.active(now):
                 continue
@@ -280,21 +284,6 @@ class FaultScript:
                 assert isinstance(clock, float)
                 values = {**values, "clock": clock + fault.amount}
         return values
-
-    def meter_reading(self, device: str, now: float, reading: MeterReading) -> MeterReading:
-        """What a meter reports, given what it measures."""
-        for index, fault in enumerate(self.faults):
-            if fault.target != device or not fault.active(now):
-                continue
-            if fault.kind is FaultKind.FROZEN:
-                reading = self._frozen.setdefault(index, reading)
-            elif fault.kind is FaultKind.NAN:
-                reading = replace(reading, power_kw=math.nan)
-            elif fault.kind is FaultKind.ABSURD:
-                reading = replace(reading, power_kw=fault.amount)
-            elif fault.kind is FaultKind.CLOCK_JUMP and reading.device_time is not None:
-                reading = replace(reading, device_time=reading.device_time + fault.amount)
-        return reading
 
 
 # -- the file format ----------------------------------------------------------------------------

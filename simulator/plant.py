@@ -585,8 +585,8 @@ class Plant:
             grid_kw=self.site_kw,
             meter=MeterReading(power_kw=self.site_kw),
             piles=tuple(views),
-            band=tariff.band_at(now),
-            price=tariff.price_at(now),
+            band=(band := tariff.band_at(now)),
+            price=tariff.band_prices[band],
         )
 
     def delivered_kwh(self) -> float:

@@ -214,7 +214,8 @@ def _session_row(record: dict[str, str], number: int, rows: _Rows) -> Visit | No
     )
 
 
-_UTC_MARKS = re.compile(r"(GMT|UTC?|Z|[+-]0000)\s*$", re.IGNORECASE)
+# Only "-0000" parses to a time without a zone; the other UTC spellings come back with one.
+_UTC_MARKS = re.compile(r"-0000\s*$")
 
 
 def _rfc2822(text: str) -> float:

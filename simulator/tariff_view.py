@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from numpy.typing import NDArray
 
-from scheduler.tariff import MINUTES_PER_DAY, WEEKDAY_NAMES, Tariff
+from scheduler.tariff import MINUTES_PER_DAY, WEEKDAY_NAMES, Tariff, hhmm
 from simulator.report import BAND_COLOURS
 
 QUARTERS = MINUTES_PER_DAY // 15
@@ -67,9 +67,7 @@ def _when(tariff: Tariff, band: str) -> str:
     for season in tariff.seasons:
         for day_type in season.day_types:
             spans = [
-                f"{_hhmm(p.start_min)}-{_hhmm(p.end_min)}"
-                for p in day_type.periods
-                if p.band == band
+                f"{hhmm(p.start_min)}-{hhmm(p.end_min)}" for p in day_type.periods if p.band == band
             ]
             if spans:
                 days = (
@@ -79,10 +77,6 @@ def _when(tariff: Tariff, band: str) -> str:
                 )
                 parts.append(f"{season.name} ({days}): {', '.join(spans)}")
     return "; ".join(parts) if parts else "never"
-
-
-def _hhmm(minute: int) -> str:
-    return f"{minute // 60:02d}:{minute % 60:02d}"
 
 
 def day_figure(tariff: Tariff, path: Path) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
@@ -98,6 +100,41 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+# The console script of the environment the tests run in.
+FLEXCHARGE = str(Path(sys.executable).parent / "flexcharge")
+
+
+def start_process(
+    args: list[str], processes: list[subprocess.Popen[str]], cwd: Path | None = None
+) -> subprocess.Popen[str]:
+    """Start `flexcharge ARGS` (log on stderr, unbuffered), owned by `processes`."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    proc = subprocess.Popen(
+        [FLEXCHARGE, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+    )
+    processes.append(proc)
+    return proc
+
+
+def wait_for_line(proc: subprocess.Popen[str], pattern: str, limit: int = 400) -> list[str]:
+    """Read the process's log (stderr) until a line matches; return what was read."""
+    assert proc.stderr is not None
+    seen: list[str] = []
+    for _ in range(limit):
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if re.search(pattern, line):
+            return seen
+    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
 
 
 @pytest.fixture(scope="session")

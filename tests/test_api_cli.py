@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_ports, station_files_on_free_ports
-from tests.test_cli import _start, _wait_for_line
+from tests.conftest import free_ports, start_process, station_files_on_free_ports, wait_for_line
 
 TOKEN = "process-test-token-91c2"
 
@@ -41,11 +40,11 @@ def test_run_serves_the_api(
 ) -> None:
     """Status answers while the daemon runs; writes need the token; SIGTERM stops it all."""
     path = station_files_on_free_ports(tmp_path)
-    simulator = _start(["sim-hardware", "--station", str(path)], processes)
-    _wait_for_line(simulator, r"serving ")
+    simulator = start_process(["sim-hardware", "--station", str(path)], processes)
+    wait_for_line(simulator, r"serving ")
     port = free_ports(1)[0]
     monkeypatch.setenv("FLEXCHARGE_API_TOKEN", TOKEN)
-    daemon = _start(
+    daemon = start_process(
         [
             "run",
             "--station",
@@ -60,7 +59,7 @@ def test_run_serves_the_api(
         processes,
         cwd=tmp_path,  # its telemetry's local store goes under the working directory
     )
-    _wait_for_line(daemon, r"API, metrics and live page at http://127.0.0.1:\d+ \(writes need")
+    wait_for_line(daemon, r"API, metrics and live page at http://127.0.0.1:\d+ \(writes need")
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while True:
@@ -97,7 +96,7 @@ def test_run_refuses_an_api_address_in_use(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        daemon = _start(
+        daemon = start_process(
             [
                 "run",
                 "--station",

@@ -12,46 +12,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from controller.config import CONFIG_ROOT, load_station
 from drivers.modbus import ModbusDevice, ModbusLink
-from tests.conftest import station_files_on_free_ports
-
-FLEXCHARGE = str(Path(sys.executable).parent / "flexcharge")
-
-
-def _start(
-    args: list[str], processes: list[subprocess.Popen[str]], cwd: Path | None = None
-) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-    proc = subprocess.Popen(
-        [FLEXCHARGE, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=cwd,
-    )
-    processes.append(proc)
-    return proc
-
-
-def _wait_for_line(proc: subprocess.Popen[str], pattern: str, limit: int = 400) -> list[str]:
-    """Read the process's log (stderr) until a line matches; return what was read."""
-    assert proc.stderr is not None
-    seen: list[str] = []
-    for _ in range(limit):
-        line = proc.stderr.readline()
-        if not line:
-            break
-        seen.append(line)
-        if re.search(pattern, line):
-            return seen
-    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
+from tests.conftest import FLEXCHARGE, start_process, station_files_on_free_ports, wait_for_line
 
 
 def test_check_config_exit_codes(tmp_path: Path) -> None:
@@ -99,11 +66,11 @@ def test_daemon_process_stops_on_signal_leaving_fallbacks(
     """`run` against `sim-hardware`: controls, then on a signal exits 0 with piles at fallback."""
     path = station_files_on_free_ports(tmp_path)
     station = load_station(path)
-    simulator = _start(["sim-hardware", "--station", str(path)], processes)
-    _wait_for_line(simulator, r"serving ")
+    simulator = start_process(["sim-hardware", "--station", str(path)], processes)
+    wait_for_line(simulator, r"serving ")
     state = str(tmp_path / "state.sqlite")
     pidfile = str(tmp_path / "flexcharge.pid")
-    daemon = _start(
+    daemon = start_process(
         [
             "run",
             "--station",
@@ -118,9 +85,9 @@ def test_daemon_process_stops_on_signal_leaving_fallbacks(
         processes,
         cwd=tmp_path,  # its telemetry goes to var/telemetry/ under the working directory
     )
-    _wait_for_line(daemon, r"controlling Bozhou")
-    _wait_for_line(daemon, r"site \d+ / 4275 kW")
-    _wait_for_line(daemon, r"site \d+ / 4275 kW")  # at least two cycles a second apart
+    wait_for_line(daemon, r"controlling Bozhou")
+    wait_for_line(daemon, r"site \d+ / 4275 kW")
+    wait_for_line(daemon, r"site \d+ / 4275 kW")  # at least two cycles a second apart
 
     async def setpoints() -> dict[str, float]:
         found = {}
@@ -150,7 +117,9 @@ def test_daemon_process_stops_on_signal_leaving_fallbacks(
 @pytest.mark.loopback
 def test_demo_runs_and_summarises(processes: list[subprocess.Popen[str]]) -> None:
     """A short demo exits 0 and prints its summary with the measured peak against the limit."""
-    demo = _start(["demo", "--hours", "1.5", "--speed", "2000", "--duration", "60"], processes)
+    demo = start_process(
+        ["demo", "--hours", "1.5", "--speed", "2000", "--duration", "60"], processes
+    )
     out, err = demo.communicate(timeout=120)
     assert demo.returncode == 0, err
     assert "flexcharge demo summary" in out

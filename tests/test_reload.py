@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,8 +32,13 @@ from controller.reload import StationChange
 from scheduler.problem import Problem
 from simulator.fleet import Visit
 from simulator.hardware import StationSimulator
-from tests.conftest import local_time, station_files_on_free_ports
-from tests.test_cli import _wait_for_line
+from tests.conftest import (
+    FLEXCHARGE,
+    local_time,
+    start_process,
+    station_files_on_free_ports,
+    wait_for_line,
+)
 
 pytestmark = [pytest.mark.loopback]
 
@@ -289,9 +293,6 @@ async def test_bad_config_is_refused_and_the_old_one_runs_on(
     _within_limit(site, station.limit_kw)
 
 
-FLEXCHARGE = str(Path(sys.executable).parent / "flexcharge")
-
-
 def _flexcharge(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run(
@@ -305,19 +306,9 @@ def test_reload_command_checks_then_signals_the_daemon(
     """A bad file: exit 2, no signal. A good one: SIGHUP, and the daemon applies it."""
     path = station_files_on_free_ports(tmp_path)
     good = path.read_text(encoding="utf-8")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
 
     def start(*args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [FLEXCHARGE, *args],
-            cwd=tmp_path,
-            env=env,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        processes.append(proc)
-        return proc
+        return start_process(list(args), processes, cwd=tmp_path)
 
     gone = subprocess.Popen(["true"])
     gone.wait()
@@ -325,9 +316,9 @@ def test_reload_command_checks_then_signals_the_daemon(
     pidfile.parent.mkdir(parents=True)
     pidfile.write_text(f"{gone.pid}\n")
     simulator = start("sim-hardware", "--station", str(path))
-    _wait_for_line(simulator, r"serving ")
+    wait_for_line(simulator, r"serving ")
     daemon = start("run", "--station", str(path), "--status-every", "600")
-    started = _wait_for_line(daemon, r"controlling Bozhou")
+    started = wait_for_line(daemon, r"controlling Bozhou")
     assert any("replacing the stale pidfile" in line for line in started)
     assert pidfile.read_text().strip() == str(daemon.pid)
     second = _flexcharge(tmp_path, "run", "--station", str(path))
@@ -345,7 +336,7 @@ def test_reload_command_checks_then_signals_the_daemon(
     assert nobody.returncode == 1 and "no pidfile" in nobody.stdout, nobody.stdout
     applied = _flexcharge(tmp_path, "reload", "--station", str(path))
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    seen = _wait_for_line(daemon, r"config reloaded from .*: piles removed: P12")
+    seen = wait_for_line(daemon, r"config reloaded from .*: piles removed: P12")
     assert sum("reloading" in line for line in seen) == 1, "the bad file was never signalled"
     assert not any("refused" in line for line in seen)
 

@@ -16,7 +16,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -28,9 +27,8 @@ import pytest
 
 from controller.config import load_station
 from drivers.modbus import ModbusDevice, ModbusLink
-from tests.conftest import station_files_on_free_ports
+from tests.conftest import FLEXCHARGE, station_files_on_free_ports
 
-FLEXCHARGE = str(Path(sys.executable).parent / "flexcharge")
 T = TypeVar("T")
 
 pytestmark = pytest.mark.loopback
