@@ -702,9 +702,7 @@ class SchedulerSettings(_Strict):
     unmet_penalty_per_kwh: float = Field(default=1000.0, gt=0)
     expected_unmet_penalty_per_kwh: float = Field(default=1000.0, gt=0)
     deviation_kwh: float = Field(default=5.0, gt=0)
-    finish_early_min: float = Field(default=0.0, ge=0)
     forecast_arrivals: bool = True
-    reserve_share: float | None = Field(default=0.5, gt=0, le=1)
 
 
 class GroupConfig(_Strict):

@@ -7,9 +7,11 @@ do (the daemon uses the fallback heuristic).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
@@ -61,9 +63,10 @@ class Plan:
 
     def slot_at(self, when: float) -> int | None:
         """Index of the slot containing `when`, or None outside the plan."""
-        if when < self.boundaries[0] or when >= self.boundaries[-1]:
+        edges = self._edges
+        if when < edges[0] or when >= edges[-1]:
             return None
-        return int(np.searchsorted(self.boundaries, when, side="right") - 1)
+        return bisect.bisect_right(edges, when) - 1
 
     def power_at(self, vehicle_id: str, when: float) -> float:
         """Planned net power of a vehicle at `when` (0 if the plan does not cover it)."""
@@ -84,12 +87,34 @@ class Plan:
 
     def energy_between(self, vehicle_id: str, start: float, end: float) -> float:
         """Planned net energy of a vehicle from `start` to `end` (kWh)."""
-        series = self.power_kw.get(vehicle_id)
-        if series is None or end <= start:
+        if end <= start or vehicle_id not in self.power_kw:
             return 0.0
-        lo = np.clip(self.boundaries[:-1], start, end)
-        hi = np.clip(self.boundaries[1:], start, end)
-        return float(series @ (hi - lo)) / 3600.0
+        return self._energy_until(vehicle_id, end) - self._energy_until(vehicle_id, start)
+
+    @cached_property
+    def _edges(self) -> list[float]:
+        return [float(t) for t in self.boundaries]
+
+    @cached_property
+    def _cumulative(self) -> dict[str, tuple[list[float], list[float]]]:
+        return {}
+
+    def _energy_until(self, vehicle_id: str, when: float) -> float:
+        """Planned net energy of a vehicle from the plan's start to `when` (kWh)."""
+        found = self._cumulative.get(vehicle_id)
+        if found is None:
+            series = np.asarray(self.power_kw[vehicle_id], dtype=float)
+            kwh = series * np.diff(self.boundaries) / 3600.0
+            found = ([0.0, *np.cumsum(kwh).tolist()], series.tolist())
+            self._cumulative[vehicle_id] = found
+        totals, power = found
+        edges = self._edges
+        if when <= edges[0]:
+            return 0.0
+        if when >= edges[-1]:
+            return totals[-1]
+        slot = bisect.bisect_right(edges, when) - 1
+        return totals[slot] + power[slot] * (when - edges[slot]) / 3600.0
 
     def site_kw(self, background_kw: FloatArray) -> FloatArray:
         """Planned site load per slot, given the background forecast it was made with."""

@@ -42,7 +42,8 @@ class Vehicle:
     An `expected` vehicle is a forecast, not a promise: its unmet energy weighs
     `Weights.expected_unmet_per_kwh`. With `taper_soc` (and the battery known), the vehicle takes at most
     max_kw * (1 - soc) / (1 - taper_soc) once its state of charge passes `taper_soc`, as a
-    battery's constant-voltage phase does.
+    battery's constant-voltage phase does; `accepts_kw`, when the pile's rating caps `max_kw`
+    below what the battery takes, is the battery's own maximum, from which its taper falls.
     """
 
     id: str
@@ -60,6 +61,13 @@ class Vehicle:
     arrival: float | None = None
     taper_soc: float | None = None
     expected: bool = False
+    accepts_kw: float | None = None
+
+    @property
+    def battery_kw(self) -> float:
+        """The most the battery itself takes (its taper scales from this), `max_kw` unless the
+        pile allows less than the battery would take."""
+        return self.max_kw if self.accepts_kw is None else max(self.accepts_kw, self.max_kw)
 
     @property
     def tapers(self) -> bool:
@@ -106,7 +114,6 @@ class Weights:
 
     unmet_per_kwh: float = 1000.0
     expected_unmet_per_kwh: float = 1000.0
-    reserve_per_kwh: float = 50.0
     degradation_per_kwh: float = 0.05
     earliness_per_kwh_slot: float = 1e-5
     flatness_per_kw: float = 1e-3
@@ -130,9 +137,11 @@ class Problem:
     export_limit_kw: FloatArray | None = None
     weights: Weights = field(default_factory=Weights)
     new_months: tuple[float, ...] = ()
-    reserve_share: float | None = None
     demand_window_s: float | None = None
     window_import_kwh: float = 0.0
+    # The share of its maximum below which a tapering battery's acceptance does not fall (the LP
+    # lays it along the whole taper, so that its rows stay an upper bound).
+    taper_floor: float = 0.0
 
     @property
     def start(self) -> float:
@@ -226,8 +235,8 @@ class Problem:
             found.append(
                 f"window_import_kwh: must be a non-negative number, got {self.window_import_kwh}"
             )
-        if self.reserve_share is not None and not 0 < self.reserve_share <= 1:
-            found.append(f"reserve_share: must be in (0, 1], got {self.reserve_share}")
+        if not 0 <= self.taper_floor < 1:
+            found.append(f"taper_floor: must be in [0, 1), got {self.taper_floor}")
         if self.ramp_kw_per_min is not None and not (self.ramp_kw_per_min > 0):
             found.append(f"ramp_kw_per_min: must be positive, got {self.ramp_kw_per_min}")
         w = self.weights
@@ -288,6 +297,8 @@ def _vehicle_problems(v: Vehicle, start: float) -> list[str]:
         found.append("arrival is not a time")
     elif v.arrival is not None and math.isfinite(v.departure) and v.arrival >= v.departure:
         found.append("arrives after it departs")
+    if v.accepts_kw is not None and not (math.isfinite(v.accepts_kw) and v.accepts_kw > 0):
+        found.append(f"accepts_kw must be positive, got {v.accepts_kw}")
     if v.taper_soc is not None and not 0 < v.taper_soc < 1:
         found.append(f"taper_soc must be in (0, 1), got {v.taper_soc}")
     if v.soc is not None and not 0 <= v.soc <= 1:

@@ -16,7 +16,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Hashable
 
 import highspy
 import numpy as np
@@ -90,6 +89,8 @@ class Solver:
         self._highs.setOptionValue("threads", 1)
         self._model: LpModel | None = None
         self.last_model: LpModel | None = None
+        # Vehicles given their taper rows when a plan broke them, kept for the plans after it.
+        self._tapered: set[str] = set()
 
     def cancel(self) -> None:
         """Ask a running solve to stop (it returns with status TIME_LIMIT)."""
@@ -99,7 +100,8 @@ class Solver:
         """Plan for `problem` (checked first; a malformed problem raises `ProblemError`)."""
         problem.check()
         started = time.perf_counter()
-        model = build_lp(problem)
+        self._tapered &= {v.id for v in problem.vehicles}
+        model = build_lp(problem, self._tapered)
         highs = self._highs
         limit = time_limit_s if time_limit_s is not None else self.time_limit_s
         # HiGHS measures its time limit against its run time since the instance was made, summed
@@ -123,6 +125,7 @@ class Solver:
         self.last_model = model
         try:
             highs.run()
+            model = self._add_taper_rows(highs, problem, model)
         except Exception as exc:  # HiGHS raising is a failed solve, not a crash of the caller
             self._model = None
             return Plan(
@@ -133,6 +136,31 @@ class Solver:
             )
         return _plan(highs, problem, model, started, warm)
 
+    def _add_taper_rows(self, highs: highspy.Highs, problem: Problem, model: LpModel) -> LpModel:
+        """Re-solve with the taper rows of the vehicles the plan charged faster than their
+        batteries take, until there is none; the model solved."""
+        for _ in range(MAX_TAPER_ROUNDS):
+            if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal or not model.tapers:
+                return model
+            broken = model.taper_violations(np.asarray(highs.getSolution().col_value, dtype=float))
+            if not broken:
+                return model
+            self._tapered.update(broken)
+            wider = build_lp(problem, self._tapered)
+            basis = _carry_basis(highs, model, wider)
+            highs.clearModel()
+            highs.passModel(to_highs_lp(wider))
+            if basis is not None:
+                highs.setBasis(basis)
+            model = self._model = self.last_model = wider
+            highs.run()
+        return model
+
+
+# Every round gives the vehicles it finds their whole taper, so a few rounds do; the bound only
+# guards against a loop.
+MAX_TAPER_ROUNDS = 20
+
 
 def solve(problem: Problem, *, time_limit_s: float | None = None) -> Plan:
     """Plan for `problem` with a fresh solver (no warm start)."""
@@ -140,10 +168,10 @@ def solve(problem: Problem, *, time_limit_s: float | None = None) -> Plan:
 
 
 def _same_structure(old: LpModel, new: LpModel) -> bool:
-    if (
-        old.shape != new.shape
-        or old.col_blocks != new.col_blocks
-        or old.row_blocks != new.row_blocks
+    if old.shape != new.shape:
+        return False
+    if not (
+        np.array_equal(old.col_keys, new.col_keys) and np.array_equal(old.row_keys, new.row_keys)
     ):
         return False
     a, b = old.matrix, new.matrix
@@ -176,6 +204,29 @@ def _update(highs: highspy.Highs, old: LpModel, new: LpModel) -> None:
             highs.changeCoeff(int(new.matrix.indices[k]), int(col_of[k]), float(new.matrix.data[k]))
 
 
+_STATUS = {int(s): s for s in highspy.HighsBasisStatus.__members__.values()}
+_LOWER = int(highspy.HighsBasisStatus.kLower)
+_BASIC = int(highspy.HighsBasisStatus.kBasic)
+
+
+def _statuses(values: object) -> np.ndarray:
+    return np.fromiter((int(s) for s in values), dtype=np.int8)  # type: ignore[attr-defined]
+
+
+def _mapped(
+    old_keys: np.ndarray, old: np.ndarray, new_keys: np.ndarray, default: int
+) -> np.ndarray:
+    """Each new key's status under the old keys, `default` for keys that are new."""
+    order = np.argsort(old_keys)
+    ranked = old_keys[order]
+    where = np.clip(np.searchsorted(ranked, new_keys), 0, max(len(ranked) - 1, 0))
+    status = np.full(len(new_keys), default, dtype=np.int8)
+    if len(ranked):
+        hit = ranked[where] == new_keys
+        status[hit] = old[order[where[hit]]]
+    return status
+
+
 def _carry_basis(
     highs: highspy.Highs, old: LpModel | None, new: LpModel
 ) -> highspy.HighsBasis | None:
@@ -185,20 +236,15 @@ def _carry_basis(
     previous = highs.getBasis()
     if not previous.valid:
         return None
-    col_status = dict(zip(old.col_keys, previous.col_status, strict=True))
-    row_status = dict(zip(old.row_keys, previous.row_status, strict=True))
-    lower = highspy.HighsBasisStatus.kLower
-    basic = highspy.HighsBasisStatus.kBasic
-    basis = highspy.HighsBasis()
-    basis.col_status = [col_status.get(key, lower) for key in new.col_keys]
+    cols = _mapped(old.col_keys, _statuses(previous.col_status), new.col_keys, _LOWER)
     # A new row starts with its slack basic, which keeps the count of basic variables right.
-    basis.row_status = [row_status.get(key, basic) for key in new.row_keys]
-    basis.valid = True
-    count = sum(1 for s in basis.col_status if s == basic) + sum(
-        1 for s in basis.row_status if s == basic
-    )
-    if count != len(new.row_keys):
+    rows = _mapped(old.row_keys, _statuses(previous.row_status), new.row_keys, _BASIC)
+    if int(np.count_nonzero(cols == _BASIC) + np.count_nonzero(rows == _BASIC)) != len(rows):
         return None
+    basis = highspy.HighsBasis()
+    basis.col_status = [_STATUS[int(s)] for s in cols]
+    basis.row_status = [_STATUS[int(s)] for s in rows]
+    basis.valid = True
     return basis
 
 
@@ -273,10 +319,59 @@ def _plan(
     )
 
 
-def column_key_count(model: LpModel) -> dict[Hashable, int]:
-    """How many columns of each kind a model has (for diagnostics and tests)."""
-    counts: dict[Hashable, int] = {}
-    for key in model.col_keys:
-        kind = key[0] if isinstance(key, tuple) else key
-        counts[kind] = counts.get(kind, 0) + 1
-    return counts
+def solve_bound(
+    problem: Problem, *, at_least_kwh: float | None = None, time_limit_s: float | None = None
+) -> Plan:
+    """The best plan in the order operators rank outcomes: as much energy as the limits allow,
+    then the lowest cost (energy, demand charge, battery wear), with no tie-breaks.
+
+    Two solves of one HiGHS model: the first minimises the energy not delivered; the second
+    holds that at its minimum (to 1e-9 relative) and minimises the cost, from the first's basis.
+    With `at_least_kwh`, the first is skipped: the plan is the cheapest that delivers that much
+    (INFEASIBLE if no plan can). If the plan charges a vehicle faster than its battery takes,
+    the vehicle gets its taper rows and the solves are done again. The plan's `objective` is its
+    cost.
+    """
+    problem.check()
+    started = time.perf_counter()
+    highs = _new_highs()
+    highs.setOptionValue("threads", 1)
+    if time_limit_s is not None:
+        highs.setOptionValue("time_limit", float(time_limit_s))
+    tapered: set[str] = set()
+    # Undelivered energy at the pile: a V2G vehicle's unmet variable is in battery energy.
+    per_kwh = np.array(
+        [1.0 / (v.efficiency if v.v2g else 1.0) for v in problem.vehicles], dtype=float
+    )
+    model = build_lp(problem)
+    for _ in range(MAX_TAPER_ROUNDS):
+        highs.clearModel()
+        highs.passModel(to_highs_lp(model))
+        unmet = np.array([model.vehicles[v.id].unmet for v in problem.vehicles], dtype=np.int32)
+        cols = np.arange(model.shape[1], dtype=np.int32)
+        energy = np.zeros(model.shape[1])
+        energy[unmet] = per_kwh
+        if at_least_kwh is None:
+            highs.changeColsCost(len(cols), cols, energy)
+            highs.run()
+            if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+                break
+            least = float(highs.getInfo().objective_function_value) * (1 + 1e-9) + 1e-7
+        else:
+            least = sum(v.energy_kwh for v in problem.vehicles) - at_least_kwh
+        highs.addRow(-_INF, least, len(unmet), unmet, per_kwh)
+        money = model.cost.copy()
+        money[unmet] = 0.0
+        for columns in model.vehicles.values():
+            money[columns.charge] = 0.0
+        money[model.peak_cols] = problem.demand_charge
+        highs.changeColsCost(len(cols), cols, money)
+        highs.run()
+        if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            break
+        broken = model.taper_violations(np.asarray(highs.getSolution().col_value, dtype=float))
+        if not broken:
+            break
+        tapered.update(broken)
+        model = build_lp(problem, tapered)
+    return _plan(highs, problem, model, started, True)

@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from controller.config import Station
-from controller.control import Control, Decision, Policy, Wish
+from controller.control import Control, Decision, Policy, Wish, group_limits
 from controller.control import Visit as PastVisit
 from controller.forecast import BackgroundForecast
 from controller.sensing import Sensors
@@ -37,9 +37,10 @@ from drivers.meter import reading_from
 from drivers.pile import PileMode, PileReading
 from drivers.registers import Value
 from scheduler.fallback import fallback_plan
-from scheduler.problem import Problem, Vehicle, Weights, month_starts, slot_boundaries
 from scheduler.solver import Solver
 from scheduler.tariff import Tariff
+from simulator.books import Books, Piece
+from simulator.bound import offline_bound
 from simulator.faults import Fault, FaultScript
 from simulator.fleet import Visit, assign_piles
 from simulator.plant import PileModel, Plant
@@ -152,6 +153,8 @@ class SimResult:
     bands: list[str]
     requested_kwh: dict[str, float]
     delivered_kwh: dict[str, float]
+    peak_kw: NDArray[np.float64]
+    books: Books
     solve_ms: list[float] = field(default_factory=list)
     events: list[tuple[float, str]] = field(default_factory=list)
     controller_delivered_kwh: dict[str, float] = field(default_factory=dict)
@@ -170,70 +173,6 @@ def _wish(visit: Visit) -> Wish:
     )
 
 
-def offline_problem(scenario: Scenario, visits: Sequence[Visit], control: Control) -> Problem:
-    """The whole scenario as one problem, with every future arrival known."""
-    station = scenario.station
-    zone = ZoneInfo(station.info.timezone)
-    settings = station.scheduler
-    boundaries = slot_boundaries(
-        scenario.start,
-        zone,
-        horizon_s=scenario.end - scenario.start,
-        slot_s=settings.slot_minutes * 60,
-    )
-    starts, ends = boundaries[:-1], boundaries[1:]
-    mids = (starts + ends) / 2
-    if scenario.background is not None:
-        background = scenario.background.mean_over(starts, ends)
-    else:
-        forecast = BackgroundForecast(station.background.profile_kw, zone)
-        background = forecast(boundaries, scenario.start, None)
-    limit = (
-        scenario.limit.mean_over(starts, ends)
-        if scenario.limit is not None
-        else np.full(len(mids), station.limit_kw)
-    )
-    vehicles = []
-    for visit in visits:
-        assert visit.pile is not None
-        pile = station.pile(visit.pile)
-        capacity, soc, _ = visit.battery
-        vehicles.append(
-            Vehicle(
-                id=visit.vehicle_id,
-                pile=visit.pile,
-                energy_kwh=visit.energy_kwh,
-                departure=visit.departure,
-                max_kw=min(visit.max_kw, pile.max_kw),
-                min_kw=min(pile.min_kw, pile.max_kw),
-                efficiency=settings.efficiency,
-                v2g=visit.v2g and pile.bidirectional,
-                max_discharge_kw=pile.max_discharge_kw if visit.v2g and pile.bidirectional else 0.0,
-                capacity_kwh=capacity,
-                soc=soc,
-                arrival=visit.arrival,
-                taper_soc=settings.taper_soc,
-            )
-        )
-    return Problem(
-        boundaries=boundaries,
-        limit_kw=np.maximum(limit - station.control.reserve_kw, 0.0),
-        background_kw=background,
-        import_price=np.array([scenario.tariff.price_at(float(t)) for t in mids]),
-        export_price=np.full(len(mids), scenario.tariff.export_price),
-        vehicles=tuple(vehicles),
-        demand_charge=scenario.tariff.demand_charge_per_kw_month,
-        groups=control.group_limits(),
-        ramp_kw_per_min=settings.ramp_kw_per_min,
-        weights=Weights(
-            unmet_per_kwh=settings.unmet_penalty_per_kwh,
-            degradation_per_kwh=settings.degradation_per_kwh,
-        ),
-        new_months=month_starts(scenario.start, scenario.end, zone),
-        demand_window_s=900.0,
-    )
-
-
 def simulate(
     scenario: Scenario,
     policy: Policy | str,
@@ -242,8 +181,12 @@ def simulate(
     plan_period_s: float | None = None,
     progress: Callable[[float], None] | None = None,
     telemetry: TelemetryWriter | None = None,
+    also_billed_under: Sequence[Tariff] = (),
 ) -> SimResult:
     """Run one policy through the scenario; `progress` gets the fraction done now and then.
+
+    The run's books are cut wherever the scenario's tariff, or one of `also_billed_under`,
+    changes band, so that `repriced` can bill it exactly under those too.
 
     With `telemetry`, every step, plan and event is written as the daemon writes them (the
     caller starts and closes the writer; no point is dropped: a full queue waits).
@@ -259,10 +202,17 @@ def simulate(
     station = _with_tariff(station, scenario.tariff)
     zone = ZoneInfo(station.info.timezone)
     started = time.perf_counter()
+    if policy is Policy.OFFLINE:
+        return _bound(scenario, station, step_s, also_billed_under, telemetry, started)
     ratings = {p.id: p.max_kw for p in station.piles}
     served, _ = assign_piles(scenario.visits, ratings)
     plant = Plant(
-        station, served, record=False, background=scenario.background, limit=scenario.limit
+        station,
+        served,
+        record=False,
+        background=scenario.background,
+        limit=scenario.limit,
+        groups=[(g.members, g.limit_kw) for g in group_limits(station)],
     )
     forecast = None
     if scenario.background is not None:
@@ -285,28 +235,15 @@ def simulate(
     solver = Solver(time_limit_s=station.scheduler.solve_deadline_s)
     solve_ms: list[float] = []
     plans = fallbacks = 0
-    if policy is Policy.OFFLINE:
-        whole = offline_problem(scenario, served, control)
-        plan = solver.solve(whole, time_limit_s=max(60.0, station.scheduler.solve_deadline_s))
-        solve_ms.append(plan.solve_ms)
-        plans += 1
-        if not plan.status.has_schedule:
-            fallbacks += 1
-            plan = fallback_plan(whole, reason=plan.message)
-        control.adopt(plan, scenario.start, whole)
-        if telemetry is not None:
-            telemetry.plan(plan, scenario.start, block=True)
-
     steps = math.ceil((scenario.end - scenario.start) / step_s)
     times: NDArray[np.float64] = scenario.start + step_s * np.arange(1, steps + 1, dtype=float)
-    site = np.zeros(steps)
-    background = np.zeros(steps)
-    piles = np.zeros(steps)
+    # Pieces of a step are cut where any tariff the run is billed under changes band, and at
+    # quarter hours (the demand charge's windows), so that each is billed at one price.
+    cuts = _billing_cuts([scenario.tariff, *also_billed_under], scenario.start, float(times[-1]))
+    next_cut = 0
+    pieces: list[tuple[int, Piece]] = []
     limits = np.zeros(steps)
-    group_over = np.zeros(steps)
-    groups = [(dict(g.members), g.limit_kw) for g in control.group_limits()]
-    prices = np.zeros(steps)
-    bands: list[str] = []
+    piles_now = np.zeros(steps)  # the piles' power at each step's end
     report_every = max(1, steps // 100)
     step_ms = np.zeros(steps)
     reached: set[str] = set()  # piles the controller was in touch with at the last step
@@ -323,7 +260,11 @@ def simulate(
                 reached.add(pile.id)
             else:
                 reached.discard(pile.id)
-        plant.step(now, step_s)
+        first_cut = next_cut
+        while next_cut < len(cuts) and cuts[next_cut] < now:
+            next_cut += 1
+        plant.step(now, step_s, cuts[first_cut:next_cut])
+        pieces.extend((k, piece) for piece in plant.pieces)
         snapshot = sensing.snapshot(now, scenario.tariff)
         events.extend((now, text) for text in control.observe(snapshot, step_s))
         reason = control.plan_due(now)
@@ -340,56 +281,37 @@ def simulate(
                 telemetry.plan(plan, now, block=True)
         decision = control.decide(snapshot, step_s)
         written = {}
+        hold = _break_before_make(plant, decision)
         for pid, kw in decision.setpoints.items():
             if not faults.reachable(pid, now):
                 continue
             mode = PileMode.CHARGE if kw > 0 else PileMode.DISCHARGE if kw < 0 else PileMode.IDLE
-            plant.piles[pid].command(now, kw, mode)
+            pile = plant.piles[pid]
+            pile.command(now, kw, mode, after_s=hold if kw > pile.power_kw else 0.0)
             written[pid] = kw
         control.committed(written)
         if telemetry is not None:
             _tell(telemetry, now, snapshot, decision, written, events, told)
             told = len(events)
-        site[k] = plant.site_kw
-        background[k] = plant.background_kw
-        piles[k] = plant.site_kw - plant.background_kw
         limits[k] = plant.interval_limit_kw
-        group_over[k] = sum(
-            max(
-                0.0,
-                sum(share * plant.piles[pid].power_kw for pid, share in members.items()) - limit_kw,
-            )
-            for members, limit_kw in groups
-        )
-        prices[k] = snapshot.price
-        bands.append(snapshot.band)
+        piles_now[k] = plant.site_kw - plant.background_kw
         step_ms[k] = (time.perf_counter() - step_started) * 1000
         if progress is not None and k % report_every == 0:
             progress(k / steps)
-    plant.step(scenario.end + step_s, step_s)  # let the last departures happen
     if progress is not None:
         progress(1.0)
     first = scenario.measured_start
     requested = {v.vehicle_id: v.energy_kwh for v in scenario.visits if v.arrival >= first}
-    delivered = {
-        vid: plant.sessions[vid].delivered_kwh if vid in plant.sessions else 0.0
-        for vid in requested
-    }
+    delivered = {vid: plant.delivered(vid) for vid in requested}
     window = times > first
-    times, site, background, piles = times[window], site[window], background[window], piles[window]
-    limits, prices, group_over = limits[window], prices[window], group_over[window]
-    bands = [band for band, keep in zip(bands, window, strict=True) if keep]
-    result = SimResult(
+    skipped = int(np.argmax(window)) if window.any() else steps
+    books = Books.of(pieces).since(first, skipped)
+    result = _result(
         policy.value,
-        scenario.name,
-        {},
-        times,
-        site,
-        background,
-        piles,
-        limits,
-        prices,
-        bands,
+        scenario,
+        times[window],
+        limits[window],
+        books,
         requested,
         delivered,
         solve_ms,
@@ -397,14 +319,153 @@ def simulate(
         counted,
     )
     result.metrics = _metrics(result, scenario, station, step_s, plans, fallbacks)
+    # How fast the piles' total moved, sampled at the steps' ends (as setpoints are).
+    sampled = piles_now[window]
+    ramps = np.diff(sampled) / (step_s / 60) if len(sampled) > 1 else np.zeros(1)
+    result.metrics["max_ramp_kw_per_min"] = round(float(max(ramps.max(), 0.0)), 1)
+    result.metrics["max_drop_kw_per_min"] = round(float(max(-ramps.min(), 0.0)), 1)
     result.metrics["wall_s"] = round(time.perf_counter() - started, 2)
-    result.metrics["group_over_kwh"] = round(float(group_over.sum() * step_s / 3600), 3)
     # One step is one control cycle (plant, sensing, control, the plan when one is due).
     result.metrics["cycle_ms_p50"] = round(_percentile(list(step_ms), 50), 3)
     result.metrics["cycle_ms_p99"] = round(_percentile(list(step_ms), 99), 3)
     result.metrics["cycle_ms_max"] = round(float(step_ms.max()) if steps else 0.0, 3)
     return result
 
+
+def cheapest(scenario: Scenario, energy_kwh: float, *, step_s: float = 60.0) -> SimResult:
+    """The cheapest any controller that respects the limits could deliver `energy_kwh` in the
+    scenario, knowing it all in advance: the offline bound with an energy floor in place of the
+    most energy, billed on the same books (its `cost_yuan` is the least such a run could cost).
+    Raises `simulator.bound.BoundError` if no plan delivers that much."""
+    station = _with_tariff(scenario.station, scenario.tariff)
+    return _bound(scenario, station, step_s, (), None, time.perf_counter(), energy_kwh)
+
+
+def _bound(
+    scenario: Scenario,
+    station: Station,
+    step_s: float,
+    also_billed_under: Sequence[Tariff],
+    telemetry: TelemetryWriter | None,
+    started: float,
+    at_least_kwh: float | None = None,
+) -> SimResult:
+    """The offline bound as a run's result: the plan's own books (`simulator.bound`)."""
+    end = scenario.start + step_s * math.ceil((scenario.end - scenario.start) / step_s)
+    cuts = _billing_cuts([scenario.tariff, *also_billed_under], scenario.start, end)
+    problem, plan, books, delivered_all, times = offline_bound(
+        scenario,
+        step_s=step_s,
+        cuts=cuts,
+        at_least_kwh=at_least_kwh,
+        time_limit_s=BOUND_TIME_LIMIT_S,
+    )
+    if telemetry is not None:
+        telemetry.plan(plan, scenario.start, block=True)
+    first = scenario.measured_start
+    requested = {v.vehicle_id: v.energy_kwh for v in scenario.visits if v.arrival >= first}
+    delivered = {vid: delivered_all.get(vid, 0.0) for vid in requested}
+    window = times > first
+    skipped = int(np.argmax(window)) if window.any() else len(times)
+    step_of = np.searchsorted(times, problem.boundaries[:-1], side="right")
+    limits = np.full(len(times), np.inf)
+    np.minimum.at(limits, np.minimum(step_of, len(times) - 1), problem.limit_kw)
+    result = _result(
+        Policy.OFFLINE.value,
+        scenario,
+        times[window],
+        limits[window],
+        books.since(first, skipped),
+        requested,
+        delivered,
+        [plan.solve_ms],
+        [],
+        {},
+    )
+    result.metrics = _metrics(result, scenario, station, step_s, 1, 0)
+    piles = result.piles_kw
+    ramps = np.diff(piles) / (step_s / 60) if len(piles) > 1 else np.zeros(1)
+    result.metrics["max_ramp_kw_per_min"] = round(float(max(ramps.max(), 0.0)), 1)
+    result.metrics["max_drop_kw_per_min"] = round(float(max(-ramps.min(), 0.0)), 1)
+    result.metrics["wall_s"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def _break_before_make(plant: Plant, decision: Decision) -> float:
+    """How long to hold this step's rises back: until the piles coming down have come down.
+
+    The daemon's one-second cycles hold a rise until the power it takes over has really been
+    given up (`controller.limiter`); a fast simulation writes once a step, so it holds rises for
+    as long as the falls take (each pile's delay and ramp), when counting the falling piles at
+    what they draw now would put the piles over the budget.
+    """
+    falls = 0.0
+    total = 0.0
+    for pid, kw in decision.setpoints.items():
+        pile = plant.piles[pid]
+        total += max(kw, pile.power_kw)
+        if kw < pile.power_kw - 1e-9:
+            rate = pile.ramp_kw_per_s * pile.ramp_factor
+            falls = max(falls, pile.delay_s + (pile.power_kw - kw) / max(rate, 1e-9))
+    return falls if total > decision.budget_kw + 1e-9 else 0.0
+
+
+def _billing_cuts(tariffs: Sequence[Tariff], start: float, end: float) -> list[float]:
+    """Every time in (start, end) at which one of `tariffs` may change band, and every quarter
+    hour, in order."""
+    found: set[float] = set(np.arange(math.floor(start / 900) * 900 + 900, end, 900.0).tolist())
+    for tariff in tariffs:
+        when = start
+        while True:
+            when = tariff.next_change(when).timestamp()
+            if when >= end:
+                break
+            found.add(when)
+    return sorted(t for t in found if start < t < end)
+
+
+def _result(
+    policy: str,
+    scenario: Scenario,
+    times: NDArray[np.float64],
+    limits: NDArray[np.float64],
+    books: Books,
+    requested: dict[str, float],
+    delivered: dict[str, float],
+    solve_ms: list[float],
+    events: list[tuple[float, str]],
+    counted: dict[str, float],
+) -> SimResult:
+    """A run's result, its time series (each step's averages) derived from its books."""
+    steps = len(times)
+    step_h = (float(times[1] - times[0]) if steps > 1 else 1.0) / 3600.0
+    tariff = scenario.tariff
+    starts = times - step_h * 3600.0
+    bands = [tariff.band_at(float(t)) for t in starts]
+    return SimResult(
+        policy,
+        scenario.name,
+        {},
+        times,
+        (books.per_step(books.import_kwh, steps) - books.per_step(books.export_kwh, steps))
+        / step_h,
+        books.per_step(books.background_kwh, steps) / step_h,
+        books.per_step(books.piles_kwh, steps) / step_h,
+        limits,
+        np.array([tariff.band_prices[b] for b in bands], dtype=float),
+        bands,
+        requested,
+        delivered,
+        books.peak_per_step(steps),
+        books,
+        solve_ms,
+        events,
+        counted,
+    )
+
+
+# The bound is one LP over the whole scenario; a month at one-minute steps takes minutes.
+BOUND_TIME_LIMIT_S = 1800.0
 
 PRICE_BLIND = frozenset({Policy.UNCONTROLLED, Policy.EQUAL_SHARE, Policy.EDF, Policy.LLF})
 """Policies whose decisions never look at a price: one run serves every tariff (`repriced`)."""
@@ -413,15 +474,22 @@ PRICE_BLIND = frozenset({Policy.UNCONTROLLED, Policy.EQUAL_SHARE, Policy.EDF, Po
 def repriced(result: SimResult, scenario: Scenario) -> SimResult:
     """`result` billed under `scenario.tariff` instead of the tariff it was simulated under.
 
-    Only for a policy in `PRICE_BLIND`, simulated on the same scenario with the same step: its
-    setpoints, and so every kW of the run, do not depend on the prices, which the metrics then
-    see exactly as a separate `simulate` under the new tariff would.
+    Only for a policy in `PRICE_BLIND`, simulated on the same scenario with the same step and
+    with the new tariff among `also_billed_under` (so that no piece of its books spans one of
+    the new tariff's band changes): its setpoints, and so every kW of the run, do not depend on
+    the prices, which the metrics then see exactly as a separate `simulate` under the new tariff
+    would.
     """
     if Policy(result.policy) not in PRICE_BLIND:
         raise ValueError(f"{result.policy} decides on prices: simulate it under each tariff")
-    step_s = float(result.metrics["step_s"])
     tariff = scenario.tariff
-    bands = [tariff.band_at(float(t)) for t in result.times]
+    if not result.books.split_for(tariff):
+        raise ValueError(
+            f"the run's books were not cut at the band changes of {tariff.name}: simulate it "
+            "with that tariff in also_billed_under"
+        )
+    step_s = float(result.metrics["step_s"])
+    bands = [tariff.band_at(float(t) - step_s) for t in result.times]
     prices = np.array([tariff.band_prices[band] for band in bands], dtype=float)
     billed = replace(result, price=prices, bands=bands, metrics={})
     station = _with_tariff(scenario.station, tariff)
@@ -434,7 +502,7 @@ def repriced(result: SimResult, scenario: Scenario) -> SimResult:
         int(result.metrics["fallbacks"]),
     )
     for key, value in result.metrics.items():
-        billed.metrics.setdefault(key, value)  # wall time, cycle times, group overload
+        billed.metrics.setdefault(key, value)  # wall time, cycle times
     return billed
 
 
@@ -528,42 +596,35 @@ def _with_tariff(station: Station, tariff: Tariff) -> Station:
 
 
 def _quarter_peaks(
-    times: NDArray[np.float64], kw: NDArray[np.float64], zone: ZoneInfo
+    starts: NDArray[np.float64], kwh: NDArray[np.float64], zone: ZoneInfo
 ) -> dict[tuple[int, int], float]:
-    """Highest 15-minute average import per calendar month."""
-    quarters = np.floor(times / 900.0)
+    """Highest 15-minute average import per calendar month, from the energy of pieces that
+    each lie within one quarter hour."""
+    quarters = np.floor(starts / 900.0).astype(np.int64)
+    if len(quarters) == 0:
+        return {}
+    first = int(quarters.min())
+    energy = np.bincount(quarters - first, weights=kwh)
     peaks: dict[tuple[int, int], float] = {}
-    for quarter in np.unique(quarters):
-        mask = quarters == quarter
-        mean = float(np.mean(np.maximum(kw[mask], 0.0)))
-        local = datetime.fromtimestamp(float(quarter) * 900, zone)
+    for offset in np.flatnonzero(np.bincount(quarters - first)):
+        local = datetime.fromtimestamp(float(first + offset) * 900, zone)
         key = (local.year, local.month)
-        peaks[key] = max(peaks.get(key, 0.0), mean)
+        peaks[key] = max(peaks.get(key, 0.0), float(energy[offset]) / 0.25)
     return peaks
 
 
-def _month_shares(
-    times: NDArray[np.float64], step_s: float, zone: ZoneInfo
-) -> dict[tuple[int, int], float]:
-    """For each calendar month the scenario touches, the fraction of that month it covers."""
+def _month_shares(books: Books, zone: ZoneInfo) -> dict[tuple[int, int], float]:
+    """For each calendar month the books touch, the fraction of that month they cover."""
     seconds: dict[tuple[int, int], float] = {}
-    for when in times:
-        local = datetime.fromtimestamp(float(when), zone)
+    for lo, hi in zip(books.start, books.end, strict=True):
+        local = datetime.fromtimestamp(float(lo), zone)
         key = (local.year, local.month)
-        seconds[key] = seconds.get(key, 0.0) + step_s
+        seconds[key] = seconds.get(key, 0.0) + float(hi - lo)
     shares = {}
     for (year, month), covered in seconds.items():
         days = calendar.monthrange(year, month)[1]
         shares[(year, month)] = min(1.0, covered / (days * 86400))
     return shares
-
-
-def _site_cost(
-    tariff: Tariff, kw: NDArray[np.float64], prices: NDArray[np.float64], hours: float
-) -> float:
-    imported = np.maximum(kw, 0.0) * hours
-    exported = np.maximum(-kw, 0.0) * hours
-    return float(prices @ imported - tariff.export_price * exported.sum())
 
 
 def _metrics(
@@ -574,24 +635,18 @@ def _metrics(
     plans: int,
     fallbacks: int,
 ) -> dict[str, float | int | str]:
+    """The run's figures, from its books: energy at the price in force during each piece, the
+    demand charge on each quarter hour's energy, peaks and over-limit within the steps."""
     tariff = scenario.tariff
     zone = ZoneInfo(station.info.timezone)
-    hours = step_s / 3600
-    times, site, background, piles = (
-        result.times,
-        result.site_kw,
-        result.background_kw,
-        result.piles_kw,
-    )
-    limits, prices, bands = result.limit_kw, result.price, result.bands
+    books = result.books
     requested, delivered, solve_ms = result.requested_kwh, result.delivered_kwh, result.solve_ms
-    energy_with = _site_cost(tariff, site, prices, hours)
-    energy_without = _site_cost(tariff, background, prices, hours)
-    peaks_with = _quarter_peaks(times, site, zone)
-    peaks_without = _quarter_peaks(times, background, zone)
+    energy_with, energy_without = books.energy_cost(tariff)
+    peaks_with = _quarter_peaks(books.start, books.import_kwh, zone)
+    peaks_without = _quarter_peaks(books.start, np.maximum(books.background_kwh, 0.0), zone)
     # The demand charge is monthly; a scenario shorter than a month bears its share of it, as if
     # every day of the month looked like the days simulated.
-    months = _month_shares(times, step_s, zone)
+    months = _month_shares(books, zone)
     demand_with = tariff.demand_charge_per_kw_month * sum(peaks_with[m] * months[m] for m in months)
     demand_without = tariff.demand_charge_per_kw_month * sum(
         peaks_without[m] * months[m] for m in months
@@ -599,42 +654,38 @@ def _metrics(
     charging_cost = (energy_with + demand_with) - (energy_without + demand_without)
     total_requested = sum(requested.values())
     total_delivered = sum(delivered.values())
-    charged = np.maximum(piles, 0.0) * hours
-    valley = sum(
-        kwh
-        for kwh, band in zip(charged, bands, strict=True)
-        if band == min(tariff.band_prices, key=tariff.band_prices.__getitem__)
-    )
-    ramps = np.diff(piles) / (step_s / 60) if len(piles) > 1 else np.zeros(1)
+    charged = np.maximum(books.piles_kwh, 0.0)
+    cheapest = min(tariff.band_prices, key=tariff.band_prices.__getitem__)
+    in_cheapest = np.array([band == cheapest for band in books.bands(tariff)], dtype=bool)
+    valley = float(charged[in_cheapest].sum()) if len(charged) else 0.0
     served = [vid for vid, kwh in requested.items() if delivered.get(vid, 0.0) >= 0.99 * kwh - 0.05]
     return {
         "policy": result.policy,
         "scenario": result.scenario,
-        "cost_yuan": round(charging_cost, 2),
-        "energy_cost_yuan": round(energy_with - energy_without, 2),
-        "demand_charge_yuan": round(demand_with - demand_without, 2),
-        "site_cost_yuan": round(energy_with + demand_with, 2),
-        "site_energy_cost_yuan": round(energy_with, 2),
-        "site_demand_charge_yuan": round(demand_with, 2),
-        "energy_requested_kwh": round(total_requested, 1),
-        "energy_delivered_kwh": round(total_delivered, 1),
+        "cost_yuan": round(charging_cost, 4),
+        "energy_cost_yuan": round(energy_with - energy_without, 4),
+        "demand_charge_yuan": round(demand_with - demand_without, 4),
+        "site_cost_yuan": round(energy_with + demand_with, 4),
+        "site_energy_cost_yuan": round(energy_with, 4),
+        "site_demand_charge_yuan": round(demand_with, 4),
+        "energy_requested_kwh": round(total_requested, 3),
+        "energy_delivered_kwh": round(total_delivered, 3),
         "delivered_pct": round(100 * total_delivered / total_requested, 3)
         if total_requested
         else 100.0,
         "valley_share_pct": round(100 * valley / max(float(charged.sum()), 1e-9), 1),
-        "peak_kw": round(float(site.max()), 1),
-        "peak_15min_kw": round(max(peaks_with.values()), 1),
-        "limit_kw": round(float(limits.min()), 1),
-        "over_limit_kwh": round(float((np.maximum(site - limits, 0.0) * hours).sum()), 3),
-        "max_ramp_kw_per_min": round(float(max(ramps.max(), 0.0)), 1),
-        "max_drop_kw_per_min": round(float(max(-ramps.min(), 0.0)), 1),
+        "peak_kw": round(float(books.peak_kw.max()) if len(books.peak_kw) else 0.0, 1),
+        "peak_15min_kw": round(max(peaks_with.values(), default=0.0), 1),
+        "limit_kw": round(float(result.limit_kw.min()) if len(result.limit_kw) else 0.0, 1),
+        "over_limit_kwh": round(float(books.over_kwh.sum()), 3),
+        "group_over_kwh": round(float(books.group_over_kwh.sum()), 3),
         "solve_ms_p50": round(_percentile(solve_ms, 50), 2),
         "solve_ms_p95": round(_percentile(solve_ms, 95), 2),
         "plans": plans,
         "fallbacks": fallbacks,
         "vehicles": len(requested),
         "vehicles_served": len(served),
-        "cost_per_vehicle_yuan": round(charging_cost / max(len(requested), 1), 2),
+        "cost_per_vehicle_yuan": round(charging_cost / max(len(requested), 1), 4),
         "cost_per_kwh_yuan": round(charging_cost / max(total_delivered, 1e-9), 4),
         "step_s": step_s,
     }

@@ -25,7 +25,9 @@ class Visit:
 
     `energy_kwh` is what the driver wants delivered (measured at the pile). The battery is
     optional: without it the vehicle is taken to arrive at 20 % and leave at 90 % of a pack sized
-    for that energy.
+    for that energy. `stated_energy_kwh` and `stated_departure` (epoch seconds) are what the
+    driver told the system on arrival, when known (ACN-Data's claimed sessions); they may differ
+    from `energy_kwh` and `departure`, which are what happened.
     """
 
     vehicle_id: str
@@ -37,6 +39,8 @@ class Visit:
     soc_arrival: float | None = None
     pile: str | None = None
     v2g: bool = False
+    stated_energy_kwh: float | None = None
+    stated_departure: float | None = None
 
     @property
     def battery(self) -> tuple[float, float, float]:

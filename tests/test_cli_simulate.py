@@ -59,7 +59,7 @@ def test_simulate_one_policy(
     assert (
         (out / "timeseries.csv")
         .read_text(encoding="utf-8")
-        .startswith("time,site_kw,background_kw,piles_kw,limit_kw,price,band\n")
+        .startswith("time,site_kw,site_peak_kw,background_kw,piles_kw,limit_kw,price,band\n")
     )
     assert (out / "plot.png").stat().st_size > 0
     printed = capsys.readouterr().out

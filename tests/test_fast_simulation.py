@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from controller.config import CONFIG_ROOT, Station, load_station
-from controller.control import Control
-from simulator.fast import Scenario, SimResult, offline_problem, simulate
+from simulator.bound import bound_problem, step_times
+from simulator.fast import Scenario, SimResult, simulate
 from simulator.fleet import Visit, assign_piles
 from simulator.report import comparison_table, write_outputs
 from simulator.scenario import Series
@@ -181,14 +181,24 @@ def test_write_outputs(night_results: dict[str, SimResult], tmp_path: Path) -> N
     )
     with (out / "timeseries.csv").open(encoding="utf-8", newline="") as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["time", "site_kw", "background_kw", "piles_kw", "limit_kw", "price", "band"]
+    assert rows[0] == [
+        "time",
+        "site_kw",
+        "site_peak_kw",
+        "background_kw",
+        "piles_kw",
+        "limit_kw",
+        "price",
+        "band",
+    ]
     assert len(rows) - 1 == len(result.times)
     first = rows[1]
     assert first[0] == "2026-11-10T09:01:00+08:00"
-    assert float(first[1]) == pytest.approx(float(first[2]) + float(first[3]), abs=0.11)
-    assert float(first[4]) == 4275.0
-    assert first[6] == "peak"
-    assert {row[6] for row in rows[1:]} == {"valley", "flat", "peak"}
+    assert float(first[1]) == pytest.approx(float(first[3]) + float(first[4]), abs=0.11)
+    assert float(first[2]) >= float(first[1]) - 0.1  # the highest within the step
+    assert float(first[5]) == 4275.0
+    assert first[7] == "peak"
+    assert {row[7] for row in rows[1:]} == {"valley", "flat", "peak"}
     png = (out / "plot.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(png) > 10_000
@@ -202,15 +212,18 @@ def test_comparison_table(night_results: dict[str, SimResult]) -> None:
     assert list(table.columns[0].cells) == list(night_results)
 
 
-def test_offline_problem_knows_every_arrival(night: Scenario) -> None:
+def test_the_bound_knows_every_arrival_at_the_steps_resolution(night: Scenario) -> None:
     served, unserved = assign_piles(night.visits, {p.id: p.max_kw for p in night.station.piles})
     assert not unserved
-    problem = offline_problem(night, served, Control(night.station, policy="offline-optimal"))
+    times = step_times(night.start, night.end, 60.0)
+    boundaries = np.concatenate([[night.start], times])
+    problem = bound_problem(night, served, boundaries, 60.0)
     problem.check()
     assert problem.start == night.start
     assert problem.end == night.end
-    assert problem.slots == (night.end - night.start) / 900
-    assert np.all(problem.limit_kw == 4275.0 - night.station.control.reserve_kw)
+    assert problem.slots == (night.end - night.start) / 60
+    # The site's own limit: the controller's reserve is a hedge only a controller needs.
+    assert np.all(problem.limit_kw == 4275.0)
     assert sorted(v.id for v in problem.vehicles) == [f"T{i}" for i in range(6)]
     assert all(v.arrival is not None and v.pile is not None for v in problem.vehicles)
     assert {v.pile for v in problem.vehicles} == {"P01", "P02", "P03", "P04", "P05", "P06"}
@@ -277,7 +290,14 @@ def test_a_limit_cut_while_charging_is_not_blamed_on_the_step_before(reference: 
     result = simulate(scenario, "equal-share")
     before = result.times == local("2026-11-10T19:30")
     assert result.site_kw[before][0] > 2500  # charging at full power under the old limit
-    assert result.metrics["over_limit_kwh"] == 0
+    over = result.peak_kw > result.limit_kw + 1e-6
+    # Only the step that starts with the cut goes over, for the piles' reaction to it: the
+    # controller sees the new limit at 19:30, each pile starts to come down 1 s later and comes
+    # down at 60 kW/s, the four together at 240 kW/s.
+    assert list(result.times[over]) == [local("2026-11-10T19:31")]
+    excess = result.site_kw[before][0] - 2500.0
+    reaction_kwh = excess * (1.0 + excess / 240.0 / 2) / 3600
+    assert 0 < float(result.metrics["over_limit_kwh"]) <= reaction_kwh
 
 
 # -- the workplace AC station: phase and feeder limits --------------------------------------------
@@ -313,7 +333,9 @@ def busy_workplace(workplace: Station) -> dict[str, SimResult]:
 def test_phase_and_feeder_limits_hold(busy_workplace: dict[str, SimResult], policy: str) -> None:
     result = busy_workplace[policy]
     assert result.metrics["vehicles"] == 40
-    assert result.metrics["group_over_kwh"] == 0
+    # Setpoints keep every group within its limit; within a minute-long step a pile handing power
+    # to another may still overlap for the second or two their ramps take (5 kW/s): a few Wh.
+    assert float(result.metrics["group_over_kwh"]) < 0.05
 
 
 def test_the_busy_workplace_would_overload_its_groups(

