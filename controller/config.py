@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
 from controller import certs
 from drivers import meter as meter_driver
@@ -687,8 +695,22 @@ class ArrivalWave(_Strict):
 class SchedulerSettings(_Strict):
     """[scheduler]: how plans are made (every field has a documented default)."""
 
+    @field_validator("later_slots")
+    @classmethod
+    def _coarser_later(cls, stages: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        hours = [after for after, _ in stages]
+        minutes = [length for _, length in stages]
+        if hours != sorted(set(hours)) or any(m > 24 * 60 for m in minutes):
+            raise ValueError(
+                "each stage starts later than the one before (hours after now, increasing) and "
+                "has slots of at most a day"
+            )
+        return stages
+
     policy: Literal["mpc", "equal-share", "edf", "llf", "uncontrolled"] = "mpc"
     slot_minutes: float = Field(default=15.0, gt=0, le=60)
+    # Coarser slots for the far part of a plan: [[after hours, slot minutes], ...].
+    later_slots: list[tuple[PositiveFloat, PositiveFloat]] = Field(default_factory=list)
     horizon_h: float = Field(default=24.0, gt=0, le=24 * 14)
     plan_period_s: float = Field(default=60.0, gt=0)
     solve_deadline_s: float = Field(default=10.0, gt=0)

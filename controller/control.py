@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from controller.config import Station
+from controller.estimate import Estimator
 from controller.follow import FollowWatch
 from controller.forecast import BackgroundForecast
 from controller.limiter import PileBounds, budget_kw, limit_setpoints
@@ -52,7 +53,13 @@ class Visit:
     wanted_kwh: float
     max_kw: float
     vehicle_id: str = ""
+    # When its driver said it would leave (None if nobody said).
+    said_departure: float | None = None
 
+
+# Finished visits this recent are remembered: yesterday's forecast today's arrivals, and all of
+# them what a vehicle nobody told us about probably needs.
+HISTORY_S = 14 * 86400
 
 # Control periods up to this long hold rises back until released power is really given up.
 HOLD_RISES_UP_TO_S = 10.0
@@ -108,6 +115,8 @@ class Session:
     plan_baseline_kwh: float = 0.0
     # The most its BMS has asked for (above the pile's rating, its taper starts from there).
     battery_kw: float | None = None
+    # When its driver said it would leave (None if nobody said).
+    said_departure: float | None = None
 
     @property
     def remaining_kwh(self) -> float:
@@ -236,6 +245,7 @@ class Control:
         self._plan_serial = 0
         self._plan_site_kw: np.ndarray | None = None
         self.history: list[Visit] = []
+        self.estimator = Estimator(self.zone)
         # Told of every session that ends (the fast simulation keeps its books with it).
         self.on_departure: Callable[[Visit], None] | None = None
         self._group_budgets = [(dict(g.members), g.limit_kw) for g in self.group_limits()]
@@ -317,6 +327,7 @@ class Control:
                     max(session.need_kwh, session.delivered_kwh),
                     session.max_kw,
                     session.vehicle_id,
+                    session.said_departure,
                 )
                 self.history.append(visit)
                 if self.on_departure is not None:
@@ -340,6 +351,14 @@ class Control:
                 if reading.ev_max_kw is not None:
                     session.max_kw = max(session.max_kw, min(reading.ev_max_kw, view.max_kw))
                     session.battery_kw = max(session.battery_kw or 0.0, reading.ev_max_kw)
+                if reading.state is PileState.FINISHED and session.remaining_kwh > 0:
+                    # Full before it got what it was said (or guessed) to need: it needs no more.
+                    events.append(
+                        f"{view.id}: vehicle full after {session.delivered_kwh:.1f} of "
+                        f"{session.need_kwh:.1f} kWh"
+                    )
+                    session.need_kwh = session.delivered_kwh
+                    self._why = self._why or f"vehicle full at {view.id}"
                 if session.departure_known and now >= session.departure:
                     events.append(f"{view.id}: vehicle still here after its departure time")
                     session.departure_known = False
@@ -355,19 +374,22 @@ class Control:
         settings = self.settings
         capacity = reading.ev_capacity_kwh
         soc = None if reading.soc_pct is None else reading.soc_pct / 100
+        # Nobody said? Vehicles that came at this time of day before tell (`controller.estimate`).
+        guess = self.estimator.estimate(self.history, now)
         if capacity is not None and soc is not None:
             need = Vehicle.energy_for_soc(
                 wish.target_soc or settings.target_soc, soc, capacity, settings.efficiency
             )
         else:
-            need = settings.default_energy_kwh
+            need = settings.default_energy_kwh if guess is None else guess.energy_kwh
+        stay = settings.default_dwell_h * 3600 if guess is None else guess.stay_s
         session = Session(
             vehicle_id=f"{view.id}#{reading.session_id}",
             pile=view.id,
             session_id=reading.session_id,
             plugged_at=now,
             need_kwh=need,
-            departure=now + settings.default_dwell_h * 3600,
+            departure=now + stay,
             departure_known=False,
             max_kw=view.max_kw
             if reading.ev_max_kw is None
@@ -394,6 +416,7 @@ class Control:
             )
         if wish.departure is not None:
             session.departure, session.departure_known = wish.departure, True
+            session.said_departure = wish.departure
         pile = self.station.pile(session.pile)
         session.v2g = wish.v2g and pile.bidirectional
         session.min_soc = wish.min_soc
@@ -484,12 +507,17 @@ class Control:
         now = snapshot.time
         settings = self.settings
         boundaries = slot_boundaries(
-            now, self.zone, horizon_s=settings.horizon_h * 3600, slot_s=settings.slot_minutes * 60
+            now,
+            self.zone,
+            horizon_s=settings.horizon_h * 3600,
+            slot_s=settings.slot_minutes * 60,
+            later=[(hours * 3600, minutes * 60) for hours, minutes in settings.later_slots],
         )
         tariff = self.station.tariff
         mids = (boundaries[:-1] + boundaries[1:]) / 2
         slots = len(mids)
         views = {v.id: v for v in snapshot.piles}
+        early_s = self.estimator.early_s(self.history)
         vehicles = []
         for session in self.sessions.values():
             view = views.get(session.pile)
@@ -500,8 +528,7 @@ class Control:
                     id=session.vehicle_id,
                     pile=session.pile,
                     energy_kwh=session.remaining_kwh,
-                    # A vehicle still here after its expected departure stays a while longer.
-                    departure=max(session.departure, now + 60.0),
+                    departure=self._plan_departure(session, now, early_s),
                     max_kw=max(min(session.max_kw, view.max_kw), 1e-3),
                     min_kw=min(view.min_kw, view.max_kw),
                     efficiency=settings.efficiency,
@@ -553,6 +580,13 @@ class Control:
             price = self._prices[when] = tariff.price_at(when)
         return price
 
+    def _plan_departure(self, session: Session, now: float, early_s: float) -> float:
+        """When a plan should have a vehicle done: as many seconds before its stated departure as
+        drivers here tend to leave early (`Estimator.early_s`); a vehicle still here after that,
+        or after its expected departure, is planned to stay a while longer."""
+        departure = session.departure - (early_s if session.departure_known else 0.0)
+        return max(departure, now + 60.0)
+
     def _expected_arrivals(self, now: float, horizon_end: float) -> list[Vehicle]:
         """The vehicles yesterday says will come: each visit of the last 24 hours, again a day
         later, on the pile it would get (queueing when all are busy, as drivers do).
@@ -563,13 +597,16 @@ class Control:
         """
         if not self.settings.forecast_arrivals:
             return []
-        self.history = [h for h in self.history if h.plugged_at >= now - 2 * 86400]
+        if self.history and self.history[0].plugged_at < now - HISTORY_S:
+            self.history = [h for h in self.history if h.plugged_at >= now - HISTORY_S]
         busy_until = {p.id: now for p in self.station.piles}
         for session in self.sessions.values():
             busy_until[session.pile] = max(session.departure, now)
         ratings = {p.id: p.max_kw for p in self.station.piles}
         expected = []
-        for index, past in enumerate(sorted(self.history, key=lambda h: h.plugged_at)):
+        named: dict[str, int] = {}
+        yesterday = [h for h in self.history if h.plugged_at + 86400 > now + 300]
+        for past in sorted(yesterday, key=lambda h: h.plugged_at):
             arrival = past.plugged_at + 86400
             departure = min(past.left_at + 86400, horizon_end)
             if arrival <= now + 300 or arrival >= horizon_end or past.wanted_kwh <= 0:
@@ -581,9 +618,12 @@ class Control:
             busy_until[pile] = departure
             max_kw = min(past.max_kw, ratings[pile])
             energy = min(past.wanted_kwh, max_kw * (departure - start) / 3600)
+            # Named by the visit it repeats, so the LP keeps its shape between plans.
+            name = f"expected-{past.plugged_at:.0f}-{past.vehicle_id}"
+            named[name] = named.get(name, 0) + 1
             expected.append(
                 Vehicle(
-                    id=f"expected-{index}",
+                    id=name if named[name] == 1 else f"{name}-{named[name]}",
                     pile=pile,
                     energy_kwh=energy,
                     departure=departure,

@@ -42,8 +42,9 @@ from scheduler.plan import FloatArray, Plan, PlanStatus
 SCHEMA_VERSION = 1
 # "FXCH": tells a flexcharge state file from any other SQLite database.
 APPLICATION_ID = 0x46584348
-# Finished sessions this recent are the controller's history (it forecasts from the last day).
-HISTORY_S = 2 * 86400
+# Finished sessions this recent are the controller's history (it forecasts tomorrow's arrivals
+# from the last day, and estimates what a vehicle nobody told it about needs from all of them).
+HISTORY_S = 14 * 86400
 
 SCHEMA = """
 CREATE TABLE meta (
@@ -225,7 +226,7 @@ class StateStore:
 
     def load(self, now: float, zone: ZoneInfo) -> SavedState:
         """Everything saved, as of `now`: open sessions, the latest month's peak, the last plan,
-        history of the last two days and the pending wishes. Raises `StateError` for a row that
+        history of the last two weeks and the pending wishes. Raises `StateError` for a row that
         cannot be read, naming the table, the row and the field."""
         with self._lock:
             try:

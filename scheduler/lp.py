@@ -14,7 +14,7 @@ and every vehicle needs a little less, changes only bounds and right-hand sides:
     minimise  unmet penalty * sum(u)                                   energy first
               + sum(import price * g+) - sum(export price * g-)        then cost
               + demand charge * P + degradation * sum(f)
-              + earliness * sum(slot index * x) + flatness * sum(P)   then tie-breaks
+              + earliness * sum(urgency * slot index * x) + flatness * sum(P)   tie-breaks
 
 The penalty on undelivered energy is far above any price, and the tie-breaks are scaled so that
 the largest they can add up to stays below the smallest price difference in the plan: they only
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -49,7 +49,7 @@ INF = np.inf
 
 # Kinds of variables and rows, in the high bits of their keys (see `_keys`).
 G_PLUS, G_MINUS, PEAK, CHARGE, UNMET, DISCHARGE, LEVEL_COL = range(7)
-BALANCE, WINDOW, ENERGY, LEVEL, TAPER, GROUP, RAMP = range(8, 15)
+BALANCE, WINDOW, ENERGY, LEVEL, TAPER, GROUP, RAMP, CUT = range(8, 16)
 
 
 def _code(name: str) -> int:
@@ -77,16 +77,40 @@ class VehicleColumns:
 
 
 @dataclass(frozen=True)
-class Taper:
-    """What a lazily checked taper needs: x[t] <= slope * (full - stored - eta * earlier x)."""
+class Tapers:
+    """What lazily checked tapers need, for every tapering vehicle without its rows:
+    x <= slope * (full - stored - eta * the vehicle's earlier x), column by column.
 
-    vehicle: str
-    charge: IntArray
+    `cols` are the vehicles' charge columns, vehicle after vehicle in slot order; `owner`,
+    `slots` and `slope` go with them; `first` is where each vehicle's columns start, and
+    `vehicles`, `full`, `stored` and `efficiency` are per vehicle.
+    """
+
+    vehicles: list[str]
+    cols: IntArray
+    owner: IntArray
     slots: IntArray
     slope: FloatArray
-    full: float
-    stored: float
-    efficiency: float
+    first: IntArray
+    full: FloatArray
+    stored: FloatArray
+    efficiency: FloatArray
+
+    def __len__(self) -> int:
+        return len(self.vehicles)
+
+
+NO_TAPERS = Tapers(
+    [],
+    np.zeros(0, dtype=np.int64),
+    np.zeros(0, dtype=np.int64),
+    np.zeros(0, dtype=np.int64),
+    np.zeros(0),
+    np.zeros(0, dtype=np.int64),
+    np.zeros(0),
+    np.zeros(0),
+    np.zeros(0),
+)
 
 
 @dataclass
@@ -106,7 +130,7 @@ class LpModel:
     export_cols: IntArray
     peak_cols: IntArray
     slot_names: IntArray
-    tapers: list[Taper] = field(default_factory=list)
+    tapers: Tapers = NO_TAPERS
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -114,15 +138,44 @@ class LpModel:
         rows, cols = self.matrix.shape
         return int(rows), int(cols)
 
-    def taper_violations(self, x: FloatArray, tolerance_kwh: float = 1e-6) -> list[str]:
-        """The vehicles whose taper the solution `x` breaks (their rows are not in the LP)."""
-        found = []
-        for taper in self.tapers:
-            given = x[taper.charge]
-            before = taper.stored + taper.efficiency * (np.cumsum(given) - given)
-            if np.any(given > taper.slope * (taper.full - before) + tolerance_kwh):
-                found.append(taper.vehicle)
+    def taper_violations(self, x: FloatArray, tolerance_kwh: float = 1e-6) -> dict[str, list[int]]:
+        """For every vehicle whose taper the solution `x` breaks (where the LP has no rows for
+        it), the names of the slots where it does."""
+        t = self.tapers
+        if not len(t):
+            return {}
+        given = x[t.cols]
+        total = np.cumsum(given)
+        # What each vehicle was given before each of its slots.
+        before = total - given - (total[t.first] - given[t.first])[t.owner]
+        level = t.stored[t.owner] + t.efficiency[t.owner] * before
+        broken = np.flatnonzero(given > t.slope * (t.full[t.owner] - level) + tolerance_kwh)
+        found: dict[str, list[int]] = {}
+        for k in broken.tolist():
+            found.setdefault(t.vehicles[int(t.owner[k])], []).append(
+                int(self.slot_names[t.slots[k]])
+            )
         return found
+
+    def cut(self, vehicle: str, name: int) -> tuple[float, IntArray, FloatArray] | None:
+        """The taper row of `vehicle` in the slot named `name`, without a level chain: the
+        battery's level before the slot is what it had plus what it was given since, so
+        x + slope * eta * sum(its x before) <= slope * (full - stored). (upper bound, columns,
+        coefficients), or None if the vehicle has no column there."""
+        t = self.tapers
+        try:
+            o = t.vehicles.index(vehicle)
+        except ValueError:
+            return None
+        stop = int(t.first[o + 1]) if o + 1 < len(t.first) else len(t.cols)
+        where = np.flatnonzero(self.slot_names[t.slots[t.first[o] : stop]] == name)
+        if len(where) == 0:
+            return None
+        k = int(t.first[o]) + int(where[0])
+        coefficients = np.full(k - int(t.first[o]) + 1, t.slope[k] * t.efficiency[o])
+        coefficients[-1] = 1.0
+        upper = float(t.slope[k] * (t.full[o] - t.stored[o]))
+        return upper, t.cols[t.first[o] : k + 1], coefficients
 
 
 class _Flows:
@@ -251,15 +304,17 @@ def tie_break_scale(problem: Problem) -> float:
 def build_lp(
     problem: Problem,
     tapered: Collection[str] = (),
+    cuts: Sequence[tuple[str, int]] = (),
     *,
     chain_taper: bool = False,
 ) -> LpModel:
     """The LP of a checked problem.
 
-    The vehicles in `tapered` get their taper rows (with a battery-level chain); the other
-    tapering vehicles are only listed in `LpModel.tapers`, for `taper_violations` to check (the
-    solver adds the ones a plan broke, and keeps them for later plans). With `chain_taper`
-    every tapering vehicle gets its rows up front (the textbook form, for comparisons).
+    The vehicles in `tapered` get all their taper rows, with a battery-level chain; the other
+    tapering vehicles get the rows of the (vehicle, slot name) pairs in `cuts` (in that order,
+    each a sum over the vehicle's earlier slots), and are listed in `LpModel.tapers` for
+    `taper_violations` to check. A solver adds what a plan broke and keeps it for later plans.
+    With `chain_taper` every tapering vehicle gets its chain up front (the textbook form).
     """
     b = _Builder()
     hours = problem.hours
@@ -274,7 +329,8 @@ def build_lp(
     names = np.round(ends / 60.0).astype(np.int64)
     w = problem.weights
     scale = tie_break_scale(problem)
-    earliness = min(w.earliness_per_kwh_slot, scale)
+    # The earliness weight per slot may be doubled for a vehicle that leaves soon (`_urgency`).
+    earliness = min(w.earliness_per_kwh_slot, scale / 2)
     flatness = min(w.flatness_per_kw, scale)
 
     export_limit = problem.limit_kw if problem.export_limit_kw is None else problem.export_limit_kw
@@ -294,14 +350,14 @@ def build_lp(
         peaks = _demand_rows(b, problem, names, g_plus, flatness)
 
     vehicles: dict[str, VehicleColumns] = {}
-    tapers: list[Taper] = []
+    tapers = NO_TAPERS
     net = _Flows()
     chained = {
         v.id for v in problem.vehicles if v.v2g or (v.tapers and (chain_taper or v.id in tapered))
     }
     simple = [v for v in problem.vehicles if v.id not in chained]
     if simple:
-        _simple_vehicles(b, problem, simple, names, balance, earliness, vehicles, tapers, net)
+        tapers = _simple_vehicles(b, problem, simple, names, balance, earliness, vehicles, net)
     for vehicle in problem.vehicles:
         if vehicle.id in chained:
             _chain_vehicle(b, problem, vehicle, names, balance, earliness, vehicles, net)
@@ -315,6 +371,9 @@ def build_lp(
 
     if problem.ramp_kw_per_min is not None and net.slots:
         _ramp_rows(b, problem, names, net)
+
+    if cuts and len(tapers):
+        _cut_rows(b, tapers, names, cuts)
 
     return LpModel(
         cost=_joined(b.cost),
@@ -344,6 +403,52 @@ def _group_binds(problem: Problem, group: GroupLimit) -> bool:
     return bool(max(group.members.values()) * float(np.max(charging)) > group.limit_kw)
 
 
+def _urgency(reference: float, vehicle: Vehicle) -> float:
+    """How much an earlier kWh weighs for a vehicle, from 1 (it leaves a day or more after
+    `reference`) to 2 (it leaves at it): among plans of equal energy and cost, the one that
+    charges the vehicles that leave soonest first, as earliest-deadline-first would, which is
+    the one that holds up best when vehicles come or go unannounced. (`reference` is the start
+    of the plan's first slot, so that the weights stay put while a slot lasts.)"""
+    return 2.0 - min(max((vehicle.departure - reference) / 86400.0, 0.0), 1.0)
+
+
+def _cut_rows(b: _Builder, t: Tapers, names: IntArray, cuts: Sequence[tuple[str, int]]) -> None:
+    """The taper rows of the (vehicle, slot name) pairs in `cuts`, in that order, without a
+    level chain: the battery's level before a slot is what it had plus what it was given since,
+    so x + slope * eta * sum(its x before) <= slope * (full - stored)."""
+    index = {vid: o for o, vid in enumerate(t.vehicles)}
+    slot_of = {int(n): k for k, n in enumerate(names.tolist())}
+    asked = [(vid, name) for vid, name in cuts if vid in index and name in slot_of]
+    if not asked:
+        return
+    owner = np.array([index[vid] for vid, _ in asked], dtype=np.int64)
+    slot = np.array([slot_of[name] for _, name in asked], dtype=np.int64)
+    # Where each (vehicle, slot) column sits among the tapers' columns: they are owner after
+    # owner, each in slot order, so their combined keys are sorted.
+    width = len(names) + 1
+    have = t.owner * width + t.slots
+    key = owner * width + slot
+    at = np.clip(np.searchsorted(have, key), 0, len(have) - 1)
+    found = have[at] == key
+    wanted = [pair for pair, ok in zip(asked, found.tolist(), strict=True) if ok]
+    if not wanted:
+        return
+    owner, last = owner[found], at[found]
+    first = t.first[owner]
+    rows = b.rows(
+        _keys(CUT, np.array([_code(v) for v, _ in wanted]), np.array([n for _, n in wanted])),
+        -INF,
+        t.slope[last] * (t.full[owner] - t.stored[owner]),
+    )
+    lengths = last - first + 1
+    row_of = np.repeat(rows, lengths)
+    offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    at = np.repeat(first, lengths) + offsets
+    values = np.repeat(t.slope[last] * t.efficiency[owner], lengths)
+    values[np.cumsum(lengths) - 1] = 1.0
+    b.entries(row_of, t.cols[at], values)
+
+
 def _presence(problem: Problem, vehicles: Sequence[Vehicle]) -> FloatArray:
     """Hours each vehicle is plugged in during each slot (vehicles x slots)."""
     start = problem.start
@@ -354,34 +459,45 @@ def _presence(problem: Problem, vehicles: Sequence[Vehicle]) -> FloatArray:
     return np.maximum(hi - lo, 0.0) / 3600.0
 
 
-def _taper_slope(
-    problem: Problem, vehicle: Vehicle, present: FloatArray, active: IntArray
-) -> tuple[FloatArray, float, float]:
-    """(slope per active slot, full, stored) of a tapering vehicle's rows.
+def _slopes(
+    problem: Problem,
+    vehicles: Sequence[Vehicle],
+    owner: IntArray,
+    hours: FloatArray,
+    slots: IntArray,
+) -> FloatArray:
+    """Each column's slope in its vehicle's taper row: the column of vehicle `owner`, present
+    `hours` in slot `slots` (the vehicles all taper).
 
     In the constant-voltage phase the battery takes its own maximum (`battery_kw`) times
     (1 - soc) / (1 - taper), so the room left to full decays as exp(-k t), k = eta battery_kw /
-    (capacity (1 - taper)); the pile's rating caps x separately. Over a slot
-    that allows x[t] <= (1 - exp(-k hours)) / eta * (full - y[t-1]): exact in the taper phase,
-    and loose (so harmless) below it. With a floor under the acceptance the row takes it as a
-    shift of the whole line (so it stays an upper bound): full reads as a little above capacity.
+    (capacity (1 - taper)); the pile's rating caps x separately. Over a slot that allows
+    x[t] <= (1 - exp(-k hours)) / eta * (full - y[t-1]): exact in the taper phase, and loose
+    (so harmless) below it.
     """
-    assert vehicle.capacity_kwh is not None and vehicle.soc is not None
-    assert vehicle.taper_soc is not None
-    eta = vehicle.efficiency
-    capacity = vehicle.capacity_kwh
-    rate = eta * vehicle.battery_kw / (capacity * (1 - vehicle.taper_soc))
-    full = capacity * (1 + problem.taper_floor * (1 - vehicle.taper_soc))
-    steady = present[active].copy()
-    slots = problem.slots
-    if len(active) and active[-1] == slots - 1:
+    eta = np.array([v.efficiency for v in vehicles])
+    rate = eta * np.array(
+        [
+            v.battery_kw / (v.capacity_kwh * (1 - v.taper_soc))  # type: ignore[operator]
+            for v in vehicles
+        ]
+    )
+    steady = hours.copy()
+    if problem.slots > 1:
         # The last slot grows as the horizon moves on; its coefficient uses a whole slot.
-        steady[-1] = max(
-            steady[-1],
-            min(problem.slot_hours, (vehicle.departure - float(problem.boundaries[-2])) / 3600),
-        )
-    slope = (1 - np.exp(-rate * steady)) / eta
-    return slope, full, vehicle.soc * capacity
+        whole = float(problem.whole_hours[-1])
+        beyond = np.array([(v.departure - float(problem.boundaries[-2])) / 3600 for v in vehicles])
+        at_end = slots == problem.slots - 1
+        steady[at_end] = np.maximum(steady[at_end], np.minimum(whole, beyond[owner[at_end]]))
+    return (1 - np.exp(-rate[owner] * steady)) / eta[owner]
+
+
+def _full_kwh(problem: Problem, vehicle: Vehicle) -> float:
+    """The battery's full energy in its taper rows: with a floor under the acceptance the rows
+    take it as a shift of the whole line (so they stay an upper bound), a little above the
+    capacity."""
+    assert vehicle.capacity_kwh is not None and vehicle.taper_soc is not None
+    return vehicle.capacity_kwh * (1 + problem.taper_floor * (1 - vehicle.taper_soc))
 
 
 def _simple_vehicles(
@@ -392,10 +508,10 @@ def _simple_vehicles(
     balance: IntArray,
     earliness: float,
     found: dict[str, VehicleColumns],
-    tapers: list[Taper],
     net: _Flows,
-) -> None:
-    """Vehicles that only charge, all at once: x per present slot, u, and an energy row each."""
+) -> Tapers:
+    """Vehicles that only charge, all at once: x per present slot, u, and an energy row each.
+    Returns what the tapering ones need for their rows to be checked lazily."""
     w = problem.weights
     present = _presence(problem, vehicles)
     owner, slot = np.nonzero(present > 1e-9)
@@ -405,9 +521,11 @@ def _simple_vehicles(
     penalty = np.array(
         [w.expected_unmet_per_kwh if v.expected else w.unmet_per_kwh for v in vehicles]
     )
+    reference = float(names[0]) * 60.0
+    urgency = np.array([_urgency(reference, v) for v in vehicles])
     charge = b.cols(
         _keys(CHARGE, codes[owner], names[slot]),
-        earliness * slot,
+        earliness * slot * urgency[owner],
         0.0,
         max_kw[owner] * present[owner, slot],
     )
@@ -420,12 +538,33 @@ def _simple_vehicles(
     starts = np.searchsorted(owner, np.arange(len(vehicles)))
     stops = np.searchsorted(owner, np.arange(len(vehicles)), side="right")
     for index, vehicle in enumerate(vehicles):
-        cols = charge[starts[index] : stops[index]]
-        active = slot[starts[index] : stops[index]]
-        found[vehicle.id] = VehicleColumns(active, cols, None, int(unmet[index]))
-        if vehicle.tapers and len(active):
-            slope, full, stored = _taper_slope(problem, vehicle, present[index], active)
-            tapers.append(Taper(vehicle.id, cols, active, slope, full, stored, vehicle.efficiency))
+        found[vehicle.id] = VehicleColumns(
+            slot[starts[index] : stops[index]],
+            charge[starts[index] : stops[index]],
+            None,
+            int(unmet[index]),
+        )
+    tapering = np.array([v.tapers for v in vehicles], dtype=bool)
+    if not tapering.any():
+        return NO_TAPERS
+    which = np.flatnonzero(tapering & (stops > starts))
+    picked = [vehicles[i] for i in which.tolist()]
+    renumber = np.full(len(vehicles), -1, dtype=np.int64)
+    renumber[which] = np.arange(len(which))
+    keep = renumber[owner] >= 0
+    new_owner = renumber[owner[keep]]
+    kept_slots = slot[keep]
+    return Tapers(
+        vehicles=[v.id for v in picked],
+        cols=charge[keep],
+        owner=new_owner,
+        slots=kept_slots,
+        slope=_slopes(problem, picked, new_owner, present[owner[keep], kept_slots], kept_slots),
+        first=np.searchsorted(new_owner, np.arange(len(picked))),
+        full=np.array([_full_kwh(problem, v) for v in picked]),
+        stored=np.array([(v.soc or 0.0) * (v.capacity_kwh or 0.0) for v in picked]),
+        efficiency=np.array([v.efficiency for v in picked]),
+    )
 
 
 def _chain_vehicle(
@@ -456,7 +595,10 @@ def _chain_vehicle(
         return
     slot_names = names[active]
     charge = b.cols(
-        _keys(CHARGE, code, slot_names), earliness * active, 0.0, vehicle.max_kw * present[active]
+        _keys(CHARGE, code, slot_names),
+        earliness * active * _urgency(float(names[0]) * 60.0, vehicle),
+        0.0,
+        vehicle.max_kw * present[active],
     )
     b.entries(balance[active], charge, 1.0)
     net.add(active, charge, 1.0, vehicle.pile)
@@ -489,7 +631,10 @@ def _chain_vehicle(
     if discharge is not None:
         b.entries(level_rows, discharge, 1.0 / eta)
     if vehicle.tapers:
-        slope, full, _ = _taper_slope(problem, vehicle, present, active)
+        slope = _slopes(
+            problem, [vehicle], np.zeros(len(active), dtype=np.int64), present[active], active
+        )
+        full = _full_kwh(problem, vehicle)
         upper = slope * full
         upper[0] = slope[0] * (full - stored)
         taper_rows = b.rows(_keys(TAPER, code, slot_names), -INF, upper)
@@ -535,16 +680,22 @@ def _demand_rows(
     # Each slot bills in the window its start lies in. Writing the rows with the window's
     # length (not the slots') keeps the coefficients fixed from one re-solve to the next, so
     # HiGHS keeps its factorisation.
-    window_s = problem.demand_window_s or problem.slot_hours * 3600.0
+    window_s = problem.demand_window_s or float(problem.whole_hours[0]) * 3600.0
     window_h = window_s / 3600.0
+    whole = problem.whole_hours
+    # A slot longer than a window (the far part of a coarsened plan) keeps its average within
+    # the peak: its own window, of its own length.
+    long = whole > window_h + 1e-9
     window_of = np.floor((starts + 1e-6) / window_s).astype(np.int64)
+    window_of[long] = -1 - np.flatnonzero(long)
     _, first, slot_window = np.unique(window_of, return_index=True, return_inverse=True)
-    room = before[first] * window_h
+    length = np.where(long[first], whole[first], window_h)
+    room = before[first] * length
     # What the window the plan starts in imported before the plan started counts in it too.
-    room[0] -= problem.window_import_kwh
+    room[np.argmin(first)] -= problem.window_import_kwh
     rows = b.rows(_keys(WINDOW, 0, names[first]), -INF, room)
     b.entries(rows[slot_window], g_plus, 1.0)
-    b.entries(rows, peaks[period_of[first]], -window_h)
+    b.entries(rows, peaks[period_of[first]], -length)
     return peaks
 
 
@@ -563,17 +714,18 @@ def _ramp_rows(
     gaps_min = np.diff(np.concatenate([[problem.boundaries[0]], mid])) / 60.0
     upper = problem.ramp_kw_per_min * gaps_min
     # Slot 0, exactly, as energy: sum(x[0]) <= hours[0] * (power now + ramp * minutes). Later
-    # slots compare energies over a whole slot's length: a shorter slot 0 then looks lower-powered
-    # than it is, which errs on the safe side, and the coefficients stay fixed from one re-solve
-    # to the next (see the demand rows).
+    # slots compare energies over a whole slot's length (`whole_hours`): a shorter slot 0 then
+    # looks lower-powered than it is, which errs on the safe side, and the coefficients stay fixed
+    # from one re-solve to the next (see the demand rows).
     upper[0] = hours[0] * (upper[0] + problem.piles_kw_now)
     rows = b.rows(_keys(RAMP, 0, names), -INF, upper)
-    scale = np.full(slots, 1.0 / problem.slot_hours)
+    whole = problem.whole_hours
+    scale = 1.0 / whole
     scale[0] = 1.0
     active, cols, signs = net.joined()
     b.entries(rows[active], cols, signs * scale[active])
     later = active + 1 < slots
-    b.entries(rows[active[later] + 1], cols[later], -signs[later] / problem.slot_hours)
+    b.entries(rows[active[later] + 1], cols[later], -signs[later] / whole[active[later]])
 
 
 def linprog_arguments(model: LpModel) -> dict[str, object]:

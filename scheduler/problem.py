@@ -181,6 +181,16 @@ class Problem:
         """Length of each slot in hours."""
         return np.diff(self.boundaries) / 3600.0
 
+    @property
+    def whole_hours(self) -> FloatArray:
+        """Each slot's length had it not been cut short: slot 0 as long as slot 1, the last at
+        least as long as the one before it (the others as they are)."""
+        whole = self.hours.copy()
+        if len(whole) > 1:
+            whole[0] = whole[1]
+            whole[-1] = max(whole[-1], whole[-2])
+        return whole
+
     def presence(self, vehicle: Vehicle) -> FloatArray:
         """Hours of each slot that `vehicle` is plugged in."""
         arrival = self.start if vehicle.arrival is None else max(vehicle.arrival, self.start)
@@ -318,26 +328,37 @@ def _vehicle_problems(v: Vehicle, start: float) -> list[str]:
 
 
 def slot_boundaries(
-    start: float, zone: ZoneInfo, *, horizon_s: float = 86400.0, slot_s: float = 900.0
+    start: float,
+    zone: ZoneInfo,
+    *,
+    horizon_s: float = 86400.0,
+    slot_s: float = 900.0,
+    later: Sequence[tuple[float, float]] = (),
 ) -> FloatArray:
     """Slot boundaries from `start`, aligned to multiples of `slot_s` after local midnight.
 
     Slot 0 runs from `start` to the next aligned boundary (it may be partial); the last slot ends
-    at `start + horizon_s`.
+    at `start + horizon_s`. `later` coarsens the far part of the plan: (after this many seconds
+    from `start`, slots of this many seconds), each aligned the same way, in order.
     """
-    if slot_s <= 0 or horizon_s <= 0:
-        raise ProblemError([f"slot and horizon must be positive, got {slot_s} s and {horizon_s} s"])
+    stages = [(0.0, slot_s), *later]
+    if any(length <= 0 for _, length in stages) or horizon_s <= 0:
+        raise ProblemError(
+            [f"slot and horizon must be positive, got slots {stages} and horizon {horizon_s} s"]
+        )
     local = datetime.fromtimestamp(start, zone)
     # Count real seconds from local midnight (epoch arithmetic, not wall-clock arithmetic), so a
     # daylight-saving change during the night does not shift the grid.
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0).timestamp()
-    elapsed = start - midnight
     end = start + horizon_s
     points = [start]
-    boundary = midnight + (math.floor(elapsed / slot_s) + 1) * slot_s
-    while boundary < end - 1e-6:
-        points.append(boundary)
-        boundary += slot_s
+    for index, (_, length) in enumerate(stages):
+        until = start + stages[index + 1][0] if index + 1 < len(stages) else end
+        elapsed = points[-1] - midnight
+        boundary = midnight + (math.floor(elapsed / length + 1e-9) + 1) * length
+        while boundary < min(until, end) - 1e-6:
+            points.append(boundary)
+            boundary += length
     points.append(end)
     return np.asarray(points, dtype=float)
 

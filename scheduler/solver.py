@@ -89,8 +89,8 @@ class Solver:
         self._highs.setOptionValue("threads", 1)
         self._model: LpModel | None = None
         self.last_model: LpModel | None = None
-        # Vehicles given their taper rows when a plan broke them, kept for the plans after it.
-        self._tapered: set[str] = set()
+        # Taper rows added where a plan broke them, kept (in order) for the plans after it.
+        self._cuts: list[tuple[str, int]] = []
 
     def cancel(self) -> None:
         """Ask a running solve to stop (it returns with status TIME_LIMIT)."""
@@ -100,8 +100,10 @@ class Solver:
         """Plan for `problem` (checked first; a malformed problem raises `ProblemError`)."""
         problem.check()
         started = time.perf_counter()
-        self._tapered &= {v.id for v in problem.vehicles}
-        model = build_lp(problem, self._tapered)
+        present = {v.id for v in problem.vehicles}
+        first = round(problem.start / 60.0) - 24 * 60
+        self._cuts = [(v, name) for v, name in self._cuts if v in present and name >= first]
+        model = build_lp(problem, cuts=self._cuts)
         highs = self._highs
         limit = time_limit_s if time_limit_s is not None else self.time_limit_s
         # HiGHS measures its time limit against its run time since the instance was made, summed
@@ -137,28 +139,42 @@ class Solver:
         return _plan(highs, problem, model, started, warm)
 
     def _add_taper_rows(self, highs: highspy.Highs, problem: Problem, model: LpModel) -> LpModel:
-        """Re-solve with the taper rows of the vehicles the plan charged faster than their
-        batteries take, until there is none; the model solved."""
+        """Re-solve with the taper rows the plan broke until it breaks none; the model solved.
+
+        Each row is added where it was broken (a plan rarely breaks more than the last slots of
+        a vehicle's charging), and HiGHS continues from its basis: the rows only cut it off.
+        """
         for _ in range(MAX_TAPER_ROUNDS):
-            if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal or not model.tapers:
+            if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal or not len(model.tapers):
                 return model
             broken = model.taper_violations(np.asarray(highs.getSolution().col_value, dtype=float))
             if not broken:
                 return model
-            self._tapered.update(broken)
-            wider = build_lp(problem, self._tapered)
-            basis = _carry_basis(highs, model, wider)
-            highs.clearModel()
-            highs.passModel(to_highs_lp(wider))
-            if basis is not None:
-                highs.setBasis(basis)
-            model = self._model = self.last_model = wider
+            self._cuts.extend((v, name) for v, names in broken.items() for name in names)
+            model = _append_rows(highs, model, build_lp(problem, cuts=self._cuts))
+            self._model = self.last_model = model
             highs.run()
         return model
 
 
-# Every round gives the vehicles it finds their whole taper, so a few rounds do; the bound only
-# guards against a loop.
+def _append_rows(highs: highspy.Highs, old: LpModel, new: LpModel) -> LpModel:
+    """Pass `new`'s rows beyond `old`'s to HiGHS (the same columns; rows only added at the end)."""
+    first = old.shape[0]
+    rows = new.matrix.tocsr()[first:]
+    highs.addRows(
+        rows.shape[0],
+        _finite(new.row_lower[first:]),
+        _finite(new.row_upper[first:]),
+        rows.nnz,
+        rows.indptr[:-1].astype(np.int32),
+        rows.indices.astype(np.int32),
+        rows.data,
+    )
+    return new
+
+
+# A plan breaks a taper only in the last slots of a vehicle's charging, so a few rounds settle
+# it; the bound only guards against a loop.
 MAX_TAPER_ROUNDS = 20
 
 
@@ -237,13 +253,16 @@ def _carry_basis(
     if not previous.valid:
         return None
     cols = _mapped(old.col_keys, _statuses(previous.col_status), new.col_keys, _LOWER)
-    # A new row starts with its slack basic, which keeps the count of basic variables right.
+    # A new row starts with its slack basic, which keeps the count of basic variables right
+    # as long as no basic variable went away with a departed vehicle or a passed slot.
     rows = _mapped(old.row_keys, _statuses(previous.row_status), new.row_keys, _BASIC)
-    if int(np.count_nonzero(cols == _BASIC) + np.count_nonzero(rows == _BASIC)) != len(rows):
-        return None
     basis = highspy.HighsBasis()
     basis.col_status = [_STATUS[int(s)] for s in cols]
     basis.row_status = [_STATUS[int(s)] for s in rows]
+    # Otherwise HiGHS completes it (an "alien" basis): still far closer than starting afresh.
+    basis.alien = int(np.count_nonzero(cols == _BASIC) + np.count_nonzero(rows == _BASIC)) != len(
+        rows
+    )
     basis.valid = True
     return basis
 

@@ -64,6 +64,10 @@ class Scenario:
     measure_from: float | None = None
     history: tuple[PastVisit, ...] = ()
     faults: tuple[Fault, ...] = ()
+    # What the controller is told of each vehicle: "exact" (the fleet system says what it needs
+    # and when it leaves), or "stated" (only what its driver typed in, if anything, and its
+    # pile reports no state of charge, as a plain AC charger does).
+    information: str = "exact"
 
     @property
     def measured_start(self) -> float:
@@ -164,7 +168,14 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else 0.0
 
 
-def _wish(visit: Visit) -> Wish:
+def _wish(visit: Visit, information: str) -> Wish:
+    if information == "stated":
+        return Wish(
+            vehicle_id=visit.vehicle_id,
+            energy_kwh=visit.stated_energy_kwh,
+            departure=visit.stated_departure,
+            v2g=visit.v2g,
+        )
     return Wish(
         vehicle_id=visit.vehicle_id,
         energy_kwh=visit.energy_kwh,
@@ -225,13 +236,16 @@ def simulate(
 
     def plugged(pile: PileModel, vehicle: PlantVehicle) -> None:
         # The fleet system tells the controller what each truck needs and when it leaves.
-        control.wish(pile.id, pile.session_id, _wish(visits_by_id[vehicle.visit.vehicle_id]))
+        visit = visits_by_id[vehicle.visit.vehicle_id]
+        control.wish(pile.id, pile.session_id, _wish(visit, scenario.information))
 
     plant.on_plug = plugged
     events: list[tuple[float, str]] = []
     faults = FaultScript(scenario.faults)
     faults.check(station)
-    sensing = _Sensing(station, plant, faults, events)
+    if scenario.information not in ("exact", "stated"):
+        raise ValueError(f"information must be 'exact' or 'stated', not {scenario.information!r}")
+    sensing = _Sensing(station, plant, faults, events, soc=scenario.information == "exact")
     solver = Solver(time_limit_s=station.scheduler.solve_deadline_s)
     solve_ms: list[float] = []
     plans = fallbacks = 0
@@ -544,8 +558,11 @@ class _Sensing:
         plant: Plant,
         faults: FaultScript,
         events: list[tuple[float, str]],
+        *,
+        soc: bool = True,
     ) -> None:
         self.station = station
+        self.soc = soc
         self.plant = plant
         self.faults = faults
         self.sensors = Sensors(station, notify=lambda when, text: events.append((when, text)))
@@ -561,6 +578,11 @@ class _Sensing:
         """Read every device as of `now` and check it."""
         plant, faults, sensors = self.plant, self.faults, self.sensors
         piles = {pid: pile.reading(now) for pid, pile in plant.piles.items()}
+        if not self.soc:
+            piles = {
+                pid: replace(r, soc_pct=None, ev_capacity_kwh=None, ev_max_kw=None)
+                for pid, r in piles.items()
+            }
         self.history.append((now, dict(self.meter.values()), piles))
         while len(self.history) > 1 and self.history[1][0] <= now - self.keep_s:
             self.history.popleft()

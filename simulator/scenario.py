@@ -150,20 +150,41 @@ def load_sessions(path: Path | str) -> list[Visit]:
     header = [h.strip() for h in (table[0] if table else [])]
     if _is_acn_header(header):
         return _acn_visits(table, rows, ACN_MAX_KW)
+    return _visits(
+        table,
+        rows,
+        SESSION_REQUIRED,
+        SESSION_OPTIONAL,
+        "id",
+        lambda record, number: _session_row(record, number, rows),
+    )
+
+
+def _visits(
+    table: list[list[str]],
+    rows: _Rows,
+    required: tuple[str, ...],
+    optional: tuple[str, ...],
+    id_column: str,
+    read: Callable[[dict[str, str], int], Visit | None],
+) -> list[Visit]:
+    """The visits of a sessions table (its header checked: no column twice, every required
+    one, no unknown one), each row read by `read(cells by column, row number)`; every problem
+    at once as `ConfigError`, and the visits in arrival order."""
+    header = [h.strip() for h in (table[0] if table else [])]
+    known = required + optional
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
         rows.add("header", ", ".join(repeated), "column named more than once")
-    missing = [name for name in SESSION_REQUIRED if name not in header]
-    unknown = [name for name in header if name not in SESSION_REQUIRED + SESSION_OPTIONAL]
+    missing = [name for name in required if name not in header]
+    unknown = [name for name in header if name not in known]
     if missing:
         rows.add(
             "header", ", ".join(missing), f"required column(s) missing; the header is {header}"
         )
     if unknown:
         rows.add(
-            "header",
-            ", ".join(unknown),
-            f"unknown column(s) (misspelt?); known: {list(SESSION_REQUIRED + SESSION_OPTIONAL)}",
+            "header", ", ".join(unknown), f"unknown column(s) (misspelt?); known: {list(known)}"
         )
     rows.raise_if_any()
     visits: list[Visit] = []
@@ -177,11 +198,11 @@ def load_sessions(path: Path | str) -> list[Visit]:
         record = {
             name: (cells[k].strip() if k < len(cells) else "") for k, name in enumerate(header)
         }
-        visit = _session_row(record, number, rows)
+        visit = read(record, number)
         if visit is None:
             continue
         if visit.vehicle_id in ids:
-            rows.add(f"row {number}", "id", f"{visit.vehicle_id!r} appears twice")
+            rows.add(f"row {number}", id_column, f"{visit.vehicle_id!r} appears twice")
         ids.add(visit.vehicle_id)
         visits.append(visit)
     if not visits and not rows.problems:
@@ -396,47 +417,14 @@ def load_acn_csv(path: Path | str, *, max_kw: float = ACN_MAX_KW) -> list[Visit]
 
 
 def _acn_visits(table: list[list[str]], rows: _Rows, max_kw: float) -> list[Visit]:
-    header = [h.strip() for h in (table[0] if table else [])]
-    repeated = sorted({name for name in header if header.count(name) > 1})
-    if repeated:
-        rows.add("header", ", ".join(repeated), "column named more than once")
-    missing = [name for name in ACN_COLUMNS if name not in header]
-    unknown = [name for name in header if name not in ACN_COLUMNS]
-    if missing:
-        rows.add(
-            "header",
-            ", ".join(missing),
-            f"required ACN-Data column(s) missing; the header is {header}",
-        )
-    if unknown:
-        rows.add(
-            "header",
-            ", ".join(unknown),
-            f"unknown column(s) (misspelt?); ACN-Data has {list(ACN_COLUMNS)}",
-        )
-    rows.raise_if_any()
-    visits: list[Visit] = []
-    ids: set[str] = set()
-    for number, cells in enumerate(table[1:], start=2):
-        if not any(cell.strip() for cell in cells):
-            continue
-        if len(cells) > len(header):
-            rows.add(f"row {number}", "", "more values than columns")
-            continue
-        record = {
-            name: (cells[k].strip() if k < len(cells) else "") for k, name in enumerate(header)
-        }
-        visit = _acn_row(record, f"row {number}", rows, max_kw)
-        if visit is None:
-            continue
-        if visit.vehicle_id in ids:
-            rows.add(f"row {number}", "session_id", f"{visit.vehicle_id!r} appears twice")
-        ids.add(visit.vehicle_id)
-        visits.append(visit)
-    if not visits and not rows.problems:
-        rows.add(None, "", "no sessions")
-    rows.raise_if_any()
-    return sorted(visits, key=lambda v: v.arrival)
+    return _visits(
+        table,
+        rows,
+        ACN_COLUMNS,
+        (),
+        "session_id",
+        lambda record, number: _acn_row(record, f"row {number}", rows, max_kw),
+    )
 
 
 def _identifier(text: str) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,9 @@ from controller.control import Visit as PastVisit
 from simulator.bound import BoundError
 from simulator.fast import Scenario, cheapest, simulate
 from simulator.fleet import Visit
+from simulator.scenario import load_acn_csv
 from tests.peer import run_peer
-from tests.peer.days import DEV_DAYS, MAX_KW, PERIOD_MIN, acn_day, wheel_path
+from tests.peer.days import DEV_DAYS, MAX_KW, PERIOD_MIN, acn_day, dev_sessions_file, wheel_path
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = ("llf", "edf", "mpc", "offline-optimal")
@@ -91,16 +92,23 @@ def visits_of(day: dict[str, Any]) -> tuple[Visit, ...]:
     )
 
 
-def history_for(site: str, day: date, wheel: Path) -> tuple[PastVisit, ...]:
-    """The sessions of the last weekday before `day` (in the development period) with at least
-    20 sessions, moved to the day before `day`: what a controller running there remembers."""
+def history_for(
+    site: str, day: date, wheel: Path, *, days: int = 5, stated: bool = False
+) -> tuple[PastVisit, ...]:
+    """The sessions of the last `days` weekdays before `day` (in the development period) with
+    at least 20 sessions, the latest moved to the day before `day`, the one before it to two
+    days before, and so on: what a controller running there remembers. With `stated`, what
+    each driver said of their departure (else the fleet system's exact one)."""
+    found: list[PastVisit] = []
     earlier = day - timedelta(days=1)
-    while earlier >= date(2019, 9, 1):
+    back = 1
+    while earlier >= date(2019, 9, 1) and back <= days:
         if earlier.weekday() < 5:
             past = acn_day(site, earlier, wheel=wheel)
             if len(past["sessions"]) >= 20:
-                shift = (day - earlier).days - 1
-                return tuple(
+                shift = (day - earlier).days - back
+                said = _said_departures(site, wheel) if stated else {}
+                found.extend(
                     PastVisit(
                         v.arrival + shift * 86400,
                         v.departure + shift * 86400,
@@ -108,11 +116,45 @@ def history_for(site: str, day: date, wheel: Path) -> tuple[PastVisit, ...]:
                         v.energy_kwh,
                         v.max_kw,
                         v.vehicle_id,
+                        None
+                        if stated and said.get(v.vehicle_id) is None
+                        else (said.get(v.vehicle_id) or v.departure) + shift * 86400,
                     )
                     for v in visits_of(past)
                 )
+                back += 1
         earlier -= timedelta(days=1)
-    return ()
+    return tuple(sorted(found, key=lambda v: v.left_at))
+
+
+_SAID: dict[str, dict[str, float | None]] = {}
+
+
+def _said_departures(site: str, wheel: Path) -> dict[str, float | None]:
+    """What each driver of the site's development period said of their departure."""
+    if site not in _SAID:
+        raw = load_acn_csv(dev_sessions_file(site, wheel, ROOT / "var" / "bench" / "acn"))
+        _SAID[site] = {v.vehicle_id: v.stated_departure for v in raw}
+    return _SAID[site]
+
+
+def stated(scenario: Scenario, site: str, wheel: Path) -> Scenario:
+    """The scenario with each vehicle's stated energy and departure (what ACN's drivers typed
+    in, nothing for those who did not), as the controller is told them, and piles that report
+    no state of charge (as ACN's Level-2 chargers do not)."""
+    raw = {
+        v.vehicle_id: v
+        for v in load_acn_csv(dev_sessions_file(site, wheel, ROOT / "var" / "bench" / "acn"))
+    }
+    visits = tuple(
+        replace(
+            v,
+            stated_energy_kwh=raw[v.vehicle_id].stated_energy_kwh,
+            stated_departure=raw[v.vehicle_id].stated_departure,
+        )
+        for v in scenario.visits
+    )
+    return replace(scenario, visits=visits, information="stated")
 
 
 def scenario_of(day: dict[str, Any], station: Station, history: tuple[PastVisit, ...]) -> Scenario:

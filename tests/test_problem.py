@@ -407,6 +407,25 @@ def test_bad_slot_or_horizon_raises(horizon_s: float, slot_s: float) -> None:
         slot_boundaries(shanghai(10, 0), SHANGHAI, horizon_s=horizon_s, slot_s=slot_s)
 
 
+def test_later_slots_coarsen_the_far_part_of_the_plan() -> None:
+    """Five-minute slots for the first hour, quarter hours until three hours, then hours: each
+    stage aligned to its own multiple after local midnight."""
+    start = shanghai(10, 2)
+    points = slot_boundaries(
+        start,
+        SHANGHAI,
+        horizon_s=6 * 3600.0,
+        slot_s=300.0,
+        later=[(3600.0, 900.0), (10800.0, 3600.0)],
+    )
+    minutes = np.round((points - shanghai(10, 0)) / 60).astype(int).tolist()
+    assert minutes[:3] == [2, 5, 10]
+    assert 60 in minutes and 65 not in minutes and 75 in minutes
+    assert minutes[minutes.index(180) - 1] == 165
+    assert minutes[-3:] == [300, 360, 362]
+    assert np.all(np.diff(points) > 0)
+
+
 def test_slot_zero_at_dst_fall_back_ends_at_the_next_quarter_hour() -> None:
     """In the repeated hour of a DST fall-back, slot 0 still ends at the next local quarter hour."""
     berlin = ZoneInfo("Europe/Berlin")

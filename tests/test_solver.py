@@ -11,7 +11,7 @@ import pytest
 import scipy.optimize
 from numpy.typing import ArrayLike, NDArray
 
-from scheduler.lp import TAPER, LpModel, build_lp
+from scheduler.lp import CUT, LpModel, build_lp
 from scheduler.plan import Plan, PlanStatus
 from scheduler.problem import GroupLimit, Problem, ProblemError, Vehicle, slot_boundaries
 from scheduler.solver import Solver, solve
@@ -83,8 +83,9 @@ def test_charges_in_the_cheap_slots_earliest_first() -> None:
     assert plan.energy_cost == pytest.approx(5.0)
     assert plan.demand_cost == pytest.approx(0.0, abs=TOL)
     assert plan.unmet_kwh["a"] == pytest.approx(0.0, abs=TOL)
-    # 5 of energy, plus earliness 1e-5 * (10 * 1)
-    assert plan.objective == pytest.approx(5.0 + 1e-5 * 10.0)
+    # 5 of energy, plus earliness 1e-5 per kWh and slot index (10 kWh in slot 1), weighed by
+    # urgency: 2 less the part of a day until the car leaves (4 h)
+    assert plan.objective == pytest.approx(5.0 + 1e-5 * 10.0 * (2 - 4 / 24))
 
 
 def test_a_demand_charge_spreads_a_new_peak_over_the_cheap_slots() -> None:
@@ -709,13 +710,13 @@ def test_taper_rows_stay_for_the_next_plan() -> None:
     solver = Solver()
     plan = solver.solve(problem)
     assert solver.last_model is not None
-    added = int(np.count_nonzero((solver.last_model.row_keys >> np.int64(59)) == TAPER))
+    added = int(np.count_nonzero((solver.last_model.row_keys >> np.int64(59)) == CUT))
     assert added > 0
     again = solver.solve(a_minute_later(problem, plan))
     assert again.status is PlanStatus.OPTIMAL
     assert again.warm is True
     assert solver.last_model is not None
-    assert int(np.count_nonzero((solver.last_model.row_keys >> np.int64(59)) == TAPER)) >= added
+    assert int(np.count_nonzero((solver.last_model.row_keys >> np.int64(59)) == CUT)) >= added
 
 
 def test_tie_breaks_never_outweigh_a_price() -> None:
