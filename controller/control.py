@@ -34,7 +34,7 @@ from controller.forecast import BackgroundForecast
 from controller.limiter import PileBounds, budget_kw, limit_setpoints
 from controller.reload import reconnects
 from controller.site import BackgroundWatch, PileView, SiteSnapshot
-from drivers.pile import PileState
+from drivers.pile import PileReading, PileState
 from scheduler.allocation import Demand, fair_share, laxity_h, priority_fill
 from scheduler.plan import FloatArray, Plan
 from scheduler.problem import GroupLimit, Problem, Vehicle, Weights, month_starts, slot_boundaries
@@ -117,6 +117,8 @@ class Session:
     battery_kw: float | None = None
     # When its driver said it would leave (None if nobody said).
     said_departure: float | None = None
+    # The pile's lifetime counter (import less export) when the session started.
+    start_counter_kwh: float | None = None
 
     @property
     def remaining_kwh(self) -> float:
@@ -189,6 +191,11 @@ class ControlState:
     plan_site_kw: FloatArray | None = None
     history: tuple[Visit, ...] = ()
     wishes: Mapping[tuple[str, int], Wish] = field(default_factory=dict)
+
+
+def _net_counter(reading: PileReading) -> float:
+    """The pile's lifetime energy counters, import less export (kWh)."""
+    return reading.energy_import_kwh - reading.energy_export_kwh
 
 
 def group_limits(station: Station) -> tuple[GroupLimit, ...]:
@@ -319,6 +326,14 @@ class Control:
                 if reading.session_id == session.session_id:
                     # The pile's counter holds the session's last energy after the unplug.
                     session.delivered_kwh = max(session.delivered_kwh, reading.session_energy_kwh)
+                elif session.start_counter_kwh is not None:
+                    # A new session began before we saw this one end: what the pile's lifetime
+                    # counter rose by up to the new session's start was this one's (the state
+                    # file's ledger closes sessions the same way).
+                    now_at = _net_counter(reading) - reading.session_energy_kwh
+                    session.delivered_kwh = max(
+                        session.delivered_kwh, now_at - session.start_counter_kwh
+                    )
                 del self.sessions[view.id]
                 visit = Visit(
                     session.plugged_at,
@@ -397,6 +412,7 @@ class Control:
             delivered_kwh=reading.session_energy_kwh,
             capacity_kwh=capacity,
             soc=soc,
+            start_counter_kwh=_net_counter(reading) - reading.session_energy_kwh,
         )
         self._apply_wish(session, wish)
         return session

@@ -10,6 +10,7 @@ up or leaves mid-step is in the books for exactly the time it drew power.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -174,6 +175,44 @@ class Integral:
     def between(self, t0: float, t1: float) -> float:
         """kWh from `t0` to `t1`."""
         return self.upto(t1) - self.upto(t0)
+
+
+_COLUMNS = (
+    "start",
+    "end",
+    "piles_kwh",
+    "background_kwh",
+    "import_kwh",
+    "export_kwh",
+    "peak_kw",
+    "over_kwh",
+    "group_over_kwh",
+)
+
+
+class Ledger:
+    """Pieces added step by step, kept as columns of machine floats (a month of ten-second steps
+    is a quarter of a million of them); `books()` hands them over."""
+
+    def __init__(self) -> None:
+        self._steps = array("q")
+        self._columns = {name: array("d") for name in _COLUMNS}
+
+    def add(self, step: int, pieces: Sequence[Piece]) -> None:
+        """Book the pieces of step `step`."""
+        for piece in pieces:
+            self._steps.append(step)
+            for name, column in self._columns.items():
+                column.append(getattr(piece, name))
+
+    def books(self) -> Books:
+        """Everything booked so far."""
+        return Books(
+            step=np.frombuffer(self._steps, dtype=np.int64).copy(),
+            **{
+                name: np.frombuffer(c, dtype=np.float64).copy() for name, c in self._columns.items()
+            },
+        )
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from drivers.registers import Value
 from scheduler.fallback import fallback_plan
 from scheduler.solver import Solver
 from scheduler.tariff import Tariff
-from simulator.books import Books, Piece
+from simulator.books import Books, Ledger
 from simulator.bound import offline_bound
 from simulator.faults import Fault, FaultScript
 from simulator.fleet import Visit, assign_piles
@@ -255,7 +255,7 @@ def simulate(
     # quarter hours (the demand charge's windows), so that each is billed at one price.
     cuts = _billing_cuts([scenario.tariff, *also_billed_under], scenario.start, float(times[-1]))
     next_cut = 0
-    pieces: list[tuple[int, Piece]] = []
+    ledger = Ledger()
     limits = np.zeros(steps)
     piles_now = np.zeros(steps)  # the piles' power at each step's end
     report_every = max(1, steps // 100)
@@ -278,7 +278,7 @@ def simulate(
         while next_cut < len(cuts) and cuts[next_cut] < now:
             next_cut += 1
         plant.step(now, step_s, cuts[first_cut:next_cut])
-        pieces.extend((k, piece) for piece in plant.pieces)
+        ledger.add(k, plant.pieces)
         snapshot = sensing.snapshot(now, scenario.tariff)
         events.extend((now, text) for text in control.observe(snapshot, step_s))
         reason = control.plan_due(now)
@@ -319,7 +319,7 @@ def simulate(
     delivered = {vid: plant.delivered(vid) for vid in requested}
     window = times > first
     skipped = int(np.argmax(window)) if window.any() else steps
-    books = Books.of(pieces).since(first, skipped)
+    books = ledger.books().since(first, skipped)
     result = _result(
         policy.value,
         scenario,
