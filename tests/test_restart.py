@@ -224,9 +224,11 @@ def test_killed_daemon_resumes_the_session_and_the_month_peak(
     assert energy_after == pytest.approx(pile["session_energy"], abs=0.6)
     assert peak_after >= peak_before > 0
     if month_after["window_start"] == month_before["window_start"]:
-        # The billing window's energy carried on from where it was (not from zero).
+        # The billing window's energy carried on from where it was (not from zero), and the
+        # month's peak counts it (an earlier window may still hold the peak: the test can start
+        # just before a quarter hour).
         assert month_after["window_kwh"] > month_before["window_kwh"]
-        assert peak_after > peak_before
+        assert peak_after >= month_after["window_kwh"] / 0.25 - 1e-6
 
     assert second.stop(signal.SIGTERM) == 0
     assert "left at its fallback power" in second.text()
