@@ -22,7 +22,7 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check controller drivers scheduler simulator tests
+	$(BIN)/ruff check base control controller drivers flexcharge scheduler simulator tests
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -1,0 +1,1 @@
+"""The daemon's services: fast loop, plan loop, state store, telemetry, API and metrics."""

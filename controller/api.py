@@ -34,6 +34,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from base.config import ApiSettings
+from control.cycle import Session, Wish
 from controller.apimodels import (
     MAX_OVERRIDE_S,
     BandOut,
@@ -53,8 +55,6 @@ from controller.apimodels import (
     StatusOut,
     TariffOut,
 )
-from controller.config import ApiSettings
-from controller.control import Session, Wish
 from controller.daemon import Cycle, Daemon
 from controller.metrics import metrics_text, registry_for
 

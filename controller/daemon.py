@@ -17,7 +17,7 @@ that fails its checks is refused with every problem, and the old one keeps runni
 
 With a state file (`controller.store`), it resumes what the last run left on start (sessions,
 the month's peak, the plan, the visits it forecasts from), keeps each session's energy account
-(`controller.ledger`), and saves in a worker thread: after a session starts or ends, otherwise at
+(`control.ledger`), and saves in a worker thread: after a session starts or ends, otherwise at
 most every `SAVE_EVERY_S`, and once more on stop.
 
 Services (the HTTP API) run beside the loops: started after them, stopped before them.
@@ -43,18 +43,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from controller.acpile import AcPile
-from controller.clock import Clock, Ticker, stop_task
-from controller.config import ConfigError, Station, load_station
-from controller.config import Problem as ConfigProblem
-from controller.control import Control, Decision, Policy
+from base.clock import Clock, Ticker, stop_task
+from base.config import ConfigError, Station, load_station
+from base.config import Problem as ConfigProblem
+from control.cycle import Control, Decision, Policy
+from control.ledger import SessionLedger
+from control.reload import StationChange
+from control.sensing import Sensors
+from control.site import Feed, PileView, SiteSnapshot
 from controller.devices import StationLinks, pile_driver
-from controller.ledger import SessionLedger
-from controller.reload import StationChange
-from controller.sensing import Sensors
-from controller.site import Feed, PileView, SiteSnapshot
 from controller.store import SavedState, StateStore
 from controller.telemetry import TelemetryWriter
+from drivers.acpile import AcPile
 from drivers.errors import DriverError
 from drivers.meter import MapMeter, Meter, MeterReading
 from drivers.pile import Pile, PileReading

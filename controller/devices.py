@@ -12,11 +12,12 @@ from __future__ import annotations
 import ssl
 from functools import partial
 
-from controller.acpile import AcPile
-from controller.clock import Clock
-from controller.config import DeviceEndpoint, PileConfig, Station
+from base.clock import Clock
+from base.config import DeviceEndpoint, PileConfig, Station
+from base.devicemap import is_charger_driver
+from drivers.acpile import AcPile
 from drivers.device import Device
-from drivers.makes import CHARGER_MAKES
+from drivers.makes import charger_class
 from drivers.modbus import ModbusDevice, ModbusLink, ModbusLinks
 from drivers.opcua import OpcUaDevice, OpcUaLink, OpcUaLinks, OpcUaSecurity
 from drivers.pile import DcPile, Pile
@@ -42,8 +43,8 @@ def pile_driver(config: PileConfig, device: Device, clock: Clock) -> Pile:
     """The driver for one pile: a DC pile in kW, or an AC charger's make behind `AcPile`."""
     regmap = device.map
     if regmap.kind == "charger":
-        make = CHARGER_MAKES[regmap.driver or ""]
-        return AcPile(config, make(config.id, device, clock.now))
+        assert is_charger_driver(regmap.driver)  # the map loader checked it
+        return AcPile(config, charger_class(regmap.driver)(config.id, device, clock.now))
     return DcPile(config.id, device, clock.now)
 
 

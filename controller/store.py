@@ -6,7 +6,7 @@ month-to-date peak the demand charge bills, the last plan, and the wishes not ye
 session. The controller's history of finished visits (its forecast of tomorrow's arrivals) is read
 back from the finished sessions.
 
-Energy is counted exactly once (`controller.ledger` has the rule in full): a session's energy is
+Energy is counted exactly once (`control.ledger` has the rule in full): a session's energy is
 the pile's lifetime import counter minus the counter at the session's start. After a restart, a
 session still plugged in (same pile, same pile session id) keeps its row and its account; a
 session that ended while the daemon was down is closed with the counter's rise up to the restart,
@@ -35,8 +35,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from controller.control import ControlState, MonthPeak, Visit, Wish
-from controller.ledger import SessionRecord
+from control.cycle import ControlState, MonthPeak, Visit, Wish
+from control.ledger import SessionRecord
 from scheduler.plan import FloatArray, Plan, PlanStatus
 
 SCHEMA_VERSION = 1

@@ -39,8 +39,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from controller.config import Station
-from controller.site import SiteSnapshot
+from base.config import Station
+from control.site import SiteSnapshot
 from scheduler.plan import Plan
 
 log = logging.getLogger(__name__)

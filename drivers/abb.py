@@ -10,23 +10,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from base.devicemap import CHARGERS, PileState, Value
 from drivers.charger import MapCharger, Mode3
 from drivers.errors import BadValue
-from drivers.pile import PileState
-from drivers.registers import Value
 
 
 class AbbTerraCharger(MapCharger):
     """An ABB Terra AC."""
 
-    REQUIRED_REGISTERS = (
-        "state",
-        "power",
-        "applied_current",
-        "max_rated_current",
-        "setpoint",
-        "comm_timeout",
-    )
+    REQUIRED_REGISTERS = CHARGERS["abb-terra-ac"].required
     RESOLUTION_A = 0.1
     DEFAULT_TIMEOUT_S = 60.0
 

@@ -10,26 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from base.devicemap import CHARGERS, PileState, Value
 from drivers.charger import MapCharger, Mode3
 from drivers.errors import BadValue, DeviceFault
-from drivers.pile import PileState
-from drivers.registers import Value
 
 
 class AlfenCharger(MapCharger):
     """One socket of an Alfen NG9xx."""
 
-    REQUIRED_REGISTERS = (
-        "power",
-        "availability",
-        "mode3_state",
-        "applied_current",
-        "validity_time_left",
-        "setpoint",
-        "safe_current",
-        "setpoint_in_use",
-        "station_max_current",
-    )
+    REQUIRED_REGISTERS = CHARGERS["alfen"].required
     RESOLUTION_A = 0.1
     DEFAULT_TIMEOUT_S = 60.0
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar, Protocol
 
+from base.devicemap import PileState, Value
+from drivers.codec import from_project_units, in_project_units
 from drivers.device import Device
 from drivers.errors import BadValue
-from drivers.pile import PileState
-from drivers.registers import Value, from_project_units, in_project_units
 
 Now = Callable[[], float]
 

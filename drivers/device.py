@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from drivers.registers import RegisterMap, Value
+from base.devicemap import RegisterMap, Value
 
 
 class Device(Protocol):

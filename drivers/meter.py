@@ -12,33 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from base.devicemap import METER, Value
+from drivers.codec import in_project_units
 from drivers.device import Device
 from drivers.errors import BadValue
-from drivers.registers import Value, in_project_units
-
-REQUIRED_REGISTERS = ("power",)
-PHASE_REGISTERS = (
-    "voltage_l1",
-    "voltage_l2",
-    "voltage_l3",
-    "current_l1",
-    "current_l2",
-    "current_l3",
-    "power_l1",
-    "power_l2",
-    "power_l3",
-)
-# `utility_limit`: the import limit the utility currently allows at the connection point, as a
-# smart metering terminal relays it (None or NaN: no limit signal in force). `clock`: the device's
-# own time (epoch seconds), which says whether its readings move on.
-OPTIONAL_REGISTERS = (
-    *PHASE_REGISTERS,
-    "energy_import",
-    "energy_export",
-    "frequency",
-    "utility_limit",
-    "clock",
-)
 
 
 @dataclass(frozen=True)
@@ -77,7 +54,7 @@ class MapMeter:
         self.id = meter_id
         self.device = device
         regmap = device.map
-        self._names = tuple(n for n in (*REQUIRED_REGISTERS, *OPTIONAL_REGISTERS) if n in regmap)
+        self._names = tuple(n for n in (*METER.required, *METER.optional) if n in regmap)
 
     async def connect(self) -> None:
         """Open the connection to the meter."""

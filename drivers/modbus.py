@@ -17,8 +17,9 @@ from pymodbus.client import AsyncModbusTcpClient, AsyncModbusTlsClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
+from base.devicemap import ReadBlock, RegisterMap, Value
+from drivers.codec import WriteRequest, decode_block, write_plan
 from drivers.errors import BadValue, ConnectionLost, DeviceRejected, DeviceTimeout, DriverError
-from drivers.registers import ReadBlock, RegisterMap, Value, WriteRequest
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class ModbusDevice:
         for block in plan:
             words = await self.link.read(block, self.name)
             try:
-                values.update(block.decode(words))
+                values.update(decode_block(block, words))
             except BadValue as exc:
                 # The codec knows only the register; this is the device the station names.
                 raise BadValue(self.name, f"{exc.device}: {exc.message}") from None
@@ -201,7 +202,7 @@ class ModbusDevice:
     async def write(self, values: Mapping[str, Value | None]) -> None:
         """Write the named registers; contiguous FC16 registers go in one request."""
         try:
-            requests = self.map.write_plan(values, self.unit_id)
+            requests = write_plan(self.map, values, self.unit_id)
         except BadValue as exc:
             # The plan's message names the register; name the device, not its map.
             raise BadValue(self.name, exc.message) from None

@@ -60,8 +60,9 @@ from asyncua.crypto.validator import CertificateValidator, CertificateValidatorO
 from asyncua.observer import Observer
 from cryptography import x509
 
+from base.devicemap import Register, RegisterMap, Value, ValueType
+from drivers.codec import encode
 from drivers.errors import BadValue, ConnectionLost, DeviceRejected, DeviceTimeout, DriverError
-from drivers.registers import Register, RegisterMap, Value, ValueType
 
 log = logging.getLogger(__name__)
 
@@ -139,13 +140,13 @@ def engineering_variant(reg: Register, value: Value) -> ua.Variant:
     if kind is ua.VariantType.String:
         if not isinstance(value, str):
             raise BadValue(reg.name, f"expected text, got {value!r}")
-        reg.encode(value)
+        encode(reg, value)
         return ua.Variant(value, kind)
     if isinstance(value, (str, bool)):
         raise BadValue(reg.name, f"expected a number, got {value!r}")
     if not math.isfinite(value):
         raise BadValue(reg.name, f"not a finite number: {value!r}")
-    reg.encode(value)
+    encode(reg, value)
     if kind is ua.VariantType.Double:
         return ua.Variant(float(value), kind)
     return ua.Variant(round(value), kind)

@@ -10,42 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Protocol
 
+from base.devicemap import PILE, PileMode, PileState, Value
+from drivers.codec import from_project_units, in_project_units
 from drivers.device import Device
 from drivers.errors import BadValue
-from drivers.registers import Value, from_project_units, in_project_units
-
-
-class PileState(StrEnum):
-    """What a pile is doing, in the words of the pile maps' `state` enumeration."""
-
-    AVAILABLE = "available"
-    CONNECTED = "connected"
-    CHARGING = "charging"
-    DISCHARGING = "discharging"
-    FINISHED = "finished"
-    FAULT = "fault"
-    UNAVAILABLE = "unavailable"
-
-    @property
-    def vehicle_present(self) -> bool:
-        """True when a vehicle is plugged in."""
-        return self in (
-            PileState.CONNECTED,
-            PileState.CHARGING,
-            PileState.DISCHARGING,
-            PileState.FINISHED,
-        )
-
-
-class PileMode(StrEnum):
-    """The direction a pile is told to work in."""
-
-    IDLE = "idle"
-    CHARGE = "charge"
-    DISCHARGE = "discharge"
 
 
 @dataclass(frozen=True)
@@ -92,34 +62,6 @@ class Pile(Protocol):
         ...
 
 
-# Registers a map of kind "pile" must have for `DcPile` to drive it.
-REQUIRED_REGISTERS = (
-    "state",
-    "power",
-    "applied_setpoint",
-    "max_charge_power",
-    "energy_import",
-    "setpoint",
-    "mode",
-    "heartbeat",
-    "comm_timeout",
-    "fallback_power",
-)
-OPTIONAL_REGISTERS = (
-    "soc",
-    "ev_max_power",
-    "ev_capacity",
-    "max_discharge_power",
-    "min_power",
-    "energy_export",
-    "session_energy",
-    "session_id",
-    "fallback_countdown",
-    "fault_code",
-)
-REQUIRED_ENUMS = ("state", "mode")
-
-
 class DcPile:
     """A DC pile driven through a pile map, over Modbus or OPC-UA."""
 
@@ -138,9 +80,7 @@ class DcPile:
         self._changed_at = -math.inf
         regmap = device.map
         self._names = tuple(
-            n
-            for n in (*REQUIRED_REGISTERS, *OPTIONAL_REGISTERS)
-            if n in regmap and regmap[n].access.readable
+            n for n in (*PILE.required, *PILE.optional) if n in regmap and regmap[n].access.readable
         )
         self._mode_codes = {label: code for code, label in regmap.enums["mode"].items()}
 

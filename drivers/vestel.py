@@ -10,10 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from base.devicemap import CHARGERS, PileState, Value
 from drivers.charger import MapCharger
 from drivers.errors import BadValue
-from drivers.pile import PileState
-from drivers.registers import Value
 
 _CP_UNAVAILABLE = 7
 _CP_FAULTED = 8
@@ -22,18 +21,7 @@ _CP_FAULTED = 8
 class VestelCharger(MapCharger):
     """A Vestel EVC04 / Webasto Next."""
 
-    REQUIRED_REGISTERS = (
-        "cp_state",
-        "charging",
-        "cable_state",
-        "power",
-        "max_hw_current",
-        "min_hw_current",
-        "setpoint",
-        "life_bit",
-        "comm_timeout",
-        "failsafe_current",
-    )
+    REQUIRED_REGISTERS = CHARGERS["vestel"].required
     RESOLUTION_A = 1.0
     DEFAULT_TIMEOUT_S = 20.0
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from scheduler.tariff import Tariff
+from base.tariff import Tariff
 from simulator.scenario import Series
 
 

@@ -22,9 +22,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from controller.clock import Clock
-from drivers.pile import PileMode
-from drivers.registers import RegisterMap, Value
+from base.clock import Clock
+from base.devicemap import PileMode, RegisterMap, Value
 from simulator.plant import PileModel, Rejected
 from simulator.registers import DeviceModel, PileRegisters
 

@@ -26,19 +26,19 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from numpy.typing import NDArray
 
-from controller.config import Station
-from controller.control import Control, Decision, Policy, Wish, group_limits
-from controller.control import Visit as PastVisit
-from controller.forecast import BackgroundForecast
-from controller.sensing import Sensors
-from controller.site import SiteSnapshot
-from controller.telemetry import TelemetryWriter
+from base.config import Station
+from base.devicemap import PileMode, Value
+from base.tariff import Tariff
+from control.cycle import Control, Decision, Policy, Wish, group_limits
+from control.cycle import Visit as PastVisit
+from control.forecast import BackgroundForecast
+from control.record import Recorder
+from control.sensing import Sensors
+from control.site import SiteSnapshot
 from drivers.meter import reading_from
-from drivers.pile import PileMode, PileReading
-from drivers.registers import Value
+from drivers.pile import PileReading
 from scheduler.fallback import fallback_plan
 from scheduler.solver import Solver
-from scheduler.tariff import Tariff
 from simulator.books import Books, Ledger
 from simulator.bound import offline_bound
 from simulator.faults import Fault, FaultScript
@@ -191,7 +191,7 @@ def simulate(
     step_s: float = 60.0,
     plan_period_s: float | None = None,
     progress: Callable[[float], None] | None = None,
-    telemetry: TelemetryWriter | None = None,
+    telemetry: Recorder | None = None,
     also_billed_under: Sequence[Tariff] = (),
 ) -> SimResult:
     """Run one policy through the scenario; `progress` gets the fraction done now and then.
@@ -360,7 +360,7 @@ def _bound(
     station: Station,
     step_s: float,
     also_billed_under: Sequence[Tariff],
-    telemetry: TelemetryWriter | None,
+    telemetry: Recorder | None,
     started: float,
     at_least_kwh: float | None = None,
 ) -> SimResult:
@@ -409,7 +409,7 @@ def _break_before_make(plant: Plant, decision: Decision) -> float:
     """How long to hold this step's rises back: until the piles coming down have come down.
 
     The daemon's one-second cycles hold a rise until the power it takes over has really been
-    given up (`controller.limiter`); a fast simulation writes once a step, so it holds rises for
+    given up (`control.limiter`); a fast simulation writes once a step, so it holds rises for
     as long as the falls take (each pile's delay and ramp), when counting the falling piles at
     what they draw now would put the piles over the budget.
     """
@@ -525,7 +525,7 @@ _DEVICE_EVENT = re.compile(r"^(pile|meter|terminal) \S+: ")
 
 
 def _tell(
-    telemetry: TelemetryWriter,
+    telemetry: Recorder,
     now: float,
     snapshot: SiteSnapshot,
     decision: Decision,

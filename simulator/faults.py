@@ -46,9 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from controller.config import ConfigError, Problem, Station
+from base.config import ConfigError, Problem, Station
+from base.devicemap import Value
 from drivers.errors import ConnectionLost, DeviceTimeout, DriverError
-from drivers.registers import Value
 from simulator.plant import Plant
 
 

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from controller.config import SimulatorSettings
+from base.config import SimulatorSettings
 
 
 @dataclass(frozen=True)

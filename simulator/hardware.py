@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo
 from pymodbus.constants import ExcCodes
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from controller.clock import Clock, Ticker, stop_task
-from controller.config import ConfigError, DeviceEndpoint, Station
+from base.clock import Clock, Ticker, stop_task
+from base.config import ConfigError, DeviceEndpoint, Station
 from drivers.tls import server_context
 from simulator.chargers import pile_device_model
 from simulator.faults import FaultScript

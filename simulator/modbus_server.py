@@ -20,7 +20,7 @@ from pymodbus.server import ModbusTlsServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import SimDevice
 
-from controller.clock import Clock
+from base.clock import Clock
 from simulator.faults import FaultKind
 
 log = logging.getLogger(__name__)

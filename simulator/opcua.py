@@ -32,8 +32,10 @@ from asyncua.crypto.permission_rules import USER_TYPES, SimpleRoleRuleset, User,
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.server.user_managers import UserManager
 
-from controller.certs import Identity
-from controller.clock import Clock, Ticker, stop_task
+from base.certs import Identity
+from base.clock import Clock, Ticker, stop_task
+from base.devicemap import Register, RegisterMap, Value, ValueType
+from drivers.codec import from_project_units, in_project_units
 from drivers.errors import BadValue
 from drivers.opcua import (
     NAMESPACE_URI,
@@ -43,14 +45,6 @@ from drivers.opcua import (
     string_node,
     trust_store,
     variant_type,
-)
-from drivers.registers import (
-    Register,
-    RegisterMap,
-    Value,
-    ValueType,
-    from_project_units,
-    in_project_units,
 )
 from simulator.plant import Rejected
 from simulator.registers import DeviceModel

@@ -19,11 +19,9 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from controller.config import BackgroundProfile, PileConfig, SimulatorSettings, Station
-from controller.site import PileView, SiteSnapshot
-from drivers.meter import MeterReading
-from drivers.pile import PileMode, PileReading, PileState
-from scheduler.tariff import Tariff
+from base.config import BackgroundProfile, PileConfig, SimulatorSettings, Station
+from base.devicemap import PileMode, PileState
+from drivers.pile import PileReading
 from simulator.books import Excess, Integral, Piece, Profile, excess, profile
 from simulator.charging import Battery, advance
 from simulator.fleet import Visit
@@ -639,22 +637,6 @@ class Plant:
 
     def _event(self, now: float, kind: str, text: str) -> None:
         self.events.append(PlantEvent(now, kind, text))
-
-    def snapshot(self, now: float, tariff: Tariff) -> SiteSnapshot:
-        """What a controller reading every device right now would see (no sockets)."""
-        views = []
-        for pile in self.piles.values():
-            reading = pile.reading(now)
-            views.append(PileView(pile.config, reading, reading))
-        return SiteSnapshot(
-            time=now,
-            limit_kw=self.limit_kw,
-            grid_kw=self.site_kw,
-            meter=MeterReading(power_kw=self.site_kw),
-            piles=tuple(views),
-            band=(band := tariff.band_at(now)),
-            price=tariff.band_prices[band],
-        )
 
     def delivered(self, vehicle_id: str) -> float:
         """Energy delivered to one visit's vehicle so far (0 if it never plugged in)."""

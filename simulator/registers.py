@@ -15,10 +15,10 @@ from typing import Protocol
 from pymodbus.constants import ExcCodes
 from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
-from controller.clock import Clock
+from base.clock import Clock
+from base.devicemap import PileMode, Register, RegisterMap, Value
+from drivers.codec import decode, encode, from_project_units, in_project_units
 from drivers.errors import BadValue
-from drivers.pile import PileMode
-from drivers.registers import Register, RegisterMap, Value, from_project_units, in_project_units
 from simulator.faults import FaultScript
 from simulator.plant import PileModel, Plant, Rejected
 
@@ -97,7 +97,7 @@ class RegisterBank:
             value = values.get(reg.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = from_project_units(reg, float(value))
-            words = reg.encode(value)
+            words = encode(reg, value)
             registers[reg.address - start : reg.end - start] = words
         return None
 
@@ -122,7 +122,7 @@ class RegisterBank:
         decoded: dict[str, float] = {}
         try:
             for reg in touched:
-                value = reg.decode(words[reg.address - address : reg.end - address])
+                value = decode(reg, words[reg.address - address : reg.end - address])
                 number = in_project_units(reg, value)
                 if number is None:
                     raise Rejected(f"{reg.name}: NaN written")

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from controller.config import ConfigError, Problem
+from base.config import ConfigError, Problem
 from simulator.fleet import Visit
 
 SESSION_REQUIRED = ("arrival", "departure", "energy_kwh", "max_kw")

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from numpy.typing import NDArray
 
-from scheduler.tariff import MINUTES_PER_DAY, WEEKDAY_NAMES, Tariff, hhmm
+from base.tariff import MINUTES_PER_DAY, WEEKDAY_NAMES, Tariff, hhmm
 from simulator.report import BAND_COLOURS
 
 QUARTERS = MINUTES_PER_DAY // 15

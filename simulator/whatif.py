@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from controller.config import ConfigError, Problem, Station, load_tariff
-from controller.control import Policy
-from scheduler.tariff import Tariff
+from base.config import ConfigError, Problem, Station, load_tariff
+from base.tariff import Tariff
+from control.cycle import Policy
 from simulator.fast import PRICE_BLIND, Scenario, SimResult, repriced, simulate
 from simulator.fleet import Visit
 

@@ -47,7 +47,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy.optimize import linprog
 
-from controller.config import CONFIG_ROOT, Station, load_station
+from base.config import CONFIG_ROOT, Station, load_station
 from scheduler import solver as solver_module
 from scheduler.lp import LpModel, build_lp, linprog_arguments
 from scheduler.plan import Plan

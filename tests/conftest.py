@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import pytest_asyncio
 
-from controller.config import CONFIG_ROOT, REFERENCE_STATION, Station, load_station
+from base.config import CONFIG_ROOT, REFERENCE_STATION, Station, load_station
 from simulator.fleet import Visit
 
 

@@ -24,8 +24,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from controller.config import CONFIG_ROOT, Station, load_station
-from controller.control import Visit as PastVisit
+from base.config import CONFIG_ROOT, Station, load_station
+from control.cycle import Visit as PastVisit
 from simulator.bound import BoundError
 from simulator.fast import Scenario, cheapest, simulate
 from simulator.fleet import Visit

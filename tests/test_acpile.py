@@ -10,10 +10,10 @@ from dataclasses import replace
 
 import pytest
 
-from controller.acpile import NOT_FOLLOWING, AcPile
-from controller.config import PileConfig
+from base.config import PileConfig
+from base.devicemap import PileState
+from drivers.acpile import NOT_FOLLOWING, AcPile
 from drivers.charger import ChargerReading, MapCharger
-from drivers.pile import PileState
 
 
 class FakeCharger:

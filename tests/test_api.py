@@ -22,10 +22,10 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
+from base.clock import VirtualClock
+from base.config import ApiSettings, Station
+from control.cycle import Policy
 from controller.api import ApiServer
-from controller.clock import VirtualClock
-from controller.config import ApiSettings, Station
-from controller.control import Policy
 from controller.daemon import Daemon
 from simulator.fleet import Visit
 from simulator.hardware import StationSimulator

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import ApiSettings, ConfigError, load_station
+from base.config import ApiSettings, ConfigError, load_station
 from tests.conftest import station_files_on_free_ports
 
 

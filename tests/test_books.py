@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.config import Station
-from drivers.pile import PileMode
-from scheduler.tariff import Tariff
+from base.config import Station
+from base.devicemap import PileMode
+from base.tariff import Tariff
 from simulator.books import Books, Piece, excess, profile
 from simulator.charging import Battery, advance
 from simulator.fast import Scenario, simulate

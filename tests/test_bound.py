@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.config import Station
+from base.config import Station
 from simulator.fast import Scenario, simulate
 from simulator.fleet import Visit
 

@@ -9,7 +9,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from controller import certs, cli
+from base import certs
+from flexcharge import cli
 
 
 def test_certs_init_writes_private_keys_for_their_owner_only(

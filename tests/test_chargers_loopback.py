@@ -19,16 +19,16 @@ import pytest
 import pytest_asyncio
 from pymodbus.client import AsyncModbusTcpClient
 
-from controller import certs
-from controller.acpile import AcPile
-from controller.clock import VirtualClock
-from controller.config import CONFIG_ROOT, Station, load_station
+from base import certs
+from base.clock import VirtualClock
+from base.config import CONFIG_ROOT, Station, load_station
+from base.devicemap import PileState
+from drivers.acpile import AcPile
 from drivers.charger import MapCharger
+from drivers.codec import from_project_units
 from drivers.errors import DeviceFault, DriverError
-from drivers.makes import CHARGER_MAKES
+from drivers.makes import charger_class
 from drivers.modbus import ModbusDevice, ModbusLink
-from drivers.pile import PileState
-from drivers.registers import from_project_units
 from drivers.tls import client_context
 from simulator.chargers import AcChargerModel, AlfenModel
 from simulator.fleet import Visit
@@ -98,7 +98,7 @@ async def rig(request: pytest.FixtureRequest, mixed: Station) -> AsyncIterator[R
         link = ModbusLink(config.host, config.port, timeout_s=1.0)
         regmap = mixed.map_for(config.device)
         device = ModbusDevice(f"pile {pile_id}", link, regmap, config.unit)
-        charger = CHARGER_MAKES[request.param](pile_id, device, clock.now)
+        charger = charger_class(request.param)(pile_id, device, clock.now)
         model = sim.models[pile_id]
         assert isinstance(model, AcChargerModel)
         try:
@@ -249,7 +249,7 @@ async def test_a_charger_that_lost_its_setpoint_is_reported_and_rewritten(mixed:
         async with StationSimulator(mixed, clock, visits=[_van(start, "ALF2")]) as sim:
             link = ModbusLink(config.host, config.port, timeout_s=1.0)
             device = ModbusDevice("pile ALF2", link, mixed.map_for(config.device), config.unit)
-            charger = CHARGER_MAKES["alfen"]("ALF2", device, clock.now)
+            charger = charger_class("alfen")("ALF2", device, clock.now)
             pile = AcPile(config, charger)
             model = sim.models["ALF2"]
             assert isinstance(model, AlfenModel)
@@ -282,7 +282,7 @@ async def test_alfen_refuses_a_safe_current_above_the_station_fallback(mixed: St
         async with StationSimulator(mixed, clock, visits=[]) as sim:
             link = ModbusLink(config.host, config.port, timeout_s=1.0)
             device = ModbusDevice("pile ALF1", link, mixed.map_for(config.device), config.unit)
-            pile = AcPile(config, CHARGER_MAKES["alfen"]("ALF1", device, clock.now))
+            pile = AcPile(config, charger_class("alfen")("ALF1", device, clock.now))
             model = sim.models["ALF1"]
             assert isinstance(model, AlfenModel)
             try:

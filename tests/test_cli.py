@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import CONFIG_ROOT, load_station
+from base.config import CONFIG_ROOT, load_station
 from drivers.modbus import ModbusDevice, ModbusLink
 from tests.conftest import FLEXCHARGE, start_process, station_files_on_free_ports, wait_for_line
 

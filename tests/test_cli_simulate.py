@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from controller import cli
-from controller.config import CONFIG_ROOT, load_station
+from base.config import CONFIG_ROOT, load_station
+from flexcharge import cli
 from simulator.fleet import random_days
 from simulator.scenario import load_sessions
 

@@ -1,4 +1,4 @@
-"""Unit tests for controller.config: the reference configs load, and every kind of error is
+"""Unit tests for base.config: the reference configs load, and every kind of error is
 reported with its file, device and field, all at once. Broken configs are edited copies of the
 whole configs/ tree in tmp_path, so relative paths (../tariffs, ../devices) still resolve.
 """
@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from controller import cli
-from controller.config import (
+from base.config import (
     CONFIG_ROOT,
     REFERENCE_STATION,
     ConfigError,
@@ -21,7 +20,8 @@ from controller.config import (
     load_station,
     load_tariff,
 )
-from drivers.registers import Access, RegisterMap, ValueType
+from base.devicemap import Access, RegisterMap, ValueType
+from flexcharge import cli
 
 STATION = "stations/bozhou-depot.toml"
 TARIFF = "tariffs/guizhou-tou.toml"

@@ -13,9 +13,9 @@ from dataclasses import replace
 
 import pytest
 
-from controller.clock import VirtualClock
-from controller.config import Station
-from controller.control import Policy, Wish
+from base.clock import VirtualClock
+from base.config import Station
+from control.cycle import Policy, Wish
 from controller.daemon import Cycle, Daemon
 from scheduler.plan import Plan, PlanStatus
 from scheduler.problem import Problem

@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from controller.config import CONFIG_ROOT, Station, load_station
-from controller.control import Visit as PastVisit
-from controller.estimate import Estimator
+from base.config import CONFIG_ROOT, Station, load_station
+from control.cycle import Visit as PastVisit
+from control.estimate import Estimator
 from simulator.fast import Scenario, simulate
 from simulator.fleet import Visit
 

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from controller.config import CONFIG_ROOT, Station, load_station
+from base.config import CONFIG_ROOT, Station, load_station
 from simulator.bound import bound_problem, step_times
 from simulator.fast import Scenario, SimResult, simulate
 from simulator.fleet import Visit, assign_piles

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller import cli
-from controller.config import REFERENCE_STATION, ConfigError, Station, load_station
+from base.config import REFERENCE_STATION, ConfigError, Station, load_station
+from flexcharge import cli
 from simulator.fast import Scenario, SimResult, simulate
 from simulator.faults import Fault, FaultKind, FaultScript, load_faults
 from simulator.fleet import Visit

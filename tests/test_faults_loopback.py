@@ -12,8 +12,8 @@ import asyncio
 
 import pytest
 
-from controller.clock import VirtualClock
-from controller.config import Station
+from base.clock import VirtualClock
+from base.config import Station
 from controller.daemon import Daemon
 from simulator.faults import Fault, FaultKind, FaultScript
 from simulator.fleet import Visit

@@ -1,4 +1,4 @@
-"""Unit tests for controller.limiter: pile bounds, the budget arithmetic and the ramp limiter."""
+"""Unit tests for control.limiter: pile bounds, the budget arithmetic and the ramp limiter."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from controller.limiter import PileBounds, budget_kw, limit_setpoints
+from control.limiter import PileBounds, budget_kw, limit_setpoints
 
 BIG_BUDGET = 1e9
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller import certs
-from controller.clock import VirtualClock
-from controller.config import CONFIG_ROOT, Station, load_station
+from base import certs
+from base.clock import VirtualClock
+from base.config import CONFIG_ROOT, Station, load_station
+from control.limiter import PileBounds
 from controller.daemon import Cycle, Daemon
-from controller.limiter import PileBounds
 from simulator.chargers import AcChargerModel
 from simulator.fleet import Visit
 from simulator.hardware import StationSimulator

@@ -16,12 +16,13 @@ from dataclasses import replace
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from controller.clock import VirtualClock
-from controller.config import CONFIG_ROOT, Station, load_register_map
+from base.clock import VirtualClock
+from base.config import CONFIG_ROOT, Station, load_register_map
+from base.devicemap import PileState
 from drivers.errors import ConnectionLost, DeviceRejected, DeviceTimeout
 from drivers.meter import MapMeter
 from drivers.modbus import ModbusDevice, ModbusLink
-from drivers.pile import DcPile, PileState
+from drivers.pile import DcPile
 from simulator.hardware import StationSimulator
 from tests.conftest import free_ports, local_time, truck_visit
 

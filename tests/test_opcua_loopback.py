@@ -22,14 +22,15 @@ import numpy as np
 import pytest
 from asyncua import Client, ua
 
-from controller import certs
-from controller.clock import VirtualClock
-from controller.config import CONFIG_ROOT, ConfigError, Station, load_register_map
+from base import certs
+from base.clock import VirtualClock
+from base.config import CONFIG_ROOT, ConfigError, Station, load_register_map
+from base.devicemap import PileMode, PileState
 from controller.daemon import Cycle, Daemon
 from drivers.errors import BadValue, ConnectionLost, DeviceRejected, DeviceTimeout
 from drivers.meter import MapMeter
 from drivers.opcua import POLICIES, OpcUaDevice, OpcUaLink, OpcUaSecurity
-from drivers.pile import DcPile, PileMode, PileState
+from drivers.pile import DcPile
 from simulator.hardware import StationSimulator
 from simulator.opcua import OpcUaStationServer
 from simulator.plant import Plant

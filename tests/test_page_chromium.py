@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import Station
+from base.config import Station
 from tests.test_api import AUTH, running_site
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.loopback, pytest.mark.usefixtures("no_leaked_tasks")]

@@ -1,4 +1,4 @@
-"""Unit tests for drivers.registers: codecs, read/write plans, map checks and unit conversion.
+"""Unit tests for base.devicemap: codecs, read/write plans, map checks and unit conversion.
 
 Expected register words are computed independently with `struct` (big-endian bytes split into
 16-bit words; "little" word order is the same words reversed), never with the code under test.
@@ -15,19 +15,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.errors import BadValue
-from drivers.modbus import ModbusDevice
-from drivers.registers import (
-    Access,
-    ReadBlock,
-    Register,
-    RegisterMap,
-    ValueType,
-    WordOrder,
+from base.devicemap import Access, ReadBlock, Register, RegisterMap, ValueType, WordOrder
+from drivers.codec import (
     WriteRequest,
+    decode,
+    decode_block,
+    encode,
     from_project_units,
     in_project_units,
+    write_plan,
 )
+from drivers.errors import BadValue
+from drivers.modbus import ModbusDevice
 
 ORDERS: tuple[WordOrder, ...] = ("big", "little")
 
@@ -159,7 +158,7 @@ def test_encode_numeric_matches_struct(
     vtype: ValueType, value: float | int, order: WordOrder
 ) -> None:
     """encode() gives the same words as struct.pack, with little word order reversing them."""
-    assert reg(vtype, order).encode(value) == expected_words(vtype, value, order)
+    assert encode(reg(vtype, order), value) == expected_words(vtype, value, order)
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -168,7 +167,7 @@ def test_decode_numeric_matches_struct(
     vtype: ValueType, value: float | int, order: WordOrder
 ) -> None:
     """decode() of struct-made words gives the original value back (type preserved for ints)."""
-    decoded = reg(vtype, order).decode(expected_words(vtype, value, order))
+    decoded = decode(reg(vtype, order), expected_words(vtype, value, order))
     assert decoded == value
     if vtype.is_integer:
         assert isinstance(decoded, int)
@@ -177,16 +176,16 @@ def test_decode_numeric_matches_struct(
 def test_little_and_big_order_differ_for_multiword_values() -> None:
     """Word order matters: the same u32 words decode differently in the two orders."""
     words = [0x0001, 0x0002]
-    assert reg(ValueType.U32, "big").decode(words) == 0x00010002
-    assert reg(ValueType.U32, "little").decode(words) == 0x00020001
+    assert decode(reg(ValueType.U32, "big"), words) == 0x00010002
+    assert decode(reg(ValueType.U32, "little"), words) == 0x00020001
 
 
 def test_f32_decode_of_inexact_value_is_float32_rounded() -> None:
     """A value not exact in float32 decodes to struct's float32 rounding of it."""
     words = expected_words(ValueType.F32, 0.1, "big")
     (rounded,) = struct.unpack(">f", struct.pack(">f", 0.1))
-    assert reg(ValueType.F32).decode(words) == rounded
-    assert reg(ValueType.F32).encode(0.1) == words
+    assert decode(reg(ValueType.F32), words) == rounded
+    assert encode(reg(ValueType.F32), 0.1) == words
 
 
 @given(
@@ -201,9 +200,9 @@ def test_integer_round_trip_property(
     lo, hi = LIMITS[vtype]
     value = data.draw(st.integers(max(lo, -(2**53)), min(hi, 2**53)))
     register = reg(vtype, order)
-    words = register.encode(value)
+    words = encode(register, value)
     assert words == expected_words(vtype, value, order)
-    assert register.decode(words) == value
+    assert decode(register, words) == value
 
 
 @given(
@@ -213,8 +212,8 @@ def test_integer_round_trip_property(
 def test_f32_round_trip_property(value: float, order: WordOrder) -> None:
     """Any finite float32 value encodes as struct does and decodes back exactly."""
     register = reg(ValueType.F32, order)
-    assert register.encode(value) == expected_words(ValueType.F32, value, order)
-    assert register.decode(register.encode(value)) == value
+    assert encode(register, value) == expected_words(ValueType.F32, value, order)
+    assert decode(register, encode(register, value)) == value
 
 
 @given(
@@ -224,8 +223,8 @@ def test_f32_round_trip_property(value: float, order: WordOrder) -> None:
 def test_f64_round_trip_property(value: float, order: WordOrder) -> None:
     """Any finite float64 value encodes as struct does and decodes back exactly."""
     register = reg(ValueType.F64, order)
-    assert register.encode(value) == expected_words(ValueType.F64, value, order)
-    assert register.decode(register.encode(value)) == value
+    assert encode(register, value) == expected_words(ValueType.F64, value, order)
+    assert decode(register, encode(register, value)) == value
 
 
 # --------------------------------------------------------------------------- scale
@@ -235,36 +234,36 @@ def test_f64_round_trip_property(value: float, order: WordOrder) -> None:
 def test_scaled_i32_kw_round_trip(order: WordOrder) -> None:
     """A 0.01 kW i32 register stores 123.45 kW as 12345 and -123.45 kW as -12345."""
     register = reg(ValueType.I32, order, scale=0.01, unit="kW")
-    assert register.encode(123.45) == expected_words(ValueType.I32, 12345, order)
-    assert register.encode(-123.45) == expected_words(ValueType.I32, -12345, order)
-    assert register.decode(expected_words(ValueType.I32, 12345, order)) == pytest.approx(123.45)
-    assert register.decode(expected_words(ValueType.I32, -12345, order)) == pytest.approx(-123.45)
+    assert encode(register, 123.45) == expected_words(ValueType.I32, 12345, order)
+    assert encode(register, -123.45) == expected_words(ValueType.I32, -12345, order)
+    assert decode(register, expected_words(ValueType.I32, 12345, order)) == pytest.approx(123.45)
+    assert decode(register, expected_words(ValueType.I32, -12345, order)) == pytest.approx(-123.45)
 
 
 def test_scaled_value_is_rounded_to_nearest_step() -> None:
     """A value between two 0.1 steps is rounded to the nearest raw integer, not truncated."""
     register = reg(ValueType.U16, scale=0.1, unit="%")
-    assert register.encode(55.5) == [555]
-    assert register.encode(55.56) == [556]
-    assert register.encode(55.54) == [555]
+    assert encode(register, 55.5) == [555]
+    assert encode(register, 55.56) == [556]
+    assert encode(register, 55.54) == [555]
 
 
 def test_scaled_f32_divides_by_scale() -> None:
     """Scale applies to floats too: 2.5 with scale 0.5 is stored as 5.0."""
     register = reg(ValueType.F32, scale=0.5)
-    assert register.encode(2.5) == expected_words(ValueType.F32, 5.0, "big")
-    assert register.decode(expected_words(ValueType.F32, 5.0, "big")) == 2.5
+    assert encode(register, 2.5) == expected_words(ValueType.F32, 5.0, "big")
+    assert decode(register, expected_words(ValueType.F32, 5.0, "big")) == 2.5
 
 
 def test_scaled_i32_limits() -> None:
     """With scale 0.01, i32 holds up to 21474836.47 and rejects 21474836.48."""
     register = reg(ValueType.I32, scale=0.01, unit="kW")
-    assert register.encode(21474836.47) == expected_words(ValueType.I32, 2**31 - 1, "big")
-    assert register.encode(-21474836.48) == expected_words(ValueType.I32, -(2**31), "big")
+    assert encode(register, 21474836.47) == expected_words(ValueType.I32, 2**31 - 1, "big")
+    assert encode(register, -21474836.48) == expected_words(ValueType.I32, -(2**31), "big")
     with pytest.raises(BadValue):
-        register.encode(21474836.48)
+        encode(register, 21474836.48)
     with pytest.raises(BadValue):
-        register.encode(-21474836.49)
+        encode(register, -21474836.49)
 
 
 # --------------------------------------------------------------------------- integer limits
@@ -293,8 +292,8 @@ def test_scaled_i32_limits() -> None:
 def test_integer_limits_encode_and_decode(vtype: ValueType, value: int, order: WordOrder) -> None:
     """Each integer type's extreme values encode exactly as struct does and decode back."""
     register = reg(vtype, order)
-    assert register.encode(value) == expected_words(vtype, value, order)
-    assert register.decode(expected_words(vtype, value, order)) == value
+    assert encode(register, value) == expected_words(vtype, value, order)
+    assert decode(register, expected_words(vtype, value, order)) == value
 
 
 @pytest.mark.parametrize(
@@ -317,7 +316,7 @@ def test_integer_limits_encode_and_decode(vtype: ValueType, value: int, order: W
 def test_integer_just_outside_limits_is_bad_value(vtype: ValueType, value: int) -> None:
     """One past either end of an integer type's range raises BadValue naming the register."""
     with pytest.raises(BadValue) as info:
-        reg(vtype, name="limit_reg").encode(value)
+        encode(reg(vtype, name="limit_reg"), value)
     assert info.value.device == "limit_reg"
 
 
@@ -328,17 +327,17 @@ def test_integer_just_outside_limits_is_bad_value(vtype: ValueType, value: int) 
 def test_integer_beyond_any_float_is_bad_value(vtype: ValueType, value: int) -> None:
     """An integer too big for a float (or for str()) is refused with BadValue, not OverflowError."""
     with pytest.raises(BadValue) as info:
-        reg(vtype, name="huge", scale=0.1).encode(value)
+        encode(reg(vtype, name="huge", scale=0.1), value)
     assert info.value.device == "huge"
     with pytest.raises(BadValue):
-        reg(vtype, name="huge").encode(value)
+        encode(reg(vtype, name="huge"), value)
 
 
 @pytest.mark.parametrize("scale", [1e-300, 1e-10])
 def test_f64_value_that_overflows_when_scaled_is_bad_value(scale: float) -> None:
     """1e308 with a tiny scale is inf in registers: refused, not written as infinity."""
     with pytest.raises(BadValue, match="64-bit float"):
-        reg(ValueType.F64, name="big", scale=scale).encode(1e308)
+        encode(reg(ValueType.F64, name="big", scale=scale), 1e308)
 
 
 @pytest.mark.parametrize("vtype", list(ValueType))
@@ -348,16 +347,16 @@ def test_register_word_outside_0_to_65535_is_bad_value(vtype: ValueType, word: i
     words = 3 if vtype is ValueType.STRING else WORDS[vtype]
     register = reg(vtype, name="w", words=words)
     with pytest.raises(BadValue, match="outside 0-65535") as info:
-        register.decode([word] + [0] * (words - 1))
+        decode(register, [word] + [0] * (words - 1))
     assert info.value.device == "w"
 
 
 def test_u16_rounding_at_the_top_edge() -> None:
     """65535.4 rounds into u16, 65535.5 rounds to 65536 and is rejected."""
     register = reg(ValueType.U16)
-    assert register.encode(65535.4) == [0xFFFF]
+    assert encode(register, 65535.4) == [0xFFFF]
     with pytest.raises(BadValue):
-        register.encode(65535.5)
+        encode(register, 65535.5)
 
 
 # --------------------------------------------------------------------------- unavailable
@@ -368,11 +367,11 @@ def test_u16_rounding_at_the_top_edge() -> None:
 def test_nan_decodes_to_none(vtype: ValueType, order: WordOrder) -> None:
     """A float register holding NaN (quiet, negative or with payload) decodes to None."""
     register = reg(vtype, order)
-    assert register.decode(expected_words(vtype, math.nan, order)) is None
-    assert register.decode(expected_words(vtype, -math.nan, order)) is None
+    assert decode(register, expected_words(vtype, math.nan, order)) is None
+    assert decode(register, expected_words(vtype, -math.nan, order)) is None
     n = WORDS[vtype]
     payload_nan = [0x7FC0 if vtype is ValueType.F32 else 0x7FF8] + [0] * (n - 2) + [1]
-    assert register.decode(ordered(payload_nan, order)) is None
+    assert decode(register, ordered(payload_nan, order)) is None
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -380,13 +379,13 @@ def test_nan_decodes_to_none(vtype: ValueType, order: WordOrder) -> None:
 def test_encode_none_gives_nan(vtype: ValueType, order: WordOrder) -> None:
     """encode(None) on a float register writes a NaN that struct reads as NaN and decode as None."""
     register = reg(vtype, order)
-    words = register.encode(None)
+    words = encode(register, None)
     assert len(words) == WORDS[vtype]
     big = ordered(words, order)  # undo the word order
     data = b"".join(w.to_bytes(2, "big") for w in big)
     (value,) = struct.unpack(FMT[vtype], data)
     assert math.isnan(value)
-    assert register.decode(words) is None
+    assert decode(register, words) is None
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -395,14 +394,14 @@ def test_all_ones_is_unavailable_when_flagged(vtype: ValueType, order: WordOrder
     """With unavailable_all_ones, all-0xFFFF words decode to None and None encodes to all ones."""
     register = reg(vtype, order, unavailable_all_ones=True, scale=0.1)
     all_ones = [0xFFFF] * WORDS[vtype]
-    assert register.decode(all_ones) is None
-    assert register.encode(None) == all_ones
+    assert decode(register, all_ones) is None
+    assert encode(register, None) == all_ones
 
 
 @pytest.mark.parametrize("vtype", INT_TYPES)
 def test_encode_none_on_int_without_flag_is_all_ones(vtype: ValueType) -> None:
     """encode(None) on an integer register gives all ones even without the flag."""
-    assert reg(vtype).encode(None) == [0xFFFF] * WORDS[vtype]
+    assert encode(reg(vtype), None) == [0xFFFF] * WORDS[vtype]
 
 
 @pytest.mark.parametrize(
@@ -417,14 +416,14 @@ def test_encode_none_on_int_without_flag_is_all_ones(vtype: ValueType) -> None:
 )
 def test_all_ones_is_a_number_without_the_flag(vtype: ValueType, expected: int) -> None:
     """Without unavailable_all_ones, all-0xFFFF words decode as the number struct gives."""
-    assert reg(vtype).decode([0xFFFF] * WORDS[vtype]) == expected
+    assert decode(reg(vtype), [0xFFFF] * WORDS[vtype]) == expected
 
 
 def test_unavailable_all_ones_only_when_every_word_is_ffff() -> None:
     """0xFFFF in only some words is an ordinary value, not unavailable."""
     register = reg(ValueType.U32, unavailable_all_ones=True)
-    assert register.decode([0xFFFF, 0xFFFE]) == 0xFFFFFFFE
-    assert register.decode([0x0000, 0xFFFF]) == 0xFFFF
+    assert decode(register, [0xFFFF, 0xFFFE]) == 0xFFFFFFFE
+    assert decode(register, [0x0000, 0xFFFF]) == 0xFFFF
 
 
 # --------------------------------------------------------------------------- rejected input
@@ -435,26 +434,26 @@ def test_unavailable_all_ones_only_when_every_word_is_ffff() -> None:
 def test_non_finite_input_is_rejected(vtype: ValueType, bad: float) -> None:
     """inf, -inf and NaN are not encodable values (None is the way to say unavailable)."""
     with pytest.raises(BadValue):
-        reg(vtype).encode(bad)
+        encode(reg(vtype), bad)
 
 
 def test_f32_overflow_is_rejected() -> None:
     """A finite value beyond float32's range raises BadValue instead of becoming inf."""
     register = reg(ValueType.F32)
-    assert register.encode(3.4028234663852886e38) == expected_words(
+    assert encode(register, 3.4028234663852886e38) == expected_words(
         ValueType.F32, 3.4028234663852886e38, "big"
     )
     with pytest.raises(BadValue):
-        register.encode(1e39)
+        encode(register, 1e39)
     with pytest.raises(BadValue):
-        register.encode(-1e39)
+        encode(register, -1e39)
 
 
 @pytest.mark.parametrize("bad", ["12", True, False])
 def test_numeric_register_rejects_text_and_bool(bad: object) -> None:
     """Text and booleans are not numbers for a numeric register."""
     with pytest.raises(BadValue):
-        reg(ValueType.U16).encode(bad)  # type: ignore[arg-type]
+        encode(reg(ValueType.U16), bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -463,7 +462,7 @@ def test_numeric_register_rejects_text_and_bool(bad: object) -> None:
 def test_decode_with_wrong_word_count_is_bad_value(vtype: ValueType, n: int) -> None:
     """decode() insists on exactly the register's word count."""
     with pytest.raises(BadValue):
-        reg(vtype).decode([0] * n)
+        decode(reg(vtype), [0] * n)
 
 
 # --------------------------------------------------------------------------- strings
@@ -480,7 +479,7 @@ def _text_words(text: str, words: int, order: WordOrder) -> list[int]:
 def test_string_encode_is_nul_padded(text: str, order: WordOrder) -> None:
     """A string is its UTF-8 bytes, in reading order, padded with NULs to the register length."""
     register = reg(ValueType.STRING, order, words=4)
-    assert register.encode(text) == _text_words(text, 4, order)
+    assert encode(register, text) == _text_words(text, 4, order)
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -488,32 +487,32 @@ def test_string_encode_is_nul_padded(text: str, order: WordOrder) -> None:
 def test_string_decode_strips_nul_padding(text: str, order: WordOrder) -> None:
     """Decoding NUL-padded words gives the text without the padding."""
     register = reg(ValueType.STRING, order, words=4)
-    assert register.decode(_text_words(text, 4, order)) == text
+    assert decode(register, _text_words(text, 4, order)) == text
 
 
 def test_string_decode_strips_trailing_spaces() -> None:
     """Space padding (as some devices use) is stripped as well."""
     data = b"SN42    "
-    assert reg(ValueType.STRING, words=4).decode(split_words(data)) == "SN42"
+    assert decode(reg(ValueType.STRING, words=4), split_words(data)) == "SN42"
 
 
 def test_string_too_long_is_bad_value() -> None:
     """Text longer than the register holds is rejected, not truncated."""
     with pytest.raises(BadValue):
-        reg(ValueType.STRING, words=2).encode("ABCDE")
+        encode(reg(ValueType.STRING, words=2), "ABCDE")
 
 
 def test_string_register_rejects_numbers() -> None:
     """A string register does not accept a number."""
     with pytest.raises(BadValue):
-        reg(ValueType.STRING, words=2).encode(12)
+        encode(reg(ValueType.STRING, words=2), 12)
 
 
 @pytest.mark.parametrize(("text", "words"), [("é", 1), ("éé", 2), ("温度", 4)])
 def test_string_with_multibyte_chars_fills_exactly_the_register(text: str, words: int) -> None:
     """Non-ASCII text that fits in bytes is padded to exactly the register's word count."""
     register = reg(ValueType.STRING, words=words)
-    assert register.encode(text) == _text_words(text, words, "big")
+    assert encode(register, text) == _text_words(text, words, "big")
 
 
 # --------------------------------------------------------------------------- read_plan
@@ -640,7 +639,7 @@ def test_read_block_decode_splits_words_per_register() -> None:
     b = reg(ValueType.I32, name="b", address=12, scale=0.01)
     block = ReadBlock(unit_id=1, function_code=3, address=10, count=4, registers=(a, b))
     words = [42, 0xDEAD, *split_words(struct.pack(">i", -15000))]
-    values = block.decode(words)
+    values = decode_block(block, words)
     assert values["a"] == 42
     assert values["b"] == pytest.approx(-150.0)
 
@@ -671,14 +670,14 @@ def _pile_write_map() -> RegisterMap:
 
 def test_write_plan_merges_contiguous_fc16_registers() -> None:
     """setpoint@100 (i32), mode@102, heartbeat@103 become one FC16 request of 4 words."""
-    plan = _pile_write_map().write_plan({"heartbeat": 1, "setpoint": 150.0, "mode": 1})
+    plan = write_plan(_pile_write_map(), {"heartbeat": 1, "setpoint": 150.0, "mode": 1})
     expected = (*split_words(struct.pack(">i", 15000)), 1, 1)
     assert plan == (WriteRequest(unit_id=1, function_code=16, address=100, words=expected),)
 
 
 def test_write_plan_fc6_register_is_written_alone() -> None:
     """An FC6 register is its own request and splits the FC16 run around it."""
-    plan = _pile_write_map().write_plan({"mode": 2, "heartbeat": 1, "reset": 5})
+    plan = write_plan(_pile_write_map(), {"mode": 2, "heartbeat": 1, "reset": 5})
     assert plan == (
         WriteRequest(1, 16, 102, (2, 1)),
         WriteRequest(1, 6, 104, (5,)),
@@ -687,14 +686,14 @@ def test_write_plan_fc6_register_is_written_alone() -> None:
 
 def test_write_plan_splits_non_contiguous_fc16_registers() -> None:
     """FC16 registers with a hole between them are written in separate requests."""
-    plan = _pile_write_map().write_plan({"heartbeat": 1, "comm_timeout": 30}, unit_id=4)
+    plan = write_plan(_pile_write_map(), {"heartbeat": 1, "comm_timeout": 30}, unit_id=4)
     assert plan == (WriteRequest(4, 16, 103, (1,)), WriteRequest(4, 16, 110, (30,)))
 
 
 def test_write_plan_read_only_register_is_bad_value() -> None:
     """Writing a read-only register raises BadValue naming the map."""
     with pytest.raises(BadValue) as info:
-        _pile_write_map().write_plan({"state": 1})
+        write_plan(_pile_write_map(), {"state": 1})
     assert "state" in info.value.message
     assert info.value.device == "test-map"
 
@@ -702,13 +701,13 @@ def test_write_plan_read_only_register_is_bad_value() -> None:
 def test_write_plan_propagates_encode_errors() -> None:
     """An out-of-range value in a write plan raises BadValue."""
     with pytest.raises(BadValue):
-        _pile_write_map().write_plan({"mode": 70000})
+        write_plan(_pile_write_map(), {"mode": 70000})
 
 
 def test_write_plan_encode_error_names_the_map_and_register() -> None:
     """A value the register cannot hold names the map as the device and the register."""
     with pytest.raises(BadValue) as info:
-        _pile_write_map().write_plan({"mode": 70000})
+        write_plan(_pile_write_map(), {"mode": 70000})
     assert info.value.device == "test-map"
     assert info.value.message.startswith("mode: 70000 is outside")
 
@@ -849,5 +848,14 @@ def test_in_project_units_none_and_text() -> None:
 def test_decode_then_project_units_of_a_w_register() -> None:
     """A Janitza-style f32 W register reading 123456.0 W is 123.456 kW."""
     register = reg(ValueType.F32, unit="W")
-    raw = register.decode(expected_words(ValueType.F32, 123456.0, "big"))
+    raw = decode(register, expected_words(ValueType.F32, 123456.0, "big"))
     assert in_project_units(register, raw) == pytest.approx(123.456)
+
+
+def test_every_charger_make_the_maps_know_has_a_driver_with_its_contract() -> None:
+    """`base.devicemap.CHARGERS` (what the loader checks) and the driver classes name one set."""
+    from base.devicemap import CHARGERS
+    from drivers.makes import charger_class
+
+    for driver, contract in CHARGERS.items():
+        assert charger_class(driver).REQUIRED_REGISTERS == contract.required

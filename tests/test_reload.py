@@ -24,11 +24,11 @@ from typing import Protocol
 import pytest
 import pytest_asyncio
 
-from controller.clock import VirtualClock
-from controller.config import CONFIG_ROOT, Station, load_tariff
-from controller.control import Policy
+from base.clock import VirtualClock
+from base.config import CONFIG_ROOT, Station, load_tariff
+from control.cycle import Policy
+from control.reload import StationChange
 from controller.daemon import Cycle, Daemon
-from controller.reload import StationChange
 from scheduler.problem import Problem
 from simulator.fleet import Visit
 from simulator.hardware import StationSimulator

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from controller.config import load_station
+from base.config import load_station
 from drivers.modbus import ModbusDevice, ModbusLink
 from tests.conftest import FLEXCHARGE, station_files_on_free_ports
 

@@ -7,14 +7,15 @@ import math
 
 import pytest
 
-from controller.config import Station
-from controller.control import Control, Policy
-from controller.follow import Deviation, FollowWatch
-from controller.sensing import STEADY_READINGS, Sensors
-from controller.site import PileView
+from base.config import Station
+from base.devicemap import PileState
+from control.cycle import Control, Policy
+from control.follow import Deviation, FollowWatch
+from control.sensing import STEADY_READINGS, Sensors
+from control.site import PileView
 from drivers.errors import DeviceTimeout
 from drivers.meter import MeterReading
-from drivers.pile import PileReading, PileState
+from drivers.pile import PileReading
 
 T0 = 1_800_000_000.0
 

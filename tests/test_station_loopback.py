@@ -13,8 +13,8 @@ import asyncio
 
 import pytest
 
-from controller.clock import VirtualClock
-from controller.config import Station
+from base.clock import VirtualClock
+from base.config import Station
 from controller.daemon import Cycle, Daemon
 from drivers.modbus import ModbusDevice, ModbusLink
 from simulator.fleet import Visit

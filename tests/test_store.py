@@ -18,14 +18,15 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from controller.clock import VirtualClock
-from controller.config import Station
-from controller.control import Control, ControlState, MonthPeak, Wish
+from base.clock import VirtualClock
+from base.config import Station
+from base.devicemap import PileState
+from control.cycle import Control, ControlState, MonthPeak, Wish
+from control.ledger import SessionLedger, SessionRecord
+from control.site import PileView, SiteSnapshot
 from controller.daemon import Daemon
-from controller.ledger import SessionLedger, SessionRecord
-from controller.site import PileView, SiteSnapshot
 from controller.store import SCHEMA_VERSION, SavedState, StateError, StateStore
-from drivers.pile import PileReading, PileState
+from drivers.pile import PileReading
 from scheduler.plan import Plan, PlanStatus
 from simulator.fleet import Visit
 from simulator.hardware import StationSimulator

@@ -1,4 +1,4 @@
-"""Unit tests for scheduler.tariff with the reference Guizhou TOU tariff (Asia/Shanghai, UTC+8)."""
+"""Unit tests for base.tariff with the reference Guizhou TOU tariff (Asia/Shanghai, UTC+8)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from controller.config import CONFIG_ROOT, load_tariff
-from scheduler.tariff import Tariff
+from base.config import CONFIG_ROOT, load_tariff
+from base.tariff import Tariff
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 PRICES = {"valley": 0.3162, "flat": 0.6210, "peak": 0.9462, "critical": 1.1354}

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.cli import main
-from controller.clock import VirtualClock
-from controller.config import CONFIG_ROOT, REFERENCE_STATION, ConfigError, Station, load_station
+from base.clock import VirtualClock
+from base.config import CONFIG_ROOT, REFERENCE_STATION, ConfigError, Station, load_station
+from base.devicemap import PileState
+from control.site import PileView, SiteSnapshot
 from controller.daemon import Cycle, Daemon
-from controller.site import PileView, SiteSnapshot
 from controller.telemetry import (
     DiskBuffer,
     LocalStore,
@@ -34,7 +34,8 @@ from controller.telemetry import (
     query_local,
     writer_for,
 )
-from drivers.pile import PileReading, PileState
+from drivers.pile import PileReading
+from flexcharge.cli import main
 from scheduler.plan import Plan, PlanStatus
 from simulator.hardware import StationSimulator
 from tests.conftest import local_time, station_files_on_free_ports, truck_visit

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.clock import VirtualClock
-from controller.config import Station
+from base.clock import VirtualClock
+from base.config import Station
 from controller.daemon import Cycle, Daemon
 from controller.telemetry import DiskBuffer, InfluxSink, Point, TelemetryWriter
 from simulator.hardware import StationSimulator

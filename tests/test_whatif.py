@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from controller import cli
-from controller.config import CONFIG_ROOT, ConfigError, load_station, load_tariff
-from scheduler.tariff import DayType, Period, Season, Tariff, schedule_problems
+from base.config import CONFIG_ROOT, ConfigError, load_station, load_tariff
+from base.tariff import DayType, Period, Season, Tariff, schedule_problems
+from flexcharge import cli
 from simulator.fast import Scenario, repriced, simulate
 from simulator.scenario import load_sessions
 from simulator.whatif import (

@@ -27,18 +27,19 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from controller.config import Station
-from controller.estimate import Estimator
-from controller.follow import FollowWatch
-from controller.forecast import BackgroundForecast
-from controller.limiter import PileBounds, budget_kw, limit_setpoints
-from controller.reload import reconnects
-from controller.site import BackgroundWatch, PileView, SiteSnapshot
-from drivers.pile import PileReading, PileState
+from base.config import Station
+from base.devicemap import PileState
+from base.tariff import Tariff
+from control.estimate import Estimator
+from control.follow import FollowWatch
+from control.forecast import BackgroundForecast
+from control.limiter import PileBounds, budget_kw, limit_setpoints
+from control.reload import reconnects
+from control.site import BackgroundWatch, PileView, SiteSnapshot
+from drivers.pile import PileReading
 from scheduler.allocation import Demand, fair_share, laxity_h, priority_fill
 from scheduler.plan import FloatArray, Plan
 from scheduler.problem import GroupLimit, Problem, Vehicle, Weights, month_starts, slot_boundaries
-from scheduler.tariff import Tariff
 
 log = logging.getLogger(__name__)
 
@@ -389,7 +390,7 @@ class Control:
         settings = self.settings
         capacity = reading.ev_capacity_kwh
         soc = None if reading.soc_pct is None else reading.soc_pct / 100
-        # Nobody said? Vehicles that came at this time of day before tell (`controller.estimate`).
+        # Nobody said? Vehicles that came at this time of day before tell (`control.estimate`).
         guess = self.estimator.estimate(self.history, now)
         if capacity is not None and soc is not None:
             need = Vehicle.energy_for_soc(

@@ -19,11 +19,11 @@ from zoneinfo import ZoneInfo
 
 from rich.console import Console
 
-from controller.clock import VirtualClock
-from controller.config import ApiSettings, Station
-from controller.control import Wish
+from base.clock import VirtualClock
+from base.config import ApiSettings, Station
+from control.cycle import Wish
 from controller.daemon import Daemon
-from controller.view import LiveView, summary_table
+from flexcharge.view import LiveView, summary_table
 from simulator.hardware import StationSimulator
 from simulator.plant import PileModel
 from simulator.plant import Vehicle as PlantVehicle

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from controller.config import PileConfig
+from base.config import PileConfig
 from drivers.errors import DriverError
 from drivers.meter import MeterReading
 from drivers.pile import PileReading

@@ -1,29 +1,22 @@
-"""Register maps and their codecs: how a device's values sit in 16-bit Modbus registers.
+"""Device maps: how a device's values sit in its registers, and what each kind of map must hold.
 
-A `RegisterMap` is the in-memory form of one file in `configs/devices/`; the driver and the
-simulator both use it, so a device is described once. This module is pure: no I/O, no asyncio.
-Conversion between words and numbers is pymodbus's own (`convert_to_registers` /
-`convert_from_registers`); this module adds scaling, ranges, word order and "unavailable".
+A `RegisterMap` is the in-memory form of one file in `configs/devices/`; the drivers, the
+simulator and the station loader all use it, so a device is described once. This module is the
+model only (addresses, types, access, read plans and the contracts of each map kind); turning
+words into values is `drivers.codec`'s job.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from enum import StrEnum
-from typing import Literal
-
-from pymodbus.client.mixin import ModbusClientMixin
-
-from drivers.errors import BadValue
+from typing import Literal, TypeGuard
 
 WordOrder = Literal["big", "little"]
 Value = float | int | str
-_DT = ModbusClientMixin.DATATYPE
 
 
 class ValueType(StrEnum):
@@ -66,26 +59,6 @@ _WORDS = {
     ValueType.F64: 4,
     ValueType.STRING: 0,
 }
-_PYMODBUS_TYPE = {
-    ValueType.U16: _DT.UINT16,
-    ValueType.I16: _DT.INT16,
-    ValueType.U32: _DT.UINT32,
-    ValueType.I32: _DT.INT32,
-    ValueType.U64: _DT.UINT64,
-    ValueType.I64: _DT.INT64,
-    ValueType.F32: _DT.FLOAT32,
-    ValueType.F64: _DT.FLOAT64,
-    ValueType.STRING: _DT.STRING,
-}
-_INT_RANGE = {
-    ValueType.U16: (0, 2**16 - 1),
-    ValueType.I16: (-(2**15), 2**15 - 1),
-    ValueType.U32: (0, 2**32 - 1),
-    ValueType.I32: (-(2**31), 2**31 - 1),
-    ValueType.U64: (0, 2**64 - 1),
-    ValueType.I64: (-(2**63), 2**63 - 1),
-}
-_F32_MAX = 3.4028234663852886e38
 
 
 class Table(StrEnum):
@@ -139,93 +112,6 @@ class Register:
         """First address after this register."""
         return self.address + self.words
 
-    def decode(self, words: Sequence[int]) -> Value | None:
-        """Turn raw words into an engineering value; None when the device says "unavailable"."""
-        if len(words) != self.words:
-            raise BadValue(self.name, f"expected {self.words} registers, got {len(words)}")
-        for word in words:
-            if not 0 <= word <= 0xFFFF:
-                raise BadValue(self.name, f"register value {word} is outside 0-65535")
-        if self.type is ValueType.STRING:
-            # Text is stored in reading order whatever the device's word order for numbers.
-            try:
-                text = ModbusClientMixin.convert_from_registers(list(words), _DT.STRING)
-            except UnicodeDecodeError as exc:
-                raise BadValue(self.name, f"text is not UTF-8: {exc}") from exc
-            assert isinstance(text, str)
-            return text.rstrip("\x00 ")
-        if self.unavailable_all_ones and all(w == 0xFFFF for w in words):
-            return None
-        raw = ModbusClientMixin.convert_from_registers(
-            list(words), _PYMODBUS_TYPE[self.type], word_order=self.word_order
-        )
-        assert isinstance(raw, (int, float))
-        if isinstance(raw, float) and math.isnan(raw):
-            return None
-        if self.scale == 1.0 and isinstance(raw, int):
-            return raw
-        return raw * self.scale
-
-    def encode(self, value: Value | None) -> list[int]:
-        """Turn an engineering value into raw words; None encodes "unavailable" (NaN / all ones)."""
-        if value is None:
-            if self.type.is_float:
-                return self._pack(math.nan)
-            return [0xFFFF] * self.words
-        if self.type is ValueType.STRING:
-            if not isinstance(value, str):
-                raise BadValue(self.name, f"expected text, got {value!r}")
-            size = len(value.encode("utf-8"))
-            if size > 2 * self.words:
-                raise BadValue(self.name, f"text longer than {self.words} registers: {value!r}")
-            # Pad by bytes, not characters: "温度" is 6 bytes in UTF-8.
-            padded = value + "\x00" * (2 * self.words - size)
-            return list(ModbusClientMixin.convert_to_registers(padded, _DT.STRING))
-        if isinstance(value, (str, bool)):
-            raise BadValue(self.name, f"expected a number, got {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise BadValue(self.name, f"not a finite number: {value!r}")
-        if self.type.is_float:
-            try:
-                raw = value / self.scale
-            except OverflowError:  # an int beyond any float
-                raw = math.inf
-            limit = _F32_MAX if self.type is ValueType.F32 else sys.float_info.max
-            if not abs(raw) <= limit:
-                raise BadValue(
-                    self.name,
-                    f"{_shown(value)} with scale {self.scale:g} does not fit a "
-                    f"{32 if self.type is ValueType.F32 else 64}-bit float",
-                )
-            return self._pack(float(raw))
-        lo, hi = _INT_RANGE[self.type]
-        if isinstance(value, int) and self.scale == 1.0:
-            whole = value  # exact, even beyond 2**53 (64-bit counters)
-        else:
-            # Decimal keeps 64-bit values exact and scales like 0.01 free of binary rounding.
-            whole = round(Decimal(value) / Decimal(repr(self.scale)))
-        if not lo <= whole <= hi:
-            unit = f" {self.unit}" if self.unit else ""
-            raise BadValue(
-                self.name,
-                f"{_shown(value)}{unit} is outside what {self.type} with scale {self.scale:g} holds "
-                f"({lo * self.scale:g} to {hi * self.scale:g})",
-            )
-        return self._pack(whole)
-
-    def _pack(self, raw: float | int | str) -> list[int]:
-        words = ModbusClientMixin.convert_to_registers(
-            raw, _PYMODBUS_TYPE[self.type], word_order=self.word_order
-        )
-        return list(words)
-
-
-def _shown(value: float | int) -> str:
-    """A number for a message; an integer too long for str() is shown by its size."""
-    if isinstance(value, int) and value.bit_length() > 64:
-        return f"an integer of {value.bit_length()} bits"
-    return str(value)
-
 
 @dataclass(frozen=True)
 class ReadBlock:
@@ -236,23 +122,6 @@ class ReadBlock:
     address: int
     count: int
     registers: tuple[Register, ...]
-
-    def decode(self, words: Sequence[int]) -> dict[str, Value | None]:
-        """Split the words of one response into the values of its registers."""
-        return {
-            reg.name: reg.decode(words[reg.address - self.address : reg.end - self.address])
-            for reg in self.registers
-        }
-
-
-@dataclass(frozen=True)
-class WriteRequest:
-    """One write request: FC6 for a single word, FC16 for one or more contiguous registers."""
-
-    unit_id: int
-    function_code: int
-    address: int
-    words: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -358,46 +227,6 @@ class RegisterMap:
                 blocks.append(_block(unit, fc, current))
         return tuple(blocks)
 
-    def write_plan(
-        self, values: Mapping[str, Value | None], unit_id: int | None = None
-    ) -> tuple[WriteRequest, ...]:
-        """Encode values and group contiguous FC16 registers into single requests."""
-        regs = sorted((self.registers[n] for n in values), key=lambda r: r.address)
-        requests: list[WriteRequest] = []
-        run: list[Register] = []
-        run_words: list[int] = []
-
-        def flush() -> None:
-            if run:
-                unit = self.unit_of(run[0], unit_id)
-                requests.append(WriteRequest(unit, 16, run[0].address, tuple(run_words)))
-                run.clear()
-                run_words.clear()
-
-        for reg in regs:
-            if not reg.access.writable:
-                raise BadValue(self.name, f"register {reg.name} is read-only")
-            try:
-                words = reg.encode(values[reg.name])
-            except BadValue as exc:
-                raise BadValue(self.name, f"{reg.name}: {exc.message}") from None
-            if reg.write_fc == 6:
-                flush()
-                requests.append(
-                    WriteRequest(self.unit_of(reg, unit_id), 6, reg.address, tuple(words))
-                )
-                continue
-            if run and (
-                reg.address != run[-1].end
-                or self.unit_of(reg, unit_id) != self.unit_of(run[0], unit_id)
-                or reg.end - run[0].address > 123
-            ):
-                flush()
-            run.append(reg)
-            run_words.extend(words)
-        flush()
-        return tuple(requests)
-
     def label(self, enum: str, raw: Value | None) -> str | None:
         """The name an enumeration in the map gives a raw value (None if it has none)."""
         if raw is None or isinstance(raw, str):
@@ -430,15 +259,140 @@ UNIT_SCALE = {
 }
 
 
-def in_project_units(reg: Register, value: Value | None) -> float | None:
-    """A decoded numeric value converted to the project's units (W -> kW, Wh -> kWh, mA -> A)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        raise BadValue(reg.name, f"expected a number, got text {value!r}")
-    return float(value) * UNIT_SCALE[reg.unit][1]
+class PileState(StrEnum):
+    """What a pile is doing, in the words of the pile maps' `state` enumeration."""
+
+    AVAILABLE = "available"
+    CONNECTED = "connected"
+    CHARGING = "charging"
+    DISCHARGING = "discharging"
+    FINISHED = "finished"
+    FAULT = "fault"
+    UNAVAILABLE = "unavailable"
+
+    @property
+    def vehicle_present(self) -> bool:
+        """True when a vehicle is plugged in."""
+        return self in (
+            PileState.CONNECTED,
+            PileState.CHARGING,
+            PileState.DISCHARGING,
+            PileState.FINISHED,
+        )
 
 
-def from_project_units(reg: Register, value: float) -> float:
-    """The inverse of `in_project_units`: kW -> the register's unit."""
-    return value / UNIT_SCALE[reg.unit][1]
+class PileMode(StrEnum):
+    """The direction a pile is told to work in."""
+
+    IDLE = "idle"
+    CHARGE = "charge"
+    DISCHARGE = "discharge"
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What a map of one kind (or one charger make) must and may define for its driver."""
+
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    enums: tuple[str, ...] = ()
+
+
+PILE = Contract(
+    required=(
+        "state",
+        "power",
+        "applied_setpoint",
+        "max_charge_power",
+        "energy_import",
+        "setpoint",
+        "mode",
+        "heartbeat",
+        "comm_timeout",
+        "fallback_power",
+    ),
+    optional=(
+        "soc",
+        "ev_max_power",
+        "ev_capacity",
+        "max_discharge_power",
+        "min_power",
+        "energy_export",
+        "session_energy",
+        "session_id",
+        "fallback_countdown",
+        "fault_code",
+    ),
+    enums=("state", "mode"),
+)
+METER_PHASES = (
+    "voltage_l1",
+    "voltage_l2",
+    "voltage_l3",
+    "current_l1",
+    "current_l2",
+    "current_l3",
+    "power_l1",
+    "power_l2",
+    "power_l3",
+)
+# `utility_limit`: the import limit the utility currently allows at the connection point, as a
+# smart metering terminal relays it (None or NaN: no limit signal in force). `clock`: the device's
+# own time (epoch seconds), which says whether its readings move on.
+METER = Contract(
+    required=("power",),
+    optional=(
+        *METER_PHASES,
+        "energy_import",
+        "energy_export",
+        "frequency",
+        "utility_limit",
+        "clock",
+    ),
+)
+ChargerDriver = Literal["alfen", "vestel", "abb-terra-ac"]
+# Each AC charger make's own registers (a charger map names its make as `[device] driver`).
+CHARGERS: Mapping[ChargerDriver, Contract] = {
+    "alfen": Contract(
+        required=(
+            "power",
+            "availability",
+            "mode3_state",
+            "applied_current",
+            "validity_time_left",
+            "setpoint",
+            "safe_current",
+            "setpoint_in_use",
+            "station_max_current",
+        )
+    ),
+    "vestel": Contract(
+        required=(
+            "cp_state",
+            "charging",
+            "cable_state",
+            "power",
+            "max_hw_current",
+            "min_hw_current",
+            "setpoint",
+            "life_bit",
+            "comm_timeout",
+            "failsafe_current",
+        )
+    ),
+    "abb-terra-ac": Contract(
+        required=(
+            "state",
+            "power",
+            "applied_current",
+            "max_rated_current",
+            "setpoint",
+            "comm_timeout",
+        )
+    ),
+}
+
+
+def is_charger_driver(name: object) -> TypeGuard[ChargerDriver]:
+    """True when flexcharge has a driver for the charger make `name`."""
+    return name in CHARGERS

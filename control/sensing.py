@@ -27,12 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from controller.config import Station
-from controller.site import Feed, PileView, SiteSnapshot
+from base.config import Station
+from base.tariff import Tariff
+from control.site import Feed, PileView, SiteSnapshot
 from drivers.errors import BadValue, DriverError
 from drivers.meter import MeterReading
 from drivers.pile import PileReading
-from scheduler.tariff import Tariff
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from controller.site import PileView
+from control.site import PileView
 
 # A condition must hold this long (s) before a pile is flagged or a flag is cleared: one
 # cycle's reading is not enough to call a pile faulty.

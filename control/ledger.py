@@ -28,8 +28,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from controller.control import Session
-from controller.site import SiteSnapshot
+from control.cycle import Session
+from control.site import SiteSnapshot
 from drivers.pile import PileReading
 
 log = logging.getLogger(__name__)

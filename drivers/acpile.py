@@ -10,9 +10,10 @@ driver floors anything below it to 0, a pause), and fills in what AC chargers do
 
 from __future__ import annotations
 
-from controller.config import PileConfig
+from base.config import PileConfig
+from base.devicemap import PileState
 from drivers.charger import AcCharger, ChargerReading
-from drivers.pile import PileReading, PileState
+from drivers.pile import PileReading
 
 # A reading's fault code when the charger does not follow its setpoint.
 NOT_FOLLOWING = 900

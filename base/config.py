@@ -29,12 +29,21 @@ from pydantic import (
     field_validator,
 )
 
-from controller import certs
-from drivers import meter as meter_driver
-from drivers import pile as pile_driver
-from drivers.makes import CHARGER_MAKES
-from drivers.registers import UNIT_SCALE, Access, Register, RegisterMap, ValueType
-from scheduler.tariff import MINUTES_PER_DAY, WEEKDAY_NAMES, DayType, Period, Season, Tariff, hhmm
+from base import certs
+from base.devicemap import (
+    CHARGERS,
+    METER,
+    PILE,
+    UNIT_SCALE,
+    Access,
+    PileMode,
+    PileState,
+    Register,
+    RegisterMap,
+    ValueType,
+    is_charger_driver,
+)
+from base.tariff import MINUTES_PER_DAY, WEEKDAY_NAMES, DayType, Period, Season, Tariff, hhmm
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 REFERENCE_STATION = CONFIG_ROOT / "stations" / "bozhou-depot.toml"
@@ -326,27 +335,25 @@ def load_register_map(path: Path) -> RegisterMap:
 
 
 def _check_kind(regmap: RegisterMap, problems: _Problems, device: str, declared: set[str]) -> None:
-    required: tuple[str, ...]
-    enums: tuple[str, ...]
     if regmap.kind == "pile":
-        required, enums = pile_driver.REQUIRED_REGISTERS, pile_driver.REQUIRED_ENUMS
+        contract = PILE
     elif regmap.kind == "meter":
-        required, enums = meter_driver.REQUIRED_REGISTERS, ()
+        contract = METER
     else:
-        make = CHARGER_MAKES.get(regmap.driver or "")
-        if make is None:
+        if not is_charger_driver(regmap.driver):
             problems.add(
                 device,
                 "device.driver",
-                f"a charger map must name its driver, one of {sorted(CHARGER_MAKES)}"
+                f"a charger map must name its driver, one of {sorted(CHARGERS)}"
                 + (f" (got {regmap.driver!r})" if regmap.driver else ""),
             )
             return
-        required, enums = make.REQUIRED_REGISTERS, ()
+        contract = CHARGERS[regmap.driver]
         if "setpoint" in regmap and regmap["setpoint"].unit not in ("A", "mA"):
             problems.add(
                 device, "registers.setpoint", "a charger's setpoint is a current (A or mA)"
             )
+    required, enums = contract.required, contract.enums
     for name in required:
         if name not in declared:
             problems.add(device, f"registers.{name}", f"a {regmap.kind} map must define it")
@@ -354,7 +361,7 @@ def _check_kind(regmap: RegisterMap, problems: _Problems, device: str, declared:
         if name not in regmap.enums:
             problems.add(device, f"enums.{name}", f"a {regmap.kind} map must define it")
     if regmap.kind == "pile" and "state" in regmap.enums:
-        known = {s.value for s in pile_driver.PileState}
+        known = {s.value for s in PileState}
         for code, label in regmap.enums["state"].items():
             if label not in known:
                 problems.add(
@@ -363,7 +370,7 @@ def _check_kind(regmap: RegisterMap, problems: _Problems, device: str, declared:
                     f"unknown state {label!r}; use one of {sorted(known)}",
                 )
     if regmap.kind == "pile" and "mode" in regmap.enums:
-        missing = {m.value for m in pile_driver.PileMode} - set(regmap.enums["mode"].values())
+        missing = {m.value for m in PileMode} - set(regmap.enums["mode"].values())
         if missing:
             problems.add(device, "enums.mode", f"lacks {sorted(missing)}")
 

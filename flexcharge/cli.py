@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 from rich.console import Console
 from rich.logging import RichHandler
 
-from controller.config import (
+from base.config import (
     REFERENCE_STATION,
     ApiSettings,
     ConfigError,
@@ -130,7 +130,7 @@ def cmd_check_config(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_certs_init(args: argparse.Namespace, console: Console) -> int:
     """Create a station CA and the certificates the daemon and the simulator present."""
-    from controller import certs
+    from base import certs
 
     target = Path(args.dir)
     try:
@@ -199,7 +199,7 @@ def _is_daemon(pid: int) -> bool:
     except OSError:
         return True  # no /proc here: a live process is taken for the daemon
     # A pid the system gave to another program since: signalling it could end that program.
-    return b"flexcharge" in cmdline or b"controller.cli" in cmdline
+    return b"flexcharge" in cmdline or b"flexcharge.cli" in cmdline
 
 
 def _claim_pidfile(path: Path) -> int | None:
@@ -257,7 +257,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 def _run_daemon(
     args: argparse.Namespace, station: Station, station_path: Path, console: Console
 ) -> int:
-    from controller.clock import WallClock
+    from base.clock import WallClock
     from controller.daemon import Daemon
     from controller.store import StateError, StateStore
 
@@ -402,7 +402,7 @@ def cmd_reload(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_sim_hardware(args: argparse.Namespace, console: Console) -> int:
     """Serve the station's devices (Modbus TCP, OPC-UA) on loopback, in real time, until stopped."""
-    from controller.clock import WallClock
+    from base.clock import WallClock
     from simulator.hardware import SimulatorError, StationSimulator
 
     station = _load(Path(args.station), console)
@@ -458,7 +458,7 @@ def cmd_sim_hardware(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     """Simulated station + daemon over real Modbus on loopback, faster than real time."""
-    from controller.demo import demo_start, print_summary, run_demo
+    from flexcharge.demo import demo_start, print_summary, run_demo
     from simulator.hardware import SimulatorError
 
     station = _load(Path(args.station), console)
@@ -785,7 +785,7 @@ def cmd_tariff_show(args: argparse.Namespace, console: Console) -> int:
     """Draw a tariff's bands over a day and a year, tabulate them, and check for gaps/overlaps."""
     from rich.table import Table
 
-    from scheduler.tariff import schedule_problems
+    from base.tariff import schedule_problems
     from simulator.tariff_view import band_rows, day_figure, year_figure
 
     path = Path(args.path)

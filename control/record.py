@@ -1,0 +1,39 @@
+"""What a run records: the interface the daemon's telemetry writer offers both shells.
+
+Fast simulation records its steps through it exactly as the daemon does, without depending on
+the daemon's services.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from control.site import SiteSnapshot
+from scheduler.plan import Plan
+
+
+class Recorder(Protocol):
+    """Where cycles, plans and events go (the telemetry writer implements it)."""
+
+    def cycle(
+        self,
+        when: float,
+        snapshot: SiteSnapshot,
+        budget_kw: float,
+        targets: Mapping[str, float],
+        setpoints: Mapping[str, float],
+        written: Mapping[str, bool],
+        *,
+        block: bool = False,
+    ) -> None:
+        """Record one control cycle."""
+        ...
+
+    def plan(self, plan: Plan, when: float, *, block: bool = False) -> None:
+        """Record a new plan."""
+        ...
+
+    def event(self, when: float, text: str, kind: str = "control", *, block: bool = False) -> None:
+        """Record an event."""
+        ...

@@ -1,0 +1,1 @@
+"""The application: command line, demo and live view, composing daemon and simulator."""
