@@ -1,4 +1,4 @@
-"""Loading and checking everything in `configs/`: stations, tariffs and device register maps.
+"""Station configs (`configs/stations/*.toml`): the models and their loader.
 
 Each loader reads TOML into pydantic models, then checks what a schema cannot (a pile above the
 transformer, overlapping tariff bands, registers that overlap) and raises one `ConfigError` that
@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import math
 import os
-import re
-import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PositiveFloat,
     SecretStr,
@@ -31,494 +26,33 @@ from pydantic import (
 
 from base import certs
 from base.devicemap import (
-    CHARGERS,
-    METER,
-    PILE,
-    UNIT_SCALE,
-    Access,
-    PileMode,
-    PileState,
-    Register,
     RegisterMap,
-    ValueType,
-    is_charger_driver,
 )
-from base.tariff import MINUTES_PER_DAY, WEEKDAY_NAMES, DayType, Period, Season, Tariff, hhmm
+from base.loading import (
+    ConfigError,
+    ConfigProblem,
+    Kw,
+    Port,
+    PositiveKw,
+    Problems,
+    Strict,
+    UnitId,
+    field_key,
+    minute_of_day,
+    read_toml,
+    zone_name,
+)
+from base.mapfile import load_register_map
+from base.tariff import Tariff
+from base.tarifffile import load_tariff
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 REFERENCE_STATION = CONFIG_ROOT / "stations" / "bozhou-depot.toml"
 
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a config file."""
-
-    file: Path
-    device: str | None
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        where = [str(self.file)]
-        if self.device:
-            where.append(self.device)
-        if self.field:
-            where.append(self.field)
-        return f"{': '.join(where)}: {self.message}"
-
-
-class ConfigError(Exception):
-    """A config is invalid; `problems` lists everything that is wrong with it."""
-
-    def __init__(self, problems: Iterable[Problem]) -> None:
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{len(self.problems)} problem(s) in the configuration:\n{lines}")
-
-
-class _Problems:
-    """Collects problems while a file is checked."""
-
-    def __init__(self, file: Path) -> None:
-        self.file = file
-        self.items: list[Problem] = []
-
-    def add(self, device: str | None, field_: str, message: str) -> None:
-        self.items.append(Problem(self.file, device, field_, message))
-
-    def add_validation(self, err: ValidationError, device: str | None, prefix: str = "") -> None:
-        for item in err.errors():
-            loc = ".".join(_key(part) for part in item["loc"])
-            where = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
-            kind = item["type"]
-            if kind == "missing":
-                message = "required, but missing"
-            elif kind == "extra_forbidden":
-                message = "unknown field (misspelt?)"
-            else:
-                message = str(item["msg"])
-                if "input" in item and not isinstance(item["input"], (dict, list)):
-                    message += f" (got {item['input']!r})"
-            self.items.append(Problem(self.file, device, where, message))
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise ConfigError(self.items)
-
-
-def _key(part: object) -> str:
-    """A TOML key as a problem's field shows it: an empty key as "", so that it is seen."""
-    return str(part) if part != "" else '""'
-
-
-def _read_toml(path: Path, problems: _Problems) -> dict[str, Any] | None:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        problems.add(None, "", "file not found")
-        return None
-    except OSError as exc:
-        problems.add(None, "", f"cannot read: {exc.strerror}")
-        return None
-    except ValueError:
-        problems.add(None, "", "cannot read: the path contains a NUL character")
-        return None
-    try:
-        return tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        problems.add(None, "", f"not valid TOML: not UTF-8 ({exc.reason} at byte {exc.start})")
-    except tomllib.TOMLDecodeError as exc:
-        problems.add(None, "", f"not valid TOML: {exc}")
-    except ValueError as exc:
-        # tomllib lets Python's own limits through (an integer of more than 4300 digits).
-        problems.add(None, "", f"not valid TOML: {exc}")
-    except RecursionError:
-        problems.add(None, "", "not valid TOML: arrays or tables nested too deeply")
-    return None
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-Port = Annotated[int, Field(ge=1, le=65535)]
-UnitId = Annotated[int, Field(ge=0, le=255)]
-Kw = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-PositiveKw = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-_HHMM = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
-
-
-def _minutes(text: str) -> int:
-    match = _HHMM.match(text)
-    if not match:
-        raise ValueError(f"not a time of day HH:MM: {text!r}")
-    minutes = int(match.group(1)) * 60 + int(match.group(2))
-    if minutes > MINUTES_PER_DAY:
-        raise ValueError(f"after 24:00: {text!r}")
-    return minutes
-
-
-def _check_zone(name: str) -> str:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: name too long
-        raise ValueError(f"unknown time zone {name!r}") from exc
-    return name
-
-
-# --------------------------------------------------------------------------- device maps
-
-
-class _RegisterSpec(_Strict):
-    address: int = Field(ge=0, le=65535)
-    type: ValueType
-    length: int | None = Field(default=None, ge=1, le=123)
-    access: Access = Access.R
-    scale: float = Field(default=1.0, allow_inf_nan=False)
-    unit: str = ""
-    word_order: Literal["big", "little"] | None = None
-    read_function_codes: list[Literal[3, 4]] | None = None
-    write_fc: Literal[6, 16] | None = None
-    unit_id: UnitId | None = None
-    unavailable_all_ones: bool = False
-    description: str = ""
-
-    @field_validator("scale")
-    @classmethod
-    def _nonzero(cls, value: float) -> float:
-        if value == 0:
-            raise ValueError("scale must not be 0")
-        return value
-
-    @field_validator("unit")
-    @classmethod
-    def _known_unit(cls, value: str) -> str:
-        if value not in UNIT_SCALE:
-            raise ValueError(f"unknown unit {value!r}; use one of {sorted(UNIT_SCALE)}")
-        return value
-
-
-class _DeviceSpec(_Strict):
-    title: str = Field(min_length=1)
-    kind: Literal["pile", "meter", "charger"]
-    unit_id: UnitId
-    word_order: Literal["big", "little"] = "big"
-    read_function_codes: list[Literal[3, 4]] = Field(min_length=1)
-    max_read_words: int = Field(default=125, ge=1, le=125)
-    max_gap: int = Field(default=0, ge=0, le=124)
-    idle_timeout_s: float | None = Field(default=None, gt=0)
-    max_connections: int | None = Field(default=None, ge=1)
-    notes: str = ""
-    driver: str | None = Field(default=None, min_length=1)
-    failsafe_timeout_s: float | None = Field(default=None, gt=0, le=3600)
-    min_current_a: float | None = Field(default=None, ge=0, le=80)
-
-
-class _MapFile(_Strict):
-    device: _DeviceSpec
-    enums: dict[str, dict[str, str]] = {}
-    registers: dict[str, _RegisterSpec] = Field(min_length=1)
-
-
-def load_register_map(path: Path) -> RegisterMap:
-    """Load and check one device register map file."""
-    path = Path(path)
-    problems = _Problems(path)
-    raw = _read_toml(path, problems)
-    problems.raise_if_any()
-    assert raw is not None
-    head = raw.get("device")
-    device = (
-        f"device map {head.get('title', path.stem)}"
-        if isinstance(head, dict)
-        else f"device map {path.stem}"
-    )
-    for key in raw:
-        if key not in _MapFile.model_fields:
-            problems.add(device, _key(key), "unknown section (misspelt?)")
-    # Each part is checked on its own, so that one bad register does not hide the others.
-    try:
-        spec_device = _DeviceSpec.model_validate(head if isinstance(head, dict) else {})
-    except ValidationError as err:
-        problems.add_validation(err, device, "device")
-        spec_device = None
-    raw_registers = raw.get("registers")
-    if not isinstance(raw_registers, dict) or not raw_registers:
-        problems.add(device, "registers", "a device map needs at least one register")
-        raw_registers = {}
-    raw_enums = raw.get("enums", {})
-    if not isinstance(raw_enums, dict):
-        problems.add(device, "enums", "must be a table of tables")
-        raw_enums = {}
-    specs: dict[str, _RegisterSpec] = {}
-    for name, entry in raw_registers.items():
-        try:
-            specs[name] = _RegisterSpec.model_validate(entry)
-        except ValidationError as err:
-            problems.add_validation(err, device, f"registers.{name}")
-    if spec_device is None:
-        problems.raise_if_any()
-    assert spec_device is not None
-    spec = _MapFile.model_construct(device=spec_device, enums={}, registers=specs)
-    registers: dict[str, Register] = {}
-    for name, reg in spec.registers.items():
-        if reg.type is ValueType.STRING and reg.length is None:
-            problems.add(
-                device, f"registers.{name}.length", "a string needs its length in registers"
-            )
-            continue
-        if reg.type is not ValueType.STRING and reg.length is not None:
-            problems.add(
-                device,
-                f"registers.{name}.length",
-                f"only strings take a length ({reg.type} does not)",
-            )
-        registers[name] = Register(
-            name=name,
-            address=reg.address,
-            type=reg.type,
-            words=reg.length if reg.type is ValueType.STRING and reg.length else reg.type.words,
-            access=reg.access,
-            scale=reg.scale,
-            unit=reg.unit,
-            word_order=reg.word_order or spec.device.word_order,
-            read_fcs=frozenset(reg.read_function_codes or spec.device.read_function_codes)
-            if reg.access.readable
-            else frozenset(),
-            write_fc=reg.write_fc,
-            unit_id=reg.unit_id,
-            unavailable_all_ones=reg.unavailable_all_ones,
-            description=reg.description,
-        )
-    enums: dict[str, dict[int, str]] = {}
-    for enum_name, table in raw_enums.items():
-        codes: dict[int, str] = {}
-        if not isinstance(table, dict):
-            problems.add(device, f"enums.{enum_name}", 'must be a table of code = "name"')
-            continue
-        for code, label in table.items():
-            if not isinstance(label, str):
-                problems.add(device, f"enums.{enum_name}.{code}", "the name must be text")
-                continue
-            try:
-                codes[int(code, 0)] = label
-            except ValueError:
-                problems.add(
-                    device, f"enums.{enum_name}.{code}", "an enumeration key must be a whole number"
-                )
-        enums[enum_name] = codes
-    regmap = RegisterMap(
-        name=path.stem,
-        title=spec.device.title,
-        kind=spec.device.kind,
-        registers=registers,
-        default_unit_id=spec.device.unit_id,
-        max_read_words=spec.device.max_read_words,
-        max_gap=spec.device.max_gap,
-        idle_timeout_s=spec.device.idle_timeout_s,
-        max_connections=spec.device.max_connections,
-        enums=enums,
-        notes=spec.device.notes,
-        driver=spec.device.driver,
-        failsafe_timeout_s=spec.device.failsafe_timeout_s,
-        min_current_a=spec.device.min_current_a,
-    )
-    for reg_name, message in regmap.problems():
-        problems.add(device, f"registers.{reg_name}", message)
-    for built in registers.values():
-        if built.access.readable and built.words > spec.device.max_read_words:
-            problems.add(device, f"registers.{built.name}", "longer than max_read_words")
-    _check_kind(regmap, problems, device, declared=set(raw_registers))
-    problems.raise_if_any()
-    return regmap
-
-
-def _check_kind(regmap: RegisterMap, problems: _Problems, device: str, declared: set[str]) -> None:
-    if regmap.kind == "pile":
-        contract = PILE
-    elif regmap.kind == "meter":
-        contract = METER
-    else:
-        if not is_charger_driver(regmap.driver):
-            problems.add(
-                device,
-                "device.driver",
-                f"a charger map must name its driver, one of {sorted(CHARGERS)}"
-                + (f" (got {regmap.driver!r})" if regmap.driver else ""),
-            )
-            return
-        contract = CHARGERS[regmap.driver]
-        if "setpoint" in regmap and regmap["setpoint"].unit not in ("A", "mA"):
-            problems.add(
-                device, "registers.setpoint", "a charger's setpoint is a current (A or mA)"
-            )
-    required, enums = contract.required, contract.enums
-    for name in required:
-        if name not in declared:
-            problems.add(device, f"registers.{name}", f"a {regmap.kind} map must define it")
-    for name in enums:
-        if name not in regmap.enums:
-            problems.add(device, f"enums.{name}", f"a {regmap.kind} map must define it")
-    if regmap.kind == "pile" and "state" in regmap.enums:
-        known = {s.value for s in PileState}
-        for code, label in regmap.enums["state"].items():
-            if label not in known:
-                problems.add(
-                    device,
-                    f"enums.state.{code}",
-                    f"unknown state {label!r}; use one of {sorted(known)}",
-                )
-    if regmap.kind == "pile" and "mode" in regmap.enums:
-        missing = {m.value for m in PileMode} - set(regmap.enums["mode"].values())
-        if missing:
-            problems.add(device, "enums.mode", f"lacks {sorted(missing)}")
-
-
-# --------------------------------------------------------------------------- tariffs
-
-
-class _PeriodSpec(_Strict):
-    start: str
-    end: str
-    band: str = Field(min_length=1)
-
-
-class _DayTypeSpec(_Strict):
-    name: str = Field(min_length=1)
-    weekdays: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(min_length=1)
-    periods: list[_PeriodSpec] = Field(min_length=1)
-
-
-class _SeasonSpec(_Strict):
-    name: str = Field(min_length=1)
-    months: list[Annotated[int, Field(ge=1, le=12)]] = Field(min_length=1)
-    day_types: list[_DayTypeSpec] = Field(min_length=1)
-
-
-class _TariffFile(_Strict):
-    name: str = Field(min_length=1)
-    currency: str = Field(min_length=1)
-    timezone: str
-    export_price: float = Field(ge=0, allow_inf_nan=False)
-    demand_charge_per_kw_month: float = Field(ge=0, allow_inf_nan=False)
-    bands: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(min_length=1)
-    seasons: list[_SeasonSpec] = Field(min_length=1)
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        return _check_zone(value)
-
-
-def load_tariff(path: Path) -> Tariff:
-    """Load and check a time-of-use tariff file."""
-    path = Path(path)
-    problems = _Problems(path)
-    raw = _read_toml(path, problems)
-    problems.raise_if_any()
-    try:
-        spec = _TariffFile.model_validate(raw)
-    except ValidationError as err:
-        problems.add_validation(err, "tariff")
-        raise ConfigError(problems.items) from None
-    seasons: list[Season] = []
-    month_owner: dict[int, str] = {}
-    for s_index, season in enumerate(spec.seasons):
-        where = f"season {season.name}"
-        for month in season.months:
-            if month in month_owner:
-                problems.add(
-                    where, "months", f"month {month} is also in season {month_owner[month]}"
-                )
-            month_owner[month] = season.name
-        day_owner: dict[int, str] = {}
-        day_types: list[DayType] = []
-        for d_index, day_type in enumerate(season.day_types):
-            dwhere = f"{where}, day type {day_type.name}"
-            days: set[int] = set()
-            for day in day_type.weekdays:
-                number = WEEKDAY_NAMES.index(day)
-                if number in day_owner:
-                    problems.add(
-                        dwhere, "weekdays", f"{day} is also in day type {day_owner[number]}"
-                    )
-                day_owner[number] = day_type.name
-                days.add(number)
-            periods = _check_periods(
-                day_type.periods,
-                spec.bands,
-                problems,
-                dwhere,
-                f"seasons[{s_index}].day_types[{d_index}].periods",
-            )
-            day_types.append(DayType(day_type.name, frozenset(days), tuple(periods)))
-        for number, weekday in enumerate(WEEKDAY_NAMES):
-            if number not in day_owner:
-                problems.add(where, "day_types", f"no day type covers {weekday}")
-        seasons.append(Season(season.name, frozenset(season.months), tuple(day_types)))
-    for month in range(1, 13):
-        if month not in month_owner:
-            problems.add("tariff", "seasons", f"no season covers month {month}")
-    problems.raise_if_any()
-    return Tariff(
-        name=spec.name,
-        timezone=spec.timezone,
-        currency=spec.currency,
-        band_prices=dict(spec.bands),
-        seasons=tuple(seasons),
-        export_price=spec.export_price,
-        demand_charge_per_kw_month=spec.demand_charge_per_kw_month,
-    )
-
-
-def _check_periods(
-    specs: list[_PeriodSpec],
-    bands: Mapping[str, float],
-    problems: _Problems,
-    where: str,
-    field_: str,
-) -> list[Period]:
-    periods: list[tuple[int, Period]] = []
-    for index, spec in enumerate(specs):
-        try:
-            start, end = _minutes(spec.start), _minutes(spec.end)
-        except ValueError as exc:
-            problems.add(where, f"{field_}[{index}]", str(exc))
-            continue
-        if end <= start:
-            problems.add(
-                where, f"{field_}[{index}]", f"ends ({spec.end}) before it starts ({spec.start})"
-            )
-            continue
-        if spec.band not in bands:
-            problems.add(
-                where,
-                f"{field_}[{index}].band",
-                f"unknown band {spec.band!r}; [bands] has {sorted(bands)}",
-            )
-        periods.append((index, Period(start, end, spec.band)))
-    periods.sort(key=lambda item: item[1].start_min)
-    reached = 0
-    for index, period in periods:
-        if period.start_min < reached:
-            problems.add(
-                where,
-                f"{field_}[{index}]",
-                f"overlaps the period before it (starts {hhmm(period.start_min)}, previous ends {hhmm(reached)})",
-            )
-        elif period.start_min > reached:
-            problems.add(where, field_, f"no band from {hhmm(reached)} to {hhmm(period.start_min)}")
-        reached = max(reached, period.end_min)
-    if periods and reached < MINUTES_PER_DAY:
-        problems.add(where, field_, f"no band from {hhmm(reached)} to 24:00")
-    return [p for _, p in periods]
-
-
 # --------------------------------------------------------------------------- stations
 
 
-class StationInfo(_Strict):
+class StationInfo(Strict):
     """[station]: name, local time zone, tariff file and where device maps live."""
 
     name: str = Field(min_length=1)
@@ -529,10 +63,10 @@ class StationInfo(_Strict):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        return _check_zone(value)
+        return zone_name(value)
 
 
-class Transformer(_Strict):
+class Transformer(Strict):
     """[transformer]: the grid connection's rating and how much of it the site may use."""
 
     rating_kva: PositiveKw
@@ -545,7 +79,7 @@ class Transformer(_Strict):
         return self.rating_kva * self.power_factor * self.margin
 
 
-class ControlSettings(_Strict):
+class ControlSettings(Strict):
     """[control]: how the fast loop runs."""
 
     period_s: float = Field(default=1.0, gt=0, le=60)
@@ -569,7 +103,7 @@ class ControlSettings(_Strict):
     follow_tolerance_pct: float = Field(default=5.0, ge=0, le=100)
 
 
-class BackgroundProfile(_Strict):
+class BackgroundProfile(Strict):
     """[background]: the site's own load by local hour (the simulator plays it back)."""
 
     profile_kw: list[Kw] = Field(min_length=24, max_length=24)
@@ -580,7 +114,7 @@ Protocol = Literal["modbus-tcp", "modbus-tls", "opcua"]
 OpcUaSecurity = Literal["sign-and-encrypt", "none"]
 
 
-class DeviceEndpoint(_Strict):
+class DeviceEndpoint(Strict):
     """A device of the station: its id, its map and where it answers.
 
     `protocol` is plain Modbus TCP, Modbus/TCP Security (TLS with mutual certificates, port 802
@@ -642,7 +176,7 @@ class PileConfig(DeviceEndpoint):
         return self.max_discharge_kw > 0
 
 
-class SecuritySettings(_Strict):
+class SecuritySettings(Strict):
     """[security]: certificates and credentials for encrypted links.
 
     `certs` is a directory made by `flexcharge certs init` (relative to the station file). The
@@ -659,7 +193,7 @@ class SecuritySettings(_Strict):
     )
 
 
-class ApiSettings(_Strict):
+class ApiSettings(Strict):
     """[api]: the HTTP API, Prometheus metrics and live page the daemon serves.
 
     Writes (session information, limit overrides) need the bearer token found in the environment
@@ -678,7 +212,7 @@ class ApiSettings(_Strict):
         return os.environ.get(self.token_env) or None
 
 
-class ArrivalWave(_Strict):
+class ArrivalWave(Strict):
     """[[simulator.arrivals]]: a wave of truck arrivals around a time of day."""
 
     name: str = Field(min_length=1)
@@ -690,16 +224,16 @@ class ArrivalWave(_Strict):
     @field_validator("mean")
     @classmethod
     def _time(cls, value: str) -> str:
-        _minutes(value)
+        minute_of_day(value)
         return value
 
     @property
     def mean_h(self) -> float:
         """Mean arrival, hours after local midnight."""
-        return _minutes(self.mean) / 60
+        return minute_of_day(self.mean) / 60
 
 
-class SchedulerSettings(_Strict):
+class SchedulerSettings(Strict):
     """[scheduler]: how plans are made (every field has a documented default)."""
 
     @field_validator("later_slots")
@@ -734,7 +268,7 @@ class SchedulerSettings(_Strict):
     forecast_arrivals: bool = True
 
 
-class GroupConfig(_Strict):
+class GroupConfig(Strict):
     """[[groups]]: a limit over some piles (a feeder, a switchboard)."""
 
     name: str = Field(min_length=1)
@@ -742,7 +276,7 @@ class GroupConfig(_Strict):
     limit_kw: PositiveKw
 
 
-class PhaseLimits(_Strict):
+class PhaseLimits(Strict):
     """[phase_limits]: current limit per phase at the connection, for AC sites."""
 
     l1_a: PositiveKw
@@ -751,7 +285,7 @@ class PhaseLimits(_Strict):
     voltage_v: float = Field(default=230.0, gt=0)
 
 
-class SimulatorSettings(_Strict):
+class SimulatorSettings(Strict):
     """[simulator]: how the hardware simulator plays the station."""
 
     seed: int
@@ -767,7 +301,7 @@ class SimulatorSettings(_Strict):
     arrivals: list[ArrivalWave] = Field(min_length=1)
 
 
-class TelemetrySettings(_Strict):
+class TelemetrySettings(Strict):
     """[telemetry]: where the daemon and `simulate --telemetry` write their time series.
 
     With `url`, an InfluxDB 2.x write API (`org`, `bucket`, and a token from the environment
@@ -799,7 +333,7 @@ class TelemetrySettings(_Strict):
         return "token in the station file" if self.token is not None else "no token"
 
 
-def _check_telemetry(problems: _Problems, telemetry: TelemetrySettings | None) -> None:
+def _check_telemetry(problems: Problems, telemetry: TelemetrySettings | None) -> None:
     if telemetry is None:
         return
     if telemetry.url is not None:
@@ -885,14 +419,18 @@ class Station:
         certs_dir = self.certs_dir
         if certs_dir is None:
             raise ConfigError(
-                [Problem(self.path, None, "security", "encrypted links need a [security] section")]
+                [
+                    ConfigProblem(
+                        self.path, None, "security", "encrypted links need a [security] section"
+                    )
+                ]
             )
         ident = certs.identity(certs_dir, party)
         missing = ident.missing()
         if missing:
             raise ConfigError(
                 [
-                    Problem(
+                    ConfigProblem(
                         self.path,
                         None,
                         "security.certs",
@@ -921,7 +459,7 @@ class Station:
         except OSError as exc:
             raise ConfigError(
                 [
-                    Problem(
+                    ConfigProblem(
                         self.path,
                         None,
                         "security.opcua_password_file",
@@ -936,7 +474,7 @@ class Station:
         if value is None:
             raise ConfigError(
                 [
-                    Problem(
+                    ConfigProblem(
                         self.path, None, setting, f"the environment variable {variable} is not set"
                     )
                 ]
@@ -1013,19 +551,19 @@ def load_station(path: Path | str) -> Station:
     Raises `ConfigError` listing every problem found in any of those files.
     """
     path = Path(path)
-    problems = _Problems(path)
-    raw = _read_toml(path, problems)
+    problems = Problems(path)
+    raw = read_toml(path, problems)
     problems.raise_if_any()
     assert raw is not None
     for key in raw:
         if key not in _STATION_SECTIONS:
             problems.add(
                 None,
-                _key(key),
+                field_key(key),
                 f"unknown section (misspelt?); expected one of {sorted(_STATION_SECTIONS)}",
             )
 
-    def section(model: type[_Strict], key: str, device: str | None = None) -> Any:
+    def section(model: type[Strict], key: str, device: str | None = None) -> Any:
         data = raw.get(key)
         if data is None:
             problems.add(device, key, "required section, but missing")
@@ -1229,7 +767,7 @@ def _address(device: DeviceEndpoint) -> tuple[str, int, str, int | str]:
 
 
 def _check_security(
-    problems: _Problems, security: SecuritySettings | None, devices: list[DeviceEndpoint]
+    problems: Problems, security: SecuritySettings | None, devices: list[DeviceEndpoint]
 ) -> None:
     secure = [d for d in devices if d.secure]
     if secure and security is None:
@@ -1263,7 +801,7 @@ def _check_security(
         problems.add("security", "opcua_user", "a password is given but no user name")
 
 
-def _check_charger(problems: _Problems, label: str, pile: PileConfig, regmap: RegisterMap) -> None:
+def _check_charger(problems: Problems, label: str, pile: PileConfig, regmap: RegisterMap) -> None:
     if pile.bidirectional:
         problems.add(label, "max_discharge_kw", f"an AC charger ({regmap.title}) cannot discharge")
     if pile.protocol == "opcua":
@@ -1280,7 +818,7 @@ def _check_charger(problems: _Problems, label: str, pile: PileConfig, regmap: Re
 
 
 def _check_groups(
-    problems: _Problems,
+    problems: Problems,
     piles: list[PileConfig],
     groups: list[GroupConfig],
     phase_limits: PhaseLimits | None,
@@ -1313,7 +851,7 @@ def _check_groups(
 
 
 def _cross_check(
-    problems: _Problems,
+    problems: Problems,
     transformer: Transformer | None,
     control: ControlSettings | None,
     background: BackgroundProfile | None,

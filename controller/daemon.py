@@ -44,8 +44,9 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from base.clock import Clock, Ticker, stop_task
-from base.config import ConfigError, Station, load_station
-from base.config import Problem as ConfigProblem
+from base.config import Station, load_station
+from base.loading import ConfigError
+from base.loading import ConfigProblem as ConfigProblem
 from control.cycle import Control, Decision, Policy
 from control.ledger import SessionLedger
 from control.reload import StationChange

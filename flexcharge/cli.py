@@ -21,16 +21,10 @@ from zoneinfo import ZoneInfo
 from rich.console import Console
 from rich.logging import RichHandler
 
-from base.config import (
-    REFERENCE_STATION,
-    ApiSettings,
-    ConfigError,
-    Problem,
-    Station,
-    load_register_map,
-    load_station,
-    load_tariff,
-)
+from base.config import REFERENCE_STATION, ApiSettings, Station, load_station
+from base.loading import ConfigError, ConfigProblem
+from base.mapfile import load_register_map
+from base.tarifffile import load_tariff
 
 if TYPE_CHECKING:
     from controller.daemon import Daemon
@@ -703,7 +697,7 @@ def cmd_tariff_compare(args: argparse.Namespace, console: Console) -> int:
     station = _load(Path(args.station), console)
     if station is None:
         return EXIT_BAD_CONFIG
-    problems: list[Problem] = []
+    problems: list[ConfigProblem] = []
 
     def gathered(load: Callable[[], T]) -> T | None:
         try:

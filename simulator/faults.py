@@ -46,8 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from base.config import ConfigError, Problem, Station
+from base.config import Station
 from base.devicemap import Value
+from base.loading import ConfigError, ConfigProblem
 from drivers.errors import ConnectionLost, DeviceTimeout, DriverError
 from simulator.plant import Plant
 
@@ -159,7 +160,9 @@ class FaultScript:
             if fault.target not in allowed:
                 known = ", ".join(sorted(allowed))
                 problems.append(
-                    Problem(where, row, "target", f"must be {what} ({known}), not {fault.target!r}")
+                    ConfigProblem(
+                        where, row, "target", f"must be {what} ({known}), not {fault.target!r}"
+                    )
                 )
         if problems:
             raise ConfigError(problems)
@@ -294,20 +297,20 @@ COLUMNS = ("start", "end", "kind", "target", "value")
 def load_faults(path: Path | str) -> FaultScript:
     """A fault script from its CSV file (see the module docstring)."""
     path = Path(path)
-    problems: list[Problem] = []
+    problems: list[ConfigProblem] = []
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Problem(path, None, "", f"cannot read: {exc}")]) from None
+        raise ConfigError([ConfigProblem(path, None, "", f"cannot read: {exc}")]) from None
     reader = csv.DictReader(io.StringIO(text))
     header = [h.strip() for h in reader.fieldnames or []]
     missing = [c for c in ("start", "kind", "target") if c not in header]
     unknown = [c for c in header if c not in COLUMNS]
     if missing or unknown:
         if missing:
-            problems.append(Problem(path, None, "header", f"missing column(s): {missing}"))
+            problems.append(ConfigProblem(path, None, "header", f"missing column(s): {missing}"))
         if unknown:
-            problems.append(Problem(path, None, "header", f"unknown column(s): {unknown}"))
+            problems.append(ConfigProblem(path, None, "header", f"unknown column(s): {unknown}"))
         raise ConfigError(problems)
     faults = []
     for number, raw in enumerate(reader, start=2):
@@ -322,7 +325,7 @@ def load_faults(path: Path | str) -> FaultScript:
 
 
 def _fault_row(
-    row: dict[str, str], path: Path, where: str, problems: list[Problem]
+    row: dict[str, str], path: Path, where: str, problems: list[ConfigProblem]
 ) -> Fault | None:
     before = len(problems)
     kind: FaultKind | None = None
@@ -331,7 +334,7 @@ def _fault_row(
     except ValueError:
         known = ", ".join(k.value for k in FaultKind)
         problems.append(
-            Problem(path, where, "kind", f"unknown kind {row.get('kind')!r}; known: {known}")
+            ConfigProblem(path, where, "kind", f"unknown kind {row.get('kind')!r}; known: {known}")
         )
     start = end = math.nan
     for name in ("start", "end"):
@@ -342,30 +345,32 @@ def _fault_row(
         try:
             when = _when(text)
         except ValueError as exc:
-            problems.append(Problem(path, where, name, str(exc)))
+            problems.append(ConfigProblem(path, where, name, str(exc)))
             continue
         if name == "start":
             start = when
         else:
             end = when
     if not math.isnan(start) and not math.isnan(end) and end <= start:
-        problems.append(Problem(path, where, "end", "must be after start"))
+        problems.append(ConfigProblem(path, where, "end", "must be after start"))
     target = row.get("target", "")
     if not target:
-        problems.append(Problem(path, where, "target", "required, but empty"))
+        problems.append(ConfigProblem(path, where, "target", "required, but empty"))
     value: float | None = None
     if row.get("value"):
         try:
             value = float(row["value"])
         except ValueError:
-            problems.append(Problem(path, where, "value", f"not a number: {row['value']!r}"))
+            problems.append(ConfigProblem(path, where, "value", f"not a number: {row['value']!r}"))
         else:
             if not math.isfinite(value) or value < 0:
                 problems.append(
-                    Problem(path, where, "value", f"must be finite and >= 0, not {value}")
+                    ConfigProblem(path, where, "value", f"must be finite and >= 0, not {value}")
                 )
     elif kind is FaultKind.LIMIT_STEP:
-        problems.append(Problem(path, where, "value", "a limit step needs the new limit in kW"))
+        problems.append(
+            ConfigProblem(path, where, "value", "a limit step needs the new limit in kW")
+        )
     if len(problems) > before or kind is None:
         return None
     return Fault(kind, target, start, end, value)

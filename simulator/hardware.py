@@ -19,7 +19,8 @@ from pymodbus.constants import ExcCodes
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from base.clock import Clock, Ticker, stop_task
-from base.config import ConfigError, DeviceEndpoint, Station
+from base.config import DeviceEndpoint, Station
+from base.loading import ConfigError
 from drivers.tls import server_context
 from simulator.chargers import pile_device_model
 from simulator.faults import FaultScript

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from base.config import ConfigError, Problem
+from base.loading import ConfigError, ConfigProblem
 from simulator.fleet import Visit
 
 SESSION_REQUIRED = ("arrival", "departure", "energy_kwh", "max_kw")
@@ -71,10 +71,10 @@ MAX_ID_CHARS = 200
 class _Rows:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.problems: list[Problem] = []
+        self.problems: list[ConfigProblem] = []
 
     def add(self, where: str | None, field: str, message: str) -> None:
-        self.problems.append(Problem(self.path, where, field, message))
+        self.problems.append(ConfigProblem(self.path, where, field, message))
 
     def raise_if_any(self) -> None:
         if self.problems:

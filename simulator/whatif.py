@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from base.config import ConfigError, Problem, Station, load_tariff
+from base.config import Station
+from base.loading import ConfigError, ConfigProblem
 from base.tariff import Tariff
+from base.tarifffile import load_tariff
 from control.cycle import Policy
 from simulator.fast import PRICE_BLIND, Scenario, SimResult, repriced, simulate
 from simulator.fleet import Visit
@@ -58,7 +60,7 @@ def load_cases(paths: Sequence[Path]) -> list[TariffCase]:
 
     The tariffs must bill in one currency (their costs are compared) and be different files.
     """
-    problems: list[Problem] = []
+    problems: list[ConfigProblem] = []
     cases: list[TariffCase] = []
     for path in paths:
         try:
@@ -70,7 +72,7 @@ def load_cases(paths: Sequence[Path]) -> list[TariffCase]:
         if any(case.label == label for case in cases):
             label = str(path)
         if any(case.path.resolve() == path.resolve() for case in cases):
-            problems.append(Problem(path, "tariff", "", "given twice"))
+            problems.append(ConfigProblem(path, "tariff", "", "given twice"))
             continue
         cases.append(TariffCase(label, path, tariff))
     if cases:
@@ -78,7 +80,7 @@ def load_cases(paths: Sequence[Path]) -> list[TariffCase]:
         for case in cases[1:]:
             if case.tariff.currency != first.tariff.currency:
                 problems.append(
-                    Problem(
+                    ConfigProblem(
                         case.path,
                         "tariff",
                         "currency",
@@ -95,7 +97,7 @@ def check_sessions(station: Station, visits: Sequence[Visit], source: Path) -> N
     """Raise a `ConfigError` naming every session whose pile the station does not have."""
     known = [p.id for p in station.piles]
     problems = [
-        Problem(
+        ConfigProblem(
             source,
             f"session {visit.vehicle_id}",
             "pile",

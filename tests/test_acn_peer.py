@@ -11,7 +11,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from base.config import CONFIG_ROOT, load_station, load_tariff
+from base.config import CONFIG_ROOT, load_station
+from base.tarifffile import load_tariff
 from simulator.scenario import ACN_COLUMNS
 from tests.peer import SCRIPT, THREAD_VARS, peer_env
 from tests.peer.days import DEV_DAYS, acn_day

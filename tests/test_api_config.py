@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from base.config import ApiSettings, ConfigError, load_station
+from base.config import ApiSettings, load_station
+from base.loading import ConfigError
 from tests.conftest import station_files_on_free_ports
 
 

@@ -11,16 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from base.config import (
-    CONFIG_ROOT,
-    REFERENCE_STATION,
-    ConfigError,
-    Problem,
-    load_register_map,
-    load_station,
-    load_tariff,
-)
+from base.config import CONFIG_ROOT, REFERENCE_STATION, load_station
 from base.devicemap import Access, RegisterMap, ValueType
+from base.loading import ConfigError, ConfigProblem
+from base.mapfile import load_register_map
+from base.tarifffile import load_tariff
 from flexcharge import cli
 
 STATION = "stations/bozhou-depot.toml"
@@ -54,7 +49,7 @@ def edit(root: Path, rel: str, old: str, new: str, *, nth: int | None = None) ->
     return path
 
 
-def station_problems(root: Path) -> list[Problem]:
+def station_problems(root: Path) -> list[ConfigProblem]:
     """The problems load_station reports for the copy (fails if it loads)."""
     with pytest.raises(ConfigError) as info:
         load_station(root / STATION)
@@ -68,8 +63,8 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 def find(
-    problems: list[Problem], file: Path, device: str | None, field: str, contains: str = ""
-) -> Problem:
+    problems: list[ConfigProblem], file: Path, device: str | None, field: str, contains: str = ""
+) -> ConfigProblem:
     """The one problem about `file`, `device`, `field` (message containing `contains`)."""
     hits = [
         p
@@ -687,7 +682,7 @@ def test_cli_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFix
 MIXED = "stations/mixed-site.toml"
 
 
-def mixed_problems(root: Path) -> list[Problem]:
+def mixed_problems(root: Path) -> list[ConfigProblem]:
     """The problems load_station reports for the mixed station copy (fails if it loads)."""
     with pytest.raises(ConfigError) as info:
         load_station(root / MIXED)

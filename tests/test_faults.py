@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from base.config import REFERENCE_STATION, ConfigError, Station, load_station
+from base.config import REFERENCE_STATION, Station, load_station
+from base.loading import ConfigError
 from flexcharge import cli
 from simulator.fast import Scenario, SimResult, simulate
 from simulator.faults import Fault, FaultKind, FaultScript, load_faults

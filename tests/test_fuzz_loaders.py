@@ -33,17 +33,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from base.config import (
-    CONFIG_ROOT,
-    ConfigError,
-    Problem,
-    Station,
-    load_register_map,
-    load_station,
-    load_tariff,
-)
+from base.config import CONFIG_ROOT, Station, load_station
 from base.devicemap import Access, Register, RegisterMap, ValueType, WordOrder
+from base.loading import ConfigError, ConfigProblem
+from base.mapfile import load_register_map
 from base.tariff import Tariff
+from base.tarifffile import load_tariff
 from drivers.codec import decode, encode, write_plan
 from drivers.errors import BadValue
 from simulator.scenario import (
@@ -289,7 +284,7 @@ def write_file(path: Path, content: dict[str, Any] | str | bytes) -> Path:
     return path
 
 
-def refused(load: Callable[[Path], object], path: Path) -> list[Problem] | None:
+def refused(load: Callable[[Path], object], path: Path) -> list[ConfigProblem] | None:
     """None if `load` accepts the file, else its problems (after checking their form).
 
     Anything raised but ConfigError fails the test, as does a ConfigError without problems or
@@ -300,7 +295,7 @@ def refused(load: Callable[[Path], object], path: Path) -> list[Problem] | None:
     except ConfigError as err:
         assert err.problems, "ConfigError without problems"
         for problem in err.problems:
-            assert isinstance(problem, Problem)
+            assert isinstance(problem, ConfigProblem)
             assert isinstance(problem.file, Path)
             assert problem.device is None or (isinstance(problem.device, str) and problem.device)
             assert isinstance(problem.field, str)
@@ -478,7 +473,7 @@ def _referenced(station: Path, doc: dict[str, Any]) -> tuple[Path | None, set[Pa
     return tariff_file, map_files
 
 
-def _check_station_problems(path: Path, doc: dict[str, Any], found: list[Problem]) -> None:
+def _check_station_problems(path: Path, doc: dict[str, Any], found: list[ConfigProblem]) -> None:
     """Every problem is about the station file, its tariff or a map one of its devices names,
     and the station file names the entry that pulled in each broken file."""
     tariff, maps = _referenced(path, doc)
@@ -732,7 +727,7 @@ SCENARIO_LOADERS: list[Callable[[Path], object]] = [
 ]
 
 
-def _check_rows(path: Path, found: list[Problem]) -> None:
+def _check_rows(path: Path, found: list[ConfigProblem]) -> None:
     """Problems about rows name the row and the field (a column, or the whole row)."""
     for problem in found:
         assert problem.file == path

@@ -17,8 +17,9 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
 from base.clock import VirtualClock
-from base.config import CONFIG_ROOT, Station, load_register_map
+from base.config import CONFIG_ROOT, Station
 from base.devicemap import PileState
+from base.mapfile import load_register_map
 from drivers.errors import ConnectionLost, DeviceRejected, DeviceTimeout
 from drivers.meter import MapMeter
 from drivers.modbus import ModbusDevice, ModbusLink

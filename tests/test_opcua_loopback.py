@@ -24,8 +24,10 @@ from asyncua import Client, ua
 
 from base import certs
 from base.clock import VirtualClock
-from base.config import CONFIG_ROOT, ConfigError, Station, load_register_map
+from base.config import CONFIG_ROOT, Station
 from base.devicemap import PileMode, PileState
+from base.loading import ConfigError
+from base.mapfile import load_register_map
 from controller.daemon import Cycle, Daemon
 from drivers.errors import BadValue, ConnectionLost, DeviceRejected, DeviceTimeout
 from drivers.meter import MapMeter

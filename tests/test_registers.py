@@ -858,4 +858,4 @@ def test_every_charger_make_the_maps_know_has_a_driver_with_its_contract() -> No
     from drivers.makes import charger_class
 
     for driver, contract in CHARGERS.items():
-        assert charger_class(driver).REQUIRED_REGISTERS == contract.required
+        assert contract.required == charger_class(driver).REQUIRED_REGISTERS

@@ -25,7 +25,8 @@ import pytest
 import pytest_asyncio
 
 from base.clock import VirtualClock
-from base.config import CONFIG_ROOT, Station, load_tariff
+from base.config import CONFIG_ROOT, Station
+from base.tarifffile import load_tariff
 from control.cycle import Policy
 from control.reload import StationChange
 from controller.daemon import Cycle, Daemon

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from base.config import ConfigError
+from base.loading import ConfigError
 from simulator.fleet import Visit, assign_piles
 from simulator.scenario import (
     ACN_COLUMNS,

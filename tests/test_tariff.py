@@ -7,8 +7,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from base.config import CONFIG_ROOT, load_tariff
+from base.config import CONFIG_ROOT
 from base.tariff import Tariff
+from base.tarifffile import load_tariff
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 PRICES = {"valley": 0.3162, "flat": 0.6210, "peak": 0.9462, "critical": 1.1354}

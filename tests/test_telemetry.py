@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from base.clock import VirtualClock
-from base.config import CONFIG_ROOT, REFERENCE_STATION, ConfigError, Station, load_station
+from base.config import CONFIG_ROOT, REFERENCE_STATION, Station, load_station
 from base.devicemap import PileState
+from base.loading import ConfigError
 from control.site import PileView, SiteSnapshot
 from controller.daemon import Cycle, Daemon
 from controller.telemetry import (

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
-from base.config import CONFIG_ROOT, ConfigError, load_station, load_tariff
+from base.config import CONFIG_ROOT, load_station
+from base.loading import ConfigError
 from base.tariff import DayType, Period, Season, Tariff, schedule_problems
+from base.tarifffile import load_tariff
 from flexcharge import cli
 from simulator.fast import Scenario, repriced, simulate
 from simulator.scenario import load_sessions
