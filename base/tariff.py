@@ -1,7 +1,6 @@
 """Time-of-use tariffs: which price band applies at a given local time, and what it costs.
 
-A `Tariff` is built (and checked) from a file in `configs/tariffs/` by the controller's config
-loader; here it is plain data with lookups. Times are aware datetimes or epoch seconds; bands
+A `Tariff` is built (and checked) from a file in `configs/tariffs/` by `base.tarifffile`; here it is plain data with lookups. Times are aware datetimes or epoch seconds; bands
 follow the tariff's own time zone, so a station abroad still charges in its local valley.
 """
 
@@ -134,36 +133,103 @@ def hhmm(minute: int) -> str:
     return f"{minute // 60:02d}:{minute % 60:02d}"
 
 
-def schedule_problems(tariff: Tariff) -> list[str]:
+@dataclass(frozen=True)
+class CoverageProblem:
+    """One gap or overlap in a tariff's schedule, placed by index so a loader can name the field.
+
+    `season`, `day_type` and `period` index `Tariff.seasons`, that season's `day_types` and that
+    day type's `periods`; `field` is what is wrong there: "seasons" (a month no season has),
+    "months", "day_types" (a weekday no day type has), "weekdays" or "periods".
+    """
+
+    field: str
+    message: str
+    season: int | None = None
+    day_type: int | None = None
+    period: int | None = None
+
+    def where(self, tariff: Tariff) -> str:
+        """The part of the tariff it is in: "tariff", "season S" or "season S, day type D"."""
+        if self.season is None:
+            return "tariff"
+        season = tariff.seasons[self.season]
+        if self.day_type is None:
+            return f"season {season.name}"
+        return f"season {season.name}, day type {season.day_types[self.day_type].name}"
+
+
+def coverage_problems(tariff: Tariff) -> list[CoverageProblem]:
     """Every gap and overlap in the tariff's schedule; empty when each instant has one band.
 
-    Checks that every month is in exactly one season, every weekday in exactly one day type of
-    its season, and every minute of 00:00-24:00 in exactly one period of its day type. The config
-    loader refuses a file that fails any of these; this re-checks a `Tariff` however it was made.
+    Every month must be in exactly one season, every weekday in exactly one day type of its
+    season, and every minute of 00:00-24:00 in exactly one period of its day type. The tariff
+    loader reports these against the file's fields; `flexcharge tariff` re-checks a `Tariff`
+    however it was made.
     """
-    problems: list[str] = []
+    found: list[CoverageProblem] = []
+    month_owner: dict[int, str] = {}
+    for s_index, season in enumerate(tariff.seasons):
+        for month in sorted(season.months):
+            if month in month_owner:
+                found.append(
+                    CoverageProblem(
+                        "months", f"month {month} is also in season {month_owner[month]}", s_index
+                    )
+                )
+            else:
+                month_owner[month] = season.name
+        day_owner: dict[int, str] = {}
+        for d_index, day_type in enumerate(season.day_types):
+            for day in sorted(day_type.weekdays):
+                if day in day_owner:
+                    found.append(
+                        CoverageProblem(
+                            "weekdays",
+                            f"{WEEKDAY_NAMES[day]} is also in day type {day_owner[day]}",
+                            s_index,
+                            d_index,
+                        )
+                    )
+                else:
+                    day_owner[day] = day_type.name
+            found.extend(_period_problems(day_type, s_index, d_index))
+        for number, weekday in enumerate(WEEKDAY_NAMES):
+            if number not in day_owner:
+                found.append(CoverageProblem("day_types", f"no day type covers {weekday}", s_index))
     for month in range(1, 13):
-        owners = [s.name for s in tariff.seasons if month in s.months]
-        if len(owners) != 1:
-            problems.append(f"month {month}: in {len(owners)} seasons {owners}")
-    for season in tariff.seasons:
-        for weekday, name in enumerate(WEEKDAY_NAMES):
-            owners = [d.name for d in season.day_types if weekday in d.weekdays]
-            if len(owners) != 1:
-                problems.append(f"season {season.name}: {name} in {len(owners)} day types {owners}")
-        for day_type in season.day_types:
-            cover = [0] * MINUTES_PER_DAY
-            for period in day_type.periods:
-                for minute in range(max(period.start_min, 0), min(period.end_min, MINUTES_PER_DAY)):
-                    cover[minute] += 1
-            where = f"season {season.name}, day type {day_type.name}"
-            start = 0
-            for minute in range(1, MINUTES_PER_DAY + 1):
-                if minute == MINUTES_PER_DAY or cover[minute] != cover[start]:
-                    span = f"{hhmm(start)}-{hhmm(minute)}"
-                    if cover[start] == 0:
-                        problems.append(f"{where}: gap {span}, no band")
-                    elif cover[start] > 1:
-                        problems.append(f"{where}: overlap {span}, {cover[start]} periods")
-                    start = minute
-    return problems
+        if month not in month_owner:
+            found.append(CoverageProblem("seasons", f"no season covers month {month}"))
+    return found
+
+
+def _period_problems(day_type: DayType, s_index: int, d_index: int) -> list[CoverageProblem]:
+    found: list[CoverageProblem] = []
+    ordered = sorted(enumerate(day_type.periods), key=lambda item: item[1].start_min)
+    reached = 0
+    for index, period in ordered:
+        if period.start_min < reached:
+            found.append(
+                CoverageProblem(
+                    "periods",
+                    f"overlaps the period before it (starts {hhmm(period.start_min)}, "
+                    f"previous ends {hhmm(reached)})",
+                    s_index,
+                    d_index,
+                    index,
+                )
+            )
+        elif period.start_min > reached:
+            found.append(
+                CoverageProblem(
+                    "periods",
+                    f"no band from {hhmm(reached)} to {hhmm(period.start_min)}",
+                    s_index,
+                    d_index,
+                )
+            )
+        reached = max(reached, period.end_min)
+    if reached < MINUTES_PER_DAY:
+        found.append(
+            CoverageProblem("periods", f"no band from {hhmm(reached)} to 24:00", s_index, d_index)
+        )
+    return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,7 +21,15 @@ from base.loading import (
     read_toml,
     zone_name,
 )
-from base.tariff import MINUTES_PER_DAY, WEEKDAY_NAMES, DayType, Period, Season, Tariff, hhmm
+from base.tariff import (
+    WEEKDAY_NAMES,
+    CoverageProblem,
+    DayType,
+    Period,
+    Season,
+    Tariff,
+    coverage_problems,
+)
 
 # --------------------------------------------------------------------------- tariffs
 
@@ -70,45 +79,28 @@ def load_tariff(path: Path) -> Tariff:
         problems.add_validation(err, "tariff")
         raise ConfigError(problems.items) from None
     seasons: list[Season] = []
-    month_owner: dict[int, str] = {}
+    # Each day type's periods that parsed, and where each was in the file.
+    kept: dict[tuple[int, int], list[int]] = {}
     for s_index, season in enumerate(spec.seasons):
-        where = f"season {season.name}"
-        for month in season.months:
-            if month in month_owner:
-                problems.add(
-                    where, "months", f"month {month} is also in season {month_owner[month]}"
-                )
-            month_owner[month] = season.name
-        day_owner: dict[int, str] = {}
         day_types: list[DayType] = []
         for d_index, day_type in enumerate(season.day_types):
-            dwhere = f"{where}, day type {day_type.name}"
-            days: set[int] = set()
-            for day in day_type.weekdays:
-                number = WEEKDAY_NAMES.index(day)
-                if number in day_owner:
-                    problems.add(
-                        dwhere, "weekdays", f"{day} is also in day type {day_owner[number]}"
-                    )
-                day_owner[number] = day_type.name
-                days.add(number)
-            periods = _check_periods(
-                day_type.periods,
-                spec.bands,
-                problems,
-                dwhere,
-                f"seasons[{s_index}].day_types[{d_index}].periods",
-            )
-            day_types.append(DayType(day_type.name, frozenset(days), tuple(periods)))
-        for number, weekday in enumerate(WEEKDAY_NAMES):
-            if number not in day_owner:
-                problems.add(where, "day_types", f"no day type covers {weekday}")
+            field_ = f"seasons[{s_index}].day_types[{d_index}].periods"
+            periods: list[Period] = []
+            for index, period in enumerate(day_type.periods):
+                parsed = _period(
+                    period,
+                    spec.bands,
+                    problems,
+                    _where(season.name, day_type.name),
+                    f"{field_}[{index}]",
+                )
+                if parsed is not None:
+                    periods.append(parsed)
+                    kept.setdefault((s_index, d_index), []).append(index)
+            days = frozenset(WEEKDAY_NAMES.index(day) for day in day_type.weekdays)
+            day_types.append(DayType(day_type.name, days, tuple(periods)))
         seasons.append(Season(season.name, frozenset(season.months), tuple(day_types)))
-    for month in range(1, 13):
-        if month not in month_owner:
-            problems.add("tariff", "seasons", f"no season covers month {month}")
-    problems.raise_if_any()
-    return Tariff(
+    tariff = Tariff(
         name=spec.name,
         timezone=spec.timezone,
         currency=spec.currency,
@@ -117,46 +109,57 @@ def load_tariff(path: Path) -> Tariff:
         export_price=spec.export_price,
         demand_charge_per_kw_month=spec.demand_charge_per_kw_month,
     )
+    for gap in coverage_problems(tariff):
+        problems.add(gap.where(tariff), _field(gap, kept), gap.message)
+    problems.raise_if_any()
+    # Periods in time order, as the schedule reads.
+    return replace(
+        tariff,
+        seasons=tuple(
+            replace(
+                season,
+                day_types=tuple(
+                    replace(d, periods=tuple(sorted(d.periods, key=lambda p: p.start_min)))
+                    for d in season.day_types
+                ),
+            )
+            for season in tariff.seasons
+        ),
+    )
 
 
-def _check_periods(
-    specs: list[_PeriodSpec],
-    bands: Mapping[str, float],
-    problems: Problems,
-    where: str,
-    field_: str,
-) -> list[Period]:
-    periods: list[tuple[int, Period]] = []
-    for index, spec in enumerate(specs):
-        try:
-            start, end = minute_of_day(spec.start), minute_of_day(spec.end)
-        except ValueError as exc:
-            problems.add(where, f"{field_}[{index}]", str(exc))
-            continue
-        if end <= start:
-            problems.add(
-                where, f"{field_}[{index}]", f"ends ({spec.end}) before it starts ({spec.start})"
-            )
-            continue
-        if spec.band not in bands:
-            problems.add(
-                where,
-                f"{field_}[{index}].band",
-                f"unknown band {spec.band!r}; [bands] has {sorted(bands)}",
-            )
-        periods.append((index, Period(start, end, spec.band)))
-    periods.sort(key=lambda item: item[1].start_min)
-    reached = 0
-    for index, period in periods:
-        if period.start_min < reached:
-            problems.add(
-                where,
-                f"{field_}[{index}]",
-                f"overlaps the period before it (starts {hhmm(period.start_min)}, previous ends {hhmm(reached)})",
-            )
-        elif period.start_min > reached:
-            problems.add(where, field_, f"no band from {hhmm(reached)} to {hhmm(period.start_min)}")
-        reached = max(reached, period.end_min)
-    if periods and reached < MINUTES_PER_DAY:
-        problems.add(where, field_, f"no band from {hhmm(reached)} to 24:00")
-    return [p for _, p in periods]
+def _where(season: str, day_type: str | None = None) -> str:
+    """How a problem names a part of a tariff file."""
+    return f"season {season}" if day_type is None else f"season {season}, day type {day_type}"
+
+
+def _field(gap: CoverageProblem, kept: dict[tuple[int, int], list[int]]) -> str:
+    """The file's field a coverage problem is about."""
+    if gap.field in ("seasons", "months", "day_types"):
+        return gap.field
+    if gap.field == "weekdays":
+        return "weekdays"
+    field_ = f"seasons[{gap.season}].day_types[{gap.day_type}].periods"
+    if gap.period is None:
+        return field_
+    assert gap.season is not None and gap.day_type is not None
+    return f"{field_}[{kept[(gap.season, gap.day_type)][gap.period]}]"
+
+
+def _period(
+    spec: _PeriodSpec, bands: Mapping[str, float], problems: Problems, where: str, field_: str
+) -> Period | None:
+    """One period of a day type, or None (and a problem) if its times are not a span."""
+    try:
+        start, end = minute_of_day(spec.start), minute_of_day(spec.end)
+    except ValueError as exc:
+        problems.add(where, field_, str(exc))
+        return None
+    if end <= start:
+        problems.add(where, field_, f"ends ({spec.end}) before it starts ({spec.start})")
+        return None
+    if spec.band not in bands:
+        problems.add(
+            where, f"{field_}.band", f"unknown band {spec.band!r}; [bands] has {sorted(bands)}"
+        )
+    return Period(start, end, spec.band)

@@ -779,7 +779,7 @@ def cmd_tariff_show(args: argparse.Namespace, console: Console) -> int:
     """Draw a tariff's bands over a day and a year, tabulate them, and check for gaps/overlaps."""
     from rich.table import Table
 
-    from base.tariff import schedule_problems
+    from base.tariff import coverage_problems
     from simulator.tariff_view import band_rows, day_figure, year_figure
 
     path = Path(args.path)
@@ -815,7 +815,7 @@ def cmd_tariff_show(args: argparse.Namespace, console: Console) -> int:
         highlight=False,
         soft_wrap=True,
     )
-    problems = schedule_problems(tariff)
+    problems = [f"{gap.where(tariff)}: {gap.message}" for gap in coverage_problems(tariff)]
     checked = (
         "every month in one season, every weekday in one day type of its season, every minute "
         "of 00:00-24:00 in one period"

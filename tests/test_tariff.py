@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from base.config import CONFIG_ROOT
+from base.loading import ConfigError
 from base.tariff import Tariff
 from base.tarifffile import load_tariff
 
@@ -180,3 +182,25 @@ def test_spread_and_metadata(tariff: Tariff) -> None:
     assert tariff.timezone == "Asia/Shanghai"
     assert tariff.export_price == 0.3515
     assert tariff.demand_charge_per_kw_month == 35.0
+
+
+def test_loader_reports_coverage_at_the_files_own_period_index(tmp_path: Path) -> None:
+    """A period that does not parse is left out of the schedule, yet an overlap after it is still
+    reported at its own place in the file (`coverage_problems` counts only parsed periods)."""
+    text = (CONFIG_ROOT / "tariffs" / "guizhou-flat-demand.toml").read_text()
+    broken = text.replace(
+        '  { start = "00:00", end = "24:00", band = "flat" },',
+        '  { start = "25:00", end = "26:00", band = "flat" },\n'
+        '  { start = "00:00", end = "12:00", band = "flat" },\n'
+        '  { start = "11:00", end = "24:00", band = "flat" },',
+    )
+    path = tmp_path / "broken.toml"
+    path.write_text(broken)
+    with pytest.raises(ConfigError) as caught:
+        load_tariff(path)
+    fields = {(p.device, p.field): p.message for p in caught.value.problems}
+    periods = "seasons[0].day_types[0].periods"
+    assert "not a time of day" in fields[("season all year, day type every day", f"{periods}[0]")]
+    overlap = fields[("season all year, day type every day", f"{periods}[2]")]
+    assert overlap.startswith("overlaps the period before it (starts 11:00")
+    assert len(caught.value.problems) == 2

@@ -14,7 +14,7 @@ import pytest
 
 from base.config import CONFIG_ROOT, load_station
 from base.loading import ConfigError
-from base.tariff import DayType, Period, Season, Tariff, schedule_problems
+from base.tariff import DayType, Period, Season, Tariff, coverage_problems
 from base.tarifffile import load_tariff
 from flexcharge import cli
 from simulator.fast import Scenario, repriced, simulate
@@ -258,8 +258,8 @@ def test_tariff_show_broken_file_exits_2_with_the_loader_errors(
     assert not list(tmp_path.glob("*.png"))
 
 
-def test_schedule_problems_lists_gaps_and_overlaps() -> None:
-    assert schedule_problems(load_tariff(REFERENCE)) == []
+def test_coverage_problems_lists_gaps_and_overlaps() -> None:
+    assert coverage_problems(load_tariff(REFERENCE)) == []
     day = DayType(
         "weekdays",
         frozenset(range(5)),
@@ -272,12 +272,17 @@ def test_schedule_problems_lists_gaps_and_overlaps() -> None:
         {"valley": 0.3, "peak": 0.9},
         (Season("all", frozenset(range(1, 12)), (day,)),),
     )
-    assert schedule_problems(tariff) == [
-        "month 12: in 0 seasons []",
-        "season all: sat in 0 day types []",
-        "season all: sun in 0 day types []",
-        "season all, day type weekdays: overlap 07:00-08:00, 2 periods",
-        "season all, day type weekdays: gap 20:00-21:00, no band",
+    assert [(g.where(tariff), g.field, g.period, g.message) for g in coverage_problems(tariff)] == [
+        (
+            "season all, day type weekdays",
+            "periods",
+            1,
+            "overlaps the period before it (starts 07:00, previous ends 08:00)",
+        ),
+        ("season all, day type weekdays", "periods", None, "no band from 20:00 to 21:00"),
+        ("season all", "day_types", None, "no day type covers sat"),
+        ("season all", "day_types", None, "no day type covers sun"),
+        ("tariff", "seasons", None, "no season covers month 12"),
     ]
 
 
