@@ -35,6 +35,7 @@ from control.follow import FollowWatch
 from control.forecast import BackgroundForecast
 from control.limiter import PileBounds, budget_kw, limit_setpoints
 from control.reload import reconnects
+from control.sessions import PastVisit, Session, Wish
 from control.site import BackgroundWatch, PileView, SiteSnapshot
 from drivers.pile import PileReading
 from scheduler.allocation import Demand, fair_share, laxity_h, priority_fill
@@ -42,20 +43,6 @@ from scheduler.plan import FloatArray, Plan
 from scheduler.problem import GroupLimit, Problem, Vehicle, Weights, month_starts, slot_boundaries
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Visit:
-    """A finished session, remembered to forecast tomorrow's."""
-
-    plugged_at: float
-    left_at: float
-    delivered_kwh: float
-    wanted_kwh: float
-    max_kw: float
-    vehicle_id: str = ""
-    # When its driver said it would leave (None if nobody said).
-    said_departure: float | None = None
 
 
 # Finished visits this recent are remembered: yesterday's forecast today's arrivals, and all of
@@ -80,51 +67,6 @@ class Policy(StrEnum):
     def plans(self) -> bool:
         """True for the policies that follow an optimised plan."""
         return self in (Policy.MPC, Policy.OFFLINE)
-
-
-@dataclass(frozen=True)
-class Wish:
-    """What a driver or fleet system said about a session (anything left None is estimated)."""
-
-    vehicle_id: str | None = None
-    energy_kwh: float | None = None
-    departure: float | None = None
-    target_soc: float | None = None
-    v2g: bool = False
-    min_soc: float = 0.2
-
-
-@dataclass
-class Session:
-    """A vehicle plugged into a pile, as the controller knows it."""
-
-    vehicle_id: str
-    pile: str
-    session_id: int
-    plugged_at: float
-    need_kwh: float
-    departure: float
-    departure_known: bool
-    max_kw: float
-    delivered_kwh: float = 0.0
-    capacity_kwh: float | None = None
-    soc: float | None = None
-    v2g: bool = False
-    min_soc: float = 0.2
-    plan_serial: int | None = None
-    plan_from: float = 0.0
-    plan_baseline_kwh: float = 0.0
-    # The most its BMS has asked for (above the pile's rating, its taper starts from there).
-    battery_kw: float | None = None
-    # When its driver said it would leave (None if nobody said).
-    said_departure: float | None = None
-    # The pile's lifetime counter (import less export) when the session started.
-    start_counter_kwh: float | None = None
-
-    @property
-    def remaining_kwh(self) -> float:
-        """Energy still to deliver."""
-        return max(0.0, self.need_kwh - self.delivered_kwh)
 
 
 @dataclass(frozen=True)
@@ -190,7 +132,7 @@ class ControlState:
     plan: Plan | None = None
     planned_at: float | None = None
     plan_site_kw: FloatArray | None = None
-    history: tuple[Visit, ...] = ()
+    history: tuple[PastVisit, ...] = ()
     wishes: Mapping[tuple[str, int], Wish] = field(default_factory=dict)
 
 
@@ -252,10 +194,10 @@ class Control:
         self._why: str | None = "first plan"
         self._plan_serial = 0
         self._plan_site_kw: np.ndarray | None = None
-        self.history: list[Visit] = []
+        self.history: list[PastVisit] = []
         self.estimator = Estimator(self.zone)
         # Told of every session that ends (the fast simulation keeps its books with it).
-        self.on_departure: Callable[[Visit], None] | None = None
+        self.on_departure: Callable[[PastVisit], None] | None = None
         self._group_budgets = [(dict(g.members), g.limit_kw) for g in self.group_limits()]
         self._rise_tokens = 0.0
         self._last_background: float | None = None
@@ -336,15 +278,7 @@ class Control:
                         session.delivered_kwh, now_at - session.start_counter_kwh
                     )
                 del self.sessions[view.id]
-                visit = Visit(
-                    session.plugged_at,
-                    now,
-                    session.delivered_kwh if session.need_kwh > 0 else 0.0,
-                    max(session.need_kwh, session.delivered_kwh),
-                    session.max_kw,
-                    session.vehicle_id,
-                    session.said_departure,
-                )
+                visit = PastVisit.of(session, now)
                 self.history.append(visit)
                 if self.on_departure is not None:
                     self.on_departure(replace(visit, delivered_kwh=session.delivered_kwh))
@@ -462,15 +396,7 @@ class Control:
         events: list[str] = []
         for pile in [pid for pid in self.sessions if pid not in kept]:
             session = self.sessions.pop(pile)
-            self.history.append(
-                Visit(
-                    session.plugged_at,
-                    now,
-                    session.delivered_kwh if session.need_kwh > 0 else 0.0,
-                    max(session.need_kwh, session.delivered_kwh),
-                    session.max_kw,
-                )
-            )
+            self.history.append(PastVisit.of(session, now))
             events.append(
                 f"{pile}: {'reconnected' if pile in ids else 'removed'} by a reload; its session "
                 f"ended after {session.delivered_kwh:.0f} of {session.need_kwh:.0f} kWh"

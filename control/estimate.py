@@ -24,26 +24,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
-
-class PastVisit(Protocol):
-    """A finished visit, as the controller remembers it."""
-
-    @property
-    def plugged_at(self) -> float: ...
-
-    @property
-    def left_at(self) -> float: ...
-
-    @property
-    def delivered_kwh(self) -> float: ...
-
-    @property
-    def said_departure(self) -> float | None: ...
+from control.sessions import PastVisit
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from control.cycle import Session
+from control.sessions import Session
 from control.site import SiteSnapshot
 from drivers.pile import PileReading
 

@@ -35,7 +35,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from base.config import ApiSettings
-from control.cycle import Session, Wish
+from control.sessions import Session, Wish
 from controller.apimodels import (
     MAX_OVERRIDE_S,
     BandOut,

@@ -35,8 +35,9 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from control.cycle import ControlState, MonthPeak, Visit, Wish
+from control.cycle import ControlState, MonthPeak
 from control.ledger import SessionRecord
+from control.sessions import PastVisit, Wish
 from scheduler.plan import FloatArray, Plan, PlanStatus
 
 SCHEMA_VERSION = 1
@@ -254,7 +255,8 @@ class StateStore:
         finally:
             db.row_factory = None
         records = tuple(self._record(row) for row in open_rows)
-        history = tuple(_visit(self._record(row)) for row in ended_rows)
+        ended = (self._record(row) for row in ended_rows)
+        history = tuple(PastVisit.of(r.session(), r.ended_at or r.plugged_at) for r in ended)
         plan, site_kw, adopted_at = None, None, None
         if plan_row is not None:
             adopted_at = self._field(plan_row, "adopted_at", "plan", "", float, optional=True)
@@ -451,19 +453,6 @@ def _wish_row(key: tuple[str, int], wish: Wish) -> tuple[object, ...]:
         wish.target_soc,
         int(wish.v2g),
         wish.min_soc,
-    )
-
-
-def _visit(record: SessionRecord) -> Visit:
-    """The visit a finished session left in the controller's history (as `Control.observe`
-    records it)."""
-    assert record.ended_at is not None
-    return Visit(
-        record.plugged_at,
-        record.ended_at,
-        record.energy_kwh if record.need_kwh > 0 else 0.0,
-        max(record.need_kwh, record.energy_kwh),
-        record.max_kw,
     )
 
 

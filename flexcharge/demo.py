@@ -21,7 +21,7 @@ from rich.console import Console
 
 from base.clock import VirtualClock
 from base.config import ApiSettings, Station
-from control.cycle import Wish
+from control.sessions import Wish
 from controller.daemon import Daemon
 from flexcharge.view import LiveView, summary_table
 from simulator.hardware import StationSimulator

@@ -29,11 +29,11 @@ from numpy.typing import NDArray
 from base.config import Station
 from base.devicemap import PileMode, Value
 from base.tariff import Tariff
-from control.cycle import Control, Decision, Policy, Wish, group_limits
-from control.cycle import Visit as PastVisit
+from control.cycle import Control, Decision, Policy, group_limits
 from control.forecast import BackgroundForecast
 from control.record import Recorder
 from control.sensing import Sensors
+from control.sessions import PastVisit, Wish
 from control.site import SiteSnapshot
 from drivers.meter import reading_from
 from drivers.pile import PileReading

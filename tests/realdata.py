@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from base.config import CONFIG_ROOT, Station, load_station
-from control.cycle import Visit as PastVisit
+from control.sessions import PastVisit
 from simulator.bound import BoundError
 from simulator.fast import Scenario, cheapest, simulate
 from simulator.fleet import Visit

@@ -15,7 +15,8 @@ import pytest
 
 from base.clock import VirtualClock
 from base.config import Station
-from control.cycle import Policy, Wish
+from control.cycle import Policy
+from control.sessions import Wish
 from controller.daemon import Cycle, Daemon
 from scheduler.plan import Plan, PlanStatus
 from scheduler.problem import Problem

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from base.config import CONFIG_ROOT, Station, load_station
-from control.cycle import Visit as PastVisit
 from control.estimate import Estimator
+from control.sessions import PastVisit
 from simulator.fast import Scenario, simulate
 from simulator.fleet import Visit
 

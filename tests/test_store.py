@@ -21,8 +21,9 @@ import pytest
 from base.clock import VirtualClock
 from base.config import Station
 from base.devicemap import PileState
-from control.cycle import Control, ControlState, MonthPeak, Wish
+from control.cycle import Control, ControlState, MonthPeak
 from control.ledger import SessionLedger, SessionRecord
+from control.sessions import Wish
 from control.site import PileView, SiteSnapshot
 from controller.daemon import Daemon
 from controller.store import SCHEMA_VERSION, SavedState, StateError, StateStore
