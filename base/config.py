@@ -110,7 +110,7 @@ class BackgroundProfile(Strict):
     noise_kw: Kw = 0.0
 
 
-Protocol = Literal["modbus-tcp", "modbus-tls", "opcua"]
+LinkProtocol = Literal["modbus-tcp", "modbus-tls", "opcua"]
 OpcUaSecurity = Literal["sign-and-encrypt", "none"]
 
 
@@ -128,7 +128,7 @@ class DeviceEndpoint(Strict):
     host: str = Field(min_length=1)
     port: Port
     unit: UnitId = 1
-    protocol: Protocol = "modbus-tcp"
+    protocol: LinkProtocol = "modbus-tcp"
     path: str = Field(default="/flexcharge", pattern=r"^/[\w./-]*$")
     object: str | None = Field(default=None, min_length=1)
     opcua_security: OpcUaSecurity = "sign-and-encrypt"

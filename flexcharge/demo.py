@@ -25,8 +25,7 @@ from control.sessions import Wish
 from controller.daemon import Daemon
 from flexcharge.view import LiveView, summary_table
 from simulator.hardware import StationSimulator
-from simulator.plant import PileModel
-from simulator.plant import Vehicle as PlantVehicle
+from simulator.plant import PileModel, VehicleModel
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ async def run_demo(
         daemon.services.append(server)
         console.print(f"live page: {server.url}/", highlight=False)
 
-    def fleet_system(pile: PileModel, vehicle: PlantVehicle) -> None:
+    def fleet_system(pile: PileModel, vehicle: VehicleModel) -> None:
         # The depot's fleet system tells the station what each truck needs and when it leaves
         # (in the demo, straight from the simulated fleet; at a station, through the API).
         visit = vehicle.visit

@@ -43,8 +43,7 @@ from simulator.books import Books, Ledger
 from simulator.bound import offline_bound
 from simulator.faults import Fault, FaultScript
 from simulator.fleet import Visit, assign_piles
-from simulator.plant import PileModel, Plant
-from simulator.plant import Vehicle as PlantVehicle
+from simulator.plant import PileModel, Plant, VehicleModel
 from simulator.registers import MeterRegisters
 from simulator.scenario import Series
 
@@ -234,7 +233,7 @@ def simulate(
     control.on_departure = lambda visit: counted.__setitem__(visit.vehicle_id, visit.delivered_kwh)
     visits_by_id = {v.vehicle_id: v for v in served}
 
-    def plugged(pile: PileModel, vehicle: PlantVehicle) -> None:
+    def plugged(pile: PileModel, vehicle: VehicleModel) -> None:
         # The fleet system tells the controller what each truck needs and when it leaves.
         visit = visits_by_id[vehicle.visit.vehicle_id]
         control.wish(pile.id, pile.session_id, _wish(visit, scenario.information))

@@ -36,14 +36,14 @@ class Rejected(Exception):
 
 
 @dataclass
-class Vehicle(Battery):
+class VehicleModel(Battery):
     """A vehicle plugged into a pile (or waiting for one): its battery, and what it was given."""
 
     visit: Visit = field(kw_only=True)
     delivered_kwh: float = field(default=0.0, kw_only=True)
 
     @classmethod
-    def arriving(cls, visit: Visit, taper_soc: float) -> Vehicle:
+    def arriving(cls, visit: Visit, taper_soc: float) -> VehicleModel:
         """The vehicle of `visit`, as it arrives."""
         capacity, soc, target = visit.battery
         return cls(capacity, soc, target, visit.max_kw, taper_soc, visit=visit)
@@ -67,7 +67,7 @@ class PileModel:
     energy_export_kwh: float = 0.0
     session_energy_kwh: float = 0.0
     session_id: int = 0
-    vehicle: Vehicle | None = None
+    vehicle: VehicleModel | None = None
     fault_code: int = 0
     # Faults a test or scenario injects: see simulator.faults.
     ignoring: bool = False
@@ -293,14 +293,14 @@ class PileModel:
         self.applied_kw = self._limit(now)
         return kwh
 
-    def plug(self, vehicle: Vehicle) -> None:
+    def plug(self, vehicle: VehicleModel) -> None:
         """A vehicle connects."""
         self.vehicle = vehicle
         self.session_id += 1
         self.session_energy_kwh = 0.0
         self.power_kw = 0.0
 
-    def unplug(self) -> Vehicle | None:
+    def unplug(self) -> VehicleModel | None:
         """The vehicle leaves."""
         vehicle, self.vehicle = self.vehicle, None
         self.power_kw = 0.0
@@ -429,13 +429,13 @@ class Plant:
         self.limit_kw = station.limit_kw
         self.interval_limit_kw = station.limit_kw
         self.background_kw = 0.0
-        self.on_plug: Callable[[PileModel, Vehicle], None] | None = None
+        self.on_plug: Callable[[PileModel, VehicleModel], None] | None = None
         self.site_kw = 0.0
         self.energy_import_kwh = 0.0
         self.energy_export_kwh = 0.0
         self._arrivals: list[tuple[float, int, Visit]] = []
         self._order = 0
-        self.queue: deque[Vehicle] = deque()
+        self.queue: deque[VehicleModel] = deque()
         self.sessions: dict[str, SessionRecord] = {}
         self.events: list[PlantEvent] = []
         self.truth = Truth(station.limit_kw)
@@ -566,7 +566,7 @@ class Plant:
             _, _, visit = heapq.heappop(self._arrivals)
             if visit.departure <= now:
                 continue
-            vehicle = Vehicle.arriving(visit, self.settings.taper_soc)
+            vehicle = VehicleModel.arriving(visit, self.settings.taper_soc)
             self.queue.append(vehicle)
         self._plug_waiting(now)
 
@@ -577,7 +577,7 @@ class Plant:
             return None
         return self.limit_kw
 
-    def move_departure(self, pile_id: str, departure: float) -> Vehicle | None:
+    def move_departure(self, pile_id: str, departure: float) -> VehicleModel | None:
         """The vehicle at `pile_id` now leaves at `departure` (early or late); it, or None."""
         vehicle = self.piles[pile_id].vehicle
         if vehicle is not None:
@@ -607,7 +607,7 @@ class Plant:
             self._event(now, "gave up", f"{vehicle.visit.vehicle_id} left without a free pile")
 
     def _plug_waiting(self, now: float) -> None:
-        waiting = deque[Vehicle]()
+        waiting = deque[VehicleModel]()
         while self.queue:
             vehicle = self.queue.popleft()
             pile = self._free_pile(vehicle.visit.pile)

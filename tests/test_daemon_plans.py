@@ -22,8 +22,7 @@ from scheduler.plan import Plan, PlanStatus
 from scheduler.problem import Problem
 from simulator.fleet import Visit
 from simulator.hardware import StationSimulator
-from simulator.plant import PileModel
-from simulator.plant import Vehicle as PlantVehicle
+from simulator.plant import PileModel, VehicleModel
 from tests.conftest import local_time
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.loopback, pytest.mark.usefixtures("no_leaked_tasks")]
@@ -56,7 +55,7 @@ async def test_daemon_follows_its_plans_into_the_valley(station: Station) -> Non
     daemon = Daemon.over_modbus(station, clock, policy=Policy.MPC)
     by_id = {v.vehicle_id: v for v in visits}
 
-    def fleet_system(pile: PileModel, vehicle: PlantVehicle) -> None:
+    def fleet_system(pile: PileModel, vehicle: VehicleModel) -> None:
         visit = by_id[vehicle.visit.vehicle_id]
         daemon.control.wish(
             pile.id, pile.session_id, Wish(visit.vehicle_id, visit.energy_kwh, visit.departure)
