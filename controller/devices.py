@@ -19,7 +19,9 @@ from drivers.acpile import AcPile
 from drivers.device import Device
 from drivers.makes import charger_class
 from drivers.modbus import ModbusDevice, ModbusLink, ModbusLinks
-from drivers.opcua import OpcUaDevice, OpcUaLink, OpcUaLinks, OpcUaSecurity
+from drivers.opcua.device import OpcUaDevice, OpcUaLinks
+from drivers.opcua.link import OpcUaLink
+from drivers.opcua.security import OpcUaSecurity
 from drivers.pile import DcPile, Pile
 from drivers.tls import client_context
 

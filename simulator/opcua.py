@@ -2,7 +2,7 @@
 
 `OpcUaStationServer` is one asyncua server at one endpoint URL. It serves `DeviceModel`s (the same
 objects `RegisterBank` serves over Modbus) as objects of the flexcharge address space (see
-`drivers.opcua`): one variable per name of the device's register map, holding the value in the
+`drivers.opcua.space`): one variable per name of the device's register map, holding the value in the
 register's unit. Values are refreshed from `model.values()` every `refresh_s` of the simulator's
 clock (which is what subscriptions see) and before every client Read (so a poll is never older
 than the plant). A client Write reaches `model.write()` as one call per device before the
@@ -37,13 +37,12 @@ from base.clock import Clock, Ticker, stop_task
 from base.devicemap import Register, RegisterMap, Value, ValueType
 from drivers.codec import from_project_units, in_project_units
 from drivers.errors import BadValue
-from drivers.opcua import (
+from drivers.opcua.security import read_identity, trust_store
+from drivers.opcua.space import (
     NAMESPACE_URI,
     engineering_variant,
     node_name,
-    read_identity,
     string_node,
-    trust_store,
     variant_type,
 )
 from simulator.plant import Rejected

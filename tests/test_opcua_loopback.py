@@ -31,7 +31,9 @@ from base.mapfile import load_register_map
 from controller.daemon import Cycle, Daemon
 from drivers.errors import BadValue, ConnectionLost, DeviceRejected, DeviceTimeout
 from drivers.meter import MapMeter
-from drivers.opcua import POLICIES, OpcUaDevice, OpcUaLink, OpcUaSecurity
+from drivers.opcua.device import OpcUaDevice
+from drivers.opcua.link import OpcUaLink
+from drivers.opcua.security import POLICIES, OpcUaSecurity
 from drivers.pile import DcPile
 from simulator.hardware import StationSimulator
 from simulator.opcua import OpcUaStationServer

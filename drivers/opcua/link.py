@@ -1,30 +1,8 @@
-"""OPC-UA transport: devices read and written as the variables of one object per device.
+"""OPC-UA links: one asyncua `Client` session with one server endpoint.
 
 `OpcUaLink` owns one asyncua `Client` (one session with one server endpoint) and turns every way a
 request can fail into the `DriverError` tree. `OpcUaDevice` is one object behind a link, read and
 written by the names of its `RegisterMap`, so `MapMeter` and `DcPile` work over OPC-UA unchanged.
-
-Address space (what `simulator.opcua.OpcUaStationServer` serves, and what a real terminal or
-regulation device must offer to be driven by flexcharge):
-
-- namespace URI `urn:flexcharge:station` (`NAMESPACE_URI`);
-- one object per device, `Objects/<object>`, NodeId `ns=<idx>;s=<object>`;
-- under it one variable per name of the device's register map, `Objects/<object>/<name>`,
-  NodeId `ns=<idx>;s=<object>.<name>`, browse names in the same namespace;
-- each variable holds the engineering value in the unit of the map's register (what
-  `Register.decode` produces: kW, kWh, %, s, enumeration codes), as an Int64 for integer registers
-  without scaling (UInt64 for u64), a String for text and a Double otherwise (`variant_type`);
-- a variable is writable if and only if the register's access is writable;
-- "unavailable" (no vehicle, no limit signal in force) is a Null value with status `BadNoData`;
-  a NaN Double is read as unavailable too. Both read as None.
-
-Register addresses and unit ids do not matter over OPC-UA.
-
-Security: SignAndEncrypt with the first of the configured policies (Basic256Sha256,
-Aes128Sha256RsaOaep) the server offers; the client presents the daemon's certificate, whose
-application URI it declares, and refuses a server whose certificate the station CA did not sign.
-A user name and password are sent only inside the encrypted channel. An unencrypted link must be
-asked for explicitly (`OpcUaSecurity.insecure()`) and is then anonymous.
 
 Reads come from a data-change subscription when it is alive and fresh; otherwise (the
 subscription cannot be created, has not delivered yet, or has neither delivered nor kept alive
@@ -41,38 +19,33 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from asyncua import Client, ua
 from asyncua.client.ua_client import UaClientState
 from asyncua.common.subscription import DataChangeNotif, Subscription
 from asyncua.common.utils import ServiceError
-from asyncua.crypto import security_policies
 from asyncua.crypto.truststore import TrustStore
-from asyncua.crypto.uacrypto import CertProperties
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.observer import Observer
 from cryptography import x509
 
-from base.devicemap import Register, RegisterMap, Value, ValueType
-from drivers.codec import encode
-from drivers.errors import BadValue, ConnectionLost, DeviceRejected, DeviceTimeout, DriverError
+from drivers.errors import ConnectionLost, DeviceRejected, DeviceTimeout, DriverError
+from drivers.opcua.security import (
+    POLICIES,
+    OpcUaSecurity,
+    pem_properties,
+    read_identity,
+    trust_store,
+)
+from drivers.opcua.space import NAMESPACE_URI, status_name, string_node
 
 log = logging.getLogger(__name__)
 
-NAMESPACE_URI = "urn:flexcharge:station"
-PolicyName = Literal["Basic256Sha256", "Aes128Sha256RsaOaep"]
-POLICIES: Mapping[str, type[security_policies.SecurityPolicy]] = {
-    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
-    "Aes128Sha256RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
-}
-DEFAULT_POLICIES: tuple[PolicyName, ...] = ("Basic256Sha256", "Aes128Sha256RsaOaep")
 
 _CERTIFICATE_REFUSALS = {
     ua.StatusCodes.BadCertificateUntrusted,
@@ -83,11 +56,15 @@ _CERTIFICATE_REFUSALS = {
     ua.StatusCodes.BadCertificateRevoked,
     ua.StatusCodes.BadSecurityChecksFailed,
 }
+
+
 _USER_REFUSALS = {
     ua.StatusCodes.BadUserAccessDenied,
     ua.StatusCodes.BadIdentityTokenRejected,
     ua.StatusCodes.BadIdentityTokenInvalid,
 }
+
+
 # Answers that mean the session or channel is gone, not that the device refused the request.
 _SESSION_LOST = {
     ua.StatusCodes.BadSessionIdInvalid,
@@ -104,123 +81,6 @@ _SESSION_LOST = {
 
 # How long a server keeps a session whose client fell silent (the client keeps it alive).
 _SESSION_TIMEOUT_MS = 60_000
-
-
-def status_name(code: int) -> str:
-    """The name of an OPC-UA status code, e.g. "BadUserAccessDenied"."""
-    return ua.StatusCode(ua.UInt32(code)).name
-
-
-def node_name(object_name: str, name: str) -> str:
-    """The string identifier of a device variable: `<object>.<name>`."""
-    return f"{object_name}.{name}"
-
-
-def string_node(identifier: str, namespace: int) -> ua.NodeId:
-    """The NodeId `ns=<namespace>;s=<identifier>`."""
-    return ua.NodeId(ua.String(identifier), ua.Int16(namespace))
-
-
-def variant_type(reg: Register) -> ua.VariantType:
-    """The OPC-UA type of the variable that holds a register's engineering value."""
-    if reg.type is ValueType.STRING:
-        return ua.VariantType.String
-    if reg.type.is_integer and reg.scale == 1.0:
-        return ua.VariantType.UInt64 if reg.type is ValueType.U64 else ua.VariantType.Int64
-    return ua.VariantType.Double
-
-
-def engineering_variant(reg: Register, value: Value) -> ua.Variant:
-    """`value` (in the register's unit) as the variant its variable holds; `BadValue` if it cannot be.
-
-    The register's type and scale bound the value whatever the protocol (a u16 timeout stays
-    within 0-65535 s), so a value Modbus would refuse is refused here too.
-    """
-    kind = variant_type(reg)
-    if kind is ua.VariantType.String:
-        if not isinstance(value, str):
-            raise BadValue(reg.name, f"expected text, got {value!r}")
-        encode(reg, value)
-        return ua.Variant(value, kind)
-    if isinstance(value, (str, bool)):
-        raise BadValue(reg.name, f"expected a number, got {value!r}")
-    if not math.isfinite(value):
-        raise BadValue(reg.name, f"not a finite number: {value!r}")
-    encode(reg, value)
-    if kind is ua.VariantType.Double:
-        return ua.Variant(float(value), kind)
-    return ua.Variant(round(value), kind)
-
-
-async def trust_store(directory: Path) -> TrustStore:
-    """asyncua's `TrustStore` of the certificates in `directory` (the station CA's directory)."""
-    store = _SyncTrustStore([directory], [])
-    await store.load()
-    return store
-
-
-class _SyncTrustStore(TrustStore):
-    # asyncua reads trust locations through anyio, whose worker thread outlives the call (and
-    # every test's thread-leak check); the few small local files are read directly instead.
-    async def _load_trust_location(self, location: Path) -> list[x509.Certificate]:
-        return _certificates_in(location)
-
-    async def _load_crl_location(self, location: Path) -> list[x509.RevokedCertificate]:
-        return []
-
-
-def _certificates_in(directory: Path) -> list[x509.Certificate]:
-    """Every certificate in the .pem and .der files of `directory`."""
-    certificates = []
-    for path in sorted(Path(directory).iterdir()):
-        if path.suffix.lower() == ".pem":
-            certificates.extend(x509.load_pem_x509_certificates(path.read_bytes()))
-        elif path.suffix.lower() == ".der":
-            certificates.append(x509.load_der_x509_certificate(path.read_bytes()))
-    return certificates
-
-
-def read_identity(certificate: Path, private_key: Path) -> tuple[bytes, bytes]:
-    """The PEM bytes of a certificate and its key (read here: asyncua would read them through
-    anyio's lingering worker thread)."""
-    return certificate.read_bytes(), private_key.read_bytes()
-
-
-@dataclass(frozen=True, kw_only=True)
-class OpcUaSecurity:
-    """How a link authenticates itself and its server, and encrypts.
-
-    `encrypt=True` (SignAndEncrypt) needs the client's certificate and key and the directory of
-    the CAs it trusts servers by; `insecure()` says explicitly that a link is not encrypted. The
-    password never appears in `repr`, logs or error messages.
-    """
-
-    encrypt: bool
-    certificate: Path | None = None
-    private_key: Path | None = None
-    trust_dir: Path | None = None
-    application_uri: str = "urn:flexcharge:daemon"
-    policies: tuple[str, ...] = DEFAULT_POLICIES
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.encrypt and None in (self.certificate, self.private_key, self.trust_dir):
-            raise ValueError("SignAndEncrypt needs a certificate, its private key and a trust dir")
-        if not self.policies:
-            raise ValueError("at least one security policy is needed")
-        unknown = [p for p in self.policies if p not in POLICIES]
-        if unknown:
-            raise ValueError(f"unknown security policies {unknown}; known: {sorted(POLICIES)}")
-        if (self.user is None) != (self.password is None):
-            raise ValueError("a user name needs a password and a password a user name")
-        if self.user is not None and not self.encrypt:
-            raise ValueError("a password is never sent over an unencrypted link")
-
-    @classmethod
-    def insecure(cls) -> OpcUaSecurity:
-        """No encryption, no signatures, an anonymous session: only where asked for explicitly."""
-        return cls(encrypt=False)
 
 
 def _printable(url: str) -> str:
@@ -552,8 +412,8 @@ class OpcUaLink:
         chosen = offered[POLICIES[name].URI]
         await client.set_security(
             POLICIES[name],
-            certificate=_pem(certificate),
-            private_key=_pem(private_key),
+            certificate=pem_properties(certificate),
+            private_key=pem_properties(private_key),
             server_certificate=chosen.ServerCertificate,
             mode=ua.MessageSecurityMode.SignAndEncrypt,
         )
@@ -688,10 +548,6 @@ class OpcUaLink:
         return params
 
 
-def _pem(data: bytes) -> CertProperties:
-    return CertProperties(data, extension="pem")
-
-
 async def _close(client: Client) -> None:
     """Close a client's session, channel and socket and end its tasks; never raises."""
     try:
@@ -700,115 +556,3 @@ async def _close(client: Client) -> None:
         if isinstance(exc, asyncio.CancelledError):
             raise
         log.debug("closing an OPC-UA client failed", exc_info=True)
-
-
-class OpcUaDevice:
-    """One device: the object `object_name` behind a link, read and written by map name."""
-
-    def __init__(
-        self, name: str, link: OpcUaLink, register_map: RegisterMap, object_name: str
-    ) -> None:
-        if not object_name or "." in object_name:
-            raise ValueError(
-                f"{name}: OPC-UA object name {object_name!r} must be non-empty, no dots"
-            )
-        self.name = name
-        self.link = link
-        self.map = register_map
-        self.object_name = object_name
-        self._written = False
-
-    async def connect(self) -> None:
-        """Open the link if needed."""
-        await self.link.connect(self.name)
-
-    async def read(self, names: Iterable[str]) -> dict[str, Value | None]:
-        """Read the named variables (from the subscription when it is fresh)."""
-        regs = [self._register(n, "read") for n in names]
-        # After a write, poll once: the subscription may not have delivered its effect yet.
-        values = await self.link.read(
-            self.name, [node_name(self.object_name, r.name) for r in regs], cached=not self._written
-        )
-        self._written = False
-        return {reg.name: self._decode(reg, value) for reg, value in zip(regs, values, strict=True)}
-
-    async def write(self, values: Mapping[str, Value | None]) -> None:
-        """Write the named variables in one Write request."""
-        variants: dict[str, ua.Variant] = {}
-        for name, value in values.items():
-            reg = self._register(name, "write")
-            if value is None:
-                raise BadValue(self.name, f"{name}: cannot write 'unavailable'")
-            try:
-                variants[node_name(self.object_name, name)] = engineering_variant(reg, value)
-            except BadValue as exc:
-                raise BadValue(self.name, f"{name}: {exc.message}") from None
-        await self.link.write(self.name, variants)
-        self._written = True
-
-    def _register(self, name: str, action: Literal["read", "write"]) -> Register:
-        if name not in self.map:
-            raise BadValue(self.name, f"{name}: not in the {self.map.name} map")
-        reg = self.map[name]
-        if action == "read" and not reg.access.readable:
-            raise BadValue(self.name, f"{name}: write-only in the {self.map.name} map")
-        if action == "write" and not reg.access.writable:
-            raise BadValue(self.name, f"{name}: read-only in the {self.map.name} map")
-        return reg
-
-    def _decode(self, reg: Register, data: ua.DataValue) -> Value | None:
-        status = data.StatusCode
-        if status is not None and status.is_bad():
-            if status.value == ua.StatusCodes.BadNoData:
-                return None
-            raise DeviceRejected(
-                self.name,
-                f"{reg.name}: {self.link.address} answered {status.name} for "
-                f"{node_name(self.object_name, reg.name)}",
-                status.value,
-            )
-        value = None if data.Value is None else data.Value.Value
-        if value is None:
-            return None
-        if reg.type is ValueType.STRING:
-            if not isinstance(value, str):
-                raise BadValue(self.name, f"{reg.name}: expected text, got {value!r}")
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise BadValue(
-                self.name, f"{reg.name}: expected a number, got {type(value).__name__} {value!r}"
-            )
-        if isinstance(value, float):
-            if math.isnan(value):
-                return None
-            if not math.isfinite(value):
-                raise BadValue(self.name, f"{reg.name}: not a finite number: {value!r}")
-        return value
-
-
-class OpcUaLinks:
-    """The station's OPC-UA sessions, one per (endpoint URL, security), created on first use."""
-
-    def __init__(
-        self,
-        *,
-        now: Callable[[], float],
-        timeout_s: float,
-        secure: Callable[[], OpcUaSecurity],
-    ) -> None:
-        self.now = now
-        self.timeout_s = timeout_s
-        self._secure = secure
-        self._links: dict[tuple[str, bool], OpcUaLink] = {}
-
-    def get(self, url: str, *, encrypt: bool = True) -> OpcUaLink:
-        """The link to `url`, SignAndEncrypt unless `encrypt` is False."""
-        key = (url, encrypt)
-        if key not in self._links:
-            security = self._secure() if encrypt else OpcUaSecurity.insecure()
-            self._links[key] = OpcUaLink(url, security, now=self.now, timeout_s=self.timeout_s)
-        return self._links[key]
-
-    async def close(self) -> None:
-        """Close every link."""
-        await asyncio.gather(*(link.close() for link in self._links.values()))
