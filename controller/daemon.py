@@ -54,7 +54,7 @@ from control.sensing import Sensors
 from control.site import Feed, PileView, SiteSnapshot
 from controller.devices import StationLinks, pile_driver
 from controller.store import SavedState, StateStore
-from controller.telemetry import TelemetryWriter
+from controller.telemetry.writer import TelemetryWriter
 from drivers.acpile import AcPile
 from drivers.errors import DriverError
 from drivers.meter import MapMeter, Meter, MeterReading

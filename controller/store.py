@@ -25,9 +25,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +36,10 @@ import numpy as np
 from control.cycle import ControlState, MonthPeak
 from control.ledger import SessionRecord
 from control.sessions import PastVisit, Wish
+from controller.sqlite import FileKind, SqliteFileError, VersionedFile
 from scheduler.plan import FloatArray, Plan, PlanStatus
 
 SCHEMA_VERSION = 1
-# "FXCH": tells a flexcharge state file from any other SQLite database.
-APPLICATION_ID = 0x46584348
 # Finished sessions this recent are the controller's history (it forecasts tomorrow's arrivals
 # from the last day, and estimates what a vehicle nobody told it about needs from all of them).
 HISTORY_S = 14 * 86400
@@ -98,6 +95,17 @@ CREATE TABLE wishes (
 );
 """
 
+# "FXCH" tells a flexcharge state file from any other SQLite database. Full sync: a session's
+# energy account must survive a power cut.
+STATE_FILE = FileKind(
+    "state file",
+    application_id=0x46584348,
+    version=SCHEMA_VERSION,
+    schema=SCHEMA,
+    integrity_check=True,
+    synchronous="FULL",
+)
+
 SESSION_COLUMNS = (
     "pile",
     "pile_session_id",
@@ -142,38 +150,18 @@ class StateStore:
         """Open (or create) the state file of `station`; raises `StateError` if it is unusable."""
         self.path = Path(path)
         self.station = station
-        self._lock = threading.Lock()
         self._saved_plan: Plan | None = None
         self._saved_wishes: dict[tuple[str, int], Wish] | None = None
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        if new:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StateError(f"{self.path}: cannot create its directory: {exc}") from exc
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StateError(f"{self.path}: cannot open: {exc}") from exc
-        try:
-            self._db.execute("PRAGMA busy_timeout = 5000")
-            if new:
-                self._create()
-            else:
-                self._check()
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise StateError(f"{self.path}: not a usable state file: {exc}") from exc
-        except StateError:
-            self._db.close()
-            raise
+            self._file = VersionedFile(
+                self.path, STATE_FILE, init=self._stamp, check=self._check_station
+            )
+        except SqliteFileError as exc:
+            raise StateError(str(exc)) from exc
 
     def close(self) -> None:
         """Close the file (everything saved is already on disk)."""
-        with self._lock:
-            self._db.close()
+        self._file.close()
 
     def __enter__(self) -> StateStore:
         return self
@@ -183,45 +171,17 @@ class StateStore:
 
     # -- opening --------------------------------------------------------------------------
 
-    def _create(self) -> None:
-        with self._transaction():
-            self._db.executescript(f"BEGIN IMMEDIATE; {SCHEMA}")
-            self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self._db.execute("INSERT INTO meta (key, value) VALUES ('station', ?)", (self.station,))
+    def _stamp(self, db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO meta (key, value) VALUES ('station', ?)", (self.station,))
 
-    def _check(self) -> None:
-        problems = [row[0] for row in self._db.execute("PRAGMA quick_check")]
-        if problems != ["ok"]:
-            raise StateError(f"{self.path}: corrupt: {'; '.join(problems[:3])}")
-        (app,) = self._db.execute("PRAGMA application_id").fetchone()
-        if app != APPLICATION_ID:
-            raise StateError(f"{self.path}: not a flexcharge state file (application id {app})")
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise StateError(
-                f"{self.path}: written by a newer flexcharge (schema {version}; this one reads "
-                f"up to {SCHEMA_VERSION}); upgrade flexcharge or give another --state file"
-            )
-        if version < 1:
-            raise StateError(f"{self.path}: schema version {version} is not one flexcharge wrote")
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'station'").fetchone()
-        if row is None or row[0] != self.station:
-            owner = "no station" if row is None else f"station {row[0]!r}"
-            raise StateError(
-                f"{self.path}: the state of {owner}, not of {self.station!r}; "
-                "each station needs its own state file"
-            )
-
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        try:
-            yield
-            self._db.execute("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
+    def _check_station(self, db: sqlite3.Connection) -> str | None:
+        row = db.execute("SELECT value FROM meta WHERE key = 'station'").fetchone()
+        if row is not None and row[0] == self.station:
+            return None
+        owner = "no station" if row is None else f"station {row[0]!r}"
+        return (
+            f"the state of {owner}, not of {self.station!r}; each station needs its own state file"
+        )
 
     # -- loading --------------------------------------------------------------------------
 
@@ -229,14 +189,13 @@ class StateStore:
         """Everything saved, as of `now`: open sessions, the latest month's peak, the last plan,
         history of the last two weeks and the pending wishes. Raises `StateError` for a row that
         cannot be read, naming the table, the row and the field."""
-        with self._lock:
+        with self._file.reading() as db:
             try:
-                return self._load(now, zone)
+                return self._load(db, now, zone)
             except sqlite3.Error as exc:
                 raise StateError(f"{self.path}: cannot read: {exc}") from exc
 
-    def _load(self, now: float, zone: ZoneInfo) -> SavedState:
-        db = self._db
+    def _load(self, db: sqlite3.Connection, now: float, zone: ZoneInfo) -> SavedState:
         db.row_factory = sqlite3.Row
         try:
             open_rows = db.execute(
@@ -390,9 +349,7 @@ class StateStore:
         """Write `state` in one transaction (sessions, month peak; the plan and the wishes only
         when they changed). Raises `sqlite3.Error` if the disk refuses."""
         control = state.control
-        with self._lock, self._transaction():
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
+        with self._file.transaction() as db:
             placeholders = ", ".join("?" for _ in SESSION_COLUMNS)
             updates = ", ".join(f"{c} = excluded.{c}" for c in SESSION_COLUMNS[3:])
             db.executemany(

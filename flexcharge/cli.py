@@ -28,7 +28,7 @@ from base.tarifffile import load_tariff
 
 if TYPE_CHECKING:
     from controller.daemon import Daemon
-    from controller.telemetry import TelemetryWriter
+    from controller.telemetry.writer import TelemetryWriter
     from simulator.fast import Scenario
     from simulator.fleet import Visit
 
@@ -348,7 +348,8 @@ def _telemetry_writer(
 ) -> TelemetryWriter | int | None:
     """The writer [telemetry] asks for (None if disabled), or EXIT_BAD_CONFIG after printing why
     (a token variable unset, a store or buffer file that is not one)."""
-    from controller.telemetry import TelemetryError, writer_for
+    from controller.telemetry.files import TelemetryError
+    from controller.telemetry.writer import writer_for
 
     try:
         return writer_for(station, station_file)
@@ -616,7 +617,8 @@ def _simulation_telemetry(
             "[bold red]--telemetry: give one --policy (runs would overwrite each other)[/]"
         )
         return EXIT_BAD_CONFIG
-    from controller.telemetry import TelemetryError, writer_for
+    from controller.telemetry.files import TelemetryError
+    from controller.telemetry.writer import writer_for
 
     out = Path(args.out)
     try:

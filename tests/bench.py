@@ -565,7 +565,10 @@ def telemetry_bench(console: Console, cycles: int = 3000) -> bool:
     """
     import tempfile
 
-    from controller.telemetry import DiskBuffer, InfluxSink, Point, TelemetryWriter
+    from controller.telemetry.buffer import DiskBuffer
+    from controller.telemetry.points import Point
+    from controller.telemetry.sinks import InfluxSink
+    from controller.telemetry.writer import TelemetryWriter
     from tests.conftest import free_ports
     from tests.victoria import VictoriaMetrics, find_or_install, poll_until
 

@@ -23,18 +23,12 @@ from base.devicemap import PileState
 from base.loading import ConfigError
 from control.site import PileView, SiteSnapshot
 from controller.daemon import Cycle, Daemon
-from controller.telemetry import (
-    DiskBuffer,
-    LocalStore,
-    Point,
-    SinkError,
-    TelemetryError,
-    TelemetryWriter,
-    cycle_points,
-    plan_points,
-    query_local,
-    writer_for,
-)
+from controller.telemetry.buffer import DiskBuffer
+from controller.telemetry.files import TelemetryError
+from controller.telemetry.local import LocalStore, query_local
+from controller.telemetry.points import Point, cycle_points, plan_points
+from controller.telemetry.sinks import SinkError
+from controller.telemetry.writer import TelemetryWriter, writer_for
 from drivers.pile import PileReading
 from flexcharge.cli import main
 from scheduler.plan import Plan, PlanStatus

@@ -21,7 +21,10 @@ import pytest
 from base.clock import VirtualClock
 from base.config import Station
 from controller.daemon import Cycle, Daemon
-from controller.telemetry import DiskBuffer, InfluxSink, Point, TelemetryWriter
+from controller.telemetry.buffer import DiskBuffer
+from controller.telemetry.points import Point
+from controller.telemetry.sinks import InfluxSink
+from controller.telemetry.writer import TelemetryWriter
 from simulator.hardware import StationSimulator
 from tests.conftest import free_ports, truck_visit
 from tests.victoria import VictoriaMetrics, find_or_install, poll_until
