@@ -1,8 +1,7 @@
 """What the controller knows of the site at one instant, and how fresh each piece is.
 
-A `Feed` keeps one device's latest reading and its health, the way Home Assistant's
-DataUpdateCoordinator does: it logs once when the device fails and once when it recovers, never
-in between. A `SiteSnapshot` gathers the feeds of one control cycle.
+A `Feed` keeps one device's latest reading and its `base.health.Health`: told once when the
+device fails and once when it recovers, never in between. A `SiteSnapshot` gathers the feeds of one control cycle.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from base.config import PileConfig
+from base.health import Health
 from drivers.errors import DriverError
 from drivers.meter import MeterReading
 from drivers.pile import PileReading
@@ -26,43 +26,40 @@ class Feed(Generic[T]):
     """The latest good reading of one device and whether the device is healthy.
 
     A device is unhealthy while it does not answer or its answers fail a plausibility check;
-    `notify` hears of it once when that starts and once when it ends.
+    its `health` tells `notify` once when that starts and once when it ends.
     """
 
     def __init__(self, device: str, notify: Callable[[float, str], None] | None = None) -> None:
         self.device = device
-        self.notify = notify
+        self.health = Health(device, notify=notify, logger=log)
         self.value: T | None = None
         self.at: float | None = None
-        self.ok = True
         self.error: DriverError | None = None
-        self.failed_since: float | None = None
-        self.episodes = 0
+
+    @property
+    def ok(self) -> bool:
+        """True while the device answers plausibly."""
+        return self.health.ok
+
+    @property
+    def failed_since(self) -> float | None:
+        """When the current failure began (None while healthy)."""
+        return self.health.since
+
+    @property
+    def episodes(self) -> int:
+        """How many times the device has started failing."""
+        return self.health.episodes
 
     def succeeded(self, value: T, now: float) -> bool:
         """Store a reading; return True if the device has just recovered."""
-        self.value, self.at = value, now
-        recovered = not self.ok
-        if recovered:
-            down = now - (self.failed_since or now)
-            self._tell(now, logging.WARNING, f"{self.device}: back to normal after {down:.0f} s")
-        self.ok, self.error, self.failed_since = True, None, None
-        return recovered
+        self.value, self.at, self.error = value, now, None
+        return self.health.recover(now)
 
     def failed(self, error: DriverError, now: float) -> bool:
         """Record a failure; return True if the device has just started failing."""
-        started = self.ok
-        if started:
-            self.episodes += 1
-            self.failed_since = now
-            self._tell(now, logging.ERROR, f"{self.device}: {error.message}")
-        self.ok, self.error = False, error
-        return started
-
-    def _tell(self, now: float, level: int, text: str) -> None:
-        log.log(level, "%s", text)
-        if self.notify is not None:
-            self.notify(now, text)
+        self.error = error
+        return self.health.fail(now, error.message)
 
     def fresh(self, now: float, max_age_s: float) -> T | None:
         """The reading if it is no older than `max_age_s`, else None."""

@@ -35,6 +35,7 @@ from asyncua.server.user_managers import UserManager
 from base.certs import Identity
 from base.clock import Clock, Ticker, stop_task
 from base.devicemap import Register, RegisterMap, Value, ValueType
+from base.health import Health
 from drivers.codec import from_project_units, in_project_units
 from drivers.errors import BadValue
 from drivers.opcua.security import read_identity, trust_store
@@ -154,7 +155,7 @@ class OpcUaStationServer:
         self._by_node: dict[ua.NodeId, tuple[ServedDevice, Register]] = {}
         self._server: Server | None = None
         self._task: asyncio.Task[None] | None = None
-        self._refresh_failing = False
+        self._refresh_health = Health(f"{url}: refreshing the served values", logger=log)
 
     def add(self, object_name: str, regmap: RegisterMap, model: DeviceModel, label: str) -> None:
         """Serve `model` as the object `object_name` (before `start`)."""
@@ -267,12 +268,11 @@ class OpcUaStationServer:
                 await ticker.wait()
                 try:
                     await self.refresh()
-                except Exception:
-                    if not self._refresh_failing:
-                        log.exception("%s: refreshing the served values failed", self.url)
-                    self._refresh_failing = True
+                except Exception as exc:
+                    if self._refresh_health.fail(self.clock.now(), f"failed: {exc!r}"):
+                        log.debug("the refresh's traceback", exc_info=True)
                 else:
-                    self._refresh_failing = False
+                    self._refresh_health.recover(self.clock.now())
 
     async def _refresh(self, device: ServedDevice, server: Server | None = None) -> None:
         server = server or self._server

@@ -10,7 +10,6 @@ import logging
 import math
 import sqlite3
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -291,12 +290,27 @@ def test_a_refused_batch_is_dropped_not_retried_forever(tmp_path: Path) -> None:
 def test_put_never_waits_a_full_queue_drops_its_oldest(tmp_path: Path) -> None:
     sink = FlakySink()
     writer = _writer(sink, tmp_path, queue_max_points=100)
-    started = time.perf_counter()
-    writer.put(_points(150))  # no thread yet: nothing drains the queue
-    assert time.perf_counter() - started < 1.0
+    writer.put(_points(150))  # no thread yet: nothing drains it, and put must not wait for one
     assert writer.counts.dropped == 50 and writer.counts.pending == 100
     writer.close()
     assert [p.field("n") for p in sink.points] == list(range(50, 150))
+
+
+def test_a_full_queue_is_told_once_per_episode_and_when_it_has_room_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = FlakySink()
+    writer = _writer(sink, tmp_path, queue_max_points=100)
+    with caplog.at_level(logging.WARNING, "controller.telemetry"):
+        writer.put(_points(150))  # no thread yet: the queue overflows
+        writer.start()
+        poll_until(lambda: writer.counts.pending == 0, 10, "the queue to drain")
+        counts = writer.close()
+    texts = [r.getMessage() for r in caplog.records]
+    full = [t for t in texts if "dropping the oldest" in t]
+    room = [t for t in texts if "queue has room again" in t]
+    assert (len(full), len(room)) == (1, 1), texts  # re-armed: a new overflow is told again
+    assert counts.dropped == 50
 
 
 @pytest.mark.asyncio

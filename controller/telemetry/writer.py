@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from base.config import Station
+from base.health import Health
 from control.site import SiteSnapshot
 from controller.telemetry.buffer import DiskBuffer
 from controller.telemetry.files import TelemetryError
@@ -115,11 +116,12 @@ class TelemetryWriter:
         self._counts = TelemetryCounts()
         self._event_seq = 0
         self._last_event_ns = 0
-        self._down_since: float | None = None
+        # Wall time (monotonic): the writer's thread paces I/O, not control.
+        self._sink_health = Health("telemetry", logger=log)
+        self._queue_health = Health("telemetry", logger=log)
+        self._buffer_health = Health("telemetry", logger=log)
         self._retry_at = 0.0
         self._retry_s = retry_min_s
-        self._queue_full = False
-        self._buffer_full = False
         self._done: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     # -- the control loop's side ---------------------------------------------------------------
@@ -140,14 +142,11 @@ class TelemetryWriter:
                 if len(self._queue) >= self.queue_max_points:
                     self._queue.popleft()
                     self._counts.dropped += 1
-                    if not self._queue_full:
-                        self._queue_full = True
-                        log.error(
-                            "telemetry: more than %d points waiting for %s; dropping the oldest "
-                            "(counted; logged once)",
-                            self.queue_max_points,
-                            self.sink.description,
-                        )
+                    self._queue_health.fail(
+                        time.monotonic(),
+                        f"more than {self.queue_max_points} points waiting for "
+                        f"{self.sink.description}; dropping the oldest (counted)",
+                    )
                 self._queue.append(point)
                 self._counts.handed += 1
                 if len(self._queue) == self.batch_size:
@@ -185,15 +184,18 @@ class TelemetryWriter:
     def counts(self) -> TelemetryCounts:
         """The counts so far (a copy)."""
         with self._cond:
-            counts = replace(self._counts, pending=len(self._queue), held=self.buffer.points)
-            if self._down_since is not None:
-                counts.down_s += time.monotonic() - self._down_since
-            return counts
+            return replace(
+                self._counts,
+                pending=len(self._queue),
+                held=self.buffer.points,
+                outages=self._sink_health.episodes,
+                down_s=self._sink_health.down_s(time.monotonic()),
+            )
 
     @property
     def down(self) -> bool:
         """True while the sink is failing."""
-        return self._down_since is not None
+        return not self._sink_health.ok
 
     # -- ownership -----------------------------------------------------------------------------
 
@@ -296,6 +298,11 @@ class TelemetryWriter:
         batch = [self._queue.popleft() for _ in range(count)]
         if count:
             self._cond.notify_all()  # a blocked `put` may go on
+        if len(self._queue) <= self.queue_max_points // 2:
+            self._queue_health.recover(
+                time.monotonic(),
+                lambda down: f"telemetry: the queue has room again after {down:.0f} s",
+            )
         return batch
 
     def _drain(self) -> None:
@@ -353,34 +360,28 @@ class TelemetryWriter:
             kept, dropped = self.buffer.append(batch)
         except (TelemetryError, sqlite3.Error, OSError) as exc:
             kept, dropped = 0, len(batch)
-            if not self._buffer_full:
-                self._buffer_full = True
-                log.error("telemetry: cannot buffer points on disk (%s); dropping them", exc)
+            self._buffer_health.fail(
+                time.monotonic(), f"cannot buffer points on disk ({exc}); dropping them"
+            )
         with self._cond:
             self._counts.buffered += kept
             self._counts.dropped += dropped
-        if dropped and not self._buffer_full:
-            self._buffer_full = True
-            log.error(
-                "telemetry: the disk buffer %s is full (%d bytes); dropping the oldest points "
-                "(counted; logged once)",
-                self.buffer.path,
-                self.buffer.max_bytes,
+        if dropped:
+            self._buffer_health.fail(
+                time.monotonic(),
+                f"the disk buffer {self.buffer.path} is full ({self.buffer.max_bytes} bytes); "
+                "dropping the oldest points (counted)",
             )
 
     def _failed(self, exc: SinkError) -> None:
         now = time.monotonic()
         with self._cond:
-            if self._down_since is None:
-                self._down_since = now
-                self._counts.outages += 1
+            why = (
+                f"cannot write to {self.sink.description} ({exc}); "
+                f"buffering points on disk in {self.buffer.path}"
+            )
+            if self._sink_health.fail(now, why):
                 self._retry_s = self.retry_min_s
-                log.error(
-                    "telemetry: cannot write to %s (%s); buffering points on disk in %s",
-                    self.sink.description,
-                    exc,
-                    self.buffer.path,
-                )
             else:
                 self._retry_s = min(self._retry_s * 2, self.retry_max_s)
             self._retry_at = now + self._retry_s
@@ -398,18 +399,19 @@ class TelemetryWriter:
             self._counts.written += len(batch)
             if replayed:
                 self._counts.replayed += len(batch)
-            if self._down_since is not None:
-                down = time.monotonic() - self._down_since
-                self._counts.down_s += down
-                self._down_since = None
-                log.warning(
-                    "telemetry: %s is back after %.0f s; replaying %d buffered points in order",
-                    self.sink.description,
-                    down,
-                    self.buffer.points + (len(batch) if replayed else 0),
-                )
+            held = self.buffer.points + (len(batch) if replayed else 0)
+            self._sink_health.recover(
+                time.monotonic(),
+                lambda down: (
+                    f"telemetry: {self.sink.description} is back after {down:.0f} s; "
+                    f"replaying {held} buffered points in order"
+                ),
+            )
         if not self.buffer:
-            self._buffer_full = False
+            self._buffer_health.recover(
+                time.monotonic(),
+                lambda down: f"telemetry: the disk buffer has room again after {down:.0f} s",
+            )
 
 
 def _settle(future: asyncio.Future[None]) -> None:
