@@ -2,8 +2,8 @@
 
 `ApiServer` is a service the daemon owns (`Daemon.services`): a uvicorn server running in the
 daemon's own event loop, started after the control loops and stopped, and awaited, before them.
-Handlers only read the daemon's state, or hand a request to it (`Control.wish`,
-`Sensors.override_limit`) between two cycles, so they never block the loop.
+Handlers only read the daemon's `StationStatus`, or hand a request to its `StationPort` (a wish,
+a limit override) between two cycles, so they never block the loop.
 
 Reads (`GET /api/...`, `/metrics`) are open unless `[api] reads_need_token`; writes need the
 bearer token from the environment variable `[api] token_env`, and are refused while it is unset.
@@ -35,6 +35,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from base.config import ApiSettings
+from base.tariff import Tariff
+from control.sensing import LimitOverride
 from control.sessions import Session, Wish
 from controller.apimodels import (
     MAX_OVERRIDE_S,
@@ -55,8 +57,8 @@ from controller.apimodels import (
     StatusOut,
     TariffOut,
 )
-from controller.daemon import Cycle, Daemon
 from controller.metrics import metrics_text, registry_for
+from controller.status import Cycle, StationPort, StationStatus
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +124,7 @@ _bearer = HTTPBearer(auto_error=False, description="the token in [api] token_env
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def _bands(daemon: Daemon, start: float, end: float) -> list[BandOut]:
-    tariff = daemon.station.tariff
+def _bands(tariff: Tariff, start: float, end: float) -> list[BandOut]:
     bands: list[BandOut] = []
     t = start
     while t < end and len(bands) < 500:
@@ -138,24 +139,21 @@ def _bands(daemon: Daemon, start: float, end: float) -> list[BandOut]:
 
 
 class _View:
-    """Turns the daemon's state into the API's answers."""
+    """Turns one `StationStatus` into the API's answers."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-
-    @property
-    def zone(self) -> ZoneInfo:
-        return self.daemon.control.zone
+    def __init__(self, status: StationStatus) -> None:
+        self.now = status.time
+        self.status_ = status
+        self.zone = ZoneInfo(status.station.info.timezone)
 
     def time(self, t: float) -> datetime:
         return datetime.fromtimestamp(t, self.zone)
 
     def session(self, session: Session) -> SessionOut:
-        plan = self.daemon.control.plan
-        now = self.daemon.clock.now()
+        plan = self.status_.plan
         planned = None
-        if plan is not None and plan.slot_at(now) is not None:
-            planned = plan.power_at(session.vehicle_id, now)
+        if plan is not None and plan.slot_at(self.now) is not None:
+            planned = plan.power_at(session.vehicle_id, self.now)
         return SessionOut(
             pile=session.pile,
             vehicle_id=session.vehicle_id,
@@ -172,8 +170,8 @@ class _View:
             planned_kw=planned,
         )
 
-    def override(self) -> OverrideOut | None:
-        override = self.daemon.sensors.override
+    def override(self, override: LimitOverride | None = None) -> OverrideOut | None:
+        override = override or self.status_.override
         if override is None:
             return None
         return OverrideOut(
@@ -184,41 +182,40 @@ class _View:
         )
 
     def status(self) -> StatusOut:
-        daemon = self.daemon
-        now = daemon.clock.now()
-        cycle = daemon.last_cycle
+        status = self.status_
+        now = status.time
+        cycle = status.last_cycle
         snap = None if cycle is None else cycle.snapshot
-        sensors = daemon.sensors
-        tariff = daemon.station.tariff
+        station = status.station
+        tariff = station.tariff
         views = {} if snap is None else {v.id: v for v in snap.piles}
         piles = []
-        for config in daemon.station.piles:
+        for config in station.piles:
             view = views.get(config.id)
             reading = None if view is None else view.reading
-            feed = daemon.pile_feeds.get(config.id)
-            session = daemon.control.sessions.get(config.id)
+            session = status.sessions.get(config.id)
             piles.append(
                 PileOut(
                     id=config.id,
                     state="unknown" if reading is None else str(reading.state),
                     online=reading is not None,
-                    error=None if feed is None or feed.error is None else feed.error.message,
+                    error=status.pile_errors.get(config.id),
                     power_kw=None if reading is None else reading.power_kw,
-                    setpoint_kw=daemon.setpoints.get(config.id, 0.0),
+                    setpoint_kw=status.setpoints.get(config.id, 0.0),
                     target_kw=None if cycle is None else cycle.targets.get(config.id),
                     max_kw=config.max_kw if view is None else view.max_kw,
                     soc_pct=None if reading is None else reading.soc_pct,
-                    fault=daemon.control.faults.get(config.id, ""),
+                    fault=status.faults.get(config.id, ""),
                     session=None if session is None else self.session(session),
                 )
             )
-        limit = daemon.station.limit_kw if snap is None else snap.limit_kw
+        limit = station.limit_kw if snap is None else snap.limit_kw
         site = SiteOut(
             load_kw=None if snap is None else snap.grid_kw,
             limit_kw=limit,
-            limit_source=sensors.limit_source,
-            transformer_limit_kw=daemon.station.limit_kw,
-            utility_limit_kw=sensors.utility_limit_kw,
+            limit_source=status.limit_source,
+            transformer_limit_kw=station.limit_kw,
+            utility_limit_kw=status.utility_limit_kw,
             override=self.override(),
             background_kw=None if snap is None else snap.background_kw,
             piles_kw=0.0 if snap is None else snap.piles_kw,
@@ -226,11 +223,11 @@ class _View:
         )
         band = tariff.band_at(now)
         return StatusOut(
-            station=daemon.station.name,
+            station=station.name,
             time=self.time(now),
             t=now,
             cycle_time=None if cycle is None else self.time(cycle.time),
-            policy=str(daemon.control.policy),
+            policy=status.policy,
             site=site,
             tariff=TariffOut(
                 name=tariff.name,
@@ -240,19 +237,17 @@ class _View:
                 next_change=tariff.next_change(now),
             ),
             piles=piles,
-            events=[
-                EventOut(time=self.time(t), t=t, text=text) for t, text in list(daemon.events)[-20:]
-            ],
+            events=[EventOut(time=self.time(t), t=t, text=text) for t, text in status.events[-20:]],
         )
 
     def plan(self) -> PlanOut:
-        control = self.daemon.control
-        plan = control.plan
+        status = self.status_
+        plan = status.plan
         if plan is None:
             return PlanOut(
                 status="none", message="", planned_at=None, slots=[], vehicles=[], piles_kw=[]
             )
-        tariff = self.daemon.station.tariff
+        tariff = status.station.tariff
         edges = [float(t) for t in plan.boundaries]
         slots = []
         for t0, t1 in pairwise(edges):
@@ -267,7 +262,7 @@ class _View:
                     price=tariff.band_prices[band],
                 )
             )
-        piles = {s.vehicle_id: s.pile for s in control.sessions.values()}
+        piles = {s.vehicle_id: s.pile for s in status.sessions.values()}
         vehicles = []
         here = [0.0] * len(slots)
         for vid, series in plan.power_kw.items():
@@ -286,7 +281,7 @@ class _View:
         return PlanOut(
             status=str(plan.status),
             message=plan.message,
-            planned_at=None if control.planned_at is None else self.time(control.planned_at),
+            planned_at=None if status.planned_at is None else self.time(status.planned_at),
             slots=slots,
             vehicles=vehicles,
             piles_kw=here,
@@ -302,17 +297,17 @@ def _problem_text(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def build_app(daemon: Daemon, settings: ApiSettings, token: str | None) -> FastAPI:
+def build_app(daemon: StationPort, settings: ApiSettings, token: str | None) -> FastAPI:
     """The FastAPI application for `daemon`: API, metrics and page.
 
     `token` is the bearer token writes need (None: writes are refused).
     """
-    view = _View(daemon)
+    station = daemon.status().station
     history = LoadHistory(
         settings.history_h * 3600,
-        max(settings.history_h * 3600 / HISTORY_SAMPLES, daemon.station.control.period_s),
+        max(settings.history_h * 3600 / HISTORY_SAMPLES, station.control.period_s),
     )
-    daemon.observers.append(history.add)
+    daemon.watch(history.add)
     registry = registry_for(daemon)
 
     def check(credentials: HTTPAuthorizationCredentials | None, what: str) -> None:
@@ -340,7 +335,7 @@ def build_app(daemon: Daemon, settings: ApiSettings, token: str | None) -> FastA
 
     app = FastAPI(
         title="flexcharge",
-        summary=f"Station {daemon.station.name}: status, plan, sessions, limit override",
+        summary=f"Station {station.name}: status, plan, sessions, limit override",
         version="1",
     )
 
@@ -358,41 +353,47 @@ def build_app(daemon: Daemon, settings: ApiSettings, token: str | None) -> FastA
     @app.get("/api/status", dependencies=Read, tags=["read"])
     async def status() -> StatusOut:
         """The site, its limit and where it comes from, the tariff band and every pile."""
-        return view.status()
+        return _View(daemon.status()).status()
 
     @app.get("/api/plan", dependencies=Read, tags=["read"])
     async def plan() -> PlanOut:
         """The plan the controller follows: every vehicle's planned power per slot."""
-        return view.plan()
+        return _View(daemon.status()).plan()
 
     @app.get("/api/sessions", dependencies=Read, tags=["read"])
     async def sessions() -> list[SessionOut]:
         """The vehicles connected now."""
-        return [view.session(s) for s in daemon.control.sessions.values()]
+        view = _View(daemon.status())
+        return [view.session(s) for s in view.status_.sessions.values()]
 
     @app.get("/api/history", dependencies=Read, tags=["read"])
     async def history_(
         hours: Annotated[float, Query(gt=0, le=48)] = settings.history_h,
     ) -> HistoryOut:
         """Site load and limit over the last `hours`, with the tariff bands to the plan's end."""
-        now = daemon.clock.now()
+        status = daemon.status()
+        now = status.time
         start = now - hours * 3600
-        plan = daemon.control.plan
+        plan = status.plan
         end = max(now + 6 * 3600, plan.end if plan is not None else now)
-        return HistoryOut(samples=history.since(start), bands=_bands(daemon, start, end))
+        return HistoryOut(
+            samples=history.since(start), bands=_bands(status.station.tariff, start, end)
+        )
 
     @app.post("/api/piles/{pile_id}/session", dependencies=Write, tags=["write"])
     async def tell_session(
         pile_id: Annotated[str, Path(max_length=64)], info: SessionInfo
     ) -> SessionOut:
         """Tell the station what the vehicle at `pile_id` needs and when it leaves."""
-        known = {p.id for p in daemon.station.piles}
+        status = daemon.status()
+        view = _View(status)
+        known = {p.id for p in status.station.piles}
         if pile_id not in known:
             raise HTTPException(404, f"no pile {pile_id!r}; the station has {sorted(known)}")
-        session = daemon.control.sessions.get(pile_id)
+        session = status.sessions.get(pile_id)
         if session is None:
             raise HTTPException(409, f"no vehicle is connected at {pile_id}")
-        now = daemon.clock.now()
+        now = status.time
         departure = None if info.departure is None else info.departure.timestamp()
         if departure is not None and departure <= now:
             raise HTTPException(
@@ -407,7 +408,7 @@ def build_app(daemon: Daemon, settings: ApiSettings, token: str | None) -> FastA
                 "give energy_kwh instead of target_soc_pct",
             )
         key = (pile_id, session.session_id)
-        before = daemon.control.wishes.get(key, Wish())
+        before = status.wishes.get(key, Wish())
         wish = Wish(
             vehicle_id=info.vehicle_id or before.vehicle_id,
             departure=departure if departure is not None else before.departure,
@@ -420,14 +421,15 @@ def build_app(daemon: Daemon, settings: ApiSettings, token: str | None) -> FastA
             wish = replace(wish, target_soc=info.target_soc_pct / 100)
         else:
             wish = replace(wish, energy_kwh=before.energy_kwh, target_soc=before.target_soc)
-        daemon.control.wish(pile_id, session.session_id, wish)
+        daemon.wish(pile_id, session.session_id, wish)
         log.info("session at %s updated through the API", pile_id)
-        return view.session(session)
+        updated = _View(daemon.status())
+        return updated.session(updated.status_.sessions.get(pile_id, session))
 
     @app.post("/api/limit/override", dependencies=Write, tags=["write"])
     async def override_limit(request: LimitOverrideIn) -> OverrideOut:
         """Lower the site limit until a time; it can never raise it above the transformer's."""
-        now = daemon.clock.now()
+        now = daemon.status().time
         if request.until is not None:
             until = request.until.timestamp()
         else:
@@ -436,19 +438,19 @@ def build_app(daemon: Daemon, settings: ApiSettings, token: str | None) -> FastA
         if until - now > MAX_OVERRIDE_S:
             raise HTTPException(422, "an override lasts at most a week: give an earlier until")
         try:
-            daemon.sensors.override_limit(request.limit_kw, until, now, request.reason)
+            set_ = daemon.override_limit(request.limit_kw, until, request.reason)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        out = view.override()
+        out = _View(daemon.status()).override(set_)
         assert out is not None
         return out
 
     @app.delete("/api/limit/override", dependencies=Write, tags=["write"])
     async def withdraw_override() -> EndedOut:
         """End the operator's override now."""
-        ended = view.override()
-        daemon.sensors.clear_override(daemon.clock.now())
-        return EndedOut(ended=ended)
+        view = _View(daemon.status())
+        ended = daemon.clear_override()
+        return EndedOut(ended=view.override(ended) if ended is not None else None)
 
     @app.get("/metrics", dependencies=Read, tags=["read"], response_class=Response)
     async def metrics() -> Response:
@@ -501,7 +503,7 @@ class ApiServer:
     `start()` serves, `stop()` closes the connections and waits for the server's task.
     """
 
-    def __init__(self, daemon: Daemon, settings: ApiSettings) -> None:
+    def __init__(self, daemon: StationPort, settings: ApiSettings) -> None:
         """Reads the token from the environment variable `settings.token_env` now."""
         self.settings = settings
         token = settings.token()

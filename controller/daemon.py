@@ -39,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -50,9 +50,11 @@ from base.loading import ConfigProblem as ConfigProblem
 from control.cycle import Control, Decision, Policy
 from control.ledger import SessionLedger
 from control.reload import StationChange
-from control.sensing import Sensors
-from control.site import Feed, PileView, SiteSnapshot
+from control.sensing import LimitOverride, Sensors
+from control.sessions import Wish
+from control.site import Feed, SiteSnapshot
 from controller.devices import StationLinks, pile_driver
+from controller.status import Cycle, DeviceHealth, StationStatus, Tally
 from controller.store import SavedState, StateStore
 from controller.telemetry.writer import TelemetryWriter
 from drivers.acpile import AcPile
@@ -72,70 +74,6 @@ T = TypeVar("T")
 SAVE_EVERY_S = 1.0
 
 
-@dataclass(frozen=True)
-class Cycle:
-    """One pass of the fast loop: what was seen, what was wanted, what was written."""
-
-    time: float
-    snapshot: SiteSnapshot
-    budget_kw: float
-    targets: Mapping[str, float]
-    setpoints: Mapping[str, float]
-    written: Mapping[str, bool]
-
-    @property
-    def wanted_kw(self) -> float:
-        """What the connected vehicles would take together."""
-        return sum(p.wants_kw for p in self.snapshot.piles)
-
-
-@dataclass
-class Tally:
-    """Running figures of what the daemon measured, for its summary."""
-
-    limit_kw: float
-    cycles: int = 0
-    peak_grid_kw: float = 0.0
-    peak_at: float | None = None
-    over_limit_s: float = 0.0
-    energy_kwh: float = 0.0
-    out_of_bounds: int = 0
-    cycle_ms_max: float = 0.0
-    cycle_ms_total: float = 0.0
-    plans: int = 0
-    fallbacks: int = 0
-    energy_by_band: dict[str, float] = field(default_factory=dict)
-    charging_cost: float = 0.0
-    solve_ms: list[float] = field(default_factory=list)
-    _counters: dict[str, float] = field(default_factory=dict)
-
-    def add(self, cycle: Cycle, dt: float, cycle_ms: float) -> None:
-        """Account one cycle."""
-        self.cycles += 1
-        self.cycle_ms_max = max(self.cycle_ms_max, cycle_ms)
-        self.cycle_ms_total += cycle_ms
-        piles_kwh = max(cycle.snapshot.piles_kw, 0.0) * dt / 3600
-        band = cycle.snapshot.band
-        self.energy_by_band[band] = self.energy_by_band.get(band, 0.0) + piles_kwh
-        self.charging_cost += piles_kwh * cycle.snapshot.price
-        grid = cycle.snapshot.grid_kw
-        if grid is not None:
-            if grid > self.peak_grid_kw:
-                self.peak_grid_kw, self.peak_at = grid, cycle.time
-            if grid > cycle.snapshot.limit_kw:
-                self.over_limit_s += dt
-        for view in cycle.snapshot.piles:
-            if view.reading is None:
-                continue
-            counter = view.reading.energy_import_kwh
-            before = self._counters.get(view.id)
-            if before is not None and counter >= before:
-                self.energy_kwh += counter - before
-            self._counters[view.id] = counter
-            if view.id in cycle.setpoints and not _within_bounds(cycle.setpoints[view.id], view):
-                self.out_of_bounds += 1
-
-
 class Service(Protocol):
     """Something the daemon runs beside its loops (the HTTP API), in its event loop."""
 
@@ -146,14 +84,6 @@ class Service(Protocol):
     async def stop(self) -> None:
         """Stop serving and wait until its tasks have ended (nothing to do if not started)."""
         ...
-
-
-def _within_bounds(kw: float, view: PileView) -> bool:
-    if kw == 0:
-        return True
-    if kw > 0:
-        return view.min_kw - 1e-6 <= kw <= view.max_kw + 1e-6
-    return view.min_kw - 1e-6 <= -kw <= view.max_discharge_kw + 1e-6
 
 
 async def _attempt(device: str, read: Callable[[], Awaitable[T]]) -> T | DriverError:
@@ -300,6 +230,56 @@ class Daemon:
             await self._stop.wait()
         finally:
             await self.shutdown()
+
+    # -- the port the API, metrics, view and demo use ---------------------------------------------
+
+    def status(self) -> StationStatus:
+        """The daemon's state now, copied (`StationStatus`)."""
+        control, sensors = self.control, self.sensors
+        return StationStatus(
+            time=self.clock.now(),
+            station=self.station,
+            policy=str(control.policy),
+            last_cycle=self.last_cycle,
+            plan=control.plan,
+            planned_at=control.planned_at,
+            sessions={pid: replace(s) for pid, s in control.sessions.items()},
+            wishes=dict(control.wishes),
+            faults=dict(control.faults),
+            setpoints=dict(control.setpoints),
+            devices=tuple(
+                DeviceHealth(
+                    f.device, f.ok, f.episodes, None if f.error is None else f.error.message
+                )
+                for f in sensors.feeds()
+            ),
+            pile_errors={
+                pid: None if f.error is None else f.error.message
+                for pid, f in self.pile_feeds.items()
+            },
+            limit_source=sensors.limit_source,
+            utility_limit_kw=sensors.utility_limit_kw,
+            override=sensors.override,
+            tally=replace(self.tally, energy_by_band=dict(self.tally.energy_by_band)),
+            events=tuple(self.events),
+            event_count=self.event_count,
+        )
+
+    def watch(self, observer: Callable[[Cycle], None]) -> None:
+        """Call `observer` after every cycle (in the control loop: it must be quick)."""
+        self.observers.append(observer)
+
+    def wish(self, pile_id: str, session_id: int, wish: Wish) -> None:
+        """What a driver or fleet system says of the session at a pile."""
+        self.control.wish(pile_id, session_id, wish)
+
+    def override_limit(self, kw: float, until: float, reason: str) -> LimitOverride:
+        """Lower the site limit until `until` (raises ValueError if it would raise it)."""
+        return self.sensors.override_limit(kw, until, self.clock.now(), reason)
+
+    def clear_override(self) -> LimitOverride | None:
+        """End the operator's override now; the one that ended, if any."""
+        return self.sensors.clear_override(self.clock.now())
 
     def request_stop(self) -> None:
         """Ask `run` to shut down (safe to call from a signal handler, more than once)."""

@@ -16,20 +16,19 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 
-from controller.daemon import Daemon
+from controller.status import StationPort, StationStatus
 
 
 class DaemonCollector:
     """The metrics of one daemon, in the `flexcharge_` namespace."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: StationPort) -> None:
         self.daemon = daemon
 
     def collect(self) -> Iterator[Metric]:
         """Every metric, as the daemon sees the site now."""
-        daemon = self.daemon
-        cycle = daemon.last_cycle
-        sensors = daemon.sensors
+        status = self.daemon.status()
+        cycle = status.last_cycle
         snapshot = None if cycle is None else cycle.snapshot
         site = GaugeMetricFamily(
             "flexcharge_site_load_kw", "Site import measured at the grid connection (kW)"
@@ -43,18 +42,18 @@ class DaemonCollector:
             labels=["source"],
         )
         if snapshot is not None:
-            limit.add_metric([sensors.limit_source], snapshot.limit_kw)
+            limit.add_metric([status.limit_source], snapshot.limit_kw)
         yield limit
         yield GaugeMetricFamily(
             "flexcharge_transformer_limit_kw",
             "The transformer's limit (kW)",
-            value=daemon.station.limit_kw,
+            value=status.station.limit_kw,
         )
         override = GaugeMetricFamily(
             "flexcharge_limit_override_kw", "Operator override of the site limit in force (kW)"
         )
-        if sensors.override is not None:
-            override.add_metric([], sensors.override.kw)
+        if status.override is not None:
+            override.add_metric([], status.override.kw)
         yield override
         background = GaugeMetricFamily(
             "flexcharge_background_kw", "The site's own load: grid minus piles (kW)"
@@ -72,12 +71,11 @@ class DaemonCollector:
         if snapshot is not None:
             price.add_metric([snapshot.band], snapshot.price)
         yield price
-        yield from self._piles()
-        yield from self._counters()
+        yield from self._piles(status)
+        yield from self._counters(status)
 
-    def _piles(self) -> Iterator[Metric]:
-        daemon = self.daemon
-        cycle = daemon.last_cycle
+    def _piles(self, status: StationStatus) -> Iterator[Metric]:
+        cycle = status.last_cycle
         power = GaugeMetricFamily(
             "flexcharge_pile_power_kw", "Power a pile measures (kW)", labels=["pile"]
         )
@@ -96,16 +94,15 @@ class DaemonCollector:
         setpoint = GaugeMetricFamily(
             "flexcharge_pile_setpoint_kw", "Setpoint last written to a pile (kW)", labels=["pile"]
         )
-        for pid, kw in daemon.setpoints.items():
+        for pid, kw in status.setpoints.items():
             setpoint.add_metric([pid], kw)
         yield from (power, setpoint, soc)
         yield GaugeMetricFamily(
-            "flexcharge_sessions", "Vehicles connected", value=len(daemon.control.sessions)
+            "flexcharge_sessions", "Vehicles connected", value=len(status.sessions)
         )
 
-    def _counters(self) -> Iterator[Metric]:
-        daemon = self.daemon
-        tally = daemon.tally
+    def _counters(self, status: StationStatus) -> Iterator[Metric]:
+        tally = status.tally
         yield SummaryMetricFamily(
             "flexcharge_cycle_duration_seconds",
             "Time a control cycle took (read, decide, write)",
@@ -143,9 +140,9 @@ class DaemonCollector:
         up = GaugeMetricFamily(
             "flexcharge_device_up", "1 while a device answers plausibly", labels=["device"]
         )
-        for feed in daemon.sensors.feeds():
-            failures.add_metric([feed.device], feed.episodes)
-            up.add_metric([feed.device], 1.0 if feed.ok else 0.0)
+        for device in status.devices:
+            failures.add_metric([device.device], device.episodes)
+            up.add_metric([device.device], 1.0 if device.ok else 0.0)
         yield failures
         yield up
 
@@ -155,7 +152,7 @@ def metrics_text(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
-def registry_for(daemon: Daemon) -> CollectorRegistry:
+def registry_for(daemon: StationPort) -> CollectorRegistry:
     """A registry of its own for `daemon` (several daemons may run in one test process)."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(DaemonCollector(daemon))

@@ -28,6 +28,7 @@ from base.tarifffile import load_tariff
 
 if TYPE_CHECKING:
     from controller.daemon import Daemon
+    from controller.status import Cycle
     from controller.telemetry.writer import TelemetryWriter
     from simulator.fast import Scenario
     from simulator.fleet import Visit
@@ -276,10 +277,7 @@ def _run_daemon(
         loop.add_signal_handler(signal.SIGHUP, daemon.request_reload, station_path)
         status_every = args.status_every
 
-        def status(cycle: object) -> None:
-            from controller.daemon import Cycle
-
-            assert isinstance(cycle, Cycle)
+        def status(cycle: Cycle) -> None:
             if cycle.time - getattr(status, "last", -1e18) >= status_every:
                 status.last = cycle.time  # type: ignore[attr-defined]
                 snap = cycle.snapshot
@@ -292,7 +290,7 @@ def _run_daemon(
                     snap.band,
                 )
 
-        daemon.observers.append(status)
+        daemon.watch(status)
         await daemon.run()
         return EXIT_OK
 

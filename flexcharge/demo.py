@@ -93,7 +93,7 @@ async def run_demo(
         # The depot's fleet system tells the station what each truck needs and when it leaves
         # (in the demo, straight from the simulated fleet; at a station, through the API).
         visit = vehicle.visit
-        daemon.control.wish(
+        daemon.wish(
             pile.id, pile.session_id, Wish(visit.vehicle_id, visit.energy_kwh, visit.departure)
         )
 
@@ -129,26 +129,28 @@ async def run_demo(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
     plant = simulator.plant
-    events = [text for _, text in daemon.events]
+    status = daemon.status()
+    tally = status.tally
+    events = [text for _, text in status.events]
     return DemoResult(
         station_start=start,
         station_end=clock.now(),
         wall_s=time.monotonic() - wall_start,
-        daemon_peak_kw=daemon.tally.peak_grid_kw,
-        daemon_over_limit_s=daemon.tally.over_limit_s,
-        daemon_energy_kwh=daemon.tally.energy_kwh,
+        daemon_peak_kw=tally.peak_grid_kw,
+        daemon_over_limit_s=tally.over_limit_s,
+        daemon_energy_kwh=tally.energy_kwh,
         true_peak_kw=plant.truth.peak_kw,
         true_over_limit_s=plant.truth.over_s,
         true_longest_over_s=plant.truth.longest_over_s,
         true_energy_kwh=plant.delivered_kwh(),
         limit_kw=station.limit_kw,
-        cycles=daemon.tally.cycles,
-        out_of_bounds=daemon.tally.out_of_bounds,
+        cycles=tally.cycles,
+        out_of_bounds=tally.out_of_bounds,
         arrivals=sum(1 for e in plant.events if e.kind == "arrival"),
         departures=sum(1 for e in plant.events if e.kind == "departure"),
         curtailments=sum(1 for text in events if text.startswith("curtailing")),
-        energy_by_band=dict(daemon.tally.energy_by_band),
-        charging_cost=daemon.tally.charging_cost,
+        energy_by_band=dict(tally.energy_by_band),
+        charging_cost=tally.charging_cost,
         currency=station.tariff.currency,
     )
 

@@ -19,7 +19,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from controller.daemon import Cycle, Daemon
+from controller.status import Cycle, StationPort
 
 _BAND_STYLE = {"valley": "green", "flat": "yellow", "peak": "red", "critical": "bold magenta"}
 
@@ -35,7 +35,7 @@ class LiveView:
 
     def __init__(
         self,
-        daemon: Daemon,
+        daemon: StationPort,
         console: Console | None = None,
         *,
         title: str = "flexcharge",
@@ -47,12 +47,12 @@ class LiveView:
         self.title = title
         self.refresh_s = refresh_s
         self.plain_every_s = plain_every_s
-        self.zone = ZoneInfo(daemon.station.info.timezone)
+        self.zone = ZoneInfo(daemon.status().station.info.timezone)
         self._live: Live | None = None
         self._last_draw = 0.0
         self._last_plain: float | None = None
         self._events_seen = 0
-        daemon.observers.append(self.on_cycle)
+        daemon.watch(self.on_cycle)
 
     def __enter__(self) -> LiveView:
         if self.console.is_terminal:
@@ -62,8 +62,9 @@ class LiveView:
 
     def __exit__(self, *exc: object) -> None:
         if self._live is not None:
-            if self.daemon.last_cycle is not None:
-                self._live.update(self.render(self.daemon.last_cycle), refresh=True)
+            last = self.daemon.status().last_cycle
+            if last is not None:
+                self._live.update(self.render(last), refresh=True)
             self._live.__exit__(None, None, None)
             self._live = None
 
@@ -75,10 +76,11 @@ class LiveView:
                 self._last_draw = wall
                 self._live.update(self.render(cycle), refresh=True)
             return
-        new = min(self.daemon.event_count - self._events_seen, len(self.daemon.events))
-        for when, text in list(self.daemon.events)[len(self.daemon.events) - new :]:
+        status = self.daemon.status()
+        new = min(status.event_count - self._events_seen, len(status.events))
+        for when, text in status.events[len(status.events) - new :]:
             self.console.print(f"{self._clock(when)}  {text}", highlight=False, soft_wrap=True)
-        self._events_seen = self.daemon.event_count
+        self._events_seen = status.event_count
         if self._last_plain is None or cycle.time - self._last_plain >= self.plain_every_s:
             self._last_plain = cycle.time
             self.console.print(self.status_line(cycle), highlight=False, soft_wrap=True)
@@ -102,12 +104,13 @@ class LiveView:
     def render(self, cycle: Cycle) -> Panel:
         """The full live panel for one cycle."""
         snap = cycle.snapshot
+        status = self.daemon.status()
         band_style = _BAND_STYLE.get(snap.band, "white")
         header = Text.assemble(
             (self._clock(cycle.time), "bold"),
             "   band ",
             (
-                f"{snap.band.upper()} {snap.price:.4f} {self.daemon.station.tariff.currency}/kWh",
+                f"{snap.band.upper()} {snap.price:.4f} {status.station.tariff.currency}/kWh",
                 band_style,
             ),
         )
@@ -162,12 +165,12 @@ class LiveView:
                 f"{setpoint:6.1f}",
                 Text(_bar(reading.power_kw / max(view.config.max_kw, 1.0), 16), style="cyan"),
             )
-        tally = self.daemon.tally
+        tally = status.tally
         footer = Text(
             f"delivered {tally.energy_kwh:,.0f} kWh   peak {tally.peak_grid_kw:,.0f} kW   "
             f"over the limit {tally.over_limit_s:.0f} s   cycles {tally.cycles}"
         )
-        recent = list(self.daemon.events)[-6:]
+        recent = status.events[-6:]
         events = Text(
             "\n".join(f"{self._clock(when)}  {text}" for when, text in recent) or "no events yet",
             style="dim",

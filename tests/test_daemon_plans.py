@@ -17,7 +17,8 @@ from base.clock import VirtualClock
 from base.config import Station
 from control.cycle import Policy
 from control.sessions import Wish
-from controller.daemon import Cycle, Daemon
+from controller.daemon import Daemon
+from controller.status import Cycle
 from scheduler.plan import Plan, PlanStatus
 from scheduler.problem import Problem
 from simulator.fleet import Visit

@@ -154,3 +154,15 @@ def test_an_upward_import_is_caught(module: str, source: str, expected: str) -> 
 )
 def test_a_downward_import_passes(module: str, source: str) -> None:
     assert violations(module, source) == []
+
+
+# The API, the metrics and the live view see a daemon only through `controller.status`.
+PORT_ONLY = ("controller.api", "controller.metrics", "flexcharge.view")
+
+
+@pytest.mark.parametrize("module", PORT_ONLY)
+def test_readers_of_the_daemon_see_only_its_port(module: str) -> None:
+    path = project_modules()[module]
+    imported = {name for _, name in imports_of(module, path.read_text())}
+    assert "controller.daemon" not in imported
+    assert "controller.status" in imported

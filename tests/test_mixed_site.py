@@ -20,7 +20,8 @@ from base import certs
 from base.clock import VirtualClock
 from base.config import CONFIG_ROOT, Station, load_station
 from control.limiter import PileBounds
-from controller.daemon import Cycle, Daemon
+from controller.daemon import Daemon
+from controller.status import Cycle
 from simulator.chargers import AcChargerModel
 from simulator.fleet import Visit
 from simulator.hardware import StationSimulator

@@ -29,7 +29,8 @@ from base.config import CONFIG_ROOT, Station
 from base.tarifffile import load_tariff
 from control.cycle import Policy
 from control.reload import StationChange
-from controller.daemon import Cycle, Daemon
+from controller.daemon import Daemon
+from controller.status import Cycle
 from scheduler.problem import Problem
 from simulator.fleet import Visit
 from simulator.hardware import StationSimulator

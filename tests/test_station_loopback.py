@@ -15,7 +15,8 @@ import pytest
 
 from base.clock import VirtualClock
 from base.config import Station
-from controller.daemon import Cycle, Daemon
+from controller.daemon import Daemon
+from controller.status import Cycle
 from drivers.modbus import ModbusDevice, ModbusLink
 from simulator.fleet import Visit
 from simulator.hardware import StationSimulator

@@ -21,7 +21,8 @@ from base.config import CONFIG_ROOT, REFERENCE_STATION, Station, load_station
 from base.devicemap import PileState
 from base.loading import ConfigError
 from control.site import PileView, SiteSnapshot
-from controller.daemon import Cycle, Daemon
+from controller.daemon import Daemon
+from controller.status import Cycle
 from controller.telemetry.buffer import DiskBuffer
 from controller.telemetry.files import TelemetryError
 from controller.telemetry.local import LocalStore, query_local

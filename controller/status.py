@@ -1,0 +1,158 @@
+"""What the daemon shows the outside, and what the outside may ask of it.
+
+`StationStatus` is a read-only copy of the daemon's state at one instant; the HTTP API, the
+metrics, the live view and the demo read it instead of reaching into the daemon's parts.
+`StationPort` is all they may do: read that status, watch cycles, and a few operator commands
+(a driver's wish, a limit override, a reload, a stop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from base.config import Station
+from control.sensing import LimitOverride, LimitSource
+from control.sessions import Session, Wish
+from control.site import PileView, SiteSnapshot
+from scheduler.plan import Plan
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One pass of the fast loop: what was seen, what was wanted, what was written."""
+
+    time: float
+    snapshot: SiteSnapshot
+    budget_kw: float
+    targets: Mapping[str, float]
+    setpoints: Mapping[str, float]
+    written: Mapping[str, bool]
+
+    @property
+    def wanted_kw(self) -> float:
+        """What the connected vehicles would take together."""
+        return sum(p.wants_kw for p in self.snapshot.piles)
+
+
+@dataclass
+class Tally:
+    """Running figures of what the daemon measured, for its summary."""
+
+    limit_kw: float
+    cycles: int = 0
+    peak_grid_kw: float = 0.0
+    peak_at: float | None = None
+    over_limit_s: float = 0.0
+    energy_kwh: float = 0.0
+    out_of_bounds: int = 0
+    cycle_ms_max: float = 0.0
+    cycle_ms_total: float = 0.0
+    plans: int = 0
+    fallbacks: int = 0
+    energy_by_band: dict[str, float] = field(default_factory=dict)
+    charging_cost: float = 0.0
+    solve_ms: list[float] = field(default_factory=list)
+    _counters: dict[str, float] = field(default_factory=dict)
+
+    def add(self, cycle: Cycle, dt: float, cycle_ms: float) -> None:
+        """Account one cycle."""
+        self.cycles += 1
+        self.cycle_ms_max = max(self.cycle_ms_max, cycle_ms)
+        self.cycle_ms_total += cycle_ms
+        piles_kwh = max(cycle.snapshot.piles_kw, 0.0) * dt / 3600
+        band = cycle.snapshot.band
+        self.energy_by_band[band] = self.energy_by_band.get(band, 0.0) + piles_kwh
+        self.charging_cost += piles_kwh * cycle.snapshot.price
+        grid = cycle.snapshot.grid_kw
+        if grid is not None:
+            if grid > self.peak_grid_kw:
+                self.peak_grid_kw, self.peak_at = grid, cycle.time
+            if grid > cycle.snapshot.limit_kw:
+                self.over_limit_s += dt
+        for view in cycle.snapshot.piles:
+            if view.reading is None:
+                continue
+            counter = view.reading.energy_import_kwh
+            before = self._counters.get(view.id)
+            if before is not None and counter >= before:
+                self.energy_kwh += counter - before
+            self._counters[view.id] = counter
+            if view.id in cycle.setpoints and not _within_bounds(cycle.setpoints[view.id], view):
+                self.out_of_bounds += 1
+
+
+def _within_bounds(kw: float, view: PileView) -> bool:
+    if kw == 0:
+        return True
+    if kw > 0:
+        return view.min_kw - 1e-6 <= kw <= view.max_kw + 1e-6
+    return view.min_kw - 1e-6 <= -kw <= view.max_discharge_kw + 1e-6
+
+
+@dataclass(frozen=True)
+class DeviceHealth:
+    """One device's health as its feed knows it."""
+
+    device: str
+    ok: bool
+    episodes: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class StationStatus:
+    """The daemon's state at `time`, copied: reading it never races the control loop."""
+
+    time: float
+    station: Station
+    policy: str
+    last_cycle: Cycle | None
+    plan: Plan | None
+    planned_at: float | None
+    sessions: Mapping[str, Session]
+    wishes: Mapping[tuple[str, int], Wish]
+    faults: Mapping[str, str]
+    setpoints: Mapping[str, float]
+    devices: tuple[DeviceHealth, ...]
+    pile_errors: Mapping[str, str | None]
+    limit_source: LimitSource
+    utility_limit_kw: float | None
+    override: LimitOverride | None
+    tally: Tally
+    events: tuple[tuple[float, str], ...] = ()
+    event_count: int = 0
+
+
+class StationPort(Protocol):
+    """What the API, the metrics, the live view and the demo may see and ask of a daemon."""
+
+    def status(self) -> StationStatus:
+        """The daemon's state now."""
+        ...
+
+    def watch(self, observer: Callable[[Cycle], None]) -> None:
+        """Call `observer` after every cycle (in the control loop: it must be quick)."""
+        ...
+
+    def wish(self, pile_id: str, session_id: int, wish: Wish) -> None:
+        """What a driver or fleet system says of the session at a pile."""
+        ...
+
+    def override_limit(self, kw: float, until: float, reason: str) -> LimitOverride:
+        """Lower the site limit until `until` (raises ValueError if it would raise it)."""
+        ...
+
+    def clear_override(self) -> LimitOverride | None:
+        """End the operator's override now; the one that ended, if any."""
+        ...
+
+    def request_reload(self, path: Path) -> None:
+        """Reload the station file at `path`."""
+        ...
+
+    def request_stop(self) -> None:
+        """Stop the daemon."""
+        ...
