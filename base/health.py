@@ -41,14 +41,14 @@ class Health:
         self.episodes = 0
         self._down_s = 0.0
 
-    def fail(self, now: float, why: str) -> bool:
-        """A failure; True (and told, as "<name>: <why>") if it starts an episode."""
+    def fail(self, now: float, why: str, *, text: str | None = None) -> bool:
+        """A failure; True (and told, as `text` or "<name>: <why>") if it starts an episode."""
         self.why = why
         if not self.ok:
             return False
         self.ok, self.since = False, now
         self.episodes += 1
-        self._tell(now, self.failure_level, f"{self.name}: {why}")
+        self._tell(now, self.failure_level, text if text is not None else f"{self.name}: {why}")
         return True
 
     def recover(self, now: float, says: Callable[[float], str] | None = None) -> bool:

@@ -49,10 +49,12 @@ from base.loading import ConfigError
 from base.loading import ConfigProblem as ConfigProblem
 from control.cycle import Control, Decision, Policy
 from control.ledger import SessionLedger
+from control.planner import Planner
 from control.reload import StationChange
 from control.sensing import LimitOverride, Sensors
 from control.sessions import Wish
 from control.site import Feed, SiteSnapshot
+from control.step import step
 from controller.devices import StationLinks, pile_driver
 from controller.status import Cycle, DeviceHealth, StationStatus, Tally
 from controller.store import SavedState, StateStore
@@ -61,9 +63,7 @@ from drivers.acpile import AcPile
 from drivers.errors import DriverError
 from drivers.meter import MapMeter, Meter, MeterReading
 from drivers.pile import Pile, PileReading
-from scheduler.fallback import fallback_plan
 from scheduler.plan import Plan
-from scheduler.problem import Problem, ProblemError
 from scheduler.solver import Solver
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ class Daemon:
         self.terminal = terminal
         self.piles = {pile.id: pile for pile in piles}
         self.control = Control(station, policy=policy)
+        self.planner = Planner(self.control)
         self._close = close
         # for_station keeps its connections here, so that a reload can add devices through them.
         self.links: StationLinks | None = None
@@ -143,7 +144,6 @@ class Daemon:
         self._last_cycle_at: float | None = None
         self._errors_logged: set[str] = set()
         self._curtailing = False
-        self._plan_failing = False
         self.store = store
         self.ledger = SessionLedger()
         self._store_executor: ThreadPoolExecutor | None = None
@@ -427,13 +427,10 @@ class Daemon:
         )
         self._last_cycle_at = now
         snapshot = await self._read(now)
-        if self.store is not None:
-            self.ledger.close_ended(snapshot, self.control.sessions)
-        for text in self.control.observe(snapshot, dt):
+        done = step(self.control, snapshot, dt, self.ledger if self.store is not None else None)
+        for text in done.events:
             self._event(now, text)
-        if self.store is not None:
-            self.ledger.follow(snapshot, self.control.sessions)
-        decision = self.control.decide(snapshot, dt)
+        decision = done.decision
         written = await self._write(decision.setpoints, now)
         cycle = Cycle(
             now, snapshot, decision.budget_kw, decision.targets, decision.setpoints, written
@@ -525,11 +522,8 @@ class Daemon:
 
     async def replan(self, snapshot: SiteSnapshot, reason: str) -> Plan | None:
         """Solve a new plan in the worker thread and adopt it (or the fallback)."""
-        try:
-            problem = self.control.problem(snapshot)
-            problem.check()
-        except ProblemError as exc:
-            self._log_once(exc, "cannot build the scheduling problem")
+        problem = self.planner.problem(snapshot)
+        if problem is None:
             return None
         assert self._executor is not None
         serial = self._config_serial
@@ -544,37 +538,13 @@ class Daemon:
         if serial != self._config_serial:
             log.debug("a plan made under the config a reload replaced was dropped")
             return None
-        plan = self._accept(problem, plan, reason)
-        self.control.adopt(plan, self.clock.now(), problem)
+        plan = self.planner.accept(problem, plan, reason, self.clock.now())
+        counts = self.planner.counts
+        self.tally.plans, self.tally.fallbacks = counts.plans, counts.fallbacks
+        self.tally.solve_ms = counts.solve_ms
         if self.telemetry is not None:
             self.telemetry.plan(plan, self.clock.now())
         return plan
-
-    def _accept(self, problem: Problem, plan: Plan | None, reason: str) -> Plan:
-        """The solver's plan, or the fallback heuristic's, logging a failure once."""
-        self.tally.plans += 1
-        if plan is not None:
-            self.tally.solve_ms.append(plan.solve_ms)
-        if plan is not None and plan.status.has_schedule:
-            if self._plan_failing:
-                log.warning("the optimiser is planning again (%s)", plan.status)
-                self._plan_failing = False
-            log.debug(
-                "plan (%s): %s in %.0f ms, objective %.2f",
-                reason,
-                plan.status,
-                plan.solve_ms,
-                plan.objective or 0,
-            )
-            return plan
-        why = "no answer before the deadline" if plan is None else f"{plan.status}: {plan.message}"
-        if not self._plan_failing:
-            log.error(
-                "the optimiser gave no plan (%s); using least laxity first until it does", why
-            )
-            self._plan_failing = True
-        self.tally.fallbacks += 1
-        return fallback_plan(problem, reason=why)
 
     # -- reloading the config ----------------------------------------------------------------
 

@@ -31,13 +31,14 @@ from base.devicemap import PileMode, Value
 from base.tariff import Tariff
 from control.cycle import Control, Decision, Policy, group_limits
 from control.forecast import BackgroundForecast
+from control.planner import Planner
 from control.record import Recorder
 from control.sensing import Sensors
 from control.sessions import PastVisit, Wish
 from control.site import SiteSnapshot
+from control.step import step
 from drivers.meter import reading_from
 from drivers.pile import PileReading
-from scheduler.fallback import fallback_plan
 from scheduler.solver import Solver
 from simulator.books import Books, Ledger
 from simulator.bound import offline_bound
@@ -246,8 +247,18 @@ def simulate(
         raise ValueError(f"information must be 'exact' or 'stated', not {scenario.information!r}")
     sensing = _Sensing(station, plant, faults, events, soc=scenario.information == "exact")
     solver = Solver(time_limit_s=station.scheduler.solve_deadline_s)
-    solve_ms: list[float] = []
-    plans = fallbacks = 0
+    planner = Planner(control)
+
+    def plan_now(snapshot: SiteSnapshot) -> None:
+        # Inline, where the daemon's plan loop solves in a thread half a period on.
+        now = snapshot.time
+        reason = control.plan_due(now)
+        problem = None if reason is None else planner.problem(snapshot)
+        if reason is not None and problem is not None:
+            plan = planner.accept(problem, solver.solve(problem), reason, now)
+            if telemetry is not None:
+                telemetry.plan(plan, now, block=True)
+
     steps = math.ceil((scenario.end - scenario.start) / step_s)
     times: NDArray[np.float64] = scenario.start + step_s * np.arange(1, steps + 1, dtype=float)
     # Pieces of a step are cut where any tariff the run is billed under changes band, and at
@@ -279,20 +290,9 @@ def simulate(
         plant.step(now, step_s, cuts[first_cut:next_cut])
         ledger.add(k, plant.pieces)
         snapshot = sensing.snapshot(now, scenario.tariff)
-        events.extend((now, text) for text in control.observe(snapshot, step_s))
-        reason = control.plan_due(now)
-        if reason is not None:
-            problem = control.problem(snapshot)
-            plan = solver.solve(problem)
-            solve_ms.append(plan.solve_ms)
-            plans += 1
-            if not plan.status.has_schedule:
-                fallbacks += 1
-                plan = fallback_plan(problem, reason=plan.message)
-            control.adopt(plan, now, problem)
-            if telemetry is not None:
-                telemetry.plan(plan, now, block=True)
-        decision = control.decide(snapshot, step_s)
+        done = step(control, snapshot, step_s, plan=plan_now)
+        events.extend((now, text) for text in done.events)
+        decision = done.decision
         written = {}
         hold = _break_before_make(plant, decision)
         for pid, kw in decision.setpoints.items():
@@ -327,11 +327,13 @@ def simulate(
         books,
         requested,
         delivered,
-        solve_ms,
+        planner.counts.solve_ms,
         events,
         counted,
     )
-    result.metrics = _metrics(result, scenario, station, step_s, plans, fallbacks)
+    result.metrics = _metrics(
+        result, scenario, station, step_s, planner.counts.plans, planner.counts.fallbacks
+    )
     # How fast the piles' total moved, sampled at the steps' ends (as setpoints are).
     sampled = piles_now[window]
     ramps = np.diff(sampled) / (step_s / 60) if len(sampled) > 1 else np.zeros(1)

@@ -1,0 +1,48 @@
+"""One control step, readings and time in, decisions out: the same for the daemon and fast
+simulation.
+
+The shells read the site into a `SiteSnapshot` (the daemon from its devices, fast simulation
+from the plant through the same checks), call `step`, write the setpoints it decided and tell
+`Control.committed` which were written. Nothing here waits or touches a device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from control.cycle import Control, Decision
+from control.ledger import SessionLedger
+from control.site import SiteSnapshot
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one step decided, and what it noticed on the way."""
+
+    decision: Decision
+    events: tuple[str, ...]
+
+
+def step(
+    control: Control,
+    snapshot: SiteSnapshot,
+    dt: float,
+    ledger: SessionLedger | None = None,
+    plan: Callable[[SiteSnapshot], None] | None = None,
+) -> Step:
+    """Follow the site over the `dt` seconds to `snapshot` and decide the setpoints.
+
+    With a `ledger`, sessions' energy accounts close before the controller sees a departure (so
+    a session leaves with its final energy) and open or count after it has seen arrivals.
+    `plan` runs between seeing the site and deciding: fast simulation plans there, inline; the
+    daemon's plan loop runs on its own and leaves it None.
+    """
+    if ledger is not None:
+        ledger.close_ended(snapshot, control.sessions)
+    events = tuple(control.observe(snapshot, dt))
+    if ledger is not None:
+        ledger.follow(snapshot, control.sessions)
+    if plan is not None:
+        plan(snapshot)
+    return Step(control.decide(snapshot, dt), events)
