@@ -237,7 +237,7 @@ def load_acn_sessions(path: Path | str, *, max_kw: float = 6.6) -> list[Visit]:
         read: dict[str, Callable[[Any], float]] = {
             "connectionTime": lambda value: _rfc2822(str(value)),
             "disconnectTime": lambda value: _rfc2822(str(value)),
-            "kWhDelivered": float,
+            "kWhDelivered": lambda value: read_number(str(value), low=0),
         }
         found: dict[str, float] = {}
         for name, convert in read.items():
@@ -252,9 +252,6 @@ def load_acn_sessions(path: Path | str, *, max_kw: float = 6.6) -> list[Visit]:
             continue
         arrival, departure = found["connectionTime"], found["disconnectTime"]
         energy = found["kWhDelivered"]
-        if not math.isfinite(energy) or energy < 0:
-            problems.add(where, "kWhDelivered", f"must be a non-negative number, got {energy}")
-            continue
         if departure <= arrival:
             problems.add(where, "disconnectTime", "is not after connectionTime")
             continue
