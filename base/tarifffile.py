@@ -72,7 +72,6 @@ def load_tariff(path: Path) -> Tariff:
     path = Path(path)
     problems = Problems(path)
     raw = read_toml(path, problems)
-    problems.raise_if_any()
     try:
         spec = _TariffFile.model_validate(raw)
     except ValidationError as err:

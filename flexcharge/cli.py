@@ -10,19 +10,17 @@ import logging
 import os
 import signal
 import sys
-import tomllib
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.logging import RichHandler
 
 from base.config import REFERENCE_STATION, ApiSettings, Station, load_station
-from base.loading import ConfigError, ConfigProblem
+from base.loading import ConfigError, Problems, read_toml
 from base.mapfile import load_register_map
 from base.tarifffile import load_tariff
 
@@ -31,10 +29,9 @@ if TYPE_CHECKING:
     from controller.status import Cycle
     from controller.telemetry.writer import TelemetryWriter
     from simulator.fast import Scenario
-    from simulator.fleet import Visit
+    from simulator.whatif import TariffCase
 
 log = logging.getLogger("flexcharge")
-T = TypeVar("T")
 
 # Each command imports what only it needs (the simulator, matplotlib, the daemon) inside its
 # function, so that `check-config` on an operator's box starts fast and needs none of them.
@@ -79,9 +76,8 @@ def cmd_check_config(args: argparse.Namespace, console: Console) -> int:
     """Check a station (with its tariff and maps), a tariff, or a device map file."""
     path = Path(args.path)
     try:
-        with path.open("rb") as handle:
-            keys = set(tomllib.load(handle))
-    except (OSError, tomllib.TOMLDecodeError):
+        keys = set(read_toml(path, Problems(path)))
+    except ConfigError:
         keys = set()  # load_station reports the reason with the file named
     try:
         if "registers" in keys:
@@ -401,22 +397,12 @@ def cmd_sim_hardware(args: argparse.Namespace, console: Console) -> int:
     station = _load(Path(args.station), console)
     if station is None:
         return EXIT_BAD_CONFIG
-    visits = None
-    if args.sessions:
-        from simulator.scenario import load_sessions
-
-        try:
-            visits = load_sessions(Path(args.sessions))
-        except ConfigError as err:
-            _print_problems(err, console)
-            return EXIT_BAD_CONFIG
-        if not _piles_known(station, visits, args.sessions, console):
-            return EXIT_BAD_CONFIG
     from simulator.faults import FaultScript, load_faults
+    from simulator.scenario import load_sessions
 
     try:
-        faults = load_faults(Path(args.faults)) if args.faults else FaultScript()
-        faults.check(station, Path(args.faults) if args.faults else None)
+        visits = load_sessions(Path(args.sessions), station=station) if args.sessions else None
+        faults = load_faults(Path(args.faults), station=station) if args.faults else FaultScript()
     except ConfigError as err:
         _print_problems(err, console)
         return EXIT_BAD_CONFIG
@@ -490,49 +476,36 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
-def _piles_known(station: Station, visits: Sequence[Visit], source: str, console: Console) -> bool:
-    """True if every visit that names a pile names one of the station's; else print which not."""
-    known = {p.id for p in station.piles}
-    unknown = sorted({v.pile for v in visits if v.pile is not None and v.pile not in known})
-    if unknown:
-        console.print(
-            f"[bold red]{source}: sessions name piles the station does not have: {unknown}[/]"
-        )
-    return not unknown
-
-
 ALL_POLICIES = ("uncontrolled", "equal-share", "edf", "llf", "mpc", "offline-optimal")
 
 
-def _scenario(args: argparse.Namespace, console: Console) -> tuple[Station, Scenario] | None:
-    """The station and scenario a simulate/compare command names, or None after printing why."""
-    from simulator.fast import Scenario
-    from simulator.faults import FaultScript, load_faults
-    from simulator.scenario import load_series, load_sessions
+def _scenario(
+    args: argparse.Namespace, console: Console, tariffs: Sequence[str]
+) -> tuple[Station, Scenario, list[TariffCase]] | None:
+    """The station, the scenario and the tariff cases a simulate, compare or tariff compare
+    command names (under the first of `tariffs`, or the station's), or None after printing
+    every problem of every file."""
+    from simulator.whatif import load_scenario
 
     station = _load(Path(args.station), console)
     if station is None:
         return None
+    # tariff compare takes no fault script.
+    faults = getattr(args, "faults", None)
     try:
-        tariff = load_tariff(Path(args.tariff)) if args.tariff else station.tariff
-        visits = load_sessions(Path(args.sessions))
-        background = (
-            load_series(Path(args.background), allow_negative=True) if args.background else None
+        scenario, cases = load_scenario(
+            station,
+            Path(args.sessions),
+            [Path(t) for t in tariffs],
+            background=Path(args.background) if args.background else None,
+            limit=Path(args.limit) if args.limit else None,
+            faults=Path(faults) if faults else None,
+            warmup_days=args.warmup_days,
         )
-        limit = load_series(Path(args.limit), kind="step") if args.limit else None
-        faults = load_faults(Path(args.faults)) if args.faults else FaultScript()
-        faults.check(station, Path(args.faults) if args.faults else None)
     except ConfigError as err:
         _print_problems(err, console)
         return None
-    if not _piles_known(station, visits, args.sessions, console):
-        return None
-    name = Path(args.sessions).stem
-    scenario = Scenario.around(
-        station, visits, tariff=tariff, name=name, background=background, limit=limit
-    )
-    scenario = replace(scenario, faults=faults.faults)
-    return station, scenario.with_warmup(args.warmup_days)
+    return station, scenario, cases
 
 
 def _run_policies(args: argparse.Namespace, console: Console, policies: Sequence[str]) -> int:
@@ -541,10 +514,10 @@ def _run_policies(args: argparse.Namespace, console: Console, policies: Sequence
     from simulator.fast import simulate
     from simulator.report import comparison_table, plot, write_outputs
 
-    loaded = _scenario(args, console)
+    loaded = _scenario(args, console, [args.tariff] if args.tariff else [])
     if loaded is None:
         return EXIT_BAD_CONFIG
-    station, scenario = loaded
+    station, scenario, _ = loaded
     zone = ZoneInfo(station.info.timezone)
     out = Path(args.out)
     telemetry = _simulation_telemetry(args, station, policies, console)
@@ -682,54 +655,21 @@ def cmd_tariff_compare(args: argparse.Namespace, console: Console) -> int:
     """The same scenario under several tariffs (and policies): a report for utility engineers."""
     from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-    from simulator.fast import Scenario
-    from simulator.scenario import load_series, load_sessions
     from simulator.whatif import (
         WHATIF_PLAN_PERIOD_S,
         WHATIF_STEP_S,
-        check_sessions,
         compare_tariffs,
-        load_cases,
         plan_jobs,
     )
     from simulator.whatif_report import comparison_table, write_report
 
-    station = _load(Path(args.station), console)
-    if station is None:
-        return EXIT_BAD_CONFIG
-    problems: list[ConfigProblem] = []
-
-    def gathered(load: Callable[[], T]) -> T | None:
-        try:
-            return load()
-        except ConfigError as err:
-            problems.extend(err.problems)
-            return None
-
     # Every input is checked before anything runs, and every problem is reported at once.
-    cases = gathered(lambda: load_cases([Path(t) for t in args.tariffs]))
-    visits = gathered(lambda: load_sessions(Path(args.sessions)))
-    background = (
-        gathered(lambda: load_series(Path(args.background), allow_negative=True))
-        if args.background
-        else None
-    )
-    limit = gathered(lambda: load_series(Path(args.limit), kind="step")) if args.limit else None
-    if visits is not None:
-        gathered(lambda: check_sessions(station, visits, Path(args.sessions)))
-    if problems or cases is None or visits is None:
-        _print_problems(ConfigError(problems), console)
+    loaded = _scenario(args, console, args.tariffs)
+    if loaded is None:
         return EXIT_BAD_CONFIG
+    _, scenario, cases = loaded
     step = WHATIF_STEP_S if args.step is None else args.step
     plan_period = WHATIF_PLAN_PERIOD_S if args.plan_period is None else args.plan_period
-    scenario = Scenario.around(
-        station,
-        visits,
-        tariff=cases[0].tariff,
-        name=Path(args.sessions).stem,
-        background=background,
-        limit=limit,
-    ).with_warmup(args.warmup_days)
     policies = args.policy or ["mpc"]
     jobs = plan_jobs(cases, policies)
     console.print(

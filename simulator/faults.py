@@ -35,12 +35,9 @@ vehicle faults, or `site` for the utility's limit. `value` depends on the kind:
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -48,7 +45,15 @@ import numpy as np
 
 from base.config import Station
 from base.devicemap import Value
-from base.loading import ConfigError, ConfigProblem
+from base.loading import (
+    CellReader,
+    Problems,
+    Row,
+    read_number,
+    read_table,
+    read_text,
+    read_time,
+)
 from drivers.errors import ConnectionLost, DeviceTimeout, DriverError
 from simulator.plant import Plant
 
@@ -146,9 +151,8 @@ class FaultScript:
             set() if station.terminal is None else {station.terminal.id}
         )
         piles = {p.id for p in station.piles}
-        problems = []
+        problems = Problems(where)
         for number, fault in enumerate(self.faults, start=1):
-            row = f"fault {number} ({fault})"
             if fault.kind is FaultKind.LIMIT_STEP:
                 allowed, what = {"site"}, "`site`"
             elif fault.kind in METER_FAULTS:
@@ -159,13 +163,12 @@ class FaultScript:
                 allowed, what = meters | piles, "a device of the station"
             if fault.target not in allowed:
                 known = ", ".join(sorted(allowed))
-                problems.append(
-                    ConfigProblem(
-                        where, row, "target", f"must be {what} ({known}), not {fault.target!r}"
-                    )
+                problems.add(
+                    f"fault {number} ({fault})",
+                    "target",
+                    f"must be {what} ({known}), not {fault.target!r}",
                 )
-        if problems:
-            raise ConfigError(problems)
+        problems.raise_if_any()
 
     def active(self, kind: FaultKind, target: str, now: float) -> Fault | None:
         """The fault of `kind` on `target` in force at `now`, if any."""
@@ -292,98 +295,55 @@ class FaultScript:
 # -- the file format ----------------------------------------------------------------------------
 
 COLUMNS = ("start", "end", "kind", "target", "value")
+REQUIRED_COLUMNS = ("start", "kind", "target")
 
 
-def load_faults(path: Path | str) -> FaultScript:
-    """A fault script from its CSV file (see the module docstring)."""
+def load_faults(path: Path | str, *, station: Station | None = None) -> FaultScript:
+    """A fault script from its CSV file (see the module docstring); with `station`, every fault's
+    target must be a device of the station that can have it (`FaultScript.check`)."""
     path = Path(path)
-    problems: list[ConfigProblem] = []
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([ConfigProblem(path, None, "", f"cannot read: {exc}")]) from None
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in reader.fieldnames or []]
-    missing = [c for c in ("start", "kind", "target") if c not in header]
-    unknown = [c for c in header if c not in COLUMNS]
-    if missing or unknown:
-        if missing:
-            problems.append(ConfigProblem(path, None, "header", f"missing column(s): {missing}"))
-        if unknown:
-            problems.append(ConfigProblem(path, None, "header", f"unknown column(s): {unknown}"))
-        raise ConfigError(problems)
-    faults = []
-    for number, raw in enumerate(reader, start=2):
-        row = {k.strip(): (v or "").strip() for k, v in raw.items() if isinstance(k, str)}
-        where = f"row {number}"
-        fault = _fault_row(row, path, where, problems)
-        if fault is not None:
-            faults.append(fault)
-    if problems:
-        raise ConfigError(problems)
-    return FaultScript(faults)
+    problems = Problems(path)
+    table = read_table(read_text(path, problems), problems)
+    table.check_header(
+        problems, REQUIRED_COLUMNS, [c for c in COLUMNS if c not in REQUIRED_COLUMNS]
+    )
+    faults = [f for row in table.records(problems) if (f := _fault_row(row, problems)) is not None]
+    problems.raise_if_any()
+    script = FaultScript(faults)
+    if station is not None:
+        script.check(station, path)
+    return script
 
 
-def _fault_row(
-    row: dict[str, str], path: Path, where: str, problems: list[ConfigProblem]
-) -> Fault | None:
-    before = len(problems)
-    kind: FaultKind | None = None
+def _fault_kind(text: str) -> FaultKind:
     try:
-        kind = FaultKind(row.get("kind", ""))
+        return FaultKind(text)
     except ValueError:
         known = ", ".join(k.value for k in FaultKind)
-        problems.append(
-            ConfigProblem(path, where, "kind", f"unknown kind {row.get('kind')!r}; known: {known}")
-        )
-    start = end = math.nan
-    for name in ("start", "end"):
-        text = row.get(name, "")
-        if name == "end" and not text:
-            end = math.inf
-            continue
-        try:
-            when = _when(text)
-        except ValueError as exc:
-            problems.append(ConfigProblem(path, where, name, str(exc)))
-            continue
-        if name == "start":
-            start = when
-        else:
-            end = when
-    if not math.isnan(start) and not math.isnan(end) and end <= start:
-        problems.append(ConfigProblem(path, where, "end", "must be after start"))
-    target = row.get("target", "")
-    if not target:
-        problems.append(ConfigProblem(path, where, "target", "required, but empty"))
-    value: float | None = None
-    if row.get("value"):
-        try:
-            value = float(row["value"])
-        except ValueError:
-            problems.append(ConfigProblem(path, where, "value", f"not a number: {row['value']!r}"))
-        else:
-            if not math.isfinite(value) or value < 0:
-                problems.append(
-                    ConfigProblem(path, where, "value", f"must be finite and >= 0, not {value}")
-                )
-    elif kind is FaultKind.LIMIT_STEP:
-        problems.append(
-            ConfigProblem(path, where, "value", "a limit step needs the new limit in kW")
-        )
-    if len(problems) > before or kind is None:
+        raise ValueError(f"unknown kind {text!r}; known: {known}") from None
+
+
+FAULT_CELLS: dict[str, CellReader] = {
+    "start": read_time,
+    "end": read_time,
+    "kind": _fault_kind,
+    "target": str,
+    "value": lambda t: read_number(t, low=0),
+}
+
+
+def _fault_row(row: Row, problems: Problems) -> Fault | None:
+    values, good = row.read(FAULT_CELLS, problems, REQUIRED_COLUMNS)
+    start, end = values.get("start"), values.get("end", math.inf)
+    if start is not None and end <= start:
+        problems.add(row.where, "end", "must be after start")
+        good = False
+    if values.get("kind") is FaultKind.LIMIT_STEP and not row.cells.get("value"):
+        problems.add(row.where, "value", "a limit step needs the new limit in kW")
+        good = False
+    if not good:
         return None
-    return Fault(kind, target, start, end, value)
-
-
-def _when(text: str) -> float:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an ISO 8601 time") from None
-    if value.tzinfo is None:
-        raise ValueError(f"{text!r} has no UTC offset (write e.g. 2026-11-25T19:00:00+08:00)")
-    return value.timestamp()
+    return Fault(values["kind"], values["target"], values["start"], end, values.get("value"))
 
 
 def random_faults(

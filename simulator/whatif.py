@@ -27,12 +27,13 @@ from typing import Any
 import numpy as np
 
 from base.config import Station
-from base.loading import ConfigError, ConfigProblem
+from base.loading import ConfigError, ConfigProblem, Problems
 from base.tariff import Tariff
 from base.tarifffile import load_tariff
 from control.cycle import Policy
 from simulator.fast import PRICE_BLIND, Scenario, SimResult, repriced, simulate
-from simulator.fleet import Visit
+from simulator.faults import FaultScript, load_faults
+from simulator.scenario import load_series, load_sessions
 
 BASELINE = Policy.UNCONTROLLED.value
 # A month of the reference station under three tariffs has to finish in about a minute on two
@@ -93,21 +94,50 @@ def load_cases(paths: Sequence[Path]) -> list[TariffCase]:
     return cases
 
 
-def check_sessions(station: Station, visits: Sequence[Visit], source: Path) -> None:
-    """Raise a `ConfigError` naming every session whose pile the station does not have."""
-    known = [p.id for p in station.piles]
-    problems = [
-        ConfigProblem(
-            source,
-            f"session {visit.vehicle_id}",
-            "pile",
-            f"{visit.pile!r} is not a pile of {station.name} ({', '.join(known)})",
-        )
-        for visit in visits
-        if visit.pile is not None and visit.pile not in known
-    ]
-    if problems:
-        raise ConfigError(problems)
+def load_scenario(
+    station: Station,
+    sessions: Path,
+    tariffs: Sequence[Path] = (),
+    *,
+    background: Path | None = None,
+    limit: Path | None = None,
+    faults: Path | None = None,
+    warmup_days: int = 0,
+) -> tuple[Scenario, list[TariffCase]]:
+    """The scenario a simulation or a what-if runs, and the tariff cases, from their files.
+
+    The visits of `sessions` (at piles of `station`), the site's own load `background`, the
+    utility's `limit` signal and the `faults` to inject, under the first of `tariffs` (the
+    station's own if none is given), after `warmup_days` repeats of the first day. Every file
+    is read, and one `ConfigError` lists the problems of all of them.
+    """
+    problems = Problems(sessions)
+    cases = problems.gather(lambda: load_cases(tariffs)) if tariffs else []
+    visits = problems.gather(lambda: load_sessions(sessions, station=station))
+    background_kw = (
+        problems.gather(lambda: load_series(background, allow_negative=True))
+        if background is not None
+        else None
+    )
+    limit_kw = (
+        problems.gather(lambda: load_series(limit, kind="step")) if limit is not None else None
+    )
+    script = (
+        problems.gather(lambda: load_faults(faults, station=station))
+        if faults is not None
+        else FaultScript()
+    )
+    problems.raise_if_any()
+    assert cases is not None and visits is not None and script is not None
+    scenario = Scenario.around(
+        station,
+        visits,
+        tariff=cases[0].tariff if cases else None,
+        name=sessions.stem,
+        background=background_kw,
+        limit=limit_kw,
+    )
+    return replace(scenario, faults=script.faults).with_warmup(warmup_days), cases
 
 
 @dataclass(frozen=True)

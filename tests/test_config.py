@@ -677,6 +677,26 @@ def test_cli_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFix
     assert "file not found" in out
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("latin1.toml", b'[station]\nname = "Z\xfcrich"\n', "not valid TOML: not UTF-8"),
+        ("a\x00b.toml", b"", "the path contains a NUL character"),
+        ("deep.toml", b"x = " + b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+    ],
+)
+def test_cli_check_config_unreadable_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, content: bytes, words: str
+) -> None:
+    """check-config's look at the file's keys (which loader it is for) went past the loader's
+    checks: bytes that are not UTF-8 raised UnicodeDecodeError."""
+    path = tmp_path / name
+    if "\x00" not in name:
+        path.write_bytes(content)
+    assert cli.main(["check-config", str(path)]) == 2
+    assert words in " ".join(capsys.readouterr().out.split())
+
+
 # --------------------------------------------------------------------------- real devices, security
 
 MIXED = "stations/mixed-site.toml"

@@ -332,6 +332,50 @@ def test_fault_files_load_and_name_every_bad_row(tmp_path: Path, depot: Station)
     assert "must be a pile of the station" in str(err.value)
 
 
+def test_a_station_given_checks_the_targets_naming_the_file(tmp_path: Path, depot: Station) -> None:
+    path = tmp_path / "faults.csv"
+    path.write_text(HEADER + "2026-11-10T23:10:00+08:00,,frozen,P01,\n", encoding="utf-8")
+    assert load_faults(path).faults[0].target == "P01"
+    with pytest.raises(ConfigError) as err:
+        load_faults(path, station=depot)
+    [problem] = err.value.problems
+    assert (problem.file, problem.field) == (path, "target")
+    assert "must be a meter of the station" in problem.message
+
+
+def fault_problems(path: Path) -> list[tuple[str | None, str, str]]:
+    """(device, field, message) of every problem `load_faults` finds, each naming `path`."""
+    with pytest.raises(ConfigError) as err:
+        load_faults(path)
+    assert all(p.file == path for p in err.value.problems)
+    return [(p.device, p.field, p.message) for p in err.value.problems]
+
+
+# -- found by fuzzing: each of these was a raw ValueError or csv.Error -----------------------------
+
+
+def test_a_nul_in_the_path_of_a_fault_script_is_a_config_error(tmp_path: Path) -> None:
+    assert fault_problems(tmp_path / "fa\x00ults.csv") == [
+        (None, "", "cannot read: the path contains a NUL character")
+    ]
+
+
+def test_a_fault_script_field_longer_than_csv_allows_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "faults.csv"
+    path.write_text(HEADER + f'"{"x" * 200_000}",,silent,grid,\n', encoding="utf-8")
+    [(device, field, message)] = fault_problems(path)
+    assert (device, field) == (None, "")
+    assert message.startswith("not a CSV file: field larger than field limit")
+
+
+def test_a_fault_script_not_in_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "faults.csv"
+    path.write_bytes((HEADER + "2026-11-10T23:10:00+08:00,,silent,gr\xfcn,\n").encode("latin-1"))
+    [(device, field, message)] = fault_problems(path)
+    assert (device, field) == (None, "")
+    assert "not UTF-8" in message
+
+
 def test_simulate_takes_a_fault_file_and_writes_what_happened(
     tmp_path: Path, depot: Station
 ) -> None:

@@ -3,10 +3,12 @@
 Configs start from the shipped files (parsed with tomllib), are mutated (keys deleted or added,
 values replaced by values of other types, items duplicated, numbers nudged past their limits) and
 written back as TOML into a private copy of `configs/`, so the relative paths the station files
-use still resolve. Scenario files are random text and bytes, and mutated rows of the shipped
-scenarios. The property for every loader: it returns an object or raises `ConfigError` whose
-problems name the file (and the row, device and field) - never any other exception. The register
-codec round-trips in-range values and refuses the others with `BadValue` naming the register.
+use still resolve. Scenario files (sessions, ACN-Data, series, fault scripts) are random text and
+bytes, mutated rows of shipped or sample files, and paths the OS refuses; a what-if case (the
+inputs of `simulate` and `tariff compare`) has one of its files fuzzed. The property for every
+loader: it returns an object or raises `ConfigError` whose problems name the file (and the row,
+device and field) - never any other exception. The register codec round-trips in-range values
+and refuses the others with `BadValue` naming the register.
 
 Examples are derandomized so that CI runs the same inputs every time.
 """
@@ -33,7 +35,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from base.config import CONFIG_ROOT, Station, load_station
+from base.config import CONFIG_ROOT, REFERENCE_STATION, Station, load_station
 from base.devicemap import Access, Register, RegisterMap, ValueType, WordOrder
 from base.loading import ConfigError, ConfigProblem
 from base.mapfile import load_register_map
@@ -41,6 +43,7 @@ from base.tariff import Tariff
 from base.tarifffile import load_tariff
 from drivers.codec import decode, encode, write_plan
 from drivers.errors import BadValue
+from simulator.faults import FaultKind, load_faults
 from simulator.scenario import (
     ACN_COLUMNS,
     load_acn_csv,
@@ -48,6 +51,7 @@ from simulator.scenario import (
     load_series,
     load_sessions,
 )
+from simulator.whatif import load_scenario
 
 FUZZ = settings(deadline=None, derandomize=True, max_examples=150)
 STATIONS = sorted(CONFIG_ROOT.glob("stations/*.toml"))
@@ -679,27 +683,40 @@ CELLS = st.one_of(
 
 
 @st.composite
-def mutated_csv(draw: st.DrawFn) -> str:
-    """A shipped scenario (first rows), with cells replaced, columns added or removed, rows
-    duplicated or swapped, and the header changed."""
-    lines = SCENARIOS[draw(st.integers(0, len(SCENARIOS) - 1))].read_text().splitlines()[:6]
+def mutated_lines(
+    draw: st.DrawFn,
+    lines: list[str],
+    cells: st.SearchStrategy[str],
+    *,
+    rounds: tuple[int, int],
+    swap: int,
+) -> str:
+    """`lines` split at commas, changed between `rounds` times (a cell replaced by one of
+    `cells`, dropped or added, a row duplicated, the cells at `swap` and `swap + 1` exchanged:
+    a departure or an end before its start), and joined again with some line ending."""
     table = [line.split(",") for line in lines]
-    for _ in range(draw(st.integers(1, 4))):
-        row = draw(st.integers(0, len(table) - 1))
+    for _ in range(draw(st.integers(*rounds))):
+        row = table[draw(st.integers(0, len(table) - 1))]
         action = draw(st.sampled_from(["cell", "drop-cell", "add-cell", "dup-row", "swap"]))
-        cells = table[row]
-        if action == "cell" and cells:
-            cells[draw(st.integers(0, len(cells) - 1))] = draw(CELLS)
-        elif action == "drop-cell" and cells:
-            del cells[draw(st.integers(0, len(cells) - 1))]
+        if action == "cell" and row:
+            row[draw(st.integers(0, len(row) - 1))] = draw(cells)
+        elif action == "drop-cell" and row:
+            del row[draw(st.integers(0, len(row) - 1))]
         elif action == "add-cell":
-            cells.insert(draw(st.integers(0, len(cells))), draw(CELLS))
+            row.insert(draw(st.integers(0, len(row))), draw(cells))
         elif action == "dup-row":
-            table.append(list(cells))
-        elif action == "swap" and len(cells) > 2:
-            # departure before arrival
-            cells[1], cells[2] = cells[2], cells[1]
-    return "\n".join(",".join(cells) for cells in table) + draw(st.sampled_from(["", "\n", "\r\n"]))
+            table.append(list(row))
+        elif action == "swap" and len(row) > swap + 1:
+            row[swap], row[swap + 1] = row[swap + 1], row[swap]
+    return "\n".join(",".join(row) for row in table) + draw(st.sampled_from(["", "\n", "\r\n"]))
+
+
+@st.composite
+def mutated_csv(draw: st.DrawFn, least: int = 1) -> str:
+    """A shipped scenario (first rows), with cells replaced, columns added or removed, rows
+    duplicated or swapped, and the header changed (at least `least` times)."""
+    lines = SCENARIOS[draw(st.integers(0, len(SCENARIOS) - 1))].read_text().splitlines()[:6]
+    return draw(mutated_lines(lines, CELLS, rounds=(least, 4), swap=1))
 
 
 SERIES_TEXT = st.lists(st.tuples(CELLS, CELLS).map(",".join) | CELLS, max_size=6).map(
@@ -841,25 +858,9 @@ ACN_CELLS = CELLS | st.sampled_from(
 )
 
 
-@st.composite
-def mutated_acn_csv(draw: st.DrawFn) -> str:
-    """The first rows of the JPL day, unchanged or with cells replaced, dropped or added, rows
-    duplicated (the same session twice) and arrival and departure swapped."""
-    table = [line.split(",") for line in ACN_LINES]
-    for _ in range(draw(st.integers(0, 4))):
-        cells = table[draw(st.integers(0, len(table) - 1))]
-        action = draw(st.sampled_from(["cell", "drop-cell", "add-cell", "dup-row", "swap"]))
-        if action == "cell" and cells:
-            cells[draw(st.integers(0, len(cells) - 1))] = draw(ACN_CELLS)
-        elif action == "drop-cell" and cells:
-            del cells[draw(st.integers(0, len(cells) - 1))]
-        elif action == "add-cell":
-            cells.insert(draw(st.integers(0, len(cells))), draw(ACN_CELLS))
-        elif action == "dup-row":
-            table.append(list(cells))
-        elif action == "swap" and len(cells) > 1:
-            cells[0], cells[1] = cells[1], cells[0]
-    return "\n".join(",".join(cells) for cells in table) + draw(st.sampled_from(["", "\n", "\r\n"]))
+# The first rows of the JPL day, unchanged or with cells replaced, dropped or added, rows
+# duplicated (the same session twice) and arrival and departure swapped.
+MUTATED_ACN_CSV = mutated_lines(ACN_LINES, ACN_CELLS, rounds=(0, 4), swap=0)
 
 
 @st.composite
@@ -877,7 +878,7 @@ def damaged_gzip(draw: st.DrawFn, inner: st.SearchStrategy[str | bytes]) -> byte
 
 
 ACN_TEXT = st.one_of(
-    mutated_acn_csv(),
+    MUTATED_ACN_CSV,
     st.lists(ACN_CELLS, max_size=10).map(
         lambda cells: ",".join(ACN_COLUMNS) + "\n" + ",".join(cells)
     ),
@@ -915,6 +916,173 @@ def test_any_acn_csv_loads_or_names_file_row_and_field(
                 assert problem.device.removeprefix("row ").isdigit()
                 if "values" not in problem.message:
                     assert problem.field in ACN_COLUMNS, problem
+
+
+# --------------------------------------------------------------------------- fault scripts
+
+FAULT_HEADER = "start,end,kind,target,value"
+FAULT_LINES = [
+    FAULT_HEADER,
+    "2026-11-10T23:10:00+08:00,2026-11-10T23:20:00+08:00,silent,grid,",
+    "2026-11-10T23:15:00+08:00,,limit-step,site,3000",
+    "2026-11-10T23:30:00+08:00,2026-11-10T23:40:00+08:00,overshoot,P01,1.3",
+    "2026-11-11T01:00:00+08:00,,leaves-early,P02,",
+    "2026-11-11T02:00:00+08:00,2026-11-11T02:05:00+08:00,late,P03,4",
+]
+FAULT_CELLS = CELLS | st.sampled_from(
+    [*(kind.value for kind in FaultKind), "grid", "site", "P01", "P99", "Silent", "limit step"]
+)
+# More than the csv module takes in one field (131072 characters).
+HUGE_FIELD = "x" * 200_000
+
+
+# The fault script above, with cells replaced, dropped or added, rows duplicated, and start
+# and end swapped.
+MUTATED_FAULTS = mutated_lines(FAULT_LINES, FAULT_CELLS, rounds=(0, 4), swap=0)
+
+FAULT_CONTENT = st.one_of(
+    MUTATED_FAULTS,
+    st.lists(FAULT_CELLS, max_size=8).map(lambda cells: FAULT_HEADER + "\n" + ",".join(cells)),
+    st.text(max_size=300),
+    st.binary(max_size=300),
+    st.sampled_from(
+        [
+            b"",
+            b"\xef\xbb\xbf",
+            b"\xff\xfe" + FAULT_HEADER.encode("utf-16-le"),
+            f"{FAULT_HEADER}\n{FAULT_LINES[1]}\n".encode()[:-3] + b"\xe9\n",
+            f'{FAULT_HEADER}\n"{HUGE_FIELD}",,silent,grid,\n',
+            f"{FAULT_HEADER}\n{FAULT_LINES[1].replace('grid', HUGE_FIELD)}\n",
+            f"{FAULT_HEADER}\n{FAULT_LINES[1]}\x00\n",
+            f'{FAULT_HEADER}\n"{FAULT_LINES[1]}\n',
+            "start,kind,target\n" * 3,
+        ]
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def depot() -> Station:
+    """The reference station, whose devices fault scripts name."""
+    return load_station(REFERENCE_STATION)
+
+
+def _check_faults(path: Path, found: list[ConfigProblem]) -> None:
+    """Problems name the file, and a row and its field, or the fault and its target."""
+    _check_rows(path, found)
+    for problem in found:
+        if problem.device is not None and problem.device.startswith("fault "):
+            assert problem.field == "target", problem
+
+
+@FUZZ
+@given(content=FAULT_CONTENT)
+def test_any_fault_script_loads_or_names_file_row_and_field(
+    tree: Path, depot: Station, content: str | bytes
+) -> None:
+    """Fault scripts, on their own and checked against a station: a script, or ConfigError
+    naming the file, the row (or fault) and the field."""
+    path = write_file(tree / "scenarios" / "fuzz-faults.csv", content)
+    for load in (load_faults, lambda p: load_faults(p, station=depot)):
+        found = refused(load, path)
+        if found is None:
+            script = load_faults(path)
+            assert all(f.start < f.end and f.target for f in script.faults)
+            continue
+        _check_faults(path, found)
+
+
+FILE_NAMES = st.one_of(
+    st.sampled_from(
+        ["a\x00b.csv", "\x00", "x" * 300 + ".csv", "", ".", "..", "nowhere/faults.csv"]
+        + [path.name for path in SCENARIOS]
+    ),
+    st.text(max_size=20).filter(lambda name: not name.startswith("/")),
+)
+PATH_LOADERS: list[Callable[[Path], object]] = [
+    *SCENARIO_LOADERS,
+    load_faults,
+    load_acn_csv,
+    load_acn_sessions,
+]
+
+
+@FUZZ
+@given(name=FILE_NAMES)
+def test_any_path_loads_or_names_it(tree: Path, name: str) -> None:
+    """Paths the OS refuses (a NUL, a name too long), directories and missing files: every data
+    loader answers with a ConfigError naming the path, never an OSError or ValueError."""
+    path = tree / "scenarios" / name
+    for load in PATH_LOADERS:
+        found = refused(load, path)
+        if found is not None:
+            assert all(p.file == path for p in found), found
+
+
+# --------------------------------------------------------------------------- what-if cases
+
+BACKGROUND = "time,kw\n2026-11-10T00:00:00+08:00,-50\n2026-11-10T12:00:00+08:00,300\n"
+LIMIT = "time,kw\n2026-11-10T00:00:00+08:00,4000\n2026-11-10T18:00:00+08:00,3500\n"
+SERIES_CONTENT = st.one_of(
+    mutated_lines(BACKGROUND.splitlines(), CELLS, rounds=(0, 3), swap=0), SERIES_TEXT, CELLS
+)
+# Each input of a what-if: as it is (but for its name), a little or much changed, or junk.
+WHATIF_INPUTS: dict[str, st.SearchStrategy[dict[str, Any] | str | bytes]] = {
+    "sessions": mutated_csv(least=0) | SCENARIO_CONTENT,
+    "tariff": st.just(TARIFF_DOCS[TARIFFS[0].stem])
+    | mutated(TARIFF_DOCS).map(lambda case: case[1])
+    | FILE_CONTENT,
+    "background": SERIES_CONTENT,
+    "limit": SERIES_CONTENT,
+    "faults": FAULT_CONTENT,
+}
+
+
+@st.composite
+def whatif_case(draw: st.DrawFn) -> tuple[str, dict[str, Any] | str | bytes]:
+    """Which input of a what-if is fuzzed, and its content (the others are good files)."""
+    which = draw(st.sampled_from(sorted(WHATIF_INPUTS)))
+    return which, draw(WHATIF_INPUTS[which])
+
+
+@settings(FUZZ, max_examples=250)
+@given(case=whatif_case(), warmup_days=st.integers(0, 2))
+def test_any_whatif_case_loads_or_names_the_file(
+    tree: Path, depot: Station, case: tuple[str, dict[str, Any] | str | bytes], warmup_days: int
+) -> None:
+    """A simulation's or what-if's inputs with one of them fuzzed (sessions, a second tariff,
+    background, limit, faults): a scenario, or ConfigError whose every problem names that file."""
+    which, content = case
+    folder = tree / "scenarios"
+    good = {
+        "sessions": SCENARIOS[0],
+        "tariff": TARIFFS[0],
+        "background": write_file(folder / "whatif-background.csv", BACKGROUND),
+        "limit": write_file(folder / "whatif-limit.csv", LIMIT),
+        "faults": write_file(folder / "whatif-faults.csv", "\n".join(FAULT_LINES)),
+    }
+    suffix = ".toml" if which == "tariff" else ".csv"
+    files = {**good, which: write_file(folder / f"whatif-fuzz-{which}{suffix}", content)}
+
+    def load(_: Path) -> object:
+        return load_scenario(
+            depot,
+            files["sessions"],
+            # The fuzzed tariff second: its currency, not the first's, is the odd one out.
+            [TARIFFS[0], files["tariff"]] if which == "tariff" else [TARIFFS[0]],
+            background=files["background"],
+            limit=files["limit"],
+            faults=files["faults"],
+            warmup_days=warmup_days,
+        )
+
+    found = refused(load, files[which])
+    if found is None:
+        scenario, cases = load(files[which])
+        assert scenario.visits and scenario.start < scenario.end
+        assert cases[0].tariff is scenario.tariff
+        return
+    assert all(same(p.file, files[which]) for p in found), found
 
 
 # --------------------------------------------------------------------------- register codec

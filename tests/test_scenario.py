@@ -807,6 +807,19 @@ def test_any_bytes_load_or_raise_config_error(scratch: Path, data: bytes) -> Non
 # -- found by fuzzing ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "arrival", ["0001-01-01T00:00:00+08:00", "1899-12-31T23:59:59+00:00", "2200-01-01T00:00:00Z"]
+)
+def test_a_time_no_scenario_can_hold_is_named(tmp_path: Path, arrival: str) -> None:
+    """A session in year 1 (year 0 in UTC) loaded, then broke the simulation's local dates."""
+    path = write(
+        tmp_path / "s.csv", f"arrival,departure,energy_kwh,max_kw\n{arrival},{DEPARTURE},1,2\n"
+    )
+    found = messages(load_sessions, path)
+    assert set(found) == {("row 2", "arrival")}
+    assert "between the years 1900 and 2199" in found[("row 2", "arrival")]
+
+
 @pytest.mark.parametrize("separator", ["\x1c", "\x1e", "\x85", "\u2028", "\x0b"])
 def test_unicode_line_separator_in_a_value_does_not_split_the_row(
     tmp_path: Path, separator: str
