@@ -14,10 +14,12 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 import pytest_asyncio
+import pytest_timeout
 
 from base.config import CONFIG_ROOT, REFERENCE_STATION, Station, load_station
 from simulator.fleet import Visit
@@ -74,6 +76,29 @@ def truck_visit(start: float, pile: str, *, soc: float = 0.2, capacity: float = 
         soc_arrival=soc,
         pile=pile,
     )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """pytest-timeout's thread method, naming the test that ran out of time before the stacks
+    (with -q nothing else names it): the run ends there (pyproject.toml says why)."""
+    if settings.method != "thread":
+        return None
+
+    def expired() -> None:
+        sys.stderr.write(f"\n{item.nodeid} still running after {settings.timeout:g} s\n")
+        pytest_timeout.timeout_timer(item, settings)
+
+    timer = threading.Timer(settings.timeout, expired)
+    timer.name = f"timeout {item.nodeid}"
+
+    def cancel() -> None:
+        timer.cancel()
+        timer.join()
+
+    item.cancel_timeout = cancel  # type: ignore[attr-defined]  # as pytest-timeout cancels it
+    timer.start()
+    return True
 
 
 @pytest.fixture(autouse=True)
