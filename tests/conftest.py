@@ -130,6 +130,13 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
 # The console script of the environment the tests run in.
 FLEXCHARGE = str(Path(sys.executable).parent / "flexcharge")
 
+# The processes the tests start run this checkout's code, also in a git worktree whose
+# environment's editable install points at another checkout.
+ROOT = Path(__file__).resolve().parent.parent
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
+)
+
 
 def start_process(
     args: list[str], processes: list[subprocess.Popen[str]], cwd: Path | None = None
