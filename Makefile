@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.flexcharge-installed
 PYTEST_ARGS ?=
 
-.PHONY: all demo test lint bench clean
+.PHONY: all demo test lint bench clean system-deps
 
 all: test
 
@@ -18,15 +18,42 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(BIN)/flexcharge demo
 
-test: $(STAMP) lint
+test: $(STAMP) lint system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check base control controller drivers flexcharge scheduler simulator tests
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(BIN)/python -m tests.bench
+
+# Debian packages some tests and benchmarks run (each package's program has its name): chromium
+# for the live page, victoria-metrics as a real telemetry server. Installed with apt-get when
+# missing and possible (as root; `apt-get update` once if the install fails); otherwise it says
+# why and goes on, and the tests that need them are skipped naming this target.
+SYSTEM_PACKAGES ?= chromium victoria-metrics
+
+system-deps:
+	@missing=; \
+	for pkg in $(SYSTEM_PACKAGES); do \
+	  command -v $$pkg >/dev/null 2>&1 || test -x /usr/bin/$$pkg || test -x /usr/sbin/$$pkg \
+	    || missing="$$missing $$pkg"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	skip="the tests that need them will be skipped"; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "system-deps: not installed:$$missing (no apt-get here); $$skip"; exit 0; fi; \
+	if [ "$$(id -u)" -ne 0 ]; then \
+	  echo "system-deps: not installed:$$missing (installing needs root: sudo make system-deps); $$skip"; \
+	  exit 0; fi; \
+	echo "system-deps: apt-get install$$missing"; \
+	apt="apt-get -q -y -o DPkg::Lock::Timeout=300"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	$$apt install --no-install-recommends $$missing \
+	  || { echo "system-deps: apt-get update, then again"; $$apt update \
+	       && $$apt install --no-install-recommends $$missing; } \
+	  || echo "system-deps: apt-get could not install$$missing; $$skip"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -569,12 +569,12 @@ def telemetry_bench(console: Console, cycles: int = 3000) -> bool:
     from controller.telemetry.points import Point
     from controller.telemetry.sinks import InfluxSink
     from controller.telemetry.writer import TelemetryWriter
-    from tests.conftest import free_ports
-    from tests.victoria import VictoriaMetrics, find_or_install, poll_until
+    from tests.conftest import free_ports, system_program
+    from tests.victoria import BINARY, VictoriaMetrics, poll_until
 
-    binary, why = find_or_install()
+    binary = system_program(BINARY)
     if binary is None:
-        console.print(f"telemetry: skipped ({why})")
+        console.print(f"telemetry: skipped ({BINARY} is not installed: `make system-deps`)")
         return True
     start = float(int(time.time())) - cycles
 

@@ -181,6 +181,28 @@ def station(reference: Station) -> Station:
     return on_free_ports(reference)
 
 
+def system_program(name: str) -> str | None:
+    """Where `name` is installed, on PATH or in /usr/bin or /usr/sbin, or None. The programs of
+    the Debian packages some tests run (chromium, victoria-metrics) are installed by
+    `make system-deps`, never by a test."""
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    places = (Path("/usr/bin") / name, Path("/usr/sbin") / name)
+    return next((str(p) for p in places if p.is_file() and os.access(p, os.X_OK)), None)
+
+
+def need_system_program(name: str, purpose: str) -> str:
+    """Where `name` is installed (see `system_program`), or skip the test saying why."""
+    found = system_program(name)
+    if found is None:
+        pytest.skip(
+            f"{name} ({purpose}) is not installed: `make system-deps` installs Debian's {name} "
+            "(as root, with apt-get)"
+        )
+    return found
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
     """Fail a test that leaves a thread running."""

@@ -1,5 +1,6 @@
-"""The live page in a real browser: headless Chromium (Debian's `chromium` package) loads it from
-the daemon's API while the daemon controls the simulated station over Modbus on loopback.
+"""The live page in a real browser: headless Chromium (Debian's `chromium` package, which
+`make system-deps` installs) loads it from the daemon's API while the daemon controls the
+simulated station over Modbus on loopback.
 
 Chromium's `--dump-dom` with a virtual-time budget runs the page's script (its polls included)
 and prints the DOM it ends up with; the test reads what the page shows and compares it with the
@@ -11,15 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from base.config import Station
+from tests.conftest import need_system_program
 from tests.test_api import AUTH, running_site
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.loopback, pytest.mark.usefixtures("no_leaked_tasks")]
@@ -27,34 +26,10 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.loopback, pytest.mark.usefixtures
 BROWSER_TIMEOUT_S = 90.0
 
 
-def _install_chromium() -> str | None:
-    """The chromium binary, installing Debian's package if it is missing and we may."""
-    found = shutil.which("chromium")
-    if found is not None:
-        return found
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        return None
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-    if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=600)
-        subprocess.run(install, env=env, capture_output=True, timeout=900)
-    return shutil.which("chromium")
-
-
 @pytest.fixture(scope="session")
-def chromium() -> Iterator[str]:
-    """Path to Debian's chromium (installed if missing), or the test is skipped saying why."""
-    try:
-        path = _install_chromium()
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"chromium is not installed and could not be installed: {exc}")
-    if path is None:
-        pytest.skip(
-            "chromium is not installed and cannot be installed here "
-            "(needs root and apt-get: apt-get install chromium)"
-        )
-    yield path
+def chromium() -> str:
+    """Path to Debian's chromium (from `make system-deps`), or the test is skipped saying why."""
+    return need_system_program("chromium", "the live page's browser test")
 
 
 async def _dump_dom(chromium: str, url: str, profile: Path, budget_ms: int) -> str:

@@ -3,8 +3,8 @@ station over Modbus on a virtual clock, writes through `influxdb-client` to Vict
 InfluxDB v2 write API; the server is stopped mid-run (points wait on disk) and started again
 (they are replayed), and every point must be there exactly once, in the order it was made.
 
-VictoriaMetrics comes from Debian's `victoria-metrics` package, installed if missing (the tests
-are skipped, saying why, only when it cannot be installed on this machine).
+VictoriaMetrics comes from Debian's `victoria-metrics` package, which `make system-deps` installs
+(without it the tests are skipped, saying so).
 """
 
 from __future__ import annotations
@@ -27,19 +27,16 @@ from controller.telemetry.points import Point
 from controller.telemetry.sinks import InfluxSink
 from controller.telemetry.writer import TelemetryWriter
 from simulator.hardware import StationSimulator
-from tests.conftest import free_ports, truck_visit
-from tests.victoria import VictoriaMetrics, find_or_install, poll_until
+from tests.conftest import free_ports, need_system_program, truck_visit
+from tests.victoria import BINARY, VictoriaMetrics, poll_until
 
 pytestmark = [pytest.mark.loopback]
 
 
 @pytest.fixture(scope="session")
 def victoria_binary() -> str:
-    """The VictoriaMetrics binary (installed from Debian if missing)."""
-    binary, why = find_or_install()
-    if binary is None:
-        pytest.skip(f"no VictoriaMetrics server for the telemetry tests: {why}")
-    return binary
+    """The VictoriaMetrics binary (Debian's, from `make system-deps`), or the tests are skipped."""
+    return need_system_program(BINARY, "the telemetry tests' time-series server")
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""A real time-series server for the telemetry tests: Debian's VictoriaMetrics, on a free port.
+"""A real time-series server for the telemetry tests: Debian's VictoriaMetrics (installed by
+`make system-deps`), on a free port.
 
 VictoriaMetrics accepts InfluxDB's v2 write API (`/api/v2/write`) and keeps each field as its own
 series named `<measurement>_<field>` with the tags as labels; it ignores org and bucket, stores
@@ -10,8 +11,6 @@ twice (no deduplication by default), so counting samples shows duplicates. `expo
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -22,50 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BINARY = "victoria-metrics"
-INSTALL_TIMEOUT_S = 600
-
-
-def find_or_install() -> tuple[str | None, str]:
-    """The server's binary, installing Debian's package if it is missing; else (None, why)."""
-    found = shutil.which(BINARY) or next(
-        (
-            p
-            for p in ("/usr/bin/victoria-metrics", "/usr/sbin/victoria-metrics")
-            if Path(p).exists()
-        ),
-        None,
-    )
-    if found:
-        return found, "already installed"
-    apt = shutil.which("apt-get")
-    if apt is None:
-        return None, "victoria-metrics is not installed and there is no apt-get to install it"
-    if os.geteuid() != 0:
-        return None, "victoria-metrics is not installed and installing it needs root (apt-get)"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    command = [apt, "-o", "DPkg::Lock::Timeout=300", "install", "-y", "-q", "victoria-metrics"]
-    tail = ""
-    for attempt in range(2):
-        try:
-            done = subprocess.run(
-                command, capture_output=True, text=True, env=env, timeout=INSTALL_TIMEOUT_S
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return None, f"apt-get install victoria-metrics failed: {exc}"
-        found = shutil.which(BINARY)
-        if done.returncode == 0 and found:
-            return found, "installed now from Debian (apt-get install -y victoria-metrics)"
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:].__str__()
-        if attempt == 0:
-            # The package lists may be missing or stale on a fresh machine.
-            subprocess.run(
-                [apt, "-o", "DPkg::Lock::Timeout=300", "update", "-q"],
-                capture_output=True,
-                env=env,
-                timeout=INSTALL_TIMEOUT_S,
-                check=False,
-            )
-    return None, f"apt-get install -y victoria-metrics failed: {tail}"
 
 
 @dataclass
