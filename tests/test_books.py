@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from datetime import datetime
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -25,13 +23,7 @@ from simulator.charging import Battery, advance
 from simulator.fast import Scenario, simulate
 from simulator.fleet import Visit
 from simulator.plant import Plant
-
-ZONE = ZoneInfo("Asia/Shanghai")
-
-
-def local(text: str) -> float:
-    return datetime.fromisoformat(text).replace(tzinfo=ZONE).timestamp()
-
+from tests.builders import local
 
 T0 = local("2026-11-10T11:00")
 

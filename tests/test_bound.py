@@ -4,8 +4,6 @@ and then cost, billed on the same books as the simulated policies; no controller
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -15,13 +13,9 @@ from hypothesis import strategies as st
 from base.config import Station
 from simulator.fast import Scenario, simulate
 from simulator.fleet import Visit
+from tests.builders import local
 
-ZONE = ZoneInfo("Asia/Shanghai")
 CONTROLLED = ("equal-share", "edf", "llf", "mpc")
-
-
-def local(text: str) -> float:
-    return datetime.fromisoformat(text).replace(tzinfo=ZONE).timestamp()
 
 
 def small(reference: Station, limit_kw: float) -> Station:

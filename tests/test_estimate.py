@@ -4,7 +4,6 @@ and the controller planning with it when it is told only what drivers said."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -15,12 +14,9 @@ from control.estimate import Estimator
 from control.sessions import PastVisit
 from simulator.fast import Scenario, simulate
 from simulator.fleet import Visit
+from tests.builders import local
 
 ZONE = ZoneInfo("Asia/Shanghai")
-
-
-def local(text: str) -> float:
-    return datetime.fromisoformat(text).replace(tzinfo=ZONE).timestamp()
 
 
 @dataclass(frozen=True)

@@ -2,65 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
-from datetime import datetime
-from zoneinfo import ZoneInfo
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numpy.typing import ArrayLike, NDArray
 
 from scheduler.allocation import Demand, laxity_h, priority_fill
 from scheduler.fallback import fallback_plan
 from scheduler.plan import Plan, PlanStatus
 from scheduler.problem import GroupLimit, Problem, ProblemError, Vehicle
+from tests.builders import HOUR, START, ev, hourly, kw
 
-START = datetime(2026, 11, 25, 0, 0, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
-HOUR = 3600.0
 TOL = 1e-9
-
-
-def per_slot(value: ArrayLike, slots: int) -> NDArray[np.float64]:
-    """`value` as one float per slot (a scalar is repeated)."""
-    return np.broadcast_to(np.asarray(value, dtype=float), (slots,)).copy()
-
-
-def hourly(
-    slots: int,
-    vehicles: list[Vehicle],
-    *,
-    limit: ArrayLike = 100.0,
-    background: ArrayLike = 0.0,
-    prices: ArrayLike = 1.0,
-    **changes: object,
-) -> Problem:
-    """A problem of `slots` one-hour slots from START."""
-    base = Problem(
-        boundaries=START + HOUR * np.arange(slots + 1, dtype=float),
-        limit_kw=per_slot(limit, slots),
-        background_kw=per_slot(background, slots),
-        import_price=per_slot(prices, slots),
-        export_price=np.zeros(slots),
-        vehicles=tuple(vehicles),
-    )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
-
-
-def ev(
-    vid: str, need: float, *, hours: float = 4.0, max_kw: float = 10.0, **changes: object
-) -> Vehicle:
-    """A vehicle on pile P-`vid` needing `need` kWh, leaving `hours` after START."""
-    base = Vehicle(
-        id=vid, pile=f"P-{vid}", energy_kwh=need, departure=START + hours * HOUR, max_kw=max_kw
-    )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
-
-
-def kw(plan: Plan, vid: str) -> NDArray[np.float64]:
-    """Planned power of one vehicle per slot."""
-    return np.asarray(plan.power_kw[vid], dtype=float)
 
 
 def assert_within_limits(problem: Problem, plan: Plan) -> None:
@@ -99,7 +52,7 @@ def assert_within_limits(problem: Problem, plan: Plan) -> None:
 def test_least_laxity_first_when_headroom_is_short() -> None:
     """With 10 kW of headroom, b (1 h to spare) is served before a (3 h to spare), then a."""
     problem = hourly(
-        4, [ev("a", 10.0, hours=4.0), ev("b", 10.0, hours=2.0)], limit=30.0, background=20.0
+        [1.0] * 4, [ev("a", 10.0, hours=4.0), ev("b", 10.0, hours=2.0)], limit=30.0, background=20.0
     )
     plan = fallback_plan(problem)
     assert plan.status is PlanStatus.FALLBACK
@@ -112,7 +65,7 @@ def test_least_laxity_first_when_headroom_is_short() -> None:
 
 def test_unmet_energy_reported_when_headroom_cannot_serve_everyone() -> None:
     """10 kW of headroom: a (no time to spare, 10 kWh by 1 h) first, then b gets 10 of its 15 kWh by 2 h."""
-    problem = hourly(2, [ev("a", 10.0, hours=1.0), ev("b", 15.0, hours=2.0)], limit=10.0)
+    problem = hourly([1.0] * 2, [ev("a", 10.0, hours=1.0), ev("b", 15.0, hours=2.0)], limit=10.0)
     plan = fallback_plan(problem)
     np.testing.assert_allclose(kw(plan, "a"), [10.0, 0.0])
     np.testing.assert_allclose(kw(plan, "b"), [0.0, 10.0])
@@ -121,7 +74,7 @@ def test_unmet_energy_reported_when_headroom_cannot_serve_everyone() -> None:
 
 def test_equal_laxity_is_served_by_id() -> None:
     """Two vehicles with the same laxity: the lower id is served first."""
-    problem = hourly(1, [ev("z", 10.0, hours=1.0), ev("m", 10.0, hours=1.0)], limit=12.0)
+    problem = hourly([1.0], [ev("z", 10.0, hours=1.0), ev("m", 10.0, hours=1.0)], limit=12.0)
     plan = fallback_plan(problem)
     np.testing.assert_allclose(kw(plan, "m"), [10.0])
     np.testing.assert_allclose(kw(plan, "z"), [2.0])
@@ -132,7 +85,7 @@ def test_group_limit_caps_its_members() -> None:
     """A 6 kW feeder holds a (least laxity) to 6 kW; b, off the feeder, gets the rest of the 20 kW headroom."""
     feeder = GroupLimit("feeder", {"P-a": 1.0}, 6.0)
     problem = hourly(
-        2,
+        [1.0] * 2,
         [ev("a", 20.0, hours=2.0), ev("b", 30.0, hours=2.0, max_kw=50.0)],
         limit=20.0,
         groups=(feeder,),
@@ -148,7 +101,7 @@ def test_phase_limit_with_a_three_phase_charger() -> None:
     """On a 7.36 kW phase, a three-phase car counts a third: it may take 22.08 kW, capped at its 22 kW."""
     phase = GroupLimit.phase("L1", 32.0, 230.0, single=["P-one"], three=["P-three"])
     problem = hourly(
-        1,
+        [1.0],
         [ev("three", 30.0, hours=1.0, max_kw=22.0), ev("one", 5.0, hours=4.0, max_kw=7.4)],
         groups=(phase,),
     )
@@ -161,7 +114,7 @@ def test_phase_limit_with_a_three_phase_charger() -> None:
 
 def test_background_above_the_limit_leaves_nothing() -> None:
     """A slot whose background exceeds the limit plans nothing (headroom is clipped at 0)."""
-    problem = hourly(2, [ev("a", 15.0, hours=2.0)], limit=50.0, background=[60.0, 45.0])
+    problem = hourly([1.0] * 2, [ev("a", 15.0, hours=2.0)], limit=50.0, background=[60.0, 45.0])
     plan = fallback_plan(problem)
     np.testing.assert_allclose(kw(plan, "a"), [0.0, 5.0])
     assert plan.unmet_kwh["a"] == pytest.approx(10.0)
@@ -170,7 +123,7 @@ def test_background_above_the_limit_leaves_nothing() -> None:
 def test_partial_presence_averages_power_over_the_slot() -> None:
     """A vehicle leaving at 1.5 h gets 10 kW in slot 0 and 5 kW averaged over slot 1; one arriving at 2.5 h only 5 kW in slot 2."""
     problem = hourly(
-        4, [ev("leaves", 40.0, hours=1.5), ev("arrives", 40.0, arrival=START + 2.5 * HOUR)]
+        [1.0] * 4, [ev("leaves", 40.0, hours=1.5), ev("arrives", 40.0, arrival=START + 2.5 * HOUR)]
     )
     plan = fallback_plan(problem)
     np.testing.assert_allclose(kw(plan, "leaves"), [10.0, 5.0, 0.0, 0.0])
@@ -184,21 +137,21 @@ def test_never_discharges_a_v2g_vehicle() -> None:
     car = ev(
         "car", 5.0, v2g=True, max_discharge_kw=20.0, capacity_kwh=60.0, soc=0.9, efficiency=0.9
     )
-    problem = hourly(4, [car], prices=[5.0, 0.1, 0.1, 0.1], background=[80.0, 0.0, 0.0, 0.0])
+    problem = hourly([5.0, 0.1, 0.1, 0.1], [car], background=[80.0, 0.0, 0.0, 0.0])
     plan = fallback_plan(problem)
     np.testing.assert_allclose(kw(plan, "car"), [5.0, 0.0, 0.0, 0.0])
 
 
 def test_stops_when_the_need_is_met() -> None:
     """A vehicle needing 2.5 kWh gets 2.5 kW for one hour and nothing after."""
-    plan = fallback_plan(hourly(3, [ev("a", 2.5)]))
+    plan = fallback_plan(hourly([1.0] * 3, [ev("a", 2.5)]))
     np.testing.assert_allclose(kw(plan, "a"), [2.5, 0.0, 0.0])
     assert plan.unmet_kwh["a"] == pytest.approx(0.0)
 
 
 def test_energy_cost_and_message() -> None:
     """The fallback's energy cost prices background plus charging; the reason appears in its message."""
-    problem = hourly(2, [ev("a", 10.0, hours=2.0)], background=5.0, prices=[1.0, 0.5])
+    problem = hourly([1.0, 0.5], [ev("a", 10.0, hours=2.0)], background=5.0)
     plan = fallback_plan(problem, reason="time limit")
     assert plan.energy_cost == pytest.approx(15.0 * 1.0 + 5.0 * 0.5)
     assert plan.message == "least laxity first (time limit)"
@@ -209,7 +162,7 @@ def test_energy_cost_and_message() -> None:
 def test_malformed_problem_raises() -> None:
     """fallback_plan checks its problem first: bad input raises ProblemError."""
     with pytest.raises(ProblemError, match="vehicle a"):
-        fallback_plan(hourly(2, [ev("a", 10.0, max_kw=0.0)]))
+        fallback_plan(hourly([1.0] * 2, [ev("a", 10.0, max_kw=0.0)]))
 
 
 def test_groups_with_the_same_name_are_rejected_or_both_respected() -> None:
@@ -218,7 +171,7 @@ def test_groups_with_the_same_name_are_rejected_or_both_respected() -> None:
         GroupLimit("phase L1", {"P-a": 1.0}, 5.0),
         GroupLimit("phase L1", {"P-b": 1.0}, 50.0),
     )
-    problem = hourly(1, [ev("a", 20.0, hours=1.0, max_kw=20.0)], groups=groups)
+    problem = hourly([1.0], [ev("a", 20.0, hours=1.0, max_kw=20.0)], groups=groups)
     try:
         problem.check()
     except ProblemError:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -25,14 +24,10 @@ from simulator.fast import Scenario, SimResult, simulate
 from simulator.fleet import Visit, assign_piles
 from simulator.report import comparison_table, write_outputs
 from simulator.scenario import Series
+from tests.builders import local
 
 ZONE = ZoneInfo("Asia/Shanghai")
 CONTROLLED = ("equal-share", "mpc", "offline-optimal")
-
-
-def local(text: str) -> float:
-    """Epoch seconds of a local time at the stations, e.g. '2026-11-10T18:00'."""
-    return datetime.fromisoformat(text).replace(tzinfo=ZONE).timestamp()
 
 
 def truck(vid: str, arrival: str, departure: str, energy_kwh: float = 300.0) -> Visit:

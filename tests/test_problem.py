@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 
 from scheduler.problem import GroupLimit, Problem, ProblemError, Vehicle, Weights, slot_boundaries
+from tests.builders import HOUR, SHANGHAI, START
 
-SHANGHAI = ZoneInfo("Asia/Shanghai")
-START = datetime(2026, 11, 25, 0, 0, tzinfo=SHANGHAI).timestamp()
-HOUR = 3600.0
 SLOTS = 4
 
 

@@ -3,60 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
 import scipy.optimize
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import NDArray
 
 from scheduler.lp import CUT, LpModel, build_lp
 from scheduler.plan import Plan, PlanStatus
 from scheduler.problem import GroupLimit, Problem, ProblemError, Vehicle, slot_boundaries
 from scheduler.solver import Solver, solve
+from tests.builders import HOUR, SHANGHAI, START, ev, hourly, kw
 
-SHANGHAI = ZoneInfo("Asia/Shanghai")
-START = datetime(2026, 11, 25, 0, 0, tzinfo=SHANGHAI).timestamp()
-HOUR = 3600.0
 TOL = 1e-6
-
-
-def per_slot(value: ArrayLike, slots: int) -> NDArray[np.float64]:
-    """`value` as one float per slot (a scalar is repeated)."""
-    return np.broadcast_to(np.asarray(value, dtype=float), (slots,)).copy()
-
-
-def hourly(
-    prices: list[float],
-    vehicles: list[Vehicle],
-    *,
-    limit: ArrayLike = 100.0,
-    background: ArrayLike = 0.0,
-    export: ArrayLike = 0.0,
-    **changes: object,
-) -> Problem:
-    """A problem of one-hour slots from START with the given import prices."""
-    slots = len(prices)
-    base = Problem(
-        boundaries=START + HOUR * np.arange(slots + 1, dtype=float),
-        limit_kw=per_slot(limit, slots),
-        background_kw=per_slot(background, slots),
-        import_price=np.asarray(prices, dtype=float),
-        export_price=per_slot(export, slots),
-        vehicles=tuple(vehicles),
-    )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
-
-
-def ev(
-    vid: str, need: float, *, hours: float = 4.0, max_kw: float = 10.0, **changes: object
-) -> Vehicle:
-    """A vehicle on pile P-`vid` needing `need` kWh, leaving `hours` after START."""
-    base = Vehicle(
-        id=vid, pile=f"P-{vid}", energy_kwh=need, departure=START + hours * HOUR, max_kw=max_kw
-    )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
 def optimal(problem: Problem) -> Plan:
@@ -65,11 +24,6 @@ def optimal(problem: Problem) -> Plan:
     assert plan.status is PlanStatus.OPTIMAL, plan.message
     assert plan.status.has_schedule
     return plan
-
-
-def kw(plan: Plan, vid: str) -> NDArray[np.float64]:
-    """Planned net power of one vehicle per slot."""
-    return np.asarray(plan.power_kw[vid], dtype=float)
 
 
 # -- optimality on hand-checked cases ------------------------------------------------------------
