@@ -1,8 +1,10 @@
-"""Shared fixtures: the reference station on free loopback ports, and leak checks."""
+"""Shared fixtures: the reference station on free loopback ports, a simulated station under a
+running daemon, and leak checks."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -11,18 +13,26 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import pytest
 import pytest_asyncio
 import pytest_timeout
 
+from base.clock import VirtualClock
 from base.config import CONFIG_ROOT, REFERENCE_STATION, Station, load_station
+from control.cycle import Policy
+from controller.daemon import Daemon
+from controller.status import Cycle
+from simulator.faults import FaultScript
 from simulator.fleet import Visit
+from simulator.hardware import StationSimulator
+from simulator.scenario import Series
 
 
 def free_ports(count: int) -> list[int]:
@@ -201,6 +211,94 @@ def need_system_program(name: str, purpose: str) -> str:
             "(as root, with apt-get)"
         )
     return found
+
+
+@dataclass
+class RunningStation:
+    """A simulated station's hardware servers on loopback and a daemon controlling them, on one
+    virtual clock that starts at `start`; `cycles` are the daemon's cycles, as it ran them."""
+
+    simulator: StationSimulator
+    daemon: Daemon
+    clock: VirtualClock
+    start: float
+    cycles: list[Cycle]
+    task: asyncio.Task[None]
+
+    async def until(self, seconds: float) -> None:
+        """Let the station run until `seconds` after the start."""
+        await self.clock.sleep_until(self.start + seconds)
+
+    def cycles_after(self, when: float) -> list[Cycle]:
+        """The cycles run after station time `when`."""
+        return [c for c in self.cycles if c.time > when]
+
+    async def stop_daemon(self) -> None:
+        """Stop the daemon (it leaves every pile at its fallback power); the simulator runs on."""
+        self.daemon.request_stop()
+        await self.task
+
+    async def stop(self) -> None:
+        """Stop the daemon, then the simulator (again: nothing to do)."""
+        await self.stop_daemon()
+        await self.simulator.stop()
+
+
+class StartStation(Protocol):
+    """Starts a simulated station and a daemon controlling it (see `running_station`)."""
+
+    async def __call__(
+        self,
+        served: Station,
+        visits: Sequence[Visit],
+        *,
+        start: float | None = ...,
+        controlled: Station | None = ...,
+        policy: Policy | str | None = ...,
+        limit: Series | None = ...,
+        faults: FaultScript | None = ...,
+        **daemon: Any,
+    ) -> RunningStation: ...
+
+
+@pytest_asyncio.fixture
+async def running_station() -> AsyncIterator[StartStation]:
+    """Start the hardware simulator serving one config of a station (`served`: its meters and
+    piles on their loopback endpoints, with `visits`, the utility's `limit` and `faults`) and a
+    daemon (`Daemon.for_station`, with `policy` and the other `daemon` options) controlling
+    another (`controlled`, by default the same), on a virtual clock from `start` (by default a
+    minute before the first arrival). Each call starts one; at the end all are stopped in
+    reverse: the last started first, each daemon before its simulator.
+
+    The daemon's task exists but has not run when the call returns: what the test sets before
+    it next awaits (observers, hooks, a patched method) is in place from the daemon's start."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start_station(
+            served: Station,
+            visits: Sequence[Visit],
+            *,
+            start: float | None = None,
+            controlled: Station | None = None,
+            policy: Policy | str | None = None,
+            limit: Series | None = None,
+            faults: FaultScript | None = None,
+            **daemon: Any,
+        ) -> RunningStation:
+            begin = min(v.arrival for v in visits) - 60 if start is None else start
+            clock = VirtualClock(begin)
+            simulator = StationSimulator(served, clock, visits=visits, limit=limit, faults=faults)
+            await simulator.start()
+            stack.push_async_callback(simulator.stop)
+            control = Daemon.for_station(controlled or served, clock, policy=policy, **daemon)
+            cycles: list[Cycle] = []
+            control.observers.append(cycles.append)
+            task = asyncio.create_task(control.run(), name="daemon")
+            site = RunningStation(simulator, control, clock, begin, cycles, task)
+            stack.push_async_callback(site.stop_daemon)
+            return site
+
+        yield start_station
 
 
 @pytest.fixture(autouse=True)

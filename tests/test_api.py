@@ -10,7 +10,6 @@ still during each request and moves only when the test sleeps on the clock.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,8 +27,7 @@ from control.cycle import Policy
 from controller.api import ApiServer
 from controller.daemon import Daemon
 from simulator.fleet import Visit
-from simulator.hardware import StationSimulator
-from tests.conftest import free_ports, local_time
+from tests.conftest import StartStation, free_ports, local_time
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.loopback, pytest.mark.usefixtures("no_leaked_tasks")]
 
@@ -78,6 +76,7 @@ def _trucks(start: float) -> list[Visit]:
 
 @asynccontextmanager
 async def running_site(
+    running_station: StartStation,
     station: Station,
     monkeypatch: pytest.MonkeyPatch,
     *,
@@ -85,13 +84,12 @@ async def running_site(
     policy: Policy = Policy.MPC,
 ) -> AsyncIterator[Site]:
     """Four piles (three trucks plugging in), the daemon (under MPC by default) with its API,
-    20 station minutes in; the caller takes part in the clock."""
+    20 station minutes in; the caller takes part in the clock. Both stop when the block ends."""
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     station = replace(station, piles=station.piles[:4]).with_control(period_s=5.0)
     start = local_time(station, "2026-11-25T10:00")
-    clock = VirtualClock(start)
-    simulator = StationSimulator(station, clock, visits=_trucks(start))
-    daemon = Daemon.over_modbus(station, clock, policy=policy)
+    running = await running_station(station, _trucks(start), start=start, policy=policy)
+    daemon, clock = running.daemon, running.clock
     settings = ApiSettings(
         host="127.0.0.1",
         port=free_ports(1)[0],
@@ -100,26 +98,20 @@ async def running_site(
     )
     server = ApiServer(daemon, settings)
     daemon.services.append(server)
-    await simulator.start()
-    try:
-        with clock.participant():
-            running = asyncio.create_task(daemon.run(), name="daemon")
-            try:
-                await clock.sleep_until(start + 20 * 60)
-                async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-                    yield Site(daemon, clock, client, server, start, daemon.control.zone)
-            finally:
-                daemon.request_stop()
-                await running
-    finally:
-        await simulator.stop()
+    with clock.participant():
+        try:
+            await clock.sleep_until(start + 20 * 60)
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                yield Site(daemon, clock, client, server, start, daemon.control.zone)
+        finally:
+            await running.stop()
 
 
 async def test_status_plan_and_sessions_agree_with_the_daemon(
-    station: Station, monkeypatch: pytest.MonkeyPatch
+    station: Station, running_station: StartStation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every figure the API gives is the daemon's own, at the same station time."""
-    async with running_site(station, monkeypatch) as site:
+    async with running_site(running_station, station, monkeypatch) as site:
         daemon = site.daemon
         status = await site.get("/api/status")
         cycle = daemon.last_cycle
@@ -208,10 +200,10 @@ async def test_status_plan_and_sessions_agree_with_the_daemon(
 
 
 async def test_a_fleet_system_tells_the_station_about_a_session(
-    station: Station, monkeypatch: pytest.MonkeyPatch
+    station: Station, running_station: StartStation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Departure, energy, target SoC and vehicle id reach the pile's current session."""
-    async with running_site(station, monkeypatch) as site:
+    async with running_site(running_station, station, monkeypatch) as site:
         control = site.daemon.control
         session = control.sessions["P01"]
         assert not session.departure_known
@@ -261,13 +253,16 @@ async def test_a_fleet_system_tells_the_station_about_a_session(
 
 
 async def test_writes_need_the_token_and_it_is_never_logged(
-    station: Station, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    station: Station,
+    running_station: StartStation,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """No token: 401; a wrong one: 403; reads stay open unless the config protects them."""
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.INFO, logger="pymodbus")  # its frames are Modbus, and many
     body = {"limit_kw": 3000, "minutes": 10}
-    async with running_site(station, monkeypatch) as site:
+    async with running_site(running_station, station, monkeypatch) as site:
         client = site.client
         missing = await client.post("/api/limit/override", json=body)
         assert missing.status_code == 401
@@ -289,7 +284,7 @@ async def test_writes_need_the_token_and_it_is_never_logged(
         assert ok.status_code == 200, ok.text
         assert (await client.delete("/api/limit/override")).status_code == 401
         assert (await client.delete("/api/limit/override", headers=AUTH)).status_code == 200
-    async with running_site(station, monkeypatch, reads_need_token=True) as site:
+    async with running_site(running_station, station, monkeypatch, reads_need_token=True) as site:
         for path in ("/api/status", "/api/plan", "/api/sessions", "/api/history", "/metrics"):
             assert (await site.client.get(path)).status_code == 401, path
             assert (await site.client.get(path, headers=AUTH)).status_code == 200, path
@@ -300,11 +295,14 @@ async def test_writes_need_the_token_and_it_is_never_logged(
 
 
 async def test_writes_are_refused_without_a_token_configured(
-    station: Station, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    station: Station,
+    running_station: StartStation,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A daemon started without the token refuses every write, and says why."""
     caplog.set_level(logging.INFO)
-    async with running_site(station, monkeypatch) as site:
+    async with running_site(running_station, station, monkeypatch) as site:
         monkeypatch.delenv(TOKEN_ENV)
         server = ApiServer(site.daemon, site.server.settings.model_copy(update={"port": 0}))
         await server.start()
@@ -322,10 +320,10 @@ async def test_writes_are_refused_without_a_token_configured(
 
 
 async def test_bad_input_gets_a_clear_4xx(
-    station: Station, monkeypatch: pytest.MonkeyPatch
+    station: Station, running_station: StartStation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Malformed or impossible requests are refused, naming what is wrong; nothing changes."""
-    async with running_site(station, monkeypatch) as site:
+    async with running_site(running_station, station, monkeypatch) as site:
         post = site.client.post
         session = site.daemon.control.sessions["P01"]
         before = (session.need_kwh, session.departure, session.vehicle_id)
@@ -385,12 +383,14 @@ async def test_bad_input_gets_a_clear_4xx(
 
 
 async def test_the_operator_override_lowers_the_limit_until_it_expires(
-    station: Station, monkeypatch: pytest.MonkeyPatch
+    station: Station, running_station: StartStation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The controller keeps the site under the override; it ends on the daemon's clock; a raise
     above the transformer's limit is refused."""
     # Equal shares charge the trucks at once (a plan would wait for the valley).
-    async with running_site(station, monkeypatch, policy=Policy.EQUAL_SHARE) as site:
+    async with running_site(
+        running_station, station, monkeypatch, policy=Policy.EQUAL_SHARE
+    ) as site:
         daemon, clock = site.daemon, site.clock
         transformer = daemon.station.limit_kw
         above = await site.client.post(
@@ -451,9 +451,11 @@ async def test_the_operator_override_lowers_the_limit_until_it_expires(
         assert daemon.last_cycle is not None and daemon.last_cycle.snapshot.limit_kw == transformer
 
 
-async def test_the_daemon_stops_its_api(station: Station, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_daemon_stops_its_api(
+    station: Station, running_station: StartStation, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The server is the daemon's: it answers while the daemon runs, and not after it stopped."""
-    async with running_site(station, monkeypatch) as site:
+    async with running_site(running_station, station, monkeypatch) as site:
         url = site.server.url
         assert (await site.client.get("/api/status")).status_code == 200
     async with httpx.AsyncClient(base_url=url) as client:

@@ -8,23 +8,18 @@ midnight and then charge them, within the limit; every truck must be full by its
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 import pytest
 
-from base.clock import VirtualClock
 from base.config import Station
 from control.cycle import Policy
 from control.sessions import Wish
-from controller.daemon import Daemon
-from controller.status import Cycle
 from scheduler.plan import Plan, PlanStatus
 from scheduler.problem import Problem
 from simulator.fleet import Visit
-from simulator.hardware import StationSimulator
 from simulator.plant import PileModel, VehicleModel
-from tests.conftest import local_time
+from tests.conftest import StartStation, local_time
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.loopback, pytest.mark.usefixtures("no_leaked_tasks")]
 
@@ -45,15 +40,16 @@ def _trucks(start: float, piles: list[str]) -> list[Visit]:
     ]
 
 
-async def test_daemon_follows_its_plans_into_the_valley(station: Station) -> None:
+async def test_daemon_follows_its_plans_into_the_valley(
+    station: Station, running_station: StartStation
+) -> None:
     """Charging waits for the valley, every truck is done by 04:00, the limit holds."""
     station = replace(station, piles=station.piles[:4]).with_control(period_s=5.0)
     start = local_time(station, "2026-11-25T22:30")
     midnight = local_time(station, "2026-11-26T00:00")
     visits = _trucks(start, [p.id for p in station.piles])
-    clock = VirtualClock(start)
-    simulator = StationSimulator(station, clock, visits=visits)
-    daemon = Daemon.over_modbus(station, clock, policy=Policy.MPC)
+    site = await running_station(station, visits, start=start, policy=Policy.MPC)
+    daemon, cycles = site.daemon, site.cycles
     by_id = {v.vehicle_id: v for v in visits}
 
     def fleet_system(pile: PileModel, vehicle: VehicleModel) -> None:
@@ -62,19 +58,11 @@ async def test_daemon_follows_its_plans_into_the_valley(station: Station) -> Non
             pile.id, pile.session_id, Wish(visit.vehicle_id, visit.energy_kwh, visit.departure)
         )
 
-    simulator.plant.on_plug = fleet_system
-    cycles: list[Cycle] = []
-    daemon.observers.append(cycles.append)
-    await simulator.start()
-    try:
-        running = asyncio.create_task(daemon.run())
-        await clock.sleep_until(start + 5.75 * 3600)
-        daemon.request_stop()
-        await running
-    finally:
-        await simulator.stop()
+    site.simulator.plant.on_plug = fleet_system
+    await site.until(5.75 * 3600)
+    await site.stop()
 
-    plant = simulator.plant
+    plant = site.simulator.plant
     assert daemon.tally.plans >= 5, "the plan loop re-planned on arrivals and every minute"
     assert daemon.tally.fallbacks == 0
     assert (
@@ -96,16 +84,15 @@ async def test_daemon_follows_its_plans_into_the_valley(station: Station) -> Non
 
 
 async def test_a_failing_optimiser_gives_way_to_the_fallback_logged_once(
-    station: Station, caplog: pytest.LogCaptureFixture
+    station: Station, running_station: StartStation, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Solver failures and missed deadlines: the fallback plans, the failure is logged once when
     it starts and once when the optimiser plans again, and the limit holds throughout."""
     station = replace(station, piles=station.piles[:4]).with_control(period_s=5.0)
     start = local_time(station, "2026-11-25T22:30")
     visits = _trucks(start, [p.id for p in station.piles])
-    clock = VirtualClock(start)
-    simulator = StationSimulator(station, clock, visits=visits)
-    daemon = Daemon.over_modbus(station, clock, policy=Policy.MPC)
+    site = await running_station(station, visits, start=start, policy=Policy.MPC)
+    daemon, simulator = site.daemon, site.simulator
     solve = daemon._solver.solve
     failures = {"left": 6}
 
@@ -117,14 +104,8 @@ async def test_a_failing_optimiser_gives_way_to_the_fallback_logged_once(
         return solve(problem, time_limit_s=time_limit_s)
 
     daemon._solver.solve = failing  # type: ignore[method-assign]
-    await simulator.start()
-    try:
-        running = asyncio.create_task(daemon.run())
-        await clock.sleep_until(start + 1.5 * 3600)
-        daemon.request_stop()
-        await running
-    finally:
-        await simulator.stop()
+    await site.until(1.5 * 3600)
+    await site.stop()
 
     assert daemon.tally.fallbacks == 6
     assert daemon.tally.plans > 6, "the optimiser planned again once it could"

@@ -10,23 +10,19 @@ fail-safe may fire while the daemon runs, and the vans must get their energy.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from base import certs
-from base.clock import VirtualClock
 from base.config import CONFIG_ROOT, Station, load_station
 from control.limiter import PileBounds
-from controller.daemon import Daemon
 from controller.status import Cycle
 from simulator.chargers import AcChargerModel
 from simulator.fleet import Visit
-from simulator.hardware import StationSimulator
 from simulator.scenario import Series
-from tests.conftest import local_time, on_free_ports
+from tests.conftest import StartStation, local_time, on_free_ports
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.loopback, pytest.mark.usefixtures("no_leaked_tasks")]
 
@@ -62,7 +58,9 @@ def _vehicles(station: Station, start: float) -> list[Visit]:
 
 
 @pytest.mark.timeout(480)  # 85 s on a loaded 2-core machine: the suite's longest
-async def test_mixed_site_stays_under_every_limit_on_real_protocols(mixed: Station) -> None:
+async def test_mixed_site_stays_under_every_limit_on_real_protocols(
+    mixed: Station, running_station: StartStation
+) -> None:
     """Under the transformer limit, then under the utility's lower limit relayed over OPC-UA,
     then on the terminal's measurement alone; AC chargers only ever at 0 or at least 6 A."""
     station = mixed.with_control(period_s=PERIOD_S)
@@ -73,33 +71,24 @@ async def test_mixed_site_stays_under_every_limit_on_real_protocols(mixed: Stati
         np.array([1e6, 450.0, 1e6]),
         kind="step",
     )
-    clock = VirtualClock(start)
     visits = _vehicles(station, start)
-    cycles: list[Cycle] = []
     fired: list[str] = []
-    simulator = StationSimulator(station, clock, visits=visits, limit=utility)
-    await simulator.start()
+    site = await running_station(station, visits, start=start, limit=utility)
+    simulator, daemon, clock, cycles = site.simulator, site.daemon, site.clock, site.cycles
 
     def watch(cycle: Cycle) -> None:
-        cycles.append(cycle)
         fired.extend(
             pid
             for pid, model in simulator.plant.piles.items()
             if model.timed_out(cycle.time) and model.last_contact > start
         )
 
-    try:
-        daemon = Daemon.for_station(station, clock)
-        daemon.observers.append(watch)
-        running = asyncio.create_task(daemon.run())
-        await clock.sleep_until(meter_lost_at)
-        grid_server = next(s for s in simulator._servers if "(grid)" in s.name)
-        await grid_server.shutdown()
-        await clock.sleep_until(start + 1.5 * 3600)
-        daemon.request_stop()
-        await running
-    finally:
-        await simulator.stop()
+    daemon.observers.append(watch)
+    await clock.sleep_until(meter_lost_at)
+    grid_server = next(s for s in simulator._servers if "(grid)" in s.name)
+    await grid_server.shutdown()
+    await clock.sleep_until(start + 1.5 * 3600)
+    await site.stop()
 
     plant = simulator.plant
     truth = plant.truth

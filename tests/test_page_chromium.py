@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from base.config import Station
-from tests.conftest import need_system_program
+from tests.conftest import StartStation, need_system_program
 from tests.test_api import AUTH, running_site
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.loopback, pytest.mark.usefixtures("no_leaked_tasks")]
@@ -135,10 +135,14 @@ def _shows(page: Page, status: dict[str, object]) -> None:
 
 
 async def test_the_live_page_shows_the_station_and_updates(
-    station: Station, monkeypatch: pytest.MonkeyPatch, chromium: str, tmp_path: Path
+    station: Station,
+    running_station: StartStation,
+    monkeypatch: pytest.MonkeyPatch,
+    chromium: str,
+    tmp_path: Path,
 ) -> None:
     """What the page shows matches the daemon; the chart has its lines; the page updates."""
-    async with running_site(station, monkeypatch) as site:
+    async with running_site(running_station, station, monkeypatch) as site:
         url = site.server.url + "/"
 
         # Station time stands still while the browser loads (this task holds the clock).

@@ -9,33 +9,27 @@ runs it: `flexcharge reload` checks a file before it signals a `flexcharge run` 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
 
 import pytest
-import pytest_asyncio
 
-from base.clock import VirtualClock
 from base.config import CONFIG_ROOT, Station
 from base.tarifffile import load_tariff
 from control.cycle import Policy
 from control.reload import StationChange
-from controller.daemon import Daemon
-from controller.status import Cycle
 from scheduler.problem import Problem
 from simulator.fleet import Visit
-from simulator.hardware import StationSimulator
 from tests.conftest import (
     FLEXCHARGE,
+    RunningStation,
+    StartStation,
     local_time,
     start_process,
     station_files_on_free_ports,
@@ -60,59 +54,7 @@ def _truck(start: float, pile: str) -> Visit:
     )
 
 
-@dataclass
-class Site:
-    """The simulated station, and the daemon controlling some config of it."""
-
-    simulator: StationSimulator
-    daemon: Daemon
-    clock: VirtualClock
-    start: float
-    cycles: list[Cycle]
-
-    async def until(self, seconds: float) -> None:
-        """Let the station run until `seconds` after the start."""
-        await self.clock.sleep_until(self.start + seconds)
-
-    def cycles_after(self, when: float) -> list[Cycle]:
-        """The cycles run after station time `when`."""
-        return [c for c in self.cycles if c.time > when]
-
-
-class Start(Protocol):
-    """Starts the simulator for one config and the daemon for another."""
-
-    async def __call__(
-        self, served: Station, controlled: Station, visits: list[Visit], policy: str = ...
-    ) -> Site: ...
-
-
-@pytest_asyncio.fixture
-async def running() -> AsyncIterator[Start]:
-    """Start a simulator for one config and a daemon for another; stop both at the end."""
-    started: list[tuple[StationSimulator, Daemon, asyncio.Task[None]]] = []
-
-    async def start(
-        served: Station, controlled: Station, visits: list[Visit], policy: str = "equal-share"
-    ) -> Site:
-        begin = min(v.arrival for v in visits) - 60
-        clock = VirtualClock(begin)
-        simulator = StationSimulator(served, clock, visits=visits)
-        await simulator.start()
-        daemon = Daemon.for_station(controlled, clock, policy=policy)
-        cycles: list[Cycle] = []
-        daemon.observers.append(cycles.append)
-        started.append((simulator, daemon, asyncio.create_task(daemon.run())))
-        return Site(simulator, daemon, clock, begin, cycles)
-
-    yield start
-    for simulator, daemon, task in started:
-        daemon.request_stop()
-        await task
-        await simulator.stop()
-
-
-def _within_limit(site: Site, limit_kw: float) -> None:
+def _within_limit(site: RunningStation, limit_kw: float) -> None:
     truth = site.simulator.plant.truth
     assert truth.peak_kw <= limit_kw + 1e-6, f"true peak {truth.peak_kw:.0f} kW"
     assert site.daemon.tally.over_limit_s == 0.0
@@ -120,14 +62,21 @@ def _within_limit(site: Site, limit_kw: float) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.usefixtures("no_leaked_tasks")
-async def test_added_pile_is_armed_and_controlled(running: Start, station: Station) -> None:
+async def test_added_pile_is_armed_and_controlled(
+    running_station: StartStation, station: Station
+) -> None:
     """A pile added by a reload gets its fail-safe, setpoints, and its truck charges."""
     station = station.with_control(period_s=PERIOD_S)
     p12 = station.pile("P12").model_copy(update={"fallback_kw": 50.0, "comm_timeout_s": 20.0})
     without = replace(station, piles=station.piles[:11])
     with_p12 = replace(station, piles=(*station.piles[:11], p12))
     begin = local_time(station, "2026-11-25T10:00")
-    site = await running(station, without, [_truck(begin, "P01"), _truck(begin, "P12")])
+    site = await running_station(
+        station,
+        [_truck(begin, "P01"), _truck(begin, "P12")],
+        controlled=without,
+        policy="equal-share",
+    )
     await site.until(300)
     plant_p12 = site.simulator.plant.piles["P12"]
     assert "P12" not in site.daemon.piles
@@ -151,12 +100,14 @@ async def test_added_pile_is_armed_and_controlled(running: Start, station: Stati
 
 @pytest.mark.asyncio
 @pytest.mark.usefixtures("no_leaked_tasks")
-async def test_removed_pile_is_left_at_its_fallback(running: Start, station: Station) -> None:
+async def test_removed_pile_is_left_at_its_fallback(
+    running_station: StartStation, station: Station
+) -> None:
     """A pile removed by a reload is left at its fallback and never written again."""
     station = station.with_control(period_s=PERIOD_S)
     begin = local_time(station, "2026-11-25T10:00")
     trucks = [_truck(begin, pid) for pid in ("P01", "P02", "P03", "P04")]
-    site = await running(station, station, trucks)
+    site = await running_station(station, trucks, policy="equal-share")
     await site.until(600)
     plant_p03 = site.simulator.plant.piles["P03"]
     assert plant_p03.power_kw > 300.0, "charging under control before the reload"
@@ -186,7 +137,7 @@ async def test_removed_pile_is_left_at_its_fallback(running: Start, station: Sta
 @pytest.mark.asyncio
 @pytest.mark.usefixtures("no_leaked_tasks")
 async def test_new_tariff_is_planned_with_at_once(
-    running: Start, station: Station, tmp_path: Path
+    running_station: StartStation, station: Station, tmp_path: Path
 ) -> None:
     """A reloaded tariff is in the next snapshot and the next plan, made at once."""
     station = replace(station, piles=station.piles[:4]).with_control(period_s=5.0)
@@ -204,7 +155,7 @@ async def test_new_tariff_is_planned_with_at_once(
 
     begin = local_time(station, "2026-11-25T22:30")
     trucks = [_truck(begin, p.id) for p in station.piles]
-    site = await running(station, station, trucks, policy=Policy.MPC)
+    site = await running_station(station, trucks, policy=Policy.MPC)
     problems: list[tuple[float, Problem]] = []
     make_problem = site.daemon.control.problem
 
@@ -249,13 +200,18 @@ def _broken_copy(tmp_path: Path, station: Station) -> Path:
 @pytest.mark.asyncio
 @pytest.mark.usefixtures("no_leaked_tasks")
 async def test_bad_config_is_refused_and_the_old_one_runs_on(
-    running: Start, station: Station, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    running_station: StartStation,
+    station: Station,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Every problem is logged naming file, device and field; control carries on unchanged."""
     caplog.set_level(logging.INFO, logger="controller.daemon")
     station = station.with_control(period_s=PERIOD_S)
     begin = local_time(station, "2026-11-25T10:00")
-    site = await running(station, station, [_truck(begin, "P01"), _truck(begin, "P02")])
+    site = await running_station(
+        station, [_truck(begin, "P01"), _truck(begin, "P02")], policy="equal-share"
+    )
     await site.until(120)
 
     broken = _broken_copy(tmp_path, station)
