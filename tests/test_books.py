@@ -255,7 +255,8 @@ def test_vehicle_energy_is_the_site_integral_and_cost_is_energy_times_price(
         assert not any(piece.start < c < piece.end for c in cuts), "a piece spans a break"
         if piece.seconds > 0:
             average = piece.import_kwh * 3600 / piece.seconds
-            assert piece.peak_kw >= average - 1e-6
+            # Relative slack too: in a piece of a few ms, the energy's last bits are kW.
+            assert piece.peak_kw >= average - 1e-6 - 1e-7 * abs(average)
 
 
 @settings(max_examples=25, deadline=None)
