@@ -32,23 +32,19 @@ the state, stops the telemetry writer and closes the connections, in that order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from base.clock import Clock, Ticker, stop_task
 from base.config import Station, load_station
 from base.loading import ConfigError
 from base.loading import ConfigProblem as ConfigProblem
 from control.cycle import Control, Decision, Policy
-from control.ledger import SessionLedger
 from control.planner import Planner
 from control.reload import StationChange
 from control.sensing import LimitOverride, Sensors
@@ -56,15 +52,16 @@ from control.sessions import Wish
 from control.site import Feed, SiteSnapshot
 from control.step import step
 from controller.devices import StationLinks, pile_driver
+from controller.planloop import PlanLoop
+from controller.saver import StateSaver
+from controller.service import Lifecycle, Service
 from controller.status import Cycle, DeviceHealth, StationStatus, Tally
-from controller.store import SavedState, StateStore
+from controller.store import StateStore
 from controller.telemetry.writer import TelemetryWriter
 from drivers.acpile import AcPile
 from drivers.errors import DriverError
 from drivers.meter import MapMeter, Meter, MeterReading
 from drivers.pile import Pile, PileReading
-from scheduler.plan import Plan
-from scheduler.solver import Solver
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,18 +69,6 @@ T = TypeVar("T")
 # The state file is written at most this often (station seconds), and at once when a session
 # starts or ends.
 SAVE_EVERY_S = 1.0
-
-
-class Service(Protocol):
-    """Something the daemon runs beside its loops (the HTTP API), in its event loop."""
-
-    async def start(self) -> None:
-        """Start serving; raise if that is impossible."""
-        ...
-
-    async def stop(self) -> None:
-        """Stop serving and wait until its tasks have ended (nothing to do if not started)."""
-        ...
 
 
 async def _attempt(device: str, read: Callable[[], Awaitable[T]]) -> T | DriverError:
@@ -128,7 +113,7 @@ class Daemon:
         self.links: StationLinks | None = None
         self._policy = policy
         self._config_lock = asyncio.Lock()
-        self._config_serial = 0
+        self.config_serial = 0
         self._reloads: set[asyncio.Task[bool]] = set()
         self.period_s = station.control.period_s
         self.sensors = Sensors(station, notify=self._record)
@@ -137,23 +122,17 @@ class Daemon:
         self.events: deque[tuple[float, str]] = deque(maxlen=500)
         self.event_count = 0
         self.last_cycle: Cycle | None = None
-        self._solver = Solver(time_limit_s=station.scheduler.solve_deadline_s)
-        self._executor: ThreadPoolExecutor | None = None
-        self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._last_cycle_at: float | None = None
         self._errors_logged: set[str] = set()
         self._curtailing = False
         self.store = store
-        self.ledger = SessionLedger()
-        self._store_executor: ThreadPoolExecutor | None = None
-        self._unsaved: tuple[SavedState, float] | None = None
-        self._save_wanted = asyncio.Event()
-        self._last_save_at: float | None = None
-        self._save_failing = False
-        # Started after the loops, stopped (in reverse order) before them.
-        self.services: list[Service] = []
+        self.saver = None if store is None else StateSaver(store, self.control, clock)
         self.telemetry = telemetry
+        self.plan_loop = PlanLoop(self, self._log_once)
+        # Started after the daemon's own services, stopped (in reverse order) before them.
+        self.services: list[Service] = []
+        self.lifecycle = Lifecycle()
 
     @property
     def meter_feed(self) -> Feed[MeterReading]:
@@ -169,6 +148,11 @@ class Daemon:
     def pile_feeds(self) -> dict[str, Feed[PileReading]]:
         """Each pile's feed, by pile id."""
         return self.sensors.piles
+
+    @property
+    def solve_deadline_s(self) -> float:
+        """How long a solve may take (the station's [scheduler] setting)."""
+        return self.station.scheduler.solve_deadline_s
 
     @property
     def setpoints(self) -> Mapping[str, float]:
@@ -288,23 +272,12 @@ class Daemon:
             self._stop.set()
 
     async def start(self) -> None:
-        """Resume the saved state, connect, arm every pile's fail-safe, and start the loops.
+        """Start the services in order: the state saver (resuming the saved state), telemetry,
+        the fast loop (connecting and arming every pile's fail-safe first), the plan loop, then
+        the services added to `services` (the API).
 
         Raises `StateError` (before touching any device) if the state file cannot be read.
         """
-        if self.store is not None:
-            self._store_executor = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="flexcharge-state"
-            )
-            try:
-                # On a virtual clock, the plant must not run on while the file is read.
-                with self.clock.participant():
-                    await self._restore(self.store)
-            except BaseException:
-                self._store_executor.shutdown(wait=True)
-                self._store_executor = None
-                raise
-            self._tasks.append(asyncio.create_task(self._save_loop(), name="state saver"))
         transformer = self.station.transformer
         log.info(
             "controlling %s: %d piles, limit %.0f kW (%.0f kVA x %.2f x %.2f), period %.1f s, policy %s",
@@ -325,44 +298,28 @@ class Daemon:
                     device.id,
                     device.opcua_url,
                 )
+        services: list[Service] = []
+        if self.saver is not None:
+            self.saver.piles = frozenset(self.piles)
+            services.append(self.saver)
         if self.telemetry is not None:
-            self.telemetry.start()
-            log.info("telemetry to %s", self.telemetry.sink.description)
-        await asyncio.gather(*(self._arm(pid) for pid in self.piles))
-        self._tasks.append(asyncio.create_task(self._fast_loop(), name="fast loop"))
+            services.append(TelemetryService(self.telemetry))
+        services.append(FastLoop(self))
         if self.control.policy is Policy.MPC:
-            self._executor = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="flexcharge-solver"
-            )
-            self._tasks.append(asyncio.create_task(self._plan_loop(), name="plan loop"))
-        await self._start_services()
-
-    async def _start_services(self) -> None:
-        try:
-            for service in self.services:
-                await service.start()
-        except BaseException:
-            await self.shutdown()
-            raise
+            services.append(self.plan_loop)
+        await self.lifecycle.start([*services, *self.services])
 
     async def shutdown(self) -> None:
-        """Stop the services and loops, leave every pile at its fallback power, close connections."""
-        for service in reversed(self.services):
-            try:
-                await service.stop()
-            except Exception:
-                log.exception("could not stop %r cleanly", service)
+        """Stop every service in reverse (the fast loop leaves every pile at its fallback power,
+        the saver writes the last state), then close the connections."""
         for reload in list(self._reloads):
             await stop_task(reload)
-        self._solver.cancel()
-        for task in reversed(self._tasks):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        await self.lifecycle.stop()
+        if self._close is not None:
+            await self._close()
+
+    async def leave_at_fallback(self) -> None:
+        """Command every pile to its fallback power (when control stops)."""
         fallbacks = {pid: self.station.pile(pid).fallback_kw for pid in self.piles}
         results = await asyncio.gather(
             *(self.piles[pid].command(kw) for pid, kw in fallbacks.items()), return_exceptions=True
@@ -373,16 +330,6 @@ class Daemon:
             else:
                 self.control.committed({pid: fallbacks[pid]})
         log.info("every reachable pile left at its fallback power; stopped")
-        if self._store_executor is not None:
-            self._hand_over(self.clock.now(), now_anyway=True)
-            await self._save()
-            self._store_executor.shutdown(wait=True)
-            self._store_executor = None
-        if self.telemetry is not None:
-            counts = await self.telemetry.stop()
-            log.info("telemetry: %s", counts.summary())
-        if self._close is not None:
-            await self._close()
 
     async def _arm(self, pile_id: str) -> None:
         config = self.station.pile(pile_id)
@@ -427,7 +374,8 @@ class Daemon:
         )
         self._last_cycle_at = now
         snapshot = await self._read(now)
-        done = step(self.control, snapshot, dt, self.ledger if self.store is not None else None)
+        saver = self.saver
+        done = step(self.control, snapshot, dt, None if saver is None else saver.ledger)
         for text in done.events:
             self._event(now, text)
         decision = done.decision
@@ -444,8 +392,8 @@ class Daemon:
             )
         for observer in self.observers:
             observer(cycle)
-        if self.store is not None:
-            self._hand_over(now)
+        if saver is not None:
+            saver.hand_over(now)
         return cycle
 
     async def _read_terminal(self) -> MeterReading | DriverError | None:
@@ -502,49 +450,6 @@ class Daemon:
         return written
 
     # -- the plan loop ---------------------------------------------------------------------------
-
-    async def _plan_loop(self) -> None:
-        with self.clock.participant():
-            ticker = Ticker(self.clock, self.period_s, start=self.clock.now() + self.period_s / 2)
-            while True:
-                ticker.period = self.period_s
-                await ticker.wait()
-                cycle = self.last_cycle
-                if cycle is None:
-                    continue
-                reason = self.control.plan_due(self.clock.now())
-                if reason is None:
-                    continue
-                try:
-                    await self.replan(cycle.snapshot, reason)
-                except Exception as exc:
-                    self._log_once(exc, "planning failed")
-
-    async def replan(self, snapshot: SiteSnapshot, reason: str) -> Plan | None:
-        """Solve a new plan in the worker thread and adopt it (or the fallback)."""
-        problem = self.planner.problem(snapshot)
-        if problem is None:
-            return None
-        assert self._executor is not None
-        serial = self._config_serial
-        loop = asyncio.get_running_loop()
-        deadline = self.station.scheduler.solve_deadline_s
-        future = loop.run_in_executor(self._executor, self._solver.solve, problem)
-        try:
-            plan = await asyncio.wait_for(asyncio.shield(future), timeout=deadline * 2 + 1)
-        except TimeoutError:
-            self._solver.cancel()
-            plan = None
-        if serial != self._config_serial:
-            log.debug("a plan made under the config a reload replaced was dropped")
-            return None
-        plan = self.planner.accept(problem, plan, reason, self.clock.now())
-        counts = self.planner.counts
-        self.tally.plans, self.tally.fallbacks = counts.plans, counts.fallbacks
-        self.tally.solve_ms = counts.solve_ms
-        if self.telemetry is not None:
-            self.telemetry.plan(plan, self.clock.now())
-        return plan
 
     # -- reloading the config ----------------------------------------------------------------
 
@@ -729,8 +634,7 @@ class Daemon:
         self.station = station
         self.period_s = station.control.period_s
         self.tally.limit_kw = station.limit_kw
-        self._solver.time_limit_s = station.scheduler.solve_deadline_s
-        self._config_serial += 1
+        self.config_serial += 1
         # The last snapshot describes the old config: the plan loop waits for the next one.
         self.last_cycle = None
 
@@ -746,22 +650,14 @@ class Daemon:
 
     async def _follow_policy(self) -> None:
         """Start or stop the plan loop when a reload changed the policy of a running daemon."""
-        if not self._tasks:
+        running = self.lifecycle.running
+        if not running:
             return
-        planning = [t for t in self._tasks if t.get_name() == "plan loop"]
+        planning = self.plan_loop in running
         if self.control.policy is Policy.MPC and not planning:
-            self._executor = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="flexcharge-solver"
-            )
-            self._tasks.append(asyncio.create_task(self._plan_loop(), name="plan loop"))
+            await self.lifecycle.add(self.plan_loop)
         elif self.control.policy is not Policy.MPC and planning:
-            self._solver.cancel()
-            for task in planning:
-                await stop_task(task)
-                self._tasks.remove(task)
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-                self._executor = None
+            await self.lifecycle.remove(self.plan_loop)
 
     # -- what an operator is told ------------------------------------------------------------
 
@@ -794,51 +690,42 @@ class Daemon:
         if self.telemetry is not None:
             self.telemetry.event(when, text, "control")
 
-    # -- the state file ------------------------------------------------------------------------
 
-    async def _restore(self, store: StateStore) -> None:
-        now = self.clock.now()
-        loop = asyncio.get_running_loop()
-        saved = await loop.run_in_executor(self._store_executor, store.load, now, self.control.zone)
-        gone = [r for r in saved.records if r.pile not in self.piles]
-        for record in gone:
-            record.ended_at = now
-        self.ledger = SessionLedger((r for r in saved.records if r.pile in self.piles), closed=gone)
-        notes = self.control.restore_state(saved.control, now)
-        log.info("resuming from %s: %s", store.path, "; ".join(notes) or "nothing to resume")
+class FastLoop:
+    """The fast loop as a service: arms every pile, then reads, decides and writes each period;
+    on stop it leaves every pile at its fallback power."""
 
-    def _hand_over(self, now: float, *, now_anyway: bool = False) -> None:
-        """Give the saver the current state: at once after a session started or ended, else at
-        most every `SAVE_EVERY_S`. Only copies are handed over; the saver's thread reads them."""
-        due = self._last_save_at is None or now - self._last_save_at >= SAVE_EVERY_S
-        if not (due or now_anyway or self.ledger.changed):
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Arm every pile's fail-safe, then start cycling."""
+        daemon = self.daemon
+        await asyncio.gather(*(daemon._arm(pid) for pid in daemon.piles))
+        self._task = asyncio.create_task(daemon._fast_loop(), name="fast loop")
+
+    async def stop(self) -> None:
+        """Stop cycling and leave every pile at its fallback power."""
+        if self._task is None:
             return
-        self.ledger.changed = False
-        self._last_save_at = now
-        self._unsaved = (SavedState(self.control.export_state(), tuple(self.ledger.records())), now)
-        self._save_wanted.set()
+        await stop_task(self._task)
+        self._task = None
+        await self.daemon.leave_at_fallback()
 
-    async def _save_loop(self) -> None:
-        while True:
-            await self._save_wanted.wait()
-            self._save_wanted.clear()
-            await self._save()
 
-    async def _save(self) -> None:
-        """Write the state last handed over, in the store's thread (a failure is logged once)."""
-        if self._unsaved is None or self.store is None:
-            return
-        state, at = self._unsaved
-        self._unsaved = None
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._store_executor, self.store.save, state, at)
-        except (sqlite3.Error, OSError) as exc:
-            if not self._save_failing:
-                self._save_failing = True
-                log.error("%s: cannot save the state: %s", self.store.path, exc)
-            return
-        if self._save_failing:
-            self._save_failing = False
-            log.warning("%s: saving the state again", self.store.path)
-        self.ledger.saved(state.records)
+class TelemetryService:
+    """The telemetry writer's thread as a service."""
+
+    def __init__(self, writer: TelemetryWriter) -> None:
+        self.writer = writer
+
+    async def start(self) -> None:
+        """Start the writer's thread."""
+        self.writer.start()
+        log.info("telemetry to %s", self.writer.sink.description)
+
+    async def stop(self) -> None:
+        """Write (or buffer) what is queued and end the thread."""
+        counts = await self.writer.stop()
+        log.info("telemetry: %s", counts.summary())

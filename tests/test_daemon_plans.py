@@ -93,7 +93,7 @@ async def test_a_failing_optimiser_gives_way_to_the_fallback_logged_once(
     visits = _trucks(start, [p.id for p in station.piles])
     site = await running_station(station, visits, start=start, policy=Policy.MPC)
     daemon, simulator = site.daemon, site.simulator
-    solve = daemon._solver.solve
+    solve = daemon.plan_loop.solver.solve
     failures = {"left": 6}
 
     def failing(problem: Problem, *, time_limit_s: float | None = None) -> Plan:
@@ -103,7 +103,7 @@ async def test_a_failing_optimiser_gives_way_to_the_fallback_logged_once(
             return Plan(status, problem.boundaries, message="injected")
         return solve(problem, time_limit_s=time_limit_s)
 
-    daemon._solver.solve = failing  # type: ignore[method-assign]
+    daemon.plan_loop.solver.solve = failing  # type: ignore[method-assign]
     await site.until(1.5 * 3600)
     await site.stop()
 
