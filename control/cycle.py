@@ -182,12 +182,7 @@ class Control:
         control = station.control
         self.background = BackgroundWatch(window_s=control.background_window_s)
         self._notes: list[str] = []
-        self.follow = FollowWatch(
-            control.follow_grace_s,
-            control.follow_tolerance_kw,
-            control.follow_tolerance_pct,
-            notify=lambda _now, text: self._notes.append(text),
-        )
+        self.follow = FollowWatch.of(control, notify=lambda _now, text: self._notes.append(text))
         self._now: float | None = None
         self.month = MonthPeak(self.zone)
         self.limit_kw = station.limit_kw

@@ -1,27 +1,40 @@
-"""Piles that do not do what they are told, found from what they draw.
+"""The one judge of whether piles do what they are told.
 
-A pile may ignore its setpoint, overshoot it, or ramp far slower than rated. The limiter's
-budget assumes each pile draws what it was told; `FollowWatch` compares what each pile draws
-with every setpoint it was given over the last `grace_s` (which covers the pile's delay and
-ramp), and flags it when it draws clearly more than the highest of them or clearly less than the
-lowest (and its vehicle would take more). While flagged:
+Drivers only report facts: what they last wrote and since when, what the device says it applies
+(and whether it uses its setpoint at all), the step it reports in, and what it draws. `FollowWatch`
+judges them with one set of thresholds, the station's [control] `follow_grace_s`,
+`follow_tolerance_kw` and `follow_tolerance_pct` (never finer than the device's own step), in two
+ways:
 
-- a pile drawing more counts its excess as load the controller does not control, so the others
-  make room for it;
-- a pile drawing less is offered only a little more than it draws, so the headroom it does not
-  use goes to the others.
+- a device whose own read-back contradicts what it was written, once it has had the grace to
+  apply it, is at fault (`judge`): its reading is marked `PileState.FAULT`, with fault code
+  `NOT_FOLLOWING` (unless it reports its own) and the reason, before the controller uses it;
+- a pile that draws clearly more than the highest setpoint it was given over the last grace
+  (which covers its delay and ramp), or clearly less than the lowest (and its vehicle would take
+  more), is flagged (`check`). While flagged:
 
-A flagged pile is trusted again once it has followed what it is told for three graces.
+  - a pile drawing more counts its excess as load the controller does not control, so the
+    others make room for it;
+  - a pile drawing less is offered only a little more than it draws, so the headroom it does
+    not use goes to the others.
+
+  A flagged pile is trusted again once it has followed what it is told for three graces.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from base.config import ControlSettings, PileConfig
+from base.devicemap import PileState
 from control.site import PileView
+from drivers.pile import PileReading
+
+# A reading's fault code when the pile does not apply what it was told.
+NOT_FOLLOWING = 900
 
 # A condition must hold this long (s) before a pile is flagged or a flag is cleared: one
 # cycle's reading is not enough to call a pile faulty.
@@ -49,7 +62,7 @@ class _Track:
 
 
 class FollowWatch:
-    """Which piles draw other than they were told, and by how much."""
+    """Which piles do not do what they were told, and by how much."""
 
     def __init__(
         self,
@@ -63,6 +76,50 @@ class FollowWatch:
         self.tolerance_pct = tolerance_pct
         self.notify = notify
         self._tracks: dict[str, _Track] = {}
+
+    @classmethod
+    def of(
+        cls, settings: ControlSettings, notify: Callable[[float, str], None] | None = None
+    ) -> FollowWatch:
+        """The judge with a station's [control] thresholds."""
+        return cls(
+            settings.follow_grace_s,
+            settings.follow_tolerance_kw,
+            settings.follow_tolerance_pct,
+            notify,
+        )
+
+    # -- what the device says it applies -----------------------------------------------------
+
+    def misapplied(self, config: PileConfig, reading: PileReading, at: float) -> str:
+        """Why the pile's own reading, taken at `at`, says it does not apply what it was told
+        (empty: it does, or it has not yet had the grace to)."""
+        told, since = reading.commanded_kw, reading.commanded_since
+        if told is None or since is None or at - since < self.grace_s:
+            return ""
+        if reading.setpoint_unused:
+            return reading.setpoint_unused
+        if reading.fallback_countdown_s == 0:
+            return ""  # on its fallback power: the controller fell silent, the pile did right
+        applied = reading.applied_setpoint_kw
+        if applied > max(told, 0.0) + self._tolerance(config, reading.resolution_kw):
+            return f"applies {applied:.1f} kW, told {told:.1f} kW"
+        return ""
+
+    def judge(self, config: PileConfig, reading: PileReading, at: float) -> PileReading:
+        """The reading as the controller may use it: a pile that does not apply what it was
+        told (`misapplied`) is in fault, whatever state it reports."""
+        why = self.misapplied(config, reading, at)
+        if not why:
+            return reading
+        return replace(
+            reading,
+            state=PileState.FAULT,
+            fault_code=reading.fault_code or NOT_FOLLOWING,
+            fault=why,
+        )
+
+    # -- what the pile draws -------------------------------------------------------------------
 
     def told(self, pile_id: str, now: float, kw: float) -> None:
         """Record the setpoint written to `pile_id` at `now`."""
@@ -94,7 +151,7 @@ class FollowWatch:
         track = self._tracks.get(view.id)
         if track is None or track.flagged is not Deviation.UNDER:
             return None
-        return track.drawing_kw + self._tolerance(view)
+        return track.drawing_kw + self._view_tolerance(view)
 
     def check(self, view: PileView, now: float) -> None:
         """Compare the pile's fresh reading with what it was told."""
@@ -106,7 +163,7 @@ class FollowWatch:
         if track.told[0][0] > now - self.grace_s:
             return  # not yet a whole grace of history: the pile may still be on its way
         told = [kw for _, kw in track.told]
-        tolerance = self._tolerance(view)
+        tolerance = self._tolerance(view.config, reading.resolution_kw)
         drawing = reading.power_kw
         track.drawing_kw, track.told_kw = drawing, told[-1]
         over = drawing > max(told) + tolerance
@@ -156,8 +213,14 @@ class FollowWatch:
         """Drop what is known of a pile (it was removed)."""
         self._tracks.pop(pile_id, None)
 
-    def _tolerance(self, view: PileView) -> float:
-        return max(self.tolerance_kw, self.tolerance_pct / 100 * view.config.max_kw)
+    def _tolerance(self, config: PileConfig, resolution_kw: float) -> float:
+        # Finer than the step the device takes and reports setpoints in, a difference is the
+        # device's rounding, not a failure to follow.
+        return max(self.tolerance_kw, self.tolerance_pct / 100 * config.max_kw, resolution_kw)
+
+    def _view_tolerance(self, view: PileView) -> float:
+        reading = view.reading
+        return self._tolerance(view.config, 0.0 if reading is None else reading.resolution_kw)
 
     def _tell(self, now: float, text: str) -> None:
         if self.notify is not None:

@@ -11,7 +11,9 @@ and plausible:
 - frozen: a meter whose every value stays the same while the piles it measures change, or for
   `frozen_after_s`, has stopped measuring;
 - clock: a meter whose own clock jumps is not trusted until the clock has been steady again for a
-  few readings.
+  few readings;
+- follow: a pile whose own read-back says it does not apply what it was told is in fault (the
+  follow judge, `control.follow`, decides).
 
 Each failure is reported once when it starts and once when it ends, naming the device.
 
@@ -29,6 +31,7 @@ from typing import Literal, TypeVar
 
 from base.config import Station
 from base.tariff import Tariff
+from control.follow import FollowWatch
 from control.site import Feed, PileView, SiteSnapshot
 from drivers.errors import BadValue, DriverError
 from drivers.meter import MeterReading
@@ -68,8 +71,13 @@ class _MeterWatch:
 class Sensors:
     """The feeds of one station's devices, with freshness and plausibility checks."""
 
-    def __init__(self, station: Station, notify: Notify | None = None) -> None:
+    def __init__(
+        self, station: Station, notify: Notify | None = None, follow: FollowWatch | None = None
+    ) -> None:
+        """`follow`: the follow judge to use (the controller's, so that one judge decides);
+        by default one with the station's thresholds."""
         self.station = station
+        self.follow = follow if follow is not None else FollowWatch.of(station.control)
         self.settings = station.control
         gm, term = station.grid_meter, station.terminal
         self.meter: Feed[MeterReading] = Feed(f"meter {gm.id}", notify)
@@ -124,9 +132,10 @@ class Sensors:
     ) -> bool:
         """One pile's read result; True if it has just recovered (it may need re-arming)."""
         feed = self.piles[pile_id]
+        at = now if at is None else at
         if not isinstance(result, DriverError):
-            result = self._check_pile(pile_id, result)
-        return _store(feed, result, now if at is None else at)
+            result = self._check_pile(pile_id, result, at)
+        return _store(feed, result, at)
 
     def _take_meter(
         self, feed: Feed[MeterReading], result: MeterReading | DriverError, now: float, at: float
@@ -195,7 +204,9 @@ class Sensors:
                 return BadValue(device, "its clock jumped: waiting for it to keep steady time")
         return None
 
-    def _check_pile(self, pile_id: str, reading: PileReading) -> PileReading | DriverError:
+    def _check_pile(
+        self, pile_id: str, reading: PileReading, at: float
+    ) -> PileReading | DriverError:
         config = self.station.pile(pile_id)
         power = reading.power_kw
         # Beyond half again its rating (plus a little for small piles) a pile cannot draw.
@@ -205,7 +216,7 @@ class Sensors:
             return BadValue(
                 f"pile {pile_id}", f"power reads {power:g} kW, outside what the pile can draw"
             )
-        return reading
+        return self.follow.judge(config, reading, at)
 
     # -- the cycle's snapshot ----------------------------------------------------------------
 

@@ -116,7 +116,7 @@ class Daemon:
         self.config_serial = 0
         self._reloads: set[asyncio.Task[bool]] = set()
         self.period_s = station.control.period_s
-        self.sensors = Sensors(station, notify=self._record)
+        self.sensors = Sensors(station, notify=self._record, follow=self.control.follow)
         self.tally = Tally(station.limit_kw)
         self.observers: list[Callable[[Cycle], None]] = []
         self.events: deque[tuple[float, str]] = deque(maxlen=500)

@@ -11,12 +11,8 @@ driver floors anything below it to 0, a pause), and fills in what AC chargers do
 from __future__ import annotations
 
 from base.config import PileConfig
-from base.devicemap import PileState
 from drivers.charger import AcCharger, ChargerReading
 from drivers.pile import PileReading
-
-# A reading's fault code when the charger does not follow its setpoint.
-NOT_FOLLOWING = 900
 
 
 class AcPile:
@@ -69,11 +65,9 @@ class AcPile:
             if reading.applied_current_a is not None
             else reading.commanded_a
         )
-        state = reading.state
-        if reading.fault:
-            state = PileState.FAULT
+        commanded = reading.commanded_a
         return PileReading(
-            state=state,
+            state=reading.state,
             power_kw=reading.power_kw,
             applied_setpoint_kw=(applied if applied is not None else 0.0) * per_amp,
             max_charge_kw=reading.max_current_a * per_amp,
@@ -84,8 +78,10 @@ class AcPile:
             session_energy_kwh=session,
             session_id=self._session_id,
             fallback_countdown_s=reading.fallback_countdown_s,
-            fault_code=NOT_FOLLOWING if reading.fault else 0,
-            fault=reading.fault,
+            commanded_kw=None if commanded is None else commanded * per_amp,
+            commanded_since=reading.commanded_since,
+            setpoint_unused=reading.setpoint_unused,
+            resolution_kw=reading.resolution_a * per_amp,
         )
 
     def _session_energy(self, reading: ChargerReading) -> float:

@@ -9,6 +9,7 @@ fail-safe budget allows for it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 from base.devicemap import CHARGERS, PileState, Value
 from drivers.charger import MapCharger, Mode3
@@ -21,6 +22,9 @@ class AlfenCharger(MapCharger):
     REQUIRED_REGISTERS = CHARGERS["alfen"].required
     RESOLUTION_A = 0.1
     DEFAULT_TIMEOUT_S = 60.0
+    # The installer types the safe current in by hand; the station's fallback is a power turned
+    # into a current: half an amp above it is rounding, not a safe current the budget forgot.
+    SAFE_CURRENT_SLACK_A: ClassVar[float] = 0.5
 
     def _state(self, raw: Mapping[str, Value | None]) -> PileState:
         if raw.get("availability") == 0:
@@ -41,7 +45,7 @@ class AlfenCharger(MapCharger):
         value = raw.get("validity_time_left")
         return float(value) if isinstance(value, (int, float)) else None
 
-    def _ignored(self, raw: Mapping[str, Value | None]) -> str:
+    def _setpoint_unused(self, raw: Mapping[str, Value | None]) -> str:
         if raw.get("setpoint_in_use") == 0:
             return "does not use its Modbus setpoint (1214 = 0)"
         return ""
@@ -53,7 +57,7 @@ class AlfenCharger(MapCharger):
         safe = raw["safe_current"]
         if not isinstance(safe, (int, float)):
             raise BadValue(self.id, "safe_current: the charger reports it unavailable")
-        if safe > fallback_a + self.FOLLOW_TOLERANCE_A:
+        if safe > fallback_a + self.SAFE_CURRENT_SLACK_A:
             raise DeviceFault(
                 self.id,
                 f"safe current {safe:g} A is above the {fallback_a:g} A the station's fallback "

@@ -8,9 +8,11 @@ An AC charger is told a current limit per phase, not a power: `AcCharger` is tha
 - the fail-safe stays armed: the setpoint (and the life bit, where the make has one) is
   rewritten whenever it changes and at the latest every half of the charger's timeout, without
   relying on the caller's rhythm;
-- the applied limit the charger reads back is checked against what was written; a charger that
-  applies more than it was told, or ignores its Modbus setpoint, reports `fault` in its reading
-  (and is written again at once, in case it rebooted and lost the setpoint).
+- each reading reports what was written and since when, the limit the charger says it applies
+  and whether it says it uses its Modbus setpoint: whether it follows is the controller's
+  judgement (`control.follow`), not the driver's. A charger that says it ignores its setpoint,
+  or applies more than it was written, is written again at once, in case it rebooted and lost
+  the setpoint.
 
 The makes (Alfen, Vestel, ABB) are in `drivers.alfen`, `drivers.vestel` and `drivers.abb`.
 Converting between power and current is the controller's job: it knows the phases and voltage.
@@ -84,8 +86,13 @@ class ChargerReading:
     energy_import_kwh: float | None = None
     session_energy_kwh: float | None = None
     fallback_countdown_s: float | None = None
-    fault: str = ""
+    # The current last written and since when (the controller's clock); None: nothing written.
     commanded_a: float | None = None
+    commanded_since: float | None = None
+    # What the charger says when it does not use its Modbus setpoint (empty: it does).
+    setpoint_unused: str = ""
+    # The step in which the make takes and reports a current.
+    resolution_a: float = 0.0
 
 
 class AcCharger(Protocol):
@@ -113,18 +120,14 @@ class AcCharger(Protocol):
 class MapCharger:
     """The behaviour every AC charger make shares; a make fills in its registers.
 
-    `now` is the controller's clock: the keep-alive and the follow check never read the wall
-    clock.
+    `now` is the controller's clock: the keep-alive and the dates of setpoints never read the
+    wall clock.
     """
 
     # Set by each make.
     REQUIRED_REGISTERS: ClassVar[tuple[str, ...]] = ()
     RESOLUTION_A: ClassVar[float] = 0.1
     DEFAULT_TIMEOUT_S: ClassVar[float] = 60.0
-    # After a write, how long the charger may take before its read-back must show it.
-    FOLLOW_GRACE_S: ClassVar[float] = 5.0
-    FOLLOW_TOLERANCE_A: ClassVar[float] = 0.5
-    DRAW_TOLERANCE_A: ClassVar[float] = 1.0
 
     def __init__(self, charger_id: str, device: Device, now: Now) -> None:
         self.id = charger_id
@@ -154,7 +157,7 @@ class MapCharger:
     def _countdown(self, raw: Mapping[str, Value | None]) -> float | None:
         return None
 
-    def _ignored(self, raw: Mapping[str, Value | None]) -> str:
+    def _setpoint_unused(self, raw: Mapping[str, Value | None]) -> str:
         """Non-empty when the charger says it is not using the Modbus setpoint."""
         return ""
 
@@ -185,7 +188,7 @@ class MapCharger:
         return tuple(n for n in dict.fromkeys(names) if regmap[n].access.readable)
 
     async def read(self) -> ChargerReading:
-        """Read the charger and check that it applies what it was told."""
+        """Read the charger, with what it was told and since when."""
         raw = await self.device.read(self._names())
 
         def value(name: str) -> float | None:
@@ -197,10 +200,14 @@ class MapCharger:
         if power is None:
             raise BadValue(self.id, "power: the charger reports it unavailable")
         applied = value("applied_current")
-        currents = (value("current_l1"), value("current_l2"), value("current_l3"))
-        fault = self._follow_fault(applied, currents, raw)
-        # A charger that does not follow is written again at once: it may have rebooted.
-        self._rewrite = bool(fault)
+        unused = self._setpoint_unused(raw)
+        written = self.written_a
+        # A charger that says it lost its setpoint is written again at once: it may have
+        # rebooted. One applying less than written is limiting itself (cable, installer), and
+        # is left alone.
+        self._rewrite = written is not None and (
+            bool(unused) or (applied is not None and applied > written + self.RESOLUTION_A / 2)
+        )
         self.max_current_a = self._max_current(raw)
         return ChargerReading(
             state=self._state(raw),
@@ -208,34 +215,16 @@ class MapCharger:
             max_current_a=self.max_current_a,
             min_current_a=max(self.min_current_a, self._min_current(raw)),
             applied_current_a=applied,
-            currents_a=currents,
+            currents_a=(value("current_l1"), value("current_l2"), value("current_l3")),
             voltages_v=(value("voltage_l1"), value("voltage_l2"), value("voltage_l3")),
             energy_import_kwh=value("energy_import"),
             session_energy_kwh=value("session_energy"),
             fallback_countdown_s=self._countdown(raw),
-            fault=fault,
-            commanded_a=self.written_a,
+            commanded_a=written,
+            commanded_since=None if written is None else self.changed_at,
+            setpoint_unused=unused,
+            resolution_a=self.RESOLUTION_A,
         )
-
-    def _follow_fault(
-        self,
-        applied: float | None,
-        currents: tuple[float | None, ...],
-        raw: Mapping[str, Value | None],
-    ) -> str:
-        if self.written_a is None or self.now() - self.changed_at < self.FOLLOW_GRACE_S:
-            return ""
-        ignored = self._ignored(raw)
-        if ignored:
-            return ignored
-        told = self.written_a
-        if applied is not None and applied > told + self.FOLLOW_TOLERANCE_A:
-            return f"applies {applied:.1f} A, told {told:.1f} A"
-        # Where there is no read-back (or it lies), the meter inside the charger tells.
-        drawn = max((c for c in currents if c is not None), default=0.0)
-        if drawn > told + self.DRAW_TOLERANCE_A:
-            return f"draws {drawn:.1f} A, told {told:.1f} A"
-        return ""
 
     def allowed(self, amps: float) -> float:
         """The setpoint the charger is actually given for a wish of `amps`: at most its rating

@@ -37,6 +37,16 @@ class PileReading:
     ev_capacity_kwh: float | None = None
     fallback_countdown_s: float | None = None
     fault_code: int = 0
+    # Facts for the controller's follow judge (`control.follow`); the driver never judges them.
+    # The setpoint the driver last wrote, as the pile takes it (None: nothing written yet), and
+    # since when (the controller's clock; None: the driver keeps no clock).
+    commanded_kw: float | None = None
+    commanded_since: float | None = None
+    # What the pile says when it does not use the setpoint it is written (empty: it does).
+    setpoint_unused: str = ""
+    # The step in which the pile reports its applied setpoint (0: as exact as a float).
+    resolution_kw: float = 0.0
+    # Why the pile does not follow what it is told: set by the judge, never by a driver.
     fault: str = ""
 
 
@@ -65,14 +75,11 @@ class Pile(Protocol):
 class DcPile:
     """A DC pile driven through a pile map, over Modbus or OPC-UA."""
 
-    # After a command, how long the pile may take before its read-back must show it.
-    FOLLOW_GRACE_S = 5.0
-    FOLLOW_TOLERANCE_KW = 1.0
-
     def __init__(
         self, pile_id: str, device: Device, now: Callable[[], float] | None = None
     ) -> None:
-        """`now` (the controller's clock) enables the check that the pile applies its setpoint."""
+        """`now` (the controller's clock) dates each new setpoint, so that the controller can
+        tell whether the pile applies it in time."""
         self.id = pile_id
         self.device = device
         self.now = now
@@ -96,13 +103,10 @@ class DcPile:
             state = PileState(label or "")
         except ValueError as exc:
             raise BadValue(self.id, f"state: unknown state code {raw['state']!r}") from exc
-        applied = self._number(raw, "applied_setpoint")
-        countdown = self._optional(raw, "fallback_countdown")
-        fault = self._follow_fault(applied, countdown)
         return PileReading(
-            state=PileState.FAULT if fault else state,
+            state=state,
             power_kw=self._number(raw, "power"),
-            applied_setpoint_kw=applied,
+            applied_setpoint_kw=self._number(raw, "applied_setpoint"),
             max_charge_kw=self._number(raw, "max_charge_power"),
             max_discharge_kw=self._number(raw, "max_discharge_power", 0.0),
             min_kw=self._number(raw, "min_power", 0.0),
@@ -113,20 +117,11 @@ class DcPile:
             soc_pct=self._optional(raw, "soc"),
             ev_max_kw=self._optional(raw, "ev_max_power"),
             ev_capacity_kwh=self._optional(raw, "ev_capacity"),
-            fallback_countdown_s=countdown,
+            fallback_countdown_s=self._optional(raw, "fallback_countdown"),
             fault_code=int(self._number(raw, "fault_code", 0.0)),
-            fault=fault,
+            commanded_kw=self._commanded,
+            commanded_since=None if self.now is None else self._changed_at,
         )
-
-    def _follow_fault(self, applied: float, countdown: float | None) -> str:
-        """Non-empty when the pile applies more than it was told (beyond its grace time)."""
-        if self.now is None or self._commanded is None:
-            return ""
-        if self.now() - self._changed_at < self.FOLLOW_GRACE_S or countdown == 0:
-            return ""  # still moving, or on its fallback power after a timeout
-        if applied > max(self._commanded, 0.0) + self.FOLLOW_TOLERANCE_KW:
-            return f"applies {applied:.1f} kW, told {self._commanded:.1f} kW"
-        return ""
 
     async def command(self, setpoint_kw: float) -> None:
         """Write setpoint, mode and heartbeat together (one FC16 request on the reference map)."""

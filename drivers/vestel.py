@@ -1,8 +1,8 @@
 """Vestel EVC04 chargers (also Webasto Next / Unite).
 
 Whole amps with FC6; the fail-safe is the life bit plus a writable communication timeout and
-failsafe current. The charger has no read-back of its applied limit: the follow check uses the
-currents it measures.
+failsafe current. The charger has no read-back of its applied limit: whether it follows is judged
+from the power it draws.
 """
 
 from __future__ import annotations

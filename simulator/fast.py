@@ -30,6 +30,7 @@ from base.config import Station
 from base.devicemap import PileMode, Value
 from base.tariff import Tariff
 from control.cycle import Control, Decision, Policy, group_limits
+from control.follow import FollowWatch
 from control.forecast import BackgroundForecast
 from control.planner import Planner
 from control.record import Recorder
@@ -245,7 +246,9 @@ def simulate(
     faults.check(station)
     if scenario.information not in ("exact", "stated"):
         raise ValueError(f"information must be 'exact' or 'stated', not {scenario.information!r}")
-    sensing = _Sensing(station, plant, faults, events, soc=scenario.information == "exact")
+    sensing = _Sensing(
+        station, plant, faults, events, control.follow, soc=scenario.information == "exact"
+    )
     solver = Solver(time_limit_s=station.scheduler.solve_deadline_s)
     planner = Planner(control)
 
@@ -559,6 +562,7 @@ class _Sensing:
         plant: Plant,
         faults: FaultScript,
         events: list[tuple[float, str]],
+        follow: FollowWatch,
         *,
         soc: bool = True,
     ) -> None:
@@ -566,7 +570,9 @@ class _Sensing:
         self.soc = soc
         self.plant = plant
         self.faults = faults
-        self.sensors = Sensors(station, notify=lambda when, text: events.append((when, text)))
+        self.sensors = Sensors(
+            station, notify=lambda when, text: events.append((when, text)), follow=follow
+        )
         self.meters = [station.grid_meter.id]
         if station.terminal is not None:
             self.meters.append(station.terminal.id)

@@ -23,6 +23,7 @@ from base import certs
 from base.clock import VirtualClock
 from base.config import CONFIG_ROOT, Station, load_station
 from base.devicemap import PileState
+from control.follow import NOT_FOLLOWING, FollowWatch
 from drivers.acpile import AcPile
 from drivers.charger import MapCharger
 from drivers.codec import from_project_units
@@ -136,7 +137,9 @@ async def test_every_register_of_each_charger_map_reads_what_the_charger_holds(r
         assert all(v == pytest.approx(230.0, abs=0.1) for v in reading.voltages_v)
         assert reading.max_current_a == pytest.approx(31.0 if rig.pile_id != "VES1" else 15.0)
         assert reading.min_current_a == pytest.approx(6.0)
-        assert reading.fault == ""
+        assert reading.setpoint_unused == ""
+        assert reading.commanded_a == pytest.approx(12.0)
+        assert reading.resolution_a == rig.charger.RESOLUTION_A
         if "applied_current" in regmap:
             assert reading.applied_current_a == pytest.approx(12.0)
         assert rig.model.pile.vehicle is not None
@@ -203,7 +206,7 @@ async def test_failsafe_fires_when_the_controller_falls_silent_and_not_while_it_
         # Written on change and then every 45% of the timeout: far fewer writes than calls.
         assert rig.charger.writes <= calls * 2 / (0.45 * timeout) + 2
         reading = await rig.charger.read()
-        assert reading.fault == ""
+        assert reading.setpoint_unused == ""
 
         await rig.clock.sleep(timeout + 3)
         assert pile.timed_out(rig.clock.now())
@@ -217,7 +220,7 @@ async def test_failsafe_fires_when_the_controller_falls_silent_and_not_while_it_
         if rig.pile_id == "ALF1":
             assert reading.fallback_countdown_s == 0
             assert reading.applied_current_a == pytest.approx(config.fallback_kw / 0.69, abs=0.01)
-            assert "does not use its Modbus setpoint" in reading.fault
+            assert "does not use its Modbus setpoint" in reading.setpoint_unused
         # Back in control: the next call writes at once and the charger follows.
         await rig.charger.set_current(14.0)
         await rig.clock.sleep(5)
@@ -240,11 +243,13 @@ async def test_chargers_never_get_a_current_between_zero_and_their_minimum(rig: 
 
 
 async def test_a_charger_that_lost_its_setpoint_is_reported_and_rewritten(mixed: Station) -> None:
-    """An Alfen reboots (its Modbus setpoint is lost): the reading says so, the next call
-    rewrites the setpoint without waiting for the keep-alive, and the fault clears."""
+    """An Alfen reboots (its Modbus setpoint is lost): the reading says so, the follow judge
+    finds it at fault, the next call rewrites the setpoint without waiting for the keep-alive,
+    and the fault clears."""
     start = local_time(mixed, "2026-11-25T10:00")
     clock = VirtualClock(start)
     config = mixed.pile("ALF2")
+    judge = FollowWatch.of(mixed.control)
     with clock.participant():
         async with StationSimulator(mixed, clock, visits=[_van(start, "ALF2")]) as sim:
             link = ModbusLink(config.host, config.port, timeout_s=1.0)
@@ -255,19 +260,25 @@ async def test_a_charger_that_lost_its_setpoint_is_reported_and_rewritten(mixed:
             assert isinstance(model, AlfenModel)
             try:
                 await pile.command(15.0)
-                await clock.sleep(6)
-                assert (await pile.read()).fault == ""
+                await clock.sleep(judge.grace_s + 1)
+                reading = await pile.read()
+                assert reading.commanded_since == start and reading.setpoint_unused == ""
+                assert judge.misapplied(config, reading, clock.now()) == ""
                 model.reboot()
                 await clock.sleep(1)
                 reading = await pile.read()
-                assert reading.state is PileState.FAULT
-                assert "does not use its Modbus setpoint" in reading.fault
+                assert "does not use its Modbus setpoint" in reading.setpoint_unused
+                assert reading.state is not PileState.FAULT, "the driver does not judge"
+                judged = judge.judge(config, reading, clock.now())
+                assert judged.state is PileState.FAULT and judged.fault_code == NOT_FOLLOWING
+                assert "does not use its Modbus setpoint" in judged.fault
                 writes = charger.writes
                 await pile.command(15.0)
                 assert charger.writes == writes + 1, "rewritten at once"
                 await clock.sleep(6)
                 reading = await pile.read()
-                assert reading.fault == "" and reading.state is PileState.CHARGING
+                judged = judge.judge(config, reading, clock.now())
+                assert judged.fault == "" and judged.state is PileState.CHARGING
                 assert model.setpoint_a == pytest.approx(15.0 / 0.69, abs=0.1)
             finally:
                 link.close()

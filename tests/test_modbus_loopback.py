@@ -20,6 +20,7 @@ from base.clock import VirtualClock
 from base.config import CONFIG_ROOT, Station
 from base.devicemap import PileState
 from base.mapfile import load_register_map
+from control.follow import NOT_FOLLOWING, FollowWatch
 from drivers.errors import ConnectionLost, DeviceRejected, DeviceTimeout
 from drivers.meter import MapMeter
 from drivers.modbus import ModbusDevice, ModbusLink
@@ -318,27 +319,41 @@ async def test_driver_turns_failures_into_the_driver_error_tree(station: Station
 
 
 async def test_a_pile_that_does_not_follow_its_setpoint_is_reported(station: Station) -> None:
-    """The read-back of the applied setpoint is checked against the command, after a grace."""
+    """The driver reports what it commanded and since when beside the pile's read-back of what
+    it applies, and never judges; the follow judge finds the pile at fault after its grace."""
     start = local_time(station, "2026-11-25T10:00")
     clock = VirtualClock(start)
+    judge = FollowWatch.of(station.control)
+    config = station.pile("P04")
     with clock.participant():
         async with StationSimulator(station, clock, visits=[truck_visit(start, "P04")]) as sim:
-            config = station.pile("P04")
             link = ModbusLink(config.host, config.port, timeout_s=1.0)
             pile = _pile_driver(station, "P04", link, clock.now)
             try:
                 await pile.arm_failsafe(30.0, 100.0)
                 await pile.command(300.0)
-                await clock.sleep(8)
-                assert (await pile.read()).fault == ""
+                await clock.sleep(judge.grace_s + 1)
+                reading = await pile.read()
+                assert (reading.commanded_kw, reading.commanded_since) == (300.0, start)
+                assert reading.applied_setpoint_kw == pytest.approx(300.0)
+                assert judge.judge(config, reading, clock.now()) == reading
                 sim.plant.piles["P04"].delay_s = 1e9  # its electronics stop taking commands
                 await pile.command(100.0)
+                told_at = clock.now()
                 await clock.sleep(2)
-                assert (await pile.read()).fault == "", "within the grace time"
-                await pile.command(100.0)
-                await clock.sleep(4)
                 reading = await pile.read()
-                assert reading.state is PileState.FAULT
-                assert reading.fault == "applies 300.0 kW, told 100.0 kW"
+                assert (reading.commanded_kw, reading.commanded_since) == (100.0, told_at)
+                assert reading.applied_setpoint_kw == pytest.approx(300.0)
+                assert reading.state is not PileState.FAULT and reading.fault == "", (
+                    "the driver reports, it does not judge"
+                )
+                assert judge.misapplied(config, reading, clock.now()) == "", "within the grace"
+                await pile.command(100.0)  # the same setpoint again: still told since then
+                await clock.sleep(judge.grace_s - 1)
+                reading = await pile.read()
+                assert reading.commanded_since == told_at
+                judged = judge.judge(config, reading, clock.now())
+                assert judged.state is PileState.FAULT and judged.fault_code == NOT_FOLLOWING
+                assert judged.fault == "applies 300.0 kW, told 100.0 kW"
             finally:
                 link.close()

@@ -1,16 +1,18 @@
-"""The checks every reading passes before the controller uses it, and the pile follow watch:
-pure logic, no I/O."""
+"""The checks every reading passes before the controller uses it, and the one follow judge
+(drivers report what they told a pile and since when, the pile's own read-back and what it
+draws; `FollowWatch` alone decides, with the station's thresholds): pure logic, no I/O."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
 from base.config import Station
 from base.devicemap import PileState
 from control.cycle import Control, Policy
-from control.follow import Deviation, FollowWatch
+from control.follow import NOT_FOLLOWING, Deviation, FollowWatch
 from control.sensing import STEADY_READINGS, Sensors
 from control.site import PileView
 from drivers.errors import DeviceTimeout
@@ -18,6 +20,7 @@ from drivers.meter import MeterReading
 from drivers.pile import PileReading
 
 T0 = 1_800_000_000.0
+GRACE_S = 20.0
 
 
 def meter(kw: float, *, clock: float | None = None, limit: float | None = None) -> MeterReading:
@@ -240,3 +243,175 @@ def test_the_worst_case_background_keeps_learning_while_a_pile_is_silent(
     sensors.take_pile("P01", DeviceTimeout("pile P01", "no answer"), T0)
     control.observe(sensors.snapshot(T0, reference.tariff), 1.0)
     assert control.background.highest(T0) == pytest.approx(2100.0)
+
+
+# -- the one follow judge: what the pile says it applies ---------------------------------------
+
+
+def told(
+    kw: float,
+    *,
+    applied: float,
+    since: float | None = T0,
+    drawing: float | None = None,
+    countdown: float | None = 30.0,
+    unused: str = "",
+    resolution: float = 0.0,
+) -> PileReading:
+    """P01 told `kw` at `since`, saying it applies `applied` and drawing `drawing` (default:
+    what it applies)."""
+    return replace(
+        pile(applied if drawing is None else drawing),
+        applied_setpoint_kw=applied,
+        fallback_countdown_s=countdown,
+        commanded_kw=kw,
+        commanded_since=since,
+        setpoint_unused=unused,
+        resolution_kw=resolution,
+    )
+
+
+@pytest.fixture
+def judge(reference: Station) -> FollowWatch:
+    """The judge with the reference station's thresholds (20 s, 2 kW, 5 % of 480 kW = 24 kW)."""
+    control = reference.control
+    assert (control.follow_grace_s, control.follow_tolerance_kw) == (GRACE_S, 2.0)
+    assert control.follow_tolerance_pct == 5.0 and reference.pile("P01").max_kw == 480.0
+    return FollowWatch.of(control)
+
+
+def test_a_mismatch_within_the_grace_is_not_judged_and_after_it_is(
+    judge: FollowWatch, reference: Station
+) -> None:
+    """Applying 300 kW when told 100 kW: nothing for the grace the pile has to apply it, then a
+    fault that says why."""
+    config = reference.pile("P01")
+    reading = told(100.0, applied=300.0)
+    for at in (T0, T0 + 1, T0 + GRACE_S - 0.1):
+        assert judge.misapplied(config, reading, at) == ""
+        assert judge.judge(config, reading, at) is reading
+    judged = judge.judge(config, reading, T0 + GRACE_S)
+    assert judged.state is PileState.FAULT
+    assert judged.fault_code == NOT_FOLLOWING
+    assert judged.fault == "applies 300.0 kW, told 100.0 kW"
+    assert replace(judged, state=reading.state, fault_code=0, fault="") == reading
+
+
+def test_the_grace_runs_from_when_the_setpoint_changed(
+    judge: FollowWatch, reference: Station
+) -> None:
+    """A setpoint told at T0 + 60 is judged from then, not from the first one."""
+    config = reference.pile("P01")
+    late = told(100.0, applied=300.0, since=T0 + 60)
+    assert judge.misapplied(config, late, T0 + 70) == ""
+    assert judge.misapplied(config, late, T0 + 80) != ""
+
+
+def test_one_tolerance_never_finer_than_the_device_step(reference: Station) -> None:
+    """The tolerance is the largest of the station's kW, its share of the pile's rating and the
+    step the device reports in."""
+    config = reference.pile("P01")
+    judge = FollowWatch.of(reference.control)
+    after = T0 + GRACE_S
+    assert judge.misapplied(config, told(100.0, applied=124.0), after) == "", "5 % of 480 kW"
+    assert judge.misapplied(config, told(100.0, applied=124.5), after) != ""
+    exact = FollowWatch.of(
+        reference.with_control(follow_tolerance_kw=0.0, follow_tolerance_pct=0.0).control
+    )
+    assert exact.misapplied(config, told(10.0, applied=10.5), after) != ""
+    assert exact.misapplied(config, told(10.0, applied=10.5, resolution=0.69), after) == ""
+    assert exact.misapplied(config, told(10.0, applied=10.8, resolution=0.69), after) != ""
+
+
+def test_what_is_not_a_failure_to_apply(judge: FollowWatch, reference: Station) -> None:
+    """Applying less than told (the pile limits itself), riding out a discharge at 0, running on
+    its fallback after the controller fell silent, or facts the driver could not date: no
+    fault."""
+    config = reference.pile("P01")
+    after = T0 + 10 * GRACE_S
+    for reading in (
+        told(300.0, applied=100.0),
+        told(-100.0, applied=0.0),
+        told(0.0, applied=100.0, countdown=0.0),
+        told(100.0, applied=300.0, since=None),
+        replace(told(100.0, applied=300.0), commanded_kw=None),
+    ):
+        assert judge.judge(config, reading, after) is reading
+
+
+def test_a_device_that_says_it_ignores_its_setpoint_is_at_fault_after_the_grace(
+    judge: FollowWatch, reference: Station
+) -> None:
+    """In the device's words, whatever its countdown says; a code it reports itself is kept."""
+    config = reference.pile("P01")
+    said = "does not use its Modbus setpoint (1214 = 0)"
+    reading = told(16.0, applied=6.0, unused=said, countdown=0.0)
+    assert judge.misapplied(config, reading, T0 + 5) == ""
+    judged = judge.judge(config, reading, T0 + GRACE_S)
+    assert (judged.state, judged.fault, judged.fault_code) == (
+        PileState.FAULT,
+        said,
+        NOT_FOLLOWING,
+    )
+    own = judge.judge(config, replace(reading, fault_code=7), T0 + GRACE_S)
+    assert own.fault_code == 7 and own.fault == said
+
+
+def test_the_draw_check_is_never_finer_than_the_device_step(reference: Station) -> None:
+    """A charger told 10 kW that can only be given whole amps (0.69 kW) draws up to a step off
+    without being flagged; beyond it, it is."""
+    for drawing, flagged in ((10.6, None), (10.8, Deviation.OVER)):
+        watch = FollowWatch(GRACE_S, 0.0, 0.0)
+        watch.told("P01", T0, 10.0)
+        reading = told(10.0, applied=10.0, drawing=drawing, resolution=0.69)
+        for k in range(40):
+            watch.check(view(reference, reading), T0 + k)
+        assert watch.flagged("P01") is flagged, drawing
+
+
+def _readings(reference: Station, p01: PileReading) -> dict[str, PileReading]:
+    idle = replace(p01, state=PileState.AVAILABLE, power_kw=0.0, applied_setpoint_kw=0.0)
+    idle = replace(idle, commanded_kw=None, commanded_since=None, ev_max_kw=None)
+    return {p.id: p01 if p.id == "P01" else idle for p in reference.piles}
+
+
+def test_the_controller_reports_a_misapplying_pile_as_a_device_fault(reference: Station) -> None:
+    """Through the sensors (as the daemon and the fast simulation read piles) the controller
+    logs the fault once, keeps the session going, and logs when it clears."""
+    control = Control(reference, policy=Policy.EQUAL_SHARE)
+    sensors = Sensors(reference, follow=control.follow)
+    assert sensors.follow is control.follow
+    events: list[str] = []
+
+    def cycle(at: float, p01: PileReading) -> PileView:
+        sensors.take_meter(MeterReading(power_kw=1000.0), at)
+        for pid, reading in _readings(reference, p01).items():
+            sensors.take_pile(pid, reading, at)
+        snapshot = sensors.snapshot(at, reference.tariff)
+        events.extend(control.observe(snapshot, 1.0))
+        return next(v for v in snapshot.piles if v.id == "P01")
+
+    cycle(T0, told(300.0, applied=300.0, since=T0 - 60))
+    assert "P01" in control.sessions
+    for k in range(1, int(GRACE_S) + 5):
+        seen = cycle(T0 + k, told(100.0, applied=300.0, since=T0 + 1)).reading
+    assert seen is not None and seen.state is PileState.FAULT
+    assert seen.fault_code == NOT_FOLLOWING
+    faults = [text for text in events if "fault" in text]
+    assert faults == ["pile P01: fault: applies 300.0 kW, told 100.0 kW"]
+    assert control.faults["P01"] == "applies 300.0 kW, told 100.0 kW"
+    assert "P01" in control.sessions, "a pile in fault says nothing of its vehicle"
+    cycle(T0 + 30, told(100.0, applied=100.0, since=T0 + 1))
+    assert events[-1] == "pile P01: fault cleared"
+
+
+def test_the_sensors_judge_with_the_station_thresholds(reference: Station) -> None:
+    """Without a judge handed in, the sensors judge with the station's own [control] settings."""
+    slow = reference.with_control(follow_grace_s=60.0)
+    sensors = Sensors(slow)
+    reading = told(100.0, applied=300.0)
+    sensors.take_pile("P01", reading, T0 + 30)
+    assert sensors.piles["P01"].value is reading
+    sensors.take_pile("P01", reading, T0 + 60)
+    value = sensors.piles["P01"].value
+    assert value is not None and value.state is PileState.FAULT
