@@ -51,7 +51,7 @@ from control.sensing import LimitOverride, Sensors
 from control.sessions import Wish
 from control.site import Feed, SiteSnapshot
 from control.step import step
-from controller.devices import StationLinks, pile_driver
+from controller.devices import StationLinks
 from controller.planloop import PlanLoop
 from controller.saver import StateSaver
 from controller.service import Lifecycle, Service
@@ -60,6 +60,7 @@ from controller.store import StateStore
 from controller.telemetry.writer import TelemetryWriter
 from drivers.acpile import AcPile
 from drivers.errors import DriverError
+from drivers.makes import pile_driver
 from drivers.meter import MapMeter, Meter, MeterReading
 from drivers.pile import Pile, PileReading
 

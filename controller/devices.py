@@ -13,16 +13,12 @@ import ssl
 from functools import partial
 
 from base.clock import Clock
-from base.config import DeviceEndpoint, PileConfig, Station
-from base.devicemap import is_charger_driver
-from drivers.acpile import AcPile
+from base.config import DeviceEndpoint, Station
 from drivers.device import Device
-from drivers.makes import charger_class
 from drivers.modbus import ModbusDevice, ModbusLink, ModbusLinks
 from drivers.opcua.device import OpcUaDevice, OpcUaLinks
 from drivers.opcua.link import OpcUaLink
 from drivers.opcua.security import OpcUaSecurity
-from drivers.pile import DcPile, Pile
 from drivers.tls import client_context
 
 
@@ -30,24 +26,26 @@ def modbus_device(
     endpoint: DeviceEndpoint, label: str, station: Station, links: ModbusLinks
 ) -> ModbusDevice:
     """The Modbus device a station entry names, on its (possibly encrypted) link."""
+    return ModbusDevice(
+        label,
+        modbus_link(endpoint, label, station, links),
+        station.map_for(endpoint.device),
+        endpoint.unit,
+    )
+
+
+def modbus_link(
+    endpoint: DeviceEndpoint, label: str, station: Station, links: ModbusLinks
+) -> ModbusLink:
+    """The (possibly encrypted) link a station entry's Modbus device is reached through."""
     tls = partial(_client_tls, station, label) if endpoint.protocol == "modbus-tls" else None
-    link = links.get(endpoint.host, endpoint.port, tls=tls)
-    return ModbusDevice(label, link, station.map_for(endpoint.device), endpoint.unit)
+    return links.get(endpoint.host, endpoint.port, tls=tls)
 
 
 def _client_tls(station: Station, label: str) -> ssl.SSLContext:
     """The daemon's side of Modbus/TCP Security (raises `ConfigError` without certificates)."""
     ident = station.identity("daemon")
     return client_context(ident.cert_pem, ident.key_pem, ident.ca_pem, device=label)
-
-
-def pile_driver(config: PileConfig, device: Device, clock: Clock) -> Pile:
-    """The driver for one pile: a DC pile in kW, or an AC charger's make behind `AcPile`."""
-    regmap = device.map
-    if regmap.kind == "charger":
-        assert is_charger_driver(regmap.driver)  # the map loader checked it
-        return AcPile(config, charger_class(regmap.driver)(config.id, device, clock.now))
-    return DcPile(config.id, device, clock.now)
 
 
 def opcua_security(station: Station) -> OpcUaSecurity:
@@ -101,14 +99,16 @@ class StationLinks:
         self.station = station
         regmap = station.map_for(endpoint.device)
         device: ModbusDevice | OpcUaDevice
+        link: ModbusLink | OpcUaLink
         if endpoint.protocol == "opcua":
             link = self.opcua.get(
                 endpoint.opcua_url, encrypt=endpoint.opcua_security == "sign-and-encrypt"
             )
             device = OpcUaDevice(label, link, regmap, endpoint.opcua_object)
         else:
-            device = modbus_device(endpoint, label, station, self.modbus)
-        self._open[_link_key(endpoint)] = device.link
+            link = modbus_link(endpoint, label, station, self.modbus)
+            device = ModbusDevice(label, link, regmap, endpoint.unit)
+        self._open[_link_key(endpoint)] = link
         return device
 
     async def prune(self, station: Station) -> list[str]:

@@ -4,6 +4,10 @@
 request can fail into the `DriverError` tree. `ModbusDevice` is one unit id behind a link, read and
 written by register name through its `RegisterMap`. Several devices may share a link (a charger
 whose station and sockets answer on different unit ids, an RS-485 gateway).
+
+A `ModbusDevice` needs of its link only what `ModbusTransport` names: the fast simulation gives it
+one that answers from the simulator's register banks in-process, and raises the same errors, made
+by the functions below (`no_answer`, `answered_exception`).
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Protocol
 
 from pymodbus.client import AsyncModbusTcpClient, AsyncModbusTlsClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
 from base.devicemap import ReadBlock, RegisterMap, Value
-from drivers.codec import WriteRequest, decode_block, write_plan
+from drivers.codec import BlockDecoder, WritePlan, WriteRequest
 from drivers.errors import BadValue, ConnectionLost, DeviceRejected, DeviceTimeout, DriverError
 
 log = logging.getLogger(__name__)
@@ -32,6 +37,43 @@ _EXCEPTION_NAMES = {
     10: "gateway path unavailable",
     11: "gateway target failed to respond",
 }
+
+
+def request_name(function_code: int, address: int, count: int, unit_id: int) -> str:
+    """A request as messages name it: "FC3 0+2 unit 1"."""
+    return f"FC{function_code} {address}+{count} unit {unit_id}"
+
+
+def no_answer(device: str, what: str, timeout_s: float) -> DeviceTimeout:
+    """The error of a request `what` that got no answer within `timeout_s`."""
+    return DeviceTimeout(device, f"{what}: no answer within {timeout_s} s")
+
+
+def answered_exception(device: str, what: str, code: int) -> DeviceRejected:
+    """The error of a request `what` the device answered with Modbus exception `code`."""
+    name = _EXCEPTION_NAMES.get(code, "exception")
+    return DeviceRejected(device, f"{what}: device answered {name} ({code})", code)
+
+
+class ModbusTransport(Protocol):
+    """What a `ModbusDevice` needs of its link: a connection, block reads, write requests."""
+
+    @property
+    def address(self) -> str:
+        """host:port, for messages."""
+        ...
+
+    async def connect(self, device: str) -> None:
+        """Open the connection if it is not open (`ConnectionLost` if that fails)."""
+        ...
+
+    async def read(self, block: ReadBlock, device: str) -> list[int]:
+        """The words of one block of registers."""
+        ...
+
+    async def write(self, request: WriteRequest, device: str) -> None:
+        """Send one write request."""
+        ...
 
 
 class ModbusLink:
@@ -100,7 +142,7 @@ class ModbusLink:
             call = self._client.read_input_registers
         else:
             raise DriverError(device, f"cannot read with function code {block.function_code}")
-        what = f"FC{block.function_code} {block.address}+{block.count} unit {block.unit_id}"
+        what = request_name(block.function_code, block.address, block.count, block.unit_id)
         response = await self._execute(
             device, what, lambda: call(block.address, count=block.count, device_id=block.unit_id)
         )
@@ -113,7 +155,9 @@ class ModbusLink:
 
     async def write(self, request: WriteRequest, device: str) -> None:
         """Send one write request (FC6 or FC16)."""
-        what = f"FC{request.function_code} {request.address}+{len(request.words)} unit {request.unit_id}"
+        what = request_name(
+            request.function_code, request.address, len(request.words), request.unit_id
+        )
         if request.function_code == 6:
             await self._execute(
                 device,
@@ -153,17 +197,15 @@ class ModbusLink:
         except ConnectionException as exc:
             raise ConnectionLost(device, f"{what}: connection to {self.address} lost") from exc
         except ModbusIOException as exc:
-            raise DeviceTimeout(device, f"{what}: no answer within {self.timeout_s} s") from exc
+            raise no_answer(device, what, self.timeout_s) from exc
         except ModbusException as exc:
             raise DriverError(device, f"{what}: {exc}") from exc
         except TimeoutError as exc:
-            raise DeviceTimeout(device, f"{what}: no answer within {self.timeout_s} s") from exc
+            raise no_answer(device, what, self.timeout_s) from exc
         except OSError as exc:
             raise ConnectionLost(device, f"{what}: {exc}") from exc
         if response.isError():
-            code = int(getattr(response, "exception_code", 0))
-            name = _EXCEPTION_NAMES.get(code, "exception")
-            raise DeviceRejected(device, f"{what}: device answered {name} ({code})", code)
+            raise answered_exception(device, what, int(getattr(response, "exception_code", 0)))
         return response
 
 
@@ -171,13 +213,15 @@ class ModbusDevice:
     """One device (unit id) behind a link, read and written by register name."""
 
     def __init__(
-        self, name: str, link: ModbusLink, register_map: RegisterMap, unit_id: int
+        self, name: str, link: ModbusTransport, register_map: RegisterMap, unit_id: int
     ) -> None:
         self.name = name
         self.link = link
         self.map = register_map
         self.unit_id = unit_id
-        self._plans: dict[tuple[str, ...], tuple[ReadBlock, ...]] = {}
+        # Read and write plans by the names asked for: a driver asks for the same ones each time.
+        self._plans: dict[tuple[str, ...], tuple[BlockDecoder, ...]] = {}
+        self._writes: dict[tuple[str, ...], WritePlan] = {}
 
     async def connect(self) -> None:
         """Open the link if needed."""
@@ -188,12 +232,13 @@ class ModbusDevice:
         key = tuple(names)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = self.map.read_plan(key, self.unit_id)
+            blocks = self.map.read_plan(key, self.unit_id)
+            plan = self._plans[key] = tuple(BlockDecoder(block) for block in blocks)
         values: dict[str, Value | None] = {}
-        for block in plan:
-            words = await self.link.read(block, self.name)
+        for decoder in plan:
+            words = await self.link.read(decoder.block, self.name)
             try:
-                values.update(decode_block(block, words))
+                values.update(decoder(words))
             except BadValue as exc:
                 # The codec knows only the register; this is the device the station names.
                 raise BadValue(self.name, f"{exc.device}: {exc.message}") from None
@@ -201,8 +246,12 @@ class ModbusDevice:
 
     async def write(self, values: Mapping[str, Value | None]) -> None:
         """Write the named registers; contiguous FC16 registers go in one request."""
+        key = tuple(values)
+        plan = self._writes.get(key)
+        if plan is None:
+            plan = self._writes[key] = WritePlan(self.map, key, self.unit_id)
         try:
-            requests = write_plan(self.map, values, self.unit_id)
+            requests = plan.requests(values)
         except BadValue as exc:
             # The plan's message names the register; name the device, not its map.
             raise BadValue(self.name, exc.message) from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from base.devicemap import PILE, PileMode, PileState, Value
@@ -72,6 +72,14 @@ class Pile(Protocol):
         ...
 
 
+# What `DcPile.read` uses of a pile map (the rest the driver only writes).
+_READ = tuple(
+    n
+    for n in (*PILE.required, *PILE.optional)
+    if n not in ("setpoint", "mode", "heartbeat", "comm_timeout", "fallback_power")
+)
+
+
 class DcPile:
     """A DC pile driven through a pile map, over Modbus or OPC-UA."""
 
@@ -85,10 +93,12 @@ class DcPile:
         self.now = now
         self._commanded: float | None = None
         self._changed_at = -math.inf
+        # The last values read and the reading made of them.
+        self._last: tuple[dict[str, Value | None], PileReading] | None = None
         regmap = device.map
-        self._names = tuple(
-            n for n in (*PILE.required, *PILE.optional) if n in regmap and regmap[n].access.readable
-        )
+        # Only what `read` uses: the registers the driver writes are not read back.
+        self._regs = {n: regmap[n] for n in _READ if n in regmap and regmap[n].access.readable}
+        self._names = tuple(self._regs)
         self._mode_codes = {label: code for code, label in regmap.enums["mode"].items()}
 
     async def connect(self) -> None:
@@ -98,6 +108,22 @@ class DcPile:
     async def read(self) -> PileReading:
         """Read every register the controller uses in one pass."""
         raw = await self.device.read(self._names)
+        last = self._last
+        if last is None or last[0] != raw:
+            reading = self._reading(raw)
+        else:
+            # The pile says what it said last time: the same reading, but for what was written.
+            reading = last[1]
+            since = self._since()
+            if reading.commanded_kw != self._commanded or reading.commanded_since != since:
+                reading = replace(reading, commanded_kw=self._commanded, commanded_since=since)
+        self._last = (raw, reading)
+        return reading
+
+    def _since(self) -> float | None:
+        return None if self.now is None else self._changed_at
+
+    def _reading(self, raw: dict[str, Value | None]) -> PileReading:
         label = self.device.map.label("state", raw["state"])
         try:
             state = PileState(label or "")
@@ -120,7 +146,7 @@ class DcPile:
             fallback_countdown_s=self._optional(raw, "fallback_countdown"),
             fault_code=int(self._number(raw, "fault_code", 0.0)),
             commanded_kw=self._commanded,
-            commanded_since=None if self.now is None else self._changed_at,
+            commanded_since=self._since(),
         )
 
     async def command(self, setpoint_kw: float) -> None:
@@ -156,7 +182,7 @@ class DcPile:
     def _optional(self, raw: dict[str, Value | None], name: str) -> float | None:
         if name not in raw:
             return None
-        return in_project_units(self.device.map[name], raw[name])
+        return in_project_units(self._regs[name], raw[name])
 
     def _number(
         self, raw: dict[str, Value | None], name: str, default: float | None = None
@@ -165,7 +191,7 @@ class DcPile:
             if default is None:
                 raise BadValue(self.id, f"{name}: not in the pile's register map")
             return default
-        value = in_project_units(self.device.map[name], raw[name])
+        value = in_project_units(self._regs[name], raw[name])
         if value is None:
             raise BadValue(self.id, f"{name}: the pile reports it unavailable")
         return value

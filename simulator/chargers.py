@@ -280,8 +280,11 @@ CHARGER_MODELS: dict[str, type[AcChargerModel]] = {
 }
 
 
-def pile_device_model(pile: PileModel, regmap: RegisterMap, clock: Clock) -> DeviceModel:
-    """The registers a pile shows: an AC charger's make, or the flexcharge DC pile map."""
+def pile_device_model(
+    pile: PileModel, regmap: RegisterMap, clock: Clock, *, bms: bool = True
+) -> DeviceModel:
+    """The registers a pile shows: an AC charger's make, or the flexcharge DC pile map (`bms`
+    False: one that passes on nothing of its vehicle's battery, see `PileRegisters`)."""
     if regmap.kind == "charger":
         return CHARGER_MODELS[regmap.driver or ""](pile, regmap, clock)
-    return PileRegisters(pile, regmap, clock)
+    return PileRegisters(pile, regmap, clock, bms=bms)

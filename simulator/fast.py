@@ -1,10 +1,11 @@
 """Fast simulation: the daemon's control logic driving the plant on a simulated clock, no sockets.
 
 One loop, one step at a time: the plant advances to `now`, the controller's `Control` observes
-the site as the daemon would read it, re-plans when a plan is due (in the same `Solver` the daemon
-uses), decides setpoints through the same limiter, and the setpoints go straight to the plant's
-piles. Days of station time run in seconds, which is what the policy comparisons, the tariff
-what-ifs and CI need.
+the site through the daemon's drivers and checks, re-plans when a plan is due (in the same
+`Solver` the daemon uses), decides setpoints through the same limiter, and the drivers write them.
+The drivers reach the plant's devices in-process (`simulator.inprocess`): only the transport and
+the clock differ from the daemon. Days of station time run in seconds, which is what the policy
+comparisons, the tariff what-ifs and CI need.
 
 Policies: the daemon's `mpc`; the baselines `uncontrolled` (every vehicle at full power, limit
 ignored), `equal-share`, `edf`, `llf`; and `offline-optimal`, one solve with perfect knowledge of
@@ -17,17 +18,16 @@ import calendar
 import math
 import re
 import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import numpy as np
 from numpy.typing import NDArray
 
 from base.config import Station
-from base.devicemap import PileMode, Value
 from base.tariff import Tariff
 from control.cycle import Control, Decision, Policy, group_limits
 from control.follow import FollowWatch
@@ -38,16 +38,17 @@ from control.sensing import Sensors
 from control.sessions import PastVisit, Wish
 from control.site import SiteSnapshot
 from control.step import step
-from drivers.meter import reading_from
-from drivers.pile import PileReading
+from drivers.errors import DriverError
 from scheduler.solver import Solver
 from simulator.books import Books, Ledger
 from simulator.bound import offline_bound
 from simulator.faults import Fault, FaultScript
 from simulator.fleet import Visit, assign_piles
+from simulator.inprocess import InProcessStation, StepClock, finish
 from simulator.plant import PileModel, Plant, VehicleModel
-from simulator.registers import MeterRegisters
 from simulator.scenario import Series
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -203,9 +204,10 @@ def simulate(
     With `telemetry`, every step, plan and event is written as the daemon writes them (the
     caller starts and closes the writer; no point is dropped: a full queue waits).
 
-    The controller reads the plant through the same `Sensors` checks as the daemon. With the
-    scenario's `faults`, devices, vehicles and the utility misbehave as scripted; devices that do
-    not answer get no setpoints. `SimResult.events` holds what the controller noticed and when.
+    The controller reads and writes the plant through the daemon's drivers and `Sensors` checks.
+    With the scenario's `faults`, devices, vehicles and the utility misbehave as scripted; devices
+    that do not answer get no setpoints. `SimResult.events` holds what the controller noticed and
+    when.
     """
     policy = Policy(policy)
     station = scenario.station
@@ -247,7 +249,14 @@ def simulate(
     if scenario.information not in ("exact", "stated"):
         raise ValueError(f"information must be 'exact' or 'stated', not {scenario.information!r}")
     sensing = _Sensing(
-        station, plant, faults, events, control.follow, soc=scenario.information == "exact"
+        station,
+        plant,
+        faults,
+        events,
+        control.follow,
+        start=scenario.start,
+        end=scenario.end,
+        soc=scenario.information == "exact",
     )
     solver = Solver(time_limit_s=station.scheduler.solve_deadline_s)
     planner = Planner(control)
@@ -296,15 +305,7 @@ def simulate(
         done = step(control, snapshot, step_s, plan=plan_now)
         events.extend((now, text) for text in done.events)
         decision = done.decision
-        written = {}
-        hold = _break_before_make(plant, decision)
-        for pid, kw in decision.setpoints.items():
-            if not faults.reachable(pid, now):
-                continue
-            mode = PileMode.CHARGE if kw > 0 else PileMode.DISCHARGE if kw < 0 else PileMode.IDLE
-            pile = plant.piles[pid]
-            pile.command(now, kw, mode, after_s=hold if kw > pile.power_kw else 0.0)
-            written[pid] = kw
+        written = sensing.write(now, decision.setpoints, _break_before_make(plant, decision))
         control.committed(written)
         if telemetry is not None:
             _tell(telemetry, now, snapshot, decision, written, events, told)
@@ -554,7 +555,8 @@ def _tell(
 
 
 class _Sensing:
-    """The plant read as the daemon reads its devices: through the fault script and `Sensors`."""
+    """The plant read and written as the daemon reads and writes its devices: through their
+    drivers (over in-process links, where the fault script acts) and `Sensors`."""
 
     def __init__(
         self,
@@ -564,60 +566,103 @@ class _Sensing:
         events: list[tuple[float, str]],
         follow: FollowWatch,
         *,
+        start: float,
+        end: float,
         soc: bool = True,
     ) -> None:
+        """`soc` False: the piles report nothing of their vehicles' batteries."""
         self.station = station
-        self.soc = soc
         self.plant = plant
-        self.faults = faults
         self.sensors = Sensors(
             station, notify=lambda when, text: events.append((when, text)), follow=follow
         )
-        self.meters = [station.grid_meter.id]
-        if station.terminal is not None:
-            self.meters.append(station.terminal.id)
-        self.meter = MeterRegisters(plant)  # the grid meter and the terminal measure the same
-        # What each device measured, as long ago as a device is scripted to answer late.
-        self.history: deque[tuple[float, dict[str, Value | None], dict[str, PileReading]]] = deque()
-        self.keep_s = faults.longest_latency_s
+        self.clock = StepClock(start)
+        self.devices = InProcessStation(station, plant, faults, self.clock, bms=soc)
+        meters = [station.grid_meter, *([] if station.terminal is None else [station.terminal])]
+        # Whether a meter's map can carry the utility's limit; if none can, its operator does.
+        self.relayed = any("utility_limit" in station.map_for(m.device) for m in meters)
+        self.utility_kw: float | None = None
+        self.until = end
+        # As the daemon's fast loop starts: every pile's fail-safe armed.
+        for pid in self.devices.piles:
+            self._arm(pid, start)
 
     def snapshot(self, now: float, tariff: Tariff) -> SiteSnapshot:
-        """Read every device as of `now` and check it."""
-        plant, faults, sensors = self.plant, self.faults, self.sensors
-        piles = {pid: pile.reading(now) for pid, pile in plant.piles.items()}
-        if not self.soc:
-            piles = {
-                pid: replace(r, soc_pct=None, ev_capacity_kwh=None, ev_max_kw=None)
-                for pid, r in piles.items()
-            }
-        self.history.append((now, dict(self.meter.values()), piles))
-        while len(self.history) > 1 and self.history[1][0] <= now - self.keep_s:
-            self.history.popleft()
-        for index, meter_id in enumerate(self.meters):
-            label = "meter" if index == 0 else "terminal"
-            at, values, _ = self._as_of(meter_id, now)
-            error = faults.unreachable_error(meter_id, f"{label} {meter_id}", now)
-            result = error or reading_from(faults.meter_values(meter_id, now, values))
-            take = sensors.take_meter if index == 0 else sensors.take_terminal
-            take(result, now, at)
-        for pid, pile in plant.piles.items():
-            at, _, readings = self._as_of(pid, now)
-            error = faults.unreachable_error(pid, f"pile {pid}", now)
-            if sensors.take_pile(pid, error or readings[pid], now, at):
-                # Back after being unreachable: the daemon re-arms its fail-safe.
-                pile.configure(pile.config.comm_timeout_s, pile.config.fallback_kw)
+        """Read every device as of `now` and check it, as the daemon's cycle does."""
+        self.clock.time = now
+        devices, sensors = self.devices, self.sensors
+        devices.observe()
+        meter = self.station.grid_meter
+        sensors.take_meter(*self._read(meter.id, devices.meter.read(), now))
+        if devices.terminal is not None:
+            terminal = devices.terminal
+            sensors.take_terminal(*self._read(terminal.id, terminal.read(), now))
+        for pid, pile in devices.piles.items():
+            if sensors.take_pile(pid, *self._read(pid, pile.read(), now)):
+                # Back after failing: it may have rebooted and lost its fail-safe settings.
+                self._arm(pid, now)
+        if not self.relayed:
+            self._operator(now)
         return sensors.snapshot(now, tariff)
 
-    def _as_of(
-        self, device: str, now: float
-    ) -> tuple[float, dict[str, Value | None], dict[str, PileReading]]:
-        latency = self.faults.latency_s(device, now)
-        if latency <= 0:
-            return self.history[-1]
-        for entry in reversed(self.history):
-            if entry[0] <= now - latency:
-                return entry
-        return self.history[0]
+    def _operator(self, now: float) -> None:
+        """The utility's limit, at a station where no meter relays it: its operator hears of
+        each change and enters it as the daemon's override (lowering the limit until further
+        notice, withdrawn when the utility lifts it)."""
+        kw = self.plant.utility_limit_kw
+        if kw is not None and not 0 <= kw < self.station.limit_kw:
+            kw = None
+        if kw == self.utility_kw:
+            return
+        self.utility_kw = kw
+        if kw is None:
+            self.sensors.clear_override(now)
+        else:
+            self.sensors.override_limit(kw, max(self.until, now + 1.0), now, "the utility's limit")
+
+    def _read(
+        self, device: str, read: Coroutine[Any, Any, T], now: float
+    ) -> tuple[T | DriverError, float, float]:
+        """A read's result (or its error), `now`, and when the device measured what it said."""
+        try:
+            result = finish(read)
+        except DriverError as exc:
+            return exc, now, now
+        return result, now, self.devices.endpoints[device].as_of
+
+    def write(self, now: float, setpoints: Mapping[str, float], hold_s: float) -> dict[str, float]:
+        """Write the setpoints through the piles' drivers, rises held back `hold_s` longer than
+        each pile's delay; those written."""
+        self.clock.time = now
+        piles = self.plant.piles.values()
+        for model in piles:
+            model.hold_rises_s = hold_s
+        written = {}
+        try:
+            for pid, kw in setpoints.items():
+                try:
+                    finish(self.devices.piles[pid].command(kw))
+                except DriverError as exc:
+                    self.sensors.piles[pid].failed(exc, now)
+                else:
+                    written[pid] = kw
+        finally:
+            for model in piles:
+                model.hold_rises_s = 0.0
+        return written
+
+    def _arm(self, pile_id: str, now: float) -> None:
+        config = self.station.pile(pile_id)
+        try:
+            finish(
+                self.devices.piles[pile_id].arm_failsafe(config.comm_timeout_s, config.fallback_kw)
+            )
+        except DriverError as exc:
+            # Until it is armed, the pile may fall back to anything: it is budgeted at its rating.
+            self.sensors.unarmed.add(pile_id)
+            self.sensors.piles[pile_id].failed(exc, now)
+        else:
+            self.sensors.unarmed.discard(pile_id)
 
 
 def _with_tariff(station: Station, tariff: Tariff) -> Station:

@@ -54,7 +54,6 @@ from base.loading import (
     read_text,
     read_time,
 )
-from drivers.errors import ConnectionLost, DeviceTimeout, DriverError
 from simulator.plant import Plant
 
 
@@ -133,13 +132,25 @@ class Fault:
 
 
 class FaultScript:
-    """The faults of one run, applied to the plant and to what the controller reads."""
+    """The faults of one run, applied to the plant and to what the controller reads.
+
+    Every device is asked about at every step (a month's soak asks millions of times), so the
+    faults in force are kept by target and brought up to date once per time asked about, not
+    searched for: the script works on any clock, but expects time to move forwards.
+    """
 
     def __init__(self, faults: Iterable[Fault] = ()) -> None:
         self.faults = tuple(sorted(faults, key=lambda f: f.start))
-        self._started: set[int] = set()
-        self._ended: set[int] = set()
         self._frozen_values: dict[int, dict[str, Value | None]] = {}
+        # `apply`: the next fault to start, and those started that have not ended (indices).
+        self._next_start = 0
+        self._running: list[int] = []
+        # What is in force at `_at`: the next fault to come into force, the indices of those in
+        # force, and the same by target.
+        self._at: float | None = None
+        self._next_live = 0
+        self._live: list[int] = []
+        self._by_target: dict[str, tuple[tuple[int, Fault], ...]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.faults)
@@ -172,25 +183,59 @@ class FaultScript:
 
     def active(self, kind: FaultKind, target: str, now: float) -> Fault | None:
         """The fault of `kind` on `target` in force at `now`, if any."""
-        for fault in self.faults:
-            if fault.kind is kind and fault.target == target and fault.active(now):
+        for _, fault in self._on(target, now):
+            if fault.kind is kind:
                 return fault
         return None
+
+    def _on(self, target: str, now: float) -> tuple[tuple[int, Fault], ...]:
+        """The faults on `target` in force at `now`, with their indices, in the script's order."""
+        if now != self._at:
+            self._bring_to(now)
+        return self._by_target.get(target, ())
+
+    def _bring_to(self, now: float) -> None:
+        faults = self.faults
+        changed = self._at is not None and now < self._at
+        if changed:
+            self._next_live, self._live = 0, []  # time went back: start afresh
+        self._at = now
+        live = self._live
+        while self._next_live < len(faults) and faults[self._next_live].start <= now:
+            live.append(self._next_live)
+            self._next_live += 1
+            changed = True
+        kept = [i for i in live if now < faults[i].end]
+        if changed or len(kept) != len(live):
+            self._live = kept
+            by_target: dict[str, list[tuple[int, Fault]]] = {}
+            for index in kept:
+                by_target.setdefault(faults[index].target, []).append((index, faults[index]))
+            self._by_target = {target: tuple(on) for target, on in by_target.items()}
 
     # -- the plant -----------------------------------------------------------------------------
 
     def apply(self, plant: Plant, now: float) -> list[str]:
         """Start and end the faults that act on the plant; what happened, for a log."""
+        faults = self.faults
+        starting: list[int] = []
+        while self._next_start < len(faults) and faults[self._next_start].start <= now:
+            starting.append(self._next_start)
+            self._next_start += 1
+        self._running.extend(starting)
+        ending = [i for i in self._running if now >= faults[i].end]
+        if not ending and not starting:
+            return []
         notes = []
-        for index, fault in enumerate(self.faults):
-            if index not in self._started and now >= fault.start:
-                self._started.add(index)
+        for index in sorted({*starting, *ending}):
+            fault = faults[index]
+            if index in starting:
                 notes.append(f"fault starts: {fault}")
                 self._start(plant, fault, now)
-            if index in self._started and index not in self._ended and now >= fault.end:
-                self._ended.add(index)
+            if index in ending:
                 notes.append(f"fault ends: {fault}")
                 self._end(plant, fault)
+        self._running = [i for i in self._running if i not in ending]
         return notes
 
     def _start(self, plant: Plant, fault: Fault, now: float) -> None:
@@ -233,9 +278,7 @@ class FaultScript:
 
     def reachable(self, device: str, now: float) -> bool:
         """False while `device` takes no requests (silent, dropped, rebooting)."""
-        for fault in self.faults:
-            if fault.target != device or not fault.active(now):
-                continue
+        for _, fault in self._on(device, now):
             if fault.kind in (FaultKind.SILENT, FaultKind.DROPPED):
                 return False
             if fault.kind is FaultKind.REBOOT and now < fault.start + fault.amount:
@@ -251,14 +294,6 @@ class FaultScript:
         """How late `device` answers now."""
         fault = self.active(FaultKind.LATE, device, now)
         return 0.0 if fault is None else max(fault.amount, 0.0)
-
-    def unreachable_error(self, device: str, label: str, now: float) -> DriverError | None:
-        """The error a read of `device` meets now, or None if it answers."""
-        if self.reachable(device, now):
-            return None
-        if self.active(FaultKind.DROPPED, device, now) is not None:
-            return ConnectionLost(label, "connection refused")
-        return DeviceTimeout(label, "no answer")
 
     def access(self, devices: Iterable[str], now: float) -> FaultKind | float | None:
         """How a server for `devices` treats a request now: SILENT or DROPPED (any of them is
@@ -276,9 +311,7 @@ class FaultScript:
     ) -> dict[str, Value | None]:
         """What a meter's registers hold (named values in the project's units), given what it
         measures."""
-        for index, fault in enumerate(self.faults):
-            if fault.target != device or not fault.active(now):
-                continue
+        for index, fault in self._on(device, now):
             if fault.kind is FaultKind.FROZEN:
                 values = self._frozen_values.setdefault(index, values)
             elif fault.kind is FaultKind.NAN:

@@ -22,13 +22,13 @@ from base.clock import Clock, Ticker, stop_task
 from base.config import DeviceEndpoint, Station
 from base.loading import ConfigError
 from drivers.tls import server_context
-from simulator.chargers import pile_device_model
+from simulator.devices import device_models
 from simulator.faults import FaultScript
 from simulator.fleet import Visit, random_day
 from simulator.modbus_server import DeviceServer
 from simulator.opcua import OpcUaStationServer
 from simulator.plant import Plant
-from simulator.registers import DeviceModel, MeterRegisters, RegisterBank
+from simulator.registers import DeviceModel, RegisterBank
 from simulator.scenario import Series
 
 log = logging.getLogger(__name__)
@@ -80,27 +80,10 @@ class StationSimulator:
     async def start(self) -> None:
         """Listen on every device's endpoint and start stepping the plant."""
         station = self.station
-        meter = station.grid_meter
-        faults = self.faults
-        served: list[tuple[DeviceEndpoint, str, DeviceModel]] = [
-            (
-                meter,
-                f"meter {meter.id}",
-                MeterRegisters(self.plant, faults=faults, device_id=meter.id),
-            )
-        ]
-        if station.terminal is not None:
-            # The utility's terminal measures the same connection as the grid meter.
-            terminal = station.terminal
-            relay = MeterRegisters(self.plant, faults=faults, device_id=terminal.id)
-            served.append((terminal, f"terminal {terminal.id}", relay))
-        for pile in station.piles:
-            regmap = station.map_for(pile.device)
-            pile_model = pile_device_model(self.plant.piles[pile.id], regmap, self.clock)
-            served.append((pile, f"pile {pile.id}", pile_model))
+        served = device_models(station, self.plant, self.faults, self.clock)
         endpoints: dict[tuple[str, int], list[tuple[DeviceEndpoint, RegisterBank]]] = {}
         opcua: dict[tuple[str, int, str], list[tuple[DeviceEndpoint, str, DeviceModel]]] = {}
-        for device, label, model in served:
+        for device, label, model in ((d.endpoint, d.label, d.model) for d in served):
             self.models[device.id] = model
             if device.protocol == "opcua":
                 opcua.setdefault((device.host, device.port, device.path), []).append(

@@ -282,7 +282,7 @@ class OpcUaStationServer:
         source = ua.DateTime.fromtimestamp(self.clock.now(), UTC)
         for name, node_id in device.nodes.items():
             reg = device.map[name]
-            variant, status = self._served_value(device, reg, values.get(name))
+            variant, status = served_value(reg, values.get(name), device.label)
             key = (variant.Value, status)
             if device.last_served.get(name) == key:
                 continue
@@ -297,20 +297,6 @@ class OpcUaStationServer:
                     ServerTimestamp=ua.DateTime.now(UTC),
                 ),
             )
-
-    def _served_value(
-        self, device: ServedDevice, reg: Register, value: Value | None
-    ) -> tuple[ua.Variant, int]:
-        """The variant and status a model value (in project units) is served as."""
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return ua.Variant(None, ua.VariantType.Null), ua.StatusCodes.BadNoData
-        if isinstance(value, (int, float)) and reg.type is not ValueType.STRING:
-            value = from_project_units(reg, float(value))
-        try:
-            return engineering_variant(reg, value), ua.StatusCodes.Good
-        except BadValue as exc:
-            log.debug("%s: %s cannot be served: %s", device.label, reg.name, exc)
-            return ua.Variant(None, ua.VariantType.Null), ua.StatusCodes.BadOutOfRange
 
     def _touched(self, node_ids: list[ua.NodeId]) -> dict[ServedDevice, list[str]]:
         touched: dict[ServedDevice, list[str]] = {}
@@ -338,15 +324,8 @@ class OpcUaStationServer:
             if found is None or item.AttributeId != ua.AttributeIds.Value:
                 continue
             device, reg = found
-            if not reg.access.writable or reg.type is ValueType.STRING:
-                raise ServiceError(ua.StatusCodes.BadNotWritable)
             variant = None if item.Value is None else item.Value.Value
-            if variant is None or variant.VariantType != variant_type(reg):
-                raise ServiceError(ua.StatusCodes.BadTypeMismatch)
-            number = in_project_units(reg, variant.Value)
-            if number is None or not math.isfinite(number):
-                raise ServiceError(ua.StatusCodes.BadOutOfRange)
-            writes.setdefault(device, {})[reg.name] = number
+            writes.setdefault(device, {})[reg.name] = written_number(reg, variant)
         for device, values in writes.items():
             try:
                 device.model.write(values)
@@ -364,3 +343,30 @@ class OpcUaStationServer:
             for name in names:
                 device.last_served.pop(name, None)
             await self._refresh(device)
+
+
+def served_value(reg: Register, value: Value | None, label: str) -> tuple[ua.Variant, int]:
+    """The variant and status a model value (in project units) is served as (`label`: the
+    device, for the log)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ua.Variant(None, ua.VariantType.Null), ua.StatusCodes.BadNoData
+    if isinstance(value, (int, float)) and reg.type is not ValueType.STRING:
+        value = from_project_units(reg, float(value))
+    try:
+        return engineering_variant(reg, value), ua.StatusCodes.Good
+    except BadValue as exc:
+        log.debug("%s: %s cannot be served: %s", label, reg.name, exc)
+        return ua.Variant(None, ua.VariantType.Null), ua.StatusCodes.BadOutOfRange
+
+
+def written_number(reg: Register, variant: ua.Variant | None) -> float:
+    """A written variant as the model takes it (project units); `ServiceError` with the status
+    the server answers if the variable cannot take it."""
+    if not reg.access.writable or reg.type is ValueType.STRING:
+        raise ServiceError(ua.StatusCodes.BadNotWritable)
+    if variant is None or variant.VariantType != variant_type(reg):
+        raise ServiceError(ua.StatusCodes.BadTypeMismatch)
+    number = in_project_units(reg, variant.Value)
+    if number is None or not math.isfinite(number):
+        raise ServiceError(ua.StatusCodes.BadOutOfRange)
+    return number

@@ -74,6 +74,9 @@ class PileModel:
     overshoot: float = 1.0
     ramp_factor: float = 1.0
     down_until: float = -math.inf
+    # How much longer than its delay a rise written now is held back: a fast simulation writes
+    # once a step what the daemon's one-second cycles write once other piles have come down.
+    hold_rises_s: float = 0.0
     _pending: deque[tuple[float, float, PileMode]] = field(default_factory=deque)
     # The power's breakpoints since `begin_trace` (the plant's current piece of a step).
     trace_t: list[float] = field(default_factory=list)
@@ -140,18 +143,10 @@ class PileModel:
 
     # -- writes from the controller -----------------------------------------------------
 
-    def command(
-        self,
-        now: float,
-        setpoint_kw: float | None,
-        mode: PileMode | None,
-        *,
-        after_s: float = 0.0,
-    ) -> None:
+    def command(self, now: float, setpoint_kw: float | None, mode: PileMode | None) -> None:
         """Accept a setpoint and/or mode write; raise `Rejected` for values the pile refuses.
 
-        `after_s` holds the new setpoint back that much longer than the pile's own delay (a
-        controller writing it only once other piles have come down).
+        A rise takes effect `hold_rises_s` later than the pile's own delay.
         """
         new_setpoint = self.setpoint_kw if setpoint_kw is None else setpoint_kw
         new_mode = self.mode if mode is None else mode
@@ -162,7 +157,8 @@ class PileModel:
         self.setpoint_kw, self.mode = new_setpoint, new_mode
         self.last_contact = now
         if not self.ignoring:
-            effective = now + self.delay_s + max(after_s, 0.0)
+            held = self.hold_rises_s if new_setpoint > self.power_kw else 0.0
+            effective = now + self.delay_s + max(held, 0.0)
             while self._pending and self._pending[-1][0] > effective:
                 self._pending.pop()  # a newer command overtakes one still held back
             self._pending.append((effective, new_setpoint, new_mode))

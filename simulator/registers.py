@@ -3,21 +3,25 @@
 A `RegisterBank` turns one device of the plant into pymodbus `SimDevice`s through the same
 `RegisterMap` the driver uses. Registers are filled from the model when a client reads them, and
 writes are decoded and handed to the model, which may refuse them. The bank enforces what real
-devices enforce: only the function codes the map allows, no write of half a multi-register value,
-no write to a read-only register.
+devices enforce: only the function codes the map allows, no read of an address it does not have,
+no write of half a multi-register value, no write to a read-only register. The fast simulation's
+in-process transport (`simulator.inprocess`) asks the same bank the same requests without a
+server (`read_words`, `write_words`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from pymodbus.constants import ExcCodes
 from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
 from base.clock import Clock
-from base.devicemap import PileMode, Register, RegisterMap, Value
-from drivers.codec import decode, encode, from_project_units, in_project_units
+from base.devicemap import UNIT_SCALE, PileMode, Register, RegisterMap, Value
+from drivers.codec import decode, encoder, in_project_units
 from drivers.errors import BadValue
 from simulator.faults import FaultScript
 from simulator.plant import PileModel, Plant, Rejected
@@ -35,6 +39,26 @@ class DeviceModel(Protocol):
         ...
 
 
+# A register in a request: its name, its words' place, its encoder, its unit in project units,
+# and whether it is a float (where 0.0 and -0.0, equal, are not the same words).
+_Field = tuple[str, int, int, Callable[[Value | None], list[int]], float, bool]
+
+
+@dataclass(frozen=True)
+class _Request:
+    """An in-process request to a bank, worked out once (see `RegisterBank._request`)."""
+
+    key: tuple[int, int, int]
+    touched: list[Register]
+    gaps: bool  # it leaves an address no register serves
+    read_fcs: frozenset[int]  # the function codes that may read every register it touches
+    whole: bool  # it covers every register it touches whole (a write must)
+    fields: list[_Field]
+    names: tuple[str, ...]  # of the registers it touches
+    # Equal values encode alike: no float register (where 0.0 and -0.0 differ).
+    exact: bool
+
+
 class RegisterBank:
     """One device's registers, served by pymodbus and backed by a `DeviceModel`."""
 
@@ -48,6 +72,20 @@ class RegisterBank:
         for regs in self._by_unit.values():
             regs.sort(key=lambda r: r.address)
         self.rejected_writes = 0
+        # Each in-process request: the registers it touches, whether it leaves an address
+        # unserved, the function codes that may read all of them, and where each value goes.
+        self._requests: dict[tuple[int, int, int], _Request] = {}
+        self._encoders = {name: encoder(reg) for name, reg in regmap.registers.items()}
+        # Each register's last value and its words, and each request's: most change seldom.
+        self._encoded: dict[str, tuple[Value | None, list[int]]] = {}
+        self._answered: dict[tuple[int, int, int], tuple[tuple[Value | None, ...], list[int]]] = {}
+        # Each in-process write request's last words, and what they said.
+        self._written: dict[tuple[int, int, int], tuple[list[int], int, dict[str, float]]] = {}
+
+    @property
+    def units(self) -> tuple[int, ...]:
+        """The unit ids the bank answers for (a map may put registers on several)."""
+        return tuple(self._by_unit)
 
     def devices(self) -> list[SimDevice]:
         """One pymodbus `SimDevice` per unit id the map uses."""
@@ -83,50 +121,159 @@ class RegisterBank:
                 return None
             if set_values is None:
                 return self._read(function_code, start_address, touched, registers)
-            return self._write(function_code, address, count, touched, list(map(int, set_values)))
+            written = list(map(int, set_values))
+            whole = _whole(address, count, touched)
+            decoded = self._decode(function_code, address, touched, written, whole)
+            return decoded if isinstance(decoded, ExcCodes) else self._apply(decoded)
 
         return action
 
-    def _read(
-        self, function_code: int, start: int, touched: list[Register], registers: list[int]
-    ) -> ExcCodes | None:
-        if any(not r.access.readable or function_code not in r.read_fcs for r in touched):
-            return ExcCodes.ILLEGAL_FUNCTION
-        values = self.model.values()
-        for reg in touched:
-            value = values.get(reg.name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                value = from_project_units(reg, float(value))
-            words = encode(reg, value)
-            registers[reg.address - start : reg.end - start] = words
-        return None
-
-    def _write(
+    def read_words(
         self,
+        unit: int,
         function_code: int,
         address: int,
         count: int,
+        values: Mapping[str, Value | None] | None = None,
+    ) -> list[int] | ExcCodes:
+        """A read request answered without a server: its words, or the exception a server
+        answers (`values`: the model's, if already taken this instant)."""
+        request = self._request(unit, address, count)
+        if request.gaps:
+            return ExcCodes.ILLEGAL_ADDRESS
+        if function_code not in request.read_fcs:
+            return ExcCodes.ILLEGAL_FUNCTION
+        if values is None:
+            values = self.model.values()
+        shown = tuple(map(values.get, request.names))
+        last = self._answered.get(request.key)
+        if last is not None and request.exact and last[0] == shown:
+            return list(last[1])
+        registers = [0] * count
+        self._fill(request.fields, registers, values)
+        self._answered[request.key] = (shown, list(registers))
+        return registers
+
+    def write_words(
+        self, unit: int, function_code: int, address: int, words: list[int]
+    ) -> ExcCodes | None:
+        """A write request handled without a server: None, or the exception a server answers."""
+        request = self._request(unit, address, len(words))
+        if request.gaps:
+            return ExcCodes.ILLEGAL_ADDRESS
+        last = self._written.get(request.key)
+        if last is not None and last[0] == words and last[1] == function_code:
+            return self._apply(dict(last[2]))  # what the same words said last time
+        decoded = self._decode(function_code, address, request.touched, words, request.whole)
+        if isinstance(decoded, ExcCodes):
+            return decoded
+        self._written[request.key] = (list(words), function_code, dict(decoded))
+        return self._apply(decoded)
+
+    def _request(self, unit: int, address: int, count: int) -> _Request:
+        key = (unit, address, count)
+        request = self._requests.get(key)
+        if request is None:
+            end = address + count
+            touched = [
+                r for r in self._by_unit.get(unit, ()) if r.address < end and r.end > address
+            ]
+            served = sum(min(r.end, end) - max(r.address, address) for r in touched)
+            fcs = [r.read_fcs if r.access.readable else frozenset[int]() for r in touched]
+            request = self._requests[key] = _Request(
+                key,
+                touched,
+                served < count,
+                frozenset[int].intersection(*fcs) if fcs else frozenset[int](),
+                _whole(address, count, touched),
+                self._fields(address, touched),
+                tuple(r.name for r in touched),
+                not any(r.type.is_float for r in touched),
+            )
+        return request
+
+    def _fields(self, start: int, touched: list[Register]) -> list[_Field]:
+        """Where each register's words go in a request from `start`, and how it is encoded."""
+        return [
+            (
+                reg.name,
+                reg.address - start,
+                reg.end - start,
+                self._encoders[reg.name],
+                UNIT_SCALE[reg.unit][1],
+                reg.type.is_float,
+            )
+            for reg in touched
+        ]
+
+    def _read(
+        self,
+        function_code: int,
+        start: int,
+        touched: list[Register],
+        registers: list[int],
+    ) -> ExcCodes | None:
+        if any(not r.access.readable or function_code not in r.read_fcs for r in touched):
+            return ExcCodes.ILLEGAL_FUNCTION
+        self._fill(self._fields(start, touched), registers, self.model.values())
+        return None
+
+    def _fill(
+        self, fields: list[_Field], registers: list[int], values: Mapping[str, Value | None]
+    ) -> None:
+        """Encode `values` into `registers` (model values are in the project's units)."""
+        encoded = self._encoded
+        for name, start, end, encode, per_unit, is_float in fields:
+            value = values.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = float(value) / per_unit  # `from_project_units`
+            last = encoded.get(name)
+            if (
+                last is not None
+                and last[0] == value
+                and (not is_float or value or _same_zero(last[0], value))
+            ):
+                words = last[1]
+            else:
+                words = encode(value)
+                encoded[name] = (value, words)
+            registers[start:end] = words
+
+    def _decode(
+        self,
+        function_code: int,
+        address: int,
         touched: list[Register],
         words: list[int],
-    ) -> ExcCodes | None:
+        whole: bool,
+    ) -> dict[str, float] | ExcCodes:
+        """A write request's values as the model takes them, or the exception it is answered."""
+        refusal = None
         if function_code not in (6, 16):
             return ExcCodes.ILLEGAL_FUNCTION
-        end = address + count
-        if any(r.address < address or r.end > end for r in touched):
+        if not whole:
             # Half of a multi-register value: real devices refuse it rather than apply garbage.
-            self.rejected_writes += 1
-            return ExcCodes.ILLEGAL_VALUE
-        if function_code == 6 and any(r.words != 1 for r in touched):
-            self.rejected_writes += 1
-            return ExcCodes.ILLEGAL_VALUE
+            refusal = ExcCodes.ILLEGAL_VALUE
+        elif function_code == 6 and any(r.words != 1 for r in touched):
+            refusal = ExcCodes.ILLEGAL_VALUE
         decoded: dict[str, float] = {}
         try:
-            for reg in touched:
+            for reg in touched if refusal is None else ():
                 value = decode(reg, words[reg.address - address : reg.end - address])
                 number = in_project_units(reg, value)
                 if number is None:
                     raise Rejected(f"{reg.name}: NaN written")
                 decoded[reg.name] = number
+        except (Rejected, BadValue):
+            refusal = ExcCodes.ILLEGAL_VALUE
+        if refusal is not None:
+            self.rejected_writes += 1
+            return refusal
+        return decoded
+
+    def _apply(self, decoded: dict[str, float]) -> ExcCodes | None:
+        """Hand one write's values to the model, which may refuse them all."""
+        try:
             self.model.write(decoded)
         except (Rejected, BadValue):
             self.rejected_writes += 1
@@ -134,12 +281,32 @@ class RegisterBank:
         return None
 
 
+def _whole(address: int, count: int, touched: list[Register]) -> bool:
+    """Whether a request from `address` over `count` words covers each register whole."""
+    return all(r.address >= address and r.end <= address + count for r in touched)
+
+
+def _same_zero(a: Value | None, b: Value | None) -> bool:
+    """Whether two values that compare equal and false encode alike: 0 and 0.0, 0.0 and -0.0
+    do not."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float) and isinstance(b, float):
+        return math.copysign(1.0, a) == math.copysign(1.0, b)
+    return True
+
+
 class PileRegisters:
     """A simulated pile as the `flexcharge-dc-pile` register map shows it."""
 
-    def __init__(self, pile: PileModel, regmap: RegisterMap, clock: Clock) -> None:
+    def __init__(
+        self, pile: PileModel, regmap: RegisterMap, clock: Clock, *, bms: bool = True
+    ) -> None:
+        """`bms` False: the pile passes on nothing of its vehicle's battery management (no state
+        of charge, power demand or capacity), as a plain AC charger does."""
         self.pile = pile
         self.clock = clock
+        self.bms = bms
         self._state_code = {label: code for code, label in regmap.enums["state"].items()}
         self._mode_code = {label: code for code, label in regmap.enums["mode"].items()}
         self._mode_label = dict(regmap.enums["mode"])
@@ -150,9 +317,10 @@ class PileRegisters:
         reading = pile.reading(self.clock.now())
         vehicle = pile.vehicle
         voltage = 0.0 if vehicle is None else 600.0 + 150.0 * vehicle.soc
+        bms = self.bms
         return {
             "state": self._state_code[reading.state.value],
-            "soc": reading.soc_pct,
+            "soc": reading.soc_pct if bms else None,
             "voltage": voltage,
             "current": reading.power_kw * 1000 / voltage if voltage else 0.0,
             "power": reading.power_kw,
@@ -161,8 +329,8 @@ class PileRegisters:
             "max_charge_power": reading.max_charge_kw,
             "max_discharge_power": reading.max_discharge_kw,
             "min_power": reading.min_kw,
-            "ev_max_power": reading.ev_max_kw,
-            "ev_capacity": reading.ev_capacity_kwh,
+            "ev_max_power": reading.ev_max_kw if bms else None,
+            "ev_capacity": reading.ev_capacity_kwh if bms else None,
             "session_energy": reading.session_energy_kwh,
             "applied_setpoint": reading.applied_setpoint_kw,
             "fallback_countdown": reading.fallback_countdown_s,

@@ -1,5 +1,8 @@
 """One device behind an OPC-UA link, read and written by the names of its register map, and the
 links of a station, one per server endpoint.
+
+An `OpcUaDevice` needs of its link only what `OpcUaTransport` names: the fast simulation gives it
+one that answers from the simulator's address space in-process.
 """
 
 from __future__ import annotations
@@ -7,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
-from typing import Literal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Literal, Protocol
 
 from asyncua import ua
 
@@ -21,11 +24,34 @@ from drivers.opcua.space import engineering_variant, node_name
 log = logging.getLogger(__name__)
 
 
+class OpcUaTransport(Protocol):
+    """What an `OpcUaDevice` needs of its link: a session, reads and writes of variables."""
+
+    @property
+    def address(self) -> str:
+        """The endpoint, for messages."""
+        ...
+
+    async def connect(self, device: str) -> None:
+        """Open the session if it is not open (a `DriverError` if that fails)."""
+        ...
+
+    async def read(
+        self, device: str, identifiers: Sequence[str], *, cached: bool = True
+    ) -> list[ua.DataValue]:
+        """The values of the named variables (`cached`: a subscription's may do)."""
+        ...
+
+    async def write(self, device: str, values: Mapping[str, ua.Variant]) -> None:
+        """Write the variables in one request."""
+        ...
+
+
 class OpcUaDevice:
     """One device: the object `object_name` behind a link, read and written by map name."""
 
     def __init__(
-        self, name: str, link: OpcUaLink, register_map: RegisterMap, object_name: str
+        self, name: str, link: OpcUaTransport, register_map: RegisterMap, object_name: str
     ) -> None:
         if not object_name or "." in object_name:
             raise ValueError(

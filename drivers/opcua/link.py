@@ -90,6 +90,12 @@ def _printable(url: str) -> str:
     return urlunsplit(parts._replace(netloc=host))
 
 
+def refused(device: str, url: str, why: str) -> ConnectionLost:
+    """The error of a session with the server at `url` that could not be opened (`why`: the
+    operating system's word for it, "Connection refused")."""
+    return ConnectionLost(device, f"cannot connect to {url}: {why}")
+
+
 class _NoCommonPolicy(Exception):
     def __init__(self, offered: list[str]) -> None:
         super().__init__(", ".join(offered) or "none")
@@ -458,7 +464,7 @@ class OpcUaLink:
                 device, f"no answer from {url} within {self.connect_timeout_s:g} s while connecting"
             )
         if isinstance(exc, OSError):
-            return ConnectionLost(device, f"cannot connect to {url}: {exc.strerror or exc}")
+            return refused(device, url, str(exc.strerror or exc))
         if isinstance(exc, ValueError):
             return DriverError(device, f"{url} does not serve the namespace {NAMESPACE_URI}")
         if isinstance(exc, ua.UaError):
