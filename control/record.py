@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
+from base.events import Event
 from control.site import SiteSnapshot
 from scheduler.plan import Plan
 
@@ -34,6 +35,6 @@ class Recorder(Protocol):
         """Record a new plan."""
         ...
 
-    def event(self, when: float, text: str, kind: str = "control", *, block: bool = False) -> None:
+    def event(self, event: Event, *, block: bool = False) -> None:
         """Record an event."""
         ...

@@ -4,6 +4,9 @@ simulation.
 The shells read the site into a `SiteSnapshot` (the daemon from its devices, fast simulation
 from the plant through the same checks), call `step`, write the setpoints it decided and tell
 `Control.committed` which were written. Nothing here waits or touches a device.
+
+What `Control.observe` noticed comes back worded; `step` makes those words events (from control,
+of kind observed), the one place they become records.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from base.events import Event, Kind, Source
 from control.cycle import Control, Decision
 from control.ledger import SessionLedger
 from control.site import SiteSnapshot
@@ -21,7 +25,7 @@ class Step:
     """What one step decided, and what it noticed on the way."""
 
     decision: Decision
-    events: tuple[str, ...]
+    events: tuple[Event, ...]
 
 
 def step(
@@ -40,7 +44,11 @@ def step(
     """
     if ledger is not None:
         ledger.close_ended(snapshot, control.sessions)
-    events = tuple(control.observe(snapshot, dt))
+    # Control words what it noticed without saying what kind of thing or which pile it is about.
+    events = tuple(
+        Event(snapshot.time, Source.CONTROL, Kind.OBSERVED, text)
+        for text in control.observe(snapshot, dt)
+    )
     if ledger is not None:
         ledger.follow(snapshot, control.sessions)
     if plan is not None:

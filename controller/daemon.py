@@ -42,6 +42,7 @@ from typing import TypeVar
 
 from base.clock import Clock, Ticker, stop_task
 from base.config import Station, load_station
+from base.events import DeviceRef, Event, Kind, Source
 from base.loading import ConfigError
 from base.loading import ConfigProblem as ConfigProblem
 from control.cycle import Control, Decision, Policy
@@ -119,7 +120,7 @@ class Daemon:
         self.sensors = Sensors(station, notify=self._record, follow=self.control.follow)
         self.tally = Tally(station.limit_kw)
         self.observers: list[Callable[[Cycle], None]] = []
-        self.events: deque[tuple[float, str]] = deque(maxlen=500)
+        self.events: deque[Event] = deque(maxlen=500)
         self.event_count = 0
         self.last_cycle: Cycle | None = None
         self._stop = asyncio.Event()
@@ -179,15 +180,16 @@ class Daemon:
         """
         links = StationLinks(station, clock)
         gm = station.grid_meter
-        meter = MapMeter(gm.id, links.device(station, gm, f"meter {gm.id}"))
+        meter = MapMeter(gm.id, links.device(station, gm, DeviceRef.meter(gm.id)))
         term = station.terminal
         terminal = (
             None
             if term is None
-            else MapMeter(term.id, links.device(station, term, f"terminal {term.id}"))
+            else MapMeter(term.id, links.device(station, term, DeviceRef.terminal(term.id)))
         )
         piles = [
-            pile_driver(p, links.device(station, p, f"pile {p.id}"), clock) for p in station.piles
+            pile_driver(p, links.device(station, p, DeviceRef.pile(p.id)), clock)
+            for p in station.piles
         ]
         daemon = cls(
             station,
@@ -233,7 +235,7 @@ class Daemon:
             setpoints=dict(control.setpoints),
             devices=tuple(
                 DeviceHealth(
-                    f.device, f.ok, f.episodes, None if f.error is None else f.error.message
+                    f.label, f.ok, f.episodes, None if f.error is None else f.error.message
                 )
                 for f in sensors.feeds()
             ),
@@ -376,8 +378,8 @@ class Daemon:
         snapshot = await self._read(now)
         saver = self.saver
         done = step(self.control, snapshot, dt, None if saver is None else saver.ledger)
-        for text in done.events:
-            self._event(now, text)
+        for event in done.events:
+            self._event(event)
         decision = done.decision
         written = await self._write(decision.setpoints, now)
         cycle = Cycle(
@@ -399,14 +401,16 @@ class Daemon:
     async def _read_terminal(self) -> MeterReading | DriverError | None:
         if self.terminal is None or self.terminal_feed is None:
             return None
-        return await _attempt(self.terminal_feed.device, self.terminal.read)
+        return await _attempt(self.terminal_feed.label, self.terminal.read)
 
     async def _read(self, now: float) -> SiteSnapshot:
         ids = list(self.piles)
         sensors = self.sensors
         meter_result, pile_results, terminal_result = await asyncio.gather(
-            _attempt(self.meter_feed.device, self.meter.read),
-            asyncio.gather(*(_attempt(f"pile {pid}", self.piles[pid].read) for pid in ids)),
+            _attempt(self.meter_feed.label, self.meter.read),
+            asyncio.gather(
+                *(_attempt(self.pile_feeds[pid].label, self.piles[pid].read) for pid in ids)
+            ),
             self._read_terminal(),
         )
         sensors.take_meter(meter_result, now)
@@ -422,12 +426,12 @@ class Daemon:
             await asyncio.gather(*(self._arm(pid) for pid in rearm))
         return sensors.snapshot(now, self.station.tariff)
 
-    def _record(self, when: float, text: str) -> None:
-        """A device failure starting or ending (already logged by its feed)."""
-        self.events.append((when, text))
+    def _record(self, event: Event) -> None:
+        """An event already logged where it was made (a feed's health, the sensing checks)."""
+        self.events.append(event)
         self.event_count += 1
         if self.telemetry is not None:
-            self.telemetry.event(when, text, "device")
+            self.telemetry.event(event)
 
     async def _write(self, setpoints: Mapping[str, float], now: float) -> dict[str, bool]:
         ids = list(setpoints)
@@ -440,7 +444,7 @@ class Daemon:
                 error = (
                     result
                     if isinstance(result, DriverError)
-                    else DriverError(f"pile {pid}", repr(result))
+                    else DriverError(self.pile_feeds[pid].label, repr(result))
                 )
                 self.pile_feeds[pid].failed(error, now)
                 written[pid] = False
@@ -502,7 +506,7 @@ class Daemon:
                 return False
             now = self.clock.now()
             await self._let_go(change.drops, old)
-            feeds = {pid: Feed[PileReading](f"pile {pid}", self._record) for pid in built}
+            feeds = {pid: Feed[PileReading](DeviceRef.pile(pid), self._record) for pid in built}
             for pid in change.rerated:
                 driver = self.piles[pid]
                 if isinstance(driver, AcPile):
@@ -520,11 +524,12 @@ class Daemon:
             )
             self._swap(station, change, drivers, feeds, meter, terminal)
             for text in self.control.reconfigure(station, now, policy=self._policy):
-                self._event(now, text)
+                self._event(Event(now, Source.CONTROL, Kind.RELOAD, text))
             await self._follow_policy()
             if self.links is not None:
                 await self.links.prune(station)
-            self._event(now, f"config reloaded from {station.path}: {change.summary()}")
+            text = f"config reloaded from {station.path}: {change.summary()}"
+            self._event(Event(now, Source.OPERATOR, Kind.RELOAD, text))
             return True
 
     def _refuse(self, err: ConfigError) -> None:
@@ -556,15 +561,15 @@ class Daemon:
         meter = None
         if change.meter:
             gm = station.grid_meter
-            meter = MapMeter(gm.id, links.device(station, gm, f"meter {gm.id}"))
+            meter = MapMeter(gm.id, links.device(station, gm, DeviceRef.meter(gm.id)))
         terminal = None
         if change.terminal and station.terminal is not None:
             term = station.terminal
-            terminal = MapMeter(term.id, links.device(station, term, f"terminal {term.id}"))
+            terminal = MapMeter(term.id, links.device(station, term, DeviceRef.terminal(term.id)))
         piles = {
             pid: pile_driver(
                 station.pile(pid),
-                links.device(station, station.pile(pid), f"pile {pid}"),
+                links.device(station, station.pile(pid), DeviceRef.pile(pid)),
                 self.clock,
             )
             for pid in change.builds
@@ -622,13 +627,13 @@ class Daemon:
         if meter is not None:
             self._stop_watching(self.meter_feed, now)
             self.meter = meter
-            sensors.meter = Feed(f"meter {meter.id}", self._record)
+            sensors.meter = Feed(DeviceRef.meter(meter.id), self._record)
         if change.terminal:
             if self.terminal_feed is not None:
                 self._stop_watching(self.terminal_feed, now)
             self.terminal = terminal
             sensors.terminal = (
-                None if terminal is None else Feed(f"terminal {terminal.id}", self._record)
+                None if terminal is None else Feed(DeviceRef.terminal(terminal.id), self._record)
             )
         sensors.station, sensors.settings = station, station.control
         self.station = station
@@ -644,7 +649,7 @@ class Daemon:
         if not feed.ok:
             log.warning(
                 "%s: no longer watched (config reloaded), after %.0f s not answering",
-                feed.device,
+                feed.label,
                 now - (feed.failed_since or now),
             )
 
@@ -676,19 +681,17 @@ class Daemon:
         if curtailing != self._curtailing:
             self._curtailing = curtailing
             if curtailing:
-                self._event(
-                    cycle.time,
-                    f"curtailing: vehicles want {wanted:.0f} kW, headroom gives {budget:.0f} kW",
-                )
+                kind = Kind.CURTAILING
+                text = f"curtailing: vehicles want {wanted:.0f} kW, headroom gives {budget:.0f} kW"
             else:
-                self._event(cycle.time, "curtailment ended: the headroom covers what vehicles take")
+                kind = Kind.CURTAILMENT_ENDED
+                text = "curtailment ended: the headroom covers what vehicles take"
+            self._event(Event(cycle.time, Source.CONTROL, kind, text))
 
-    def _event(self, when: float, text: str) -> None:
-        self.events.append((when, text))
-        self.event_count += 1
-        log.info("%s", text)
-        if self.telemetry is not None:
-            self.telemetry.event(when, text, "control")
+    def _event(self, event: Event) -> None:
+        """An event made here or in the control step: logged, then recorded."""
+        log.info("%s", event.text)
+        self._record(event)
 
 
 class FastLoop:

@@ -15,6 +15,7 @@ from functools import partial
 from base.clock import Clock
 from base.config import DeviceEndpoint, PileConfig, Station
 from base.devicemap import is_charger_driver
+from base.events import DeviceRef
 from drivers.acpile import AcPile
 from drivers.device import Device
 from drivers.makes import charger_class
@@ -92,8 +93,8 @@ class StationLinks:
         )
         self._open: dict[tuple[str, int | str, bool], ModbusLink | OpcUaLink] = {}
 
-    def device(self, station: Station, endpoint: DeviceEndpoint, label: str) -> Device:
-        """The device a station entry names, on its link.
+    def device(self, station: Station, endpoint: DeviceEndpoint, ref: DeviceRef) -> Device:
+        """The device a station entry names, on its link (its errors name it by `ref`'s label).
 
         Raises `ConfigError` when certificates or the password an encrypted link needs are
         missing.
@@ -105,9 +106,9 @@ class StationLinks:
             link = self.opcua.get(
                 endpoint.opcua_url, encrypt=endpoint.opcua_security == "sign-and-encrypt"
             )
-            device = OpcUaDevice(label, link, regmap, endpoint.opcua_object)
+            device = OpcUaDevice(ref.label, link, regmap, endpoint.opcua_object)
         else:
-            device = modbus_device(endpoint, label, station, self.modbus)
+            device = modbus_device(endpoint, ref.label, station, self.modbus)
         self._open[_link_key(endpoint)] = device.link
         return device
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from base.config import Station
+from base.events import Event
 from control.sensing import LimitOverride, LimitSource
 from control.sessions import Session, Wish
 from control.site import PileView, SiteSnapshot
@@ -122,7 +123,7 @@ class StationStatus:
     utility_limit_kw: float | None
     override: LimitOverride | None
     tally: Tally
-    events: tuple[tuple[float, str], ...] = ()
+    events: tuple[Event, ...] = ()
     event_count: int = 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import calendar
 import math
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +27,7 @@ from numpy.typing import NDArray
 
 from base.config import Station
 from base.devicemap import PileMode, Value
+from base.events import Event
 from base.tariff import Tariff
 from control.cycle import Control, Decision, Policy, group_limits
 from control.follow import FollowWatch
@@ -161,7 +161,7 @@ class SimResult:
     peak_kw: NDArray[np.float64]
     books: Books
     solve_ms: list[float] = field(default_factory=list)
-    events: list[tuple[float, str]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     controller_delivered_kwh: dict[str, float] = field(default_factory=dict)
 
 
@@ -205,7 +205,8 @@ def simulate(
 
     The controller reads the plant through the same `Sensors` checks as the daemon. With the
     scenario's `faults`, devices, vehicles and the utility misbehave as scripted; devices that do
-    not answer get no setpoints. `SimResult.events` holds what the controller noticed and when.
+    not answer get no setpoints. `SimResult.events` holds what the controller noticed and the
+    script's faults starting and ending, as events (`base.events`).
     """
     policy = Policy(policy)
     station = scenario.station
@@ -241,7 +242,7 @@ def simulate(
         control.wish(pile.id, pile.session_id, _wish(visit, scenario.information))
 
     plant.on_plug = plugged
-    events: list[tuple[float, str]] = []
+    events: list[Event] = []
     faults = FaultScript(scenario.faults)
     faults.check(station)
     if scenario.information not in ("exact", "stated"):
@@ -280,7 +281,7 @@ def simulate(
         now = float(now)
         # The daemon's fast loop writes every second; between our steps it would have kept every
         # pile's fail-safe timer from running out.
-        events.extend((now, f"simulator: {text}") for text in faults.apply(plant, now))
+        events.extend(faults.apply(plant, now))
         for pile in plant.piles.values():
             if faults.reachable(pile.id, now):
                 pile.heartbeat(now, continuous=pile.id in reached)
@@ -294,7 +295,7 @@ def simulate(
         ledger.add(k, plant.pieces)
         snapshot = sensing.snapshot(now, scenario.tariff)
         done = step(control, snapshot, step_s, plan=plan_now)
-        events.extend((now, text) for text in done.events)
+        events.extend(done.events)
         decision = done.decision
         written = {}
         hold = _break_before_make(plant, decision)
@@ -451,7 +452,7 @@ def _result(
     requested: dict[str, float],
     delivered: dict[str, float],
     solve_ms: list[float],
-    events: list[tuple[float, str]],
+    events: list[Event],
     counted: dict[str, float],
 ) -> SimResult:
     """A run's result, its time series (each step's averages) derived from its books."""
@@ -524,29 +525,18 @@ def repriced(result: SimResult, scenario: Scenario) -> SimResult:
     return billed
 
 
-# What a device's feed reports when it starts or stops failing ("pile P03: ...").
-_DEVICE_EVENT = re.compile(r"^(pile|meter|terminal) \S+: ")
-
-
 def _tell(
     telemetry: Recorder,
     now: float,
     snapshot: SiteSnapshot,
     decision: Decision,
     written: Mapping[str, float],
-    events: Sequence[tuple[float, str]],
+    events: Sequence[Event],
     told: int,
 ) -> None:
     """Hand one step and the events since the last one to the telemetry writer."""
-    for when, text in events[told:]:
-        kind = (
-            "simulator"
-            if text.startswith("simulator: ")
-            else "device"
-            if _DEVICE_EVENT.match(text)
-            else "control"
-        )
-        telemetry.event(when, text, kind, block=True)
+    for event in events[told:]:
+        telemetry.event(event, block=True)
     ok = {pid: pid in written for pid in decision.setpoints}
     telemetry.cycle(
         now, snapshot, decision.budget_kw, decision.targets, decision.setpoints, ok, block=True
@@ -561,7 +551,7 @@ class _Sensing:
         station: Station,
         plant: Plant,
         faults: FaultScript,
-        events: list[tuple[float, str]],
+        events: list[Event],
         follow: FollowWatch,
         *,
         soc: bool = True,
@@ -570,9 +560,7 @@ class _Sensing:
         self.soc = soc
         self.plant = plant
         self.faults = faults
-        self.sensors = Sensors(
-            station, notify=lambda when, text: events.append((when, text)), follow=follow
-        )
+        self.sensors = Sensors(station, notify=events.append, follow=follow)
         self.meters = [station.grid_meter.id]
         if station.terminal is not None:
             self.meters.append(station.terminal.id)

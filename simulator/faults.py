@@ -45,6 +45,7 @@ import numpy as np
 
 from base.config import Station
 from base.devicemap import Value
+from base.events import DeviceRef, Event, Kind, Source
 from base.loading import (
     CellReader,
     Problems,
@@ -179,17 +180,18 @@ class FaultScript:
 
     # -- the plant -----------------------------------------------------------------------------
 
-    def apply(self, plant: Plant, now: float) -> list[str]:
-        """Start and end the faults that act on the plant; what happened, for a log."""
+    def apply(self, plant: Plant, now: float) -> list[Event]:
+        """Start and end the faults that act on the plant; what happened, as events from the
+        simulator about the device each fault is on."""
         notes = []
         for index, fault in enumerate(self.faults):
             if index not in self._started and now >= fault.start:
                 self._started.add(index)
-                notes.append(f"fault starts: {fault}")
+                notes.append(_note(plant, fault, now, Kind.SCRIPTED_FAULT, "starts"))
                 self._start(plant, fault, now)
             if index in self._started and index not in self._ended and now >= fault.end:
                 self._ended.add(index)
-                notes.append(f"fault ends: {fault}")
+                notes.append(_note(plant, fault, now, Kind.SCRIPTED_FAULT_ENDED, "ends"))
                 self._end(plant, fault)
         return notes
 
@@ -290,6 +292,22 @@ class FaultScript:
                 assert isinstance(clock, float)
                 values = {**values, "clock": clock + fault.amount}
         return values
+
+
+def _note(plant: Plant, fault: Fault, now: float, kind: Kind, what: str) -> Event:
+    text = f"simulator: fault {what}: {fault}"
+    return Event(now, Source.SIMULATOR, kind, text, _device(plant.station, fault.target))
+
+
+def _device(station: Station, target: str) -> DeviceRef | None:
+    """The device of the station a fault's target names (None for `site`)."""
+    if target == station.grid_meter.id:
+        return DeviceRef.meter(target)
+    if station.terminal is not None and target == station.terminal.id:
+        return DeviceRef.terminal(target)
+    if any(p.id == target for p in station.piles):
+        return DeviceRef.pile(target)
+    return None
 
 
 # -- the file format ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from base.clock import Clock, Ticker, stop_task
 from base.config import DeviceEndpoint, Station
+from base.events import DeviceRef
 from base.loading import ConfigError
 from drivers.tls import server_context
 from simulator.chargers import pile_device_model
@@ -85,7 +86,7 @@ class StationSimulator:
         served: list[tuple[DeviceEndpoint, str, DeviceModel]] = [
             (
                 meter,
-                f"meter {meter.id}",
+                DeviceRef.meter(meter.id).label,
                 MeterRegisters(self.plant, faults=faults, device_id=meter.id),
             )
         ]
@@ -93,11 +94,11 @@ class StationSimulator:
             # The utility's terminal measures the same connection as the grid meter.
             terminal = station.terminal
             relay = MeterRegisters(self.plant, faults=faults, device_id=terminal.id)
-            served.append((terminal, f"terminal {terminal.id}", relay))
+            served.append((terminal, DeviceRef.terminal(terminal.id).label, relay))
         for pile in station.piles:
             regmap = station.map_for(pile.device)
             pile_model = pile_device_model(self.plant.piles[pile.id], regmap, self.clock)
-            served.append((pile, f"pile {pile.id}", pile_model))
+            served.append((pile, DeviceRef.pile(pile.id).label, pile_model))
         endpoints: dict[tuple[str, int], list[tuple[DeviceEndpoint, RegisterBank]]] = {}
         opcua: dict[tuple[str, int, str], list[tuple[DeviceEndpoint, str, DeviceModel]]] = {}
         for device, label, model in served:
@@ -227,7 +228,7 @@ class StationSimulator:
                 if self._random_visits:
                     self._extend_visits(now)
                 for note in self.faults.apply(self.plant, now):
-                    log.warning("simulator: %s", note)
+                    log.warning("%s", note.text)
                 self.plant.step(now, step if last is None else now - last)
                 last = now
                 await self._opcua_faults(now)

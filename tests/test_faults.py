@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from base.config import REFERENCE_STATION, Station, load_station
+from base.events import Source
 from base.loading import ConfigError
 from flexcharge import cli
 from simulator.fast import Scenario, SimResult, simulate
@@ -203,7 +204,7 @@ def test_the_night_without_faults_binds_the_limit(baseline: SimResult) -> None:
     assert baseline.metrics["peak_kw"] > 0.95 * 4275
     assert float(baseline.metrics["delivered_pct"]) < 100  # the trucks want more than fits
     check_accounting(baseline)
-    assert not [text for _, text in baseline.events if "not following" in text]
+    assert not [e for e in baseline.events if "not following" in e.text]
 
 
 @pytest.mark.parametrize("name", list(MATRIX))
@@ -217,7 +218,7 @@ def test_fault_matrix(depot: Station, baseline: SimResult, name: str) -> None:
     assert over_s <= case.reaction_s, f"{name}: {over_s:.0f} s over, worst {worst_kw:.0f} kW"
     check_accounting(result)
 
-    events = [(t - start, text) for t, text in result.events if not text.startswith("simulator")]
+    events = [(e.time - start, e.text) for e in result.events if e.source is not Source.SIMULATOR]
     for text in case.starts:
         seen = [t for t, e in events if text in e]
         assert seen, f"{name}: never logged {text!r}: {events}"
@@ -281,7 +282,7 @@ def test_a_lost_terminal_keeps_the_utility_limit_in_force() -> None:
     assert result.site_kw[lost].max() <= 450.0
     # The limit binds: without it the piles would have drawn more.
     assert result.site_kw[lost].max() > 400.0
-    texts = [text for _, text in result.events]
+    texts = [e.text for e in result.events]
     assert any(f"terminal {terminal}: no answer" in t for t in texts)
     assert any(f"terminal {terminal}: back to normal" in t for t in texts)
 

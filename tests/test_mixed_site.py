@@ -97,7 +97,7 @@ async def test_mixed_site_stays_under_every_limit_on_real_protocols(
     assert truth.peak_kw <= station.limit_kw + 1e-6
     assert truth.longest_over_s <= PERIOD_S + simulator.settings.pile_delay_s + 8.0
     assert truth.over_kwh < 1.0
-    assert any("site limit now 450 kW" in text for _, text in daemon.events)
+    assert any("site limit now 450 kW" in e.text for e in daemon.events)
     during = [c for c in cycles if limited_from + 30 <= c.time < limited_to]
     assert during and all(c.snapshot.limit_kw == pytest.approx(450.0) for c in during)
     assert max(c.snapshot.grid_kw or 0.0 for c in during) <= 450.0

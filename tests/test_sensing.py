@@ -51,7 +51,7 @@ def events() -> list[str]:
 
 @pytest.fixture
 def sensors(reference: Station, events: list[str]) -> Sensors:
-    return Sensors(reference, notify=lambda _t, text: events.append(text))
+    return Sensors(reference, notify=lambda event: events.append(event.text))
 
 
 def test_absurd_and_nan_grid_power_are_failures_not_measurements(

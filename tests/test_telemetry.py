@@ -455,7 +455,7 @@ async def test_the_daemon_writes_its_run_to_the_local_store(
     assert all(p.tag("station") == station.name for p in site)
     events = query_local(store, "event")
     assert len(events) == daemon.event_count
-    assert [p.field("text") for p in events] == [text for _, text in daemon.events]
+    assert [p.field("text") for p in events] == [e.text for e in daemon.events]
     assert counts.written == counts.handed and counts.dropped == counts.buffered == 0
     assert not (Path("var/telemetry") / f"{station.path.stem}.buffer.sqlite").exists()
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from base.config import Station
+from base.events import Event
 from base.health import Health
 from control.site import SiteSnapshot
 from controller.telemetry.buffer import DiskBuffer
@@ -173,12 +174,12 @@ class TelemetryWriter:
         """Queue the points of a new plan."""
         self.put(plan_points(self.station, plan, when), block=block)
 
-    def event(self, when: float, text: str, kind: str = "control", *, block: bool = False) -> None:
-        """Queue an event (`kind`: control, or device for a device failing or recovering)."""
+    def event(self, event: Event, *, block: bool = False) -> None:
+        """Queue an event."""
         self._event_seq += 1
-        at_ns = max(epoch_ns(when), self._last_event_ns + EVENT_SPACING_NS)
+        at_ns = max(epoch_ns(event.time), self._last_event_ns + EVENT_SPACING_NS)
         self._last_event_ns = at_ns
-        self.put([event_point(self.station, at_ns / NS, text, kind, self._event_seq)], block=block)
+        self.put([event_point(self.station, at_ns / NS, event, self._event_seq)], block=block)
 
     @property
     def counts(self) -> TelemetryCounts:
