@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from control.cycle import Control, Decision
+from control.cycle import Control
+from control.decider import Decision
 from control.ledger import SessionLedger
 from control.site import SiteSnapshot
 
