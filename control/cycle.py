@@ -1,18 +1,16 @@
 """The controller's decisions, without any I/O: the same code runs the daemon and fast simulation.
 
-`Control` follows the site through `SiteSnapshot`s. It keeps track of each vehicle's session (what
-it needs and when it leaves), of the month's peak, and of the current plan; it says when a new
-plan is due and builds the `scheduler.Problem` for it; and every cycle it turns the snapshot into
-setpoints:
+`Control` follows the site through `SiteSnapshot`s and composes the parts that decide:
 
-- a policy gives each vehicle a target: the plan's energy for the current slot (mpc,
-  offline-optimal), or a baseline split of the headroom (equal-share, edf, llf);
-- power a vehicle does not take is offered to the others the plan has charging in this slot;
-- the limiter moves setpoints towards the targets at the ramp limit and never lets them add up
-  to more than the measured headroom.
+- the session book (`control.book`) keeps each vehicle's session, what drivers said of it, each
+  pile's fault and the visits that ended;
+- `Control` itself keeps the month's peak, the background estimate and the plan: it says when a
+  new plan is due and builds the `scheduler.Problem` for it (`control.planner` solves and adopts);
+- the decider (`control.decider`) turns each snapshot into targets and setpoints, within the
+  budget the limiter (`control.limiter`) allows.
 
-The daemon (`controller.daemon`) wraps it with Modbus I/O and tasks; `simulator.fast` wraps it
-with the plant model and a loop.
+The daemon (`controller.daemon`) feeds it from devices on the wall clock; `simulator.fast` from
+the plant on a simulated clock; both through `control.step`.
 """
 
 from __future__ import annotations
