@@ -486,7 +486,9 @@ class Control:
             if saved.pile not in known:
                 notes.append(f"session on {saved.pile} dropped: the station has no such pile")
                 continue
-            self.sessions[saved.pile] = replace(saved, plan_serial=None)
+            # The very session the ledger counts (no copy to keep in step).
+            saved.plan_serial = None
+            self.sessions[saved.pile] = saved
         if self.sessions:
             notes.append(f"{len(self.sessions)} session(s) in progress")
         month = state.month

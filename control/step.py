@@ -40,7 +40,7 @@ def step(
     daemon's plan loop runs on its own and leaves it None.
     """
     if ledger is not None:
-        ledger.close_ended(snapshot, control.sessions)
+        ledger.close_ended(snapshot)
     events = tuple(control.observe(snapshot, dt))
     if ledger is not None:
         ledger.follow(snapshot, control.sessions)
