@@ -457,14 +457,15 @@ class Station:
         file = (self.path.parent / sec.opcua_password_file).resolve()
         try:
             return sec.opcua_user, file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8
+            why = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text ({exc})"
             raise ConfigError(
                 [
                     ConfigProblem(
                         self.path,
                         None,
                         "security.opcua_password_file",
-                        f"cannot read {file}: {exc.strerror}",
+                        f"cannot read {file}: {why}",
                     )
                 ]
             ) from None
