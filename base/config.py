@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -457,14 +458,15 @@ class Station:
         file = (self.path.parent / sec.opcua_password_file).resolve()
         try:
             return sec.opcua_user, file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8
+            why = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text ({exc})"
             raise ConfigError(
                 [
                     ConfigProblem(
                         self.path,
                         None,
                         "security.opcua_password_file",
-                        f"cannot read {file}: {exc.strerror}",
+                        f"cannot read {file}: {why}",
                     )
                 ]
             ) from None
@@ -660,16 +662,12 @@ def load_station(path: Path | str) -> Station:
     device_maps: dict[str, RegisterMap] = {}
     if info is not None:
         tariff_path = _resolve(path.parent / info.tariff)
-        try:
-            tariff = load_tariff(tariff_path)
-        except ConfigError as err:
-            problems.items.extend(err.problems)
-            problems.add(
-                None,
-                "station.tariff",
-                f"the tariff {info.tariff!r} ({tariff_path}) does not load: "
-                f"{len(err.problems)} problem(s) in that file",
-            )
+        tariff = problems.referenced(
+            partial(load_tariff, tariff_path),
+            None,
+            "station.tariff",
+            f"the tariff {info.tariff!r} ({tariff_path})",
+        )
         devices_dir = _resolve(path.parent / info.devices)
         wanted: dict[str, str] = {}
         # Check every map any entry names, even entries that failed their own checks.
@@ -691,17 +689,14 @@ def load_station(path: Path | str) -> Station:
                     f"no register map {device_name!r} in {devices_dir}; known: {known}",
                 )
                 continue
-            try:
-                device_maps[device_name] = load_register_map(map_path)
-            except ConfigError as err:
-                problems.items.extend(err.problems)
-                # Name the device too: the map may be sound, just not the file meant.
-                problems.add(
-                    user,
-                    "device",
-                    f"the register map {device_name!r} ({map_path}) does not load: "
-                    f"{len(err.problems)} problem(s) in that file",
-                )
+            loaded = problems.referenced(
+                partial(load_register_map, map_path),
+                user,
+                "device",
+                f"the register map {device_name!r} ({map_path})",
+            )
+            if loaded is not None:
+                device_maps[device_name] = loaded
 
     _check_groups(problems, piles, groups, phase_limits)
     meters = [m for m in (grid_meter, terminal) if m is not None]

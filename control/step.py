@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from base.events import Event, Kind, Source
-from control.cycle import Control, Decision
+from control.cycle import Control
+from control.decider import Decision
 from control.ledger import SessionLedger
 from control.site import SiteSnapshot
 
@@ -43,7 +44,7 @@ def step(
     daemon's plan loop runs on its own and leaves it None.
     """
     if ledger is not None:
-        ledger.close_ended(snapshot, control.sessions)
+        ledger.close_ended(snapshot)
     # Control words what it noticed without saying what kind of thing or which pile it is about.
     events = tuple(
         Event(snapshot.time, Source.CONTROL, Kind.OBSERVED, text)

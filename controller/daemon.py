@@ -45,7 +45,8 @@ from base.config import Station, load_station
 from base.events import DeviceRef, Event, Kind, Source
 from base.loading import ConfigError
 from base.loading import ConfigProblem as ConfigProblem
-from control.cycle import Control, Decision, Policy
+from control.cycle import Control
+from control.decider import Decision, Policy
 from control.planner import Planner
 from control.reload import StationChange
 from control.sensing import LimitOverride, Sensors
@@ -330,7 +331,7 @@ class Daemon:
             if isinstance(result, BaseException):
                 log.error("pile %s: could not leave it at its fallback power: %s", pid, result)
             else:
-                self.control.committed({pid: fallbacks[pid]})
+                self.control.committed({pid: fallbacks[pid]}, self.clock.now())
         log.info("every reachable pile left at its fallback power; stopped")
 
     async def _arm(self, pile_id: str) -> None:
@@ -450,7 +451,7 @@ class Daemon:
                 written[pid] = False
             else:
                 written[pid] = True
-        self.control.committed({pid: setpoints[pid] for pid, ok in written.items() if ok})
+        self.control.committed({pid: setpoints[pid] for pid, ok in written.items() if ok}, now)
         return written
 
     # -- the plan loop ---------------------------------------------------------------------------

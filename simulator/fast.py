@@ -29,7 +29,8 @@ from base.config import Station
 from base.devicemap import PileMode, Value
 from base.events import Event
 from base.tariff import Tariff
-from control.cycle import Control, Decision, Policy, group_limits
+from control.cycle import Control
+from control.decider import Decision, Policy, group_limits
 from control.follow import FollowWatch
 from control.forecast import BackgroundForecast
 from control.planner import Planner
@@ -306,7 +307,7 @@ def simulate(
             pile = plant.piles[pid]
             pile.command(now, kw, mode, after_s=hold if kw > pile.power_kw else 0.0)
             written[pid] = kw
-        control.committed(written)
+        control.committed(written, now)
         if telemetry is not None:
             _tell(telemetry, now, snapshot, decision, written, events, told)
             told = len(events)

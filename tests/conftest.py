@@ -26,7 +26,7 @@ import pytest_timeout
 
 from base.clock import VirtualClock
 from base.config import CONFIG_ROOT, REFERENCE_STATION, Station, load_station
-from control.cycle import Policy
+from control.decider import Policy
 from controller.daemon import Daemon
 from controller.status import Cycle
 from simulator.faults import FaultScript

@@ -24,7 +24,7 @@ import pytest
 from base.clock import VirtualClock
 from base.config import ApiSettings, Station
 from base.events import Kind
-from control.cycle import Policy
+from control.decider import Policy
 from controller.api import ApiServer
 from controller.daemon import Daemon
 from simulator.fleet import Visit

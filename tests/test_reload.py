@@ -22,7 +22,7 @@ import pytest
 
 from base.config import CONFIG_ROOT, Station
 from base.tarifffile import load_tariff
-from control.cycle import Policy
+from control.decider import Policy
 from control.reload import StationChange
 from scheduler.problem import Problem
 from simulator.fleet import Visit

@@ -11,7 +11,8 @@ import pytest
 
 from base.config import Station
 from base.devicemap import PileState
-from control.cycle import Control, Policy
+from control.cycle import Control
+from control.decider import Policy
 from control.follow import NOT_FOLLOWING, Deviation, FollowWatch
 from control.sensing import STEADY_READINGS, Sensors
 from control.site import PileView
