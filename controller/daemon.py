@@ -321,18 +321,25 @@ class Daemon:
         if self._close is not None:
             await self._close()
 
-    async def leave_at_fallback(self) -> None:
-        """Command every pile to its fallback power (when control stops)."""
-        fallbacks = {pid: self.station.pile(pid).fallback_kw for pid in self.piles}
+    async def leave_at_fallback(self, pile_ids: Sequence[str], station: Station) -> None:
+        """Command piles the daemon stops controlling to their fallback power (at shutdown, or
+        dropped by a reload); one that does not answer falls back on its own after its timeout."""
+        fallbacks = {pid: station.pile(pid).fallback_kw for pid in pile_ids}
         results = await asyncio.gather(
             *(self.piles[pid].command(kw) for pid, kw in fallbacks.items()), return_exceptions=True
         )
         for pid, result in zip(fallbacks, results, strict=True):
             if isinstance(result, BaseException):
-                log.error("pile %s: could not leave it at its fallback power: %s", pid, result)
+                log.error(
+                    "pile %s: no longer controlled, but could not leave it at its fallback "
+                    "power (%s); its fail-safe falls back after %g s",
+                    pid,
+                    result,
+                    station.pile(pid).comm_timeout_s,
+                )
             else:
+                log.info("pile %s: no longer controlled, left at %.0f kW", pid, fallbacks[pid])
                 self.control.committed({pid: fallbacks[pid]}, self.clock.now())
-        log.info("every reachable pile left at its fallback power; stopped")
 
     async def _arm(self, pile_id: str) -> None:
         config = self.station.pile(pile_id)
@@ -506,7 +513,7 @@ class Daemon:
                 self._refuse(err)
                 return False
             now = self.clock.now()
-            await self._let_go(change.drops, old)
+            await self.leave_at_fallback(change.drops, old)
             feeds = {pid: Feed[PileReading](DeviceRef.pile(pid), self._record) for pid in built}
             for pid in change.rerated:
                 driver = self.piles[pid]
@@ -576,24 +583,6 @@ class Daemon:
             for pid in change.builds
         }
         return meter, terminal, piles
-
-    async def _let_go(self, pile_ids: Sequence[str], old: Station) -> None:
-        """Leave piles the daemon stops controlling at their fallback power, as shutdown does."""
-        fallbacks = {pid: old.pile(pid).fallback_kw for pid in pile_ids}
-        results = await asyncio.gather(
-            *(self.piles[pid].command(kw) for pid, kw in fallbacks.items()), return_exceptions=True
-        )
-        for pid, result in zip(fallbacks, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error(
-                    "pile %s: no longer controlled, but could not leave it at its fallback "
-                    "power (%s); its fail-safe falls back after %g s",
-                    pid,
-                    result,
-                    old.pile(pid).comm_timeout_s,
-                )
-            else:
-                log.info("pile %s: no longer controlled, left at %.0f kW", pid, fallbacks[pid])
 
     async def _arm_with(self, station: Station, pile: Pile, feed: Feed[PileReading] | None) -> None:
         config = station.pile(pile.id)
@@ -715,7 +704,9 @@ class FastLoop:
             return
         await stop_task(self._task)
         self._task = None
-        await self.daemon.leave_at_fallback()
+        daemon = self.daemon
+        await daemon.leave_at_fallback(list(daemon.piles), daemon.station)
+        log.info("every reachable pile left at its fallback power; stopped")
 
 
 class TelemetryService:
