@@ -206,8 +206,6 @@ class Daemon:
         daemon.links = links
         return daemon
 
-    over_modbus = for_station
-
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def run(self) -> None:

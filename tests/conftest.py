@@ -292,7 +292,7 @@ async def running_station() -> AsyncIterator[StartStation]:
             stack.push_async_callback(simulator.stop)
             control = Daemon.for_station(controlled or served, clock, policy=policy, **daemon)
             cycles: list[Cycle] = []
-            control.observers.append(cycles.append)
+            control.watch(cycles.append)
             task = asyncio.create_task(control.run(), name="daemon")
             site = RunningStation(simulator, control, clock, begin, cycles, task)
             stack.push_async_callback(site.stop_daemon)

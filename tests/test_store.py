@@ -395,7 +395,7 @@ async def test_daemon_resumes_after_downtime(station: Station, tmp_path: Path) -
         # This test takes part in the clock: station time stands still whenever it is busy (a
         # daemon stopping or starting), so the plant never runs on by itself for hours.
         with FrozenStore(path, station.name) as store, clock.participant():
-            first = Daemon.over_modbus(station, clock, policy="equal-share", store=store)
+            first = Daemon.for_station(station, clock, policy="equal-share", store=store)
             running = asyncio.create_task(first.run())
             await clock.sleep_until(start + 900)
             store.frozen = True
@@ -407,7 +407,7 @@ async def test_daemon_resumes_after_downtime(station: Station, tmp_path: Path) -
             await clock.sleep_until(start + 1800)  # A leaves at fallback power, B plugs in
 
             store.frozen = False
-            second = Daemon.over_modbus(station, clock, policy="equal-share", store=store)
+            second = Daemon.for_station(station, clock, policy="equal-share", store=store)
             running = asyncio.create_task(second.run())
             await clock.sleep_until(start + 1830)
             peak_after = second.control.month.peak_kw

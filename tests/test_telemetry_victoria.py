@@ -142,7 +142,7 @@ async def test_every_point_arrives_once_in_order_across_a_server_restart(
         retry_max_s=0.5,
     )
     writer.handed = []
-    daemon = Daemon.over_modbus(station, clock, policy="mpc", telemetry=writer)
+    daemon = Daemon.for_station(station, clock, policy="mpc", telemetry=writer)
     cycles: list[Cycle] = []
     daemon.observers.append(cycles.append)
     await simulator.start()
