@@ -6,28 +6,17 @@ the daemon's services.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Protocol
 
 from base.events import Event
-from control.site import SiteSnapshot
+from control.step import Cycle
 from scheduler.plan import Plan
 
 
 class Recorder(Protocol):
     """Where cycles, plans and events go (the telemetry writer implements it)."""
 
-    def cycle(
-        self,
-        when: float,
-        snapshot: SiteSnapshot,
-        budget_kw: float,
-        targets: Mapping[str, float],
-        setpoints: Mapping[str, float],
-        written: Mapping[str, bool],
-        *,
-        block: bool = False,
-    ) -> None:
+    def cycle(self, cycle: Cycle, *, block: bool = False) -> None:
         """Record one control cycle."""
         ...
 

@@ -11,7 +11,7 @@ of kind observed), the one place they become records.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from base.events import Event, Kind, Source
@@ -19,6 +19,23 @@ from control.cycle import Control
 from control.decider import Decision
 from control.ledger import SessionLedger
 from control.site import SiteSnapshot
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One pass of a shell's loop: what was seen, what was wanted, what was written."""
+
+    time: float
+    snapshot: SiteSnapshot
+    budget_kw: float
+    targets: Mapping[str, float]
+    setpoints: Mapping[str, float]
+    written: Mapping[str, bool]
+
+    @property
+    def wanted_kw(self) -> float:
+        """What the connected vehicles would take together."""
+        return sum(p.wants_kw for p in self.snapshot.piles)
 
 
 @dataclass(frozen=True)

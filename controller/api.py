@@ -39,6 +39,7 @@ from base.events import Event
 from base.tariff import Tariff
 from control.sensing import LimitOverride
 from control.sessions import Session, Wish
+from control.step import Cycle
 from controller.apimodels import (
     MAX_OVERRIDE_S,
     BandOut,
@@ -59,7 +60,7 @@ from controller.apimodels import (
     TariffOut,
 )
 from controller.metrics import metrics_text, registry_for
-from controller.status import Cycle, StationPort, StationStatus
+from controller.status import StationPort, StationStatus
 
 log = logging.getLogger(__name__)
 

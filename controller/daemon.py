@@ -52,12 +52,12 @@ from control.reload import StationChange
 from control.sensing import LimitOverride, Sensors
 from control.sessions import Wish
 from control.site import Feed, SiteSnapshot
-from control.step import step
+from control.step import Cycle, step
 from controller.devices import StationLinks, pile_driver
 from controller.planloop import PlanLoop
 from controller.saver import StateSaver
 from controller.service import Lifecycle, Service
-from controller.status import Cycle, DeviceHealth, StationStatus, Tally
+from controller.status import DeviceHealth, StationStatus, Tally
 from controller.store import StateStore
 from controller.telemetry.writer import TelemetryWriter
 from drivers.acpile import AcPile
@@ -395,9 +395,7 @@ class Daemon:
         self.tally.add(cycle, dt, (time.perf_counter() - started) * 1000)
         self._notice(cycle, decision)
         if self.telemetry is not None:
-            self.telemetry.cycle(
-                now, snapshot, cycle.budget_kw, cycle.targets, decision.setpoints, written
-            )
+            self.telemetry.cycle(cycle)
         for observer in self.observers:
             observer(cycle)
         if saver is not None:

@@ -18,7 +18,8 @@ from base.clock import Clock, Ticker, stop_task
 from control.cycle import Control
 from control.planner import Planner
 from control.site import SiteSnapshot
-from controller.status import Cycle, Tally
+from control.step import Cycle
+from controller.status import Tally
 from controller.telemetry.writer import TelemetryWriter
 from controller.worker import Worker
 from scheduler.plan import Plan

@@ -17,25 +17,9 @@ from base.config import Station
 from base.events import Event
 from control.sensing import LimitOverride, LimitSource
 from control.sessions import Session, Wish
-from control.site import PileView, SiteSnapshot
+from control.site import PileView
+from control.step import Cycle
 from scheduler.plan import Plan
-
-
-@dataclass(frozen=True)
-class Cycle:
-    """One pass of the fast loop: what was seen, what was wanted, what was written."""
-
-    time: float
-    snapshot: SiteSnapshot
-    budget_kw: float
-    targets: Mapping[str, float]
-    setpoints: Mapping[str, float]
-    written: Mapping[str, bool]
-
-    @property
-    def wanted_kw(self) -> float:
-        """What the connected vehicles would take together."""
-        return sum(p.wants_kw for p in self.snapshot.piles)
 
 
 @dataclass

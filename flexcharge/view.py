@@ -20,7 +20,8 @@ from rich.table import Table
 from rich.text import Text
 
 from base.events import Event
-from controller.status import Cycle, StationPort
+from control.step import Cycle
+from controller.status import StationPort
 
 _BAND_STYLE = {"valley": "green", "flat": "yellow", "peak": "red", "critical": "bold magenta"}
 

@@ -38,7 +38,7 @@ from control.record import Recorder
 from control.sensing import Sensors
 from control.sessions import PastVisit, Wish
 from control.site import SiteSnapshot
-from control.step import step
+from control.step import Cycle, step
 from drivers.meter import reading_from
 from drivers.pile import PileReading
 from scheduler.solver import Solver
@@ -539,9 +539,8 @@ def _tell(
     for event in events[told:]:
         telemetry.event(event, block=True)
     ok = {pid: pid in written for pid in decision.setpoints}
-    telemetry.cycle(
-        now, snapshot, decision.budget_kw, decision.targets, decision.setpoints, ok, block=True
-    )
+    cycle = Cycle(now, snapshot, decision.budget_kw, decision.targets, decision.setpoints, ok)
+    telemetry.cycle(cycle, block=True)
 
 
 class _Sensing:

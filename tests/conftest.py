@@ -27,8 +27,8 @@ import pytest_timeout
 from base.clock import VirtualClock
 from base.config import CONFIG_ROOT, REFERENCE_STATION, Station, load_station
 from control.decider import Policy
+from control.step import Cycle
 from controller.daemon import Daemon
-from controller.status import Cycle
 from simulator.faults import FaultScript
 from simulator.fleet import Visit
 from simulator.hardware import StationSimulator

@@ -18,7 +18,7 @@ import pytest
 from base import certs
 from base.config import CONFIG_ROOT, Station, load_station
 from control.limiter import PileBounds
-from controller.status import Cycle
+from control.step import Cycle
 from simulator.chargers import AcChargerModel
 from simulator.fleet import Visit
 from simulator.scenario import Series

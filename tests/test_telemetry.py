@@ -19,6 +19,7 @@ from base.config import CONFIG_ROOT, REFERENCE_STATION, Station, load_station
 from base.devicemap import PileState
 from base.loading import ConfigError
 from control.site import PileView, SiteSnapshot
+from control.step import Cycle
 from controller.telemetry.buffer import DiskBuffer
 from controller.telemetry.files import TelemetryError
 from controller.telemetry.local import LocalStore, query_local
@@ -134,8 +135,7 @@ def test_a_cycle_is_a_site_point_and_a_point_per_pile(reference: Station) -> Non
         band="valley",
         price=0.3162,
     )
-    site, one, two = cycle_points(
-        "S",
+    cycle = Cycle(
         1.8e9,
         snapshot,
         2200.0,
@@ -143,6 +143,7 @@ def test_a_cycle_is_a_site_point_and_a_point_per_pile(reference: Station) -> Non
         {p1.id: 320.0, p2.id: 0.0},
         {p1.id: True, p2.id: False},
     )
+    site, one, two = cycle_points("S", cycle)
     assert (site.measurement, site.tag("band")) == ("site", "valley")
     assert site.field("grid_kw") == 2000.0 and site.field("piles_kw") == 300.0
     assert site.field("background_kw") is None, "not measurable with a pile unread"

@@ -20,8 +20,8 @@ import pytest
 
 from base.clock import VirtualClock
 from base.config import Station
+from control.step import Cycle
 from controller.daemon import Daemon
-from controller.status import Cycle
 from controller.telemetry.buffer import DiskBuffer
 from controller.telemetry.points import Point
 from controller.telemetry.sinks import InfluxSink

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from base.events import Event
-from control.site import SiteSnapshot
+from control.step import Cycle
 from scheduler.plan import Plan
 
 FieldValue = float | int | bool | str
@@ -113,16 +113,10 @@ def epoch_ns(when: float) -> int:
 # -- what the station turns into points ------------------------------------------------------
 
 
-def cycle_points(
-    station: str,
-    when: float,
-    snapshot: SiteSnapshot,
-    budget_kw: float,
-    targets: Mapping[str, float],
-    setpoints: Mapping[str, float],
-    written: Mapping[str, bool],
-) -> list[Point]:
+def cycle_points(station: str, cycle: Cycle) -> list[Point]:
     """The `site` point and one `pile` point per pile of one control cycle."""
+    when, snapshot, budget_kw = cycle.time, cycle.snapshot, cycle.budget_kw
+    targets, setpoints, written = cycle.targets, cycle.setpoints, cycle.written
     site = Point.of(
         "site",
         when,

@@ -17,14 +17,14 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from base.config import Station
 from base.events import Event
 from base.health import Health
-from control.site import SiteSnapshot
+from control.step import Cycle
 from controller.telemetry.buffer import DiskBuffer
 from controller.telemetry.files import TelemetryError
 from controller.telemetry.local import LocalStore
@@ -153,22 +153,9 @@ class TelemetryWriter:
                 if len(self._queue) == self.batch_size:
                     self._cond.notify_all()
 
-    def cycle(
-        self,
-        when: float,
-        snapshot: SiteSnapshot,
-        budget_kw: float,
-        targets: Mapping[str, float],
-        setpoints: Mapping[str, float],
-        written: Mapping[str, bool],
-        *,
-        block: bool = False,
-    ) -> None:
+    def cycle(self, cycle: Cycle, *, block: bool = False) -> None:
         """Queue the points of one control cycle."""
-        self.put(
-            cycle_points(self.station, when, snapshot, budget_kw, targets, setpoints, written),
-            block=block,
-        )
+        self.put(cycle_points(self.station, cycle), block=block)
 
     def plan(self, plan: Plan, when: float, *, block: bool = False) -> None:
         """Queue the points of a new plan."""

@@ -31,8 +31,8 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    from control.step import Cycle
     from controller.daemon import Daemon
-    from controller.status import Cycle
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
