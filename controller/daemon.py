@@ -51,18 +51,18 @@ from control.planner import Planner
 from control.reload import StationChange
 from control.sensing import LimitOverride, Sensors
 from control.sessions import Wish
-from control.site import Feed, SiteSnapshot
+from control.site import Feed
 from control.step import Cycle, step
 from controller.devices import StationLinks, pile_driver
 from controller.planloop import PlanLoop
 from controller.saver import StateSaver
 from controller.service import Lifecycle, Service
+from controller.station_io import StationIO
 from controller.status import DeviceHealth, StationStatus, Tally
 from controller.store import StateStore
 from controller.telemetry.writer import TelemetryWriter
 from drivers.acpile import AcPile
-from drivers.errors import DriverError
-from drivers.meter import MapMeter, Meter, MeterReading
+from drivers.meter import MapMeter, Meter
 from drivers.pile import Pile, PileReading
 
 log = logging.getLogger(__name__)
@@ -71,18 +71,6 @@ T = TypeVar("T")
 # The state file is written at most this often (station seconds), and at once when a session
 # starts or ends.
 SAVE_EVERY_S = 1.0
-
-
-async def _attempt(device: str, read: Callable[[], Awaitable[T]]) -> T | DriverError:
-    """Run a device read; a failure comes back as a `DriverError` value, never raised."""
-    try:
-        return await read()
-    except DriverError as exc:
-        return exc
-    except Exception as exc:
-        # A driver bug, not a device failure: keep the traceback, but treat it like one.
-        log.exception("%s: unexpected error while reading", device)
-        return DriverError(device, f"unexpected {type(exc).__name__}: {exc}")
 
 
 class Daemon:
@@ -105,9 +93,6 @@ class Daemon:
         `telemetry`: where cycles, plans and events are written (the daemon starts and stops it)."""
         self.station = station
         self.clock = clock
-        self.meter = meter
-        self.terminal = terminal
-        self.piles = {pile.id: pile for pile in piles}
         self.control = Control(station, policy=policy)
         self.planner = Planner(self.control)
         self._close = close
@@ -118,7 +103,15 @@ class Daemon:
         self.config_serial = 0
         self._reloads: set[asyncio.Task[bool]] = set()
         self.period_s = station.control.period_s
-        self.sensors = Sensors(station, notify=self._record, follow=self.control.follow)
+        self.devices = StationIO(
+            station,
+            clock,
+            meter,
+            piles,
+            terminal,
+            notify=self._record,
+            follow=self.control.follow,
+        )
         self.tally = Tally(station.limit_kw)
         self.observers: list[Callable[[Cycle], None]] = []
         self.events: deque[Event] = deque(maxlen=500)
@@ -137,19 +130,14 @@ class Daemon:
         self.lifecycle = Lifecycle()
 
     @property
-    def meter_feed(self) -> Feed[MeterReading]:
-        """The grid meter's feed (kept by the sensors)."""
-        return self.sensors.meter
+    def piles(self) -> dict[str, Pile]:
+        """The piles the daemon controls, by id."""
+        return self.devices.piles
 
     @property
-    def terminal_feed(self) -> Feed[MeterReading] | None:
-        """The utility terminal's feed, if the station has one."""
-        return self.sensors.terminal
-
-    @property
-    def pile_feeds(self) -> dict[str, Feed[PileReading]]:
-        """Each pile's feed, by pile id."""
-        return self.sensors.piles
+    def sensors(self) -> Sensors:
+        """The checks every reading goes through, and each device's feed."""
+        return self.devices.sensors
 
     @property
     def solve_deadline_s(self) -> float:
@@ -240,7 +228,7 @@ class Daemon:
             ),
             pile_errors={
                 pid: None if f.error is None else f.error.message
-                for pid, f in self.pile_feeds.items()
+                for pid, f in sensors.piles.items()
             },
             limit_source=sensors.limit_source,
             utility_limit_kw=sensors.utility_limit_kw,
@@ -320,37 +308,9 @@ class Daemon:
             await self._close()
 
     async def leave_at_fallback(self, pile_ids: Sequence[str], station: Station) -> None:
-        """Command piles the daemon stops controlling to their fallback power (at shutdown, or
-        dropped by a reload); one that does not answer falls back on its own after its timeout."""
-        fallbacks = {pid: station.pile(pid).fallback_kw for pid in pile_ids}
-        results = await asyncio.gather(
-            *(self.piles[pid].command(kw) for pid, kw in fallbacks.items()), return_exceptions=True
-        )
-        for pid, result in zip(fallbacks, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error(
-                    "pile %s: no longer controlled, but could not leave it at its fallback "
-                    "power (%s); its fail-safe falls back after %g s",
-                    pid,
-                    result,
-                    station.pile(pid).comm_timeout_s,
-                )
-            else:
-                log.info("pile %s: no longer controlled, left at %.0f kW", pid, fallbacks[pid])
-                self.control.committed({pid: fallbacks[pid]}, self.clock.now())
-
-    async def _arm(self, pile_id: str) -> None:
-        config = self.station.pile(pile_id)
-        try:
-            await self.piles[pile_id].arm_failsafe(config.comm_timeout_s, config.fallback_kw)
-        except DriverError as exc:
-            # Until it is armed, the pile may fall back to anything: it is budgeted at its rating.
-            self.sensors.unarmed.add(pile_id)
-            self.pile_feeds[pile_id].failed(exc, self.clock.now())
-        else:
-            self.sensors.unarmed.discard(pile_id)
-
-    # -- the fast loop -------------------------------------------------------------------------
+        """Leave piles the daemon stops controlling at their fallback power (see `StationIO`)."""
+        written = await self.devices.leave_at_fallback(pile_ids, station)
+        self.control.committed(written, self.clock.now())
 
     async def _fast_loop(self) -> None:
         with self.clock.participant():
@@ -381,13 +341,16 @@ class Daemon:
             else min(now - self._last_cycle_at, 3 * self.period_s)
         )
         self._last_cycle_at = now
-        snapshot = await self._read(now)
+        snapshot = await self.devices.read(now)
         saver = self.saver
         done = step(self.control, snapshot, dt, None if saver is None else saver.ledger)
         for event in done.events:
             self._event(event)
         decision = done.decision
-        written = await self._write(decision.setpoints, now)
+        written = await self.devices.write(decision.setpoints, now)
+        self.control.committed(
+            {pid: decision.setpoints[pid] for pid, ok in written.items() if ok}, now
+        )
         cycle = Cycle(
             now, snapshot, decision.budget_kw, decision.targets, decision.setpoints, written
         )
@@ -402,60 +365,12 @@ class Daemon:
             saver.hand_over(now)
         return cycle
 
-    async def _read_terminal(self) -> MeterReading | DriverError | None:
-        if self.terminal is None or self.terminal_feed is None:
-            return None
-        return await _attempt(self.terminal_feed.label, self.terminal.read)
-
-    async def _read(self, now: float) -> SiteSnapshot:
-        ids = list(self.piles)
-        sensors = self.sensors
-        meter_result, pile_results, terminal_result = await asyncio.gather(
-            _attempt(self.meter_feed.label, self.meter.read),
-            asyncio.gather(
-                *(_attempt(self.pile_feeds[pid].label, self.piles[pid].read) for pid in ids)
-            ),
-            self._read_terminal(),
-        )
-        sensors.take_meter(meter_result, now)
-        if terminal_result is not None:
-            sensors.take_terminal(terminal_result, now)
-        rearm = [
-            pid
-            for pid, result in zip(ids, pile_results, strict=True)
-            if sensors.take_pile(pid, result, now)
-        ]
-        if rearm:
-            # A pile that was unreachable may have rebooted and lost its fail-safe settings.
-            await asyncio.gather(*(self._arm(pid) for pid in rearm))
-        return sensors.snapshot(now, self.station.tariff)
-
     def _record(self, event: Event) -> None:
         """An event already logged where it was made (a feed's health, the sensing checks)."""
         self.events.append(event)
         self.event_count += 1
         if self.telemetry is not None:
             self.telemetry.event(event)
-
-    async def _write(self, setpoints: Mapping[str, float], now: float) -> dict[str, bool]:
-        ids = list(setpoints)
-        results = await asyncio.gather(
-            *(self.piles[pid].command(setpoints[pid]) for pid in ids), return_exceptions=True
-        )
-        written: dict[str, bool] = {}
-        for pid, result in zip(ids, results, strict=True):
-            if isinstance(result, BaseException):
-                error = (
-                    result
-                    if isinstance(result, DriverError)
-                    else DriverError(self.pile_feeds[pid].label, repr(result))
-                )
-                self.pile_feeds[pid].failed(error, now)
-                written[pid] = False
-            else:
-                written[pid] = True
-        self.control.committed({pid: setpoints[pid] for pid, ok in written.items() if ok}, now)
-        return written
 
     # -- the plan loop ---------------------------------------------------------------------------
 
@@ -523,8 +438,11 @@ class Daemon:
             ]
             drivers = {**self.piles, **built}
             await asyncio.gather(
-                *(self._arm_with(station, drivers[pid], feeds.get(pid)) for pid in built),
-                *(self._arm_with(station, drivers[pid], self.pile_feeds[pid]) for pid in rearm),
+                *(self.devices.arm_with(station, drivers[pid], feeds.get(pid)) for pid in built),
+                *(
+                    self.devices.arm_with(station, drivers[pid], self.devices.pile_feeds[pid])
+                    for pid in rearm
+                ),
             )
             self._swap(station, change, drivers, feeds, meter, terminal)
             for text in self.control.reconfigure(station, now, policy=self._policy):
@@ -580,15 +498,6 @@ class Daemon:
         }
         return meter, terminal, piles
 
-    async def _arm_with(self, station: Station, pile: Pile, feed: Feed[PileReading] | None) -> None:
-        config = station.pile(pile.id)
-        try:
-            await pile.arm_failsafe(config.comm_timeout_s, config.fallback_kw)
-        except DriverError as exc:
-            if feed is not None:
-                # Marked failing: the fast loop arms it again once it answers.
-                feed.failed(exc, self.clock.now())
-
     def _swap(
         self,
         station: Station,
@@ -599,45 +508,16 @@ class Daemon:
         terminal: Meter | None,
     ) -> None:
         """Switch every structure the loops use to the new config, with no await in between."""
-        now = self.clock.now()
+        self.devices.swap(station, change, drivers, feeds, meter, terminal)
         for pid in change.drops:
-            self._stop_watching(self.pile_feeds[pid], now)
             self.tally._counters.pop(pid, None)  # a reconnected pile's counter starts anew
             self.control.follow.forget(pid)
-        piles = {p.id: drivers[p.id] for p in station.piles}
-        pile_feeds = {p.id: feeds.get(p.id) or self.pile_feeds[p.id] for p in station.piles}
-        self.piles.clear()
-        self.piles.update(piles)
-        sensors = self.sensors
-        sensors.piles = pile_feeds
-        if meter is not None:
-            self._stop_watching(self.meter_feed, now)
-            self.meter = meter
-            sensors.meter = Feed(DeviceRef.meter(meter.id), self._record)
-        if change.terminal:
-            if self.terminal_feed is not None:
-                self._stop_watching(self.terminal_feed, now)
-            self.terminal = terminal
-            sensors.terminal = (
-                None if terminal is None else Feed(DeviceRef.terminal(terminal.id), self._record)
-            )
-        sensors.station, sensors.settings = station, station.control
         self.station = station
         self.period_s = station.control.period_s
         self.tally.limit_kw = station.limit_kw
         self.config_serial += 1
         # The last snapshot describes the old config: the plan loop waits for the next one.
         self.last_cycle = None
-
-    @staticmethod
-    def _stop_watching(feed: Feed[T], now: float) -> None:
-        """A failure logged when it started is logged as ended when a reload drops its device."""
-        if not feed.ok:
-            log.warning(
-                "%s: no longer watched (config reloaded), after %.0f s not answering",
-                feed.label,
-                now - (feed.failed_since or now),
-            )
 
     async def _follow_policy(self) -> None:
         """Start or stop the plan loop when a reload changed the policy of a running daemon."""
@@ -691,7 +571,7 @@ class FastLoop:
     async def start(self) -> None:
         """Arm every pile's fail-safe, then start cycling."""
         daemon = self.daemon
-        await asyncio.gather(*(daemon._arm(pid) for pid in daemon.piles))
+        await asyncio.gather(*(daemon.devices.arm(pid) for pid in daemon.piles))
         self._task = asyncio.create_task(daemon._fast_loop(), name="fast loop")
 
     async def stop(self) -> None:

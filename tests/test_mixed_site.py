@@ -106,7 +106,7 @@ async def test_mixed_site_stays_under_every_limit_on_real_protocols(
     # With the grid meter gone, the terminal's measurement kept the loop running.
     after = [c for c in cycles if c.time > meter_lost_at + 10]
     assert after and all(c.snapshot.grid_kw is not None for c in after)
-    assert daemon.meter_feed.value is not None and daemon.meter_feed.at < meter_lost_at + 5
+    assert daemon.devices.meter_feed.value is not None and daemon.devices.meter_feed.at < meter_lost_at + 5
     assert sum(c.snapshot.piles_kw for c in after) > 0, "vehicles still charged"
 
     # AC chargers: never a current between 0 and their minimum; DC piles within bounds (the
