@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from base import certs
 from base.devicemap import (
     RegisterMap,
 )
+from base.events import DeviceRef
 from base.loading import (
     ConfigError,
     ConfigProblem,
@@ -456,14 +458,15 @@ class Station:
         file = (self.path.parent / sec.opcua_password_file).resolve()
         try:
             return sec.opcua_user, file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8
+            why = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text ({exc})"
             raise ConfigError(
                 [
                     ConfigProblem(
                         self.path,
                         None,
                         "security.opcua_password_file",
-                        f"cannot read {file}: {exc.strerror}",
+                        f"cannot read {file}: {why}",
                     )
                 ]
             ) from None
@@ -581,14 +584,14 @@ def load_station(path: Path | str) -> Station:
     background: BackgroundProfile | None = section(BackgroundProfile, "background")
     meter_raw = raw.get("grid_meter")
     meter_label = (
-        f"meter {meter_raw.get('id')}"
+        DeviceRef.meter(str(meter_raw["id"])).label
         if isinstance(meter_raw, dict) and meter_raw.get("id")
         else "grid meter"
     )
     grid_meter: MeterConfig | None = section(MeterConfig, "grid_meter", meter_label)
     terminal_raw = raw.get("terminal")
     terminal_label = (
-        f"terminal {terminal_raw.get('id')}"
+        DeviceRef.terminal(str(terminal_raw["id"])).label
         if isinstance(terminal_raw, dict) and terminal_raw.get("id")
         else "terminal"
     )
@@ -648,7 +651,7 @@ def load_station(path: Path | str) -> Station:
         if not isinstance(entry, dict):
             problems.add(f"pile #{index + 1}", "", "must be a table")
             continue
-        label = f"pile {entry['id']}" if entry.get("id") else f"pile #{index + 1}"
+        label = _pile_label(entry, index)
         try:
             piles.append(PileConfig.model_validate({**defaults, **entry}))
         except ValidationError as err:
@@ -659,16 +662,12 @@ def load_station(path: Path | str) -> Station:
     device_maps: dict[str, RegisterMap] = {}
     if info is not None:
         tariff_path = _resolve(path.parent / info.tariff)
-        try:
-            tariff = load_tariff(tariff_path)
-        except ConfigError as err:
-            problems.items.extend(err.problems)
-            problems.add(
-                None,
-                "station.tariff",
-                f"the tariff {info.tariff!r} ({tariff_path}) does not load: "
-                f"{len(err.problems)} problem(s) in that file",
-            )
+        tariff = problems.referenced(
+            partial(load_tariff, tariff_path),
+            None,
+            "station.tariff",
+            f"the tariff {info.tariff!r} ({tariff_path})",
+        )
         devices_dir = _resolve(path.parent / info.devices)
         wanted: dict[str, str] = {}
         # Check every map any entry names, even entries that failed their own checks.
@@ -679,7 +678,7 @@ def load_station(path: Path | str) -> Station:
             if isinstance(entry, dict):
                 device_name = entry.get("device", defaults.get("device"))
                 if isinstance(device_name, str) and device_name:
-                    wanted.setdefault(device_name, f"pile {entry.get('id', f'#{index + 1}')}")
+                    wanted.setdefault(device_name, _pile_label(entry, index))
         for device_name, user in wanted.items():
             map_path = devices_dir / f"{device_name}.toml"
             if not _is_file(map_path):
@@ -690,17 +689,14 @@ def load_station(path: Path | str) -> Station:
                     f"no register map {device_name!r} in {devices_dir}; known: {known}",
                 )
                 continue
-            try:
-                device_maps[device_name] = load_register_map(map_path)
-            except ConfigError as err:
-                problems.items.extend(err.problems)
-                # Name the device too: the map may be sound, just not the file meant.
-                problems.add(
-                    user,
-                    "device",
-                    f"the register map {device_name!r} ({map_path}) does not load: "
-                    f"{len(err.problems)} problem(s) in that file",
-                )
+            loaded = problems.referenced(
+                partial(load_register_map, map_path),
+                user,
+                "device",
+                f"the register map {device_name!r} ({map_path})",
+            )
+            if loaded is not None:
+                device_maps[device_name] = loaded
 
     _check_groups(problems, piles, groups, phase_limits)
     meters = [m for m in (grid_meter, terminal) if m is not None]
@@ -731,6 +727,12 @@ def load_station(path: Path | str) -> Station:
         api=api,
         telemetry=telemetry or TelemetrySettings(),
     )
+
+
+def _pile_label(entry: Mapping[str, object], index: int) -> str:
+    """A [[piles]] entry as a config problem names it: by its id, or its place if it has none."""
+    pile_id = entry.get("id")
+    return DeviceRef.pile(str(pile_id)).label if pile_id else f"pile #{index + 1}"
 
 
 # A path from a station file may be one the OS refuses (a NUL in it, a name too long): it then
@@ -836,11 +838,15 @@ def _check_groups(
     for pile in piles:
         if pile.phases == 1 and pile.phase is None:
             problems.add(
-                f"pile {pile.id}", "phase", "a single-phase pile must name its phase (L1, L2 or L3)"
+                DeviceRef.pile(pile.id).label,
+                "phase",
+                "a single-phase pile must name its phase (L1, L2 or L3)",
             )
         if pile.phases == 3 and pile.phase is not None:
             problems.add(
-                f"pile {pile.id}", "phase", "a three-phase pile is on every phase; remove phase"
+                DeviceRef.pile(pile.id).label,
+                "phase",
+                "a three-phase pile is on every phase; remove phase",
             )
     if phase_limits is None and any(p.phases == 1 for p in piles):
         problems.add(
@@ -863,7 +869,7 @@ def _cross_check(
     seen_ids: set[str] = set()
     endpoints: dict[tuple[str, int, str, int | str], str] = {}
     for meter in meters:
-        label = f"meter {meter.id}"
+        label = DeviceRef.meter(meter.id).label
         if meter.id in seen_ids:
             problems.add(label, "id", "another device has the same id")
         seen_ids.add(meter.id)
@@ -874,7 +880,7 @@ def _cross_check(
         if regmap is not None and regmap.kind != "meter":
             problems.add(label, "device", f"{meter.device} is a {regmap.kind} map, not a meter map")
     for pile in piles:
-        label = f"pile {pile.id}"
+        label = DeviceRef.pile(pile.id).label
         if pile.id in seen_ids:
             problems.add(label, "id", "another device has the same id")
         seen_ids.add(pile.id)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-Notify = Callable[[float, str], None]
+from base.events import DeviceRef, Event, Kind, Source
+
+Notify = Callable[[Event], None]
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,15 @@ class Health:
         logger: logging.Logger | None = None,
         failure_level: int = logging.ERROR,
         recovery_level: int = logging.WARNING,
+        source: Source = Source.CONTROL,
+        device: DeviceRef | None = None,
     ) -> None:
-        """`notify(now, text)` hears each edge too (the daemon's events); `logger` logs them."""
+        """`notify(event)` hears each edge too (the daemon's events), told from `source` about
+        `device`; `logger` logs them."""
         self.name = name
         self.notify = notify
+        self.source = source
+        self.device = device
         self.logger = logger or log
         self.failure_level = failure_level
         self.recovery_level = recovery_level
@@ -48,7 +55,8 @@ class Health:
             return False
         self.ok, self.since = False, now
         self.episodes += 1
-        self._tell(now, self.failure_level, text if text is not None else f"{self.name}: {why}")
+        told = text if text is not None else f"{self.name}: {why}"
+        self._tell(now, self.failure_level, Kind.FAILED, told)
         return True
 
     def recover(self, now: float, says: Callable[[float], str] | None = None) -> bool:
@@ -62,7 +70,7 @@ class Health:
         self._down_s += down
         self.ok, self.since, self.why = True, None, ""
         text = says(down) if says is not None else f"{self.name}: back to normal after {down:.0f} s"
-        self._tell(now, self.recovery_level, text)
+        self._tell(now, self.recovery_level, Kind.RECOVERED, text)
         return True
 
     def down_s(self, now: float) -> float:
@@ -70,7 +78,7 @@ class Health:
         current = now - self.since if self.since is not None else 0.0
         return self._down_s + max(0.0, current)
 
-    def _tell(self, now: float, level: int, text: str) -> None:
+    def _tell(self, now: float, level: int, kind: Kind, text: str) -> None:
         self.logger.log(level, "%s", text)
         if self.notify is not None:
-            self.notify(now, text)
+            self.notify(Event(now, self.source, kind, text, self.device))

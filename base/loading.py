@@ -106,6 +106,22 @@ class Problems:
             self.items.extend(err.problems)
             return None
 
+    def referenced(
+        self, load: Callable[[], T], device: str | None, field_: str, what: str
+    ) -> T | None:
+        """A file this one names: what `load()` returns, or None with its problems added and one
+        more naming the field here that points to it (`what`: e.g. "the tariff 'x' (path)")."""
+        try:
+            return load()
+        except ConfigError as err:
+            self.items.extend(err.problems)
+            self.add(
+                device,
+                field_,
+                f"{what} does not load: {len(err.problems)} problem(s) in that file",
+            )
+            return None
+
     def fail(self, device: str | None, field_: str, message: str) -> NoReturn:
         """Add a problem and raise `ConfigError` with every problem so far (nothing after it can
         be checked)."""

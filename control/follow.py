@@ -30,6 +30,7 @@ from enum import StrEnum
 
 from base.config import ControlSettings, PileConfig
 from base.devicemap import PileState
+from base.events import DeviceRef
 from control.site import PileView
 from drivers.pile import PileReading
 
@@ -181,7 +182,7 @@ class FollowWatch:
                 track.flagged_at_kw = drawing
                 self._tell(
                     now,
-                    f"pile {view.id}: not following: draws {drawing:.0f} kW, told "
+                    f"{DeviceRef.pile(view.id).label}: not following: draws {drawing:.0f} kW, told "
                     f"{told[-1]:.0f} kW"
                     + (" (counted as load it takes on its own)" if over else " (offered less)"),
                 )
@@ -207,7 +208,7 @@ class FollowWatch:
             track.clear_since = now
         if now - track.clear_since >= CLEAR_GRACES * self.grace_s:
             track.flagged, track.clear_since = None, None
-            self._tell(now, f"pile {view.id}: following its setpoint again")
+            self._tell(now, f"{DeviceRef.pile(view.id).label}: following its setpoint again")
 
     def forget(self, pile_id: str) -> None:
         """Drop what is known of a pile (it was removed)."""

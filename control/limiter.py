@@ -1,7 +1,9 @@
 """The fast limiter: from wanted powers to setpoints that are smooth and never overload the site.
 
-Pure functions. `budget_kw` says how much the controllable piles may draw together, from the
-measured grid load; `limit_setpoints` moves each pile's setpoint towards its target at the ramp
+Pure. All the budget arithmetic lives here: `budget_kw` says how much the controllable piles may
+draw together, from the measured grid load, and `cycle_budget_kw` feeds it from a snapshot;
+`plan_hold_kw` holds the site to what a plan accepted; `RiseBucket` limits how fast the total
+rises; `limit_setpoints` moves each pile's setpoint towards its target at the ramp
 limit, except that when the budget demands a faster cut, safety wins over smoothness.
 Setpoints are signed: negative discharges a vehicle (bidirectional piles only).
 """
@@ -11,6 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from base.config import ControlSettings
+from control.site import SiteSnapshot
 
 
 @dataclass(frozen=True)
@@ -216,3 +221,87 @@ def limit_setpoints(
         if settled:
             break
     return new
+
+
+def cycle_budget_kw(
+    snapshot: SiteSnapshot,
+    setpoints: Mapping[str, float],
+    follow_excess_kw: float,
+    worst_background_kw: float | None,
+    settings: ControlSettings,
+    dt: float,
+) -> float:
+    """What the piles may draw together this cycle, from the snapshot (`budget_kw` at heart).
+
+    Load the controller does not control counts against it: the background at its recent worst
+    (plus the margin), what piles that do not follow draw beyond their setpoints
+    (`follow_excess_kw`), and for a pile it cannot read, what it may draw on its own beyond what
+    it last drew. Blind (no meter reading), the budget comes down to the worst case at the ramp
+    limit rather than all at once.
+    """
+    controlled = [v for v in snapshot.piles if v.reading is not None]
+    blind = [v for v in snapshot.piles if v.reading is None]
+    worst = (
+        worst_background_kw + settings.background_margin_kw
+        if worst_background_kw is not None
+        else snapshot.limit_kw
+    )
+    extra = follow_excess_kw
+    for view in blind:
+        assumed = max(setpoints.get(view.id, 0.0), view.on_its_own_kw)
+        if snapshot.grid_kw is not None and view.last is not None:
+            extra += max(0.0, assumed - view.last.power_kw)
+        else:
+            extra += assumed
+    budget = budget_kw(
+        limit_kw=snapshot.limit_kw,
+        reserve_kw=settings.reserve_kw,
+        grid_kw=snapshot.grid_kw,
+        controlled_kw=controlled_kw(snapshot),
+        worst_uncontrolled_kw=worst,
+        unreachable_extra_kw=extra,
+    )
+    if snapshot.grid_kw is None:
+        step = settings.ramp_kw_per_s * dt
+        gentle = sum(max(setpoints.get(v.id, 0.0) - step, 0.0) for v in controlled)
+        budget = max(budget, gentle)
+    return budget
+
+
+def controlled_kw(snapshot: SiteSnapshot) -> float:
+    """What the piles the controller reads drew at the snapshot."""
+    return sum(v.reading.power_kw for v in snapshot.piles if v.reading is not None)
+
+
+def plan_hold_kw(
+    budget: float, snapshot: SiteSnapshot, accepted_kw: float, reserve_kw: float
+) -> float:
+    """The budget held to the site load a plan accepted (`accepted_kw`, or the month's peak if
+    higher) plus a reserve's worth to catch up on what its slots and forecasts got wrong.
+
+    Only worth it where a new peak costs (a demand charge); needs a measured grid load.
+    """
+    assert snapshot.grid_kw is not None
+    rest = snapshot.grid_kw - controlled_kw(snapshot)
+    return min(budget, accepted_kw + reserve_kw - rest)
+
+
+class RiseBucket:
+    """How fast the piles' total may rise: a token bucket of `rate` kW a minute, with up to half a
+    minute's (or one cycle's) worth saved up."""
+
+    def __init__(self) -> None:
+        self.tokens = 0.0
+
+    def allowance(self, rate_kw_per_min: float | None, dt: float) -> float | None:
+        """What the total may rise by this cycle (None: no limit)."""
+        if rate_kw_per_min is None:
+            return None
+        rate = rate_kw_per_min
+        self.tokens = min(self.tokens + rate * dt / 60, rate * max(dt, 30.0) / 60)
+        return self.tokens
+
+    def spend(self, rate_kw_per_min: float | None, rose_kw: float) -> None:
+        """The total rose by `rose_kw` this cycle."""
+        if rate_kw_per_min is not None:
+            self.tokens = max(0.0, self.tokens - max(rose_kw, 0.0))

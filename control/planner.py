@@ -9,10 +9,9 @@ which adopts the optimiser's plan or, failing that, the least-laxity-first fallb
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from base.health import Health
+from base.health import Health, Notify
 from control.cycle import Control
 from control.site import SiteSnapshot
 from scheduler.fallback import fallback_plan
@@ -34,7 +33,7 @@ class PlanCounts:
 class Planner:
     """Builds each scheduling problem and adopts the optimiser's plan or the fallback's."""
 
-    def __init__(self, control: Control, notify: Callable[[float, str], None] | None = None):
+    def __init__(self, control: Control, notify: Notify | None = None):
         self.control = control
         self.counts = PlanCounts()
         self.optimiser = Health("the optimiser", notify=notify, logger=log)

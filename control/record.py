@@ -6,27 +6,17 @@ the daemon's services.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Protocol
 
-from control.site import SiteSnapshot
+from base.events import Event
+from control.step import Cycle
 from scheduler.plan import Plan
 
 
 class Recorder(Protocol):
     """Where cycles, plans and events go (the telemetry writer implements it)."""
 
-    def cycle(
-        self,
-        when: float,
-        snapshot: SiteSnapshot,
-        budget_kw: float,
-        targets: Mapping[str, float],
-        setpoints: Mapping[str, float],
-        written: Mapping[str, bool],
-        *,
-        block: bool = False,
-    ) -> None:
+    def cycle(self, cycle: Cycle, *, block: bool = False) -> None:
         """Record one control cycle."""
         ...
 
@@ -34,6 +24,6 @@ class Recorder(Protocol):
         """Record a new plan."""
         ...
 
-    def event(self, when: float, text: str, kind: str = "control", *, block: bool = False) -> None:
+    def event(self, event: Event, *, block: bool = False) -> None:
         """Record an event."""
         ...

@@ -15,7 +15,7 @@ and plausible:
 - follow: a pile whose own read-back says it does not apply what it was told is in fault (the
   follow judge, `control.follow`, decides).
 
-Each failure is reported once when it starts and once when it ends, naming the device.
+Each failure is reported once when it starts and once when it ends, as an event about the device.
 
 The site limit is the transformer's, lowered by any utility limit the meters relay and by an
 operator's override (`override_limit`, from the API), which may only lower it and ends by itself.
@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from base.config import Station
+from base.events import DeviceRef, Event, Kind, Source
+from base.health import Notify
 from base.tariff import Tariff
 from control.follow import FollowWatch
 from control.site import Feed, PileView, SiteSnapshot
@@ -39,7 +40,6 @@ from drivers.pile import PileReading
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-Notify = Callable[[float, str], None]
 LimitSource = Literal["transformer", "utility", "operator"]
 
 # Readings a meter's clock must keep steady after a jump before it is trusted again.
@@ -80,18 +80,18 @@ class Sensors:
         self.follow = follow if follow is not None else FollowWatch.of(station.control)
         self.settings = station.control
         gm, term = station.grid_meter, station.terminal
-        self.meter: Feed[MeterReading] = Feed(f"meter {gm.id}", notify)
+        self.meter: Feed[MeterReading] = Feed(DeviceRef.meter(gm.id), notify)
         self.terminal: Feed[MeterReading] | None = (
-            None if term is None else Feed(f"terminal {term.id}", notify)
+            None if term is None else Feed(DeviceRef.terminal(term.id), notify)
         )
         self.piles: dict[str, Feed[PileReading]] = {
-            p.id: Feed(f"pile {p.id}", notify) for p in station.piles
+            p.id: Feed(DeviceRef.pile(p.id), notify) for p in station.piles
         }
-        self._watches: dict[str, _MeterWatch] = {}
+        self._watches: dict[DeviceRef, _MeterWatch] = {}
         self._piles_kw = 0.0
         self._notify = notify
-        self._late: set[str] = set()
-        self._relayed: dict[str, float | None] = {}
+        self._late: set[DeviceRef] = set()
+        self._relayed: dict[DeviceRef, float | None] = {}
         # Piles whose fail-safe the controller could not set (the daemon keeps this up to date).
         self.unarmed: set[str] = set()
         self.override: LimitOverride | None = None
@@ -147,18 +147,18 @@ class Sensors:
     def _check_meter(
         self, feed: Feed[MeterReading], reading: MeterReading, at: float
     ) -> MeterReading | DriverError:
-        device = feed.device
+        device, label = feed.device, feed.label
         power = reading.power_kw
         if not math.isfinite(power):
-            return BadValue(device, f"power reads {power}: not a measurement")
+            return BadValue(label, f"power reads {power}: not a measurement")
         if abs(power) > self.meter_max_kw:
             return BadValue(
-                device,
+                label,
                 f"power reads {power:,.0f} kW, beyond the {self.meter_max_kw:,.0f} kW "
                 "the connection can carry: not a measurement",
             )
         watch = self._watches.setdefault(device, _MeterWatch())
-        jumped = self._check_clock(device, watch, reading, at)
+        jumped = self._check_clock(label, watch, reading, at)
         if jumped is not None:
             return jumped
         if reading != watch.same:
@@ -175,7 +175,7 @@ class Sensors:
             # Frozen until a value moves again.
             watch.frozen = True
             return BadValue(
-                device,
+                label,
                 f"frozen: every value unchanged for {still_for:.0f} s"
                 + (f" while the piles moved {moved:.0f} kW" if moved > 1 else ""),
             )
@@ -214,7 +214,8 @@ class Sensors:
         bottom = -(1.5 * config.max_discharge_kw + 10.0)
         if not math.isfinite(power) or not bottom <= power <= top:
             return BadValue(
-                f"pile {pile_id}", f"power reads {power:g} kW, outside what the pile can draw"
+                self.piles[pile_id].label,
+                f"power reads {power:g} kW, outside what the pile can draw",
             )
         return self.follow.judge(config, reading, at)
 
@@ -262,16 +263,15 @@ class Sensors:
             if late:
                 self._late.add(feed.device)
                 assert feed.at is not None
+                kind = Kind.LATE
                 text = (
-                    f"{feed.device}: answers {now - feed.at:.0f} s late: its readings may "
+                    f"{feed.label}: answers {now - feed.at:.0f} s late: its readings may "
                     "hold or lower power, not raise it"
                 )
             else:
                 self._late.discard(feed.device)
-                text = f"{feed.device}: answers in time again"
-            log.warning("%s", text)
-            if self._notify is not None:
-                self._notify(now, text)
+                kind, text = Kind.IN_TIME, f"{feed.label}: answers in time again"
+            self._tell(Event(now, Source.DEVICE, kind, text, feed.device))
 
     def _relayed_limit(self, now: float, max_age: float) -> float:
         """The transformer's limit, lowered by the utility limit the meters relay.
@@ -323,33 +323,39 @@ class Sensors:
         if not math.isfinite(until) or until <= now:
             raise ValueError("an override must expire in the future")
         self.override = LimitOverride(kw, until, now, reason)
-        self._tell(now, f"operator override: site limit at most {kw:,.0f} kW" + _why(reason))
+        text = f"operator override: site limit at most {kw:,.0f} kW" + _why(reason)
+        self._tell(Event(now, Source.OPERATOR, Kind.OVERRIDE, text))
         return self.override
 
     def clear_override(self, now: float) -> LimitOverride | None:
         """End the operator's override now; return it (None if there was none)."""
         ended, self.override = self.override, None
         if ended is not None:
-            self._tell(now, f"operator override of {ended.kw:,.0f} kW withdrawn")
+            self._tell(_override_ended(now, ended, "withdrawn"))
         return ended
 
     def _overridden_limit(self, limit: float, now: float) -> float:
         override = self.override
         if override is not None and now >= override.until:
             self.override = None
-            self._tell(now, f"operator override of {override.kw:,.0f} kW expired")
+            self._tell(_override_ended(now, override, "expired"))
         elif override is not None and override.kw < limit:
             limit, self.limit_source = override.kw, "operator"
         return limit
 
-    def _tell(self, now: float, text: str) -> None:
-        log.warning("%s", text)
+    def _tell(self, event: Event) -> None:
+        log.warning("%s", event.text)
         if self._notify is not None:
-            self._notify(now, text)
+            self._notify(event)
 
 
 def _why(reason: str) -> str:
     return f" ({reason})" if reason else ""
+
+
+def _override_ended(now: float, override: LimitOverride, how: str) -> Event:
+    text = f"operator override of {override.kw:,.0f} kW {how}"
+    return Event(now, Source.OPERATOR, Kind.OVERRIDE_ENDED, text)
 
 
 def _store(feed: Feed[T], result: T | DriverError, at: float) -> bool:

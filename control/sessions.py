@@ -1,5 +1,10 @@
-"""The session book's model: a vehicle's session as the controller knows it, what its driver
-said of it, and the visit it leaves behind."""
+"""The session model: a vehicle's session as the controller knows it (with its energy account),
+what its driver said of it, and the visit it leaves behind.
+
+One `Session` serves the controller (what a vehicle needs, when it leaves), the ledger (its
+energy by the pile's lifetime counter, `EnergyAccount`) and the state file, which stores it
+through one column map (`controller.store`).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,24 @@ class Wish:
     target_soc: float | None = None
     v2g: bool = False
     min_soc: float = 0.2
+
+
+@dataclass
+class EnergyAccount:
+    """A session's energy by the pile's lifetime import counter, the figure that is billed.
+
+    `start_counter_kwh` is the counter where the account starts, `last_counter_kwh` the counter
+    last seen; `energy_kwh` is the difference (plus what was counted before a counter reset).
+    """
+
+    start_counter_kwh: float
+    energy_kwh: float
+    last_counter_kwh: float
+
+    @property
+    def counted_to_kwh(self) -> float:
+        """The counter reading where this account ends (so far)."""
+        return self.start_counter_kwh + self.energy_kwh
 
 
 @dataclass
@@ -44,6 +67,15 @@ class Session:
     said_departure: float | None = None
     # The pile's lifetime counter (import less export) when the session started.
     start_counter_kwh: float | None = None
+    # Its energy account (`control.ledger`), once the ledger has opened one.
+    account: EnergyAccount | None = None
+    # When the ledger closed it (None while the vehicle is plugged in).
+    ended_at: float | None = None
+
+    @property
+    def key(self) -> tuple[str, int, float]:
+        """What identifies the session: pile, the pile's session id, when it was plugged in."""
+        return (self.pile, self.session_id, self.plugged_at)
 
     @property
     def remaining_kwh(self) -> float:

@@ -1,19 +1,20 @@
 """What the controller knows of the site at one instant, and how fresh each piece is.
 
 A `Feed` keeps one device's latest reading and its `base.health.Health`: told once when the
-device fails and once when it recovers, never in between. A `SiteSnapshot` gathers the feeds of one control cycle.
+device fails and once when it recovers, never in between, as events from the device about it.
+A `SiteSnapshot` gathers the feeds of one control cycle.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from base.config import PileConfig
-from base.health import Health
+from base.events import DeviceRef, Source
+from base.health import Health, Notify
 from drivers.errors import DriverError
 from drivers.meter import MeterReading
 from drivers.pile import PileReading
@@ -29,12 +30,19 @@ class Feed(Generic[T]):
     its `health` tells `notify` once when that starts and once when it ends.
     """
 
-    def __init__(self, device: str, notify: Callable[[float, str], None] | None = None) -> None:
+    def __init__(self, device: DeviceRef, notify: Notify | None = None) -> None:
         self.device = device
-        self.health = Health(device, notify=notify, logger=log)
+        self.health = Health(
+            device.label, notify=notify, logger=log, source=Source.DEVICE, device=device
+        )
         self.value: T | None = None
         self.at: float | None = None
         self.error: DriverError | None = None
+
+    @property
+    def label(self) -> str:
+        """The device's name ("pile P03")."""
+        return self.device.label
 
     @property
     def ok(self) -> bool:

@@ -4,16 +4,38 @@ simulation.
 The shells read the site into a `SiteSnapshot` (the daemon from its devices, fast simulation
 from the plant through the same checks), call `step`, write the setpoints it decided and tell
 `Control.committed` which were written. Nothing here waits or touches a device.
+
+What `Control.observe` noticed comes back worded; `step` makes those words events (from control,
+of kind observed), the one place they become records.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from control.cycle import Control, Decision
+from base.events import Event, Kind, Source
+from control.cycle import Control
+from control.decider import Decision
 from control.ledger import SessionLedger
 from control.site import SiteSnapshot
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One pass of a shell's loop: what was seen, what was wanted, what was written."""
+
+    time: float
+    snapshot: SiteSnapshot
+    budget_kw: float
+    targets: Mapping[str, float]
+    setpoints: Mapping[str, float]
+    written: Mapping[str, bool]
+
+    @property
+    def wanted_kw(self) -> float:
+        """What the connected vehicles would take together."""
+        return sum(p.wants_kw for p in self.snapshot.piles)
 
 
 @dataclass(frozen=True)
@@ -21,7 +43,7 @@ class Step:
     """What one step decided, and what it noticed on the way."""
 
     decision: Decision
-    events: tuple[str, ...]
+    events: tuple[Event, ...]
 
 
 def step(
@@ -39,8 +61,12 @@ def step(
     daemon's plan loop runs on its own and leaves it None.
     """
     if ledger is not None:
-        ledger.close_ended(snapshot, control.sessions)
-    events = tuple(control.observe(snapshot, dt))
+        ledger.close_ended(snapshot)
+    # Control words what it noticed without saying what kind of thing or which pile it is about.
+    events = tuple(
+        Event(snapshot.time, Source.CONTROL, Kind.OBSERVED, text)
+        for text in control.observe(snapshot, dt)
+    )
     if ledger is not None:
         ledger.follow(snapshot, control.sessions)
     if plan is not None:

@@ -35,9 +35,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from base.config import ApiSettings
+from base.events import Event
 from base.tariff import Tariff
 from control.sensing import LimitOverride
 from control.sessions import Session, Wish
+from control.step import Cycle
 from controller.apimodels import (
     MAX_OVERRIDE_S,
     BandOut,
@@ -58,7 +60,7 @@ from controller.apimodels import (
     TariffOut,
 )
 from controller.metrics import metrics_text, registry_for
-from controller.status import Cycle, StationPort, StationStatus
+from controller.status import StationPort, StationStatus
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,17 @@ class _View:
     def time(self, t: float) -> datetime:
         return datetime.fromtimestamp(t, self.zone)
 
+    def event(self, event: Event) -> EventOut:
+        device = event.device
+        return EventOut(
+            time=self.time(event.time),
+            t=event.time,
+            text=event.text,
+            source=event.source,
+            kind=event.kind,
+            device=None if device is None else device.label,
+        )
+
     def session(self, session: Session) -> SessionOut:
         plan = self.status_.plan
         planned = None
@@ -237,7 +250,7 @@ class _View:
                 next_change=tariff.next_change(now),
             ),
             piles=piles,
-            events=[EventOut(time=self.time(t), t=t, text=text) for t, text in status.events[-20:]],
+            events=[self.event(event) for event in status.events[-20:]],
         )
 
     def plan(self) -> PlanOut:

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from base.events import Kind, Source
+
 # An operator's override lasts at most this long.
 MAX_OVERRIDE_S = 7 * 86400
 
@@ -87,11 +89,14 @@ class PileOut(_Out):
 
 
 class EventOut(_Out):
-    """Something the daemon told the operator."""
+    """Something the daemon told the operator (`base.events`)."""
 
     time: datetime
     t: float
     text: str
+    source: Source
+    kind: Kind
+    device: str | None = Field(description='the device it is about ("pile P03"), if any')
 
 
 class StatusOut(_Out):

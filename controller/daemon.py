@@ -42,26 +42,28 @@ from typing import TypeVar
 
 from base.clock import Clock, Ticker, stop_task
 from base.config import Station, load_station
+from base.events import DeviceRef, Event, Kind, Source
 from base.loading import ConfigError
 from base.loading import ConfigProblem as ConfigProblem
-from control.cycle import Control, Decision, Policy
+from control.cycle import Control
+from control.decider import Decision, Policy
 from control.planner import Planner
 from control.reload import StationChange
 from control.sensing import LimitOverride, Sensors
 from control.sessions import Wish
-from control.site import Feed, SiteSnapshot
-from control.step import step
+from control.site import Feed
+from control.step import Cycle, step
 from controller.devices import StationLinks
 from controller.planloop import PlanLoop
 from controller.saver import StateSaver
 from controller.service import Lifecycle, Service
-from controller.status import Cycle, DeviceHealth, StationStatus, Tally
+from controller.station_io import StationIO
+from controller.status import DeviceHealth, StationStatus, Tally
 from controller.store import StateStore
 from controller.telemetry.writer import TelemetryWriter
 from drivers.acpile import AcPile
-from drivers.errors import DriverError
 from drivers.makes import pile_driver
-from drivers.meter import MapMeter, Meter, MeterReading
+from drivers.meter import MapMeter, Meter
 from drivers.pile import Pile, PileReading
 
 log = logging.getLogger(__name__)
@@ -70,18 +72,6 @@ T = TypeVar("T")
 # The state file is written at most this often (station seconds), and at once when a session
 # starts or ends.
 SAVE_EVERY_S = 1.0
-
-
-async def _attempt(device: str, read: Callable[[], Awaitable[T]]) -> T | DriverError:
-    """Run a device read; a failure comes back as a `DriverError` value, never raised."""
-    try:
-        return await read()
-    except DriverError as exc:
-        return exc
-    except Exception as exc:
-        # A driver bug, not a device failure: keep the traceback, but treat it like one.
-        log.exception("%s: unexpected error while reading", device)
-        return DriverError(device, f"unexpected {type(exc).__name__}: {exc}")
 
 
 class Daemon:
@@ -104,9 +94,6 @@ class Daemon:
         `telemetry`: where cycles, plans and events are written (the daemon starts and stops it)."""
         self.station = station
         self.clock = clock
-        self.meter = meter
-        self.terminal = terminal
-        self.piles = {pile.id: pile for pile in piles}
         self.control = Control(station, policy=policy)
         self.planner = Planner(self.control)
         self._close = close
@@ -117,10 +104,18 @@ class Daemon:
         self.config_serial = 0
         self._reloads: set[asyncio.Task[bool]] = set()
         self.period_s = station.control.period_s
-        self.sensors = Sensors(station, notify=self._record, follow=self.control.follow)
+        self.devices = StationIO(
+            station,
+            clock,
+            meter,
+            piles,
+            terminal,
+            notify=self._record,
+            follow=self.control.follow,
+        )
         self.tally = Tally(station.limit_kw)
         self.observers: list[Callable[[Cycle], None]] = []
-        self.events: deque[tuple[float, str]] = deque(maxlen=500)
+        self.events: deque[Event] = deque(maxlen=500)
         self.event_count = 0
         self.last_cycle: Cycle | None = None
         self._stop = asyncio.Event()
@@ -136,19 +131,14 @@ class Daemon:
         self.lifecycle = Lifecycle()
 
     @property
-    def meter_feed(self) -> Feed[MeterReading]:
-        """The grid meter's feed (kept by the sensors)."""
-        return self.sensors.meter
+    def piles(self) -> dict[str, Pile]:
+        """The piles the daemon controls, by id."""
+        return self.devices.piles
 
     @property
-    def terminal_feed(self) -> Feed[MeterReading] | None:
-        """The utility terminal's feed, if the station has one."""
-        return self.sensors.terminal
-
-    @property
-    def pile_feeds(self) -> dict[str, Feed[PileReading]]:
-        """Each pile's feed, by pile id."""
-        return self.sensors.piles
+    def sensors(self) -> Sensors:
+        """The checks every reading goes through, and each device's feed."""
+        return self.devices.sensors
 
     @property
     def solve_deadline_s(self) -> float:
@@ -180,15 +170,16 @@ class Daemon:
         """
         links = StationLinks(station, clock)
         gm = station.grid_meter
-        meter = MapMeter(gm.id, links.device(station, gm, f"meter {gm.id}"))
+        meter = MapMeter(gm.id, links.device(station, gm, DeviceRef.meter(gm.id)))
         term = station.terminal
         terminal = (
             None
             if term is None
-            else MapMeter(term.id, links.device(station, term, f"terminal {term.id}"))
+            else MapMeter(term.id, links.device(station, term, DeviceRef.terminal(term.id)))
         )
         piles = [
-            pile_driver(p, links.device(station, p, f"pile {p.id}"), clock) for p in station.piles
+            pile_driver(p, links.device(station, p, DeviceRef.pile(p.id)), clock)
+            for p in station.piles
         ]
         daemon = cls(
             station,
@@ -203,8 +194,6 @@ class Daemon:
         )
         daemon.links = links
         return daemon
-
-    over_modbus = for_station
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -234,13 +223,13 @@ class Daemon:
             setpoints=dict(control.setpoints),
             devices=tuple(
                 DeviceHealth(
-                    f.device, f.ok, f.episodes, None if f.error is None else f.error.message
+                    f.label, f.ok, f.episodes, None if f.error is None else f.error.message
                 )
                 for f in sensors.feeds()
             ),
             pile_errors={
                 pid: None if f.error is None else f.error.message
-                for pid, f in self.pile_feeds.items()
+                for pid, f in sensors.piles.items()
             },
             limit_source=sensors.limit_source,
             utility_limit_kw=sensors.utility_limit_kw,
@@ -319,31 +308,10 @@ class Daemon:
         if self._close is not None:
             await self._close()
 
-    async def leave_at_fallback(self) -> None:
-        """Command every pile to its fallback power (when control stops)."""
-        fallbacks = {pid: self.station.pile(pid).fallback_kw for pid in self.piles}
-        results = await asyncio.gather(
-            *(self.piles[pid].command(kw) for pid, kw in fallbacks.items()), return_exceptions=True
-        )
-        for pid, result in zip(fallbacks, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error("pile %s: could not leave it at its fallback power: %s", pid, result)
-            else:
-                self.control.committed({pid: fallbacks[pid]})
-        log.info("every reachable pile left at its fallback power; stopped")
-
-    async def _arm(self, pile_id: str) -> None:
-        config = self.station.pile(pile_id)
-        try:
-            await self.piles[pile_id].arm_failsafe(config.comm_timeout_s, config.fallback_kw)
-        except DriverError as exc:
-            # Until it is armed, the pile may fall back to anything: it is budgeted at its rating.
-            self.sensors.unarmed.add(pile_id)
-            self.pile_feeds[pile_id].failed(exc, self.clock.now())
-        else:
-            self.sensors.unarmed.discard(pile_id)
-
-    # -- the fast loop -------------------------------------------------------------------------
+    async def leave_at_fallback(self, pile_ids: Sequence[str], station: Station) -> None:
+        """Leave piles the daemon stops controlling at their fallback power (see `StationIO`)."""
+        written = await self.devices.leave_at_fallback(pile_ids, station)
+        self.control.committed(written, self.clock.now())
 
     async def _fast_loop(self) -> None:
         with self.clock.participant():
@@ -374,13 +342,16 @@ class Daemon:
             else min(now - self._last_cycle_at, 3 * self.period_s)
         )
         self._last_cycle_at = now
-        snapshot = await self._read(now)
+        snapshot = await self.devices.read(now)
         saver = self.saver
         done = step(self.control, snapshot, dt, None if saver is None else saver.ledger)
-        for text in done.events:
-            self._event(now, text)
+        for event in done.events:
+            self._event(event)
         decision = done.decision
-        written = await self._write(decision.setpoints, now)
+        written = await self.devices.write(decision.setpoints, now)
+        self.control.committed(
+            {pid: decision.setpoints[pid] for pid, ok in written.items() if ok}, now
+        )
         cycle = Cycle(
             now, snapshot, decision.budget_kw, decision.targets, decision.setpoints, written
         )
@@ -388,67 +359,19 @@ class Daemon:
         self.tally.add(cycle, dt, (time.perf_counter() - started) * 1000)
         self._notice(cycle, decision)
         if self.telemetry is not None:
-            self.telemetry.cycle(
-                now, snapshot, cycle.budget_kw, cycle.targets, decision.setpoints, written
-            )
+            self.telemetry.cycle(cycle)
         for observer in self.observers:
             observer(cycle)
         if saver is not None:
             saver.hand_over(now)
         return cycle
 
-    async def _read_terminal(self) -> MeterReading | DriverError | None:
-        if self.terminal is None or self.terminal_feed is None:
-            return None
-        return await _attempt(self.terminal_feed.device, self.terminal.read)
-
-    async def _read(self, now: float) -> SiteSnapshot:
-        ids = list(self.piles)
-        sensors = self.sensors
-        meter_result, pile_results, terminal_result = await asyncio.gather(
-            _attempt(self.meter_feed.device, self.meter.read),
-            asyncio.gather(*(_attempt(f"pile {pid}", self.piles[pid].read) for pid in ids)),
-            self._read_terminal(),
-        )
-        sensors.take_meter(meter_result, now)
-        if terminal_result is not None:
-            sensors.take_terminal(terminal_result, now)
-        rearm = [
-            pid
-            for pid, result in zip(ids, pile_results, strict=True)
-            if sensors.take_pile(pid, result, now)
-        ]
-        if rearm:
-            # A pile that was unreachable may have rebooted and lost its fail-safe settings.
-            await asyncio.gather(*(self._arm(pid) for pid in rearm))
-        return sensors.snapshot(now, self.station.tariff)
-
-    def _record(self, when: float, text: str) -> None:
-        """A device failure starting or ending (already logged by its feed)."""
-        self.events.append((when, text))
+    def _record(self, event: Event) -> None:
+        """An event already logged where it was made (a feed's health, the sensing checks)."""
+        self.events.append(event)
         self.event_count += 1
         if self.telemetry is not None:
-            self.telemetry.event(when, text, "device")
-
-    async def _write(self, setpoints: Mapping[str, float], now: float) -> dict[str, bool]:
-        ids = list(setpoints)
-        results = await asyncio.gather(
-            *(self.piles[pid].command(setpoints[pid]) for pid in ids), return_exceptions=True
-        )
-        written: dict[str, bool] = {}
-        for pid, result in zip(ids, results, strict=True):
-            if isinstance(result, BaseException):
-                error = (
-                    result
-                    if isinstance(result, DriverError)
-                    else DriverError(f"pile {pid}", repr(result))
-                )
-                self.pile_feeds[pid].failed(error, now)
-                written[pid] = False
-            else:
-                written[pid] = True
-        self.control.committed({pid: setpoints[pid] for pid, ok in written.items() if ok})
-        return written
+            self.telemetry.event(event)
 
     # -- the plan loop ---------------------------------------------------------------------------
 
@@ -502,8 +425,8 @@ class Daemon:
                 self._refuse(err)
                 return False
             now = self.clock.now()
-            await self._let_go(change.drops, old)
-            feeds = {pid: Feed[PileReading](f"pile {pid}", self._record) for pid in built}
+            await self.leave_at_fallback(change.drops, old)
+            feeds = {pid: Feed[PileReading](DeviceRef.pile(pid), self._record) for pid in built}
             for pid in change.rerated:
                 driver = self.piles[pid]
                 if isinstance(driver, AcPile):
@@ -516,16 +439,20 @@ class Daemon:
             ]
             drivers = {**self.piles, **built}
             await asyncio.gather(
-                *(self._arm_with(station, drivers[pid], feeds.get(pid)) for pid in built),
-                *(self._arm_with(station, drivers[pid], self.pile_feeds[pid]) for pid in rearm),
+                *(self.devices.arm_with(station, drivers[pid], feeds.get(pid)) for pid in built),
+                *(
+                    self.devices.arm_with(station, drivers[pid], self.devices.pile_feeds[pid])
+                    for pid in rearm
+                ),
             )
             self._swap(station, change, drivers, feeds, meter, terminal)
             for text in self.control.reconfigure(station, now, policy=self._policy):
-                self._event(now, text)
+                self._event(Event(now, Source.CONTROL, Kind.RELOAD, text))
             await self._follow_policy()
             if self.links is not None:
                 await self.links.prune(station)
-            self._event(now, f"config reloaded from {station.path}: {change.summary()}")
+            text = f"config reloaded from {station.path}: {change.summary()}"
+            self._event(Event(now, Source.OPERATOR, Kind.RELOAD, text))
             return True
 
     def _refuse(self, err: ConfigError) -> None:
@@ -557,47 +484,20 @@ class Daemon:
         meter = None
         if change.meter:
             gm = station.grid_meter
-            meter = MapMeter(gm.id, links.device(station, gm, f"meter {gm.id}"))
+            meter = MapMeter(gm.id, links.device(station, gm, DeviceRef.meter(gm.id)))
         terminal = None
         if change.terminal and station.terminal is not None:
             term = station.terminal
-            terminal = MapMeter(term.id, links.device(station, term, f"terminal {term.id}"))
+            terminal = MapMeter(term.id, links.device(station, term, DeviceRef.terminal(term.id)))
         piles = {
             pid: pile_driver(
                 station.pile(pid),
-                links.device(station, station.pile(pid), f"pile {pid}"),
+                links.device(station, station.pile(pid), DeviceRef.pile(pid)),
                 self.clock,
             )
             for pid in change.builds
         }
         return meter, terminal, piles
-
-    async def _let_go(self, pile_ids: Sequence[str], old: Station) -> None:
-        """Leave piles the daemon stops controlling at their fallback power, as shutdown does."""
-        fallbacks = {pid: old.pile(pid).fallback_kw for pid in pile_ids}
-        results = await asyncio.gather(
-            *(self.piles[pid].command(kw) for pid, kw in fallbacks.items()), return_exceptions=True
-        )
-        for pid, result in zip(fallbacks, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error(
-                    "pile %s: no longer controlled, but could not leave it at its fallback "
-                    "power (%s); its fail-safe falls back after %g s",
-                    pid,
-                    result,
-                    old.pile(pid).comm_timeout_s,
-                )
-            else:
-                log.info("pile %s: no longer controlled, left at %.0f kW", pid, fallbacks[pid])
-
-    async def _arm_with(self, station: Station, pile: Pile, feed: Feed[PileReading] | None) -> None:
-        config = station.pile(pile.id)
-        try:
-            await pile.arm_failsafe(config.comm_timeout_s, config.fallback_kw)
-        except DriverError as exc:
-            if feed is not None:
-                # Marked failing: the fast loop arms it again once it answers.
-                feed.failed(exc, self.clock.now())
 
     def _swap(
         self,
@@ -609,45 +509,16 @@ class Daemon:
         terminal: Meter | None,
     ) -> None:
         """Switch every structure the loops use to the new config, with no await in between."""
-        now = self.clock.now()
+        self.devices.swap(station, change, drivers, feeds, meter, terminal)
         for pid in change.drops:
-            self._stop_watching(self.pile_feeds[pid], now)
             self.tally._counters.pop(pid, None)  # a reconnected pile's counter starts anew
             self.control.follow.forget(pid)
-        piles = {p.id: drivers[p.id] for p in station.piles}
-        pile_feeds = {p.id: feeds.get(p.id) or self.pile_feeds[p.id] for p in station.piles}
-        self.piles.clear()
-        self.piles.update(piles)
-        sensors = self.sensors
-        sensors.piles = pile_feeds
-        if meter is not None:
-            self._stop_watching(self.meter_feed, now)
-            self.meter = meter
-            sensors.meter = Feed(f"meter {meter.id}", self._record)
-        if change.terminal:
-            if self.terminal_feed is not None:
-                self._stop_watching(self.terminal_feed, now)
-            self.terminal = terminal
-            sensors.terminal = (
-                None if terminal is None else Feed(f"terminal {terminal.id}", self._record)
-            )
-        sensors.station, sensors.settings = station, station.control
         self.station = station
         self.period_s = station.control.period_s
         self.tally.limit_kw = station.limit_kw
         self.config_serial += 1
         # The last snapshot describes the old config: the plan loop waits for the next one.
         self.last_cycle = None
-
-    @staticmethod
-    def _stop_watching(feed: Feed[T], now: float) -> None:
-        """A failure logged when it started is logged as ended when a reload drops its device."""
-        if not feed.ok:
-            log.warning(
-                "%s: no longer watched (config reloaded), after %.0f s not answering",
-                feed.device,
-                now - (feed.failed_since or now),
-            )
 
     async def _follow_policy(self) -> None:
         """Start or stop the plan loop when a reload changed the policy of a running daemon."""
@@ -677,19 +548,17 @@ class Daemon:
         if curtailing != self._curtailing:
             self._curtailing = curtailing
             if curtailing:
-                self._event(
-                    cycle.time,
-                    f"curtailing: vehicles want {wanted:.0f} kW, headroom gives {budget:.0f} kW",
-                )
+                kind = Kind.CURTAILING
+                text = f"curtailing: vehicles want {wanted:.0f} kW, headroom gives {budget:.0f} kW"
             else:
-                self._event(cycle.time, "curtailment ended: the headroom covers what vehicles take")
+                kind = Kind.CURTAILMENT_ENDED
+                text = "curtailment ended: the headroom covers what vehicles take"
+            self._event(Event(cycle.time, Source.CONTROL, kind, text))
 
-    def _event(self, when: float, text: str) -> None:
-        self.events.append((when, text))
-        self.event_count += 1
-        log.info("%s", text)
-        if self.telemetry is not None:
-            self.telemetry.event(when, text, "control")
+    def _event(self, event: Event) -> None:
+        """An event made here or in the control step: logged, then recorded."""
+        log.info("%s", event.text)
+        self._record(event)
 
 
 class FastLoop:
@@ -703,7 +572,7 @@ class FastLoop:
     async def start(self) -> None:
         """Arm every pile's fail-safe, then start cycling."""
         daemon = self.daemon
-        await asyncio.gather(*(daemon._arm(pid) for pid in daemon.piles))
+        await asyncio.gather(*(daemon.devices.arm(pid) for pid in daemon.piles))
         self._task = asyncio.create_task(daemon._fast_loop(), name="fast loop")
 
     async def stop(self) -> None:
@@ -712,7 +581,9 @@ class FastLoop:
             return
         await stop_task(self._task)
         self._task = None
-        await self.daemon.leave_at_fallback()
+        daemon = self.daemon
+        await daemon.leave_at_fallback(list(daemon.piles), daemon.station)
+        log.info("every reachable pile left at its fallback power; stopped")
 
 
 class TelemetryService:

@@ -14,24 +14,13 @@ from functools import partial
 
 from base.clock import Clock
 from base.config import DeviceEndpoint, Station
+from base.events import DeviceRef
 from drivers.device import Device
 from drivers.modbus import ModbusDevice, ModbusLink, ModbusLinks
 from drivers.opcua.device import OpcUaDevice, OpcUaLinks
 from drivers.opcua.link import OpcUaLink
 from drivers.opcua.security import OpcUaSecurity
 from drivers.tls import client_context
-
-
-def modbus_device(
-    endpoint: DeviceEndpoint, label: str, station: Station, links: ModbusLinks
-) -> ModbusDevice:
-    """The Modbus device a station entry names, on its (possibly encrypted) link."""
-    return ModbusDevice(
-        label,
-        modbus_link(endpoint, label, station, links),
-        station.map_for(endpoint.device),
-        endpoint.unit,
-    )
 
 
 def modbus_link(
@@ -90,8 +79,8 @@ class StationLinks:
         )
         self._open: dict[tuple[str, int | str, bool], ModbusLink | OpcUaLink] = {}
 
-    def device(self, station: Station, endpoint: DeviceEndpoint, label: str) -> Device:
-        """The device a station entry names, on its link.
+    def device(self, station: Station, endpoint: DeviceEndpoint, ref: DeviceRef) -> Device:
+        """The device a station entry names, on its link (its errors name it by `ref`'s label).
 
         Raises `ConfigError` when certificates or the password an encrypted link needs are
         missing.
@@ -104,10 +93,10 @@ class StationLinks:
             link = self.opcua.get(
                 endpoint.opcua_url, encrypt=endpoint.opcua_security == "sign-and-encrypt"
             )
-            device = OpcUaDevice(label, link, regmap, endpoint.opcua_object)
+            device = OpcUaDevice(ref.label, link, regmap, endpoint.opcua_object)
         else:
-            link = modbus_link(endpoint, label, station, self.modbus)
-            device = ModbusDevice(label, link, regmap, endpoint.unit)
+            link = modbus_link(endpoint, ref.label, station, self.modbus)
+            device = ModbusDevice(ref.label, link, regmap, endpoint.unit)
         self._open[_link_key(endpoint)] = link
         return device
 

@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from base.clock import Clock, Ticker, stop_task
 from control.cycle import Control
 from control.planner import Planner
 from control.site import SiteSnapshot
-from controller.status import Cycle, Tally
+from control.step import Cycle
+from controller.status import Tally
 from controller.telemetry.writer import TelemetryWriter
+from controller.worker import Worker
 from scheduler.plan import Plan
 from scheduler.solver import Solver
 
@@ -52,12 +53,12 @@ class PlanLoop:
         self.host = host
         self.log_once = log_once
         self.solver = Solver(time_limit_s=host.solve_deadline_s)
-        self._executor: ThreadPoolExecutor | None = None
+        self.worker = Worker("flexcharge-solver")
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start the thread and the loop."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flexcharge-solver")
+        self.worker.start()
         self._task = asyncio.create_task(self._loop(), name="plan loop")
 
     async def stop(self) -> None:
@@ -66,9 +67,7 @@ class PlanLoop:
         if self._task is not None:
             await stop_task(self._task)
             self._task = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        self.worker.stop()
 
     async def _loop(self) -> None:
         host = self.host
@@ -94,11 +93,9 @@ class PlanLoop:
         problem = host.planner.problem(snapshot)
         if problem is None:
             return None
-        assert self._executor is not None, "the plan loop is not running"
         serial = host.config_serial
-        loop = asyncio.get_running_loop()
         self.solver.time_limit_s = host.solve_deadline_s
-        future = loop.run_in_executor(self._executor, self.solver.solve, problem)
+        future = self.worker.run(self.solver.solve, problem)
         try:
             plan = await asyncio.wait_for(
                 asyncio.shield(future), timeout=host.solve_deadline_s * 2 + 1

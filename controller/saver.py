@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 
 from base.clock import Clock, stop_task
 from base.health import Health
 from control.cycle import Control
 from control.ledger import SessionLedger
 from controller.store import SavedState, StateStore
+from controller.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class StateSaver:
         self.ledger = SessionLedger()
         self.piles: frozenset[str] = frozenset()
         self.health = Health(str(store.path), logger=log)
-        self._executor: ThreadPoolExecutor | None = None
+        self.worker = Worker("flexcharge-state")
         self._task: asyncio.Task[None] | None = None
         self._unsaved: tuple[SavedState, float] | None = None
         self._wanted = asyncio.Event()
@@ -44,33 +44,30 @@ class StateSaver:
 
     async def start(self) -> None:
         """Resume the saved state (raises `StateError` if the file cannot be read), then save."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flexcharge-state")
+        self.worker.start()
         try:
             # On a virtual clock, the plant must not run on while the file is read.
             with self.clock.participant():
                 await self._restore()
         except BaseException:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+            self.worker.stop()
             raise
         self._task = asyncio.create_task(self._loop(), name="state saver")
 
     async def stop(self) -> None:
         """Write the last state and end the thread."""
-        if self._executor is None:
+        if not self.worker.running:
             return
         if self._task is not None:
             await stop_task(self._task)
             self._task = None
         self.hand_over(self.clock.now(), now_anyway=True)
         await self._save()
-        self._executor.shutdown(wait=True)
-        self._executor = None
+        self.worker.stop()
 
     async def _restore(self) -> None:
         now = self.clock.now()
-        loop = asyncio.get_running_loop()
-        saved = await loop.run_in_executor(self._executor, self.store.load, now, self.control.zone)
+        saved = await self.worker.run(self.store.load, now, self.control.zone)
         gone = [r for r in saved.records if r.pile not in self.piles]
         for record in gone:
             record.ended_at = now
@@ -101,9 +98,8 @@ class StateSaver:
             return
         state, at = self._unsaved
         self._unsaved = None
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self.store.save, state, at)
+            await self.worker.run(self.store.save, state, at)
         except (sqlite3.Error, OSError) as exc:
             self.health.fail(self.clock.now(), f"cannot save the state: {exc}")
             return

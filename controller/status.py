@@ -14,27 +14,12 @@ from pathlib import Path
 from typing import Protocol
 
 from base.config import Station
+from base.events import Event
 from control.sensing import LimitOverride, LimitSource
 from control.sessions import Session, Wish
-from control.site import PileView, SiteSnapshot
+from control.site import PileView
+from control.step import Cycle
 from scheduler.plan import Plan
-
-
-@dataclass(frozen=True)
-class Cycle:
-    """One pass of the fast loop: what was seen, what was wanted, what was written."""
-
-    time: float
-    snapshot: SiteSnapshot
-    budget_kw: float
-    targets: Mapping[str, float]
-    setpoints: Mapping[str, float]
-    written: Mapping[str, bool]
-
-    @property
-    def wanted_kw(self) -> float:
-        """What the connected vehicles would take together."""
-        return sum(p.wants_kw for p in self.snapshot.piles)
 
 
 @dataclass
@@ -122,7 +107,7 @@ class StationStatus:
     utility_limit_kw: float | None
     override: LimitOverride | None
     tally: Tally
-    events: tuple[tuple[float, str], ...] = ()
+    events: tuple[Event, ...] = ()
     event_count: int = 0
 
 

@@ -34,8 +34,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from control.cycle import ControlState, MonthPeak
-from control.ledger import SessionRecord
-from control.sessions import PastVisit, Wish
+from control.sessions import EnergyAccount, PastVisit, Session, Wish
 from controller.sqlite import FileKind, SqliteFileError, VersionedFile
 from scheduler.plan import FloatArray, Plan, PlanStatus
 
@@ -106,24 +105,26 @@ STATE_FILE = FileKind(
     synchronous="FULL",
 )
 
-SESSION_COLUMNS = (
-    "pile",
-    "pile_session_id",
-    "plugged_at",
-    "vehicle_id",
-    "need_kwh",
-    "departure",
-    "departure_known",
-    "max_kw",
-    "v2g",
-    "min_soc",
-    "capacity_kwh",
-    "soc",
-    "start_counter_kwh",
-    "energy_kwh",
-    "last_counter_kwh",
-    "ended_at",
-)
+# The sessions table's columns: each names the `Session` attribute it holds (a dotted path into
+# its energy account), what it is, and whether it may be NULL. Saving and loading both go by it.
+SESSION_COLUMNS: dict[str, tuple[str, type[Any], bool]] = {
+    "pile": ("pile", str, False),
+    "pile_session_id": ("session_id", int, False),
+    "plugged_at": ("plugged_at", float, False),
+    "vehicle_id": ("vehicle_id", str, False),
+    "need_kwh": ("need_kwh", float, False),
+    "departure": ("departure", float, False),
+    "departure_known": ("departure_known", bool, False),
+    "max_kw": ("max_kw", float, False),
+    "v2g": ("v2g", bool, False),
+    "min_soc": ("min_soc", float, False),
+    "capacity_kwh": ("capacity_kwh", float, True),
+    "soc": ("soc", float, True),
+    "start_counter_kwh": ("account.start_counter_kwh", float, False),
+    "energy_kwh": ("account.energy_kwh", float, False),
+    "last_counter_kwh": ("account.last_counter_kwh", float, False),
+    "ended_at": ("ended_at", float, True),
+}
 
 
 class StateError(Exception):
@@ -140,7 +141,7 @@ class SavedState:
     """
 
     control: ControlState
-    records: tuple[SessionRecord, ...] = ()
+    records: tuple[Session, ...] = ()
 
 
 class StateStore:
@@ -213,9 +214,9 @@ class StateStore:
             wish_rows = db.execute("SELECT * FROM wishes").fetchall()
         finally:
             db.row_factory = None
-        records = tuple(self._record(row) for row in open_rows)
-        ended = (self._record(row) for row in ended_rows)
-        history = tuple(PastVisit.of(r.session(), r.ended_at or r.plugged_at) for r in ended)
+        records = tuple(self._session(row) for row in open_rows)
+        ended = (self._session(row) for row in ended_rows)
+        history = tuple(PastVisit.of(s, s.ended_at or s.plugged_at) for s in ended)
         plan, site_kw, adopted_at = None, None, None
         if plan_row is not None:
             adopted_at = self._field(plan_row, "adopted_at", "plan", "", float, optional=True)
@@ -234,7 +235,7 @@ class StateStore:
             )
         self._saved_plan, self._saved_wishes = plan, dict(wishes)
         control = ControlState(
-            sessions=tuple(r.session() for r in records),
+            sessions=records,
             month=None if month_row is None else self._month(month_row, zone),
             plan=plan,
             planned_at=adopted_at,
@@ -269,33 +270,26 @@ class StateStore:
             )
         return kind(value)
 
-    def _record(self, row: sqlite3.Row) -> SessionRecord:
+    def _session(self, row: sqlite3.Row) -> Session:
+        """A session (with its energy account) from its row, by `SESSION_COLUMNS`."""
         where = f"{row['pile']}#{row['pile_session_id']}"
-
-        def number(name: str, optional: bool = False) -> Any:
-            return self._field(row, name, "sessions", where, float, optional=optional)
-
-        def integer(name: str) -> int:
-            return int(self._field(row, name, "sessions", where, int))
-
-        return SessionRecord(
-            pile=str(row["pile"]),
-            pile_session_id=integer("pile_session_id"),
-            plugged_at=number("plugged_at"),
-            vehicle_id=str(row["vehicle_id"]),
-            need_kwh=number("need_kwh"),
-            departure=number("departure"),
-            departure_known=bool(integer("departure_known")),
-            max_kw=number("max_kw"),
-            v2g=bool(integer("v2g")),
-            min_soc=number("min_soc"),
-            capacity_kwh=number("capacity_kwh", optional=True),
-            soc=number("soc", optional=True),
-            start_counter_kwh=number("start_counter_kwh"),
-            energy_kwh=number("energy_kwh"),
-            last_counter_kwh=number("last_counter_kwh"),
-            ended_at=number("ended_at", optional=True),
+        values: dict[str, Any] = {}
+        for column, (attribute, kind, optional) in SESSION_COLUMNS.items():
+            if kind is str:
+                value: Any = str(row[column])
+            elif kind is bool:
+                value = bool(self._field(row, column, "sessions", where, int))
+            else:
+                value = self._field(row, column, "sessions", where, kind, optional=optional)
+            values[attribute] = value
+        account = EnergyAccount(
+            **{
+                name.removeprefix("account."): values.pop(name)
+                for name in [a for a in values if a.startswith("account.")]
+            }
         )
+        # What the controller counts from is the billed account.
+        return Session(**values, account=account, delivered_kwh=account.energy_kwh)
 
     def _month(self, row: sqlite3.Row, zone: ZoneInfo) -> MonthPeak:
         text = str(row["month"])
@@ -351,7 +345,7 @@ class StateStore:
         control = state.control
         with self._file.transaction() as db:
             placeholders = ", ".join("?" for _ in SESSION_COLUMNS)
-            updates = ", ".join(f"{c} = excluded.{c}" for c in SESSION_COLUMNS[3:])
+            updates = ", ".join(f"{c} = excluded.{c}" for c in list(SESSION_COLUMNS)[3:])
             db.executemany(
                 f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}) VALUES ({placeholders}) "
                 f"ON CONFLICT (pile, pile_session_id, plugged_at) DO UPDATE SET {updates}",
@@ -392,11 +386,15 @@ class StateStore:
             self._saved_wishes = dict(control.wishes)
 
 
-def _session_row(record: SessionRecord) -> tuple[object, ...]:
-    return tuple(
-        int(value) if isinstance(value, bool) else value
-        for value in (getattr(record, column) for column in SESSION_COLUMNS)
-    )
+def _session_row(session: Session) -> tuple[object, ...]:
+    """A session's row, by `SESSION_COLUMNS`."""
+    row: list[object] = []
+    for attribute, _kind, _optional in SESSION_COLUMNS.values():
+        value: object = session
+        for part in attribute.split("."):
+            value = getattr(value, part)
+        row.append(int(value) if isinstance(value, bool) else value)
+    return tuple(row)
 
 
 def _wish_row(key: tuple[str, int], wish: Wish) -> tuple[object, ...]:

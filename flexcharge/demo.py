@@ -21,6 +21,7 @@ from rich.console import Console
 
 from base.clock import VirtualClock
 from base.config import ApiSettings, Station
+from base.events import Kind
 from control.sessions import Wish
 from controller.daemon import Daemon
 from flexcharge.view import LiveView, summary_table
@@ -131,7 +132,6 @@ async def run_demo(
     plant = simulator.plant
     status = daemon.status()
     tally = status.tally
-    events = [text for _, text in status.events]
     return DemoResult(
         station_start=start,
         station_end=clock.now(),
@@ -148,7 +148,7 @@ async def run_demo(
         out_of_bounds=tally.out_of_bounds,
         arrivals=sum(1 for e in plant.events if e.kind == "arrival"),
         departures=sum(1 for e in plant.events if e.kind == "departure"),
-        curtailments=sum(1 for text in events if text.startswith("curtailing")),
+        curtailments=sum(1 for e in status.events if e.kind is Kind.CURTAILING),
         energy_by_band=dict(tally.energy_by_band),
         charging_cost=tally.charging_cost,
         currency=station.tariff.currency,

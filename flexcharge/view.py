@@ -19,7 +19,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from controller.status import Cycle, StationPort
+from base.events import Event
+from control.step import Cycle
+from controller.status import StationPort
 
 _BAND_STYLE = {"valley": "green", "flat": "yellow", "peak": "red", "critical": "bold magenta"}
 
@@ -78,8 +80,8 @@ class LiveView:
             return
         status = self.daemon.status()
         new = min(status.event_count - self._events_seen, len(status.events))
-        for when, text in status.events[len(status.events) - new :]:
-            self.console.print(f"{self._clock(when)}  {text}", highlight=False, soft_wrap=True)
+        for event in status.events[len(status.events) - new :]:
+            self.console.print(self._line(event), highlight=False, soft_wrap=True)
         self._events_seen = status.event_count
         if self._last_plain is None or cycle.time - self._last_plain >= self.plain_every_s:
             self._last_plain = cycle.time
@@ -87,6 +89,9 @@ class LiveView:
 
     def _clock(self, when: float) -> str:
         return datetime.fromtimestamp(when, self.zone).strftime("%m-%d %H:%M:%S")
+
+    def _line(self, event: Event) -> str:
+        return f"{self._clock(event.time)}  {event.text}"
 
     def status_line(self, cycle: Cycle) -> str:
         """One line: time, band, site load against the limit, vehicles."""
@@ -172,7 +177,7 @@ class LiveView:
         )
         recent = status.events[-6:]
         events = Text(
-            "\n".join(f"{self._clock(when)}  {text}" for when, text in recent) or "no events yet",
+            "\n".join(self._line(event) for event in recent) or "no events yet",
             style="dim",
         )
         return Panel(

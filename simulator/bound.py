@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from numpy.typing import NDArray
 
-from control.cycle import group_limits
+from control.decider import group_limits
 from scheduler.plan import Plan
 from scheduler.problem import Problem, Vehicle, Weights, month_starts
 from scheduler.solver import solve_bound

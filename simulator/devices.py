@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from base.clock import Clock
 from base.config import DeviceEndpoint, Station
+from base.events import DeviceRef
 from simulator.chargers import pile_device_model
 from simulator.faults import FaultScript
 from simulator.plant import Plant
@@ -36,17 +37,19 @@ def device_models(
     meter = station.grid_meter
     devices = [
         SimulatedDevice(
-            meter, f"meter {meter.id}", MeterRegisters(plant, faults=faults, device_id=meter.id)
+            meter,
+            DeviceRef.meter(meter.id).label,
+            MeterRegisters(plant, faults=faults, device_id=meter.id),
         )
     ]
     if station.terminal is not None:
         # The utility's terminal measures the same connection as the grid meter.
         terminal = station.terminal
         relay = MeterRegisters(plant, faults=faults, device_id=terminal.id)
-        devices.append(SimulatedDevice(terminal, f"terminal {terminal.id}", relay))
+        devices.append(SimulatedDevice(terminal, DeviceRef.terminal(terminal.id).label, relay))
     for pile in station.piles:
         model = pile_device_model(
             plant.piles[pile.id], station.map_for(pile.device), clock, bms=bms
         )
-        devices.append(SimulatedDevice(pile, f"pile {pile.id}", model))
+        devices.append(SimulatedDevice(pile, DeviceRef.pile(pile.id).label, model))
     return devices

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import calendar
 import math
-import re
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,8 +27,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from base.config import Station
+from base.events import Event
 from base.tariff import Tariff
-from control.cycle import Control, Decision, Policy, group_limits
+from control.cycle import Control
+from control.decider import Decision, Policy, group_limits
 from control.follow import FollowWatch
 from control.forecast import BackgroundForecast
 from control.planner import Planner
@@ -37,7 +38,7 @@ from control.record import Recorder
 from control.sensing import Sensors
 from control.sessions import PastVisit, Wish
 from control.site import SiteSnapshot
-from control.step import step
+from control.step import Cycle, step
 from drivers.errors import DriverError
 from scheduler.solver import Solver
 from simulator.books import Books, Ledger
@@ -162,7 +163,7 @@ class SimResult:
     peak_kw: NDArray[np.float64]
     books: Books
     solve_ms: list[float] = field(default_factory=list)
-    events: list[tuple[float, str]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     controller_delivered_kwh: dict[str, float] = field(default_factory=dict)
 
 
@@ -207,7 +208,7 @@ def simulate(
     The controller reads and writes the plant through the daemon's drivers and `Sensors` checks.
     With the scenario's `faults`, devices, vehicles and the utility misbehave as scripted; devices
     that do not answer get no setpoints. `SimResult.events` holds what the controller noticed and
-    when.
+    the script's faults starting and ending, as events (`base.events`).
     """
     policy = Policy(policy)
     station = scenario.station
@@ -243,7 +244,7 @@ def simulate(
         control.wish(pile.id, pile.session_id, _wish(visit, scenario.information))
 
     plant.on_plug = plugged
-    events: list[tuple[float, str]] = []
+    events: list[Event] = []
     faults = FaultScript(scenario.faults)
     faults.check(station)
     if scenario.information not in ("exact", "stated"):
@@ -289,7 +290,7 @@ def simulate(
         now = float(now)
         # The daemon's fast loop writes every second; between our steps it would have kept every
         # pile's fail-safe timer from running out.
-        events.extend((now, f"simulator: {text}") for text in faults.apply(plant, now))
+        events.extend(faults.apply(plant, now))
         for pile in plant.piles.values():
             if faults.reachable(pile.id, now):
                 pile.heartbeat(now, continuous=pile.id in reached)
@@ -303,10 +304,10 @@ def simulate(
         ledger.add(k, plant.pieces)
         snapshot = sensing.snapshot(now, scenario.tariff)
         done = step(control, snapshot, step_s, plan=plan_now)
-        events.extend((now, text) for text in done.events)
+        events.extend(done.events)
         decision = done.decision
         written = sensing.write(now, decision.setpoints, _break_before_make(plant, decision))
-        control.committed(written)
+        control.committed(written, now)
         if telemetry is not None:
             _tell(telemetry, now, snapshot, decision, written, events, told)
             told = len(events)
@@ -452,7 +453,7 @@ def _result(
     requested: dict[str, float],
     delivered: dict[str, float],
     solve_ms: list[float],
-    events: list[tuple[float, str]],
+    events: list[Event],
     counted: dict[str, float],
 ) -> SimResult:
     """A run's result, its time series (each step's averages) derived from its books."""
@@ -525,33 +526,21 @@ def repriced(result: SimResult, scenario: Scenario) -> SimResult:
     return billed
 
 
-# What a device's feed reports when it starts or stops failing ("pile P03: ...").
-_DEVICE_EVENT = re.compile(r"^(pile|meter|terminal) \S+: ")
-
-
 def _tell(
     telemetry: Recorder,
     now: float,
     snapshot: SiteSnapshot,
     decision: Decision,
     written: Mapping[str, float],
-    events: Sequence[tuple[float, str]],
+    events: Sequence[Event],
     told: int,
 ) -> None:
     """Hand one step and the events since the last one to the telemetry writer."""
-    for when, text in events[told:]:
-        kind = (
-            "simulator"
-            if text.startswith("simulator: ")
-            else "device"
-            if _DEVICE_EVENT.match(text)
-            else "control"
-        )
-        telemetry.event(when, text, kind, block=True)
+    for event in events[told:]:
+        telemetry.event(event, block=True)
     ok = {pid: pid in written for pid in decision.setpoints}
-    telemetry.cycle(
-        now, snapshot, decision.budget_kw, decision.targets, decision.setpoints, ok, block=True
-    )
+    cycle = Cycle(now, snapshot, decision.budget_kw, decision.targets, decision.setpoints, ok)
+    telemetry.cycle(cycle, block=True)
 
 
 class _Sensing:
@@ -563,7 +552,7 @@ class _Sensing:
         station: Station,
         plant: Plant,
         faults: FaultScript,
-        events: list[tuple[float, str]],
+        events: list[Event],
         follow: FollowWatch,
         *,
         start: float,
@@ -573,9 +562,7 @@ class _Sensing:
         """`soc` False: the piles report nothing of their vehicles' batteries."""
         self.station = station
         self.plant = plant
-        self.sensors = Sensors(
-            station, notify=lambda when, text: events.append((when, text)), follow=follow
-        )
+        self.sensors = Sensors(station, notify=events.append, follow=follow)
         self.clock = StepClock(start)
         self.devices = InProcessStation(station, plant, faults, self.clock, bms=soc)
         meters = [station.grid_meter, *([] if station.terminal is None else [station.terminal])]

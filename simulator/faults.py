@@ -45,6 +45,7 @@ import numpy as np
 
 from base.config import Station
 from base.devicemap import Value
+from base.events import DeviceRef, Event, Kind, Source
 from base.loading import (
     CellReader,
     Problems,
@@ -215,8 +216,9 @@ class FaultScript:
 
     # -- the plant -----------------------------------------------------------------------------
 
-    def apply(self, plant: Plant, now: float) -> list[str]:
-        """Start and end the faults that act on the plant; what happened, for a log."""
+    def apply(self, plant: Plant, now: float) -> list[Event]:
+        """Start and end the faults that act on the plant; what happened, as events from the
+        simulator about the device each fault is on."""
         faults = self.faults
         starting: list[int] = []
         while self._next_start < len(faults) and faults[self._next_start].start <= now:
@@ -230,10 +232,10 @@ class FaultScript:
         for index in sorted({*starting, *ending}):
             fault = faults[index]
             if index in starting:
-                notes.append(f"fault starts: {fault}")
+                notes.append(_note(plant, fault, now, Kind.SCRIPTED_FAULT, "starts"))
                 self._start(plant, fault, now)
             if index in ending:
-                notes.append(f"fault ends: {fault}")
+                notes.append(_note(plant, fault, now, Kind.SCRIPTED_FAULT_ENDED, "ends"))
                 self._end(plant, fault)
         self._running = [i for i in self._running if i not in ending]
         return notes
@@ -323,6 +325,22 @@ class FaultScript:
                 assert isinstance(clock, float)
                 values = {**values, "clock": clock + fault.amount}
         return values
+
+
+def _note(plant: Plant, fault: Fault, now: float, kind: Kind, what: str) -> Event:
+    text = f"simulator: fault {what}: {fault}"
+    return Event(now, Source.SIMULATOR, kind, text, _device(plant.station, fault.target))
+
+
+def _device(station: Station, target: str) -> DeviceRef | None:
+    """The device of the station a fault's target names (None for `site`)."""
+    if target == station.grid_meter.id:
+        return DeviceRef.meter(target)
+    if station.terminal is not None and target == station.terminal.id:
+        return DeviceRef.terminal(target)
+    if any(p.id == target for p in station.piles):
+        return DeviceRef.pile(target)
+    return None
 
 
 # -- the file format ----------------------------------------------------------------------------

@@ -333,7 +333,7 @@ class Background:
 
 
 @dataclass
-class SessionRecord:
+class VisitRecord:
     """What happened to one visit (ground truth)."""
 
     visit: Visit
@@ -432,7 +432,7 @@ class Plant:
         self._arrivals: list[tuple[float, int, Visit]] = []
         self._order = 0
         self.queue: deque[VehicleModel] = deque()
-        self.sessions: dict[str, SessionRecord] = {}
+        self.sessions: dict[str, VisitRecord] = {}
         self.events: list[PlantEvent] = []
         self.truth = Truth(station.limit_kw)
         self.record = record
@@ -449,7 +449,7 @@ class Plant:
         for visit in visits:
             if visit.vehicle_id in self.sessions:
                 continue
-            self.sessions[visit.vehicle_id] = SessionRecord(visit)
+            self.sessions[visit.vehicle_id] = VisitRecord(visit)
             heapq.heappush(self._arrivals, (visit.arrival, self._order, visit))
             self._order += 1
 

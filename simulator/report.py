@@ -23,7 +23,8 @@ BAND_COLOURS = {"valley": "#c8e6c9", "flat": "#fff9c4", "peak": "#ffcdd2", "crit
 
 
 def write_outputs(result: SimResult, out: Path, zone: ZoneInfo) -> None:
-    """metrics.json, timeseries.csv, events.csv (what the controller noticed) and plot.png.
+    """metrics.json, timeseries.csv, events.csv (what the controller noticed, and the simulator's
+    scripted faults: time, text, source, kind and device) and plot.png.
 
     Each row of timeseries.csv is one step, named by its end: the average powers over the step,
     the highest site power within it, and the price and band in force at its start.
@@ -59,9 +60,17 @@ def write_outputs(result: SimResult, out: Path, zone: ZoneInfo) -> None:
             )
     with (out / "events.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["time", "event"])
-        for when, text in result.events:
-            writer.writerow([datetime.fromtimestamp(when, zone).isoformat(), text])
+        writer.writerow(["time", "event", "source", "kind", "device"])
+        for event in result.events:
+            writer.writerow(
+                [
+                    datetime.fromtimestamp(event.time, zone).isoformat(),
+                    event.text,
+                    event.source,
+                    event.kind,
+                    "" if event.device is None else event.device.label,
+                ]
+            )
     plot(result, out / "plot.png", zone)
 
 

@@ -30,7 +30,7 @@ from base.config import Station
 from base.loading import ConfigError, ConfigProblem, Problems
 from base.tariff import Tariff
 from base.tarifffile import load_tariff
-from control.cycle import Policy
+from control.decider import Policy
 from simulator.fast import PRICE_BLIND, Scenario, SimResult, repriced, simulate
 from simulator.faults import FaultScript, load_faults
 from simulator.scenario import load_series, load_sessions

@@ -48,6 +48,7 @@ from rich.table import Table
 from scipy.optimize import linprog
 
 from base.config import CONFIG_ROOT, Station, load_station
+from base.events import Source
 from scheduler import solver as solver_module
 from scheduler.lp import LpModel, build_lp, linprog_arguments
 from scheduler.plan import Plan
@@ -396,7 +397,9 @@ def fault_bench(console: Console) -> bool:
         start = scenario.start
         fault_start = min(f.start for f in scenario.faults) - start
         fault_end = max(f.end for f in scenario.faults) - start
-        events = [(t - start, e) for t, e in result.events if not e.startswith("simulator")]
+        events = [
+            (e.time - start, e.text) for e in result.events if e.source is not Source.SIMULATOR
+        ]
         detected = [t for t, e in events if any(text in e for text in case.starts)]
         ended = [t for t, e in events if any(text in e for text in case.ends)]
         logged_end = ended[-1] - fault_end if ended and math.isfinite(fault_end) else None

@@ -26,9 +26,9 @@ import pytest_timeout
 
 from base.clock import VirtualClock
 from base.config import CONFIG_ROOT, REFERENCE_STATION, Station, load_station
-from control.cycle import Policy
+from control.decider import Policy
+from control.step import Cycle
 from controller.daemon import Daemon
-from controller.status import Cycle
 from simulator.faults import FaultScript
 from simulator.fleet import Visit
 from simulator.hardware import StationSimulator
@@ -292,7 +292,7 @@ async def running_station() -> AsyncIterator[StartStation]:
             stack.push_async_callback(simulator.stop)
             control = Daemon.for_station(controlled or served, clock, policy=policy, **daemon)
             cycles: list[Cycle] = []
-            control.observers.append(cycles.append)
+            control.watch(cycles.append)
             task = asyncio.create_task(control.run(), name="daemon")
             site = RunningStation(simulator, control, clock, begin, cycles, task)
             stack.push_async_callback(site.stop_daemon)

@@ -23,7 +23,8 @@ import pytest
 
 from base.clock import VirtualClock
 from base.config import ApiSettings, Station
-from control.cycle import Policy
+from base.events import Kind
+from control.decider import Policy
 from controller.api import ApiServer
 from controller.daemon import Daemon
 from simulator.fleet import Visit
@@ -429,7 +430,12 @@ async def test_the_operator_override_lowers_the_limit_until_it_expires(
         assert status["site"]["limit_kw"] == lowered
         assert status["site"]["limit_source"] == "operator"
         assert status["site"]["override"]["reason"] == "feeder maintenance"
-        assert any("operator override" in e["text"] for e in status["events"])
+        told = [e for e in status["events"] if "operator override" in e["text"]]
+        assert told and (told[-1]["source"], told[-1]["kind"], told[-1]["device"]) == (
+            "operator",
+            "override",
+            None,
+        )
         metrics = (await site.client.get("/metrics")).text
         assert f'flexcharge_site_limit_kw{{source="operator"}} {float(lowered)}' in metrics
 
@@ -439,7 +445,7 @@ async def test_the_operator_override_lowers_the_limit_until_it_expires(
         status = await site.get("/api/status")
         assert status["site"]["override"] is None
         assert status["site"]["limit_source"] == "transformer"
-        assert any("expired" in text for _, text in daemon.events)
+        assert any("expired" in e.text and e.kind is Kind.OVERRIDE_ENDED for e in daemon.events)
 
         # Withdrawn early, by the operator.
         await site.client.post(

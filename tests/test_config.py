@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from base.config import CONFIG_ROOT, REFERENCE_STATION, load_station
+from base.config import CONFIG_ROOT, REFERENCE_STATION, SecuritySettings, load_station
 from base.devicemap import Access, RegisterMap, ValueType
 from base.loading import ConfigError, ConfigProblem
 from base.mapfile import load_register_map
@@ -901,3 +901,21 @@ def test_paths_the_os_refuses_are_config_errors(
     path = edit(configs, STATION, old, new)
     problems = station_problems(configs)
     assert any(p.file == path and p.field == field for p in problems), problems
+
+
+def test_a_password_file_that_is_not_text_names_the_setting(tmp_path: Path) -> None:
+    """A binary OPC-UA password file is a ConfigError naming the station's setting, not a raw
+    UnicodeDecodeError when the daemon connects."""
+    from dataclasses import replace as swap
+
+    station = load_station(REFERENCE_STATION)
+    secret = tmp_path / "opcua.pw"
+    secret.write_bytes(b"\xff\xfe\x00binary")
+    security = SecuritySettings(
+        certs="certs", opcua_user="flexcharge", opcua_password_file=str(secret)
+    )
+    with pytest.raises(ConfigError) as caught:
+        swap(station, security=security).opcua_credentials()
+    (problem,) = caught.value.problems
+    assert problem.field == "security.opcua_password_file"
+    assert "not UTF-8" in problem.message and str(secret) in problem.message

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from base.config import Station
-from control.cycle import Policy
+from control.decider import Policy
 from control.sessions import Wish
 from scheduler.plan import Plan, PlanStatus
 from scheduler.problem import Problem

@@ -125,7 +125,7 @@ def test_a_vehicle_full_before_its_stated_need_frees_its_share(workplace: Statio
     scenario = Scenario(workplace, workplace.tariff, (visit,), start, end, information="stated")
     result = simulate(scenario, "mpc")
     assert result.delivered_kwh["V"] == pytest.approx(20.0, abs=0.05)
-    assert any("vehicle full after 20.0 of 60.0 kWh" in text for _, text in result.events)
+    assert any("vehicle full after 20.0 of 60.0 kWh" in e.text for e in result.events)
 
 
 def test_information_must_be_exact_or_stated(workplace: Station) -> None:

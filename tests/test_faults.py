@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from base.config import REFERENCE_STATION, Station, load_station
+from base.events import Source
 from base.loading import ConfigError
 from flexcharge import cli
 from simulator.fast import Scenario, SimResult, simulate
@@ -212,7 +213,7 @@ def test_the_night_without_faults_binds_the_limit(baseline: SimResult) -> None:
     assert baseline.metrics["peak_kw"] > 0.95 * 4275
     assert float(baseline.metrics["delivered_pct"]) < 100  # the trucks want more than fits
     check_accounting(baseline)
-    assert not [text for _, text in baseline.events if "not following" in text]
+    assert not [e for e in baseline.events if "not following" in e.text]
 
 
 @pytest.mark.parametrize("name", list(MATRIX))
@@ -226,7 +227,7 @@ def test_fault_matrix(depot: Station, baseline: SimResult, name: str) -> None:
     assert over_s <= case.reaction_s, f"{name}: {over_s:.0f} s over, worst {worst_kw:.0f} kW"
     check_accounting(result)
 
-    events = [(t - start, text) for t, text in result.events if not text.startswith("simulator")]
+    events = [(e.time - start, e.text) for e in result.events if e.source is not Source.SIMULATOR]
     for text in case.starts:
         seen = [t for t, e in events if text in e]
         assert seen, f"{name}: never logged {text!r}: {events}"
@@ -295,7 +296,7 @@ def test_a_lost_terminal_keeps_the_utility_limit_in_force() -> None:
     assert result.site_kw[lost].max() <= 450.0
     # The limit binds: without it the piles would have drawn more.
     assert result.site_kw[lost].max() > 400.0
-    texts = [text for _, text in result.events]
+    texts = [e.text for e in result.events]
     # The simulator's OPC-UA server is down while the terminal is unreachable.
     down = f"terminal {terminal}: cannot connect to {mixed.terminal.opcua_url}: Connect call failed"
     assert any(down in t for t in texts)
@@ -314,7 +315,7 @@ def test_a_meter_clock_jump_is_noticed_where_the_meter_keeps_time() -> None:
     scenario = Scenario(mixed, mixed.tariff, visits, start, start + 1800, "clock", faults=faults)
     result = simulate(scenario, "mpc", step_s=1.0)
     assert over_limit(result) == (0.0, 0.0)
-    texts = [(t - start, text) for t, text in result.events]
+    texts = [(e.time - start, e.text) for e in result.events]
     forward = [t for t, e in texts if f"terminal {terminal}: its clock jumped by +3600 s" in e]
     back = [t for t, e in texts if f"terminal {terminal}: its clock jumped by -3600 s" in e]
     assert forward == [600.0] and back == [1200.0]

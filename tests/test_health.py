@@ -11,7 +11,7 @@ from base.health import Health
 
 def test_an_episode_is_told_at_its_two_edges_only(caplog: pytest.LogCaptureFixture) -> None:
     told: list[tuple[float, str]] = []
-    health = Health("meter M1", notify=lambda now, text: told.append((now, text)))
+    health = Health("meter M1", notify=lambda e: told.append((e.time, e.text)))
     with caplog.at_level(logging.WARNING, logger="base.health"):
         assert health.recover(0.0) is False  # healthy: nothing to say
         assert health.fail(10.0, "no answer") is True
@@ -36,7 +36,7 @@ def test_time_down_counts_every_episode_and_the_current_one() -> None:
 
 def test_a_recovery_can_say_more() -> None:
     told: list[str] = []
-    health = Health("telemetry", notify=lambda _now, text: told.append(text))
+    health = Health("telemetry", notify=lambda e: told.append(e.text))
     health.fail(0.0, "down")
     health.recover(90.0, lambda down: f"telemetry: back after {down:.0f} s; replaying 12 points")
     assert told[-1] == "telemetry: back after 90 s; replaying 12 points"

@@ -327,3 +327,21 @@ def test_a_rise_that_cannot_reach_its_minimum_waits_at_zero() -> None:
         drawing={"A": 120.0, "B": 0.0},
     )
     assert result == {"A": 60.0, "B": 0.0}
+
+
+def test_the_rise_bucket_saves_up_half_a_minute_and_spends_what_the_total_rose() -> None:
+    from control.limiter import RiseBucket
+
+    bucket = RiseBucket()
+    assert bucket.allowance(None, 1.0) is None, "no ramp limit: no allowance"
+    assert bucket.allowance(60.0, 1.0) == pytest.approx(1.0)  # 60 kW/min is 1 kW a second
+    for _ in range(100):
+        bucket.allowance(60.0, 1.0)
+    assert bucket.tokens == pytest.approx(30.0), "at most half a minute's worth saved up"
+    bucket.spend(60.0, 25.0)
+    assert bucket.tokens == pytest.approx(5.0)
+    bucket.spend(60.0, -40.0)  # a fall gives nothing back
+    assert bucket.tokens == pytest.approx(5.0)
+    # A cycle longer than half a minute may save up one cycle's worth.
+    fresh = RiseBucket()
+    assert fresh.allowance(60.0, 60.0) == pytest.approx(60.0)

@@ -18,7 +18,7 @@ import pytest
 from base import certs
 from base.config import CONFIG_ROOT, Station, load_station
 from control.limiter import PileBounds
-from controller.status import Cycle
+from control.step import Cycle
 from simulator.chargers import AcChargerModel
 from simulator.fleet import Visit
 from simulator.scenario import Series
@@ -97,7 +97,7 @@ async def test_mixed_site_stays_under_every_limit_on_real_protocols(
     assert truth.peak_kw <= station.limit_kw + 1e-6
     assert truth.longest_over_s <= PERIOD_S + simulator.settings.pile_delay_s + 8.0
     assert truth.over_kwh < 1.0
-    assert any("site limit now 450 kW" in text for _, text in daemon.events)
+    assert any("site limit now 450 kW" in e.text for e in daemon.events)
     during = [c for c in cycles if limited_from + 30 <= c.time < limited_to]
     assert during and all(c.snapshot.limit_kw == pytest.approx(450.0) for c in during)
     assert max(c.snapshot.grid_kw or 0.0 for c in during) <= 450.0
@@ -106,7 +106,10 @@ async def test_mixed_site_stays_under_every_limit_on_real_protocols(
     # With the grid meter gone, the terminal's measurement kept the loop running.
     after = [c for c in cycles if c.time > meter_lost_at + 10]
     assert after and all(c.snapshot.grid_kw is not None for c in after)
-    assert daemon.meter_feed.value is not None and daemon.meter_feed.at < meter_lost_at + 5
+    assert (
+        daemon.devices.meter_feed.value is not None
+        and daemon.devices.meter_feed.at < meter_lost_at + 5
+    )
     assert sum(c.snapshot.piles_kw for c in after) > 0, "vehicles still charged"
 
     # AC chargers: never a current between 0 and their minimum; DC piles within bounds (the

@@ -28,8 +28,8 @@ from base.config import CONFIG_ROOT, Station
 from base.devicemap import PileMode, PileState
 from base.loading import ConfigError
 from base.mapfile import load_register_map
+from control.step import Cycle
 from controller.daemon import Daemon
-from controller.status import Cycle
 from drivers.errors import BadValue, ConnectionLost, DeviceRejected, DeviceTimeout
 from drivers.meter import MapMeter
 from drivers.opcua.device import OpcUaDevice

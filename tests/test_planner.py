@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from base.events import Kind, Source
 from control.planner import Planner
 from control.step import step
 from scheduler.plan import Plan, PlanStatus
@@ -109,7 +110,7 @@ def test_a_problem_that_cannot_be_built_is_no_plan_told_once() -> None:
 
     told: list[str] = []
     control = Recorder(ProblemError(["vehicle EV1: departure before arrival"]))
-    planner = Planner(control, notify=lambda _t, text: told.append(text))  # type: ignore[arg-type]
+    planner = Planner(control, notify=lambda e: told.append(e.text))  # type: ignore[arg-type]
     assert planner.problem(Snapshot()) is None  # type: ignore[arg-type]
     assert planner.problem(Snapshot()) is None  # type: ignore[arg-type]
     assert control.adopted == [] and len(told) == 1 and "departure before arrival" in told[0]
@@ -124,4 +125,7 @@ def test_a_step_sees_the_site_then_plans_then_decides() -> None:
         plan=lambda _snapshot: control.calls.append("plan"),
     )
     assert control.calls == ["observe", "plan", "decide"]
-    assert done.events == ("EV1 arrived",) and done.decision == "decision"
+    assert done.decision == "decision"
+    assert [(e.source, e.kind, e.text) for e in done.events] == [
+        (Source.CONTROL, Kind.OBSERVED, "EV1 arrived")
+    ]

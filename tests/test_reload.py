@@ -22,7 +22,7 @@ import pytest
 
 from base.config import CONFIG_ROOT, Station
 from base.tarifffile import load_tariff
-from control.cycle import Policy
+from control.decider import Policy
 from control.reload import StationChange
 from scheduler.problem import Problem
 from simulator.fleet import Visit
@@ -94,7 +94,7 @@ async def test_added_pile_is_armed_and_controlled(
     assert plant_p12.power_kw > 200.0, "the truck charges under control, above its fallback"
     assert plant_p12.last_contact >= site.clock.now() - 2 * PERIOD_S
     assert "P12" in site.daemon.control.sessions
-    assert any("piles added: P12" in text for _, text in site.daemon.events)
+    assert any("piles added: P12" in e.text for e in site.daemon.events)
     _within_limit(site, station.limit_kw)
 
 
@@ -128,7 +128,7 @@ async def test_removed_pile_is_left_at_its_fallback(
     assert after and all("P03" not in c.setpoints for c in after)
     assert all(all(c.written.values()) for c in after)
     assert "P03" not in site.daemon.control.sessions
-    assert any("P03: removed by a reload" in text for _, text in site.daemon.events)
+    assert any("P03: removed by a reload" in e.text for e in site.daemon.events)
     for pid in ("P01", "P02", "P04"):
         assert site.simulator.plant.piles[pid].power_kw > 300.0, pid
     _within_limit(site, station.limit_kw)
@@ -183,7 +183,7 @@ async def test_new_tariff_is_planned_with_at_once(
     assert site.daemon.tally.plans > plans_before
     planned_at = site.daemon.control.planned_at
     assert planned_at is not None and planned_at > reloaded_at
-    assert any("tariff changed" in text for _, text in site.daemon.events)
+    assert any("tariff changed" in e.text for e in site.daemon.events)
 
 
 def _broken_copy(tmp_path: Path, station: Station) -> Path:

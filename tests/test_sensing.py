@@ -11,7 +11,8 @@ import pytest
 
 from base.config import Station
 from base.devicemap import PileState
-from control.cycle import Control, Policy
+from control.cycle import Control
+from control.decider import Policy
 from control.follow import NOT_FOLLOWING, Deviation, FollowWatch
 from control.sensing import STEADY_READINGS, Sensors
 from control.site import PileView
@@ -51,7 +52,7 @@ def events() -> list[str]:
 
 @pytest.fixture
 def sensors(reference: Station, events: list[str]) -> Sensors:
-    return Sensors(reference, notify=lambda _t, text: events.append(text))
+    return Sensors(reference, notify=lambda event: events.append(event.text))
 
 
 def test_absurd_and_nan_grid_power_are_failures_not_measurements(

@@ -22,8 +22,8 @@ from base.clock import VirtualClock
 from base.config import Station
 from base.devicemap import PileState
 from control.cycle import Control, ControlState, MonthPeak
-from control.ledger import SessionLedger, SessionRecord
-from control.sessions import Wish
+from control.ledger import SessionLedger
+from control.sessions import EnergyAccount, Session, Wish
 from control.site import PileView, SiteSnapshot
 from controller.daemon import Daemon
 from controller.store import SCHEMA_VERSION, SavedState, StateError, StateStore
@@ -86,7 +86,7 @@ class ControlledPile:
 
     def cycle(self, now: float, reading: PileReading) -> None:
         snapshot = _snapshot(self.station, now, {"P01": reading})
-        self.ledger.close_ended(snapshot, self.control.sessions)
+        self.ledger.close_ended(snapshot)
         self.events += self.control.observe(snapshot, 1.0)
         self.ledger.follow(snapshot, self.control.sessions)
 
@@ -144,12 +144,17 @@ def test_everything_saved_comes_back(reference: Station, tmp_path: Path) -> None
     site_kw = np.array([1820.0, 1700.0])
     month = MonthPeak(zone, 2210.5, (2026, 11), now - 420, 140.0)
     wishes = {("P02", 8): Wish("fleet-22", 300.0, now + 3600, v2g=True, min_soc=0.3)}
-    open_record = SessionRecord(
-        "P01", 5, now - 900, "truck-7", 350.0, now + 7200, True, 450.0, False, 0.2, 500.0, 0.41,
-        1000.0, 12.5, 1012.5,
+    open_record = Session(
+        "truck-7", "P01", 5, now - 900, 350.0, now + 7200, True, 450.0, delivered_kwh=12.5,
+        capacity_kwh=500.0, soc=0.41, account=EnergyAccount(1000.0, 12.5, 1012.5),
     )  # fmt: skip
     ended = replace(
-        open_record, pile="P03", pile_session_id=2, plugged_at=now - 7200, ended_at=now - 600
+        open_record,
+        pile="P03",
+        session_id=2,
+        plugged_at=now - 7200,
+        ended_at=now - 600,
+        account=EnergyAccount(1000.0, 12.5, 1012.5),
     )
     state = ControlState(month=month, plan=plan, planned_at=now - 30, plan_site_kw=site_kw)
     state = replace(state, wishes=wishes)
@@ -254,13 +259,13 @@ def test_accounts_never_overlap_when_the_pile_contradicts_its_counter(
         (t0 + 180, _reading(1030.0, session=1, energy=30.0)),
     ):
         snapshot = _snapshot(reference, now, {"P01": reading})
-        ledger.close_ended(snapshot, control.sessions)
+        ledger.close_ended(snapshot)
         control.observe(snapshot, 60.0)
         ledger.follow(snapshot, control.sessions)
     old, new = ledger.records()
-    assert old.energy_kwh == pytest.approx(20.0)
-    assert new.energy_kwh == pytest.approx(10.0)
-    assert old.energy_kwh + new.energy_kwh == pytest.approx(30.0)
+    assert old.account.energy_kwh == pytest.approx(20.0)
+    assert new.account.energy_kwh == pytest.approx(10.0)
+    assert old.account.energy_kwh + new.account.energy_kwh == pytest.approx(30.0)
     assert caplog.text.count("session counter says") == 1
 
 
@@ -270,14 +275,14 @@ def test_a_counter_reset_keeps_what_was_counted(reference: Station) -> None:
     ledger = SessionLedger()
     for now, counter, energy in ((t0, 5000.0, 0.0), (t0 + 60, 5010.0, 10.0), (t0 + 120, 4.0, 14.0)):
         snapshot = _snapshot(reference, now, {"P01": _reading(counter, session=2, energy=energy)})
-        ledger.close_ended(snapshot, control.sessions)
+        ledger.close_ended(snapshot)
         control.observe(snapshot, 60.0)
         ledger.follow(snapshot, control.sessions)
     (record,) = ledger.records()
-    assert record.energy_kwh == pytest.approx(10.0)
+    assert record.account.energy_kwh == pytest.approx(10.0)
     snapshot = _snapshot(reference, t0 + 180, {"P01": _reading(7.0, session=2, energy=17.0)})
     ledger.follow(snapshot, control.sessions)
-    assert ledger.records()[0].energy_kwh == pytest.approx(13.0)
+    assert ledger.records()[0].account.energy_kwh == pytest.approx(13.0)
 
 
 def test_month_rollover(reference: Station, tmp_path: Path) -> None:
@@ -390,7 +395,7 @@ async def test_daemon_resumes_after_downtime(station: Station, tmp_path: Path) -
         # This test takes part in the clock: station time stands still whenever it is busy (a
         # daemon stopping or starting), so the plant never runs on by itself for hours.
         with FrozenStore(path, station.name) as store, clock.participant():
-            first = Daemon.over_modbus(station, clock, policy="equal-share", store=store)
+            first = Daemon.for_station(station, clock, policy="equal-share", store=store)
             running = asyncio.create_task(first.run())
             await clock.sleep_until(start + 900)
             store.frozen = True
@@ -402,7 +407,7 @@ async def test_daemon_resumes_after_downtime(station: Station, tmp_path: Path) -
             await clock.sleep_until(start + 1800)  # A leaves at fallback power, B plugs in
 
             store.frozen = False
-            second = Daemon.over_modbus(station, clock, policy="equal-share", store=store)
+            second = Daemon.for_station(station, clock, policy="equal-share", store=store)
             running = asyncio.create_task(second.run())
             await clock.sleep_until(start + 1830)
             peak_after = second.control.month.peak_kw

@@ -4,7 +4,6 @@ settings, and the daemon writing a short run to its local store."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import logging
 import math
@@ -16,13 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from base.clock import VirtualClock
 from base.config import CONFIG_ROOT, REFERENCE_STATION, Station, load_station
 from base.devicemap import PileState
 from base.loading import ConfigError
 from control.site import PileView, SiteSnapshot
-from controller.daemon import Daemon
-from controller.status import Cycle
+from control.step import Cycle
 from controller.telemetry.buffer import DiskBuffer
 from controller.telemetry.files import TelemetryError
 from controller.telemetry.local import LocalStore, query_local
@@ -32,8 +29,7 @@ from controller.telemetry.writer import TelemetryWriter, writer_for
 from drivers.pile import PileReading
 from flexcharge.cli import main
 from scheduler.plan import Plan, PlanStatus
-from simulator.hardware import StationSimulator
-from tests.conftest import local_time, station_files_on_free_ports, truck_visit
+from tests.conftest import StartStation, local_time, station_files_on_free_ports, truck_visit
 from tests.victoria import poll_until
 
 
@@ -139,8 +135,7 @@ def test_a_cycle_is_a_site_point_and_a_point_per_pile(reference: Station) -> Non
         band="valley",
         price=0.3162,
     )
-    site, one, two = cycle_points(
-        "S",
+    cycle = Cycle(
         1.8e9,
         snapshot,
         2200.0,
@@ -148,6 +143,7 @@ def test_a_cycle_is_a_site_point_and_a_point_per_pile(reference: Station) -> Non
         {p1.id: 320.0, p2.id: 0.0},
         {p1.id: True, p2.id: False},
     )
+    site, one, two = cycle_points("S", cycle)
     assert (site.measurement, site.tag("band")) == ("site", "valley")
     assert site.field("grid_kw") == 2000.0 and site.field("piles_kw") == 300.0
     assert site.field("background_kw") is None, "not measurable with a pile unread"
@@ -422,28 +418,28 @@ def test_the_token_is_never_printed(
 @pytest.mark.loopback
 @pytest.mark.usefixtures("no_leaked_tasks")
 async def test_the_daemon_writes_its_run_to_the_local_store(
-    station: Station, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    station: Station,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    running_station: StartStation,
 ) -> None:
     """Without a database, every cycle and event lands in var/telemetry/<station>.sqlite."""
     monkeypatch.chdir(tmp_path)
     station = station.with_control(period_s=2.0)
     start = local_time(station, "2026-11-25T10:00")
     pile = station.piles[0].id
-    clock = VirtualClock(start)
-    simulator = StationSimulator(station, clock, visits=[truck_visit(start + 30, pile)])
     writer = writer_for(station)
     assert writer is not None
-    daemon = Daemon.over_modbus(station, clock, policy="equal-share", telemetry=writer)
-    cycles: list[Cycle] = []
-    daemon.observers.append(cycles.append)
-    await simulator.start()
-    try:
-        running = asyncio.create_task(daemon.run())
-        await clock.sleep_until(start + 600)
-        daemon.request_stop()
-        await running
-    finally:
-        await simulator.stop()
+    site_ = await running_station(
+        station,
+        [truck_visit(start + 30, pile)],
+        start=start,
+        policy="equal-share",
+        telemetry=writer,
+    )
+    cycles, daemon = site_.cycles, site_.daemon
+    await site_.until(600)
+    await site_.stop_daemon()
     counts = writer.counts
     store = Path("var/telemetry") / f"{station.path.stem}.sqlite"
     site = query_local(store, "site")
@@ -455,7 +451,7 @@ async def test_the_daemon_writes_its_run_to_the_local_store(
     assert all(p.tag("station") == station.name for p in site)
     events = query_local(store, "event")
     assert len(events) == daemon.event_count
-    assert [p.field("text") for p in events] == [text for _, text in daemon.events]
+    assert [p.field("text") for p in events] == [e.text for e in daemon.events]
     assert counts.written == counts.handed and counts.dropped == counts.buffered == 0
     assert not (Path("var/telemetry") / f"{station.path.stem}.buffer.sqlite").exists()
 

@@ -20,8 +20,8 @@ import pytest
 
 from base.clock import VirtualClock
 from base.config import Station
+from control.step import Cycle
 from controller.daemon import Daemon
-from controller.status import Cycle
 from controller.telemetry.buffer import DiskBuffer
 from controller.telemetry.points import Point
 from controller.telemetry.sinks import InfluxSink
@@ -142,7 +142,7 @@ async def test_every_point_arrives_once_in_order_across_a_server_restart(
         retry_max_s=0.5,
     )
     writer.handed = []
-    daemon = Daemon.over_modbus(station, clock, policy="mpc", telemetry=writer)
+    daemon = Daemon.for_station(station, clock, policy="mpc", telemetry=writer)
     cycles: list[Cycle] = []
     daemon.observers.append(cycles.append)
     await simulator.start()

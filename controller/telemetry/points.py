@@ -12,9 +12,10 @@ and a time. The daemon and `simulate` write
 - `plan` (tags `station`, `vehicle`): `power_kw` planned in each slot, at the slot's start, and
   `planned_at`, on each new plan; a later plan overwrites the slots it covers again;
 - `planning` (tags `station`, `status`): `vehicles`, `solve_ms`, `objective`, on each new plan;
-- `event` (tags `station`, `kind` = control or device): `text` and `seq` (the daemon's event
-  count), on each event. Events are spaced at least a millisecond apart, so that two events of
-  one cycle stay two points (a point's key is measurement, tags and time).
+- `event` (tags `station`, `source`, `kind` and, for an event about a device, `device`, its
+  label: `base.events`): `text` and `seq` (the daemon's event count), on each event. Events are
+  spaced at least a millisecond apart, so that two events of one cycle stay two points (a
+  point's key is measurement, tags and time).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from control.site import SiteSnapshot
+from base.events import Event
+from control.step import Cycle
 from scheduler.plan import Plan
 
 FieldValue = float | int | bool | str
@@ -111,16 +113,10 @@ def epoch_ns(when: float) -> int:
 # -- what the station turns into points ------------------------------------------------------
 
 
-def cycle_points(
-    station: str,
-    when: float,
-    snapshot: SiteSnapshot,
-    budget_kw: float,
-    targets: Mapping[str, float],
-    setpoints: Mapping[str, float],
-    written: Mapping[str, bool],
-) -> list[Point]:
+def cycle_points(station: str, cycle: Cycle) -> list[Point]:
     """The `site` point and one `pile` point per pile of one control cycle."""
+    when, snapshot, budget_kw = cycle.time, cycle.snapshot, cycle.budget_kw
+    targets, setpoints, written = cycle.targets, cycle.setpoints, cycle.written
     site = Point.of(
         "site",
         when,
@@ -186,6 +182,9 @@ def plan_points(station: str, plan: Plan, when: float) -> list[Point]:
     return points
 
 
-def event_point(station: str, when: float, text: str, kind: str, seq: int) -> Point:
-    """An `event` point: what the daemon told the operator, or a device failing or recovering."""
-    return Point.of("event", when, {"station": station, "kind": kind}, {"text": text, "seq": seq})
+def event_point(station: str, when: float, event: Event, seq: int) -> Point:
+    """An `event` point at `when` (the event's time, or just after the one before it)."""
+    tags = {"station": station, "source": str(event.source), "kind": str(event.kind)}
+    if event.device is not None:
+        tags["device"] = event.device.label
+    return Point.of("event", when, tags, {"text": event.text, "seq": seq})

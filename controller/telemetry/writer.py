@@ -17,13 +17,14 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from base.config import Station
+from base.events import Event
 from base.health import Health
-from control.site import SiteSnapshot
+from control.step import Cycle
 from controller.telemetry.buffer import DiskBuffer
 from controller.telemetry.files import TelemetryError
 from controller.telemetry.local import LocalStore
@@ -152,33 +153,20 @@ class TelemetryWriter:
                 if len(self._queue) == self.batch_size:
                     self._cond.notify_all()
 
-    def cycle(
-        self,
-        when: float,
-        snapshot: SiteSnapshot,
-        budget_kw: float,
-        targets: Mapping[str, float],
-        setpoints: Mapping[str, float],
-        written: Mapping[str, bool],
-        *,
-        block: bool = False,
-    ) -> None:
+    def cycle(self, cycle: Cycle, *, block: bool = False) -> None:
         """Queue the points of one control cycle."""
-        self.put(
-            cycle_points(self.station, when, snapshot, budget_kw, targets, setpoints, written),
-            block=block,
-        )
+        self.put(cycle_points(self.station, cycle), block=block)
 
     def plan(self, plan: Plan, when: float, *, block: bool = False) -> None:
         """Queue the points of a new plan."""
         self.put(plan_points(self.station, plan, when), block=block)
 
-    def event(self, when: float, text: str, kind: str = "control", *, block: bool = False) -> None:
-        """Queue an event (`kind`: control, or device for a device failing or recovering)."""
+    def event(self, event: Event, *, block: bool = False) -> None:
+        """Queue an event."""
         self._event_seq += 1
-        at_ns = max(epoch_ns(when), self._last_event_ns + EVENT_SPACING_NS)
+        at_ns = max(epoch_ns(event.time), self._last_event_ns + EVENT_SPACING_NS)
         self._last_event_ns = at_ns
-        self.put([event_point(self.station, at_ns / NS, text, kind, self._event_seq)], block=block)
+        self.put([event_point(self.station, at_ns / NS, event, self._event_seq)], block=block)
 
     @property
     def counts(self) -> TelemetryCounts:

@@ -1,0 +1,197 @@
+"""The session book: each vehicle's session as the controller knows it, what drivers said of it,
+each pile's fault, and the visits that ended.
+
+Sessions start when a pile reports a vehicle and end when it reports none (or another session);
+what a driver or fleet system said (`Wish`) fills in what the pile cannot tell, and what nobody
+said is estimated from earlier visits at the same time of day (`control.estimate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import replace
+from zoneinfo import ZoneInfo
+
+from base.config import Station
+from base.devicemap import PileState
+from base.events import DeviceRef
+from control.estimate import Estimator
+from control.sessions import PastVisit, Session, Wish
+from control.site import PileView
+from drivers.pile import PileReading
+from scheduler.problem import Vehicle
+
+
+def net_counter(reading: PileReading) -> float:
+    """The pile's lifetime energy counters, import less export (kWh)."""
+    return reading.energy_import_kwh - reading.energy_export_kwh
+
+
+class SessionBook:
+    """Sessions in progress, wishes, pile faults and finished visits for one station."""
+
+    def __init__(self, station: Station, zone: ZoneInfo) -> None:
+        self.station = station
+        self.settings = station.scheduler
+        self.sessions: dict[str, Session] = {}
+        self.faults: dict[str, str] = {}
+        self.wishes: dict[tuple[str, int], Wish] = {}
+        self.history: list[PastVisit] = []
+        self.estimator = Estimator(zone)
+        # Told of every session that ends (the fast simulation keeps its books with it).
+        self.on_departure: Callable[[PastVisit], None] | None = None
+
+    def wish(self, pile: str, session_id: int, wish: Wish) -> bool:
+        """Record what is known about the session `session_id` at `pile` (before or after it
+        starts); True if it changed a session in progress."""
+        self.wishes[(pile, session_id)] = wish
+        session = self.sessions.get(pile)
+        if session is not None and session.session_id == session_id:
+            self._apply_wish(session, wish)
+            return True
+        return False
+
+    def observe(self, piles: Collection[PileView], now: float) -> tuple[list[str], list[str]]:
+        """Follow every pile's reading: faults, arrivals, departures, full vehicles, overstays.
+
+        Returns the events, and the reasons a new plan is due (empty if none).
+        """
+        events: list[str] = []
+        reasons: list[str] = []
+        for view in piles:
+            reading = view.reading
+            if reading is None:
+                continue
+            fault = reading.fault or (
+                f"reports fault code {reading.fault_code}" if reading.fault_code else ""
+            )
+            if fault != self.faults.get(view.id, ""):
+                label = DeviceRef.pile(view.id).label
+                events.append(f"{label}: fault: {fault}" if fault else f"{label}: fault cleared")
+                self.faults[view.id] = fault
+            session = self.sessions.get(view.id)
+            if reading.state is PileState.FAULT and (
+                session is None or reading.session_id == session.session_id
+            ):
+                # A pile in fault says nothing of its vehicle: the session goes on.
+                continue
+            if session is not None and (
+                not reading.state.vehicle_present or reading.session_id != session.session_id
+            ):
+                if reading.session_id == session.session_id:
+                    # The pile's counter holds the session's last energy after the unplug.
+                    session.delivered_kwh = max(session.delivered_kwh, reading.session_energy_kwh)
+                elif session.start_counter_kwh is not None:
+                    # A new session began before we saw this one end: what the pile's lifetime
+                    # counter rose by up to the new session's start was this one's (the state
+                    # file's ledger closes sessions the same way).
+                    now_at = net_counter(reading) - reading.session_energy_kwh
+                    session.delivered_kwh = max(
+                        session.delivered_kwh, now_at - session.start_counter_kwh
+                    )
+                del self.sessions[view.id]
+                visit = PastVisit.of(session, now)
+                self.history.append(visit)
+                if self.on_departure is not None:
+                    self.on_departure(replace(visit, delivered_kwh=session.delivered_kwh))
+                events.append(
+                    f"{view.id}: vehicle left after {session.delivered_kwh:.0f} of {session.need_kwh:.0f} kWh"
+                )
+                reasons.append(f"departure at {view.id}")
+                session = None
+            if reading.state.vehicle_present and session is None:
+                session = self._start_session(view, now)
+                self.sessions[view.id] = session
+                soc = "" if reading.soc_pct is None else f" at SoC {reading.soc_pct:.0f}%"
+                events.append(
+                    f"{view.id}: vehicle connected{soc}, needs {session.need_kwh:.0f} kWh"
+                )
+                reasons.append(f"arrival at {view.id}")
+            if session is not None:
+                session.delivered_kwh = reading.session_energy_kwh
+                session.soc = None if reading.soc_pct is None else reading.soc_pct / 100
+                if reading.ev_max_kw is not None:
+                    session.max_kw = max(session.max_kw, min(reading.ev_max_kw, view.max_kw))
+                    session.battery_kw = max(session.battery_kw or 0.0, reading.ev_max_kw)
+                if reading.state is PileState.FINISHED and session.remaining_kwh > 0:
+                    # Full before it got what it was said (or guessed) to need: it needs no more.
+                    events.append(
+                        f"{view.id}: vehicle full after {session.delivered_kwh:.1f} of "
+                        f"{session.need_kwh:.1f} kWh"
+                    )
+                    session.need_kwh = session.delivered_kwh
+                    reasons.append(f"vehicle full at {view.id}")
+                if session.departure_known and now >= session.departure:
+                    events.append(f"{view.id}: vehicle still here after its departure time")
+                    session.departure_known = False
+                if not session.departure_known and session.departure <= now + 60:
+                    # Still here after we expected it to leave: it stays a while longer.
+                    session.departure = now + self.settings.slot_minutes * 60
+        return events, reasons
+
+    def end(self, keep: Collection[str], ids: Collection[str], now: float) -> list[str]:
+        """End the sessions of piles a reloaded config drops or reaches differently."""
+        events: list[str] = []
+        for pile in [pid for pid in self.sessions if pid not in keep]:
+            session = self.sessions.pop(pile)
+            self.history.append(PastVisit.of(session, now))
+            events.append(
+                f"{pile}: {'reconnected' if pile in ids else 'removed'} by a reload; its session "
+                f"ended after {session.delivered_kwh:.0f} of {session.need_kwh:.0f} kWh"
+            )
+        return events
+
+    def _start_session(self, view: PileView, now: float) -> Session:
+        reading = view.reading
+        assert reading is not None
+        wish = self.wishes.pop((view.id, reading.session_id), Wish())
+        settings = self.settings
+        capacity = reading.ev_capacity_kwh
+        soc = None if reading.soc_pct is None else reading.soc_pct / 100
+        # Nobody said? Vehicles that came at this time of day before tell (`control.estimate`).
+        guess = self.estimator.estimate(self.history, now)
+        if capacity is not None and soc is not None:
+            need = Vehicle.energy_for_soc(
+                wish.target_soc or settings.target_soc, soc, capacity, settings.efficiency
+            )
+        else:
+            need = settings.default_energy_kwh if guess is None else guess.energy_kwh
+        stay = settings.default_dwell_h * 3600 if guess is None else guess.stay_s
+        session = Session(
+            vehicle_id=f"{view.id}#{reading.session_id}",
+            pile=view.id,
+            session_id=reading.session_id,
+            plugged_at=now,
+            need_kwh=need,
+            departure=now + stay,
+            departure_known=False,
+            max_kw=view.max_kw
+            if reading.ev_max_kw is None
+            else min(view.max_kw, reading.ev_max_kw),
+            delivered_kwh=reading.session_energy_kwh,
+            capacity_kwh=capacity,
+            soc=soc,
+            start_counter_kwh=net_counter(reading) - reading.session_energy_kwh,
+        )
+        self._apply_wish(session, wish)
+        return session
+
+    def _apply_wish(self, session: Session, wish: Wish) -> None:
+        if wish.vehicle_id:
+            session.vehicle_id = wish.vehicle_id
+        if wish.energy_kwh is not None:
+            session.need_kwh = wish.energy_kwh
+        elif (
+            wish.target_soc is not None
+            and session.capacity_kwh is not None
+            and session.soc is not None
+        ):
+            session.need_kwh = session.delivered_kwh + Vehicle.energy_for_soc(
+                wish.target_soc, session.soc, session.capacity_kwh, self.settings.efficiency
+            )
+        if wish.departure is not None:
+            session.departure, session.departure_known = wish.departure, True
+            session.said_departure = wish.departure
+        pile = self.station.pile(session.pile)
+        session.v2g = wish.v2g and pile.bidirectional
+        session.min_soc = wish.min_soc
