@@ -479,6 +479,11 @@ def soak_bench(console: Console, days: int, step_s: float) -> bool:
         abs(result.controller_delivered_kwh.get(v, 0.0) - kwh)
         for v, kwh in result.delivered_kwh.items()
     ]
+    # A session whose end the controller missed (its pile silent when the vehicle left) is
+    # counted on the pile's lifetime counter, read in the map's steps as the daemon reads it: to
+    # one step of that counter and one of the session counter.
+    pile_map = station.map_for(station.piles[0].device)
+    counted_to = pile_map["energy_import"].scale + pile_map["session_energy"].scale
     after_day = next(mb for done, mb in memory if done >= 1 / days)
     final = memory[-1][1]
     p50, p99 = float(m["cycle_ms_p50"]), float(m["cycle_ms_p99"])
@@ -495,7 +500,10 @@ def soak_bench(console: Console, days: int, step_s: float) -> bool:
         ("... of which reacting to a limit step", f"{len(reacting)} steps"),
         ("worst overshoot", f"{worst:,.0f} kW"),
         ("energy delivered", f"{float(m['delivered_pct']):.2f}% of requested"),
-        ("accounting: largest controller vs plant gap", f"{max(diffs):.3f} kWh"),
+        (
+            "accounting: largest controller vs plant gap",
+            f"{max(diffs):.3f} kWh (counters' step {counted_to:.2f})",
+        ),
         (
             "cycle time p50 / p99 / max",
             f"{p50:.2f} / {p99:.2f} / {float(m['cycle_ms_max']):.0f} ms",
@@ -509,7 +517,7 @@ def soak_bench(console: Console, days: int, step_s: float) -> bool:
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    return len(steps) == len(reacting) and max(diffs) <= 0.05
+    return len(steps) == len(reacting) and max(diffs) <= counted_to + 1e-9
 
 
 def _cpu_s() -> float:
