@@ -445,7 +445,17 @@ class Daemon:
                     for pid in rearm
                 ),
             )
-            self._swap(station, change, drivers, feeds, meter, terminal)
+            # Switch every structure the loops use to the new config, with no await in between.
+            self.devices.swap(station, change, drivers, feeds, meter, terminal)
+            for pid in change.drops:
+                self.tally._counters.pop(pid, None)  # a reconnected pile's counter starts anew
+                self.control.follow.forget(pid)
+            self.station = station
+            self.period_s = station.control.period_s
+            self.tally.limit_kw = station.limit_kw
+            self.config_serial += 1
+            # The last snapshot describes the old config: the plan loop waits for the next one.
+            self.last_cycle = None
             for text in self.control.reconfigure(station, now, policy=self._policy):
                 self._event(Event(now, Source.CONTROL, Kind.RELOAD, text))
             await self._follow_policy()
@@ -498,27 +508,6 @@ class Daemon:
             for pid in change.builds
         }
         return meter, terminal, piles
-
-    def _swap(
-        self,
-        station: Station,
-        change: StationChange,
-        drivers: Mapping[str, Pile],
-        feeds: Mapping[str, Feed[PileReading]],
-        meter: Meter | None,
-        terminal: Meter | None,
-    ) -> None:
-        """Switch every structure the loops use to the new config, with no await in between."""
-        self.devices.swap(station, change, drivers, feeds, meter, terminal)
-        for pid in change.drops:
-            self.tally._counters.pop(pid, None)  # a reconnected pile's counter starts anew
-            self.control.follow.forget(pid)
-        self.station = station
-        self.period_s = station.control.period_s
-        self.tally.limit_kw = station.limit_kw
-        self.config_serial += 1
-        # The last snapshot describes the old config: the plan loop waits for the next one.
-        self.last_cycle = None
 
     async def _follow_policy(self) -> None:
         """Start or stop the plan loop when a reload changed the policy of a running daemon."""
