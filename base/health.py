@@ -28,8 +28,6 @@ class Health:
         *,
         notify: Notify | None = None,
         logger: logging.Logger | None = None,
-        failure_level: int = logging.ERROR,
-        recovery_level: int = logging.WARNING,
         source: Source = Source.CONTROL,
         device: DeviceRef | None = None,
     ) -> None:
@@ -40,8 +38,6 @@ class Health:
         self.source = source
         self.device = device
         self.logger = logger or log
-        self.failure_level = failure_level
-        self.recovery_level = recovery_level
         self.ok = True
         self.why = ""
         self.since: float | None = None
@@ -56,7 +52,7 @@ class Health:
         self.ok, self.since = False, now
         self.episodes += 1
         told = text if text is not None else f"{self.name}: {why}"
-        self._tell(now, self.failure_level, Kind.FAILED, told)
+        self._tell(now, logging.ERROR, Kind.FAILED, told)
         return True
 
     def recover(self, now: float, says: Callable[[float], str] | None = None) -> bool:
@@ -70,7 +66,7 @@ class Health:
         self._down_s += down
         self.ok, self.since, self.why = True, None, ""
         text = says(down) if says is not None else f"{self.name}: back to normal after {down:.0f} s"
-        self._tell(now, self.recovery_level, Kind.RECOVERED, text)
+        self._tell(now, logging.WARNING, Kind.RECOVERED, text)
         return True
 
     def down_s(self, now: float) -> float:

@@ -51,12 +51,11 @@ class Policy(StrEnum):
 
 @dataclass(frozen=True)
 class Decision:
-    """One cycle's outcome, decided at `time`."""
+    """One cycle's outcome."""
 
     budget_kw: float
     targets: Mapping[str, float]
     setpoints: Mapping[str, float]
-    time: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,7 @@ class Decider:
             # The baseline the others are measured against: every vehicle at full power.
             full = {v.id: (v.max_kw if v.vehicle_present else 0.0) for v in controlled}
             full.update({v.id: self.setpoints.get(v.id, 0.0) for v in blind})
-            return Decision(math.inf, full, full, now)
+            return Decision(math.inf, full, full)
         budget = cycle_budget_kw(
             snapshot,
             self.setpoints,
@@ -197,7 +196,7 @@ class Decider:
             setpoints[view.id] = min(
                 self.setpoints.get(view.id, 0.0), max(view.config.fallback_kw, 0.0)
             )
-        return Decision(budget, targets, setpoints, now)
+        return Decision(budget, targets, setpoints)
 
     def committed(self, written: Mapping[str, float], now: float) -> None:
         """The setpoints that were actually written at `now` (a decision's `time`)."""

@@ -113,7 +113,7 @@ class Daemon:
             notify=self._record,
             follow=self.control.follow,
         )
-        self.tally = Tally(station.limit_kw)
+        self.tally = Tally(station.limit_kw, planning=self.planner.counts)
         self.observers: list[Callable[[Cycle], None]] = []
         self.events: deque[Event] = deque(maxlen=500)
         self.event_count = 0

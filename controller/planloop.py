@@ -107,9 +107,6 @@ class PlanLoop:
             log.debug("a plan made under the config a reload replaced was dropped")
             return None
         plan = host.planner.accept(problem, plan, reason, host.clock.now())
-        counts = host.planner.counts
-        host.tally.plans, host.tally.fallbacks = counts.plans, counts.fallbacks
-        host.tally.solve_ms = counts.solve_ms
         if host.telemetry is not None:
             host.telemetry.plan(plan, host.clock.now())
         return plan

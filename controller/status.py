@@ -15,6 +15,7 @@ from typing import Protocol
 
 from base.config import Station
 from base.events import Event
+from control.planner import PlanCounts
 from control.sensing import LimitOverride, LimitSource
 from control.sessions import Session, Wish
 from control.site import PileView
@@ -35,12 +36,26 @@ class Tally:
     out_of_bounds: int = 0
     cycle_ms_max: float = 0.0
     cycle_ms_total: float = 0.0
-    plans: int = 0
-    fallbacks: int = 0
     energy_by_band: dict[str, float] = field(default_factory=dict)
     charging_cost: float = 0.0
-    solve_ms: list[float] = field(default_factory=list)
+    # How plans were made: the planner's own counts, read, never copied.
+    planning: PlanCounts = field(default_factory=PlanCounts)
     _counters: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def plans(self) -> int:
+        """Plans adopted (the solver's or the fallback's)."""
+        return self.planning.plans
+
+    @property
+    def fallbacks(self) -> int:
+        """Plans from the fallback heuristic."""
+        return self.planning.fallbacks
+
+    @property
+    def solve_ms(self) -> list[float]:
+        """The solver's times (ms)."""
+        return self.planning.solve_ms
 
     def add(self, cycle: Cycle, dt: float, cycle_ms: float) -> None:
         """Account one cycle."""
