@@ -204,7 +204,9 @@ class RegisterMap:
         return self.default_unit_id if unit_id is None else unit_id
 
     def read_plan(self, names: Iterable[str], unit_id: int | None = None) -> tuple[ReadBlock, ...]:
-        """Group the named registers into as few read requests as the device allows."""
+        """Group the named registers into as few read requests as the device allows: a request
+        may run through registers not asked for (the device serves them; they are not decoded),
+        and across at most `max_gap` addresses no register serves."""
         wanted = sorted((self.registers[n] for n in names), key=lambda r: r.address)
         blocks: list[ReadBlock] = []
         groups: dict[tuple[int, int], list[Register]] = {}
@@ -217,7 +219,7 @@ class RegisterMap:
             current: list[Register] = []
             for reg in regs:
                 if current and (
-                    reg.address - current[-1].end > self.max_gap
+                    self._hole(unit, fc, current[-1].end, reg.address, unit_id) > self.max_gap
                     or reg.end - current[0].address > self.max_read_words
                 ):
                     blocks.append(_block(unit, fc, current))
@@ -226,6 +228,21 @@ class RegisterMap:
             if current:
                 blocks.append(_block(unit, fc, current))
         return tuple(blocks)
+
+    def _hole(self, unit: int, fc: int, start: int, end: int, unit_id: int | None) -> int:
+        """How many addresses from `start` to `end` no register of the map serves to `fc` at
+        `unit`: a read may span registers it does not want (the device serves them), but only
+        `max_gap` addresses it does not serve."""
+        served = sum(
+            min(r.end, end) - max(r.address, start)
+            for r in self._by_address
+            if r.address < end
+            and r.end > start
+            and r.access.readable
+            and fc in r.read_fcs
+            and self.unit_of(r, unit_id) == unit
+        )
+        return end - start - served
 
     def label(self, enum: str, raw: Value | None) -> str | None:
         """The name an enumeration in the map gives a raw value (None if it has none)."""

@@ -38,8 +38,25 @@ class SessionBook:
         self.wishes: dict[tuple[str, int], Wish] = {}
         self.history: list[PastVisit] = []
         self.estimator = Estimator(zone)
+        # `early_s` as of the history it was worked out from (the list, its length and its last
+        # visit): the history only grows, or is replaced, between plans.
+        self._early: tuple[list[PastVisit], int, PastVisit | None, float] | None = None
         # Told of every session that ends (the fast simulation keeps its books with it).
         self.on_departure: Callable[[PastVisit], None] | None = None
+
+    def early_s(self) -> float:
+        """`Estimator.early_s` over the history, worked out again only once it changed."""
+        history = self.history
+        last = history[-1] if history else None
+        cached = self._early
+        if (
+            cached is None
+            or cached[0] is not history
+            or cached[1] != len(history)
+            or cached[2] is not last
+        ):
+            cached = self._early = (history, len(history), last, self.estimator.early_s(history))
+        return cached[3]
 
     def wish(self, pile: str, session_id: int, wish: Wish) -> bool:
         """Record what is known about the session `session_id` at `pile` (before or after it

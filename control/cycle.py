@@ -289,7 +289,7 @@ class Control:
         mids = (boundaries[:-1] + boundaries[1:]) / 2
         slots = len(mids)
         views = {v.id: v for v in snapshot.piles}
-        early_s = self.book.estimator.early_s(self.history)
+        early_s = self.book.early_s()
         vehicles = []
         for session in self.sessions.values():
             view = views.get(session.pile)

@@ -55,8 +55,9 @@ class _Request:
     whole: bool  # it covers every register it touches whole (a write must)
     fields: list[_Field]
     names: tuple[str, ...]  # of the registers it touches
-    # Equal values encode alike: no float register (where 0.0 and -0.0 differ).
-    exact: bool
+    # Where its float registers are among `names`: equal values of those encode alike unless
+    # they are zeros of different signs.
+    floats: tuple[int, ...]
 
 
 class RegisterBank:
@@ -147,7 +148,7 @@ class RegisterBank:
             values = self.model.values()
         shown = tuple(map(values.get, request.names))
         last = self._answered.get(request.key)
-        if last is not None and request.exact and last[0] == shown:
+        if last is not None and last[0] == shown and _same_signs(last[0], shown, request.floats):
             return list(last[1])
         registers = [0] * count
         self._fill(request.fields, registers, values)
@@ -188,7 +189,7 @@ class RegisterBank:
                 _whole(address, count, touched),
                 self._fields(address, touched),
                 tuple(r.name for r in touched),
-                not any(r.type.is_float for r in touched),
+                tuple(i for i, r in enumerate(touched) if r.type.is_float),
             )
         return request
 
@@ -284,6 +285,14 @@ class RegisterBank:
 def _whole(address: int, count: int, touched: list[Register]) -> bool:
     """Whether a request from `address` over `count` words covers each register whole."""
     return all(r.address >= address and r.end <= address + count for r in touched)
+
+
+def _same_signs(
+    a: tuple[Value | None, ...], b: tuple[Value | None, ...], floats: tuple[int, ...]
+) -> bool:
+    """Whether two equal tuples of values encode alike: their zeros at `floats` (the float
+    registers' places) have the same signs."""
+    return all(a[i] or _same_zero(a[i], b[i]) for i in floats)
 
 
 def _same_zero(a: Value | None, b: Value | None) -> bool:

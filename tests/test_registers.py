@@ -564,6 +564,25 @@ def test_read_plan_splits_at_a_gap_when_max_gap_is_zero() -> None:
     assert [[r.name for r in b.registers] for b in blocks] == [["a", "b"], ["c"]]
 
 
+def test_read_plan_reads_through_registers_it_was_not_asked_for() -> None:
+    """Registers of the map between two wanted ones are no hole: one request reads through them
+    (and they are not decoded), while an address no register serves still splits at max_gap 0.
+    Only registers the request's function code may read count as served."""
+    regmap = make_map(
+        [
+            reg(ValueType.U16, name="a", address=0),
+            reg(ValueType.F32, name="skipped", address=1),
+            reg(ValueType.U16, name="b", address=3),
+            reg(ValueType.U16, name="c", address=5),  # a hole at 4
+            reg(ValueType.U16, name="input_only", address=6, read_fcs=frozenset({4})),
+            reg(ValueType.U16, name="d", address=7),
+        ]
+    )
+    blocks = regmap.read_plan(["a", "b", "c", "d"])
+    assert [(b.address, b.count) for b in blocks] == [(0, 4), (5, 1), (7, 1)]
+    assert [[r.name for r in b.registers] for b in blocks] == [["a", "b"], ["c"], ["d"]]
+
+
 def test_read_plan_bridges_gaps_up_to_max_gap() -> None:
     """With max_gap 6 a 6-word hole is read through, a 7-word hole is not."""
     regs = [
