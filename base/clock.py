@@ -29,8 +29,10 @@ class Clock(Protocol):
         """Current station time, seconds since the epoch."""
         ...
 
-    async def sleep_until(self, deadline: float) -> None:
-        """Return at (or just after) station time `deadline`."""
+    async def sleep_until(
+        self, deadline: float, wake: asyncio.Future[None] | None = None
+    ) -> None:
+        """Return at (or just after) station time `deadline`, or as soon as `wake` is done."""
         ...
 
     async def sleep(self, seconds: float) -> None:
@@ -49,9 +51,21 @@ class WallClock:
         """Current time."""
         return time.time()
 
-    async def sleep_until(self, deadline: float) -> None:
-        """Sleep until `deadline` in real time."""
-        await asyncio.sleep(max(0.0, deadline - time.time()))
+    async def sleep_until(
+        self, deadline: float, wake: asyncio.Future[None] | None = None
+    ) -> None:
+        """Sleep until `deadline` in real time, or until `wake` is done."""
+        delay = max(0.0, deadline - time.time())
+        if wake is None:
+            await asyncio.sleep(delay)
+            return
+        timer = asyncio.get_running_loop().create_future()
+        handle = asyncio.get_running_loop().call_later(delay, _finish, timer)
+        try:
+            await asyncio.wait((timer, wake), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            handle.cancel()
+            timer.cancel()
 
     async def sleep(self, seconds: float) -> None:
         """Sleep in real time."""
@@ -90,6 +104,12 @@ class VirtualClock:
         self._seq = itertools.count()
         self._participants: set[asyncio.Task[object]] = set()
         self._sleeping: set[asyncio.Task[object]] = set()
+        # What each sleeping participant waits for (its timer, and what may wake it early):
+        # once either is done it is as good as awake (its task has yet to run), and time must
+        # not move past it.
+        self._waiting: dict[
+            asyncio.Task[object], tuple[asyncio.Future[None], asyncio.Future[None] | None]
+        ] = {}
         self._pending: asyncio.Handle | None = None
 
     def now(self) -> float:
@@ -105,9 +125,12 @@ class VirtualClock:
         """Sleep `seconds` of station time."""
         await self.sleep_until(self._now + max(0.0, seconds))
 
-    async def sleep_until(self, deadline: float) -> None:
-        """Sleep until station time reaches `deadline`."""
-        if deadline <= self._now:
+    async def sleep_until(
+        self, deadline: float, wake: asyncio.Future[None] | None = None
+    ) -> None:
+        """Sleep until station time reaches `deadline`, or until `wake` is done (time does not
+        move for that: a sleeping participant woken early is busy again at once)."""
+        if deadline <= self._now or (wake is not None and wake.done()):
             await asyncio.sleep(0)
             return
         loop = asyncio.get_running_loop()
@@ -118,13 +141,19 @@ class VirtualClock:
         if sleeping_participant:
             assert task is not None
             self._sleeping.add(task)
+            self._waiting[task] = (future, wake)
             self._maybe_advance()
         try:
-            await future
+            if wake is None:
+                await future
+            else:
+                await asyncio.wait((future, wake), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            future.cancel()  # woken early: its timer is dropped when it comes up
             if sleeping_participant:
                 assert task is not None
                 self._sleeping.discard(task)
+                self._waiting.pop(task, None)
 
     @contextmanager
     def participant(self) -> Iterator[None]:
@@ -138,6 +167,7 @@ class VirtualClock:
         finally:
             self._participants.discard(task)
             self._sleeping.discard(task)
+            self._waiting.pop(task, None)
             self._maybe_advance()
 
     async def advance(self, seconds: float) -> None:
@@ -161,6 +191,11 @@ class VirtualClock:
     def _advance(self) -> None:
         self._pending = None
         if not self._participants or self._sleeping < self._participants:
+            return
+        if any(
+            timer.done() or (wake is not None and wake.done())
+            for timer, wake in self._waiting.values()
+        ):
             return
         self._drop_cancelled()
         if not self._timers:
@@ -209,17 +244,25 @@ class Ticker:
         self._next = clock.now() if start is None else start
         self.missed = 0
 
-    async def wait(self) -> float:
-        """Sleep until the next tick; return its scheduled time."""
+    async def wait(self, wake: asyncio.Future[None] | None = None) -> float:
+        """Sleep until the next tick and return its scheduled time; or, if `wake` is done
+        first, return the time now, and the next tick stays where it was on the grid."""
         now = self.clock.now()
         if self._next < now - self.period:
             skipped = int((now - self._next) // self.period)
             self.missed += skipped
             self._next += skipped * self.period
-        await self.clock.sleep_until(self._next)
+        await self.clock.sleep_until(self._next, wake)
+        if wake is not None and wake.done() and self.clock.now() < self._next:
+            return self.clock.now()
         tick = self._next
         self._next += self.period
         return tick
+
+
+def _finish(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def stop_task(task: asyncio.Task[Any] | None) -> None:

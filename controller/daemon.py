@@ -119,6 +119,8 @@ class Daemon:
         self.event_count = 0
         self.last_cycle: Cycle | None = None
         self._stop = asyncio.Event()
+        # Done when a cycle is wanted before the next tick (made by the fast loop when it starts).
+        self._wake: asyncio.Future[None] | None = None
         self._last_cycle_at: float | None = None
         self._errors_logged: set[str] = set()
         self._curtailing = False
@@ -248,12 +250,23 @@ class Daemon:
         self.control.wish(pile_id, session_id, wish)
 
     def override_limit(self, kw: float, until: float, reason: str) -> LimitOverride:
-        """Lower the site limit until `until` (raises ValueError if it would raise it)."""
-        return self.sensors.override_limit(kw, until, self.clock.now(), reason)
+        """Lower the site limit until `until` (raises ValueError if it would raise it); the
+        piles are held to it by a cycle run at once, not at the next tick."""
+        override = self.sensors.override_limit(kw, until, self.clock.now(), reason)
+        self.cycle_now()
+        return override
 
     def clear_override(self) -> LimitOverride | None:
         """End the operator's override now; the one that ended, if any."""
-        return self.sensors.clear_override(self.clock.now())
+        ended = self.sensors.clear_override(self.clock.now())
+        self.cycle_now()
+        return ended
+
+    def cycle_now(self) -> None:
+        """Have the fast loop run a cycle as soon as it can (after the one under way, if any)
+        rather than at its next tick; its ticks keep to their grid."""
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     def request_stop(self) -> None:
         """Ask `run` to shut down (safe to call from a signal handler, more than once)."""
@@ -314,11 +327,15 @@ class Daemon:
         self.control.committed(written, self.clock.now())
 
     async def _fast_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         with self.clock.participant():
             ticker = Ticker(self.clock, self.period_s)
+            self._wake = loop.create_future()
             while True:
                 ticker.period = self.period_s  # a reload may have changed it
-                await ticker.wait()
+                await ticker.wait(self._wake)
+                if self._wake.done():
+                    self._wake = loop.create_future()
                 try:
                     async with self._config_lock:  # a reload applies between two cycles
                         await self.cycle()

@@ -20,6 +20,7 @@ that long ago (`Endpoint.values`); a meter's scripted values are what its model 
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -60,7 +61,7 @@ class StepClock:
         """The step's time."""
         return self.time
 
-    async def sleep_until(self, deadline: float) -> None:
+    async def sleep_until(self, deadline: float, wake: asyncio.Future[None] | None = None) -> None:
         """Never: a fast simulation moves its clock itself."""
         raise RuntimeError("nothing sleeps in a fast simulation")
 

@@ -23,6 +23,10 @@ the limit again.
 What-if: a month of the reference station (configs/scenarios/bozhou-month.csv) under the three
 shipped tariffs, as `flexcharge tariff compare` runs it: wall and CPU time, and the load average.
 
+Loop: the daemon's cycle at 200 DC piles on loopback against a bare pymodbus client doing one
+read and one write per pile (tests/bench_loop.py), and the time from a limit change to every pile
+written.
+
 Soak: 30 days of the reference station's seeded random fleet with random faults (a dozen a day,
 of every kind), in fast simulation: over-limit energy, accounting, the cycle time's spread and
 the process's memory at the end against after the first day.
@@ -60,6 +64,7 @@ from simulator.fleet import Visit, random_days
 from simulator.scenario import load_sessions
 from simulator.whatif import compare_tariffs, load_cases
 from simulator.whatif_report import comparison_table
+from tests.bench_loop import cycle_bench
 from tests.realdata import real_data_bench
 from tests.test_faults import F0, MATRIX, back_to_full, busy_night, over_limit
 
@@ -680,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--whatif-workers", type=int, help="default: one per CPU")
 
     parser.add_argument("--skip-telemetry", action="store_true")
+    parser.add_argument("--skip-loop", action="store_true", help="the 200-pile loopback cycle")
     parser.add_argument("--skip-month", action="store_true")
     parser.add_argument("--skip-real-data", action="store_true")
     parser.add_argument("--real-days", type=int, help="only the first N development days")
@@ -711,6 +717,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_telemetry:
         results["telemetry: every point once through a server restart"] = telemetry_bench(console)
+    if not args.skip_loop:
+        results["200 piles: cycle near a bare client's, limit changes at once"] = cycle_bench(
+            console
+        )
     for name, ok in results.items():
         console.print(f"{'PASS' if ok else 'FAIL'}  {name}", style="green" if ok else "bold red")
     return 0

@@ -118,3 +118,27 @@ async def test_daemon_keeps_the_site_under_its_limit_and_delivers(
         assert values["setpoint"] == pytest.approx(config.fallback_kw), config.id
         assert values["applied_setpoint"] == pytest.approx(config.fallback_kw), config.id
         assert values["fallback_power"] == pytest.approx(config.fallback_kw), config.id
+
+
+async def test_a_lowered_limit_is_written_at_once_not_at_the_next_tick(
+    station: Station, running_station: StartStation
+) -> None:
+    """An operator's override runs a cycle at once: the piles are written down to it at the time
+    it was set, not up to a period later; the next tick keeps to the grid."""
+    station = station.with_control(period_s=PERIOD_S)
+    start = local_time(station, "2026-11-25T10:00")
+    site = await running_station(station, _morning(start)[:4], start=start, policy="equal-share")
+    daemon, clock = site.daemon, site.clock
+    await site.until(15 * 60)
+    last = site.cycles[-1].time
+    await clock.sleep_until(last + PERIOD_S / 2)
+    at = clock.now()
+    drawn = site.cycles[-1].snapshot.piles_kw
+    assert drawn > 500, "the trucks are charging"
+    daemon.override_limit(site.cycles[-1].snapshot.grid_kw - drawn / 2, at + 600, "test")
+    await clock.sleep_until(last + 2 * PERIOD_S + PERIOD_S / 2)
+    first, second = site.cycles_after(last)[:2]
+    assert first.time == at, "a cycle ran when the limit was lowered"
+    assert sum(first.setpoints.values()) <= first.budget_kw + 1e-6
+    assert first.budget_kw < drawn / 2 + station.control.reserve_kw + 1.0
+    assert second.time == last + PERIOD_S, "the next tick kept to its grid"
