@@ -97,7 +97,7 @@ METER_SILENT = "meter grid: FC3 19000+6 unit 1: no answer within 0.5 s"
 
 
 def pile_silent(pile: str) -> str:
-    return f"pile {pile}: FC3 0+2 unit 1: no answer within 0.5 s"
+    return f"pile {pile}: FC3 0+25 unit 1: no answer within 0.5 s"
 
 
 MATRIX: dict[str, Case] = {
