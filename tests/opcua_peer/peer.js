@@ -18,10 +18,12 @@
  *   "declare_uri": URI  the client declares this application URI in CreateSession (node-opcua
  *                       always declares its certificate's).
  *
- * Writes one JSON line per case to RESULTS.jsonl (node-opcua logs to stdout): {"name", "outcome", "status", "message", "policy", "reads",
- * "writes"}. outcome: "session" (a session was activated; reads and writes were done), "refused"
- * (the server or this client said no, with `status`), or "timeout" (no answer within
- * timeout_ms: the client's own limit, far above what an answer takes).
+ * Writes one JSON line per case to RESULTS.jsonl (node-opcua logs to stdout): {"name",
+ * "policy", "mode", "outcome", "status", "message", "reads", "writes"}. outcome: "session" (a
+ * session was activated; reads and writes were done), "refused" (the server or this client said
+ * no, with `status` where node-opcua reports one), "timeout" (no answer within timeout_ms: the
+ * client's own limit, far above what an answer takes), or "error" (a read or write of an
+ * activated session failed as a whole).
  */
 
 const fs = require("fs");
@@ -33,6 +35,7 @@ const {
     UserTokenType,
     AttributeIds,
     DataType,
+    VariantArrayType,
 } = require("node-opcua-client");
 const { OPCUACertificateManager } = require("node-opcua-certificate-manager");
 
@@ -78,14 +81,15 @@ function variant(item) {
         throw new Error(`unknown data type ${item.type}`);
     }
     const value = item.type === "Int64" ? [0, item.value] : item.value;
-    return { dataType, value };
+    return { dataType, arrayType: VariantArrayType.Scalar, value };
 }
 
-async function session(client, testCase) {
+async function session(client, testCase, result) {
     const identity = testCase.user
         ? { type: UserTokenType.UserName, userName: testCase.user, password: testCase.password }
         : { type: UserTokenType.Anonymous };
     const opened = await client.createSession(identity);
+    result.activated = true;
     try {
         const reads = [];
         if (testCase.read && testCase.read.length) {
@@ -144,7 +148,7 @@ async function run(spec, testCase) {
         await withTimeout(
             (async () => {
                 await client.connect(spec.url);
-                Object.assign(result, await session(client, testCase));
+                Object.assign(result, await session(client, testCase, result));
             })(),
             spec.timeout_ms
         );
@@ -154,7 +158,10 @@ async function run(spec, testCase) {
         const message = String((err && err.message) || err);
         const found = message.match(STATUS);
         result.message = message.split("\n").join(" | ");
-        if (found) {
+        if (result.activated) {
+            result.outcome = "error"; // activated, then a read or write failed as a whole
+            result.status = null;
+        } else if (found) {
             result.outcome = "refused";
             result.status = found[0];
         } else if (TIMEOUT.test(message)) {
