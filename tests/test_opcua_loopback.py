@@ -310,6 +310,19 @@ async def test_dc_pile_is_driven_over_opcua(opcua_station: Station) -> None:
             assert str(mixed.value).endswith(": state: BadNotWritable, mode: BadTypeMismatch")
             assert mixed.value.code == ua.StatusCodes.BadNotWritable
             assert model.mode is PileMode.CHARGE and model.fallback_kw == 120.0
+            # A device that refuses its values (a discharge) fails none of another device's.
+            with pytest.raises(DeviceRejected) as across:
+                await link.write(
+                    "piles",
+                    {
+                        "P01.setpoint": ua.Variant(-50.0, ua.VariantType.Double),
+                        "P01.mode": ua.Variant(2, ua.VariantType.Int64),
+                        "P02.fallback_power": ua.Variant(90.0, ua.VariantType.Double),
+                    },
+                )
+            assert str(across.value).endswith(": setpoint: BadOutOfRange, mode: BadOutOfRange")
+            assert model.setpoint_kw == 250.0 and model.mode is PileMode.CHARGE
+            assert sim.plant.piles["P02"].fallback_kw == 90.0
 
             await pile.command(0.0)
             assert model.setpoint_kw == 0.0 and model.mode is PileMode.IDLE
