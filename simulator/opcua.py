@@ -26,9 +26,10 @@ import asyncio
 import hmac
 import logging
 import math
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
-from typing import Any
+from typing import Any, TypeVar
 
 from asyncua import Server, ua
 from asyncua.common.callback import CallbackService, CallbackType, ServerItemCallback
@@ -56,6 +57,8 @@ from simulator.plant import Rejected
 from simulator.registers import DeviceModel
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
 
 _SUBSCRIPTION_SERVICES = {
     ua.NodeId(ua.Int32(request))
@@ -315,31 +318,21 @@ class OpcUaStationServer:
     async def write_items(self, items: list[ua.WriteValue]) -> list[ua.StatusCode | None]:
         """Each item's result, for the items that write a device's value (None for the others):
         the devices' accepted values are handed to their models, one write per device."""
-        results: list[ua.StatusCode | None] = [None] * len(items)
-        writes: dict[ServedDevice, dict[str, tuple[int, float]]] = {}
+        ours: list[tuple[int, ServedDevice, Register, ua.Variant | None]] = []
         for index, item in enumerate(items):
             found = self._by_node.get(item.NodeId)
-            if found is None or item.AttributeId != ua.AttributeIds.Value:
-                continue
-            device, reg = found
-            variant = None if item.Value is None else item.Value.Value
-            try:
-                number = written_number(reg, variant)
-            except ServiceError as exc:
-                results[index] = ua.StatusCode(ua.UInt32(exc.code))
-                continue
-            writes.setdefault(device, {})[reg.name] = (index, number)
-        for device, named in writes.items():
-            try:
-                device.model.write({name: number for name, (_, number) in named.items()})
-            except (Rejected, BadValue) as exc:
-                device.rejected_writes += 1
-                log.info("%s: write refused: %s", device.label, exc)
-                status = ua.StatusCodes.BadOutOfRange
-            else:
-                status = ua.StatusCodes.Good
-            for index, _ in named.values():
-                results[index] = ua.StatusCode(ua.UInt32(status))
+            if found is not None and item.AttributeId == ua.AttributeIds.Value:
+                variant = None if item.Value is None else item.Value.Value
+                ours.append((index, found[0], found[1], variant))
+        statuses, refused = write_devices(
+            [(device, device.model, reg, variant) for _, device, reg, variant in ours]
+        )
+        for device, why in refused.items():
+            device.rejected_writes += 1
+            log.info("%s: write refused: %s", device.label, why)
+        results: list[ua.StatusCode | None] = [None] * len(items)
+        for (index, *_), status in zip(ours, statuses, strict=True):
+            results[index] = ua.StatusCode(ua.UInt32(status))
         return results
 
     async def written(self, items: list[ua.WriteValue]) -> None:
@@ -376,6 +369,36 @@ class _DeviceWrites(AttributeService):
                 results[index] = status
         await self._station.written([items[i] for i in passed])
         return [status if status is not None else ua.StatusCode() for status in results]
+
+
+def write_devices(
+    items: Sequence[tuple[K, DeviceModel, Register, ua.Variant | None]],
+) -> tuple[list[int], dict[K, Exception]]:
+    """The status of each item of one Write (device key, its model, the register, the value),
+    and why each device that refused its values refused them.
+
+    A variable that cannot take the value answers for itself (BadNotWritable, BadTypeMismatch,
+    BadOutOfRange); each device's other values reach its model as one write, and if the device
+    refuses them they are all BadOutOfRange. One device's refusal fails no other device's items.
+    """
+    statuses = [int(ua.StatusCodes.Good)] * len(items)
+    writes: dict[K, tuple[DeviceModel, dict[str, tuple[int, float]]]] = {}
+    for index, (key, model, reg, variant) in enumerate(items):
+        try:
+            number = written_number(reg, variant)
+        except ServiceError as exc:
+            statuses[index] = exc.code
+            continue
+        writes.setdefault(key, (model, {}))[1][reg.name] = (index, number)
+    refused: dict[K, Exception] = {}
+    for key, (model, named) in writes.items():
+        try:
+            model.write({name: number for name, (_, number) in named.items()})
+        except (Rejected, BadValue) as exc:
+            refused[key] = exc
+            for index, _ in named.values():
+                statuses[index] = ua.StatusCodes.BadOutOfRange
+    return statuses, refused
 
 
 def served_value(reg: Register, value: Value | None, label: str) -> tuple[ua.Variant, int]:
