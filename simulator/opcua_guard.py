@@ -11,8 +11,8 @@ and 6 ask:
   never offered) is answered with an Error message BadSecurityPolicyRejected, and one that cannot
   be decrypted or verified with BadSecurityChecksFailed: nothing can be secured for such a client.
 - Once the request is verified, a refusal is a ServiceFault in place of the OpenSecureChannel
-  response, secured as that response would be (Part 6, 6.7.4; what node-opcua's server and the
-  OPC Foundation's test tool do): a mode the server does not offer for that policy (Sign) is
+  response, secured as that response would be (Part 6, 6.7.4; node-opcua's server answers so
+  too, and its client reads only such a refusal's status): a mode the server does not offer for that policy (Sign) is
   BadSecurityModeRejected; a client certificate the trusted CAs did not issue is
   BadSecurityChecksFailed (Part 6, 6.7.6: the trust check comes first and says no more), then one
   that has expired (BadCertificateTimeInvalid), lacks the key usages of an application instance
