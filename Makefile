@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.flexcharge-installed
 PYTEST_ARGS ?=
 
-.PHONY: all demo test lint bench clean system-deps
+.PHONY: all demo test lint bench clean system-deps opcua-peer
 
 all: test
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(BIN)/flexcharge demo
 
-test: $(STAMP) lint system-deps
+test: $(STAMP) lint system-deps opcua-peer
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -55,5 +55,33 @@ system-deps:
 	       && $$apt install --no-install-recommends $$missing; } \
 	  || echo "system-deps: apt-get could not install$$missing; $$skip"
 
+# node-opcua, the independent OPC-UA client of tests/test_opcua_peer.py: `npm ci` installs the
+# versions tests/opcua_peer/package-lock.json pins into tests/opcua_peer/node_modules (again when
+# the lock changes). Without node and npm it installs Debian's nodejs and npm as root; when it
+# cannot, it says why and goes on, and those tests are skipped naming this target.
+OPCUA_PEER := tests/opcua_peer
+OPCUA_PEER_STAMP := $(OPCUA_PEER)/node_modules/.flexcharge-installed
+
+opcua-peer: $(OPCUA_PEER_STAMP)
+
+$(OPCUA_PEER_STAMP): $(OPCUA_PEER)/package.json $(OPCUA_PEER)/package-lock.json
+	@skip="the node-opcua tests will be skipped"; \
+	if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" -eq 0 ]; then \
+	    echo "opcua-peer: apt-get install nodejs npm"; \
+	    apt="apt-get -q -y -o DPkg::Lock::Timeout=300"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    $$apt install --no-install-recommends nodejs npm \
+	      || { $$apt update && $$apt install --no-install-recommends nodejs npm; } \
+	      || echo "opcua-peer: apt-get could not install nodejs and npm"; \
+	  fi; \
+	fi; \
+	if ! command -v npm >/dev/null 2>&1; then \
+	  echo "opcua-peer: node and npm are not installed (as root: make opcua-peer); $$skip"; \
+	  exit 0; fi; \
+	echo "opcua-peer: npm ci in $(OPCUA_PEER)"; \
+	if npm ci --prefix $(OPCUA_PEER) --no-audit --no-fund --loglevel=error >/dev/null; then \
+	  touch $@; else echo "opcua-peer: npm ci failed; $$skip"; fi
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info $(OPCUA_PEER)/node_modules

@@ -3,10 +3,17 @@
 `flexcharge certs init DIR` writes this layout (what `[security] certs = DIR` expects):
 
     DIR/ca/ca.pem                 the station CA: the trust store of every party
-    DIR/private/ca.key            the CA's key (only needed to issue more certificates)
+    DIR/crl/ca.crl.pem            the CA's certificate revocation list (signed by the CA)
+    DIR/private/ca.key            the CA's key (only needed to issue or revoke certificates)
     DIR/daemon/cert.pem, cert.der the daemon's certificate (OPC-UA and Modbus/TLS client)
     DIR/daemon/key.pem            its private key
     DIR/simulator/...             the same for the simulated hardware (OPC-UA and Modbus/TLS server)
+
+`issue` adds a certificate for another application (DIR/NAME/..., e.g. a SCADA client) and
+`revoke` adds a certificate to the CRL. The CRL starts empty; it names its next update as the day
+the CA expires, since a station CA is offline and the CRL is only re-signed when a certificate is
+revoked. OPC-UA peers read it beside the CA: a strict client refuses a CA-signed certificate
+whose revocation it cannot check (BadCertificateRevocationUnknown).
 
 Keys are written with mode 0600 in directories of mode 0700 and are never logged. The leaf
 certificates carry what OPC-UA asks of an application instance certificate (the application URI as
@@ -25,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -35,6 +43,8 @@ APPLICATION_URIS = {
     "simulator": "urn:flexcharge:simulator",
 }
 KEY_BITS = 2048  # Basic256Sha256 and Aes128Sha256RsaOaep take 2048-4096-bit RSA keys
+CRL_NAME = "ca.crl.pem"
+RESERVED_NAMES = ("ca", "crl", "private")
 
 
 class CertError(Exception):
@@ -51,6 +61,7 @@ class Identity:
     key_pem: Path
     ca_pem: Path
     application_uri: str
+    crl_dir: Path | None = None
 
     @property
     def trust_dir(self) -> Path:
@@ -68,14 +79,19 @@ def identity(certs_dir: Path, party: str) -> Identity:
     """The files of `party` ("daemon" or "simulator") in a directory made by `init`."""
     if party not in PARTIES:
         raise ValueError(f"unknown party {party!r}; expected one of {', '.join(PARTIES)}")
-    base = certs_dir / party
+    return _identity(certs_dir, party, APPLICATION_URIS[party])
+
+
+def _identity(certs_dir: Path, name: str, application_uri: str) -> Identity:
+    base = certs_dir / name
     return Identity(
-        name=party,
+        name=name,
         cert_pem=base / "cert.pem",
         cert_der=base / "cert.der",
         key_pem=base / "key.pem",
         ca_pem=certs_dir / "ca" / "ca.pem",
-        application_uri=APPLICATION_URIS[party],
+        application_uri=application_uri,
+        crl_dir=certs_dir / "crl",
     )
 
 
@@ -148,16 +164,90 @@ def init(
     )
     written.append(_write_key(ca_key_path, ca_key))
     written.append(_write(ca_pem, ca_cert.public_bytes(serialization.Encoding.PEM)))
+    written.append(_write_crl(certs_dir, ca_cert, ca_key, [], number=1, now=start))
 
     for party in PARTIES:
         ident = identity(certs_dir, party)
-        key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
-        builder = _leaf(ca_cert, ca_key, key, f"{station} {party}", ident.application_uri, names)
-        cert = builder.not_valid_before(start).not_valid_after(end).sign(ca_key, hashes.SHA256())
-        written.append(_write_key(ident.key_pem, key))
-        written.append(_write(ident.cert_pem, cert.public_bytes(serialization.Encoding.PEM)))
-        written.append(_write(ident.cert_der, cert.public_bytes(serialization.Encoding.DER)))
+        written += _issue(ca_cert, ca_key, ident, f"{station} {party}", names, start, end)
     return written
+
+
+def issue(
+    certs_dir: Path,
+    name: str,
+    *,
+    application_uri: str,
+    hosts: Sequence[str] = (),
+    days: int = 825,
+    now: dt.datetime | None = None,
+) -> Identity:
+    """A certificate from the station CA for another application (`certs_dir`/`name`/...).
+
+    Refuses a name that is taken: replacing a certificate is revoking it and issuing a new one.
+    """
+    if days < 1:
+        raise CertError(f"--days must be at least 1, got {days}")
+    if not name or name in RESERVED_NAMES or name != Path(name).name or name.startswith("."):
+        raise CertError(f"{name!r} cannot name a certificate's directory")
+    if not application_uri:
+        raise CertError("an OPC-UA application certificate needs an application URI")
+    ident = _identity(certs_dir, name, application_uri)
+    if ident.cert_pem.exists() or ident.key_pem.exists():
+        raise CertError(f"{ident.cert_pem.parent} already holds a certificate")
+    ca_cert, ca_key = _load_ca(certs_dir)
+    start = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(minutes=5)
+    end = min(start + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
+    station = _common_name(ca_cert).removesuffix(" CA")
+    names = list(dict.fromkeys([*default_hosts(), *hosts]))
+    _issue(ca_cert, ca_key, ident, f"{station} {name}", names, start, end)
+    return ident
+
+
+def revoke(certs_dir: Path, certificate: Path, *, now: dt.datetime | None = None) -> Path:
+    """Add `certificate` (PEM or DER, issued by the station CA) to the CA's CRL; return the CRL.
+
+    Revoking it again changes nothing but the CRL's number and date.
+    """
+    ca_cert, ca_key = _load_ca(certs_dir)
+    try:
+        data = certificate.read_bytes()
+    except OSError as exc:
+        raise CertError(f"cannot read {certificate}: {exc.strerror}") from None
+    try:
+        cert = (
+            x509.load_pem_x509_certificate(data)
+            if data.lstrip().startswith(b"-----")
+            else x509.load_der_x509_certificate(data)
+        )
+    except ValueError as exc:
+        raise CertError(f"{certificate} is not a certificate: {exc}") from None
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        raise CertError(f"{certificate} was not issued by the station CA in {certs_dir}") from None
+    crl = read_crl(certs_dir / "crl" / CRL_NAME)
+    revoked = list(crl) if crl is not None else []
+    number = _crl_number(crl) + 1 if crl is not None else 1
+    when = now or dt.datetime.now(dt.UTC)
+    if all(r.serial_number != cert.serial_number for r in revoked):
+        revoked.append(
+            x509.RevokedCertificateBuilder()
+            .serial_number(cert.serial_number)
+            .revocation_date(when)
+            .build()
+        )
+    return _write_crl(certs_dir, ca_cert, ca_key, revoked, number=number, now=when)
+
+
+def read_crl(path: Path) -> x509.CertificateRevocationList | None:
+    """The CRL in `path` (PEM or DER), or None if there is no such file."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if data.lstrip().startswith(b"-----"):
+        return x509.load_pem_x509_crl(data)
+    return x509.load_der_x509_crl(data)
 
 
 def self_signed(
@@ -185,6 +275,77 @@ def self_signed(
     _write(ident.cert_pem, signed.public_bytes(serialization.Encoding.PEM))
     _write(ident.cert_der, signed.public_bytes(serialization.Encoding.DER))
     return ident
+
+
+def _load_ca(certs_dir: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    ca_pem, ca_key_path = certs_dir / "ca" / "ca.pem", certs_dir / "private" / "ca.key"
+    try:
+        ca_cert = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    except FileNotFoundError as exc:
+        raise CertError(
+            f"{exc.filename} is missing: issuing and revoking need the station CA and its key "
+            f"(flexcharge certs init {certs_dir})"
+        ) from None
+    if not isinstance(ca_key, rsa.RSAPrivateKey):
+        raise CertError(f"{ca_key_path} is not an RSA key")
+    return ca_cert, ca_key
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
+
+
+def _issue(
+    ca_cert: x509.Certificate,
+    ca_key: rsa.RSAPrivateKey,
+    ident: Identity,
+    common_name: str,
+    hosts: Sequence[str],
+    start: dt.datetime,
+    end: dt.datetime,
+) -> list[Path]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+    builder = _leaf(ca_cert, ca_key, key, common_name, ident.application_uri, hosts)
+    cert = builder.not_valid_before(start).not_valid_after(end).sign(ca_key, hashes.SHA256())
+    return [
+        _write_key(ident.key_pem, key),
+        _write(ident.cert_pem, cert.public_bytes(serialization.Encoding.PEM)),
+        _write(ident.cert_der, cert.public_bytes(serialization.Encoding.DER)),
+    ]
+
+
+def _crl_number(crl: x509.CertificateRevocationList) -> int:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return 0
+
+
+def _write_crl(
+    certs_dir: Path,
+    ca_cert: x509.Certificate,
+    ca_key: rsa.RSAPrivateKey,
+    revoked: Sequence[x509.RevokedCertificate],
+    *,
+    number: int,
+    now: dt.datetime,
+) -> Path:
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now)
+        .next_update(ca_cert.not_valid_after_utc)
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    for entry in revoked:
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca_key, hashes.SHA256())
+    return _write(certs_dir / "crl" / CRL_NAME, crl.public_bytes(serialization.Encoding.PEM))
 
 
 def _leaf(
@@ -248,8 +409,11 @@ def _leaf(
 
 def _write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    path.chmod(0o644)
+    # A peer may read the file (a CRL) while it is replaced: it sees the old one or the new one.
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(data)
+    partial.chmod(0o644)
+    partial.replace(path)
     return path
 
 

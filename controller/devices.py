@@ -48,6 +48,7 @@ def opcua_security(station: Station) -> OpcUaSecurity:
         certificate=identity.cert_pem,
         private_key=identity.key_pem,
         trust_dir=identity.trust_dir,
+        crl_dir=identity.crl_dir,
         application_uri=identity.application_uri,
         policies=tuple(station.security.opcua_policies),
         user=user,

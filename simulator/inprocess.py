@@ -27,14 +27,13 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from asyncua import ua
-from asyncua.common.utils import ServiceError
 from pymodbus.constants import ExcCodes
 
 from base.config import Station
 from base.devicemap import ReadBlock, RegisterMap, Value
 from drivers.codec import WriteRequest
 from drivers.device import Device
-from drivers.errors import BadValue, DeviceRejected
+from drivers.errors import DeviceRejected
 from drivers.makes import pile_driver
 from drivers.meter import MapMeter
 from drivers.modbus import ModbusDevice, answered_exception, no_answer, request_name
@@ -44,8 +43,8 @@ from drivers.opcua.space import status_name
 from drivers.pile import Pile
 from simulator.devices import SimulatedDevice, device_models
 from simulator.faults import FaultKind, FaultScript
-from simulator.opcua import served_value, written_number
-from simulator.plant import Plant, Rejected
+from simulator.opcua import served_value, write_devices
+from simulator.plant import Plant
 from simulator.registers import DeviceModel, RegisterBank
 
 T = TypeVar("T")
@@ -245,24 +244,25 @@ class InProcessOpcUa:
         return answered
 
     async def write(self, device: str, values: Mapping[str, ua.Variant]) -> None:
-        """Hand each object's written variables to its model as one write, or refuse them all."""
+        """Write the variables as the simulator's server does, a result per item
+        (`simulator.opcua.write_devices`); `DeviceRejected` naming the refused ones."""
         self._admit(device)
-        writes: dict[str, dict[str, float]] = {}
-        try:
-            for identifier, variant in values.items():
-                object_name, _, name = identifier.rpartition(".")
-                regmap, _ = self.objects[object_name]
-                writes.setdefault(object_name, {})[name] = written_number(regmap[name], variant)
-            for object_name, numbers in writes.items():
-                model = self.objects[object_name][1]
-                try:
-                    model.write(numbers)
-                finally:
-                    self.endpoint.changed(model)
-        except ServiceError as exc:
-            raise self._refusal(device, exc.code) from None
-        except (Rejected, BadValue):
-            raise self._refusal(device, ua.StatusCodes.BadOutOfRange) from None
+        items = []
+        for identifier, variant in values.items():
+            object_name, _, name = identifier.rpartition(".")
+            regmap, model = self.objects[object_name]
+            items.append((object_name, model, regmap[name], variant))
+        statuses, _ = write_devices(items)
+        for model in {id(m): m for _, m, _, _ in items}.values():
+            self.endpoint.changed(model)
+        refused = [
+            (identifier, status)
+            for identifier, status in zip(values, statuses, strict=True)
+            if status != ua.StatusCodes.Good
+        ]
+        if refused:
+            names = ", ".join(f"{i.rpartition('.')[2]}: {status_name(s)}" for i, s in refused)
+            raise DeviceRejected(device, f"write refused by {self.url}: {names}", refused[0][1])
 
     def _admit(self, device: str) -> float:
         access = self.endpoint.gate()
@@ -270,9 +270,6 @@ class InProcessOpcUa:
         if access is FaultKind.SILENT or access is FaultKind.DROPPED:
             raise opcua_refused(device, self.url, self._down)
         return access if isinstance(access, float) else 0.0
-
-    def _refusal(self, device: str, code: int) -> DeviceRejected:
-        return DeviceRejected(device, f"write: {self.url} answered {status_name(code)}", code)
 
 
 class InProcessStation:

@@ -5,14 +5,19 @@ objects `RegisterBank` serves over Modbus) as objects of the flexcharge address 
 `drivers.opcua.space`): one variable per name of the device's register map, holding the value in the
 register's unit. Values are refreshed from `model.values()` every `refresh_s` of the simulator's
 clock (which is what subscriptions see) and before every client Read (so a poll is never older
-than the plant). A client Write reaches `model.write()` as one call per device before the
-variables change; a refused write comes back to the client as `BadOutOfRange` and changes
-nothing.
+than the plant). A client Write has a result per item, as OPC-UA asks: a variable that is not
+writable is `BadNotWritable`, a value of the wrong type `BadTypeMismatch`, one outside what the
+register holds `BadOutOfRange`; the device's other items reach `model.write()` as one call, and
+if the device refuses them (a discharge on a charge-only pile) they are all `BadOutOfRange` and
+change nothing. Items of other devices in the same request are not affected.
 
 Security: the simulator's certificate and key, client certificates checked against the station
-CA, the policies Basic256Sha256 and Aes128Sha256RsaOaep with SignAndEncrypt, and user name and
-password tokens when the station names a user. An unencrypted (NoSecurity) endpoint, with
-anonymous sessions, is offered only when asked for, and then with a warning.
+CA and its revocation list, the policies Basic256Sha256 and Aes128Sha256RsaOaep with
+SignAndEncrypt, and user name and password tokens when the station names a user. Every other
+policy or mode, a certificate the CA did not sign or has revoked, and an application URI that is
+not the certificate's are refused at once with their status (`simulator.opcua_guard`). An
+unencrypted (NoSecurity) endpoint, with anonymous sessions, is offered only when asked for, and
+then with a warning.
 """
 
 from __future__ import annotations
@@ -21,15 +26,16 @@ import asyncio
 import hmac
 import logging
 import math
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
-from typing import Any
+from typing import Any, TypeVar
 
 from asyncua import Server, ua
 from asyncua.common.callback import CallbackService, CallbackType, ServerItemCallback
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import USER_TYPES, SimpleRoleRuleset, User, UserRole
-from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+from asyncua.server.address_space import AddressSpace, AttributeService
 from asyncua.server.user_managers import UserManager
 
 from base.certs import Identity
@@ -46,10 +52,13 @@ from drivers.opcua.space import (
     string_node,
     variant_type,
 )
+from simulator.opcua_guard import GuardedServer
 from simulator.plant import Rejected
 from simulator.registers import DeviceModel
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
 
 _SUBSCRIPTION_SERVICES = {
     ua.NodeId(ua.Int32(request))
@@ -167,7 +176,7 @@ class OpcUaStationServer:
 
     async def start(self) -> None:
         """Build the address space and listen; `OSError` if the port is taken."""
-        server = Server(
+        server = GuardedServer(
             user_manager=_Users(
                 self.credentials,
                 anonymous=self.credentials is None or self.allow_insecure,
@@ -189,13 +198,7 @@ class OpcUaStationServer:
                 ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
                 ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
             ]
-            server.set_certificate_validator(
-                CertificateValidator(
-                    CertificateValidatorOptions.TRUSTED_VALIDATION
-                    | CertificateValidatorOptions.PEER_CLIENT,
-                    await trust_store(identity.trust_dir),
-                )
-            )
+            server.set_trust_store(await trust_store(identity.trust_dir, identity.crl_dir))
         if self.allow_insecure:
             policies.append(ua.SecurityPolicyType.NoSecurity)
         server.set_security_policy(
@@ -211,8 +214,7 @@ class OpcUaStationServer:
         for device in self.devices.values():
             await self._build(server, namespace, device)
         server.subscribe_server_callback(CallbackType.PreRead, self._before_read)
-        server.subscribe_server_callback(CallbackType.PreWrite, self._before_write)
-        server.subscribe_server_callback(CallbackType.PostWrite, self._after_write)
+        server.iserver.attribute_service = _DeviceWrites(server.iserver.aspace, self)
         await server.start()
         self._server = server
         if self.allow_insecure:
@@ -313,36 +315,90 @@ class OpcUaStationServer:
         for device in self._touched([r.NodeId for r in params.NodesToRead]):
             await self._refresh(device)
 
-    async def _before_write(self, event: ServerItemCallback, _: CallbackService) -> None:
-        """Hand each device's written values to its model as one write, or refuse them all."""
-        if not event.is_external:
-            return
-        params: ua.WriteParameters = event.request_params
-        writes: dict[ServedDevice, dict[str, float]] = {}
-        for item in params.NodesToWrite:
+    async def write_items(self, items: list[ua.WriteValue]) -> list[ua.StatusCode | None]:
+        """Each item's result, for the items that write a device's value (None for the others):
+        the devices' accepted values are handed to their models, one write per device."""
+        ours: list[tuple[int, ServedDevice, Register, ua.Variant | None]] = []
+        for index, item in enumerate(items):
             found = self._by_node.get(item.NodeId)
-            if found is None or item.AttributeId != ua.AttributeIds.Value:
-                continue
-            device, reg = found
-            variant = None if item.Value is None else item.Value.Value
-            writes.setdefault(device, {})[reg.name] = written_number(reg, variant)
-        for device, values in writes.items():
-            try:
-                device.model.write(values)
-            except (Rejected, BadValue) as exc:
-                device.rejected_writes += 1
-                log.info("%s: write refused: %s", device.label, exc)
-                raise ServiceError(ua.StatusCodes.BadOutOfRange) from exc
+            if found is not None and item.AttributeId == ua.AttributeIds.Value:
+                variant = None if item.Value is None else item.Value.Value
+                ours.append((index, found[0], found[1], variant))
+        statuses, refused = write_devices(
+            [(device, device.model, reg, variant) for _, device, reg, variant in ours]
+        )
+        for device, why in refused.items():
+            device.rejected_writes += 1
+            log.info("%s: write refused: %s", device.label, why)
+        results: list[ua.StatusCode | None] = [None] * len(items)
+        for (index, *_), status in zip(ours, statuses, strict=True):
+            results[index] = ua.StatusCode(ua.UInt32(status))
+        return results
 
-    async def _after_write(self, event: ServerItemCallback, _: CallbackService) -> None:
-        """Show what the device made of the write (a pile clears its heartbeat at once)."""
-        if not event.is_external:
-            return
-        params: ua.WriteParameters = event.request_params
-        for device, names in self._touched([w.NodeId for w in params.NodesToWrite]).items():
+    async def written(self, items: list[ua.WriteValue]) -> None:
+        """Show what the devices made of a write (a pile clears its heartbeat at once)."""
+        for device, names in self._touched([item.NodeId for item in items]).items():
             for name in names:
                 device.last_served.pop(name, None)
             await self._refresh(device)
+
+
+_ADMIN = User(role=UserRole.Admin)  # the default of AttributeService.write: the server itself
+
+
+class _DeviceWrites(AttributeService):
+    """asyncua's attribute service, with the devices' values written through their models.
+
+    Each item of a Write gets its own result: an item the device refused never reaches the
+    address space, and neither fails the other items.
+    """
+
+    def __init__(self, aspace: AddressSpace, station: OpcUaStationServer) -> None:
+        super().__init__(aspace)
+        self._station = station
+
+    async def write(self, params: ua.WriteParameters, user: User = _ADMIN) -> list[ua.StatusCode]:
+        items = list(params.NodesToWrite)
+        results = await self._station.write_items(items)
+        passed = [i for i, status in enumerate(results) if status is None or status.is_good()]
+        if passed:
+            stored = await super().write(
+                ua.WriteParameters(NodesToWrite=[items[i] for i in passed]), user
+            )
+            for index, status in zip(passed, stored, strict=True):
+                results[index] = status
+        await self._station.written([items[i] for i in passed])
+        return [status if status is not None else ua.StatusCode() for status in results]
+
+
+def write_devices(
+    items: Sequence[tuple[K, DeviceModel, Register, ua.Variant | None]],
+) -> tuple[list[int], dict[K, Exception]]:
+    """The status of each item of one Write (device key, its model, the register, the value),
+    and why each device that refused its values refused them.
+
+    A variable that cannot take the value answers for itself (BadNotWritable, BadTypeMismatch,
+    BadOutOfRange); each device's other values reach its model as one write, and if the device
+    refuses them they are all BadOutOfRange. One device's refusal fails no other device's items.
+    """
+    statuses = [int(ua.StatusCodes.Good)] * len(items)
+    writes: dict[K, tuple[DeviceModel, dict[str, tuple[int, float]]]] = {}
+    for index, (key, model, reg, variant) in enumerate(items):
+        try:
+            number = written_number(reg, variant)
+        except ServiceError as exc:
+            statuses[index] = exc.code
+            continue
+        writes.setdefault(key, (model, {}))[1][reg.name] = (index, number)
+    refused: dict[K, Exception] = {}
+    for key, (model, named) in writes.items():
+        try:
+            model.write({name: number for name, (_, number) in named.items()})
+        except (Rejected, BadValue) as exc:
+            refused[key] = exc
+            for index, _ in named.values():
+                statuses[index] = ua.StatusCodes.BadOutOfRange
+    return statuses, refused
 
 
 def served_value(reg: Register, value: Value | None, label: str) -> tuple[ua.Variant, int]:

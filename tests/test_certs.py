@@ -1,4 +1,4 @@
-"""`flexcharge certs init`: a station CA and the daemon's and simulator's certificates."""
+"""`flexcharge certs`: a station CA, its revocation list and the certificates it issues."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from base import certs
+from drivers.opcua.security import trust_store
 from flexcharge import cli
 
 
@@ -65,3 +66,66 @@ def test_an_existing_ca_is_not_replaced_without_force(
     assert (tmp_path / "ca" / "ca.pem").read_bytes() == before
     assert cli.main(["certs", "init", str(tmp_path), "--force"]) == 0
     assert (tmp_path / "ca" / "ca.pem").read_bytes() != before
+
+
+def test_init_writes_an_empty_crl_the_ca_signed(tmp_path: Path) -> None:
+    """The CRL names the CA, lists nothing, says when the next one is due and is the CA's."""
+    written = certs.init(tmp_path)
+    crl_path = tmp_path / "crl" / certs.CRL_NAME
+    assert crl_path in written
+    assert stat.S_IMODE(crl_path.stat().st_mode) == 0o644
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca" / "ca.pem").read_bytes())
+    crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+    assert crl.issuer == ca.subject and len(crl) == 0
+    assert crl.is_signature_valid(ca.public_key())
+    assert crl.next_update_utc == ca.not_valid_after_utc
+    assert crl.last_update_utc is not None and crl.last_update_utc < crl.next_update_utc
+    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 1
+    assert certs.identity(tmp_path, "daemon").crl_dir == tmp_path / "crl"
+
+
+def test_issue_and_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`certs issue` adds an application's certificate from the CA, `certs revoke` lists it on
+    the CRL (again: no second entry), and neither touches what is not the station CA's."""
+    assert cli.main(["certs", "init", str(tmp_path)]) == 0
+    assert cli.main(["certs", "issue", str(tmp_path), "scada", "--uri", "urn:example:scada"]) == 0
+    scada = tmp_path / "scada" / "cert.pem"
+    cert = x509.load_pem_x509_certificate(scada.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["urn:example:scada"]
+    assert stat.S_IMODE((tmp_path / "scada" / "key.pem").stat().st_mode) == 0o600
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca" / "ca.pem").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    assert cli.main(["certs", "issue", str(tmp_path), "scada", "--uri", "urn:x"]) == 1
+    assert cli.main(["certs", "issue", str(tmp_path), "crl", "--uri", "urn:x"]) == 1
+    assert "already holds" in capsys.readouterr().out
+
+    crl_path = tmp_path / "crl" / certs.CRL_NAME
+    for number in (2, 3):
+        assert cli.main(["certs", "revoke", str(tmp_path), str(scada)]) == 0
+        crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+        assert [r.serial_number for r in crl] == [cert.serial_number]
+        assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == number
+        assert crl.is_signature_valid(ca.public_key())
+
+    intruder = certs.self_signed(tmp_path / "x", name="intruder", application_uri="urn:intruder")
+    before = crl_path.read_bytes()
+    assert cli.main(["certs", "revoke", str(tmp_path), str(intruder.cert_pem)]) == 1
+    assert "not issued by the station CA" in capsys.readouterr().out
+    assert crl_path.read_bytes() == before
+
+
+@pytest.mark.asyncio
+async def test_trust_store_uses_the_crl_and_refuses_a_foreign_one(tmp_path: Path) -> None:
+    """Both OPC-UA ends' trust store: trusted until revoked; a CRL another CA signed is an error."""
+    certs.init(tmp_path / "station")
+    certs.init(tmp_path / "other")
+    daemon = certs.identity(tmp_path / "station", "daemon")
+    cert = x509.load_pem_x509_certificate(daemon.cert_pem.read_bytes())
+    store = await trust_store(daemon.trust_dir, daemon.crl_dir)
+    assert store.is_trusted(cert) and not store.is_revoked(cert)
+    certs.revoke(tmp_path / "station", daemon.cert_pem)
+    store = await trust_store(daemon.trust_dir, daemon.crl_dir)
+    assert store.is_trusted(cert) and store.is_revoked(cert)
+    with pytest.raises(ValueError, match="not signed by a trusted CA"):
+        await trust_store(daemon.trust_dir, tmp_path / "other" / "crl")

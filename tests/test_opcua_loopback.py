@@ -2,9 +2,12 @@
 
 Real asyncua servers and clients, with certificates from a station CA made by `certs.init`:
 encrypted sessions with both policies reading the metering terminal and driving a DC pile through
-the same `MapMeter` and `DcPile` the Modbus tests use; refusals (intruder certificate, a server
-the client does not trust, a wrong password, an unencrypted session); the subscription path, its
-polling fallback, and a server that stops or hangs.
+the same `MapMeter` and `DcPile` the Modbus tests use, with a result per written item; refusals
+(intruder, revoked certificate, foreign application URI, a server the client does not trust or
+whose certificate is revoked, a wrong password, an unencrypted session, a policy or mode the
+server does not offer) with their status and no error in the server's log; the subscription
+path, its polling fallback, and a server that stops or hangs. `test_opcua_peer.py` does the same
+with node-opcua's client.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
@@ -21,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from asyncua import Client, ua
+from asyncua.crypto import security_policies
 
 from base import certs
 from base.clock import VirtualClock
@@ -33,7 +38,7 @@ from controller.daemon import Daemon
 from drivers.errors import BadValue, ConnectionLost, DeviceRejected, DeviceTimeout
 from drivers.meter import MapMeter
 from drivers.opcua.device import OpcUaDevice
-from drivers.opcua.link import OpcUaLink
+from drivers.opcua.link import OpcUaLink, read_refusals
 from drivers.opcua.security import POLICIES, OpcUaSecurity
 from drivers.pile import DcPile
 from simulator.hardware import StationSimulator
@@ -108,6 +113,7 @@ def _security(
     *,
     identity: certs.Identity | None = None,
     trust_dir: Path | None = None,
+    crl_dir: Path | None = None,
     policies: tuple[str, ...] = ("Basic256Sha256", "Aes128Sha256RsaOaep"),
     password: str = PASSWORD,
 ) -> OpcUaSecurity:
@@ -117,6 +123,7 @@ def _security(
         certificate=ident.cert_pem,
         private_key=ident.key_pem,
         trust_dir=trust_dir or station.identity("daemon").trust_dir,
+        crl_dir=crl_dir or station.identity("daemon").crl_dir,
         application_uri=ident.application_uri,
         policies=policies,
         user=USER,
@@ -289,14 +296,33 @@ async def test_dc_pile_is_driven_over_opcua(opcua_station: Station) -> None:
             assert model.setpoint_kw == 250.0 and model.mode is PileMode.CHARGE
             assert (await pile.read()).applied_setpoint_kw == 250.0
 
-            # What the server enforces for clients that skip the map's checks.
-            for values, status in [
-                ({"P01.state": ua.Variant(3, ua.VariantType.Int64)}, "BadNotWritable"),
-                ({"P01.mode": ua.Variant(1.0, ua.VariantType.Double)}, "BadTypeMismatch"),
-            ]:
-                with pytest.raises(DeviceRejected, match=f"write: .* answered {status}"):
-                    await link.write("pile P01", values)
-            assert model.mode is PileMode.CHARGE
+            # What the server enforces for clients that skip the map's checks: a result per
+            # item, the refused ones changing nothing and failing none of the others.
+            with pytest.raises(DeviceRejected) as mixed:
+                await link.write(
+                    "pile P01",
+                    {
+                        "P01.state": ua.Variant(3, ua.VariantType.Int64),
+                        "P01.mode": ua.Variant(2.0, ua.VariantType.Double),
+                        "P01.fallback_power": ua.Variant(120.0, ua.VariantType.Double),
+                    },
+                )
+            assert str(mixed.value).endswith(": state: BadNotWritable, mode: BadTypeMismatch")
+            assert mixed.value.code == ua.StatusCodes.BadNotWritable
+            assert model.mode is PileMode.CHARGE and model.fallback_kw == 120.0
+            # A device that refuses its values (a discharge) fails none of another device's.
+            with pytest.raises(DeviceRejected) as across:
+                await link.write(
+                    "piles",
+                    {
+                        "P01.setpoint": ua.Variant(-50.0, ua.VariantType.Double),
+                        "P01.mode": ua.Variant(2, ua.VariantType.Int64),
+                        "P02.fallback_power": ua.Variant(90.0, ua.VariantType.Double),
+                    },
+                )
+            assert str(across.value).endswith(": setpoint: BadOutOfRange, mode: BadOutOfRange")
+            assert model.setpoint_kw == 250.0 and model.mode is PileMode.CHARGE
+            assert sim.plant.piles["P02"].fallback_kw == 90.0
 
             await pile.command(0.0)
             assert model.setpoint_kw == 0.0 and model.mode is PileMode.IDLE
@@ -358,14 +384,44 @@ async def test_daemon_needs_the_password_and_warns_about_unencrypted_devices(
 # --------------------------------------------------------------------------- refusals
 
 
-@pytest.mark.parametrize("case", ["intruder certificate", "untrusted server", "wrong password"])
+REFUSALS = {
+    "intruder certificate": "refused this client's certificate (BadSecurityChecksFailed)",
+    "revoked certificate": (
+        "refused this client's certificate (BadCertificateRevoked); the station CA has revoked it"
+    ),
+    "foreign application URI": (
+        "refused this client's certificate (BadCertificateUriInvalid); the application URI "
+        "this client declares is not the one in its certificate"
+    ),
+    "untrusted server": "refused the server at",
+    "revoked server": "refused the server at {url}: its certificate is revoked (BadCertificateRevoked",
+    "wrong password": f"refused user {USER!r} (BadUserAccessDenied): wrong user name or password",
+}
+
+
+def _server_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the server side logged at ERROR or with a traceback."""
+    return [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.name.startswith(("asyncua.server", "asyncua.crypto", "asyncuagds", "simulator"))
+        and (r.levelno >= logging.ERROR or r.exc_info)
+    ]
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
 async def test_refusals_are_driver_errors_that_say_why(
-    opcua_station: Station, tmp_path: Path, case: str
+    opcua_station: Station,
+    certs_dir: Path,
+    tmp_path: Path,
+    case: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """An untrusted client, an untrusted server and a wrong password each end in ConnectionLost."""
+    """Each refused client or server ends in ConnectionLost saying why; the server logs no error."""
     station = opcua_station
     start = local_time(station, "2026-11-25T10:00")
     clock = VirtualClock(start)
+    daemon = station.identity("daemon")
     if case == "intruder certificate":
         intruder = certs.self_signed(
             tmp_path,
@@ -374,21 +430,31 @@ async def test_refusals_are_driver_errors_that_say_why(
             hosts=certs.default_hosts(),
         )
         security = _security(station, identity=intruder)
-        expected = "refused this client's certificate (BadCertificateUntrusted)"
+    elif case == "revoked certificate":
+        revoked = certs.issue(certs_dir, "revoked-client", application_uri="urn:example:revoked")
+        certs.revoke(certs_dir, revoked.cert_pem)
+        security = _security(station, identity=revoked)
+    elif case == "foreign application URI":
+        security = _security(station, identity=replace(daemon, application_uri="urn:example:other"))
     elif case == "untrusted server":
         certs.init(tmp_path / "other")
-        security = _security(station, trust_dir=tmp_path / "other" / "ca")
-        expected = "refused the server at"
+        other = tmp_path / "other"
+        security = _security(station, trust_dir=other / "ca", crl_dir=other / "crl")
+    elif case == "revoked server":
+        copy = tmp_path / "copy"
+        shutil.copytree(certs_dir, copy)
+        certs.revoke(copy, certs.identity(copy, "simulator").cert_pem)
+        security = _security(station, trust_dir=copy / "ca", crl_dir=copy / "crl")
     else:
         security = _security(station, password="not the password")
-        expected = f"refused user {USER!r} (BadUserAccessDenied): wrong user name or password"
+    caplog.set_level(logging.INFO, logger="simulator.opcua_guard")
     with clock.participant():
         async with _terminal(station, _plant(station, start), clock):
             link = _link(station, clock, security=security)
             with pytest.raises(ConnectionLost) as refused:
                 await _meter(station, link).read()
             message = str(refused.value)
-            assert expected in message
+            assert REFUSALS[case].format(url=link.address) in message
             assert message.startswith("meter grid: ") and link.address in message
             for secret in (PASSWORD, "not the password", "PRIVATE KEY"):
                 assert secret not in message
@@ -399,13 +465,68 @@ async def test_refusals_are_driver_errors_that_say_why(
                 assert (await _meter(station, good).read()).frequency_hz == 50.0
             finally:
                 await good.close()
+    assert _server_errors(caplog) == []
+
+
+@pytest.mark.parametrize(
+    ("policy", "mode", "status"),
+    [
+        ("Basic256Sha256", ua.MessageSecurityMode.Sign, "BadSecurityModeRejected"),
+        ("Aes128Sha256RsaOaep", ua.MessageSecurityMode.Sign, "BadSecurityModeRejected"),
+        ("Basic256", ua.MessageSecurityMode.SignAndEncrypt, "BadSecurityPolicyRejected"),
+        ("Basic256", ua.MessageSecurityMode.Sign, "BadSecurityPolicyRejected"),
+        ("Basic128Rsa15", ua.MessageSecurityMode.SignAndEncrypt, "BadSecurityPolicyRejected"),
+    ],
+)
+async def test_policies_and_modes_not_offered_are_refused_at_once(
+    opcua_station: Station,
+    caplog: pytest.LogCaptureFixture,
+    policy: str,
+    mode: ua.MessageSecurityMode,
+    status: str,
+) -> None:
+    """A client that ignores the endpoint list and asks for a deprecated policy, or Sign
+    without encryption, gets the server's status for it when it opens the channel; the server
+    logs one line, no error and no traceback. (The client waits up to 60 s: a refusal that
+    came from its own timeout would be a TimeoutError, not the status.)"""
+    station = opcua_station
+    url = station.grid_meter.opcua_url
+    start = local_time(station, "2026-11-25T10:00")
+    clock = VirtualClock(start)
+    daemon = station.identity("daemon")
+    simulator = station.identity("simulator")
+    caplog.set_level(logging.INFO, logger="simulator.opcua_guard")
+    with clock.participant():
+        async with _terminal(station, _plant(station, start), clock):
+            client = Client(url, timeout=60)
+            client.application_uri = daemon.application_uri
+            read_refusals(client)
+            await client.set_security(
+                getattr(security_policies, f"SecurityPolicy{policy}"),
+                certificate=str(daemon.cert_pem),
+                private_key=str(daemon.key_pem),
+                server_certificate=str(simulator.cert_pem),
+                mode=mode,
+            )
+            await client.connect_socket()
+            try:
+                await client.send_hello()
+                with pytest.raises(ua.UaStatusCodeError) as refused:
+                    await client.open_secure_channel()
+            finally:
+                client.disconnect_socket()
+    assert refused.value.code == getattr(ua.StatusCodes, status)
+    refusals = [r.getMessage() for r in caplog.records if "refused a channel" in r.getMessage()]
+    assert len(refusals) == 1 and status in refusals[0]
+    assert _server_errors(caplog) == []
 
 
 async def test_no_unencrypted_endpoint_or_session_unless_asked(
     opcua_station: Station, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Only SignAndEncrypt endpoints are offered, and an unencrypted session is refused even to
-    a client that ignores the endpoint list; asked for, NoSecurity is offered with a warning."""
+    """Only SignAndEncrypt endpoints are offered, and an unencrypted session is refused
+    (BadSecurityPolicyRejected) even to a client that ignores the endpoint list; asked for,
+    NoSecurity is offered with a warning."""
     station = opcua_station
     url = station.grid_meter.opcua_url
     start = local_time(station, "2026-11-25T10:00")
@@ -418,7 +539,10 @@ async def test_no_unencrypted_endpoint_or_session_unless_asked(
             assert {e.SecurityPolicyUri for e in endpoints} == {p.URI for p in POLICIES.values()}
 
             insecure = _link(station, clock, security=OpcUaSecurity.insecure())
-            with pytest.raises(ConnectionLost, match="No matching endpoints"):
+            with pytest.raises(
+                ConnectionLost,
+                match=r"refused an unencrypted session \(BadSecurityPolicyRejected\)",
+            ):
                 await _meter(station, insecure).read()
             await insecure.close()
 
@@ -436,9 +560,8 @@ async def test_no_unencrypted_endpoint_or_session_unless_asked(
                     ClientNonce=os.urandom(32),
                     RequestedSessionTimeout=10_000,
                 )
-                await client.uaclient.create_session(params)
-                with pytest.raises(ua.uaerrors.BadUserAccessDenied):
-                    await client.activate_session(username=USER, password=PASSWORD)
+                with pytest.raises(ua.uaerrors.BadSecurityPolicyRejected):
+                    await client.uaclient.create_session(params)
             finally:
                 client.disconnect_socket()
 

@@ -26,12 +26,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from asyncua import Client, ua
-from asyncua.client.ua_client import UaClientState
+from asyncua.client.ua_client import UaClientState, UASocketProtocol
 from asyncua.common.subscription import DataChangeNotif, Subscription
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.observer import Observer
+from asyncua.ua.ua_binary import nodeid_from_binary, struct_from_binary
 from cryptography import x509
 
 from drivers.errors import ConnectionLost, DeviceRejected, DeviceTimeout, DriverError
@@ -55,6 +56,21 @@ _CERTIFICATE_REFUSALS = {
     ua.StatusCodes.BadCertificateTimeInvalid,
     ua.StatusCodes.BadCertificateRevoked,
     ua.StatusCodes.BadSecurityChecksFailed,
+}
+
+
+_CERTIFICATE_ADVICE = {
+    ua.StatusCodes.BadCertificateRevoked: "the station CA has revoked it",
+    ua.StatusCodes.BadCertificateUriInvalid: (
+        "the application URI this client declares is not the one in its certificate"
+    ),
+    ua.StatusCodes.BadCertificateTimeInvalid: "it has expired or is not valid yet",
+}
+
+
+_SECURITY_REFUSALS = {
+    ua.StatusCodes.BadSecurityPolicyRejected,
+    ua.StatusCodes.BadSecurityModeRejected,
 }
 
 
@@ -119,6 +135,43 @@ class _ServerCheck:
         except ServiceError as exc:
             self.refused = exc.code
             raise
+
+
+_SERVICE_FAULT = ua.NodeId(ua.Int32(ua.ObjectIds.ServiceFault_Encoding_DefaultBinary))
+
+
+class _Transport(UASocketProtocol):
+    """asyncua's client protocol, reading the ServiceFault a server answers a refused
+    OpenSecureChannel with (OPC-UA Part 6, 6.7.4) as the refusal's status: asyncua 2.1 takes it
+    for a malformed response and leaves the client without a reason."""
+
+    def _process_received_message(self, msg: Any) -> None:
+        if isinstance(msg, ua.Message) and isinstance(
+            self._open_secure_channel_exchange, ua.OpenSecureChannelParameters
+        ):
+            body = msg.body()
+            if nodeid_from_binary(body.copy()) == _SERVICE_FAULT:
+                fault = struct_from_binary(ua.ServiceFault, body)
+                # Raised here, it fails the pending request as an Error message would.
+                fault.ResponseHeader.ServiceResult.check()
+        super()._process_received_message(msg)
+
+
+def read_refusals(client: Client) -> None:
+    """Make `client` (before it connects) read a ServiceFault answering its OpenSecureChannel
+    as the refusal it is: `UaStatusCodeError` with the server's status."""
+    uaclient = client.uaclient
+
+    def make_protocol() -> UASocketProtocol:
+        protocol = _Transport(uaclient._timeout, security_policy=uaclient.security_policy)
+        protocol.pre_request_hook = uaclient._pre_request_hook
+        protocol.on_connection_lost = uaclient._on_transport_lost
+        protocol.is_session_closing = uaclient._is_session_closing
+        uaclient.protocol = protocol
+        return protocol
+
+    # UaClient._make_protocol with this protocol (asyncua 2.1; pyproject pins it below 2.2).
+    uaclient._make_protocol = make_protocol  # type: ignore[method-assign]
 
 
 class _Session(Observer):
@@ -362,6 +415,7 @@ class OpcUaLink:
         client.application_uri = security.application_uri
         client.name = client.description = "flexcharge"
         client.session_timeout = _SESSION_TIMEOUT_MS
+        read_refusals(client)
         session = _Session(client, self._now)
         client.uaclient.observer = session
         check: _ServerCheck | None = None
@@ -399,10 +453,10 @@ class OpcUaLink:
                 device, f"cannot read the client certificate or key: {exc.strerror}: {exc.filename}"
             ) from None
         try:
-            check = _ServerCheck(await trust_store(security.trust_dir))
+            check = _ServerCheck(await trust_store(security.trust_dir, security.crl_dir))
         except (OSError, ValueError) as exc:
             raise DriverError(
-                device, f"cannot load the trusted CAs in {security.trust_dir}: {exc}"
+                device, f"cannot load the trusted CAs or their revocation lists: {exc}"
             ) from None
         endpoints = await client.connect_and_get_server_endpoints()
         encrypted = [
@@ -430,9 +484,14 @@ class OpcUaLink:
         """The `DriverError` that explains why a session could not be opened."""
         url = self.address
         if check is not None and check.refused is not None:
+            why = (
+                "its certificate is revoked"
+                if check.refused == ua.StatusCodes.BadCertificateRevoked
+                else "its certificate is not trusted"
+            )
             return ConnectionLost(
                 device,
-                f"refused the server at {url}: its certificate is not trusted "
+                f"refused the server at {url}: {why} "
                 f"({status_name(check.refused)}; trusted CAs are in {self.security.trust_dir})",
             )
         if isinstance(exc, _NoCommonPolicy):
@@ -447,7 +506,16 @@ class OpcUaLink:
                 return ConnectionLost(
                     device,
                     f"the server at {url} refused this client's certificate ({status_name(code)}); "
-                    "it must be issued by the station CA",
+                    + _CERTIFICATE_ADVICE.get(code, "it must be issued by the station CA"),
+                )
+            if code in _SECURITY_REFUSALS:
+                asked = (
+                    "this client's security policy and mode"
+                    if self.security.encrypt
+                    else "an unencrypted session"
+                )
+                return ConnectionLost(
+                    device, f"the server at {url} refused {asked} ({status_name(code)})"
                 )
             if code in _USER_REFUSALS:
                 who = (
