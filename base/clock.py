@@ -29,9 +29,7 @@ class Clock(Protocol):
         """Current station time, seconds since the epoch."""
         ...
 
-    async def sleep_until(
-        self, deadline: float, wake: asyncio.Future[None] | None = None
-    ) -> None:
+    async def sleep_until(self, deadline: float, wake: asyncio.Future[None] | None = None) -> None:
         """Return at (or just after) station time `deadline`, or as soon as `wake` is done."""
         ...
 
@@ -51,9 +49,7 @@ class WallClock:
         """Current time."""
         return time.time()
 
-    async def sleep_until(
-        self, deadline: float, wake: asyncio.Future[None] | None = None
-    ) -> None:
+    async def sleep_until(self, deadline: float, wake: asyncio.Future[None] | None = None) -> None:
         """Sleep until `deadline` in real time, or until `wake` is done."""
         delay = max(0.0, deadline - time.time())
         if wake is None:
@@ -125,9 +121,7 @@ class VirtualClock:
         """Sleep `seconds` of station time."""
         await self.sleep_until(self._now + max(0.0, seconds))
 
-    async def sleep_until(
-        self, deadline: float, wake: asyncio.Future[None] | None = None
-    ) -> None:
+    async def sleep_until(self, deadline: float, wake: asyncio.Future[None] | None = None) -> None:
         """Sleep until station time reaches `deadline`, or until `wake` is done (time does not
         move for that: a sleeping participant woken early is busy again at once)."""
         if deadline <= self._now or (wake is not None and wake.done()):
