@@ -138,7 +138,9 @@ class _Connection(ServerRequestHandler):
             transaction, protocol, length, unit = _MBAP.unpack_from(data, used)
             if length > _MAX_LENGTH:
                 # No Modbus frame is this long: the stream cannot be trusted to be framed.
-                log.info("%s: closing a connection that sent a %d-byte frame", self.server.name, length)
+                log.info(
+                    "%s: closing a connection that sent a %d-byte frame", self.server.name, length
+                )
                 self.transport.close()
                 return len(data), []
             end = used + 6 + length
@@ -151,13 +153,15 @@ class _Connection(ServerRequestHandler):
         return used, frames
 
     def _respond(self, frames: list[tuple[int, int, bytes]]) -> None:
-        if self.transport is None or self.transport.is_closing():
+        transport = self.transport
+        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
             return
         banks = self.server.banks
         for transaction, unit, pdu in frames:
             response = answer(banks, unit, pdu)
             header = _MBAP.pack(transaction, 0, len(response) + 1, unit)
-            self.transport.write(header + response)
+            # Straight to the socket: pymodbus's `send` would drop a request still arriving.
+            transport.write(header + response)
 
 
 class DeviceServer(ModbusTlsServer):

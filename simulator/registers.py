@@ -347,6 +347,10 @@ class MeterRegisters:
             values[f"voltage_l{phase}"] = voltage
             values[f"current_l{phase}"] = current
             values[f"power_l{phase}"] = phase_kw
+        line = voltage * math.sqrt(3)
+        # Balanced phases: line-to-line voltages are sqrt(3) times the phase voltage, and the
+        # phase currents' vector sum is 0.
+        values.update(voltage_l1_l2=line, voltage_l2_l3=line, voltage_l3_l1=line, current_sum=0.0)
         if self.faults is not None and self.plant.now is not None:
             values = self.faults.meter_values(self.device_id, self.plant.now, values)
         return values
