@@ -296,6 +296,10 @@ class VestelModel(AcChargerModel):
             self.power_limit_kw = values["power_limit"]
         if "setpoint" in values:
             amps = values["setpoint"]
+            if amps > self.max_current_a:
+                raise Rejected(
+                    f"current {amps:g} A is above the rating of {self.max_current_a:g} A"
+                )
             if self.power_limit_kw is not None:
                 amps = min(amps, math.floor(self.power_limit_kw / self.kw_per_amp))
             self.apply(amps)
