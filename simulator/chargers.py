@@ -310,6 +310,10 @@ class VestelModel(AcChargerModel):
             self.pile.heartbeat(now)
 
 
+# ABB's state byte has bit 7 set while the current limit is below the rated current.
+_BELOW_RATED = 0x80
+
+
 class AbbTerraModel(AcChargerModel):
     """An ABB Terra AC wallbox."""
 
@@ -334,6 +338,8 @@ class AbbTerraModel(AcChargerModel):
             applied = self.amps(pile.fallback_kw)
         else:
             applied = self.limit_a
+        if state and applied < self.max_current_a:
+            state |= _BELOW_RATED
         values = self.electrical()
         values.update(
             {

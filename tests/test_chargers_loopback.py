@@ -129,6 +129,9 @@ async def test_every_register_of_each_charger_map_reads_what_the_charger_holds(r
             else:
                 assert value == want, name
 
+        if rig.pile_id == "ABB1":
+            # C2 with bit 7 of the state byte set: 12 A is below the rated 32 A.
+            assert raw["state"] == 0x84
         reading = await rig.charger.read()
         assert reading.state is PileState.CHARGING
         assert reading.power_kw == pytest.approx(12 * 3 * 230 / 1000, abs=0.01)

@@ -209,8 +209,10 @@ def test_real_device_maps_are_as_documented() -> None:
     assert _facts(abb, "voltage_l1") == (0x4016, "u32", 0.1, "V", "big", 1, (3,), None)
     assert _facts(abb, "comm_timeout") == (0x4106, "u16", 1.0, "s", "big", 1, (), 16)
     assert abb.enums["state"][4] == "C2"
-    # The state is a byte of the second register: bits 8-14 of the pair.
-    assert _facts(abb, "state")[:2] == (0x400C, "u32") and abb["state"].mask == 0x7F00
+    # The state is a byte of the second register: bits 8-15 of the pair, bit 7 of the byte set
+    # below the rated current.
+    assert _facts(abb, "state")[:2] == (0x400C, "u32") and abb["state"].mask == 0xFF00
+    assert abb.enums["state"][0x84] == "C2"
     assert [abb[n].address for n in ("serial_number", "firmware_version", "error_code")] == [
         0x4000,
         0x4004,

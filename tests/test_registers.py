@@ -941,8 +941,8 @@ def test_fast_encode_and_decode_agree_with_pymodbus(
 
 
 def test_masked_field_is_its_bits_shifted_down() -> None:
-    """ABB keeps its charging state in bits 8-14 of a register pair: 0x0000_8400 is state 4 (the
-    top bit of that byte, "below the rated current", is not part of the state)."""
+    """A field in bits 8-14 of a register pair: 0x0000_8400 holds 4 (bit 15 is not part of it,
+    as ABB's "below the rated current" flag is not part of the IEC 61851 state)."""
     state = replace(reg(ValueType.U32), mask=0x7F00)
     assert decode(state, [0x0000, 0x8400]) == 4
     assert decode(state, [0xFFFF, 0x03FF]) == 3
