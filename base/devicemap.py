@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Literal, TypeGuard
 
 WordOrder = Literal["big", "little"]
+TextEncoding = Literal["utf-8", "utf-16"]
 Value = float | int | str
 
 
@@ -87,6 +88,9 @@ class Access(StrEnum):
 
 
 READ_FC = {Table.HOLDING: 3, Table.INPUT: 4}
+# The function codes a map may say its device answers: reads of holding and input registers,
+# writes of one and of several registers.
+FUNCTION_CODES = frozenset({3, 4, 6, 16})
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,11 @@ class Register:
     unit_id: int | None = None
     unavailable_all_ones: bool = False
     description: str = ""
+    # The bits of the raw integer that hold the value (None: all of them), e.g. 0x7F00 for a
+    # state kept in one byte of a 32-bit register pair.
+    mask: int | None = None
+    # How a string is stored: "utf-8" two bytes a register, "utf-16" one character a register.
+    text_encoding: TextEncoding = "utf-8"
 
     @property
     def end(self) -> int:
@@ -142,12 +151,19 @@ class RegisterMap:
     failsafe_timeout_s: float | None = None
     min_current_a: float | None = None
     notes: str = ""
+    # The function codes the device answers; any other is refused with exception 01. Empty:
+    # those its registers are read and written with.
+    function_codes: frozenset[int] = frozenset()
     _by_address: tuple[Register, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self, "_by_address", tuple(sorted(self.registers.values(), key=lambda r: r.address))
         )
+        if not self.function_codes:
+            used = {fc for r in self.registers.values() for fc in r.read_fcs}
+            used |= {r.write_fc for r in self.registers.values() if r.write_fc is not None}
+            object.__setattr__(self, "function_codes", frozenset(used))
 
     def __getitem__(self, name: str) -> Register:
         return self.registers[name]
@@ -178,6 +194,21 @@ class RegisterMap:
                     )
             if reg.access.readable and not reg.read_fcs:
                 found.append((reg.name, "a readable register needs a read function code"))
+            found.extend((reg.name, message) for message in _field_problems(reg))
+            unanswered = sorted(
+                fc
+                for fc in (*reg.read_fcs, *(() if reg.write_fc is None else (reg.write_fc,)))
+                if fc not in self.function_codes
+            )
+            if unanswered:
+                listed = ", ".join(map(str, sorted(self.function_codes)))
+                found.append(
+                    (
+                        reg.name,
+                        f"uses function code {', '.join(map(str, unanswered))}, which the "
+                        f"device does not answer (function_codes: {listed})",
+                    )
+                )
         by_table: dict[tuple[int, int], list[Register]] = {}
         for reg in self._by_address:
             unit = reg.unit_id if reg.unit_id is not None else self.default_unit_id
@@ -253,6 +284,19 @@ class RegisterMap:
     def readable(self) -> tuple[str, ...]:
         """Names of every readable register, in address order."""
         return tuple(r.name for r in self._by_address if r.access.readable)
+
+
+def _field_problems(reg: Register) -> list[str]:
+    """What is wrong with a register's bit mask or text encoding."""
+    found = []
+    if reg.mask is not None:
+        if not reg.type.is_integer or reg.type.words > 2:
+            found.append(f"a mask needs a 16- or 32-bit integer, not {reg.type}")
+        elif not 0 < reg.mask < 1 << (16 * reg.type.words):
+            found.append(f"mask {reg.mask:#x} does not fit {reg.type}")
+    if reg.text_encoding != "utf-8" and reg.type is not ValueType.STRING:
+        found.append(f"only strings take a text encoding ({reg.type} does not)")
+    return found
 
 
 def _block(unit: int, fc: int, regs: list[Register]) -> ReadBlock:

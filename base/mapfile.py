@@ -52,6 +52,8 @@ class _RegisterSpec(Strict):
     unit_id: UnitId | None = None
     unavailable_all_ones: bool = False
     description: str = ""
+    mask: int | None = Field(default=None, gt=0, le=0xFFFFFFFF)
+    encoding: Literal["utf-8", "utf-16"] = "utf-8"
 
     @field_validator("scale")
     @classmethod
@@ -74,6 +76,7 @@ class _DeviceSpec(Strict):
     unit_id: UnitId
     word_order: Literal["big", "little"] = "big"
     read_function_codes: list[Literal[3, 4]] = Field(min_length=1)
+    function_codes: list[Literal[3, 4, 6, 16]] | None = Field(default=None, min_length=1)
     max_read_words: int = Field(default=125, ge=1, le=125)
     max_gap: int = Field(default=0, ge=0, le=124)
     idle_timeout_s: float | None = Field(default=None, gt=0)
@@ -157,6 +160,8 @@ def load_register_map(path: Path) -> RegisterMap:
             unit_id=reg.unit_id,
             unavailable_all_ones=reg.unavailable_all_ones,
             description=reg.description,
+            mask=reg.mask,
+            text_encoding=reg.encoding,
         )
     enums: dict[str, dict[int, str]] = {}
     for enum_name, table in raw_enums.items():
@@ -190,6 +195,7 @@ def load_register_map(path: Path) -> RegisterMap:
         driver=spec.device.driver,
         failsafe_timeout_s=spec.device.failsafe_timeout_s,
         min_current_a=spec.device.min_current_a,
+        function_codes=frozenset(spec.device.function_codes or ()),
     )
     for reg_name, message in regmap.problems():
         problems.add(device, f"registers.{reg_name}", message)

@@ -1,8 +1,10 @@
 """ABB Terra AC wallboxes.
 
 Current limit in mA (FC16, 32-bit), a writable communication timeout, and a read-back of the
-applied limit. What the wallbox falls back to on a timeout is set by its installer, not over
-Modbus: the station's fallback_kw for an ABB pile must allow for it.
+applied limit. The charging state is one byte of its register pair (bits 8-15, as ABB documents
+it: the IEC 61851 state, with bit 7 set below the rated current); the map's `mask` picks the byte
+out and its enumeration names both forms. What the wallbox falls back to on a timeout is set by
+its installer, not over Modbus: the station's fallback_kw for an ABB pile must allow for it.
 """
 
 from __future__ import annotations

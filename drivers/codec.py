@@ -83,6 +83,8 @@ def decode(reg: Register, words: Sequence[int]) -> Value | None:
         raw = value_struct.unpack(data)[0]
     if isinstance(raw, float) and math.isnan(raw):
         return None
+    if reg.mask is not None:
+        raw = (int(raw) & reg.mask) >> _shift(reg.mask)
     if reg.scale == 1.0 and isinstance(raw, int):
         return raw
     return raw * reg.scale
@@ -94,8 +96,19 @@ def _check_words(reg: Register, words: Sequence[int]) -> None:
             raise BadValue(reg.name, f"register value {word} is outside 0-65535")
 
 
+def _shift(mask: int) -> int:
+    """How far a masked field sits from bit 0."""
+    return (mask & -mask).bit_length() - 1
+
+
 def _decode_text(reg: Register, words: Sequence[int]) -> str:
     _check_words(reg, words)
+    if reg.text_encoding == "utf-16":
+        data = struct.pack(f">{len(words)}H", *words)
+        try:
+            return data.decode("utf-16-be").rstrip("\x00 ")
+        except UnicodeDecodeError as exc:
+            raise BadValue(reg.name, f"text is not UTF-16: {exc}") from exc
     # Text is stored in reading order whatever the device's word order for numbers.
     try:
         text = ModbusClientMixin.convert_from_registers(list(words), _DT.STRING)
@@ -114,6 +127,12 @@ def encode(reg: Register, value: Value | None) -> list[int]:
     if reg.type is ValueType.STRING:
         if not isinstance(value, str):
             raise BadValue(reg.name, f"expected text, got {value!r}")
+        if reg.text_encoding == "utf-16":
+            data = value.encode("utf-16-be")
+            if len(data) > 2 * reg.words:
+                raise BadValue(reg.name, f"text longer than {reg.words} characters: {value!r}")
+            data += b"\x00" * (2 * reg.words - len(data))
+            return list(struct.unpack(f">{reg.words}H", data))
         size = len(value.encode("utf-8"))
         if size > 2 * reg.words:
             raise BadValue(reg.name, f"text longer than {reg.words} registers: {value!r}")
@@ -146,6 +165,11 @@ def encode(reg: Register, value: Value | None) -> list[int]:
             f"{_shown(value)}{unit} is outside what {reg.type} with scale {reg.scale:g} holds "
             f"({lo * reg.scale:g} to {hi * reg.scale:g})",
         )
+    if reg.mask is not None:
+        shift = _shift(reg.mask)
+        if whole < 0 or (whole << shift) & ~reg.mask:
+            raise BadValue(reg.name, f"{_shown(value)} does not fit the bits {reg.mask:#x}")
+        whole <<= shift
     return _pack(reg, whole)
 
 
@@ -153,7 +177,7 @@ def encoder(reg: Register) -> Callable[[Value | None], list[int]]:
     """`encode` for one register, with its type, scale and range worked out once (a device
     written or served every second encodes the same registers again and again)."""
     number = _NUMBER.get(reg.type)
-    if number is None:
+    if number is None or reg.mask is not None:
         return partial(encode, reg)
     pack = number[0].pack
     unpack = number[1].unpack
@@ -245,8 +269,9 @@ class BlockDecoder:
         self._others: list[Register] = []
         for reg in block.registers:
             number = _NUMBER.get(reg.type)
-            if number is None or reg.word_order == "little":
-                self._others.append(reg)  # text, or words to turn round: one at a time
+            if number is None or reg.word_order == "little" or reg.mask is not None:
+                # Text, words to turn round or bits to pick out: one at a time.
+                self._others.append(reg)
                 continue
             offset = 2 * (reg.address - block.address)
             ones = 2 * reg.words if reg.unavailable_all_ones else 0

@@ -1,7 +1,8 @@
 """Vestel EVC04 chargers (also Webasto Next / Unite).
 
 Whole amps with FC6; the fail-safe is the life bit plus a writable communication timeout and
-failsafe current. The charger has no read-back of its applied limit: whether it follows is judged
+failsafe current. The charging current register reads back what was written, not the limit the
+charger applies (after a timeout it applies the failsafe current): whether it follows is judged
 from the power it draws.
 """
 

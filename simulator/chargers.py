@@ -13,13 +13,20 @@ through its make's map, in amps per phase, and reacts to writes as the make does
   timer (0x4106); on expiry the wallbox falls back to its installer's current.
 
 Like every `DeviceModel`, values are in the project's units (A, V, kW, kWh, s); `RegisterBank`
-encodes them in each register's unit. The installer's fallback currents (Alfen's safe current, ABB's fallback) are taken from the
-station config's `fallback_kw`, as a commissioning engineer would set them.
+encodes them in each register's unit. The installer's fallback currents (Alfen's safe current,
+ABB's fallback) are taken from the station config's `fallback_kw`, as a commissioning engineer
+would set them.
+
+A charger's rating is a current, and its power is that current's rounded product: a 22 kW
+three-phase charger is 32 A (3 x 32 A x 230 V = 22.08 kW), an 11 kW one 16 A, a 7.4 kW single-phase
+one 32 A. The nameplate current is the whole amp nearest the station's power rating; the charger
+takes any current up to it, and the pile's physics holds the power to its rating.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 
 from base.clock import Clock
@@ -47,8 +54,8 @@ class AcChargerModel:
 
     @property
     def max_current_a(self) -> float:
-        """The charger's rated current per phase."""
-        return math.floor(self.pile.config.max_kw / self.kw_per_amp + 1e-9)
+        """The charger's rated current per phase: its nameplate, in whole amps."""
+        return float(round(self.pile.config.max_kw / self.kw_per_amp))
 
     def amps(self, kw: float) -> float:
         """kW to amps per phase."""
@@ -72,7 +79,8 @@ class AcChargerModel:
         if amps < self.min_current_a:
             self.pile.command(now, 0.0, PileMode.IDLE)
         else:
-            self.pile.command(now, amps * self.kw_per_amp, PileMode.CHARGE)
+            kw = min(amps * self.kw_per_amp, self.pile.max_charge_kw)
+            self.pile.command(now, kw, PileMode.CHARGE)
         self.writes += 1
 
     def electrical(self) -> dict[str, Value | None]:
@@ -89,6 +97,44 @@ class AcChargerModel:
             values[f"power_l{index}"] = per_phase_kw if live else 0.0
         return values
 
+    def measurements(self) -> dict[str, Value | None]:
+        """`electrical` and what a charger's own meter adds: line-to-line voltages, neutral and
+        summed currents, power factors, apparent and reactive powers, energy per phase.
+
+        A vehicle's charger draws at unity power factor: apparent power is real power and
+        reactive power is 0; three balanced phases leave no neutral current.
+        """
+        values = self.electrical()
+        line = self.voltage_v * math.sqrt(3)
+        currents = [float(values[f"current_l{i}"] or 0.0) for i in (1, 2, 3)]
+        energy = self.pile.energy_import_kwh
+        exported = self.pile.energy_export_kwh
+        live = [
+            c > 0 or self.phases == 3 or self.pile.config.phase == f"L{i}"
+            for i, c in zip((1, 2, 3), currents, strict=True)
+        ]
+        shares = sum(live)
+        for index, (amps, on) in enumerate(zip(currents, live, strict=True), start=1):
+            values[f"power_factor_l{index}"] = 1.0 if amps > 0 else 0.0
+            values[f"apparent_power_l{index}"] = 1000 * float(values[f"power_l{index}"] or 0.0)
+            values[f"reactive_power_l{index}"] = 0.0
+            values[f"energy_import_l{index}"] = energy / shares if on else 0.0
+            values[f"energy_export_l{index}"] = exported / shares if on else 0.0
+        values.update(
+            {
+                "voltage_l1_l2": line,
+                "voltage_l2_l3": line,
+                "voltage_l3_l1": line,
+                "current_n": 0.0 if self.phases == 3 else max(currents),
+                "current_sum": sum(currents),
+                "power_factor": 1.0 if any(currents) else 0.0,
+                "frequency": 50.0,
+                "apparent_power": 1000 * float(values["power"] or 0.0),
+                "reactive_power": 0.0,
+            }
+        )
+        return values
+
 
 class AlfenModel(AcChargerModel):
     """One socket (and its station unit) of an Alfen NG9xx."""
@@ -101,6 +147,7 @@ class AlfenModel(AcChargerModel):
         self.setpoint_a: float | None = None
         self.scn_max_a = [self.max_current_a] * 3
         self.phases_setting: int = self.phases
+        self.started = clock.now()
 
     def reboot(self) -> None:
         """A power cycle: the Modbus setpoint is lost, the socket runs on its safe current."""
@@ -124,9 +171,30 @@ class AlfenModel(AcChargerModel):
         pile = self.pile
         in_use = self.setpoint_a is not None and not pile.timed_out(now)
         applied = self.amps(pile.applied_kw) if in_use else self.safe_current_a
-        values = self.electrical()
+        values = self.measurements()
+        date = time.gmtime(now)
         values.update(
             {
+                "name": "ALF_1000",
+                "manufacturer": "Alfen NV",
+                "table_version": 1,
+                "firmware_version": "6.4.0-4210",
+                "platform_type": "NG910",
+                "serial_number": f"ACE{_digits(self.pile.id, 7)}",
+                "date_year": date.tm_year,
+                "date_month": date.tm_mon,
+                "date_day": date.tm_mday,
+                "time_hour": date.tm_hour,
+                "time_minute": date.tm_min,
+                "time_second": date.tm_sec,
+                "uptime": round(1000 * (now - self.started)),
+                "time_zone": 0,
+                "temperature": 31.5,
+                "ocpp_state": 0,
+                "sockets": 1,
+                "meter_state": 3,  # initialised and updated
+                "meter_timestamp": 0,
+                "meter_type": 0,
                 "station_max_current": float(self.max_current_a),
                 "scn_max_current_l1": self.scn_max_a[0],
                 "scn_max_current_l2": self.scn_max_a[1],
@@ -167,6 +235,7 @@ class VestelModel(AcChargerModel):
         super().__init__(pile, regmap, clock)
         self.failsafe_current_a: float = math.floor(self.amps(pile.fallback_kw) + 1e-9)
         self.power_limit_kw: float | None = None
+        self.setpoint_a: float = 0.0
         self.session_started = clock.now()
         self.session_seen = pile.session_id
 
@@ -189,6 +258,14 @@ class VestelModel(AcChargerModel):
         values = self.electrical()
         values.update(
             {
+                "serial_number": f"EVC04{_digits(pile.id, 10)}",
+                "brand": "Vestel",
+                "model": "EVC04",
+                "firmware_version": "v3.187.0",
+                "number_of_phases": 1 if self.phases == 3 else 0,
+                "equipment_state": 2 if pile.fault_code else 1,
+                "rfid_tag": "",
+                "setpoint": self.setpoint_a,
                 "cp_state": cp_state,
                 "charging": 1 if charging else 0,
                 "cable_state": cable,
@@ -219,13 +296,22 @@ class VestelModel(AcChargerModel):
             self.power_limit_kw = values["power_limit"]
         if "setpoint" in values:
             amps = values["setpoint"]
+            if amps > self.max_current_a:
+                raise Rejected(
+                    f"current {amps:g} A is above the rating of {self.max_current_a:g} A"
+                )
             if self.power_limit_kw is not None:
                 amps = min(amps, math.floor(self.power_limit_kw / self.kw_per_amp))
             self.apply(amps)
+            self.setpoint_a = values["setpoint"]
         if "life_bit" in values:
             if values["life_bit"] != 1:
                 raise Rejected("the life bit takes 1")
             self.pile.heartbeat(now)
+
+
+# ABB's state byte has bit 7 set while the current limit is below the rated current.
+_BELOW_RATED = 0x80
 
 
 class AbbTerraModel(AcChargerModel):
@@ -252,9 +338,15 @@ class AbbTerraModel(AcChargerModel):
             applied = self.amps(pile.fallback_kw)
         else:
             applied = self.limit_a
+        if state and applied < self.max_current_a:
+            state |= _BELOW_RATED
         values = self.electrical()
         values.update(
             {
+                "serial_number": int(_digits(pile.id, 12), 16),
+                "firmware_version": 0x01060600,  # 1.6.6
+                "error_code": pile.fault_code,
+                "socket_lock": 0 if vehicle is None else 0x0111,
                 "max_rated_current": float(self.max_current_a),
                 "state": state,
                 "applied_current": applied,
@@ -271,6 +363,12 @@ class AbbTerraModel(AcChargerModel):
             amps = values["setpoint"]
             self.apply(amps)
             self.limit_a = amps
+
+
+def _digits(text: str, count: int) -> str:
+    """`count` decimal digits that stand for `text` (a plausible serial number for a pile)."""
+    number = int.from_bytes(text.encode("utf-8")[-8:], "big") % 10**count
+    return f"{number:0{count}d}"
 
 
 CHARGER_MODELS: dict[str, type[AcChargerModel]] = {

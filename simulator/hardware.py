@@ -15,9 +15,6 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from pymodbus.constants import ExcCodes
-from pymodbus.simulator import DataType, SimData, SimDevice
-
 from base.clock import Clock, Ticker, stop_task
 from base.config import DeviceEndpoint, Station
 from base.loading import ConfigError
@@ -36,12 +33,6 @@ log = logging.getLogger(__name__)
 
 class SimulatorError(Exception):
     """The simulator cannot start (a port is taken, the station has no [simulator] section)."""
-
-
-async def _no_such_unit(
-    _fc: int, _start: int, _address: int, _count: int, _regs: list[int], _values: object
-) -> ExcCodes | None:
-    return ExcCodes.GATEWAY_NO_RESPONSE
 
 
 class StationSimulator:
@@ -115,16 +106,7 @@ class StationSimulator:
     async def _serve(
         self, host: str, port: int, banks: list[tuple[DeviceEndpoint, RegisterBank]]
     ) -> DeviceServer:
-        devices: list[SimDevice] = [d for _, bank in banks for d in bank.devices()]
-        if all(d.id != 0 for d in devices):
-            # Answer requests for unknown unit ids like a gateway would, not with a crash.
-            devices.append(
-                SimDevice(
-                    0,
-                    simdata=[SimData(0, values=0, datatype=DataType.REGISTERS)],
-                    action=_no_such_unit,
-                )
-            )
+        units = {unit: bank for _, bank in banks for unit in bank.units}
         names = ", ".join(endpoint.id for endpoint, _ in banks)
         sslctx = None
         if any(endpoint.protocol == "modbus-tls" for endpoint, _ in banks):
@@ -139,7 +121,7 @@ class StationSimulator:
         limits = [m.max_connections for m in maps if m.max_connections is not None]
         idles = [m.idle_timeout_s for m in maps if m.idle_timeout_s is not None]
         server = DeviceServer(
-            devices,
+            units,
             address=(host, port),
             clock=self.clock,
             name=f"{host}:{port} ({names})",

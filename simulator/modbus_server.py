@@ -1,11 +1,19 @@
-"""Modbus TCP (and TLS) servers that keep a device's connection rules.
+"""Modbus TCP (and TLS) servers that answer as the devices do, and keep their connection rules.
+
+pymodbus listens and holds the connections; each request is taken apart and answered here from
+the devices' register banks, in the order the Modbus application protocol (V1.1b3, section 6 and
+its state diagrams) gives a server: an absent unit id is answered as a gateway does (0x0B), a
+function code the device does not answer with exception 01, a quantity out of range or a request
+of the wrong length with 03, an address the device does not have with 02, a value it refuses
+with 03, and every exception response carries the request's function code with bit 7 set. A
+frame whose MBAP header is not Modbus (protocol id other than 0, a length below 2) is discarded;
+one longer than any Modbus frame closes the connection.
 
 Some devices accept only a few masters at once and close a connection that stays idle (the Alfen
-NG9xx: 2 masters, 60 s). `DeviceServer` enforces both on top of pymodbus's server: a connection
-beyond `max_connections` is closed as soon as it opens, and `close_idle(now)` (called by the
-simulator on its clock) closes connections that have sent nothing for `idle_timeout_s`. A fault
-script may make the server silent (requests heard, never answered), late, or drop and refuse
-connections (`gate`).
+NG9xx: 2 masters, 60 s). `DeviceServer` enforces both: a connection beyond `max_connections` is
+closed as soon as it opens, and `close_idle(now)` (called by the simulator on its clock) closes
+connections that have sent nothing for `idle_timeout_s`. A fault script may make the server
+silent (requests heard, never answered), late, or drop and refuse connections (`gate`).
 """
 
 from __future__ import annotations
@@ -13,17 +21,74 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTlsServer
 from pymodbus.server.requesthandler import ServerRequestHandler
-from pymodbus.simulator import SimDevice
 
 from base.clock import Clock
 from simulator.faults import FaultKind
+from simulator.registers import RegisterBank
 
 log = logging.getLogger(__name__)
+
+_MBAP = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id
+_ADDRESS_COUNT = struct.Struct(">HH")
+# The MBAP length counts the unit id and the PDU; a PDU is at most 253 bytes.
+_MAX_LENGTH = 254
+_MAX_READ = 125  # registers in one FC3/FC4 response
+_MAX_WRITE = 123  # registers in one FC16 request
+
+
+def exception_pdu(function_code: int, code: int) -> bytes:
+    """An exception response: the function code with bit 7 set, then the exception code."""
+    return bytes(((function_code | 0x80) & 0xFF, code))
+
+
+def answer(banks: Mapping[int, RegisterBank], unit: int, pdu: bytes) -> bytes:
+    """The response PDU a device (or the gateway in front of it) gives to a request PDU."""
+    function_code = pdu[0]
+    bank = banks.get(unit)
+    if bank is None:
+        return exception_pdu(function_code, ExcCodes.GATEWAY_NO_RESPONSE)
+    if function_code not in bank.map.function_codes:
+        return exception_pdu(function_code, ExcCodes.ILLEGAL_FUNCTION)
+    data = pdu[1:]
+    if function_code in (3, 4):
+        if len(data) != 4:
+            return exception_pdu(function_code, ExcCodes.ILLEGAL_VALUE)
+        address, count = _ADDRESS_COUNT.unpack(data)
+        if not 1 <= count <= _MAX_READ:
+            return exception_pdu(function_code, ExcCodes.ILLEGAL_VALUE)
+        if address + count > 0x10000:
+            return exception_pdu(function_code, ExcCodes.ILLEGAL_ADDRESS)
+        words = bank.read_words(unit, function_code, address, count)
+        if isinstance(words, ExcCodes):
+            return exception_pdu(function_code, words)
+        return bytes((function_code, 2 * count)) + struct.pack(f">{count}H", *words)
+    if function_code == 6:
+        if len(data) != 4:
+            return exception_pdu(function_code, ExcCodes.ILLEGAL_VALUE)
+        address, value = _ADDRESS_COUNT.unpack(data)
+        refusal = bank.write_words(unit, 6, address, [value])
+        return pdu if refusal is None else exception_pdu(function_code, refusal)
+    # FC16, the only other function code a map may list.
+    if len(data) < 5:
+        return exception_pdu(function_code, ExcCodes.ILLEGAL_VALUE)
+    address, count = _ADDRESS_COUNT.unpack_from(data)
+    size = data[4]
+    if not 1 <= count <= _MAX_WRITE or size != 2 * count or len(data) != 5 + size:
+        return exception_pdu(function_code, ExcCodes.ILLEGAL_VALUE)
+    if address + count > 0x10000:
+        return exception_pdu(function_code, ExcCodes.ILLEGAL_ADDRESS)
+    words = list(struct.unpack_from(f">{count}H", data, 5))
+    refusal = bank.write_words(unit, 16, address, words)
+    if refusal is not None:
+        return exception_pdu(function_code, refusal)
+    return pdu[:5]
 
 
 class _Connection(ServerRequestHandler):
@@ -35,6 +100,8 @@ class _Connection(ServerRequestHandler):
         super().callback_connected()
         server = self.server
         self.last_active = server.clock.now()
+        # pymodbus's framer keeps one frame at most; requests sent back to back need more.
+        self.max_buffer_size = 64 * (_MAX_LENGTH + 6)
         if server.gate is not None and server.gate() is FaultKind.DROPPED:
             self.transport.close()
             return
@@ -46,22 +113,55 @@ class _Connection(ServerRequestHandler):
 
     def callback_data(self, data: bytes, addr: tuple[Any, ...] | None = None) -> int:
         self.last_active = self.server.clock.now()
+        used, frames = self._frames(data)
+        if not frames:
+            return used
         access = None if self.server.gate is None else self.server.gate()
         if access is FaultKind.DROPPED:
             self.transport.close()
             return len(data)
         if access is FaultKind.SILENT:
-            return len(data)  # heard, never answered
+            return used  # heard, never answered
         if isinstance(access, float):
-            # Answered late: the request is handled after the latency (real seconds).
-            asyncio.get_running_loop().call_later(access, self._late, data, addr)
-            return len(data)
-        used: int = super().callback_data(data, addr)
+            # Answered late: the requests are handled after the latency (real seconds).
+            asyncio.get_running_loop().call_later(access, self._respond, frames)
+            return used
+        self._respond(frames)
         return used
 
-    def _late(self, data: bytes, addr: tuple[Any, ...] | None) -> None:
-        if not self.transport.is_closing():
-            super().callback_data(data, addr)
+    def _frames(self, data: bytes) -> tuple[int, list[tuple[int, int, bytes]]]:
+        """The complete frames at the start of `data` (transaction id, unit id, PDU) and the
+        bytes they take; a frame not yet complete waits for the rest."""
+        used = 0
+        frames = []
+        while len(data) - used >= _MBAP.size:
+            transaction, protocol, length, unit = _MBAP.unpack_from(data, used)
+            if length > _MAX_LENGTH:
+                # No Modbus frame is this long: the stream cannot be trusted to be framed.
+                log.info(
+                    "%s: closing a connection that sent a %d-byte frame", self.server.name, length
+                )
+                self.transport.close()
+                return len(data), []
+            end = used + 6 + length
+            if len(data) < end:
+                break
+            pdu = data[used + _MBAP.size : end]
+            used = end
+            if protocol == 0 and pdu:
+                frames.append((transaction, unit, pdu))
+        return used, frames
+
+    def _respond(self, frames: list[tuple[int, int, bytes]]) -> None:
+        transport = self.transport
+        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+            return
+        banks = self.server.banks
+        for transaction, unit, pdu in frames:
+            response = answer(banks, unit, pdu)
+            header = _MBAP.pack(transaction, 0, len(response) + 1, unit)
+            # Straight to the socket: pymodbus's `send` would drop a request still arriving.
+            transport.write(header + response)
 
 
 class DeviceServer(ModbusTlsServer):
@@ -73,7 +173,7 @@ class DeviceServer(ModbusTlsServer):
 
     def __init__(
         self,
-        devices: list[SimDevice],
+        banks: Mapping[int, RegisterBank],
         *,
         address: tuple[str, int],
         clock: Clock,
@@ -83,7 +183,9 @@ class DeviceServer(ModbusTlsServer):
         idle_timeout_s: float | None = None,
         gate: Callable[[], FaultKind | float | None] | None = None,
     ) -> None:
-        """`gate` says how a request is treated now (a fault script's `access`)."""
+        """`banks`: the bank that answers for each unit id; `gate` says how a request is
+        treated now (a fault script's `access`)."""
+        self.banks = dict(banks)
         self.clock = clock
         self.gate = gate
         self.name = name
@@ -93,9 +195,9 @@ class DeviceServer(ModbusTlsServer):
         self.closed_idle = 0
         if sslctx is None:
             # pymodbus picks TLS framing from `tls_setup`; without it this is a TCP server.
-            super(ModbusTlsServer, self).__init__(devices, address=address)
+            super(ModbusTlsServer, self).__init__([], address=address)
         else:
-            super().__init__(devices, address=address, sslctx=sslctx)
+            super().__init__([], address=address, sslctx=sslctx)
 
     def callback_new_connection(self) -> _Connection:
         """A connection that knows its server's rules."""

@@ -1,12 +1,13 @@
 """The plant's devices as register banks: what a Modbus client reads and writes.
 
-A `RegisterBank` turns one device of the plant into pymodbus `SimDevice`s through the same
-`RegisterMap` the driver uses. Registers are filled from the model when a client reads them, and
-writes are decoded and handed to the model, which may refuse them. The bank enforces what real
-devices enforce: only the function codes the map allows, no read of an address it does not have,
-no write of half a multi-register value, no write to a read-only register. The fast simulation's
-in-process transport (`simulator.inprocess`) asks the same bank the same requests without a
-server (`read_words`, `write_words`).
+A `RegisterBank` shows one device of the plant through the same `RegisterMap` the driver uses.
+Registers are filled from the model when a client reads them, and writes are decoded and handed
+to the model, which may refuse them. The bank answers what real devices answer: exception 01 for
+a function code the device does not answer, 02 for an address it does not have or that the
+function code cannot read or write (a write-only register read, a read-only one written), 03
+for half a multi-register value or a value the device refuses. The Modbus servers
+(`simulator.modbus_server`) and the fast simulation's in-process transport
+(`simulator.inprocess`) ask the same bank the same requests (`read_words`, `write_words`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pymodbus.constants import ExcCodes
-from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
 from base.clock import Clock
 from base.devicemap import UNIT_SCALE, PileMode, Register, RegisterMap, Value
@@ -53,6 +53,7 @@ class _Request:
     gaps: bool  # it leaves an address no register serves
     read_fcs: frozenset[int]  # the function codes that may read every register it touches
     whole: bool  # it covers every register it touches whole (a write must)
+    writable: bool  # every register it touches may be written
     fields: list[_Field]
     names: tuple[str, ...]  # of the registers it touches
     # Where its float registers are among `names`: equal values of those encode alike unless
@@ -61,7 +62,7 @@ class _Request:
 
 
 class RegisterBank:
-    """One device's registers, served by pymodbus and backed by a `DeviceModel`."""
+    """One device's registers, backed by a `DeviceModel`."""
 
     def __init__(self, regmap: RegisterMap, model: DeviceModel, unit_id: int) -> None:
         self.map = regmap
@@ -88,47 +89,6 @@ class RegisterBank:
         """The unit ids the bank answers for (a map may put registers on several)."""
         return tuple(self._by_unit)
 
-    def devices(self) -> list[SimDevice]:
-        """One pymodbus `SimDevice` per unit id the map uses."""
-        devices = []
-        for unit, regs in self._by_unit.items():
-            blocks = [
-                SimData(
-                    address=reg.address,
-                    count=reg.words,
-                    values=0,
-                    datatype=DataType.REGISTERS,
-                    readonly=not reg.access.writable,
-                )
-                for reg in regs
-            ]
-            devices.append(SimDevice(unit, simdata=blocks, action=self._action_for(unit)))
-        return devices
-
-    def _action_for(self, unit: int) -> SimAction:
-        regs = self._by_unit[unit]
-
-        async def action(
-            function_code: int,
-            start_address: int,
-            address: int,
-            count: int,
-            registers: list[int],
-            set_values: list[int] | list[bool] | None,
-        ) -> ExcCodes | None:
-            touched = [r for r in regs if r.address < address + count and r.end > address]
-            if set_values is None and function_code in (6, 16):
-                # pymodbus reads the words back to echo a write in its response: not a read.
-                return None
-            if set_values is None:
-                return self._read(function_code, start_address, touched, registers)
-            written = list(map(int, set_values))
-            whole = _whole(address, count, touched)
-            decoded = self._decode(function_code, address, touched, written, whole)
-            return decoded if isinstance(decoded, ExcCodes) else self._apply(decoded)
-
-        return action
-
     def read_words(
         self,
         unit: int,
@@ -137,13 +97,13 @@ class RegisterBank:
         count: int,
         values: Mapping[str, Value | None] | None = None,
     ) -> list[int] | ExcCodes:
-        """A read request answered without a server: its words, or the exception a server
-        answers (`values`: the model's, if already taken this instant)."""
-        request = self._request(unit, address, count)
-        if request.gaps:
-            return ExcCodes.ILLEGAL_ADDRESS
-        if function_code not in request.read_fcs:
+        """A read request's words, or the exception the device answers (`values`: the model's,
+        if already taken this instant)."""
+        if function_code not in self.map.function_codes or function_code not in (3, 4):
             return ExcCodes.ILLEGAL_FUNCTION
+        request = self._request(unit, address, count)
+        if request.gaps or function_code not in request.read_fcs:
+            return ExcCodes.ILLEGAL_ADDRESS
         if values is None:
             values = self.model.values()
         shown = tuple(map(values.get, request.names))
@@ -158,9 +118,11 @@ class RegisterBank:
     def write_words(
         self, unit: int, function_code: int, address: int, words: list[int]
     ) -> ExcCodes | None:
-        """A write request handled without a server: None, or the exception a server answers."""
+        """A write request handed to the model: None, or the exception the device answers."""
+        if function_code not in self.map.function_codes or function_code not in (6, 16):
+            return ExcCodes.ILLEGAL_FUNCTION
         request = self._request(unit, address, len(words))
-        if request.gaps:
+        if request.gaps or not request.writable:
             return ExcCodes.ILLEGAL_ADDRESS
         last = self._written.get(request.key)
         if last is not None and last[0] == words and last[1] == function_code:
@@ -187,6 +149,7 @@ class RegisterBank:
                 served < count,
                 frozenset[int].intersection(*fcs) if fcs else frozenset[int](),
                 _whole(address, count, touched),
+                all(r.access.writable for r in touched),
                 self._fields(address, touched),
                 tuple(r.name for r in touched),
                 tuple(i for i, r in enumerate(touched) if r.type.is_float),
@@ -206,18 +169,6 @@ class RegisterBank:
             )
             for reg in touched
         ]
-
-    def _read(
-        self,
-        function_code: int,
-        start: int,
-        touched: list[Register],
-        registers: list[int],
-    ) -> ExcCodes | None:
-        if any(not r.access.readable or function_code not in r.read_fcs for r in touched):
-            return ExcCodes.ILLEGAL_FUNCTION
-        self._fill(self._fields(start, touched), registers, self.model.values())
-        return None
 
     def _fill(
         self, fields: list[_Field], registers: list[int], values: Mapping[str, Value | None]
@@ -250,8 +201,6 @@ class RegisterBank:
     ) -> dict[str, float] | ExcCodes:
         """A write request's values as the model takes them, or the exception it is answered."""
         refusal = None
-        if function_code not in (6, 16):
-            return ExcCodes.ILLEGAL_FUNCTION
         if not whole:
             # Half of a multi-register value: real devices refuse it rather than apply garbage.
             refusal = ExcCodes.ILLEGAL_VALUE
@@ -407,6 +356,10 @@ class MeterRegisters:
             values[f"voltage_l{phase}"] = voltage
             values[f"current_l{phase}"] = current
             values[f"power_l{phase}"] = phase_kw
+        line = voltage * math.sqrt(3)
+        # Balanced phases: line-to-line voltages are sqrt(3) times the phase voltage, and the
+        # phase currents' vector sum is 0.
+        values.update(voltage_l1_l2=line, voltage_l2_l3=line, voltage_l3_l1=line, current_sum=0.0)
         if self.faults is not None and self.plant.now is not None:
             values = self.faults.meter_values(self.device_id, self.plant.now, values)
         return values

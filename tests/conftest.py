@@ -193,7 +193,7 @@ def station(reference: Station) -> Station:
 
 def system_program(name: str) -> str | None:
     """Where `name` is installed, on PATH or in /usr/bin or /usr/sbin, or None. The programs of
-    the Debian packages some tests run (chromium, victoria-metrics) are installed by
+    the Debian packages some tests run (chromium, victoria-metrics, mbpoll) are installed by
     `make system-deps`, never by a test."""
     found = shutil.which(name)
     if found is not None:

@@ -129,13 +129,17 @@ async def test_every_register_of_each_charger_map_reads_what_the_charger_holds(r
             else:
                 assert value == want, name
 
+        if rig.pile_id == "ABB1":
+            # C2 with bit 7 of the state byte set: 12 A is below the rated 32 A.
+            assert raw["state"] == 0x84
         reading = await rig.charger.read()
         assert reading.state is PileState.CHARGING
         assert reading.power_kw == pytest.approx(12 * 3 * 230 / 1000, abs=0.01)
         assert reading.power_kw == pytest.approx(rig.model.pile.power_kw, abs=0.01)
         assert all(c == pytest.approx(12.0, abs=0.01) for c in reading.currents_a)
         assert all(v == pytest.approx(230.0, abs=0.1) for v in reading.voltages_v)
-        assert reading.max_current_a == pytest.approx(31.0 if rig.pile_id != "VES1" else 15.0)
+        # Nameplate currents: 22 kW three-phase is 32 A, 11 kW is 16 A.
+        assert reading.max_current_a == pytest.approx(32.0 if rig.pile_id != "VES1" else 16.0)
         assert reading.min_current_a == pytest.approx(6.0)
         assert reading.setpoint_unused == ""
         assert reading.commanded_a == pytest.approx(12.0)
@@ -332,11 +336,16 @@ async def test_make_rules_are_enforced_on_the_wire(mixed: Station) -> None:
                 v = await client(vestel.port)
                 cases += [
                     (
-                        "Vestel: read the write-only setpoint",
-                        v.read_holding_registers(5004, count=1, device_id=255),
-                        1,
+                        "Vestel: read the write-only life bit",
+                        v.read_holding_registers(6000, count=1, device_id=255),
+                        2,
                     ),
                     ("Vestel: life bit 2", v.write_register(6000, 2, device_id=255), 3),
+                    (
+                        "Vestel: 17 A on a 16 A charger",
+                        v.write_register(5004, 17, device_id=255),
+                        3,
+                    ),
                 ]
                 b = await client(abb.port)
                 cases += [
@@ -346,6 +355,7 @@ async def test_make_rules_are_enforced_on_the_wire(mixed: Station) -> None:
                         b.write_registers(0x4100, [0, 40_000], device_id=1),
                         3,
                     ),
+                    ("ABB: FC4", b.read_input_registers(0x4006, count=2, device_id=1), 1),
                 ]
                 for what, request, code in cases:
                     response = await request
@@ -354,7 +364,16 @@ async def test_make_rules_are_enforced_on_the_wire(mixed: Station) -> None:
                 # Vestel answers FC3 and FC4 alike.
                 fc3 = await v.read_holding_registers(1100, count=1, device_id=255)
                 fc4 = await v.read_input_registers(1100, count=1, device_id=255)
-                assert fc3.registers == fc4.registers == [15]
+                assert fc3.registers == fc4.registers == [16]
+                # Nameplate currents are taken, and Vestel's read back with FC3 (as evcc does).
+                for what, request in [
+                    ("Alfen 32 A", a.write_registers(1210, [0x4200, 0], device_id=1)),
+                    ("Vestel 16 A", v.write_register(5004, 16, device_id=255)),
+                    ("ABB 32,000 mA", b.write_registers(0x4100, [0, 32_000], device_id=1)),
+                ]:
+                    assert not (await request).isError(), what
+                back = await v.read_holding_registers(5004, count=1, device_id=255)
+                assert back.registers == [16]
 
                 # A third master is turned away; the first two keep working.
                 a2 = await client(alfen.port)

@@ -117,14 +117,14 @@ def test_reference_tariff_spread_is_0_63() -> None:
 
 
 def test_reference_station_loads_janitza_meter_map() -> None:
-    """The station's meter map is the Janitza map: FC3, f32 power in W at 19026."""
+    """The station's meter map is the Janitza map: FC3 (or FC4), f32 power in W at 19026."""
     station = load_station(REFERENCE_STATION)
     meter = station.map_for("janitza-umg96rm-e")
     assert meter.kind == "meter"
     assert meter.title == "Janitza UMG 96RM-E"
     power = meter["power"]
     assert (power.address, power.type, power.unit, power.words) == (19026, ValueType.F32, "W", 2)
-    assert power.read_fcs == frozenset({3})
+    assert power.read_fcs == frozenset({3, 4})
     assert meter["energy_import"].unit == "Wh"
 
 
@@ -195,7 +195,13 @@ def test_real_device_maps_are_as_documented() -> None:
     assert _facts(vestel, "current_l1") == (1008, "u16", 1.0, "mA", "big", 255, (3, 4), None)
     assert _facts(vestel, "power") == (1020, "u32", 1.0, "W", "big", 255, (3, 4), None)
     assert _facts(vestel, "energy_import")[:4] == (1036, "u32", 0.1, "kWh")
-    assert _facts(vestel, "setpoint") == (5004, "u16", 1.0, "A", "big", 255, (), 6)
+    # evcc reads the charging current back with FC3.
+    assert _facts(vestel, "setpoint") == (5004, "u16", 1.0, "A", "big", 255, (3, 4), 6)
+    assert vestel["firmware_version"].address == 230 and vestel["firmware_version"].words == 50
+    assert vestel["firmware_version"].text_encoding == "utf-16"
+    assert _facts(vestel, "error_code")[:2] == (1006, "u32")
+    assert vestel.function_codes == frozenset({3, 4, 6, 16})
+    assert alfen.function_codes == frozenset({3, 6, 16})
     assert _facts(vestel, "power_limit") == (5000, "u32", 1.0, "W", "big", 255, (), 16)
     assert _facts(vestel, "life_bit")[0] == 6000 and vestel["life_bit"].access is Access.W
     assert (vestel["failsafe_current"].address, vestel["comm_timeout"].address) == (2000, 2002)
@@ -203,6 +209,15 @@ def test_real_device_maps_are_as_documented() -> None:
     assert _facts(abb, "voltage_l1") == (0x4016, "u32", 0.1, "V", "big", 1, (3,), None)
     assert _facts(abb, "comm_timeout") == (0x4106, "u16", 1.0, "s", "big", 1, (), 16)
     assert abb.enums["state"][4] == "C2"
+    # The state is a byte of the second register: bits 8-15 of the pair, bit 7 of the byte set
+    # below the rated current.
+    assert _facts(abb, "state")[:2] == (0x400C, "u32") and abb["state"].mask == 0xFF00
+    assert abb.enums["state"][0x84] == "C2"
+    assert [abb[n].address for n in ("serial_number", "firmware_version", "error_code")] == [
+        0x4000,
+        0x4004,
+        0x4008,
+    ]
     assert _facts(em24, "power") == (0x28, "i32", 0.1, "W", "little", 1, (4,), None)
     assert _facts(em24, "current_l1")[:4] == (0x0C, "i32", 0.001, "A")
     assert _facts(em24, "energy_export")[:4] == (0x5C, "i32", 0.1, "kWh")

@@ -10,6 +10,7 @@ import asyncio
 import math
 import struct
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -953,3 +954,80 @@ def test_fast_encode_and_decode_agree_with_pymodbus(
     assert encoder(register)(value) == expected
     block = ReadBlock(1, 3, 0, register.words, (register,))
     assert BlockDecoder(block)(expected) == decode_block(block, expected)
+
+
+# --------------------------------------------------------------------------- bit fields and UTF-16
+
+
+def test_masked_field_is_its_bits_shifted_down() -> None:
+    """A field in bits 8-14 of a register pair: 0x0000_8400 holds 4 (bit 15 is not part of it,
+    as ABB's "below the rated current" flag is not part of the IEC 61851 state)."""
+    state = replace(reg(ValueType.U32), mask=0x7F00)
+    assert decode(state, [0x0000, 0x8400]) == 4
+    assert decode(state, [0xFFFF, 0x03FF]) == 3
+    assert encode(state, 4) == [0x0000, 0x0400]
+    assert encoder(state)(2.0) == [0x0000, 0x0200]
+    block = ReadBlock(1, 3, 0, 2, (state,))
+    assert (
+        BlockDecoder(block)([0x0000, 0x8300]) == decode_block(block, [0x0000, 0x8300]) == {"x": 3}
+    )
+
+
+@pytest.mark.parametrize("bad", [0x80, -1, 1000])
+def test_a_value_outside_its_bits_is_bad_value(bad: int) -> None:
+    """A value the mask's bits cannot hold is refused, not written into neighbouring bits."""
+    state = replace(reg(ValueType.U32), mask=0x7F00)
+    with pytest.raises(BadValue, match="does not fit the bits 0x7f00"):
+        encode(replace(state, type=ValueType.I32), bad)
+
+
+@given(
+    st.text(alphabet=st.characters(max_codepoint=0xFFFF, exclude_categories=("Cs",)), max_size=10)
+)
+def test_utf16_text_is_one_character_a_register(text: str) -> None:
+    """Vestel's strings: each register one UTF-16 code unit, NUL-padded (checked with
+    `str.encode`, not the codec)."""
+    text = text.rstrip("\x00 ")
+    field = replace(reg(ValueType.STRING, words=10), text_encoding="utf-16")
+    words = encode(field, text)
+    units = split_words(text.encode("utf-16-be"))
+    assert words == units + [0] * (10 - len(units))
+    assert decode(field, words) == text
+
+
+def test_utf16_text_too_long_is_bad_value() -> None:
+    """Eleven characters do not fit ten registers."""
+    field = replace(reg(ValueType.STRING, words=10), text_encoding="utf-16")
+    with pytest.raises(BadValue, match="longer than 10 characters"):
+        encode(field, "v3.187.0-xx")
+
+
+def test_problems_report_a_mask_or_encoding_where_none_fits() -> None:
+    """A mask on a float or a 64-bit integer, one wider than its type, and a text encoding on a
+    number are each reported."""
+    regmap = make_map(
+        [
+            replace(reg(ValueType.F32, name="f", address=0), mask=0xFF),
+            replace(reg(ValueType.U64, name="wide", address=2), mask=0xFF),
+            replace(reg(ValueType.U16, name="narrow", address=6), mask=0x1_0000),
+            replace(reg(ValueType.U16, name="text", address=7), text_encoding="utf-16"),
+        ]
+    )
+    found = dict(regmap.problems())
+    assert set(found) == {"f", "wide", "narrow", "text"}
+    assert "16- or 32-bit integer" in found["f"] and "does not fit" in found["narrow"]
+    assert "text encoding" in found["text"]
+
+
+def test_problems_report_a_function_code_the_device_does_not_answer() -> None:
+    """A register read with FC4 or written with FC6 on a device said to answer FC3 and FC16
+    only; without `function_codes` the device answers what its registers use."""
+    regs = [
+        reg(ValueType.U16, name="in", address=0, read_fcs=frozenset({4})),
+        reg(ValueType.U16, name="w", address=1, access=Access.RW, write_fc=6),
+    ]
+    regmap = replace(make_map(regs), function_codes=frozenset({3, 16}))
+    found = dict(regmap.problems())
+    assert "function code 4" in found["in"] and "function code 6" in found["w"]
+    assert make_map(regs).function_codes == frozenset({3, 4, 6})
+    assert make_map(regs).problems() == []
