@@ -92,8 +92,9 @@ def on(kind: FaultKind, target: str, value: float | None = None, end: float = F1
 K = FaultKind
 # What the Modbus driver says of a device that does not answer (silent, or closing every
 # connection it is offered): the reference station's first request to its grid meter (the
-# Janitza's voltages) and to a pile (state and SoC), within its 0.5 s I/O timeout.
-METER_SILENT = "meter grid: FC3 19000+6 unit 1: no answer within 0.5 s"
+# Janitza's voltages, currents and powers) and to a pile (all it reads), within its 0.5 s I/O
+# timeout.
+METER_SILENT = "meter grid: FC3 19000+28 unit 1: no answer within 0.5 s"
 
 
 def pile_silent(pile: str) -> str:
