@@ -268,14 +268,21 @@ class _Builder:
         shape = (self.n_rows, self.n_cols)
         if not self.entries_r:
             return sp.csc_matrix(shape)
-        # From coordinates: duplicates are summed and indices sorted on the way.
-        return sp.csc_matrix(
-            (
-                np.concatenate(self.entries_v),
-                (np.concatenate(self.entries_r), np.concatenate(self.entries_c)),
-            ),
-            shape=shape,
-        )
+        rows = np.concatenate(self.entries_r)
+        cols = np.concatenate(self.entries_c)
+        values = np.concatenate(self.entries_v)
+        # Entries by column, then row: the order of a CSC matrix's data.
+        place = cols * shape[0] + rows
+        order = np.argsort(place, kind="stable")
+        place = place[order]
+        if np.any(place[1:] == place[:-1]):
+            # From coordinates: scipy sums the duplicates and sorts the indices on the way.
+            return sp.csc_matrix((values, (rows, cols)), shape=shape)
+        # No duplicates: the same matrix, without scipy's costlier conversion from coordinates.
+        index = np.int32 if max(len(values), *shape) < 2**31 else np.int64
+        indptr = np.zeros(shape[1] + 1, dtype=index)
+        np.cumsum(np.bincount(cols, minlength=shape[1]), out=indptr[1:])
+        return sp.csc_matrix((values[order], rows[order].astype(index), indptr), shape=shape)
 
 
 def _fill(values: object, count: int) -> FloatArray:

@@ -220,13 +220,17 @@ def _update(highs: highspy.Highs, old: LpModel, new: LpModel) -> None:
             highs.changeCoeff(int(new.matrix.indices[k]), int(col_of[k]), float(new.matrix.data[k]))
 
 
-_STATUS = {int(s): s for s in highspy.HighsBasisStatus.__members__.values()}
+_STATUSES = list(highspy.HighsBasisStatus.__members__.values())
+_CODE = {s: int(s) for s in _STATUSES}
+# Each status by its code, so that an array of codes turns into statuses in one indexing.
+_STATUS = np.empty(max(_CODE.values()) + 1, dtype=object)
+_STATUS[list(_CODE.values())] = _STATUSES
 _LOWER = int(highspy.HighsBasisStatus.kLower)
 _BASIC = int(highspy.HighsBasisStatus.kBasic)
 
 
-def _statuses(values: object) -> np.ndarray:
-    return np.fromiter((int(s) for s in values), dtype=np.int8)  # type: ignore[attr-defined]
+def _statuses(values: list[highspy.HighsBasisStatus]) -> np.ndarray:
+    return np.fromiter(map(_CODE.__getitem__, values), dtype=np.int8, count=len(values))
 
 
 def _mapped(
@@ -257,8 +261,8 @@ def _carry_basis(
     # as long as no basic variable went away with a departed vehicle or a passed slot.
     rows = _mapped(old.row_keys, _statuses(previous.row_status), new.row_keys, _BASIC)
     basis = highspy.HighsBasis()
-    basis.col_status = [_STATUS[int(s)] for s in cols]
-    basis.row_status = [_STATUS[int(s)] for s in rows]
+    basis.col_status = _STATUS[cols].tolist()
+    basis.row_status = _STATUS[rows].tolist()
     # Otherwise HiGHS completes it (an "alien" basis): still far closer than starting afresh.
     basis.alien = int(np.count_nonzero(cols == _BASIC) + np.count_nonzero(rows == _BASIC)) != len(
         rows

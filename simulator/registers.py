@@ -170,7 +170,8 @@ class RegisterBank:
         self, unit: int, function_code: int, address: int, words: list[int]
     ) -> ExcCodes | None:
         """A write request handled without a server: None, or the exception a server answers."""
-        request = self._request(unit, address, len(words))
+        count = len(words)
+        request = self._requests.get((unit, address, count)) or self._request(unit, address, count)
         if request.gaps:
             return ExcCodes.ILLEGAL_ADDRESS
         last = self._written.get(request.key)
