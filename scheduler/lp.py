@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -397,6 +397,28 @@ def build_lp(
         peak_cols=peaks,
         slot_names=names,
         tapers=tapers,
+    )
+
+
+def with_cuts(model: LpModel, cuts: Sequence[tuple[str, int]]) -> LpModel:
+    """`model` with the taper rows of `cuts` after its own: the model `build_lp` makes with
+    its cuts followed by these (cut rows come last, each worked out from its own pair alone),
+    without building the rest again."""
+    b = _Builder()
+    b.n_rows, b.n_cols = model.shape
+    _cut_rows(b, model.tapers, model.slot_names, cuts)
+    if not b.row_keys:
+        return model
+    old = model.matrix.tocoo()
+    b.entries_r.insert(0, old.row.astype(np.int64))
+    b.entries_c.insert(0, old.col.astype(np.int64))
+    b.entries_v.insert(0, old.data)
+    return replace(
+        model,
+        matrix=b.matrix(),
+        row_lower=_joined([model.row_lower, *b.row_lower]),
+        row_upper=_joined([model.row_upper, *b.row_upper]),
+        row_keys=_joined_keys([model.row_keys, *b.row_keys]),
     )
 
 

@@ -20,7 +20,7 @@ import time
 import highspy
 import numpy as np
 
-from scheduler.lp import LpModel, build_lp
+from scheduler.lp import LpModel, build_lp, with_cuts
 from scheduler.plan import Plan, PlanStatus
 from scheduler.problem import Problem
 
@@ -127,7 +127,7 @@ class Solver:
         self.last_model = model
         try:
             highs.run()
-            model = self._add_taper_rows(highs, problem, model)
+            model = self._add_taper_rows(highs, model)
         except Exception as exc:  # HiGHS raising is a failed solve, not a crash of the caller
             self._model = None
             return Plan(
@@ -138,7 +138,7 @@ class Solver:
             )
         return _plan(highs, problem, model, started, warm)
 
-    def _add_taper_rows(self, highs: highspy.Highs, problem: Problem, model: LpModel) -> LpModel:
+    def _add_taper_rows(self, highs: highspy.Highs, model: LpModel) -> LpModel:
         """Re-solve with the taper rows the plan broke until it breaks none; the model solved.
 
         Each row is added where it was broken (a plan rarely breaks more than the last slots of
@@ -150,8 +150,10 @@ class Solver:
             broken = model.taper_violations(np.asarray(highs.getSolution().col_value, dtype=float))
             if not broken:
                 return model
-            self._cuts.extend((v, name) for v, names in broken.items() for name in names)
-            model = _append_rows(highs, model, build_lp(problem, cuts=self._cuts))
+            cuts = [(v, name) for v, names in broken.items() for name in names]
+            self._cuts.extend(cuts)
+            # What build_lp(problem, cuts=self._cuts) gives, from the model it extends.
+            model = _append_rows(highs, model, with_cuts(model, cuts))
             self._model = self.last_model = model
             highs.run()
         return model
