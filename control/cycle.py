@@ -16,6 +16,7 @@ the plant on a simulated clock; both through `control.step`.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -383,7 +384,7 @@ class Control:
             departure = min(past.left_at + 86400, horizon_end)
             if arrival <= now + 300 or arrival >= horizon_end or past.wanted_kwh <= 0:
                 continue
-            pile = min(busy_until, key=lambda p: (max(busy_until[p], arrival), -ratings[p]))
+            pile = _first_free(busy_until, ratings, arrival)
             start = max(busy_until[pile], arrival)
             if start >= departure - 60:
                 continue
@@ -509,3 +510,15 @@ class Control:
         self.book.history = list(state.history)
         self.wishes.update(state.wishes)
         return notes
+
+
+def _first_free(busy_until: dict[str, float], ratings: dict[str, float], arrival: float) -> str:
+    """The pile a vehicle arriving at `arrival` gets: the first to be free (from its arrival on),
+    the fastest of those, the first listed of equals."""
+    best, best_at, best_kw = "", math.inf, -math.inf
+    for pile, busy in busy_until.items():
+        at = busy if busy > arrival else arrival
+        kw = ratings[pile]
+        if at < best_at or (at == best_at and kw > best_kw):
+            best, best_at, best_kw = pile, at, kw
+    return best

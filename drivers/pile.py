@@ -164,7 +164,7 @@ class DcPile:
         await self.device.write(
             {
                 "setpoint": from_project_units(regmap["setpoint"], setpoint_kw),
-                "mode": self._mode_codes[mode.value],
+                "mode": self._mode_codes[mode],  # a `PileMode` is its label
                 "heartbeat": 1,
             }
         )

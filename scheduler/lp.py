@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -268,14 +268,21 @@ class _Builder:
         shape = (self.n_rows, self.n_cols)
         if not self.entries_r:
             return sp.csc_matrix(shape)
-        # From coordinates: duplicates are summed and indices sorted on the way.
-        return sp.csc_matrix(
-            (
-                np.concatenate(self.entries_v),
-                (np.concatenate(self.entries_r), np.concatenate(self.entries_c)),
-            ),
-            shape=shape,
-        )
+        rows = np.concatenate(self.entries_r)
+        cols = np.concatenate(self.entries_c)
+        values = np.concatenate(self.entries_v)
+        # Entries by column, then row: the order of a CSC matrix's data.
+        place = cols * shape[0] + rows
+        order = np.argsort(place, kind="stable")
+        place = place[order]
+        if np.any(place[1:] == place[:-1]):
+            # From coordinates: scipy sums the duplicates and sorts the indices on the way.
+            return sp.csc_matrix((values, (rows, cols)), shape=shape)
+        # No duplicates: the same matrix, without scipy's costlier conversion from coordinates.
+        index = np.int32 if max(len(values), *shape) < 2**31 else np.int64
+        indptr = np.zeros(shape[1] + 1, dtype=index)
+        np.cumsum(np.bincount(cols, minlength=shape[1]), out=indptr[1:])
+        return sp.csc_matrix((values[order], rows[order].astype(index), indptr), shape=shape)
 
 
 def _fill(values: object, count: int) -> FloatArray:
@@ -390,6 +397,28 @@ def build_lp(
         peak_cols=peaks,
         slot_names=names,
         tapers=tapers,
+    )
+
+
+def with_cuts(model: LpModel, cuts: Sequence[tuple[str, int]]) -> LpModel:
+    """`model` with the taper rows of `cuts` after its own: the model `build_lp` makes with
+    its cuts followed by these (cut rows come last, each worked out from its own pair alone),
+    without building the rest again."""
+    b = _Builder()
+    b.n_rows, b.n_cols = model.shape
+    _cut_rows(b, model.tapers, model.slot_names, cuts)
+    if not b.row_keys:
+        return model
+    old = model.matrix.tocoo()
+    b.entries_r.insert(0, old.row.astype(np.int64))
+    b.entries_c.insert(0, old.col.astype(np.int64))
+    b.entries_v.insert(0, old.data)
+    return replace(
+        model,
+        matrix=b.matrix(),
+        row_lower=_joined([model.row_lower, *b.row_lower]),
+        row_upper=_joined([model.row_upper, *b.row_upper]),
+        row_keys=_joined_keys([model.row_keys, *b.row_keys]),
     )
 
 

@@ -20,7 +20,7 @@ import time
 import highspy
 import numpy as np
 
-from scheduler.lp import LpModel, build_lp
+from scheduler.lp import LpModel, build_lp, with_cuts
 from scheduler.plan import Plan, PlanStatus
 from scheduler.problem import Problem
 
@@ -127,7 +127,7 @@ class Solver:
         self.last_model = model
         try:
             highs.run()
-            model = self._add_taper_rows(highs, problem, model)
+            model = self._add_taper_rows(highs, model)
         except Exception as exc:  # HiGHS raising is a failed solve, not a crash of the caller
             self._model = None
             return Plan(
@@ -138,7 +138,7 @@ class Solver:
             )
         return _plan(highs, problem, model, started, warm)
 
-    def _add_taper_rows(self, highs: highspy.Highs, problem: Problem, model: LpModel) -> LpModel:
+    def _add_taper_rows(self, highs: highspy.Highs, model: LpModel) -> LpModel:
         """Re-solve with the taper rows the plan broke until it breaks none; the model solved.
 
         Each row is added where it was broken (a plan rarely breaks more than the last slots of
@@ -150,8 +150,10 @@ class Solver:
             broken = model.taper_violations(np.asarray(highs.getSolution().col_value, dtype=float))
             if not broken:
                 return model
-            self._cuts.extend((v, name) for v, names in broken.items() for name in names)
-            model = _append_rows(highs, model, build_lp(problem, cuts=self._cuts))
+            cuts = [(v, name) for v, names in broken.items() for name in names]
+            self._cuts.extend(cuts)
+            # What build_lp(problem, cuts=self._cuts) gives, from the model it extends.
+            model = _append_rows(highs, model, with_cuts(model, cuts))
             self._model = self.last_model = model
             highs.run()
         return model
@@ -220,13 +222,17 @@ def _update(highs: highspy.Highs, old: LpModel, new: LpModel) -> None:
             highs.changeCoeff(int(new.matrix.indices[k]), int(col_of[k]), float(new.matrix.data[k]))
 
 
-_STATUS = {int(s): s for s in highspy.HighsBasisStatus.__members__.values()}
+_STATUSES = list(highspy.HighsBasisStatus.__members__.values())
+_CODE = {s: int(s) for s in _STATUSES}
+# Each status by its code, so that an array of codes turns into statuses in one indexing.
+_STATUS = np.empty(max(_CODE.values()) + 1, dtype=object)
+_STATUS[list(_CODE.values())] = _STATUSES
 _LOWER = int(highspy.HighsBasisStatus.kLower)
 _BASIC = int(highspy.HighsBasisStatus.kBasic)
 
 
-def _statuses(values: object) -> np.ndarray:
-    return np.fromiter((int(s) for s in values), dtype=np.int8)  # type: ignore[attr-defined]
+def _statuses(values: list[highspy.HighsBasisStatus]) -> np.ndarray:
+    return np.fromiter(map(_CODE.__getitem__, values), dtype=np.int8, count=len(values))
 
 
 def _mapped(
@@ -257,8 +263,8 @@ def _carry_basis(
     # as long as no basic variable went away with a departed vehicle or a passed slot.
     rows = _mapped(old.row_keys, _statuses(previous.row_status), new.row_keys, _BASIC)
     basis = highspy.HighsBasis()
-    basis.col_status = [_STATUS[int(s)] for s in cols]
-    basis.row_status = [_STATUS[int(s)] for s in rows]
+    basis.col_status = _STATUS[cols].tolist()
+    basis.row_status = _STATUS[rows].tolist()
     # Otherwise HiGHS completes it (an "alien" basis): still far closer than starting afresh.
     basis.alien = int(np.count_nonzero(cols == _BASIC) + np.count_nonzero(rows == _BASIC)) != len(
         rows

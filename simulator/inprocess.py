@@ -97,36 +97,37 @@ class Endpoint:
         self.faults = faults
         self.clock = clock
         self.keep_s = keep_s
-        # What each model (by id) showed at `_at`, and over the last `keep_s` before.
+        # What each model showed at `_at`, and over the last `keep_s` before.
         self._at: float | None = None
-        self._now: dict[int, Mapping[str, Value | None]] = {}
-        self._past: dict[int, deque[tuple[float, Mapping[str, Value | None]]]] = {}
+        self._now: dict[DeviceModel, Mapping[str, Value | None]] = {}
+        self._past: dict[DeviceModel, deque[tuple[float, Mapping[str, Value | None]]]] = {}
         # When the values the last answer came from were measured.
         self.as_of = clock.now()
         self._gate: tuple[float, FaultKind | float | None] | None = None
 
     def gate(self) -> FaultKind | float | None:
         """How a request is treated now (`FaultScript.access`: the same all instant long)."""
-        now = self.clock.now()
-        if self._gate is None or self._gate[0] != now:
-            self._gate = (now, self.faults.access(self.ids, now) if self.faults else None)
-        return self._gate[1]
+        now = self.clock.time
+        gate = self._gate
+        if gate is None or gate[0] != now:
+            gate = self._gate = (now, self.faults.access(self.ids, now) if self.faults else None)
+        return gate[1]
 
     def observe(self, model: DeviceModel) -> Mapping[str, Value | None]:
         """What `model` shows now, taken once an instant (again after a write)."""
-        now = self.clock.now()
+        now = self.clock.time
         if now != self._at:
             self._at = now
             self._now = {}
-        shown = self._now.get(id(model))
+        shown = self._now.get(model)
         if shown is None:
-            shown = self._now[id(model)] = model.values()
+            shown = self._now[model] = model.values()
             if self.keep_s > 0:
                 self._remember(model, now, shown)
         return shown
 
     def _remember(self, model: DeviceModel, now: float, shown: Mapping[str, Value | None]) -> None:
-        past = self._past.setdefault(id(model), deque())
+        past = self._past.setdefault(model, deque())
         if past and past[-1][0] == now:
             past.pop()  # taken again after a write
         past.append((now, shown))
@@ -137,16 +138,16 @@ class Endpoint:
         """What `model` answers now, `latency_s` late (`as_of` says when it measured it)."""
         shown = self.observe(model)
         if latency_s <= 0:
-            self.as_of = self.clock.now()
+            self.as_of = self.clock.time
             return shown
-        past = self._past[id(model)]
-        then = self.clock.now() - latency_s
+        past = self._past[model]
+        then = self.clock.time - latency_s
         self.as_of, shown = next((entry for entry in reversed(past) if entry[0] <= then), past[0])
         return shown
 
     def changed(self, model: DeviceModel) -> None:
         """`model` took a write: what it shows is to be taken again."""
-        self._now.pop(id(model), None)
+        self._now.pop(model, None)
 
 
 class InProcessModbus:
@@ -172,37 +173,52 @@ class InProcessModbus:
 
     async def read(self, block: ReadBlock, device: str) -> list[int]:
         """One block's words, from its bank."""
-        request = (block.function_code, block.address, block.count, block.unit_id)
-        bank, latency = self._admit(device, request)
-        values = self.endpoint.values(bank.model, latency)
-        words = bank.read_words(
-            block.unit_id, block.function_code, block.address, block.count, values
+        unit, function_code, address, count = (
+            block.unit_id,
+            block.function_code,
+            block.address,
+            block.count,
         )
+        bank, latency = self._admit(device, function_code, address, count, unit)
+        values = self.endpoint.values(bank.model, latency)
+        words = bank.read_words(unit, function_code, address, count, values)
         if isinstance(words, ExcCodes):
-            raise answered_exception(device, request_name(*request), int(words))
+            raise answered_exception(
+                device, request_name(function_code, address, count, unit), int(words)
+            )
         return words
 
     async def write(self, request: WriteRequest, device: str) -> None:
         """One write request, handed to its bank."""
         words = list(request.words)
         what = (request.function_code, request.address, len(words), request.unit_id)
-        bank, _ = self._admit(device, what)
+        bank, _ = self._admit(device, *what)
         refusal = bank.write_words(request.unit_id, request.function_code, request.address, words)
         self.endpoint.changed(bank.model)
         if refusal is not None:
             raise answered_exception(device, request_name(*what), int(refusal))
 
-    def _admit(self, device: str, request: tuple[int, int, int, int]) -> tuple[RegisterBank, float]:
-        """The bank that answers `request` (function code, address, count, unit) and the latency
-        it answers with; or what the driver sees instead."""
+    def _admit(
+        self, device: str, function_code: int, address: int, count: int, unit: int
+    ) -> tuple[RegisterBank, float]:
+        """The bank that answers a request and the latency it answers with; or what the driver
+        sees instead."""
         access = self.endpoint.gate()
-        if access is FaultKind.SILENT or access is FaultKind.DROPPED:
-            raise no_answer(device, request_name(*request), self.timeout_s)
-        bank = self.banks.get(request[3])
+        if access is None:
+            bank = self.banks.get(unit)
+            if bank is not None:
+                return bank, 0.0
+        elif access is FaultKind.SILENT or access is FaultKind.DROPPED:
+            raise no_answer(
+                device, request_name(function_code, address, count, unit), self.timeout_s
+            )
+        bank = self.banks.get(unit)
         if bank is None:
             # As the hardware simulator's gateway answers for a unit id it does not have.
             code = int(ExcCodes.GATEWAY_NO_RESPONSE)
-            raise answered_exception(device, request_name(*request), code)
+            raise answered_exception(
+                device, request_name(function_code, address, count, unit), code
+            )
         return bank, access if isinstance(access, float) else 0.0
 
 

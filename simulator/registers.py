@@ -108,10 +108,21 @@ class RegisterBank:
             values = self.model.values()
         shown = tuple(map(values.get, request.names))
         last = self._answered.get(request.key)
-        if last is not None and last[0] == shown and _same_signs(last[0], shown, request.floats):
-            return list(last[1])
-        registers = [0] * count
-        self._fill(request.fields, registers, values)
+        if last is None:
+            registers = [0] * count
+            fields = request.fields
+        else:
+            before, answered = last
+            if before == shown and _same_signs(before, shown, request.floats):
+                return list(answered)
+            # Only the registers whose values changed are encoded again.
+            registers = list(answered)
+            fields = [
+                field
+                for field, old, new in zip(request.fields, before, shown, strict=True)
+                if old != new or (field[5] and not old and not _same_zero(old, new))
+            ]
+        self._fill(fields, registers, values)
         self._answered[request.key] = (shown, list(registers))
         return registers
 
@@ -265,37 +276,55 @@ class PileRegisters:
         self.pile = pile
         self.clock = clock
         self.bms = bms
+        # By label: a `PileState` or `PileMode` is its label (a `StrEnum`), and finds its code.
         self._state_code = {label: code for code, label in regmap.enums["state"].items()}
         self._mode_code = {label: code for code, label in regmap.enums["mode"].items()}
         self._mode_label = dict(regmap.enums["mode"])
+        known = {mode.value for mode in PileMode}
+        self._mode_of = {
+            code: PileMode(label) for code, label in self._mode_label.items() if label in known
+        }
 
     def values(self) -> Mapping[str, Value | None]:
-        """Every register, from the model."""
+        """Every register, from the model: what `PileModel.reading` says, and what was written.
+
+        Worked out from the model directly rather than through a `PileReading`: every pile is
+        read every simulated step, and a reading's frozen fields cost more than the rest.
+        """
         pile = self.pile
-        reading = pile.reading(self.clock.now())
+        config = pile.config
         vehicle = pile.vehicle
-        voltage = 0.0 if vehicle is None else 600.0 + 150.0 * vehicle.soc
-        bms = self.bms
+        power = pile.power_kw
+        if vehicle is None:
+            voltage = 0.0
+            soc = ev_max = ev_capacity = None
+        else:
+            voltage = 600.0 + 150.0 * vehicle.soc
+            soc, ev_max, ev_capacity = (
+                (round(vehicle.soc * 100, 1), vehicle.acceptance_kw(), vehicle.capacity_kwh)
+                if self.bms
+                else (None, None, None)
+            )
         return {
-            "state": self._state_code[reading.state.value],
-            "soc": reading.soc_pct if bms else None,
+            "state": self._state_code[pile.state()],
+            "soc": soc,
             "voltage": voltage,
-            "current": reading.power_kw * 1000 / voltage if voltage else 0.0,
-            "power": reading.power_kw,
-            "energy_import": reading.energy_import_kwh,
-            "energy_export": reading.energy_export_kwh,
-            "max_charge_power": reading.max_charge_kw,
-            "max_discharge_power": reading.max_discharge_kw,
-            "min_power": reading.min_kw,
-            "ev_max_power": reading.ev_max_kw if bms else None,
-            "ev_capacity": reading.ev_capacity_kwh if bms else None,
-            "session_energy": reading.session_energy_kwh,
-            "applied_setpoint": reading.applied_setpoint_kw,
-            "fallback_countdown": reading.fallback_countdown_s,
-            "fault_code": reading.fault_code,
-            "session_id": reading.session_id,
+            "current": power * 1000 / voltage if voltage else 0.0,
+            "power": power,
+            "energy_import": pile.energy_import_kwh,
+            "energy_export": pile.energy_export_kwh,
+            "max_charge_power": config.max_kw,
+            "max_discharge_power": config.max_discharge_kw,
+            "min_power": config.min_kw,
+            "ev_max_power": ev_max,
+            "ev_capacity": ev_capacity,
+            "session_energy": max(0.0, pile.session_energy_kwh),
+            "applied_setpoint": pile.applied_kw,
+            "fallback_countdown": min(65535.0, float(round(pile.countdown(self.clock.now())))),
+            "fault_code": pile.fault_code,
+            "session_id": pile.session_id,
             "setpoint": pile.setpoint_kw,
-            "mode": self._mode_code[pile.mode.value],
+            "mode": self._mode_code[pile.mode],
             "heartbeat": 0,
             "comm_timeout": pile.comm_timeout_s,
             "fallback_power": pile.fallback_kw,
@@ -306,10 +335,13 @@ class PileRegisters:
         now = self.clock.now()
         mode: PileMode | None = None
         if "mode" in values:
-            label = self._mode_label.get(int(values["mode"]))
-            if label is None:
-                raise Rejected(f"unknown mode {values['mode']}")
-            mode = PileMode(label)
+            code = int(values["mode"])
+            mode = self._mode_of.get(code)
+            if mode is None:
+                label = self._mode_label.get(code)
+                if label is None:
+                    raise Rejected(f"unknown mode {values['mode']}")
+                mode = PileMode(label)  # a label the map has and the model does not know
         if "comm_timeout" in values or "fallback_power" in values:
             self.pile.configure(values.get("comm_timeout"), values.get("fallback_power"))
         if "setpoint" in values or mode is not None:

@@ -19,6 +19,7 @@ import pytest
 
 from base.clock import VirtualClock
 from base.config import Station
+from base.devicemap import PileMode
 from drivers.errors import DeviceTimeout, DriverError
 from drivers.meter import MapMeter
 from drivers.modbus import ModbusDevice, ModbusLink
@@ -27,6 +28,7 @@ from simulator.faults import Fault, FaultKind, FaultScript
 from simulator.hardware import StationSimulator
 from simulator.inprocess import InProcessStation, StepClock, finish
 from simulator.plant import Plant
+from simulator.registers import PileRegisters
 from tests.conftest import local_time, truck_visit
 
 
@@ -152,3 +154,57 @@ def test_the_drivers_run_without_an_event_loop(reference: Station) -> None:
     with pytest.raises(RuntimeError):
         asyncio.get_running_loop()
     assert finish(station.piles["P02"].read()).power_kw == 0.0
+
+
+@pytest.mark.parametrize("bms", [True, False])
+def test_a_pile_shows_in_its_registers_what_its_model_reads(reference: Station, bms: bool) -> None:
+    """`PileRegisters` works its registers out from the model directly: they say what
+    `PileModel.reading` says (with nothing of the battery without a BMS), idle, charging, in
+    the taper and after a reboot."""
+    start = local_time(reference, "2026-11-25T10:00")
+    plant = Plant(reference, [truck_visit(start, "P01", soc=0.7)], record=False)
+    clock = StepClock(start)
+    model = plant.piles["P01"]
+    registers = PileRegisters(
+        model, reference.map_for(reference.pile("P01").device), clock, bms=bms
+    )
+    names = {
+        "state": "state",
+        "soc": "soc_pct",
+        "power": "power_kw",
+        "energy_import": "energy_import_kwh",
+        "energy_export": "energy_export_kwh",
+        "max_charge_power": "max_charge_kw",
+        "max_discharge_power": "max_discharge_kw",
+        "min_power": "min_kw",
+        "ev_max_power": "ev_max_kw",
+        "ev_capacity": "ev_capacity_kwh",
+        "session_energy": "session_energy_kwh",
+        "applied_setpoint": "applied_setpoint_kw",
+        "fallback_countdown": "fallback_countdown_s",
+        "fault_code": "fault_code",
+        "session_id": "session_id",
+    }
+    battery = {"soc", "ev_max_power", "ev_capacity"}
+    codes = registers._state_code
+    seen = set()
+    for k in range(1, 200):
+        clock.time = start + 60.0 * k
+        plant.step(clock.time, 60.0)
+        if k == 3:
+            model.command(clock.time, 350.0, PileMode.CHARGE)
+        if k == 150:
+            model.reboot(clock.time, 120.0)
+        shown = registers.values()
+        reading = model.reading(clock.time)
+        for register, field in names.items():
+            expected = getattr(reading, field)
+            if register == "state":
+                expected = codes[expected]
+            elif register in battery and not bms:
+                expected = None
+            assert shown[register] == expected, (k, register)
+            assert type(shown[register]) is type(expected), (k, register)
+        assert shown["setpoint"] == model.setpoint_kw
+        seen.add(reading.state)
+    assert len(seen) >= 2

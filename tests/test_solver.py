@@ -9,7 +9,7 @@ import pytest
 import scipy.optimize
 from numpy.typing import NDArray
 
-from scheduler.lp import CUT, LpModel, build_lp
+from scheduler.lp import CUT, LpModel, build_lp, with_cuts
 from scheduler.plan import Plan, PlanStatus
 from scheduler.problem import GroupLimit, Problem, ProblemError, Vehicle, slot_boundaries
 from scheduler.solver import Solver, solve
@@ -671,6 +671,30 @@ def test_taper_rows_stay_for_the_next_plan() -> None:
     assert again.warm is True
     assert solver.last_model is not None
     assert int(np.count_nonzero((solver.last_model.row_keys >> np.int64(59)) == CUT)) >= added
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_cut_rows_added_to_a_model_are_those_build_lp_writes(seed: int) -> None:
+    """Taper rows added to a model (`with_cuts`, as the solver adds what a plan broke) make,
+    to the bit, the LP `build_lp` writes with all its cuts: pairs of vehicles or slots the LP
+    does not have are left out alike, and the matrix keeps its column order."""
+    problem = tapering_problem(np.random.default_rng(seed))
+    model = build_lp(problem)
+    t = model.tapers
+    pairs = [
+        (t.vehicles[int(o)], int(model.slot_names[k]))
+        for o, k in zip(t.owner, t.slots, strict=True)
+    ] + [("nobody", int(model.slot_names[0])), (t.vehicles[0], -1)]
+    picked = [pairs[int(i)] for i in np.random.default_rng(seed).integers(0, len(pairs), 8)]
+    first, then = picked[:4], picked[4:]
+    whole = build_lp(problem, cuts=first + then)
+    added = with_cuts(build_lp(problem, cuts=first), then)
+    for name in ("row_lower", "row_upper", "row_keys", "cost", "col_lower", "col_upper"):
+        assert getattr(added, name).tobytes() == getattr(whole, name).tobytes(), name
+    for name in ("data", "indices", "indptr"):
+        got, want = getattr(added.matrix, name), getattr(whole.matrix, name)
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), name
+    assert with_cuts(whole, []) is whole
 
 
 def test_tie_breaks_never_outweigh_a_price() -> None:
