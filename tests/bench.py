@@ -718,8 +718,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_telemetry:
         results["telemetry: every point once through a server restart"] = telemetry_bench(console)
     if not args.skip_loop:
-        results["200 piles: cycle near a bare client's, limit changes at once"] = cycle_bench(
-            console
+        results["200 piles: cycle near a bare client's, limit changes at once"] = _report(
+            console, cycle_bench(console)
         )
     for name, ok in results.items():
         console.print(f"{'PASS' if ok else 'FAIL'}  {name}", style="green" if ok else "bold red")
