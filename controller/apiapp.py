@@ -1,13 +1,16 @@
-"""The daemon's HTTP API, Prometheus metrics and live page (FastAPI, served by uvicorn).
+"""The API's process: the HTTP API, Prometheus metrics and live page (FastAPI, served by uvicorn).
 
-`ApiServer` is a service the daemon owns (`Daemon.services`): a uvicorn server running in the
-daemon's own event loop, started after the control loops and stopped, and awaited, before them.
-Handlers only read the daemon's `StationStatus`, or hand a request to its `StationPort` (a wish,
-a limit override) between two cycles, so they never block the loop.
+`controller.api.ApiServer`, a service of the daemon, starts this process (`serve`) and hands it
+the daemon's state after every cycle (`controller.apilink`); the handlers read that copy, never
+the daemon, and a write goes to the daemon over the channel and waits for its answer. The process
+runs at a lower CPU priority than the daemon's, so that even a busy API leaves the control loop
+the processor. In front of the application, `controller.httpguard` refuses what must not reach
+it (oversized, untyped, unauthenticated, slow or malformed requests).
 
 Reads (`GET /api/...`, `/metrics`) are open unless `[api] reads_need_token`; writes need the
 bearer token from the environment variable `[api] token_env`, and are refused while it is unset.
-The OpenAPI spec is at `/openapi.json`, its browsable form at `/docs`; the live page at `/`.
+Each read is rendered once per state handed over and then served as bytes. The OpenAPI spec is
+at `/openapi.json`, its browsable form at `/docs`; the live page at `/`.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import asyncio
 import contextlib
 import logging
 import math
-import secrets
+import os
+import signal
 import socket
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from itertools import pairwise
@@ -33,15 +37,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import TypeAdapter
 
+from base.clock import stop_task
 from base.config import ApiSettings
 from base.events import Event
 from base.tariff import Tariff
 from control.sensing import LimitOverride
-from control.sessions import Session, Wish
+from control.sessions import Session
 from control.step import Cycle
+from controller.apilink import DaemonLink, Launch, LogForwarder
 from controller.apimodels import (
-    MAX_OVERRIDE_S,
+    EVENTS_SHOWN,
     BandOut,
     EndedOut,
     EventOut,
@@ -51,6 +58,7 @@ from controller.apimodels import (
     PileOut,
     PlanOut,
     PlanVehicleOut,
+    Refusal,
     SampleOut,
     SessionInfo,
     SessionOut,
@@ -59,8 +67,9 @@ from controller.apimodels import (
     StatusOut,
     TariffOut,
 )
+from controller.httpguard import Gate, bearer_refusal, guarded_protocol
 from controller.metrics import metrics_text, registry_for
-from controller.status import StationPort, StationStatus
+from controller.status import StationStatus
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +79,10 @@ PAGE_FILES = {
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
+# The API's process yields the processor to the daemon's (and to anything at normal priority).
+API_NICENESS = 10
+# Renderings kept per state (the history's depend on the hours asked for).
+RENDERINGS_KEPT = 64
 
 
 # -- the load history the page draws ---------------------------------------------------------
@@ -250,7 +263,7 @@ class _View:
                 next_change=tariff.next_change(now),
             ),
             piles=piles,
-            events=[self.event(event) for event in status.events[-20:]],
+            events=[self.event(event) for event in status.events[-EVENTS_SHOWN:]],
         )
 
     def plan(self) -> PlanOut:
@@ -310,34 +323,53 @@ def _problem_text(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def build_app(daemon: StationPort, settings: ApiSettings, token: str | None) -> FastAPI:
-    """The FastAPI application for `daemon`: API, metrics and page.
+class _Renderings:
+    """The answers to reads, rendered once per state the daemon hands over."""
+
+    def __init__(self, link: DaemonLink) -> None:
+        self.link = link
+        self._of: StationStatus | None = None
+        self._bytes: dict[Hashable, bytes] = {}
+
+    def get(self, key: Hashable, render: Callable[[_View], bytes]) -> bytes:
+        """The rendering `key` of the state now, made by `render` the first time."""
+        status = self.link.status()
+        if status is not self._of:
+            self._of, self._bytes = status, {}
+        rendered = self._bytes.get(key)
+        if rendered is None:
+            if len(self._bytes) >= RENDERINGS_KEPT:
+                self._bytes.clear()
+            rendered = self._bytes[key] = render(_View(status))
+        return rendered
+
+
+_SESSIONS = TypeAdapter(list[SessionOut])
+
+
+def _json(content: bytes) -> Response:
+    return Response(content, media_type="application/json")
+
+
+def build_app(link: DaemonLink, settings: ApiSettings, token: str | None) -> FastAPI:
+    """The FastAPI application over `link`: API, metrics and page.
 
     `token` is the bearer token writes need (None: writes are refused).
     """
-    station = daemon.status().station
+    station = link.status().station
     history = LoadHistory(
         settings.history_h * 3600,
         max(settings.history_h * 3600 / HISTORY_SAMPLES, station.control.period_s),
     )
-    daemon.watch(history.add)
-    registry = registry_for(daemon)
+    link.watch(history.add)
+    registry = registry_for(link)
+    renderings = _Renderings(link)
 
     def check(credentials: HTTPAuthorizationCredentials | None, what: str) -> None:
-        if token is None:
-            raise HTTPException(
-                403,
-                f"{what} are disabled: the daemon was started without a token in the "
-                f"environment variable {settings.token_env}",
-            )
-        if credentials is None:
-            raise HTTPException(
-                401,
-                f"{what} need a bearer token (header 'Authorization: Bearer <token>')",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
-            raise HTTPException(403, "wrong token")
+        header = None if credentials is None else f"{credentials.scheme} {credentials.credentials}"
+        refusal = bearer_refusal(header, token, settings.token_env, what)
+        if refusal is not None:
+            raise HTTPException(refusal.status, refusal.detail, headers=dict(refusal.headers))
 
     async def writer(credentials: Credentials) -> None:
         check(credentials, "writes")
@@ -357,118 +389,83 @@ def build_app(daemon: StationPort, settings: ApiSettings, token: str | None) -> 
         # FastAPI's error list, plus one readable sentence naming every bad field.
         return JSONResponse(
             status_code=422,
-            content={"message": _problem_text(exc), "detail": _jsonable(exc.errors())},
+            content={"message": _problem_text(exc), "detail": _json_safe(exc.errors())},
         )
+
+    @app.exception_handler(Refusal)
+    async def _refused(_request: Request, exc: Refusal) -> JSONResponse:
+        return JSONResponse(exc.content(), status_code=exc.status, headers=dict(exc.headers))
 
     Read = [Depends(reader)]
     Write = [Depends(writer)]
 
-    @app.get("/api/status", dependencies=Read, tags=["read"])
-    async def status() -> StatusOut:
+    @app.get("/api/status", dependencies=Read, tags=["read"], response_model=StatusOut)
+    async def status() -> Response:
         """The site, its limit and where it comes from, the tariff band and every pile."""
-        return _View(daemon.status()).status()
-
-    @app.get("/api/plan", dependencies=Read, tags=["read"])
-    async def plan() -> PlanOut:
-        """The plan the controller follows: every vehicle's planned power per slot."""
-        return _View(daemon.status()).plan()
-
-    @app.get("/api/sessions", dependencies=Read, tags=["read"])
-    async def sessions() -> list[SessionOut]:
-        """The vehicles connected now."""
-        view = _View(daemon.status())
-        return [view.session(s) for s in view.status_.sessions.values()]
-
-    @app.get("/api/history", dependencies=Read, tags=["read"])
-    async def history_(
-        hours: Annotated[float, Query(gt=0, le=48)] = settings.history_h,
-    ) -> HistoryOut:
-        """Site load and limit over the last `hours`, with the tariff bands to the plan's end."""
-        status = daemon.status()
-        now = status.time
-        start = now - hours * 3600
-        plan = status.plan
-        end = max(now + 6 * 3600, plan.end if plan is not None else now)
-        return HistoryOut(
-            samples=history.since(start), bands=_bands(status.station.tariff, start, end)
+        return _json(
+            renderings.get("status", lambda view: view.status().model_dump_json().encode())
         )
+
+    @app.get("/api/plan", dependencies=Read, tags=["read"], response_model=PlanOut)
+    async def plan() -> Response:
+        """The plan the controller follows: every vehicle's planned power per slot."""
+        return _json(renderings.get("plan", lambda view: view.plan().model_dump_json().encode()))
+
+    @app.get("/api/sessions", dependencies=Read, tags=["read"], response_model=list[SessionOut])
+    async def sessions() -> Response:
+        """The vehicles connected now."""
+
+        def render(view: _View) -> bytes:
+            return _SESSIONS.dump_json([view.session(s) for s in view.status_.sessions.values()])
+
+        return _json(renderings.get("sessions", render))
+
+    @app.get("/api/history", dependencies=Read, tags=["read"], response_model=HistoryOut)
+    async def history_(
+        hours: Annotated[float, Query(gt=0, le=48, allow_inf_nan=False)] = settings.history_h,
+    ) -> Response:
+        """Site load and limit over the last `hours`, with the tariff bands to the plan's end."""
+
+        def render(view: _View) -> bytes:
+            status = view.status_
+            now = status.time
+            start = now - hours * 3600
+            plan = status.plan
+            end = max(now + 6 * 3600, plan.end if plan is not None else now)
+            out = HistoryOut(
+                samples=history.since(start), bands=_bands(status.station.tariff, start, end)
+            )
+            return out.model_dump_json().encode()
+
+        return _json(renderings.get(("history", hours), render))
 
     @app.post("/api/piles/{pile_id}/session", dependencies=Write, tags=["write"])
     async def tell_session(
         pile_id: Annotated[str, Path(max_length=64)], info: SessionInfo
     ) -> SessionOut:
         """Tell the station what the vehicle at `pile_id` needs and when it leaves."""
-        status = daemon.status()
-        view = _View(status)
-        known = {p.id for p in status.station.piles}
-        if pile_id not in known:
-            raise HTTPException(404, f"no pile {pile_id!r}; the station has {sorted(known)}")
-        session = status.sessions.get(pile_id)
-        if session is None:
-            raise HTTPException(409, f"no vehicle is connected at {pile_id}")
-        now = status.time
-        departure = None if info.departure is None else info.departure.timestamp()
-        if departure is not None and departure <= now:
-            raise HTTPException(
-                422, f"departure {info.departure} is not in the future (now {view.time(now)})"
-            )
-        if info.target_soc_pct is not None and (
-            session.soc is None or session.capacity_kwh is None
-        ):
-            raise HTTPException(
-                422,
-                f"the vehicle at {pile_id} reports no state of charge or capacity: "
-                "give energy_kwh instead of target_soc_pct",
-            )
-        key = (pile_id, session.session_id)
-        before = status.wishes.get(key, Wish())
-        wish = Wish(
-            vehicle_id=info.vehicle_id or before.vehicle_id,
-            departure=departure if departure is not None else before.departure,
-            v2g=session.v2g,
-            min_soc=session.min_soc,
-        )
-        if info.energy_kwh is not None:
-            wish = replace(wish, energy_kwh=info.energy_kwh)
-        elif info.target_soc_pct is not None:
-            wish = replace(wish, target_soc=info.target_soc_pct / 100)
-        else:
-            wish = replace(wish, energy_kwh=before.energy_kwh, target_soc=before.target_soc)
-        daemon.wish(pile_id, session.session_id, wish)
-        log.info("session at %s updated through the API", pile_id)
-        updated = _View(daemon.status())
-        return updated.session(updated.status_.sessions.get(pile_id, session))
+        session = await link.tell_session(pile_id, info)
+        return _View(link.status()).session(session)
 
     @app.post("/api/limit/override", dependencies=Write, tags=["write"])
     async def override_limit(request: LimitOverrideIn) -> OverrideOut:
         """Lower the site limit until a time; it can never raise it above the transformer's."""
-        now = daemon.status().time
-        if request.until is not None:
-            until = request.until.timestamp()
-        else:
-            assert request.minutes is not None
-            until = now + request.minutes * 60
-        if until - now > MAX_OVERRIDE_S:
-            raise HTTPException(422, "an override lasts at most a week: give an earlier until")
-        try:
-            set_ = daemon.override_limit(request.limit_kw, until, request.reason)
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
-        out = _View(daemon.status()).override(set_)
+        set_ = await link.override_limit(request)
+        out = _View(link.status()).override(set_)
         assert out is not None
         return out
 
     @app.delete("/api/limit/override", dependencies=Write, tags=["write"])
     async def withdraw_override() -> EndedOut:
         """End the operator's override now."""
-        view = _View(daemon.status())
-        ended = daemon.clear_override()
-        return EndedOut(ended=view.override(ended) if ended is not None else None)
+        ended = await link.clear_override()
+        return EndedOut(ended=None if ended is None else _View(link.status()).override(ended))
 
     @app.get("/metrics", dependencies=Read, tags=["read"], response_class=Response)
     async def metrics() -> Response:
         """Prometheus metrics."""
-        return Response(metrics_text(registry), media_type=CONTENT_TYPE_LATEST)
+        text = renderings.get("metrics", lambda _view: metrics_text(registry))
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -483,15 +480,20 @@ def build_app(daemon: StationPort, settings: ApiSettings, token: str | None) -> 
     return app
 
 
-def _jsonable(errors: Any) -> Any:
-    # Pydantic puts the exception object of a failed validator in `ctx`: not JSON.
-    out = []
-    for error in errors:
-        error = dict(error)
-        if "ctx" in error:
-            error["ctx"] = {k: str(v) for k, v in error["ctx"].items()}
-        out.append(error)
-    return out
+def _json_safe(value: Any) -> Any:
+    """`value` with everything JSON cannot hold made text: a validation error carries the
+    client's input (a NaN, bytes) and, in `ctx`, exception objects."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, str | int | float):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return str(value)
 
 
 def _page_file(name: str) -> str:
@@ -502,103 +504,59 @@ def _page_file(name: str) -> str:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server without its signal handlers: the daemon owns the signals."""
+    """uvicorn's server without its signal handlers: the daemon stops this process."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
 
-class ApiServer:
-    """The API served in the daemon's event loop, as one of its services.
+def serve(listener: socket.socket, channel: socket.socket, launch: Launch) -> None:
+    """Serve the API on `listener` until the daemon says stop or goes away (`channel` closes)."""
+    # Ctrl-C reaches the whole process group: the daemon, not this process, decides when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(API_NICENESS)
+    asyncio.run(_serve(listener, channel, launch))
 
-    `bind()` takes the port at once (so a port in use is reported before the daemon starts);
-    `start()` serves, `stop()` closes the connections and waits for the server's task.
-    """
 
-    def __init__(self, daemon: StationPort, settings: ApiSettings) -> None:
-        """Reads the token from the environment variable `settings.token_env` now."""
-        self.settings = settings
-        token = settings.token()
-        self.writes_enabled = token is not None
-        self.app = build_app(daemon, settings, token)
-        self._socket: socket.socket | None = None
-        self._server: _Server | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def port(self) -> int:
-        """The port served (the one bound, if the settings asked for any free port: 0)."""
-        if self._socket is not None:
-            return int(self._socket.getsockname()[1])
-        return self.settings.port
-
-    @property
-    def url(self) -> str:
-        """The base URL, e.g. http://127.0.0.1:8080."""
-        host = self.settings.host
-        shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{self.port}"
-
-    def bind(self) -> None:
-        """Take the configured address now; raises `OSError` if it is in use or not ours."""
-        if self._socket is not None:
+async def _serve(listener: socket.socket, channel: socket.socket, launch: Launch) -> None:
+    reader, writer = await asyncio.open_unix_connection(sock=channel)
+    link = DaemonLink(reader, writer)
+    root = logging.getLogger()
+    root.handlers[:] = [LogForwarder(link, launch.log_level)]
+    root.setLevel(launch.log_level)
+    listening = asyncio.create_task(link.listen(), name="daemon link")
+    serving: asyncio.Task[None] | None = None
+    try:
+        first = asyncio.ensure_future(link.first_status())
+        await asyncio.wait({first, listening}, return_when=asyncio.FIRST_COMPLETED)
+        if not first.done():
+            await stop_task(first)
             return
-        host, port = self.settings.host, self.settings.port
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            raise
-        sock.setblocking(False)
-        self._socket = sock
-
-    async def start(self) -> None:
-        """Serve until `stop`; returns once the server accepts connections."""
-        self.bind()
-        assert self._socket is not None
+        settings = launch.settings
+        app = Gate(build_app(link, settings, launch.token), settings, launch.token)
         config = uvicorn.Config(
-            self.app,
+            app,
+            http=guarded_protocol(settings),
             log_config=None,
             access_log=False,
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=2,
         )
-        server = self._server = _Server(config)
-        self._task = asyncio.create_task(server.serve(sockets=[self._socket]), name="http api")
+        server = _Server(config)
+        serving = asyncio.create_task(server.serve(sockets=[listener]), name="http api")
         while not server.started:
-            if self._task.done():
-                self._task.result()
-                raise RuntimeError("the API server stopped while starting")
+            if serving.done():
+                serving.result()
+                return
             await asyncio.sleep(0.01)
-        log.info(
-            "API, metrics and live page at %s (writes %s)",
-            self.url,
-            "need the bearer token"
-            if self.writes_enabled
-            else f"disabled: {self.settings.token_env} is not set",
-        )
-
-    async def stop(self) -> None:
-        """Close every connection and wait for the server to end."""
-        task, server = self._task, self._server
-        self._task = self._server = None
-        if task is None or server is None:
-            if self._socket is not None:
-                self._socket.close()
-                self._socket = None
-            return
+        link.send({"kind": "ready"})
+        await asyncio.wait({serving, listening}, return_when=asyncio.FIRST_COMPLETED)
         server.should_exit = True
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout=5)
-        except TimeoutError:
-            server.force_exit = True
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        finally:
-            self._socket = None
+        await serving
+    finally:
+        await stop_task(serving)
+        await stop_task(listening)
+        await link.close()

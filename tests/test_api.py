@@ -11,7 +11,7 @@ still during each request and moves only when the test sleeps on the clock.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -75,6 +75,15 @@ def _trucks(start: float) -> list[Visit]:
     ]
 
 
+def synced(server: ApiServer) -> Callable[[httpx.Request], Awaitable[None]]:
+    """A request hook: the API's process has the daemon's state of now before it answers."""
+
+    async def hook(_request: httpx.Request) -> None:
+        await server.synced()
+
+    return hook
+
+
 @asynccontextmanager
 async def running_site(
     running_station: StartStation,
@@ -102,7 +111,9 @@ async def running_site(
     with clock.participant():
         try:
             await clock.sleep_until(start + 20 * 60)
-            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            async with httpx.AsyncClient(
+                base_url=server.url, timeout=10, event_hooks={"request": [synced(server)]}
+            ) as client:
                 yield Site(daemon, clock, client, server, start, daemon.control.zone)
         finally:
             await running.stop()
