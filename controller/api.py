@@ -147,6 +147,7 @@ class ApiServer:
         self._publishing = False
         self._syncs: dict[int, asyncio.Future[None]] = {}
         self._serial = 0
+        self._serving = asyncio.Event()
 
     @property
     def port(self) -> int:
@@ -221,6 +222,7 @@ class ApiServer:
                     f"the API's process did not serve within {START_TIMEOUT_S:g} s"
                 ) from None
             raise
+        self._serving.set()
         log.info(
             "API, metrics and live page at %s (writes %s; served by process %s)",
             self.url,
@@ -231,7 +233,9 @@ class ApiServer:
         )
 
     async def synced(self) -> None:
-        """Return once the API serves the daemon's state as it is now."""
+        """Return once the API serves the daemon's state as it is now (once it serves at all:
+        the daemon starts it after its loops, and it takes a while)."""
+        await self._serving.wait()
         publisher = self._publisher
         if publisher is None:
             return
@@ -246,6 +250,7 @@ class ApiServer:
         """End the API's process (its open answers get `STOP_TIMEOUT_S` to finish) and wait."""
         process, publisher = self._process, self._publisher
         self._process = self._publisher = None
+        self._serving.clear()
         if self._socket is not None:
             self._socket.close()
             self._socket = None
@@ -334,6 +339,10 @@ class ApiServer:
                 result = self.daemon.clear_override()
         except Refusal as refusal:
             result = refusal
+        except Exception:
+            # A bug: the channel, and the API's other writes, must outlive it.
+            log.exception("a write through the API failed")
+            result = Refusal(500, "the daemon could not apply the write (its log says why)")
         else:
             publisher.publish(self.daemon.status())
         publisher.answer(request, result)

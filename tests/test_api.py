@@ -92,9 +92,11 @@ async def running_site(
     *,
     reads_need_token: bool = False,
     policy: Policy = Policy.MPC,
+    **limits: Any,
 ) -> AsyncIterator[Site]:
-    """Four piles (three trucks plugging in), the daemon (under MPC by default) with its API,
-    20 station minutes in; the caller takes part in the clock. Both stop when the block ends."""
+    """Four piles (three trucks plugging in), the daemon (under MPC by default) with its API
+    (`limits`: more [api] settings), 20 station minutes in; the caller takes part in the clock.
+    Both stop when the block ends."""
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     station = replace(station, piles=station.piles[:4]).with_control(period_s=5.0)
     start = local_time(station, "2026-11-25T10:00")
@@ -105,12 +107,14 @@ async def running_site(
         port=free_ports(1)[0],
         token_env=TOKEN_ENV,
         reads_need_token=reads_need_token,
+        **limits,
     )
     server = ApiServer(daemon, settings)
     daemon.services.append(server)
     with clock.participant():
         try:
             await clock.sleep_until(start + 20 * 60)
+            await server.synced()  # the daemon starts its API after its loops
             async with httpx.AsyncClient(
                 base_url=server.url, timeout=10, event_hooks={"request": [synced(server)]}
             ) as client:
