@@ -5,7 +5,9 @@ operator's limit override lowers the limit the controller keeps, expires on the 
 and can never raise it above the transformer's.
 
 The test task takes part in the virtual clock while it talks to the API, so station time stands
-still during each request and moves only when the test sleeps on the clock.
+still during each request and moves only when the test sleeps on the clock. The API is served from
+a process of its own, from the state the daemon hands it after each cycle: before each request the
+client waits until that process has the state of now (`ApiServer.synced`).
 """
 
 from __future__ import annotations
