@@ -211,16 +211,46 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+# A connection closed with bytes of the client's unread gets a reset, which can destroy the answer
+# before the client reads it: after answering, the server stops writing and discards what the
+# client still sends, up to this much for this long, before it closes (nginx's lingering close).
+LINGER_S = 2.0
+LINGER_BYTES = 64 * 1024
+
+
+class _Lingering:
+    """A connection's transport whose `close` is a lingering close (the rest is the transport's)."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: _GuardedH11) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        """Stop writing, and close once the client has stopped sending (or after a while)."""
+        self._protocol.linger()
+
+    def is_closing(self) -> bool:
+        """True from the lingering close on."""
+        return self._protocol.lingering or self._transport.is_closing()
+
+
 class _GuardedH11(H11Protocol):
-    """uvicorn's h11 protocol with a connection cap and a deadline for each request's headers."""
+    """uvicorn's h11 protocol with a connection cap, a deadline for each request's headers and
+    a lingering close."""
 
     max_connections: ClassVar[int]
     header_timeout_s: ClassVar[float]
     _waiting: asyncio.TimerHandle | None = None
+    lingering = False
+    _discarded = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """As uvicorn does; then refuse it past the cap, or start its headers' deadline."""
-        super().connection_made(transport)
+        self._real = transport
+        super().connection_made(_Lingering(transport, self))  # type: ignore[arg-type]
         if len(self.connections) > self.max_connections:
             refusal = Refusal(
                 503, f"the API serves at most {self.max_connections} connections at once: try again"
@@ -234,6 +264,38 @@ class _GuardedH11(H11Protocol):
         """Stop waiting for headers, then as uvicorn does."""
         self._stop_waiting()
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """As uvicorn does; while lingering, discard (and close past `LINGER_BYTES`)."""
+        if self.lingering:
+            self._discarded += len(data)
+            if self._discarded > LINGER_BYTES:
+                self._real.close()
+            return
+        super().data_received(data)
+
+    def eof_received(self) -> None:
+        """The client has stopped sending: a lingering close is done."""
+        if self.lingering:
+            self._real.close()
+
+    def linger(self) -> None:
+        """Close after the answer: stop writing, discard what still comes, then close."""
+        real = self._real
+        if self.lingering or real.is_closing():
+            return
+        self.lingering = True
+        self._stop_waiting()
+        if not real.can_write_eof():
+            real.close()
+            return
+        try:
+            real.write_eof()
+        except (OSError, RuntimeError):
+            real.close()
+            return
+        real.resume_reading()
+        self._waiting = self.loop.call_later(LINGER_S, real.close)
 
     def handle_events(self) -> None:
         """As uvicorn does; once a request's headers are in, stop their deadline."""
