@@ -201,6 +201,11 @@ class ApiSettings(Strict):
     Writes (session information, limit overrides) need the bearer token found in the environment
     variable `token_env`; the token is never written in a station file and never logged. Without
     it writes are refused. `reads_need_token` asks for the token on reads too.
+
+    The server's limits: a request body of at most `max_body_kb` (413 above it, before it is
+    read), its headers within `header_timeout_s` of the connection opening (or of the previous
+    answer), its body within `body_timeout_s`; at most `max_connections` connections at once (the
+    next ones get 503 and are closed).
     """
 
     host: str = Field(default="127.0.0.1", min_length=1)
@@ -208,6 +213,10 @@ class ApiSettings(Strict):
     token_env: str = Field(default="FLEXCHARGE_API_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     reads_need_token: bool = False
     history_h: float = Field(default=6.0, gt=0, le=48)
+    max_body_kb: int = Field(default=64, ge=1, le=10240)
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300, allow_inf_nan=False)
+    body_timeout_s: float = Field(default=10.0, gt=0, le=300, allow_inf_nan=False)
+    max_connections: int = Field(default=100, ge=1, le=10_000)
 
     def token(self) -> str | None:
         """The bearer token writes need, read from the environment now (None if unset or empty)."""

@@ -3,8 +3,9 @@ spec. Times are station-local ISO times with their offset; `t`, `t0`, `t1` are e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -12,6 +13,43 @@ from base.events import Kind, Source
 
 # An operator's override lasts at most this long.
 MAX_OVERRIDE_S = 7 * 86400
+# A departure the API is told lies at most this far ahead.
+MAX_DEPARTURE_S = 30 * 86400
+# The latest events /api/status shows.
+EVENTS_SHOWN = 20
+# Free text a client sends: no control characters (they would forge lines in the log).
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
+
+class Refusal(Exception):
+    """A request the API refuses: the HTTP status and the reason, as the client is told."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        headers: Sequence[tuple[str, str]] = (),
+        errors: Sequence[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(status, detail)
+        self.status = status
+        self.detail = detail
+        self.headers = tuple(headers)
+        self.errors = errors
+
+    @classmethod
+    def invalid(cls, where: str, text: str) -> Refusal:
+        """422 for one bad part of a request, shaped like a validation error."""
+        return cls(
+            422, f"{where}: {text}", errors=[{"type": "invalid", "loc": [where], "msg": text}]
+        )
+
+    def content(self) -> dict[str, Any]:
+        """The JSON body: `{"detail": reason}`, or a validation error's `{"message", "detail"}`."""
+        if self.errors is not None:
+            return {"message": self.detail, "detail": list(self.errors)}
+        return {"detail": self.detail}
 
 
 # -- what the API answers --------------------------------------------------------------------
@@ -180,15 +218,18 @@ class EndedOut(_Out):
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and Infinity are numbers to Python, not to the station ("NaN" as a string included).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SessionInfo(_In):
     """What a fleet system knows about the vehicle at a pile; every field is optional, give
     `energy_kwh` or `target_soc_pct`, not both."""
 
-    vehicle_id: str | None = Field(default=None, min_length=1, max_length=64)
-    departure: AwareDatetime | None = Field(default=None, description="when it must leave")
+    vehicle_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=PRINTABLE)
+    departure: AwareDatetime | None = Field(
+        default=None, description="when it must leave (within 30 days)"
+    )
     energy_kwh: float | None = Field(default=None, gt=0, le=5000, description="energy it needs")
     target_soc_pct: float | None = Field(default=None, gt=0, le=100)
 
@@ -212,7 +253,7 @@ class LimitOverrideIn(_In):
     limit_kw: float = Field(ge=0, description="at most the transformer's limit")
     until: AwareDatetime | None = None
     minutes: float | None = Field(default=None, gt=0, le=MAX_OVERRIDE_S / 60)
-    reason: str = Field(default="", max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
+    reason: str = Field(default="", max_length=200, pattern=PRINTABLE)
 
     @model_validator(mode="after")
     def _one_expiry(self) -> LimitOverrideIn:

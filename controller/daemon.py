@@ -245,6 +245,11 @@ class Daemon:
         """Call `observer` after every cycle (in the control loop: it must be quick)."""
         self.observers.append(observer)
 
+    def unwatch(self, observer: Callable[[Cycle], None]) -> None:
+        """Stop calling `observer` (nothing to do if it is not watching)."""
+        if observer in self.observers:
+            self.observers.remove(observer)
+
     def wish(self, pile_id: str, session_id: int, wish: Wish) -> None:
         """What a driver or fleet system says of the session at a pile."""
         self.control.wish(pile_id, session_id, wish)

@@ -16,13 +16,13 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 
-from controller.status import StationPort, StationStatus
+from controller.status import StationStatus, StatusSource
 
 
 class DaemonCollector:
     """The metrics of one daemon, in the `flexcharge_` namespace."""
 
-    def __init__(self, daemon: StationPort) -> None:
+    def __init__(self, daemon: StatusSource) -> None:
         self.daemon = daemon
 
     def collect(self) -> Iterator[Metric]:
@@ -152,7 +152,7 @@ def metrics_text(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
-def registry_for(daemon: StationPort) -> CollectorRegistry:
+def registry_for(daemon: StatusSource) -> CollectorRegistry:
     """A registry of its own for `daemon` (several daemons may run in one test process)."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(DaemonCollector(daemon))

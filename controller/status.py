@@ -3,7 +3,8 @@
 `StationStatus` is a read-only copy of the daemon's state at one instant; the HTTP API, the
 metrics, the live view and the demo read it instead of reaching into the daemon's parts.
 `StationPort` is all they may do: read that status, watch cycles, and a few operator commands
-(a driver's wish, a limit override, a reload, a stop).
+(a driver's wish, a limit override, a reload, a stop). `StatusSource` is the reading half, which
+the API's process also has from the copies the daemon hands it.
 """
 
 from __future__ import annotations
@@ -126,15 +127,23 @@ class StationStatus:
     event_count: int = 0
 
 
-class StationPort(Protocol):
-    """What the API, the metrics, the live view and the demo may see and ask of a daemon."""
+class StatusSource(Protocol):
+    """Where the daemon's state can be read: the daemon itself, or the API process's copy."""
 
     def status(self) -> StationStatus:
-        """The daemon's state now."""
+        """The daemon's state now (the copy's: as last handed over)."""
         ...
 
     def watch(self, observer: Callable[[Cycle], None]) -> None:
         """Call `observer` after every cycle (in the control loop: it must be quick)."""
+        ...
+
+
+class StationPort(StatusSource, Protocol):
+    """What the API, the metrics, the live view and the demo may see and ask of a daemon."""
+
+    def unwatch(self, observer: Callable[[Cycle], None]) -> None:
+        """Stop calling `observer` (nothing to do if it is not watching)."""
         ...
 
     def wish(self, pile_id: str, session_id: int, wish: Wish) -> None:

@@ -27,6 +27,10 @@ Loop: the daemon's cycle at 200 DC piles on loopback against a bare pymodbus cli
 read and one write per pile (tests/bench_loop.py), and the time from a limit change to every pile
 written.
 
+API flood (tests/flood.py): the daemon controls the simulated reference station in real time on
+loopback while its API is flooded with 10 MB bodies without a token, 200 slow clients, and 20,000
+GETs at 20 concurrent: the control cycle's p50/p99/max and missed cycles, idle and under each.
+
 Soak: 30 days of the reference station's seeded random fleet with random faults (a dozen a day,
 of every kind), in fast simulation: over-limit energy, accounting, the cycle time's spread and
 the process's memory at the end against after the first day.
@@ -672,6 +676,63 @@ def telemetry_bench(console: Console, cycles: int = 3000) -> bool:
     return counts.dropped == 0 and counts.replayed == counts.buffered > 0 and found == want
 
 
+def api_flood_bench(console: Console, idle_s: float, get_count: int) -> bool:
+    """The daemon controlling the simulated reference station in real time while its API is
+    flooded (tests/flood.py); True if, with each flood, the cycle p99 stayed within 1.5x the idle
+    p99 and no cycle was missed."""
+    from tests.flood import TARGET_RATIO, run_flood
+
+    phases, by_phase, period = run_flood(idle_s=idle_s, get_count=get_count)
+    base = by_phase["idle"]
+    table = Table(
+        title=f"API flood: the daemon controlling the reference station in real time "
+        f"({period:g} s cycles, over Modbus on loopback), its API from its own process",
+        title_justify="left",
+    )
+    for column in (
+        "phase",
+        "clients",
+        "s",
+        "cycles",
+        "cycle ms p50",
+        "p99",
+        "max",
+        "p99 / idle p99",
+        "start after tick ms, max",
+        "missed",
+        "the clients got",
+        "a probe GET /api/status a second got",
+    ):
+        table.add_column(column, justify="left" if column in ("phase", "clients") else "right")
+    table.columns[-2].overflow = table.columns[-1].overflow = "fold"
+    rows = [("idle (both)", "no client", None, base)]
+    rows += [(p.name, p.load, p, by_phase[p.name]) for p in phases]
+    checks: dict[str, tuple[bool, str]] = {}
+    for name, load, phase, f in rows:
+        ratio = f.p99 / base.p99 if base.p99 else math.inf
+        table.add_row(
+            name,
+            load,
+            "" if phase is None else f"{phase.end - phase.start:.0f}",
+            str(f.cycles),
+            f"{f.p50:.1f}",
+            f"{f.p99:.1f}",
+            f"{f.worst:.1f}",
+            f"{ratio:.2f}x",
+            f"{f.late:.1f}",
+            str(f.missed),
+            "" if phase is None else phase.clients.text(),
+            "" if phase is None else phase.probe.text(),
+        )
+        if phase is not None and not name.startswith("idle"):
+            checks[f"{name}: cycle p99 at most {TARGET_RATIO:g}x idle, no cycle missed"] = (
+                ratio <= TARGET_RATIO and f.missed == 0,
+                f"p99 {f.p99:.1f} ms / {base.p99:.1f} ms = {ratio:.2f}x, {f.missed} missed",
+            )
+    console.print(table)
+    return _report(console, checks)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks; exit 0 whatever the figures (they are reported, not asserted)."""
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
@@ -686,6 +747,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser.add_argument("--skip-telemetry", action="store_true")
     parser.add_argument("--skip-loop", action="store_true", help="the 200-pile loopback cycle")
+    parser.add_argument("--skip-api-flood", action="store_true")
+    parser.add_argument("--flood-idle", type=float, default=30.0, help="idle seconds, in all")
+    parser.add_argument("--flood-gets", type=int, default=20_000)
     parser.add_argument("--skip-month", action="store_true")
     parser.add_argument("--skip-real-data", action="store_true")
     parser.add_argument("--real-days", type=int, help="only the first N development days")
@@ -720,6 +784,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_loop:
         results["200 piles: cycle near a bare client's, limit changes at once"] = _report(
             console, cycle_bench(console)
+        )
+    if not args.skip_api_flood:
+        results["API flood: cycle p99 within 1.5x idle, no cycle missed"] = api_flood_bench(
+            console, args.flood_idle, args.flood_gets
         )
     for name, ok in results.items():
         console.print(f"{'PASS' if ok else 'FAIL'}  {name}", style="green" if ok else "bold red")

@@ -5,13 +5,15 @@ operator's limit override lowers the limit the controller keeps, expires on the 
 and can never raise it above the transformer's.
 
 The test task takes part in the virtual clock while it talks to the API, so station time stands
-still during each request and moves only when the test sleeps on the clock.
+still during each request and moves only when the test sleeps on the clock. The API is served from
+a process of its own, from the state the daemon hands it after each cycle: before each request the
+client waits until that process has the state of now (`ApiServer.synced`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -75,6 +77,15 @@ def _trucks(start: float) -> list[Visit]:
     ]
 
 
+def synced(server: ApiServer) -> Callable[[httpx.Request], Awaitable[None]]:
+    """A request hook: the API's process has the daemon's state of now before it answers."""
+
+    async def hook(_request: httpx.Request) -> None:
+        await server.synced()
+
+    return hook
+
+
 @asynccontextmanager
 async def running_site(
     running_station: StartStation,
@@ -83,9 +94,11 @@ async def running_site(
     *,
     reads_need_token: bool = False,
     policy: Policy = Policy.MPC,
+    **limits: Any,
 ) -> AsyncIterator[Site]:
-    """Four piles (three trucks plugging in), the daemon (under MPC by default) with its API,
-    20 station minutes in; the caller takes part in the clock. Both stop when the block ends."""
+    """Four piles (three trucks plugging in), the daemon (under MPC by default) with its API
+    (`limits`: more [api] settings), 20 station minutes in; the caller takes part in the clock.
+    Both stop when the block ends."""
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     station = replace(station, piles=station.piles[:4]).with_control(period_s=5.0)
     start = local_time(station, "2026-11-25T10:00")
@@ -96,13 +109,17 @@ async def running_site(
         port=free_ports(1)[0],
         token_env=TOKEN_ENV,
         reads_need_token=reads_need_token,
+        **limits,
     )
     server = ApiServer(daemon, settings)
     daemon.services.append(server)
     with clock.participant():
         try:
             await clock.sleep_until(start + 20 * 60)
-            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            await server.synced()  # the daemon starts its API after its loops
+            async with httpx.AsyncClient(
+                base_url=server.url, timeout=10, event_hooks={"request": [synced(server)]}
+            ) as client:
                 yield Site(daemon, clock, client, server, start, daemon.control.zone)
         finally:
             await running.stop()

@@ -145,7 +145,9 @@ async def test_the_live_page_shows_the_station_and_updates(
     async with running_site(running_station, station, monkeypatch) as site:
         url = site.server.url + "/"
 
-        # Station time stands still while the browser loads (this task holds the clock).
+        # Station time stands still while the browser loads (this task holds the clock), and
+        # the API's process has the state of now.
+        await site.server.synced()
         first = Page(await _dump_dom(chromium, url, tmp_path / "profile", 4000))
         status = await site.get("/api/status")
         _shows(first, status)
@@ -168,6 +170,7 @@ async def test_the_live_page_shows_the_station_and_updates(
         answer = await site.client.post("/api/limit/override", json=override, headers=AUTH)
         assert answer.status_code == 200, answer.text
         await site.clock.sleep(600)
+        await site.server.synced()
         second = Page(await _dump_dom(chromium, url, tmp_path / "profile", 4000))
         later = await site.get("/api/status")
         _shows(second, later)
