@@ -250,7 +250,7 @@ def cycle_bench(
         # bare client's cycle in the same run, since the machine's load sets both (the issue's
         # figure for a quiet machine is 0.2 s).
         "a limit change written to every pile within one cycle (1.3x the bare client's p99)": (
-            max(reactions) <= 1.3 * _p(bare, 99),
+            1000 * max(reactions) <= 1.3 * _p(bare, 99),
             f"longest {1000 * max(reactions):.0f} ms against {1.3 * _p(bare, 99):.0f} ms",
         ),
     }
