@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +26,7 @@ import pytest_timeout
 
 from base.clock import VirtualClock
 from base.config import CONFIG_ROOT, REFERENCE_STATION, Station, load_station
+from base.mapfile import load_register_map
 from control.decider import Policy
 from control.step import Cycle
 from controller.daemon import Daemon
@@ -177,6 +178,59 @@ def wait_for_line(proc: subprocess.Popen[str], pattern: str, limit: int = 400) -
         if re.search(pattern, line):
             return seen
     raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
+
+
+def start_daemon_with_api(
+    tmp_path: Path, processes: list[subprocess.Popen[str]], token_env: str
+) -> tuple[subprocess.Popen[str], subprocess.Popen[str], str]:
+    """`flexcharge sim-hardware` serving the reference station's files (free ports, under
+    `tmp_path`) and `flexcharge run --api` controlling it, its writes open to the token in
+    `token_env`; the simulator's and the daemon's processes, and the API's base URL, once it
+    serves."""
+    path = station_files_on_free_ports(tmp_path)
+    simulator = start_process(["sim-hardware", "--station", str(path)], processes)
+    wait_for_line(simulator, r"serving ")
+    port = free_ports(1)[0]
+    assert token_env in os.environ, "the token the daemon is to read"
+    daemon = start_process(
+        [
+            *("run", "--station", str(path), "--state", str(tmp_path / "state.sqlite")),
+            *("--pidfile", str(tmp_path / "flexcharge.pid"), "--api", f"127.0.0.1:{port}"),
+        ],
+        processes,
+        cwd=tmp_path,  # its telemetry's local store goes under the working directory
+    )
+    wait_for_line(daemon, r"API, metrics and live page at http://127.0.0.1:\d+ \(writes need")
+    return simulator, daemon, f"http://127.0.0.1:{port}"
+
+
+TERMINAL = "flexcharge-metering-terminal"
+
+
+def on_one_opcua_endpoint(
+    station: Station, certs_dir: Path, user: str, password_env: str
+) -> Station:
+    """The station with its metering terminal as the grid meter and piles P01, P02 on one
+    OPC-UA endpoint (a free port), secured by the certificates in `certs_dir`, `user` with the
+    password in `password_env`."""
+    (port,) = free_ports(1)
+    terminal = load_register_map(CONFIG_ROOT / "devices" / f"{TERMINAL}.toml")
+    meter = station.grid_meter.model_copy(
+        update={"protocol": "opcua", "device": TERMINAL, "port": port, "object": "terminal"}
+    )
+    piles = tuple(
+        p.model_copy(update={"protocol": "opcua", "port": port}) if p.id in ("P01", "P02") else p
+        for p in station.piles
+    )
+    station = replace(
+        station,
+        grid_meter=meter,
+        piles=piles,
+        device_maps={**station.device_maps, TERMINAL: terminal},
+    )
+    return station.with_security(
+        certs=str(certs_dir), opcua_user=user, opcua_password_env=password_env
+    )
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_ports, start_process, station_files_on_free_ports, wait_for_line
+from tests.conftest import (
+    start_daemon_with_api,
+    start_process,
+    station_files_on_free_ports,
+)
 
 TOKEN = "process-test-token-91c2"
 
@@ -39,28 +43,8 @@ def test_run_serves_the_api(
     tmp_path: Path, processes: list[subprocess.Popen[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Status answers while the daemon runs; writes need the token; SIGTERM stops it all."""
-    path = station_files_on_free_ports(tmp_path)
-    simulator = start_process(["sim-hardware", "--station", str(path)], processes)
-    wait_for_line(simulator, r"serving ")
-    port = free_ports(1)[0]
     monkeypatch.setenv("FLEXCHARGE_API_TOKEN", TOKEN)
-    daemon = start_process(
-        [
-            "run",
-            "--station",
-            str(path),
-            "--state",
-            str(tmp_path / "state.sqlite"),
-            "--pidfile",
-            str(tmp_path / "flexcharge.pid"),
-            "--api",
-            f"127.0.0.1:{port}",
-        ],
-        processes,
-        cwd=tmp_path,  # its telemetry's local store goes under the working directory
-    )
-    wait_for_line(daemon, r"API, metrics and live page at http://127.0.0.1:\d+ \(writes need")
-    base = f"http://127.0.0.1:{port}"
+    simulator, daemon, base = start_daemon_with_api(tmp_path, processes, "FLEXCHARGE_API_TOKEN")
     deadline = time.monotonic() + 20
     while True:
         code, status = _call(base + "/api/status")

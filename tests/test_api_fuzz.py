@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import free_ports, start_process, station_files_on_free_ports, wait_for_line
+from tests.conftest import start_daemon_with_api
 
 TOKEN = "fuzz-token-5b0e"
 EXAMPLES = 400
@@ -207,28 +207,8 @@ def daemon_api(
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """`flexcharge run --api` controlling `sim-hardware`, both processes; the API's base URL and
     the daemon's process (stopped with SIGTERM at the end, its log left to read)."""
-    path = station_files_on_free_ports(tmp_path)
-    simulator = start_process(["sim-hardware", "--station", str(path)], processes)
-    wait_for_line(simulator, r"serving ")
-    port = free_ports(1)[0]
     monkeypatch.setenv("FLEXCHARGE_API_TOKEN", TOKEN)
-    daemon = start_process(
-        [
-            "run",
-            "--station",
-            str(path),
-            "--state",
-            str(tmp_path / "state.sqlite"),
-            "--pidfile",
-            str(tmp_path / "flexcharge.pid"),
-            "--api",
-            f"127.0.0.1:{port}",
-        ],
-        processes,
-        cwd=tmp_path,
-    )
-    wait_for_line(daemon, r"API, metrics and live page at ")
-    base = f"http://127.0.0.1:{port}"
+    _, daemon, base = start_daemon_with_api(tmp_path, processes, "FLEXCHARGE_API_TOKEN")
     with httpx.Client(base_url=base, timeout=30) as client:
         deadline = time.monotonic() + 30
         while client.get("/api/status").json()["cycle_time"] is None:

@@ -29,10 +29,9 @@ from asyncua.crypto import security_policies
 
 from base import certs
 from base.clock import VirtualClock
-from base.config import CONFIG_ROOT, Station
+from base.config import Station
 from base.devicemap import PileMode, PileState
 from base.loading import ConfigError
-from base.mapfile import load_register_map
 from control.step import Cycle
 from controller.daemon import Daemon
 from drivers.errors import BadValue, ConnectionLost, DeviceRejected, DeviceTimeout
@@ -46,11 +45,10 @@ from simulator.opcua import OpcUaStationServer
 from simulator.plant import Plant
 from simulator.registers import MeterRegisters
 from simulator.scenario import Series
-from tests.conftest import free_ports, local_time, truck_visit
+from tests.conftest import free_ports, local_time, on_one_opcua_endpoint, truck_visit
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.loopback, pytest.mark.usefixtures("no_leaked_tasks")]
 
-TERMINAL = "flexcharge-metering-terminal"
 USER = "operator"
 PASSWORD = "correct horse battery staple"
 PASSWORD_ENV = "FLEXCHARGE_TEST_OPCUA_PASSWORD"
@@ -88,24 +86,7 @@ def certs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def opcua_station(station: Station, certs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Station:
     """The reference station with the metering terminal and piles P01, P02 on one OPC-UA endpoint."""
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    (port,) = free_ports(1)
-    terminal = load_register_map(CONFIG_ROOT / "devices" / f"{TERMINAL}.toml")
-    meter = station.grid_meter.model_copy(
-        update={"protocol": "opcua", "device": TERMINAL, "port": port, "object": "terminal"}
-    )
-    piles = tuple(
-        p.model_copy(update={"protocol": "opcua", "port": port}) if p.id in ("P01", "P02") else p
-        for p in station.piles
-    )
-    station = replace(
-        station,
-        grid_meter=meter,
-        piles=piles,
-        device_maps={**station.device_maps, TERMINAL: terminal},
-    )
-    return station.with_security(
-        certs=str(certs_dir), opcua_user=USER, opcua_password_env=PASSWORD_ENV
-    )
+    return on_one_opcua_endpoint(station, certs_dir, USER, PASSWORD_ENV)
 
 
 def _security(

@@ -32,7 +32,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +40,13 @@ import pytest
 
 from base import certs
 from base.clock import VirtualClock
-from base.config import CONFIG_ROOT, Station
-from base.mapfile import load_register_map
+from base.config import Station
 from simulator.hardware import StationSimulator
-from tests.conftest import free_ports, local_time, on_free_ports
+from tests.conftest import local_time, on_free_ports, on_one_opcua_endpoint
 
 pytestmark = [pytest.mark.loopback, pytest.mark.timeout(400)]
 
 PEER = Path(__file__).resolve().parent / "opcua_peer"
-TERMINAL = "flexcharge-metering-terminal"
 USER = "operator"
 PASSWORD = "correct horse battery staple"
 PASSWORD_ENV = "FLEXCHARGE_TEST_OPCUA_PASSWORD"
@@ -146,25 +144,7 @@ def _node() -> str:
 
 def _opcua_station(reference: Station, certs_dir: Path) -> Station:
     """The reference station with the terminal and piles P01, P02 on one OPC-UA endpoint."""
-    station = on_free_ports(reference)
-    (port,) = free_ports(1)
-    terminal = load_register_map(CONFIG_ROOT / "devices" / f"{TERMINAL}.toml")
-    meter = station.grid_meter.model_copy(
-        update={"protocol": "opcua", "device": TERMINAL, "port": port, "object": "terminal"}
-    )
-    piles = tuple(
-        p.model_copy(update={"protocol": "opcua", "port": port}) if p.id in ("P01", "P02") else p
-        for p in station.piles
-    )
-    station = replace(
-        station,
-        grid_meter=meter,
-        piles=piles,
-        device_maps={**station.device_maps, TERMINAL: terminal},
-    )
-    return station.with_security(
-        certs=str(certs_dir), opcua_user=USER, opcua_password_env=PASSWORD_ENV
-    )
+    return on_one_opcua_endpoint(on_free_ports(reference), certs_dir, USER, PASSWORD_ENV)
 
 
 class _Refusals(logging.Handler):
