@@ -15,7 +15,7 @@ from control.cycle import Control
 from control.decider import Policy
 from control.follow import NOT_FOLLOWING, Deviation, FollowWatch
 from control.sensing import STEADY_READINGS, Sensors
-from control.site import PileView
+from control.site import PileView, SiteSnapshot
 from drivers.errors import DeviceTimeout
 from drivers.meter import MeterReading
 from drivers.pile import PileReading
@@ -96,6 +96,54 @@ def test_a_meter_frozen_while_the_piles_move_is_caught_at_once(
     assert len(events) == 1
     sensors.take_meter(meter(1700.0), T0 + 4)
     assert events[-1].startswith("meter grid: back to normal")
+
+
+def _cycle(
+    sensors: Sensors, reference: Station, at: float, grid: MeterReading | None, kw: float
+) -> SiteSnapshot:
+    """One cycle as the daemon runs it: the meter (None: it could not be read), P01, the snapshot."""
+    sensors.take_meter(DeviceTimeout("meter grid", "no answer") if grid is None else grid, at)
+    sensors.take_pile("P01", pile(kw), at)
+    return sensors.snapshot(at, reference.tariff)
+
+
+def test_start_up_is_not_frozen(sensors: Sensors, events: list[str], reference: Station) -> None:
+    """The first cycle's piles are not a move: before it the piles had not been measured. A
+    value read again one period later has not yet had the chance to move."""
+    _cycle(sensors, reference, T0, meter(1500.0), 300.0)
+    _cycle(sensors, reference, T0 + 1, meter(1500.0), 340.0)
+    assert sensors.meter.ok and events == []
+    _cycle(sensors, reference, T0 + 2, meter(1540.0), 380.0)
+    assert sensors.meter.ok and events == []
+
+
+def test_a_reconnect_is_not_frozen(sensors: Sensors, events: list[str], reference: Station) -> None:
+    """After the meter could not be read, its first value read again a period later (the poll
+    and a subscription's first publish carry the same values) is no freeze, however the piles
+    ramp meanwhile; the same value once more, a period after that, is."""
+    _cycle(sensors, reference, T0, meter(1500.0), 100.0)
+    for k in range(1, 6):
+        _cycle(sensors, reference, T0 + k, None, 100.0)
+    assert events == ["meter grid: no answer"]
+    _cycle(sensors, reference, T0 + 6, meter(1600.0), 200.0)
+    _cycle(sensors, reference, T0 + 7, meter(1600.0), 240.0)
+    assert sensors.meter.ok, events
+    assert events[-1].startswith("meter grid: back to normal")
+    _cycle(sensors, reference, T0 + 8, meter(1600.0), 280.0)
+    assert not sensors.meter.ok
+    assert "frozen: every value unchanged for 2 s while the piles moved 140 kW" in events[-1]
+
+
+def test_a_frozen_meter_that_drops_out_is_still_frozen_when_it_answers_the_same(
+    sensors: Sensors, events: list[str], reference: Station
+) -> None:
+    _cycle(sensors, reference, T0, meter(1500.0), 100.0)
+    _cycle(sensors, reference, T0 + 1, meter(1500.0), 200.0)
+    _cycle(sensors, reference, T0 + 2, meter(1500.0), 300.0)
+    assert "frozen" in events[-1]
+    _cycle(sensors, reference, T0 + 3, None, 300.0)
+    _cycle(sensors, reference, T0 + 4, meter(1500.0), 300.0)
+    assert not sensors.meter.ok and len(events) == 1, "no recovery told in between"
 
 
 def test_a_quiet_site_still_freezes_after_the_frozen_time(
