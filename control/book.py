@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from base.config import Station
 from base.devicemap import PileState
-from base.events import DeviceRef
+from base.events import DeviceRef, Event, Kind, Source
 from control.estimate import Estimator
 from control.sessions import PastVisit, Session, Wish
 from control.site import PileView
@@ -51,13 +51,17 @@ class SessionBook:
             return True
         return False
 
-    def observe(self, piles: Collection[PileView], now: float) -> tuple[list[str], list[str]]:
+    def observe(self, piles: Collection[PileView], now: float) -> tuple[list[Event], list[str]]:
         """Follow every pile's reading: faults, arrivals, departures, full vehicles, overstays.
 
         Returns the events, and the reasons a new plan is due (empty if none).
         """
-        events: list[str] = []
+        events: list[Event] = []
         reasons: list[str] = []
+
+        def observed(text: str) -> None:
+            events.append(Event(now, Source.CONTROL, Kind.OBSERVED, text))
+
         for view in piles:
             reading = view.reading
             if reading is None:
@@ -66,8 +70,13 @@ class SessionBook:
                 f"reports fault code {reading.fault_code}" if reading.fault_code else ""
             )
             if fault != self.faults.get(view.id, ""):
-                label = DeviceRef.pile(view.id).label
-                events.append(f"{label}: fault: {fault}" if fault else f"{label}: fault cleared")
+                pile = DeviceRef.pile(view.id)
+                kind, said = (
+                    (Kind.FAULT, f"fault: {fault}")
+                    if fault
+                    else (Kind.FAULT_CLEARED, "fault cleared")
+                )
+                events.append(Event(now, Source.CONTROL, kind, f"{pile.label}: {said}", pile))
                 self.faults[view.id] = fault
             session = self.sessions.get(view.id)
             if reading.state is PileState.FAULT and (
@@ -94,7 +103,7 @@ class SessionBook:
                 self.history.append(visit)
                 if self.on_departure is not None:
                     self.on_departure(replace(visit, delivered_kwh=session.delivered_kwh))
-                events.append(
+                observed(
                     f"{view.id}: vehicle left after {session.delivered_kwh:.0f} of {session.need_kwh:.0f} kWh"
                 )
                 reasons.append(f"departure at {view.id}")
@@ -103,9 +112,7 @@ class SessionBook:
                 session = self._start_session(view, now)
                 self.sessions[view.id] = session
                 soc = "" if reading.soc_pct is None else f" at SoC {reading.soc_pct:.0f}%"
-                events.append(
-                    f"{view.id}: vehicle connected{soc}, needs {session.need_kwh:.0f} kWh"
-                )
+                observed(f"{view.id}: vehicle connected{soc}, needs {session.need_kwh:.0f} kWh")
                 reasons.append(f"arrival at {view.id}")
             if session is not None:
                 session.delivered_kwh = reading.session_energy_kwh
@@ -115,14 +122,14 @@ class SessionBook:
                     session.battery_kw = max(session.battery_kw or 0.0, reading.ev_max_kw)
                 if reading.state is PileState.FINISHED and session.remaining_kwh > 0:
                     # Full before it got what it was said (or guessed) to need: it needs no more.
-                    events.append(
+                    observed(
                         f"{view.id}: vehicle full after {session.delivered_kwh:.1f} of "
                         f"{session.need_kwh:.1f} kWh"
                     )
                     session.need_kwh = session.delivered_kwh
                     reasons.append(f"vehicle full at {view.id}")
                 if session.departure_known and now >= session.departure:
-                    events.append(f"{view.id}: vehicle still here after its departure time")
+                    observed(f"{view.id}: vehicle still here after its departure time")
                     session.departure_known = False
                 if not session.departure_known and session.departure <= now + 60:
                     # Still here after we expected it to leave: it stays a while longer.

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from base.config import Station
+from base.events import Event, Kind, Source
 from base.tariff import Tariff
 from control.book import SessionBook
 from control.decider import Decider, Decision, Following, Policy, group_limits, progress_gap
@@ -123,8 +124,8 @@ class Control:
         self.planned_at: float | None = None
         control = station.control
         self.background = BackgroundWatch(window_s=control.background_window_s)
-        self._notes: list[str] = []
-        self.follow = FollowWatch.of(control, notify=lambda _now, text: self._notes.append(text))
+        self._notes: list[Event] = []
+        self.follow = FollowWatch.of(control, notify=self._notes.append)
         self.decider = Decider(station, self.follow)
         self.month = MonthPeak(self.zone)
         self.limit_kw = station.limit_kw
@@ -180,10 +181,11 @@ class Control:
 
     # -- following the site --------------------------------------------------------------------
 
-    def observe(self, snapshot: SiteSnapshot, dt: float) -> list[str]:
-        """Update sessions, the month's peak and the background estimate; return events."""
+    def observe(self, snapshot: SiteSnapshot, dt: float) -> list[Event]:
+        """Update sessions, the month's peak and the background estimate; return what was
+        noticed, as events from control (a pile's fault and its end are about the pile)."""
         now = snapshot.time
-        events: list[str] = []
+        events: list[Event] = []
         for view in snapshot.piles:
             self.follow.check(view, now)
             self.decider.seed(view)
@@ -201,7 +203,8 @@ class Control:
             # assume if the meter is lost too must keep learning while a pile is silent.
             self.background.add(now, snapshot.grid_kw - snapshot.piles_kw)
         if abs(snapshot.limit_kw - self.limit_kw) > 1.0:
-            events.append(f"site limit now {snapshot.limit_kw:.0f} kW (was {self.limit_kw:.0f} kW)")
+            text = f"site limit now {snapshot.limit_kw:.0f} kW (was {self.limit_kw:.0f} kW)"
+            events.append(Event(now, Source.CONTROL, Kind.OBSERVED, text))
             self._why = self._why or "limit changed"
         self.limit_kw = snapshot.limit_kw
         happened, reasons = self.book.observe(snapshot.piles, now)

@@ -369,7 +369,7 @@ class Sensors:
         return limit
 
     def _tell(self, event: Event) -> None:
-        log.warning("%s", event.text)
+        event.log(log)
         if self._notify is not None:
             self._notify(event)
 

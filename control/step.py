@@ -5,8 +5,8 @@ The shells read the site into a `SiteSnapshot` (the daemon from its devices, fas
 from the plant through the same checks), call `step`, write the setpoints it decided and tell
 `Control.committed` which were written. Nothing here waits or touches a device.
 
-What `Control.observe` noticed comes back worded; `step` makes those words events (from control,
-of kind observed), the one place they become records.
+What `Control.observe` noticed comes back as events from control: what it observed following the
+site, and a pile's fault (reported, or not following its setpoint) and its end, about the pile.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from base.events import Event, Kind, Source
+from base.events import Event
 from control.cycle import Control
 from control.decider import Decision
 from control.ledger import SessionLedger
@@ -62,11 +62,7 @@ def step(
     """
     if ledger is not None:
         ledger.close_ended(snapshot)
-    # Control words what it noticed without saying what kind of thing or which pile it is about.
-    events = tuple(
-        Event(snapshot.time, Source.CONTROL, Kind.OBSERVED, text)
-        for text in control.observe(snapshot, dt)
-    )
+    events = tuple(control.observe(snapshot, dt))
     if ledger is not None:
         ledger.follow(snapshot, control.sessions)
     if plan is not None:

@@ -545,8 +545,8 @@ class Daemon:
             self._event(Event(cycle.time, Source.CONTROL, kind, text))
 
     def _event(self, event: Event) -> None:
-        """An event made here or in the control step: logged, then recorded."""
-        log.info("%s", event.text)
+        """An event made here or in the control step: logged at its level, then recorded."""
+        event.log(log)
         self._record(event)
 
 

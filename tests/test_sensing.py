@@ -4,6 +4,7 @@ draws; `FollowWatch` alone decides, with the station's thresholds): pure logic, 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 
@@ -11,6 +12,7 @@ import pytest
 
 from base.config import Station
 from base.devicemap import PileState
+from base.events import DeviceRef, Event, Kind, Source
 from control.cycle import Control
 from control.decider import Policy
 from control.follow import NOT_FOLLOWING, Deviation, FollowWatch
@@ -204,21 +206,27 @@ def view(reference: Station, reading: PileReading | None, *, armed: bool = True)
 def test_a_pile_drawing_more_than_told_is_flagged_and_its_excess_counted(
     reference: Station,
 ) -> None:
-    said: list[str] = []
-    watch = FollowWatch(20.0, 2.0, 5.0, notify=lambda _t, text: said.append(text))
+    told: list[Event] = []
+    watch = FollowWatch(20.0, 2.0, 5.0, notify=told.append)
     watch.told("P01", T0, 200.0)
     for k in range(0, 40):
         watch.check(view(reference, pile(300.0)), T0 + k)
     assert watch.flagged("P01") is Deviation.OVER
     assert watch.excess_kw("P01") == pytest.approx(100.0)
-    assert said == [
+    assert [e.text for e in told] == [
         "pile P01: not following: draws 300 kW, told 200 kW (counted as load it takes on its own)"
     ]
     # Following again, for three graces, clears it (once).
     for k in range(40, 110):
         watch.check(view(reference, pile(200.0)), T0 + k)
-    assert watch.flagged("P01") is None and said[-1] == "pile P01: following its setpoint again"
-    assert len(said) == 2
+    assert (
+        watch.flagged("P01") is None and told[-1].text == "pile P01: following its setpoint again"
+    )
+    # A fault of the pile, logged as a warning; its end, as information.
+    assert [(e.source, e.kind, e.device, e.level) for e in told] == [
+        (Source.CONTROL, Kind.FAULT, DeviceRef.pile("P01"), logging.WARNING),
+        (Source.CONTROL, Kind.FAULT_CLEARED, DeviceRef.pile("P01"), logging.INFO),
+    ]
 
 
 def test_a_pile_ramping_on_its_way_is_not_flagged(reference: Station) -> None:
@@ -431,13 +439,17 @@ def test_the_controller_reports_a_misapplying_pile_as_a_device_fault(reference: 
     sensors = Sensors(reference, follow=control.follow)
     assert sensors.follow is control.follow
     events: list[str] = []
+    kinds: list[Kind] = []
 
     def cycle(at: float, p01: PileReading) -> PileView:
         sensors.take_meter(MeterReading(power_kw=1000.0), at)
         for pid, reading in _readings(reference, p01).items():
             sensors.take_pile(pid, reading, at)
         snapshot = sensors.snapshot(at, reference.tariff)
-        events.extend(control.observe(snapshot, 1.0))
+        for event in control.observe(snapshot, 1.0):
+            if event.device == DeviceRef.pile("P01"):
+                kinds.append(event.kind)
+            events.append(event.text)
         return next(v for v in snapshot.piles if v.id == "P01")
 
     cycle(T0, told(300.0, applied=300.0, since=T0 - 60))
@@ -452,6 +464,7 @@ def test_the_controller_reports_a_misapplying_pile_as_a_device_fault(reference: 
     assert "P01" in control.sessions, "a pile in fault says nothing of its vehicle"
     cycle(T0 + 30, told(100.0, applied=100.0, since=T0 + 1))
     assert events[-1] == "pile P01: fault cleared"
+    assert kinds == [Kind.FAULT, Kind.FAULT_CLEARED]
 
 
 def test_the_sensors_judge_with_the_station_thresholds(reference: Station) -> None:

@@ -87,7 +87,7 @@ class ControlledPile:
     def cycle(self, now: float, reading: PileReading) -> None:
         snapshot = _snapshot(self.station, now, {"P01": reading})
         self.ledger.close_ended(snapshot)
-        self.events += self.control.observe(snapshot, 1.0)
+        self.events += [e.text for e in self.control.observe(snapshot, 1.0)]
         self.ledger.follow(snapshot, self.control.sessions)
 
     def save(self, now: float) -> None:
