@@ -22,9 +22,12 @@ from drivers.pile import PileReading
 from scheduler.problem import Vehicle
 
 
-def net_counter(reading: PileReading) -> float:
-    """The pile's lifetime energy counters, import less export (kWh)."""
-    return reading.energy_import_kwh - reading.energy_export_kwh
+def ends(session: Session, reading: PileReading) -> bool:
+    """Whether the pile's `reading` ends `session`: no vehicle, or another session. A pile in
+    fault says nothing of its vehicle (the session goes on)."""
+    if reading.session_id != session.session_id:
+        return True
+    return not reading.state.vehicle_present and reading.state is not PileState.FAULT
 
 
 class SessionBook:
@@ -84,20 +87,8 @@ class SessionBook:
             ):
                 # A pile in fault says nothing of its vehicle: the session goes on.
                 continue
-            if session is not None and (
-                not reading.state.vehicle_present or reading.session_id != session.session_id
-            ):
-                if reading.session_id == session.session_id:
-                    # The pile's counter holds the session's last energy after the unplug.
-                    session.delivered_kwh = max(session.delivered_kwh, reading.session_energy_kwh)
-                elif session.start_counter_kwh is not None:
-                    # A new session began before we saw this one end: what the pile's lifetime
-                    # counter rose by up to the new session's start was this one's (the state
-                    # file's ledger closes sessions the same way).
-                    now_at = net_counter(reading) - reading.session_energy_kwh
-                    session.delivered_kwh = max(
-                        session.delivered_kwh, now_at - session.start_counter_kwh
-                    )
+            if session is not None and ends(session, reading):
+                # Its energy account has closed (`control.ledger`): it leaves with that energy.
                 del self.sessions[view.id]
                 visit = PastVisit.of(session, now)
                 self.history.append(visit)
@@ -115,7 +106,6 @@ class SessionBook:
                 observed(f"{view.id}: vehicle connected{soc}, needs {session.need_kwh:.0f} kWh")
                 reasons.append(f"arrival at {view.id}")
             if session is not None:
-                session.delivered_kwh = reading.session_energy_kwh
                 session.soc = None if reading.soc_pct is None else reading.soc_pct / 100
                 if reading.ev_max_kw is not None:
                     session.max_kw = max(session.max_kw, min(reading.ev_max_kw, view.max_kw))
@@ -178,7 +168,6 @@ class SessionBook:
             delivered_kwh=reading.session_energy_kwh,
             capacity_kwh=capacity,
             soc=soc,
-            start_counter_kwh=net_counter(reading) - reading.session_energy_kwh,
         )
         self._apply_wish(session, wish)
         return session

@@ -142,6 +142,7 @@ def test_a_cycle_is_a_site_point_and_a_point_per_pile(reference: Station) -> Non
         {p1.id: 350.0},
         {p1.id: 320.0, p2.id: 0.0},
         {p1.id: True, p2.id: False},
+        {p1.id: 12.5},
     )
     site, one, two = cycle_points("S", cycle)
     assert (site.measurement, site.tag("band")) == ("site", "valley")
@@ -150,6 +151,7 @@ def test_a_cycle_is_a_site_point_and_a_point_per_pile(reference: Station) -> Non
     assert site.field("budget_kw") == 2200.0 and site.field("limit_kw") == 4275.0
     assert (one.tag("pile"), one.tag("state")) == (p1.id, "charging")
     assert one.field("power_kw") == 300.0 and one.field("soc_pct") == 42.0
+    assert one.field("session_kwh") == 12.5 and two.field("session_kwh") is None
     assert (one.field("target_kw"), one.field("setpoint_kw"), one.field("written")) == (
         350.0,
         320.0,
