@@ -148,7 +148,7 @@ class SessionLedger:
         assert account is not None
         counter = reading.energy_import_kwh
         if counter < account.last_counter_kwh - COUNTER_SLACK_KWH:
-            self._counter_went_back(session, account, counter)
+            self._counter_went_back(session, account, counter, "ends with it")
             self._counted_to.pop(session.pile, None)
         else:
             drawn = max(counter, account.last_counter_kwh) - account.start_counter_kwh
@@ -170,7 +170,7 @@ class SessionLedger:
     def _count(self, session: Session, account: EnergyAccount, reading: PileReading) -> None:
         counter = reading.energy_import_kwh
         if counter < account.last_counter_kwh - COUNTER_SLACK_KWH:
-            self._counter_went_back(session, account, counter)
+            self._counter_went_back(session, account, counter, "counts on from the new reading")
             account.start_counter_kwh = counter - account.energy_kwh
             account.last_counter_kwh = counter
             return
@@ -178,17 +178,20 @@ class SessionLedger:
         account.energy_kwh = counter - account.start_counter_kwh
         account.last_counter_kwh = counter
 
-    def _counter_went_back(self, session: Session, account: EnergyAccount, counter: float) -> None:
+    def _counter_went_back(
+        self, session: Session, account: EnergyAccount, counter: float, then: str
+    ) -> None:
         # The pile's own session figures now differ from the account by the reset: told here.
         self._warned.add(session.key)
         log.warning(
             "pile %s: lifetime import counter went back from %.1f to %.1f kWh (reset or "
-            "replaced?); session %d keeps its %.1f kWh and counts on from the new reading",
+            "replaced?); session %d keeps its %.1f kWh and %s",
             session.pile,
             account.last_counter_kwh,
             counter,
             session.session_id,
             account.energy_kwh,
+            then,
         )
 
     def _cross_check(self, session: Session, reading: PileReading) -> None:
