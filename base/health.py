@@ -4,8 +4,8 @@ a queue, a solve, the state file.
 `Health` is told of every success and every failure, and speaks only at the edges: once when the
 thing starts failing (with why, an error) and once when it recovers (with how long it was down,
 information), never in between, the way Home Assistant's DataUpdateCoordinator logs an
-integration. It counts episodes
-and the time spent down, for metrics. Times come from the caller's clock.
+integration. It counts episodes and the time spent down, for metrics. Times come from the
+caller's clock.
 """
 
 from __future__ import annotations
