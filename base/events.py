@@ -10,30 +10,33 @@ reading it.
 `DeviceRef` names one device of the station; its `label` ("pile P03") is the one place a
 device's name is worded, in events, errors and config problems alike.
 
-The kinds, by the source that tells them:
+The kinds, by the source that tells them, and the level each is logged at (`Event.level`): a
+fault is a warning or an error, its end is information.
 
-| source    | kind                 | when                                                        |
-|-----------|----------------------|-------------------------------------------------------------|
-| device    | failed               | a device stops answering, or answers implausibly            |
-| device    | recovered            | it answers plausibly again (with how long it was down)      |
-| device    | late                 | its answers arrive more than a control period late          |
-| device    | in-time              | they arrive in time again                                   |
-| control   | failed, recovered    | the optimiser or the scheduling problem fails, or works again |
-| control   | observed             | what the control step noticed following the site: arrivals, |
-|           |                      | departures, a vehicle full or staying late, a pile's fault, |
-|           |                      | a pile not following its setpoint, a new site limit         |
-| control   | curtailing           | the site limit starts holding vehicles back                 |
-| control   | curtailment-ended    | it no longer does                                           |
-| control   | reload               | a reload ended a session                                    |
-| operator  | override             | an operator lowered the site limit                          |
-| operator  | override-ended       | the override was withdrawn or ran out                       |
-| operator  | reload               | a new config was applied                                    |
-| simulator | scripted-fault       | a scripted fault starts                                     |
-| simulator | scripted-fault-ended | it ends                                                     |
+| source    | kind                 | level   | when                                                  |
+|-----------|----------------------|---------|-------------------------------------------------------|
+| device    | failed               | ERROR   | a device stops answering, or answers implausibly      |
+| device    | recovered            | INFO    | it answers plausibly again (with how long it was down) |
+| device    | late                 | WARNING | its answers arrive more than a control period late    |
+| device    | in-time              | INFO    | they arrive in time again                             |
+| control   | failed, recovered    | ERROR, INFO | the optimiser, the scheduling problem, the state file or telemetry fails, or works again |
+| control   | fault                | WARNING | a pile reports a fault, or does not follow its setpoint (about the pile) |
+| control   | fault-cleared        | INFO    | it no longer does                                     |
+| control   | observed             | INFO    | what the control step noticed following the site: arrivals, departures, a vehicle full or staying late, a new site limit |
+| control   | curtailing           | INFO    | the site limit starts holding vehicles back           |
+| control   | curtailment-ended    | INFO    | it no longer does                                     |
+| control   | reload               | INFO    | a reload ended a session                              |
+| operator  | override             | WARNING | an operator lowered the site limit                    |
+| operator  | override-ended       | INFO    | the override was withdrawn or ran out                 |
+| operator  | reload               | INFO    | a new config was applied                              |
+| simulator | scripted-fault       | WARNING | a scripted fault starts                               |
+| simulator | scripted-fault-ended | INFO    | it ends                                               |
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -85,6 +88,8 @@ class Kind(StrEnum):
     RECOVERED = "recovered"
     LATE = "late"
     IN_TIME = "in-time"
+    FAULT = "fault"
+    FAULT_CLEARED = "fault-cleared"
     OBSERVED = "observed"
     CURTAILING = "curtailing"
     CURTAILMENT_ENDED = "curtailment-ended"
@@ -93,6 +98,16 @@ class Kind(StrEnum):
     OVERRIDE_ENDED = "override-ended"
     SCRIPTED_FAULT = "scripted-fault"
     SCRIPTED_FAULT_ENDED = "scripted-fault-ended"
+
+
+# The level each kind is logged at (the module docstring's table); kinds not named are INFO.
+LEVELS: Mapping[Kind, int] = {
+    Kind.FAILED: logging.ERROR,
+    Kind.LATE: logging.WARNING,
+    Kind.FAULT: logging.WARNING,
+    Kind.OVERRIDE: logging.WARNING,
+    Kind.SCRIPTED_FAULT: logging.WARNING,
+}
 
 
 @dataclass(frozen=True)
@@ -105,3 +120,12 @@ class Event:
     kind: Kind
     text: str
     device: DeviceRef | None = None
+
+    @property
+    def level(self) -> int:
+        """The logging level it is logged at: a fault's, or information."""
+        return LEVELS.get(self.kind, logging.INFO)
+
+    def log(self, logger: logging.Logger) -> None:
+        """Log the event's text at its level."""
+        logger.log(self.level, "%s", self.text)

@@ -2,9 +2,10 @@
 a queue, a solve, the state file.
 
 `Health` is told of every success and every failure, and speaks only at the edges: once when the
-thing starts failing (with why) and once when it recovers (with how long it was down), never in
-between, the way Home Assistant's DataUpdateCoordinator logs an integration. It counts episodes
-and the time spent down, for metrics. Times come from the caller's clock.
+thing starts failing (with why, an error) and once when it recovers (with how long it was down,
+information), never in between, the way Home Assistant's DataUpdateCoordinator logs an
+integration. It counts episodes and the time spent down, for metrics. Times come from the
+caller's clock.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Health:
         self.ok, self.since = False, now
         self.episodes += 1
         told = text if text is not None else f"{self.name}: {why}"
-        self._tell(now, logging.ERROR, Kind.FAILED, told)
+        self._tell(Event(now, self.source, Kind.FAILED, told, self.device))
         return True
 
     def recover(self, now: float, says: Callable[[float], str] | None = None) -> bool:
@@ -66,7 +67,7 @@ class Health:
         self._down_s += down
         self.ok, self.since, self.why = True, None, ""
         text = says(down) if says is not None else f"{self.name}: back to normal after {down:.0f} s"
-        self._tell(now, logging.WARNING, Kind.RECOVERED, text)
+        self._tell(Event(now, self.source, Kind.RECOVERED, text, self.device))
         return True
 
     def down_s(self, now: float) -> float:
@@ -74,7 +75,7 @@ class Health:
         current = now - self.since if self.since is not None else 0.0
         return self._down_s + max(0.0, current)
 
-    def _tell(self, now: float, level: int, kind: Kind, text: str) -> None:
-        self.logger.log(level, "%s", text)
+    def _tell(self, event: Event) -> None:
+        event.log(self.logger)
         if self.notify is not None:
-            self.notify(Event(now, self.source, kind, text, self.device))
+            self.notify(event)

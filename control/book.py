@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from base.config import Station
 from base.devicemap import PileState
-from base.events import DeviceRef
+from base.events import DeviceRef, Event, Kind, Source
 from control.estimate import Estimator
 from control.sessions import PastVisit, Session, Wish
 from control.site import PileView
@@ -22,9 +22,12 @@ from drivers.pile import PileReading
 from scheduler.problem import Vehicle
 
 
-def net_counter(reading: PileReading) -> float:
-    """The pile's lifetime energy counters, import less export (kWh)."""
-    return reading.energy_import_kwh - reading.energy_export_kwh
+def ends(session: Session, reading: PileReading) -> bool:
+    """Whether the pile's `reading` ends `session`: no vehicle, or another session. A pile in
+    fault says nothing of its vehicle (the session goes on)."""
+    if reading.session_id != session.session_id:
+        return True
+    return not reading.state.vehicle_present and reading.state is not PileState.FAULT
 
 
 class SessionBook:
@@ -68,13 +71,17 @@ class SessionBook:
             return True
         return False
 
-    def observe(self, piles: Collection[PileView], now: float) -> tuple[list[str], list[str]]:
+    def observe(self, piles: Collection[PileView], now: float) -> tuple[list[Event], list[str]]:
         """Follow every pile's reading: faults, arrivals, departures, full vehicles, overstays.
 
         Returns the events, and the reasons a new plan is due (empty if none).
         """
-        events: list[str] = []
+        events: list[Event] = []
         reasons: list[str] = []
+
+        def observed(text: str) -> None:
+            events.append(Event(now, Source.CONTROL, Kind.OBSERVED, text))
+
         for view in piles:
             reading = view.reading
             if reading is None:
@@ -83,8 +90,13 @@ class SessionBook:
                 f"reports fault code {reading.fault_code}" if reading.fault_code else ""
             )
             if fault != self.faults.get(view.id, ""):
-                label = DeviceRef.pile(view.id).label
-                events.append(f"{label}: fault: {fault}" if fault else f"{label}: fault cleared")
+                pile = DeviceRef.pile(view.id)
+                kind, said = (
+                    (Kind.FAULT, f"fault: {fault}")
+                    if fault
+                    else (Kind.FAULT_CLEARED, "fault cleared")
+                )
+                events.append(Event(now, Source.CONTROL, kind, f"{pile.label}: {said}", pile))
                 self.faults[view.id] = fault
             session = self.sessions.get(view.id)
             if reading.state is PileState.FAULT and (
@@ -92,26 +104,14 @@ class SessionBook:
             ):
                 # A pile in fault says nothing of its vehicle: the session goes on.
                 continue
-            if session is not None and (
-                not reading.state.vehicle_present or reading.session_id != session.session_id
-            ):
-                if reading.session_id == session.session_id:
-                    # The pile's counter holds the session's last energy after the unplug.
-                    session.delivered_kwh = max(session.delivered_kwh, reading.session_energy_kwh)
-                elif session.start_counter_kwh is not None:
-                    # A new session began before we saw this one end: what the pile's lifetime
-                    # counter rose by up to the new session's start was this one's (the state
-                    # file's ledger closes sessions the same way).
-                    now_at = net_counter(reading) - reading.session_energy_kwh
-                    session.delivered_kwh = max(
-                        session.delivered_kwh, now_at - session.start_counter_kwh
-                    )
+            if session is not None and ends(session, reading):
+                # Its energy account has closed (`control.ledger`): it leaves with that energy.
                 del self.sessions[view.id]
                 visit = PastVisit.of(session, now)
                 self.history.append(visit)
                 if self.on_departure is not None:
                     self.on_departure(replace(visit, delivered_kwh=session.delivered_kwh))
-                events.append(
+                observed(
                     f"{view.id}: vehicle left after {session.delivered_kwh:.0f} of {session.need_kwh:.0f} kWh"
                 )
                 reasons.append(f"departure at {view.id}")
@@ -120,26 +120,23 @@ class SessionBook:
                 session = self._start_session(view, now)
                 self.sessions[view.id] = session
                 soc = "" if reading.soc_pct is None else f" at SoC {reading.soc_pct:.0f}%"
-                events.append(
-                    f"{view.id}: vehicle connected{soc}, needs {session.need_kwh:.0f} kWh"
-                )
+                observed(f"{view.id}: vehicle connected{soc}, needs {session.need_kwh:.0f} kWh")
                 reasons.append(f"arrival at {view.id}")
             if session is not None:
-                session.delivered_kwh = reading.session_energy_kwh
                 session.soc = None if reading.soc_pct is None else reading.soc_pct / 100
                 if reading.ev_max_kw is not None:
                     session.max_kw = max(session.max_kw, min(reading.ev_max_kw, view.max_kw))
                     session.battery_kw = max(session.battery_kw or 0.0, reading.ev_max_kw)
                 if reading.state is PileState.FINISHED and session.remaining_kwh > 0:
                     # Full before it got what it was said (or guessed) to need: it needs no more.
-                    events.append(
+                    observed(
                         f"{view.id}: vehicle full after {session.delivered_kwh:.1f} of "
                         f"{session.need_kwh:.1f} kWh"
                     )
                     session.need_kwh = session.delivered_kwh
                     reasons.append(f"vehicle full at {view.id}")
                 if session.departure_known and now >= session.departure:
-                    events.append(f"{view.id}: vehicle still here after its departure time")
+                    observed(f"{view.id}: vehicle still here after its departure time")
                     session.departure_known = False
                 if not session.departure_known and session.departure <= now + 60:
                     # Still here after we expected it to leave: it stays a while longer.
@@ -188,7 +185,6 @@ class SessionBook:
             delivered_kwh=reading.session_energy_kwh,
             capacity_kwh=capacity,
             soc=soc,
-            start_counter_kwh=net_counter(reading) - reading.session_energy_kwh,
         )
         self._apply_wish(session, wish)
         return session

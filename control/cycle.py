@@ -3,7 +3,8 @@
 `Control` follows the site through `SiteSnapshot`s and composes the parts that decide:
 
 - the session book (`control.book`) keeps each vehicle's session, what drivers said of it, each
-  pile's fault and the visits that ended;
+  pile's fault and the visits that ended; the ledger (`control.ledger`) keeps each session's
+  energy account, the one figure of its energy;
 - `Control` itself keeps the month's peak, the background estimate and the plan: it says when a
   new plan is due and builds the `scheduler.Problem` for it (`control.planner` solves and adopts);
 - the decider (`control.decider`) turns each snapshot into targets and setpoints, within the
@@ -25,11 +26,13 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from base.config import Station
+from base.events import Event, Kind, Source
 from base.tariff import Tariff
 from control.book import SessionBook
 from control.decider import Decider, Decision, Following, Policy, group_limits, progress_gap
 from control.follow import FollowWatch
 from control.forecast import BackgroundForecast
+from control.ledger import SessionLedger
 from control.reload import reconnects
 from control.sessions import PastVisit, Session, Wish
 from control.site import BackgroundWatch, SiteSnapshot
@@ -120,12 +123,14 @@ class Control:
         self.forecast = forecast or BackgroundForecast(station.background.profile_kw, self.zone)
         self.plan_period_s = plan_period_s or self.settings.plan_period_s
         self.book = SessionBook(station, self.zone)
+        # Nothing saves closed accounts until a state saver puts its own ledger here.
+        self.ledger = SessionLedger(keeps_closed=False)
         self.plan: Plan | None = None
         self.planned_at: float | None = None
         control = station.control
         self.background = BackgroundWatch(window_s=control.background_window_s)
-        self._notes: list[str] = []
-        self.follow = FollowWatch.of(control, notify=lambda _now, text: self._notes.append(text))
+        self._notes: list[Event] = []
+        self.follow = FollowWatch.of(control, notify=self._notes.append)
         self.decider = Decider(station, self.follow)
         self.month = MonthPeak(self.zone)
         self.limit_kw = station.limit_kw
@@ -181,10 +186,18 @@ class Control:
 
     # -- following the site --------------------------------------------------------------------
 
-    def observe(self, snapshot: SiteSnapshot, dt: float) -> list[str]:
-        """Update sessions, the month's peak and the background estimate; return events."""
+    def observe(self, snapshot: SiteSnapshot, dt: float) -> list[Event]:
+        """Update sessions, their energy accounts, the month's peak and the background estimate;
+        return what was noticed, as events from control (a pile's fault and its end are about
+        the pile).
+
+        Accounts of sessions that ended close, and the others count this cycle's energy, before
+        the book sees the site (so a session leaves, or is full, with its energy as it is now);
+        those the book has just started open after it."""
         now = snapshot.time
-        events: list[str] = []
+        events: list[Event] = []
+        self.ledger.close_ended(snapshot)
+        self.ledger.follow(snapshot, self.sessions)
         for view in snapshot.piles:
             self.follow.check(view, now)
             self.decider.seed(view)
@@ -202,11 +215,13 @@ class Control:
             # assume if the meter is lost too must keep learning while a pile is silent.
             self.background.add(now, snapshot.grid_kw - snapshot.piles_kw)
         if abs(snapshot.limit_kw - self.limit_kw) > 1.0:
-            events.append(f"site limit now {snapshot.limit_kw:.0f} kW (was {self.limit_kw:.0f} kW)")
+            text = f"site limit now {snapshot.limit_kw:.0f} kW (was {self.limit_kw:.0f} kW)"
+            events.append(Event(now, Source.CONTROL, Kind.OBSERVED, text))
             self._why = self._why or "limit changed"
         self.limit_kw = snapshot.limit_kw
         happened, reasons = self.book.observe(snapshot.piles, now)
         events.extend(happened)
+        self.ledger.follow(snapshot, self.sessions)
         if reasons:
             self._why = self._why or reasons[0]
         return events
@@ -233,6 +248,7 @@ class Control:
         }
         ids = {p.id for p in station.piles}
         book = self.book
+        self.ledger.end([pid for pid in book.sessions if pid not in kept], now)
         events = book.end(kept, ids, now)
         self.decider.reconfigure(station, kept)
         book.faults = {pid: fault for pid, fault in book.faults.items() if pid in kept}

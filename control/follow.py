@@ -30,7 +30,7 @@ from enum import StrEnum
 
 from base.config import ControlSettings, PileConfig
 from base.devicemap import PileState
-from base.events import DeviceRef
+from base.events import DeviceRef, Event, Kind, Source
 from control.site import PileView
 from drivers.pile import PileReading
 
@@ -70,8 +70,9 @@ class FollowWatch:
         grace_s: float,
         tolerance_kw: float,
         tolerance_pct: float,
-        notify: Callable[[float, str], None] | None = None,
+        notify: Callable[[Event], None] | None = None,
     ) -> None:
+        """`notify` hears a pile flagged for not following (a fault of the pile) and its end."""
         self.grace_s = grace_s
         self.tolerance_kw = tolerance_kw
         self.tolerance_pct = tolerance_pct
@@ -80,7 +81,7 @@ class FollowWatch:
 
     @classmethod
     def of(
-        cls, settings: ControlSettings, notify: Callable[[float, str], None] | None = None
+        cls, settings: ControlSettings, notify: Callable[[Event], None] | None = None
     ) -> FollowWatch:
         """The judge with a station's [control] thresholds."""
         return cls(
@@ -182,8 +183,9 @@ class FollowWatch:
                 track.flagged_at_kw = drawing
                 self._tell(
                     now,
-                    f"{DeviceRef.pile(view.id).label}: not following: draws {drawing:.0f} kW, told "
-                    f"{told[-1]:.0f} kW"
+                    view.id,
+                    Kind.FAULT,
+                    f"not following: draws {drawing:.0f} kW, told {told[-1]:.0f} kW"
                     + (" (counted as load it takes on its own)" if over else " (offered less)"),
                 )
             return
@@ -208,7 +210,7 @@ class FollowWatch:
             track.clear_since = now
         if now - track.clear_since >= CLEAR_GRACES * self.grace_s:
             track.flagged, track.clear_since = None, None
-            self._tell(now, f"{DeviceRef.pile(view.id).label}: following its setpoint again")
+            self._tell(now, view.id, Kind.FAULT_CLEARED, "following its setpoint again")
 
     def forget(self, pile_id: str) -> None:
         """Drop what is known of a pile (it was removed)."""
@@ -223,6 +225,7 @@ class FollowWatch:
         reading = view.reading
         return self._tolerance(view.config, 0.0 if reading is None else reading.resolution_kw)
 
-    def _tell(self, now: float, text: str) -> None:
+    def _tell(self, now: float, pile_id: str, kind: Kind, what: str) -> None:
         if self.notify is not None:
-            self.notify(now, text)
+            pile = DeviceRef.pile(pile_id)
+            self.notify(Event(now, Source.CONTROL, kind, f"{pile.label}: {what}", pile))

@@ -1,6 +1,11 @@
 """Energy per session, counted exactly once, from each pile's lifetime import counter.
 
-The rule (the state file, `controller.store`, keeps these accounts across restarts):
+A session's account is its energy, the one figure everything says: `Control` (which keeps the
+ledger, in the daemon and in fast simulation alike) sets the session's `delivered_kwh` from it
+every cycle, so the plan, the API, telemetry, the log and the state file (`controller.store`,
+which keeps the accounts across restarts) read the same number, also after a counter reset.
+
+The rule:
 
 - A session's energy is the pile's lifetime import counter (`PileReading.energy_import_kwh`) now,
   minus the counter when the session started. A session first seen part-way (the controller was
@@ -15,19 +20,22 @@ The rule (the state file, `controller.store`, keeps these accounts across restar
   session's account ended. If the pile's own figures disagree with its counter, a kWh may be
   attributed to the wrong session, but it is never counted twice.
 - A counter that goes back (the pile was replaced, or its counter reset) cannot measure across the
-  reset: the session keeps what it had counted and continues from the new reading.
+  reset: the session keeps what it had counted and continues from the new reading (logged once).
+- A session ends when the book says it does (`control.book.ends`): a pile in fault says nothing of
+  its vehicle, so its account stays open. A session a reload ends (`end`) keeps what it counted.
 
 Every account is cross-checked against the pile's own session counter; a disagreement beyond
 `TOLERANCE_KWH` is logged once per session (a pile without a session counter, reading 0, is not
-checked).
+checked, nor is a session whose counter went back: the pile's figures then differ by the reset).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import replace
 
+from control.book import ends
 from control.sessions import EnergyAccount, Session
 from control.site import SiteSnapshot
 from drivers.pile import PileReading
@@ -44,10 +52,11 @@ COUNTER_SLACK_KWH = 0.2
 class SessionLedger:
     """The energy accounts of the sessions in progress, and of those closed but not yet saved.
 
-    The ledger keeps the controller's own `Session` objects and writes their `account`: there is
-    no copy to keep in step. Each cycle `close_ended` runs before `Control.observe` (so a session
-    that ended leaves the controller with its final energy) and `follow` after it (to open
-    accounts for the sessions it has just started, and count the others).
+    The ledger keeps the controller's own `Session` objects and writes their `account` and
+    `delivered_kwh`: there is no copy to keep in step. Each cycle `close_ended` and `follow` run
+    before the session book sees the site (so a session leaves, or is full, with its energy as it
+    is now), and `follow` again after it (to open accounts for the sessions it has just
+    started); `Control.observe` runs them.
     """
 
     def __init__(
@@ -56,10 +65,13 @@ class SessionLedger:
         *,
         closed: Iterable[Session] = (),
         tolerance_kwh: float = TOLERANCE_KWH,
+        keeps_closed: bool = True,
     ) -> None:
-        """`sessions`: those with open accounts; `closed`: closed ones that still need saving."""
+        """`sessions`: those with open accounts; `closed`: closed ones that still need saving;
+        `keeps_closed` False: nothing saves them, so closed sessions are not kept."""
         self.open: dict[str, Session] = {s.pile: s for s in sessions}
         self.tolerance_kwh = tolerance_kwh
+        self.keeps_closed = keeps_closed
         self._closed: list[Session] = list(closed)
         self.changed = bool(self._closed)
         self._counted_to: dict[str, float] = {}
@@ -74,9 +86,7 @@ class SessionLedger:
         closed = []
         for view in snapshot.piles:
             reading, session = view.reading, self.open.get(view.id)
-            if reading is None or session is None:
-                continue
-            if reading.state.vehicle_present and reading.session_id == session.session_id:
+            if reading is None or session is None or not ends(session, reading):
                 continue
             self._close(session, reading, snapshot.time)
             closed.append(session)
@@ -86,7 +96,7 @@ class SessionLedger:
         """Count the energy of the controller's sessions; open accounts for new ones."""
         for view in snapshot.piles:
             reading, session = view.reading, sessions.get(view.id)
-            if reading is None or session is None or session.session_id != reading.session_id:
+            if reading is None or session is None or ends(session, reading):
                 continue
             held = self.open.get(view.id)
             if held is not None and held.session_id != session.session_id:
@@ -104,7 +114,21 @@ class SessionLedger:
                     self.open[view.id] = session
                 assert session.account is not None
                 self._count(session, session.account, reading)
+            assert session.account is not None
+            session.delivered_kwh = session.account.energy_kwh
             self._cross_check(session, reading)
+
+    def end(self, piles: Collection[str], now: float) -> None:
+        """Close the accounts of the sessions at `piles` with what they counted (a reload ended
+        them: the pile is gone, or reached through another device)."""
+        for pile in piles:
+            session = self.open.get(pile)
+            if session is None:
+                continue
+            account = session.account
+            assert account is not None
+            self._counted_to.pop(pile, None)
+            self._closed_at(session, account, now)
 
     def records(self) -> list[Session]:
         """Copies of the sessions with open accounts and of those closed since `saved` was last
@@ -124,7 +148,7 @@ class SessionLedger:
         assert account is not None
         counter = reading.energy_import_kwh
         if counter < account.last_counter_kwh - COUNTER_SLACK_KWH:
-            self._counter_went_back(session, account, counter)
+            self._counter_went_back(session, account, counter, "ends with it")
             self._counted_to.pop(session.pile, None)
         else:
             drawn = max(counter, account.last_counter_kwh) - account.start_counter_kwh
@@ -133,16 +157,20 @@ class SessionLedger:
             account.energy_kwh = max(account.energy_kwh, drawn)
             account.last_counter_kwh = max(counter, account.last_counter_kwh)
             self._counted_to[session.pile] = account.counted_to_kwh
+        self._closed_at(session, account, now)
+
+    def _closed_at(self, session: Session, account: EnergyAccount, now: float) -> None:
         session.ended_at = now
         session.delivered_kwh = account.energy_kwh
         del self.open[session.pile]
-        self._closed.append(session)
+        if self.keeps_closed:
+            self._closed.append(session)
         self.changed = True
 
     def _count(self, session: Session, account: EnergyAccount, reading: PileReading) -> None:
         counter = reading.energy_import_kwh
         if counter < account.last_counter_kwh - COUNTER_SLACK_KWH:
-            self._counter_went_back(session, account, counter)
+            self._counter_went_back(session, account, counter, "counts on from the new reading")
             account.start_counter_kwh = counter - account.energy_kwh
             account.last_counter_kwh = counter
             return
@@ -150,15 +178,20 @@ class SessionLedger:
         account.energy_kwh = counter - account.start_counter_kwh
         account.last_counter_kwh = counter
 
-    def _counter_went_back(self, session: Session, account: EnergyAccount, counter: float) -> None:
+    def _counter_went_back(
+        self, session: Session, account: EnergyAccount, counter: float, then: str
+    ) -> None:
+        # The pile's own session figures now differ from the account by the reset: told here.
+        self._warned.add(session.key)
         log.warning(
             "pile %s: lifetime import counter went back from %.1f to %.1f kWh (reset or "
-            "replaced?); session %d keeps its %.1f kWh and counts on from the new reading",
+            "replaced?); session %d keeps its %.1f kWh and %s",
             session.pile,
             account.last_counter_kwh,
             counter,
             session.session_id,
             account.energy_kwh,
+            then,
         )
 
     def _cross_check(self, session: Session, reading: PileReading) -> None:

@@ -9,7 +9,11 @@ and plausible:
 - range: grid power that is NaN or beyond what the connection can carry, pile power beyond what
   the pile can draw, are failures of the device, not measurements;
 - frozen: a meter whose every value stays the same while the piles it measures change, or for
-  `frozen_after_s`, has stopped measuring;
+  `frozen_after_s`, has stopped measuring. A meter is judged by the piles only once it has had
+  the chance to move: a value read again one period later may simply not have been updated yet
+  (the meter's own measuring interval, a subscription's next publish), and the piles must have
+  been measured when the value first came. After start-up and after a meter could not be read
+  (a reconnect), its next value starts the watch afresh;
 - clock: a meter whose own clock jumps is not trusted until the clock has been steady again for a
   few readings;
 - follow: a pile whose own read-back says it does not apply what it was told is in fault (the
@@ -44,6 +48,9 @@ LimitSource = Literal["transformer", "utility", "operator"]
 
 # Readings a meter's clock must keep steady after a jump before it is trusted again.
 STEADY_READINGS = 3
+# A meter value unchanged for more than this many control periods was read again after the meter
+# had a whole period to move: only then can the piles' moves call it frozen.
+MOVE_CHANCE_PERIODS = 1.5
 
 
 @dataclass(frozen=True)
@@ -62,10 +69,17 @@ class _MeterWatch:
 
     same: MeterReading | None = None
     same_since: float = 0.0
-    piles_kw_then: float = 0.0
+    # The piles' power when `same` first came (None until the piles have been measured).
+    piles_kw_then: float | None = None
     clock_offset: float | None = None
     steady_needed: int = 0
     frozen: bool = False
+
+    def interrupted(self) -> None:
+        """The meter could not be read: its next value starts the watch afresh (a frozen meter
+        that says the same again is still frozen)."""
+        if not self.frozen:
+            self.same, self.piles_kw_then = None, None
 
 
 class Sensors:
@@ -88,7 +102,8 @@ class Sensors:
             p.id: Feed(DeviceRef.pile(p.id), notify) for p in station.piles
         }
         self._watches: dict[DeviceRef, _MeterWatch] = {}
-        self._piles_kw = 0.0
+        # The piles' power in the last snapshot (None before the first).
+        self._piles_kw: float | None = None
         self._notify = notify
         self._late: set[DeviceRef] = set()
         self._relayed: dict[DeviceRef, float | None] = {}
@@ -140,7 +155,11 @@ class Sensors:
     def _take_meter(
         self, feed: Feed[MeterReading], result: MeterReading | DriverError, now: float, at: float
     ) -> bool:
-        if not isinstance(result, DriverError):
+        if isinstance(result, DriverError):
+            watch = self._watches.get(feed.device)
+            if watch is not None:
+                watch.interrupted()
+        else:
             result = self._check_meter(feed, result, at)
         return _store(feed, result, at)
 
@@ -166,11 +185,13 @@ class Sensors:
             watch.frozen = False
             return reading
         still_for = at - watch.same_since
-        moved = abs(self._piles_kw - watch.piles_kw_then)
+        then, piles_kw = watch.piles_kw_then, self._piles_kw
+        moved = 0.0 if then is None or piles_kw is None else abs(piles_kw - then)
+        had_the_chance = still_for > MOVE_CHANCE_PERIODS * self.settings.period_s
         if (
             watch.frozen
             or still_for >= self.settings.frozen_after_s
-            or moved > self._frozen_move_kw()
+            or (had_the_chance and moved > self._frozen_move_kw())
         ):
             # Frozen until a value moves again.
             watch.frozen = True
@@ -235,7 +256,11 @@ class Sensors:
             )
             for pid, feed in self.piles.items()
         )
-        self._piles_kw = sum(v.reading.power_kw for v in views if v.reading is not None)
+        piles_kw = self._piles_kw = sum(v.reading.power_kw for v in views if v.reading is not None)
+        for watch in self._watches.values():
+            if watch.same is not None and watch.piles_kw_then is None:
+                # The meter's value came before the piles were first measured: they were this.
+                watch.piles_kw_then = piles_kw
         meter = self.meter.fresh(now, max_age)
         meter_current = self.meter.at == now
         terminal = None if self.terminal is None else self.terminal.fresh(now, max_age)
@@ -344,7 +369,7 @@ class Sensors:
         return limit
 
     def _tell(self, event: Event) -> None:
-        log.warning("%s", event.text)
+        event.log(log)
         if self._notify is not None:
             self._notify(event)
 

@@ -65,8 +65,6 @@ class Session:
     battery_kw: float | None = None
     # When its driver said it would leave (None if nobody said).
     said_departure: float | None = None
-    # The pile's lifetime counter (import less export) when the session started.
-    start_counter_kwh: float | None = None
     # Its energy account (`control.ledger`), once the ledger has opened one.
     account: EnergyAccount | None = None
     # When the ledger closed it (None while the vehicle is plugged in).

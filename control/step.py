@@ -5,25 +5,25 @@ The shells read the site into a `SiteSnapshot` (the daemon from its devices, fas
 from the plant through the same checks), call `step`, write the setpoints it decided and tell
 `Control.committed` which were written. Nothing here waits or touches a device.
 
-What `Control.observe` noticed comes back worded; `step` makes those words events (from control,
-of kind observed), the one place they become records.
+What `Control.observe` noticed comes back as events from control: what it observed following the
+site, and a pile's fault (reported, or not following its setpoint) and its end, about the pile.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from base.events import Event, Kind, Source
+from base.events import Event
 from control.cycle import Control
 from control.decider import Decision
-from control.ledger import SessionLedger
 from control.site import SiteSnapshot
 
 
 @dataclass(frozen=True)
 class Cycle:
-    """One pass of a shell's loop: what was seen, what was wanted, what was written."""
+    """One pass of a shell's loop: what was seen, what was wanted, what was written, and the
+    energy of each pile's session in progress, by its account (`control.ledger`)."""
 
     time: float
     snapshot: SiteSnapshot
@@ -31,6 +31,7 @@ class Cycle:
     targets: Mapping[str, float]
     setpoints: Mapping[str, float]
     written: Mapping[str, bool]
+    session_kwh: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def wanted_kw(self) -> float:
@@ -46,29 +47,24 @@ class Step:
     events: tuple[Event, ...]
 
 
+def session_energies(control: Control) -> dict[str, float]:
+    """The energy of each pile's session in progress (its account's), by pile."""
+    return {pile: session.delivered_kwh for pile, session in control.sessions.items()}
+
+
 def step(
     control: Control,
     snapshot: SiteSnapshot,
     dt: float,
-    ledger: SessionLedger | None = None,
     plan: Callable[[SiteSnapshot], None] | None = None,
 ) -> Step:
-    """Follow the site over the `dt` seconds to `snapshot` and decide the setpoints.
+    """Follow the site over the `dt` seconds to `snapshot` (sessions and their energy accounts
+    included) and decide the setpoints.
 
-    With a `ledger`, sessions' energy accounts close before the controller sees a departure (so
-    a session leaves with its final energy) and open or count after it has seen arrivals.
     `plan` runs between seeing the site and deciding: fast simulation plans there, inline; the
     daemon's plan loop runs on its own and leaves it None.
     """
-    if ledger is not None:
-        ledger.close_ended(snapshot)
-    # Control words what it noticed without saying what kind of thing or which pile it is about.
-    events = tuple(
-        Event(snapshot.time, Source.CONTROL, Kind.OBSERVED, text)
-        for text in control.observe(snapshot, dt)
-    )
-    if ledger is not None:
-        ledger.follow(snapshot, control.sessions)
+    events = tuple(control.observe(snapshot, dt))
     if plan is not None:
         plan(snapshot)
     return Step(control.decide(snapshot, dt), events)

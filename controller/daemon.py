@@ -15,10 +15,10 @@ between two cycles: removed piles are left at their fallback power, added ones a
 controlled, the tariff, limits and settings take effect at once and a new plan is due. A config
 that fails its checks is refused with every problem, and the old one keeps running.
 
-With a state file (`controller.store`), it resumes what the last run left on start (sessions,
-the month's peak, the plan, the visits it forecasts from), keeps each session's energy account
-(`control.ledger`), and saves in a worker thread: after a session starts or ends, otherwise at
-most every `SAVE_EVERY_S`, and once more on stop.
+With a state file (`controller.store`), it resumes what the last run left on start (sessions with
+their energy accounts, which `Control`'s ledger keeps on counting, the month's peak, the plan,
+the visits it forecasts from), and saves in a worker thread: after a session starts or ends,
+otherwise at most every `SAVE_EVERY_S`, and once more on stop.
 
 Services (the HTTP API) run beside the loops: started after them, stopped before them.
 
@@ -52,7 +52,7 @@ from control.reload import StationChange
 from control.sensing import LimitOverride, Sensors
 from control.sessions import Wish
 from control.site import Feed
-from control.step import Cycle, step
+from control.step import Cycle, session_energies, step
 from controller.devices import StationLinks
 from controller.planloop import PlanLoop
 from controller.saver import StateSaver
@@ -365,8 +365,7 @@ class Daemon:
         )
         self._last_cycle_at = now
         snapshot = await self.devices.read(now)
-        saver = self.saver
-        done = step(self.control, snapshot, dt, None if saver is None else saver.ledger)
+        done = step(self.control, snapshot, dt)
         for event in done.events:
             self._event(event)
         decision = done.decision
@@ -375,7 +374,13 @@ class Daemon:
             {pid: decision.setpoints[pid] for pid, ok in written.items() if ok}, now
         )
         cycle = Cycle(
-            now, snapshot, decision.budget_kw, decision.targets, decision.setpoints, written
+            now,
+            snapshot,
+            decision.budget_kw,
+            decision.targets,
+            decision.setpoints,
+            written,
+            session_energies(self.control),
         )
         self.last_cycle = cycle
         self.tally.add(cycle, dt, (time.perf_counter() - started) * 1000)
@@ -384,8 +389,8 @@ class Daemon:
             self.telemetry.cycle(cycle)
         for observer in self.observers:
             observer(cycle)
-        if saver is not None:
-            saver.hand_over(now)
+        if self.saver is not None:
+            self.saver.hand_over(now)
         return cycle
 
     def _record(self, event: Event) -> None:
@@ -567,8 +572,8 @@ class Daemon:
             self._event(Event(cycle.time, Source.CONTROL, kind, text))
 
     def _event(self, event: Event) -> None:
-        """An event made here or in the control step: logged, then recorded."""
-        log.info("%s", event.text)
+        """An event made here or in the control step: logged at its level, then recorded."""
+        event.log(log)
         self._record(event)
 
 

@@ -1,9 +1,10 @@
 """The state saver: the station's state file, read on start and written while running.
 
-`StateSaver` owns the store's thread and the session ledger (the energy accounts the file
-keeps). On start it resumes the saved state into the controller; while running the fast loop
-hands it copies (`hand_over`), at once after a session started or ended and else at most every
-`SAVE_EVERY_S`; its task writes them in the thread. On stop it writes the last state.
+`StateSaver` owns the store's thread. On start it resumes the saved state into the controller,
+the sessions' energy accounts into the controller's ledger (which from then on keeps the closed
+ones until they are saved); while running the fast loop hands it copies (`hand_over`), at once
+after a session started or ended and else at most every `SAVE_EVERY_S`; its task writes them in
+the thread. On stop it writes the last state.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ class StateSaver:
         self.store = store
         self.control = control
         self.clock = clock
-        self.ledger = SessionLedger()
         self.piles: frozenset[str] = frozenset()
         self.health = Health(str(store.path), logger=log)
         self.worker = Worker("flexcharge-state")
@@ -41,6 +41,11 @@ class StateSaver:
         self._unsaved: tuple[SavedState, float] | None = None
         self._wanted = asyncio.Event()
         self._last_at: float | None = None
+
+    @property
+    def ledger(self) -> SessionLedger:
+        """The controller's ledger, whose accounts the file keeps."""
+        return self.control.ledger
 
     async def start(self) -> None:
         """Resume the saved state (raises `StateError` if the file cannot be read), then save."""
@@ -71,7 +76,9 @@ class StateSaver:
         gone = [r for r in saved.records if r.pile not in self.piles]
         for record in gone:
             record.ended_at = now
-        self.ledger = SessionLedger((r for r in saved.records if r.pile in self.piles), closed=gone)
+        self.control.ledger = SessionLedger(
+            (r for r in saved.records if r.pile in self.piles), closed=gone
+        )
         notes = self.control.restore_state(saved.control, now)
         log.info("resuming from %s: %s", self.store.path, "; ".join(notes) or "nothing to resume")
 

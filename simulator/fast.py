@@ -38,7 +38,7 @@ from control.record import Recorder
 from control.sensing import Sensors
 from control.sessions import PastVisit, Wish
 from control.site import SiteSnapshot
-from control.step import Cycle, step
+from control.step import Cycle, session_energies, step
 from drivers.errors import DriverError
 from scheduler.solver import Solver
 from simulator.books import Books, Ledger
@@ -309,7 +309,7 @@ def simulate(
         written = sensing.write(now, decision.setpoints, _break_before_make(plant, decision))
         control.committed(written, now)
         if telemetry is not None:
-            _tell(telemetry, now, snapshot, decision, written, events, told)
+            _tell(telemetry, now, snapshot, decision, written, events, told, control)
             told = len(events)
         limits[k] = plant.interval_limit_kw
         piles_now[k] = plant.site_kw - plant.background_kw
@@ -534,12 +534,21 @@ def _tell(
     written: Mapping[str, float],
     events: Sequence[Event],
     told: int,
+    control: Control,
 ) -> None:
     """Hand one step and the events since the last one to the telemetry writer."""
     for event in events[told:]:
         telemetry.event(event, block=True)
     ok = {pid: pid in written for pid in decision.setpoints}
-    cycle = Cycle(now, snapshot, decision.budget_kw, decision.targets, decision.setpoints, ok)
+    cycle = Cycle(
+        now,
+        snapshot,
+        decision.budget_kw,
+        decision.targets,
+        decision.setpoints,
+        ok,
+        session_energies(control),
+    )
     telemetry.cycle(cycle, block=True)
 
 

@@ -192,7 +192,7 @@ class StationSimulator:
                 if self._random_visits:
                     self._extend_visits(now)
                 for note in self.faults.apply(self.plant, now):
-                    log.warning("%s", note.text)
+                    note.log(log)
                 self.plant.step(now, step if last is None else now - last)
                 last = now
                 await self._opcua_faults(now)

@@ -261,6 +261,8 @@ class OpcUaStationServer:
                 await variable.set_writable()
             device.nodes[name] = node_id
             self._by_node[node_id] = (device, reg)
+        # A restarted server's variables are new: what the last one served says nothing of them.
+        device.last_served.clear()
         await self._refresh(device, server)
 
     async def _run(self) -> None:

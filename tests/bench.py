@@ -488,9 +488,10 @@ def soak_bench(console: Console, days: int, step_s: float) -> bool:
         abs(result.controller_delivered_kwh.get(v, 0.0) - kwh)
         for v, kwh in result.delivered_kwh.items()
     ]
-    # A session whose end the controller missed (its pile silent when the vehicle left) is
-    # counted on the pile's lifetime counter, read in the map's steps as the daemon reads it: to
-    # one step of that counter and one of the session counter.
+    # Every session is counted on the pile's lifetime counter (its account), read in the map's
+    # steps as the daemon reads it; one whose end the controller missed (its pile silent when
+    # the vehicle left) gives the new session what the pile says it has delivered: to one step
+    # of that counter and one of the session counter.
     pile_map = station.map_for(station.piles[0].device)
     counted_to = pile_map["energy_import"].scale + pile_map["session_energy"].scale
     after_day = next(mb for done, mb in memory if done >= 1 / days)

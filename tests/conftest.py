@@ -30,6 +30,7 @@ from base.mapfile import load_register_map
 from control.decider import Policy
 from control.step import Cycle
 from controller.daemon import Daemon
+from flexcharge.logs import LIBRARY_LEVELS
 from simulator.faults import FaultScript
 from simulator.fleet import Visit
 from simulator.hardware import StationSimulator
@@ -114,14 +115,16 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
 
 @pytest.fixture(autouse=True)
 def restore_root_logger() -> Iterator[None]:
-    """cli.main() replaces the root logger's handlers; put them (and pymodbus's level) back."""
+    """cli.main() replaces the root logger's handlers; put them (and the libraries' levels)
+    back."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    pymodbus_level = logging.getLogger("pymodbus").level
+    libraries = {name: logging.getLogger(name).level for name in LIBRARY_LEVELS}
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
-    logging.getLogger("pymodbus").setLevel(pymodbus_level)
+    for name, library_level in libraries.items():
+        logging.getLogger(name).setLevel(library_level)
 
 
 @pytest.fixture

@@ -131,8 +131,8 @@ async def test_a_pile_fault_is_told_alike_by_the_daemon_and_by_simulate(station:
 
     in_daemon, in_simulate = told(daemon.events), told(simulated.events)
     expected = [
-        (Source.CONTROL, Kind.OBSERVED, None),
-        (Source.CONTROL, Kind.OBSERVED, None),
+        (Source.CONTROL, Kind.FAULT, p03),
+        (Source.CONTROL, Kind.FAULT_CLEARED, p03),
         (Source.DEVICE, Kind.FAILED, p03),
         (Source.DEVICE, Kind.RECOVERED, p03),
     ]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from base.events import Kind, Source
+from base.events import Event, Kind, Source
 from control.planner import Planner
 from control.step import step
 from scheduler.plan import Plan, PlanStatus
@@ -56,9 +56,9 @@ class Recorder:
         self.calls.append("adopt")
         self.adopted.append(plan)
 
-    def observe(self, _snapshot: object, _dt: float) -> list[str]:
+    def observe(self, _snapshot: object, _dt: float) -> list[Event]:
         self.calls.append("observe")
-        return ["EV1 arrived"]
+        return [Event(START, Source.CONTROL, Kind.OBSERVED, "EV1 arrived")]
 
     def decide(self, _snapshot: object, _dt: float) -> str:
         self.calls.append("decide")
@@ -88,7 +88,7 @@ def test_no_answer_or_a_failed_solve_falls_back_told_once_and_once_on_recovery(
     planner = Planner(control)  # type: ignore[arg-type]
     built = problem()
     failed = Plan(PlanStatus.FAILED, built.boundaries, message="HiGHS said no")
-    with caplog.at_level(logging.WARNING, logger="control.planner"):
+    with caplog.at_level(logging.INFO, logger="control.planner"):
         first = planner.accept(built, None, "minute", START)
         second = planner.accept(built, failed, "minute", START + 60)
         third = planner.accept(built, solve(built), "minute", START + 120)
@@ -96,6 +96,7 @@ def test_no_answer_or_a_failed_solve_falls_back_told_once_and_once_on_recovery(
     assert first.power_kw["EV1"].sum() == pytest.approx(20.0), "the fallback still charges"
     assert third.status is PlanStatus.OPTIMAL
     assert control.adopted == [first, second, third]
+    assert [r.levelno for r in caplog.records] == [logging.ERROR, logging.INFO]
     texts = [r.getMessage() for r in caplog.records]
     assert texts == [
         "the optimiser gave no plan (no answer before the deadline); using least laxity first "

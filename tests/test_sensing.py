@@ -4,6 +4,7 @@ draws; `FollowWatch` alone decides, with the station's thresholds): pure logic, 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 
@@ -11,11 +12,12 @@ import pytest
 
 from base.config import Station
 from base.devicemap import PileState
+from base.events import DeviceRef, Event, Kind, Source
 from control.cycle import Control
 from control.decider import Policy
 from control.follow import NOT_FOLLOWING, Deviation, FollowWatch
 from control.sensing import STEADY_READINGS, Sensors
-from control.site import PileView
+from control.site import PileView, SiteSnapshot
 from drivers.errors import DeviceTimeout
 from drivers.meter import MeterReading
 from drivers.pile import PileReading
@@ -98,6 +100,54 @@ def test_a_meter_frozen_while_the_piles_move_is_caught_at_once(
     assert events[-1].startswith("meter grid: back to normal")
 
 
+def _cycle(
+    sensors: Sensors, reference: Station, at: float, grid: MeterReading | None, kw: float
+) -> SiteSnapshot:
+    """One cycle as the daemon runs it: the meter (None: it could not be read), P01, the snapshot."""
+    sensors.take_meter(DeviceTimeout("meter grid", "no answer") if grid is None else grid, at)
+    sensors.take_pile("P01", pile(kw), at)
+    return sensors.snapshot(at, reference.tariff)
+
+
+def test_start_up_is_not_frozen(sensors: Sensors, events: list[str], reference: Station) -> None:
+    """The first cycle's piles are not a move: before it the piles had not been measured. A
+    value read again one period later has not yet had the chance to move."""
+    _cycle(sensors, reference, T0, meter(1500.0), 300.0)
+    _cycle(sensors, reference, T0 + 1, meter(1500.0), 340.0)
+    assert sensors.meter.ok and events == []
+    _cycle(sensors, reference, T0 + 2, meter(1540.0), 380.0)
+    assert sensors.meter.ok and events == []
+
+
+def test_a_reconnect_is_not_frozen(sensors: Sensors, events: list[str], reference: Station) -> None:
+    """After the meter could not be read, its first value read again a period later (the poll
+    and a subscription's first publish carry the same values) is no freeze, however the piles
+    ramp meanwhile; the same value once more, a period after that, is."""
+    _cycle(sensors, reference, T0, meter(1500.0), 100.0)
+    for k in range(1, 6):
+        _cycle(sensors, reference, T0 + k, None, 100.0)
+    assert events == ["meter grid: no answer"]
+    _cycle(sensors, reference, T0 + 6, meter(1600.0), 200.0)
+    _cycle(sensors, reference, T0 + 7, meter(1600.0), 240.0)
+    assert sensors.meter.ok, events
+    assert events[-1].startswith("meter grid: back to normal")
+    _cycle(sensors, reference, T0 + 8, meter(1600.0), 280.0)
+    assert not sensors.meter.ok
+    assert "frozen: every value unchanged for 2 s while the piles moved 140 kW" in events[-1]
+
+
+def test_a_frozen_meter_that_drops_out_is_still_frozen_when_it_answers_the_same(
+    sensors: Sensors, events: list[str], reference: Station
+) -> None:
+    _cycle(sensors, reference, T0, meter(1500.0), 100.0)
+    _cycle(sensors, reference, T0 + 1, meter(1500.0), 200.0)
+    _cycle(sensors, reference, T0 + 2, meter(1500.0), 300.0)
+    assert "frozen" in events[-1]
+    _cycle(sensors, reference, T0 + 3, None, 300.0)
+    _cycle(sensors, reference, T0 + 4, meter(1500.0), 300.0)
+    assert not sensors.meter.ok and len(events) == 1, "no recovery told in between"
+
+
 def test_a_quiet_site_still_freezes_after_the_frozen_time(
     sensors: Sensors, reference: Station
 ) -> None:
@@ -156,21 +206,27 @@ def view(reference: Station, reading: PileReading | None, *, armed: bool = True)
 def test_a_pile_drawing_more_than_told_is_flagged_and_its_excess_counted(
     reference: Station,
 ) -> None:
-    said: list[str] = []
-    watch = FollowWatch(20.0, 2.0, 5.0, notify=lambda _t, text: said.append(text))
+    told: list[Event] = []
+    watch = FollowWatch(20.0, 2.0, 5.0, notify=told.append)
     watch.told("P01", T0, 200.0)
     for k in range(0, 40):
         watch.check(view(reference, pile(300.0)), T0 + k)
     assert watch.flagged("P01") is Deviation.OVER
     assert watch.excess_kw("P01") == pytest.approx(100.0)
-    assert said == [
+    assert [e.text for e in told] == [
         "pile P01: not following: draws 300 kW, told 200 kW (counted as load it takes on its own)"
     ]
     # Following again, for three graces, clears it (once).
     for k in range(40, 110):
         watch.check(view(reference, pile(200.0)), T0 + k)
-    assert watch.flagged("P01") is None and said[-1] == "pile P01: following its setpoint again"
-    assert len(said) == 2
+    assert (
+        watch.flagged("P01") is None and told[-1].text == "pile P01: following its setpoint again"
+    )
+    # A fault of the pile, logged as a warning; its end, as information.
+    assert [(e.source, e.kind, e.device, e.level) for e in told] == [
+        (Source.CONTROL, Kind.FAULT, DeviceRef.pile("P01"), logging.WARNING),
+        (Source.CONTROL, Kind.FAULT_CLEARED, DeviceRef.pile("P01"), logging.INFO),
+    ]
 
 
 def test_a_pile_ramping_on_its_way_is_not_flagged(reference: Station) -> None:
@@ -383,13 +439,17 @@ def test_the_controller_reports_a_misapplying_pile_as_a_device_fault(reference: 
     sensors = Sensors(reference, follow=control.follow)
     assert sensors.follow is control.follow
     events: list[str] = []
+    kinds: list[Kind] = []
 
     def cycle(at: float, p01: PileReading) -> PileView:
         sensors.take_meter(MeterReading(power_kw=1000.0), at)
         for pid, reading in _readings(reference, p01).items():
             sensors.take_pile(pid, reading, at)
         snapshot = sensors.snapshot(at, reference.tariff)
-        events.extend(control.observe(snapshot, 1.0))
+        for event in control.observe(snapshot, 1.0):
+            if event.device == DeviceRef.pile("P01"):
+                kinds.append(event.kind)
+            events.append(event.text)
         return next(v for v in snapshot.piles if v.id == "P01")
 
     cycle(T0, told(300.0, applied=300.0, since=T0 - 60))
@@ -404,6 +464,7 @@ def test_the_controller_reports_a_misapplying_pile_as_a_device_fault(reference: 
     assert "P01" in control.sessions, "a pile in fault says nothing of its vehicle"
     cycle(T0 + 30, told(100.0, applied=100.0, since=T0 + 1))
     assert events[-1] == "pile P01: fault cleared"
+    assert kinds == [Kind.FAULT, Kind.FAULT_CLEARED]
 
 
 def test_the_sensors_judge_with_the_station_thresholds(reference: Station) -> None:

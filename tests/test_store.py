@@ -81,14 +81,12 @@ class ControlledPile:
         self.control = Control(station, policy="equal-share")
         saved = store.load(now, self.control.zone)
         self.control.restore_state(saved.control, now)
-        self.ledger = SessionLedger(saved.records)
+        self.ledger = self.control.ledger = SessionLedger(saved.records)
         self.events: list[str] = []
 
     def cycle(self, now: float, reading: PileReading) -> None:
         snapshot = _snapshot(self.station, now, {"P01": reading})
-        self.ledger.close_ended(snapshot)
-        self.events += self.control.observe(snapshot, 1.0)
-        self.ledger.follow(snapshot, self.control.sessions)
+        self.events += [e.text for e in self.control.observe(snapshot, 1.0)]
 
     def save(self, now: float) -> None:
         records = tuple(self.ledger.records())
@@ -251,17 +249,14 @@ def test_accounts_never_overlap_when_the_pile_contradicts_its_counter(
     a restart) cannot make a kWh count twice; the disagreement is logged once."""
     t0 = local_time(reference, "2026-11-25T10:00")
     control = Control(reference, policy="equal-share")
-    ledger = SessionLedger()
+    ledger = control.ledger = SessionLedger()
     for now, reading in (
         (t0, _reading(1000.0, session=3, energy=0.0)),
         (t0 + 60, _reading(1020.0, session=3, energy=20.0)),
         (t0 + 120, _reading(1025.0, session=1, energy=25.0)),  # same vehicle, renumbered
         (t0 + 180, _reading(1030.0, session=1, energy=30.0)),
     ):
-        snapshot = _snapshot(reference, now, {"P01": reading})
-        ledger.close_ended(snapshot)
-        control.observe(snapshot, 60.0)
-        ledger.follow(snapshot, control.sessions)
+        control.observe(_snapshot(reference, now, {"P01": reading}), 60.0)
     old, new = ledger.records()
     assert old.account.energy_kwh == pytest.approx(20.0)
     assert new.account.energy_kwh == pytest.approx(10.0)
@@ -269,20 +264,63 @@ def test_accounts_never_overlap_when_the_pile_contradicts_its_counter(
     assert caplog.text.count("session counter says") == 1
 
 
-def test_a_counter_reset_keeps_what_was_counted(reference: Station) -> None:
+def test_a_counter_reset_keeps_what_was_counted(
+    reference: Station, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pile restarted mid-session (both its counters start again): the session keeps its
+    energy, and the controller's figure (what the API shows) is the account's, not the pile's
+    session counter."""
     t0 = local_time(reference, "2026-11-25T10:00")
     control = Control(reference, policy="equal-share")
-    ledger = SessionLedger()
-    for now, counter, energy in ((t0, 5000.0, 0.0), (t0 + 60, 5010.0, 10.0), (t0 + 120, 4.0, 14.0)):
-        snapshot = _snapshot(reference, now, {"P01": _reading(counter, session=2, energy=energy)})
-        ledger.close_ended(snapshot)
-        control.observe(snapshot, 60.0)
-        ledger.follow(snapshot, control.sessions)
+    ledger = control.ledger = SessionLedger()
+    for now, counter, energy in ((t0, 5000.0, 0.0), (t0 + 60, 5010.0, 10.0), (t0 + 120, 4.0, 4.0)):
+        control.observe(
+            _snapshot(reference, now, {"P01": _reading(counter, session=2, energy=energy)}), 60.0
+        )
     (record,) = ledger.records()
     assert record.account.energy_kwh == pytest.approx(10.0)
-    snapshot = _snapshot(reference, t0 + 180, {"P01": _reading(7.0, session=2, energy=17.0)})
-    ledger.follow(snapshot, control.sessions)
+    assert control.sessions["P01"].delivered_kwh == pytest.approx(10.0)
+    assert "session 2 keeps its 10.0 kWh" in caplog.text
+    control.observe(
+        _snapshot(reference, t0 + 180, {"P01": _reading(7.0, session=2, energy=7.0)}), 60.0
+    )
     assert ledger.records()[0].account.energy_kwh == pytest.approx(13.0)
+    assert control.sessions["P01"].delivered_kwh == pytest.approx(13.0)
+    assert "session counter says" not in caplog.text, (
+        "the reset was told; the pile's figure differs by it"
+    )
+    # It leaves with that energy: the visit, the closed row and the log say 13 kWh.
+    events = control.observe(
+        _snapshot(
+            reference, t0 + 240, {"P01": _reading(7.0, session=2, energy=7.0, present=False)}
+        ),
+        60.0,
+    )
+    assert ledger.records()[0].ended_at == t0 + 240
+    assert ledger.records()[0].account.energy_kwh == pytest.approx(13.0)
+    assert control.history[-1].delivered_kwh == pytest.approx(13.0)
+    assert any("vehicle left after 13 of" in e.text for e in events)
+
+
+def test_a_pile_in_fault_keeps_its_session_and_its_account_open(reference: Station) -> None:
+    """A pile in fault says nothing of its vehicle: the book keeps the session, and so does the
+    ledger (it did close the account, and saved the session as ended)."""
+    t0 = local_time(reference, "2026-11-25T10:00")
+    control = Control(reference, policy="equal-share")
+    ledger = control.ledger = SessionLedger()
+    for now, reading in (
+        (t0, _reading(1000.0, session=4, energy=0.0)),
+        (t0 + 60, _reading(1010.0, session=4, energy=10.0)),
+        (
+            t0 + 120,
+            replace(_reading(1012.0, session=4, energy=12.0), state=PileState.FAULT, fault_code=7),
+        ),
+        (t0 + 180, _reading(1020.0, session=4, energy=20.0)),
+    ):
+        control.observe(_snapshot(reference, now, {"P01": reading}), 60.0)
+    (record,) = ledger.records()
+    assert record.ended_at is None and record.account.energy_kwh == pytest.approx(20.0)
+    assert control.sessions["P01"].delivered_kwh == pytest.approx(20.0)
 
 
 def test_month_rollover(reference: Station, tmp_path: Path) -> None:

@@ -142,6 +142,7 @@ def test_a_cycle_is_a_site_point_and_a_point_per_pile(reference: Station) -> Non
         {p1.id: 350.0},
         {p1.id: 320.0, p2.id: 0.0},
         {p1.id: True, p2.id: False},
+        {p1.id: 12.5},
     )
     site, one, two = cycle_points("S", cycle)
     assert (site.measurement, site.tag("band")) == ("site", "valley")
@@ -150,6 +151,7 @@ def test_a_cycle_is_a_site_point_and_a_point_per_pile(reference: Station) -> Non
     assert site.field("budget_kw") == 2200.0 and site.field("limit_kw") == 4275.0
     assert (one.tag("pile"), one.tag("state")) == (p1.id, "charging")
     assert one.field("power_kw") == 300.0 and one.field("soc_pct") == 42.0
+    assert one.field("session_kwh") == 12.5 and two.field("session_kwh") is None
     assert (one.field("target_kw"), one.field("setpoint_kw"), one.field("written")) == (
         350.0,
         320.0,
@@ -209,7 +211,7 @@ def test_while_the_sink_is_down_points_wait_on_disk_and_replay_in_order(
         writer.put(_points(30))
         poll_until(lambda: len(sink.points) == 30, 10, "the first points")
         sink.down = True
-        with caplog.at_level(logging.WARNING, "controller.telemetry"):
+        with caplog.at_level(logging.INFO, "controller.telemetry"):
             writer.put(_points(200, 30))
             poll_until(lambda: writer.counts.buffered == 200, 10, "the points to be buffered")
             assert writer.down and writer.counts.held == 200
@@ -270,18 +272,26 @@ def test_a_full_disk_buffer_drops_the_oldest_counted_and_logged_once(
     assert first is not None and first[1][0].field("n") == counts.dropped, "the newest were kept"
 
 
-def test_a_refused_batch_is_dropped_not_retried_forever(tmp_path: Path) -> None:
+def test_a_refused_batch_is_dropped_not_retried_forever(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     sink = FlakySink()
     sink.refuse = True
     writer = _writer(sink, tmp_path)
     writer.start()
-    writer.put(_points(10))
-    poll_until(lambda: writer.counts.rejected == 10, 10, "the refusal")
-    sink.refuse = False
-    writer.put(_points(10, 10))
-    poll_until(lambda: len(sink.points) == 10, 10, "the next batch")
+    with caplog.at_level(logging.INFO, "controller.telemetry"):
+        for k in range(3):
+            writer.put(_points(10, 10 * k))
+            poll_until(lambda k=k: writer.counts.rejected == 10 * (k + 1), 10, "the refusal")
+        sink.refuse = False
+        writer.put(_points(10, 30))
+        poll_until(lambda: len(sink.points) == 10, 10, "the next batch")
     counts = writer.close()
-    assert (counts.dropped, counts.rejected, counts.written) == (10, 10, 10)
+    assert (counts.dropped, counts.rejected, counts.written) == (30, 30, 10)
+    # Every batch refused, told once; and once when it takes points again.
+    told = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in told] == [logging.ERROR, logging.INFO], told
+    assert "refused 10 points" in told[0][1] and "takes points again" in told[1][1]
 
 
 def test_put_never_waits_a_full_queue_drops_its_oldest(tmp_path: Path) -> None:
@@ -298,7 +308,7 @@ def test_a_full_queue_is_told_once_per_episode_and_when_it_has_room_again(
 ) -> None:
     sink = FlakySink()
     writer = _writer(sink, tmp_path, queue_max_points=100)
-    with caplog.at_level(logging.WARNING, "controller.telemetry"):
+    with caplog.at_level(logging.INFO, "controller.telemetry"):
         writer.put(_points(150))  # no thread yet: the queue overflows
         writer.start()
         poll_until(lambda: writer.counts.pending == 0, 10, "the queue to drain")

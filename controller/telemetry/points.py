@@ -7,8 +7,10 @@ and a time. The daemon and `simulate` write
   `background_kw` (absent when it cannot be measured), `piles_kw`, `budget_kw`, `wanted_kw`,
   `price`, once per control cycle;
 - `pile` (tags `station`, `pile`, `state`): what the pile reported (`power_kw`, `applied_kw`,
-  `soc_pct`, `energy_kwh`) and what was decided for it (`target_kw`, `setpoint_kw`, `written`),
-  once per control cycle; `state` is the pile's state, or `unread` without a fresh reading;
+  `soc_pct`, `energy_kwh`, its lifetime import counter), what was decided for it (`target_kw`,
+  `setpoint_kw`, `written`) and, while a session is in progress, that session's energy by its
+  account (`session_kwh`, the figure the API and the state file give), once per control cycle;
+  `state` is the pile's state, or `unread` without a fresh reading;
 - `plan` (tags `station`, `vehicle`): `power_kw` planned in each slot, at the slot's start, and
   `planned_at`, on each new plan; a later plan overwrites the slots it covers again;
 - `planning` (tags `station`, `status`): `vehicles`, `solve_ms`, `objective`, on each new plan;
@@ -138,6 +140,7 @@ def cycle_points(station: str, cycle: Cycle) -> list[Point]:
             "target_kw": targets.get(view.id),
             "setpoint_kw": setpoints.get(view.id),
             "written": written.get(view.id) if view.id in setpoints else None,
+            "session_kwh": cycle.session_kwh.get(view.id),
         }
         if reading is not None:
             fields.update(

@@ -121,6 +121,7 @@ class TelemetryWriter:
         self._sink_health = Health("telemetry", logger=log)
         self._queue_health = Health("telemetry", logger=log)
         self._buffer_health = Health("telemetry", logger=log)
+        self._refusal_health = Health("telemetry", logger=log)
         self._retry_at = 0.0
         self._retry_s = retry_min_s
         self._done: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -378,8 +379,12 @@ class TelemetryWriter:
         with self._cond:
             self._counts.dropped += len(batch)
             self._counts.rejected += len(batch)
-        log.error(
-            "telemetry: %s refused %d points (%s); dropped", self.sink.description, len(batch), exc
+        # A database that refuses one batch (a wrong bucket, a token without write access)
+        # refuses every one: told once, and once when it takes points again.
+        self._refusal_health.fail(
+            time.monotonic(),
+            f"{self.sink.description} refused {len(batch)} points ({exc}); dropping what it "
+            "refuses (counted)",
         )
 
     def _wrote(self, batch: list[Point], *, replayed: bool) -> None:
@@ -400,6 +405,12 @@ class TelemetryWriter:
                 time.monotonic(),
                 lambda down: f"telemetry: the disk buffer has room again after {down:.0f} s",
             )
+        self._refusal_health.recover(
+            time.monotonic(),
+            lambda down: (
+                f"telemetry: {self.sink.description} takes points again after {down:.0f} s"
+            ),
+        )
 
 
 def _settle(future: asyncio.Future[None]) -> None:

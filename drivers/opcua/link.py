@@ -289,6 +289,9 @@ class OpcUaLink:
         self.subscription_reads = 0
         self._now = now
         self._session: _Session | None = None
+        # What the log has been told once (the device's feed tells each failure and recovery).
+        self._opened_before = False
+        self._told_no_subscription = False
         self._connecting = asyncio.Lock()
         self._subscribing = asyncio.Lock()
 
@@ -338,6 +341,7 @@ class OpcUaLink:
         session = self._session
         if session is not None:
             await self._drop(session)
+            log.info("session with %s closed", self.address)
 
     async def read(
         self, device: str, identifiers: Sequence[str], *, cached: bool = True
@@ -439,7 +443,15 @@ class OpcUaLink:
             if isinstance(exc, DriverError):
                 raise
             raise self._refusal(device, exc, check) from None
-        log.info("%s: session open with %s (%s)", device, self.address, session.policy)
+        # A session opened again after a loss is the device's recovery, which its feed tells.
+        log.log(
+            logging.DEBUG if self._opened_before else logging.INFO,
+            "%s: session open with %s (%s)",
+            device,
+            self.address,
+            session.policy,
+        )
+        self._opened_before = True
         return session
 
     async def _secure(self, client: Client, device: str) -> tuple[str, _ServerCheck]:
@@ -547,7 +559,7 @@ class OpcUaLink:
             return
         session.closing = True
         await _close(session.client)
-        log.info("session with %s closed", self.address)
+        log.debug("session with %s closed", self.address)
 
     async def _request(
         self, session: _Session, device: str, what: str, send: Callable[[], Any]
@@ -600,9 +612,14 @@ class OpcUaLink:
             except (ua.UaError, ConnectionError, OSError, TimeoutError) as exc:
                 session.subscriptions_unavailable = True
                 what = status_name(exc.code) if isinstance(exc, ua.UaStatusCodeError) else exc
-                log.warning(
-                    "%s: %s takes no subscription (%s); polling instead", device, self.address, what
+                log.log(
+                    logging.DEBUG if self._told_no_subscription else logging.WARNING,
+                    "%s: %s takes no subscription (%s); polling instead",
+                    device,
+                    self.address,
+                    what,
                 )
+                self._told_no_subscription = True
                 return
             for identifier, result in zip(missing, results, strict=True):
                 if isinstance(result, int):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 
 from rich.console import Console
-from rich.logging import RichHandler
+
+from flexcharge import logs
 
 from . import certs, config, demo, run, simulate, tariffs
 from .common import EXIT_BAD_CONFIG, EXIT_FAILURE, EXIT_OK
@@ -39,28 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Logs and pipes are read later, in wider windows than the 80 columns rich assumes.
         console = Console(width=160)
     if args.command == "demo":
-        _setup_logging("WARNING" if args.log_level == "INFO" else args.log_level, console)
+        logs.configure("WARNING" if args.log_level == "INFO" else args.log_level, console)
     else:
-        _setup_logging(args.log_level)
+        logs.configure(args.log_level)
     try:
         return int(args.func(args, console))
     except KeyboardInterrupt:
         return EXIT_OK
-
-
-def _setup_logging(level: str, console: Console | None = None) -> None:
-    handler: logging.Handler
-    if console is not None:
-        handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-    else:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # Our drivers report every device failure once, with the device named; pymodbus's own
-    # messages about the same failures would only repeat them, every cycle.
-    logging.getLogger("pymodbus").setLevel(
-        logging.DEBUG if level.upper() == "DEBUG" else logging.CRITICAL
-    )
