@@ -75,8 +75,11 @@ async def test_a_counter_reset_leaves_one_set_of_books(
                 await clock.sleep_until(start + BACK_S)
                 again = StationSimulator(station, clock, visits=visits)
                 await again.start()
-                await clock.sleep_until(start + END_S)
-                # Station time stands still while the API is asked and the ledger read.
+                # Between two ticks: no cycle is under way while the API is asked and the
+                # ledger read (station time stands still meanwhile), and the API's process
+                # serves the daemon's state as it is now.
+                await clock.sleep_until(start + END_S + 1.0)
+                await api.synced()
                 async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
                     response = await client.get("/api/sessions")
                 assert response.status_code == 200, response.text
