@@ -33,6 +33,7 @@ Each refusal is one INFO line naming the endpoint, the peer and the status; none
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from typing import Any
 
@@ -105,6 +106,21 @@ class _Guard:
         self._session_check = (
             CertificateValidator(_SESSION_CHECKS, trust) if trust is not None else None
         )
+        # Refusals so far, by client host, what was refused, its status and why: a client that
+        # keeps asking the same (a daemon reconnecting every cycle) is logged at its first
+        # refusal and then at the 10th, 100th..., not once a second, until it opens a session.
+        self._refused: dict[tuple[str, str, int, str], int] = {}
+
+    def refused(self, host: str, what: str, refusal: _Refused) -> int | None:
+        """Count one refusal; how many of its kind the host has had, if it is one to log."""
+        key = (host, what, refusal.code, refusal.why)
+        count = self._refused[key] = self._refused.get(key, 0) + 1
+        return count if count == 1 or math.log10(count).is_integer() else None
+
+    def opened(self, host: str) -> None:
+        """A session of `host` was activated: its next refusal starts a new episode."""
+        for key in [k for k in self._refused if k[0] == host]:
+            del self._refused[key]
 
     def check_policy(self, uri: str) -> None:
         """The policy a client opens a channel with (before its request is decrypted)."""
@@ -190,6 +206,10 @@ class _CheckedChannel(UaProcessor):
         host, port = (self.name or ("?", "?"))[:2]
         return f"{host}:{port}"
 
+    @property
+    def _host(self) -> str:
+        return str((self.name or ("?",))[0])
+
     async def process(self, header: ua.Header, body: Buffer) -> bool:
         if header.MessageType != ua.MessageType.SecureOpen or self._connection.is_open():
             return await super().process(header, body)
@@ -233,10 +253,12 @@ class _CheckedChannel(UaProcessor):
                 await self._guard.check_session(self._connection.security_policy, params)
             elif typeid == _ACTIVATE_SESSION:
                 try:
-                    return await super()._process_message(typeid, requesthdr, seqhdr, body)
+                    answer = await super()._process_message(typeid, requesthdr, seqhdr, body)
                 except (ServiceError, ua.UaStatusCodeError) as exc:
                     # A user name or password refused: asyncua would log it as an error.
                     raise _Refused(exc.code, "the user's identity") from None
+                self._guard.opened(self._host)
+                return answer
         except _Refused as refusal:
             self._log(refusal, "session")
             self._send_fault(requesthdr.RequestHandle, seqhdr, refusal, opening=False)
@@ -262,13 +284,17 @@ class _CheckedChannel(UaProcessor):
         return False
 
     def _log(self, refusal: _Refused, what: str) -> None:
+        count = self._guard.refused(self._host, what, refusal)
+        if count is None:
+            return
         log.info(
-            "%s: refused a %s from %s: %s (%s)",
+            "%s: refused a %s from %s: %s (%s)%s",
             self._guard.url,
             what,
             self._peer,
             _status_name(refusal.code),
             refusal.why,
+            "" if count == 1 else f"; {count} such refusals of this host since its last session",
         )
 
 

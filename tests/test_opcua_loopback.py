@@ -502,6 +502,43 @@ async def test_policies_and_modes_not_offered_are_refused_at_once(
     assert _server_errors(caplog) == []
 
 
+async def test_a_client_refused_again_and_again_is_logged_at_the_1st_and_10th_time(
+    opcua_station: Station, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that keeps asking for what the server refuses (a daemon reconnecting every
+    cycle) is logged at its first refusal and its tenth, not at each one."""
+    station = opcua_station
+    start = local_time(station, "2026-11-25T10:00")
+    clock = VirtualClock(start)
+    daemon = station.identity("daemon")
+    simulator = station.identity("simulator")
+    caplog.set_level(logging.INFO, logger="simulator.opcua_guard")
+    with clock.participant():
+        async with _terminal(station, _plant(station, start), clock):
+            for _ in range(12):
+                client = Client(station.grid_meter.opcua_url, timeout=60)
+                client.application_uri = daemon.application_uri
+                read_refusals(client)
+                await client.set_security(
+                    security_policies.SecurityPolicyBasic256Sha256,
+                    certificate=str(daemon.cert_pem),
+                    private_key=str(daemon.key_pem),
+                    server_certificate=str(simulator.cert_pem),
+                    mode=ua.MessageSecurityMode.Sign,
+                )
+                await client.connect_socket()
+                try:
+                    await client.send_hello()
+                    with pytest.raises(ua.UaStatusCodeError):
+                        await client.open_secure_channel()
+                finally:
+                    client.disconnect_socket()
+    refusals = [r.getMessage() for r in caplog.records if "refused a channel" in r.getMessage()]
+    assert len(refusals) == 2, refusals
+    assert "BadSecurityModeRejected" in refusals[0] and "since its last session" not in refusals[0]
+    assert "; 10 such refusals of this host since its last session" in refusals[1]
+
+
 async def test_no_unencrypted_endpoint_or_session_unless_asked(
     opcua_station: Station, caplog: pytest.LogCaptureFixture
 ) -> None:
