@@ -449,6 +449,45 @@ async def test_refusals_are_driver_errors_that_say_why(
     assert _server_errors(caplog) == []
 
 
+async def _open_channels(
+    station: Station,
+    policy: type[security_policies.SecurityPolicy],
+    mode: ua.MessageSecurityMode,
+    *,
+    times: int,
+) -> list[ua.UaStatusCodeError]:
+    """Open a channel to the station's terminal `times` times, with the daemon's certificate and
+    `policy` in `mode`, each on a new connection: the refusals (each must be one; the client
+    waits up to 60 s, so a refusal that came from its own timeout would be a TimeoutError)."""
+    start = local_time(station, "2026-11-25T10:00")
+    clock = VirtualClock(start)
+    daemon = station.identity("daemon")
+    simulator = station.identity("simulator")
+    refusals = []
+    with clock.participant():
+        async with _terminal(station, _plant(station, start), clock):
+            for _ in range(times):
+                client = Client(station.grid_meter.opcua_url, timeout=60)
+                client.application_uri = daemon.application_uri
+                read_refusals(client)
+                await client.set_security(
+                    policy,
+                    certificate=str(daemon.cert_pem),
+                    private_key=str(daemon.key_pem),
+                    server_certificate=str(simulator.cert_pem),
+                    mode=mode,
+                )
+                await client.connect_socket()
+                try:
+                    await client.send_hello()
+                    with pytest.raises(ua.UaStatusCodeError) as refused:
+                        await client.open_secure_channel()
+                finally:
+                    client.disconnect_socket()
+                refusals.append(refused.value)
+    return refusals
+
+
 @pytest.mark.parametrize(
     ("policy", "mode", "status"),
     [
@@ -470,33 +509,11 @@ async def test_policies_and_modes_not_offered_are_refused_at_once(
     without encryption, gets the server's status for it when it opens the channel; the server
     logs one line, no error and no traceback. (The client waits up to 60 s: a refusal that
     came from its own timeout would be a TimeoutError, not the status.)"""
-    station = opcua_station
-    url = station.grid_meter.opcua_url
-    start = local_time(station, "2026-11-25T10:00")
-    clock = VirtualClock(start)
-    daemon = station.identity("daemon")
-    simulator = station.identity("simulator")
     caplog.set_level(logging.INFO, logger="simulator.opcua_guard")
-    with clock.participant():
-        async with _terminal(station, _plant(station, start), clock):
-            client = Client(url, timeout=60)
-            client.application_uri = daemon.application_uri
-            read_refusals(client)
-            await client.set_security(
-                getattr(security_policies, f"SecurityPolicy{policy}"),
-                certificate=str(daemon.cert_pem),
-                private_key=str(daemon.key_pem),
-                server_certificate=str(simulator.cert_pem),
-                mode=mode,
-            )
-            await client.connect_socket()
-            try:
-                await client.send_hello()
-                with pytest.raises(ua.UaStatusCodeError) as refused:
-                    await client.open_secure_channel()
-            finally:
-                client.disconnect_socket()
-    assert refused.value.code == getattr(ua.StatusCodes, status)
+    (refused,) = await _open_channels(
+        opcua_station, getattr(security_policies, f"SecurityPolicy{policy}"), mode, times=1
+    )
+    assert refused.code == getattr(ua.StatusCodes, status)
     refusals = [r.getMessage() for r in caplog.records if "refused a channel" in r.getMessage()]
     assert len(refusals) == 1 and status in refusals[0]
     assert _server_errors(caplog) == []
@@ -507,32 +524,13 @@ async def test_a_client_refused_again_and_again_is_logged_at_the_1st_and_10th_ti
 ) -> None:
     """A client that keeps asking for what the server refuses (a daemon reconnecting every
     cycle) is logged at its first refusal and its tenth, not at each one."""
-    station = opcua_station
-    start = local_time(station, "2026-11-25T10:00")
-    clock = VirtualClock(start)
-    daemon = station.identity("daemon")
-    simulator = station.identity("simulator")
     caplog.set_level(logging.INFO, logger="simulator.opcua_guard")
-    with clock.participant():
-        async with _terminal(station, _plant(station, start), clock):
-            for _ in range(12):
-                client = Client(station.grid_meter.opcua_url, timeout=60)
-                client.application_uri = daemon.application_uri
-                read_refusals(client)
-                await client.set_security(
-                    security_policies.SecurityPolicyBasic256Sha256,
-                    certificate=str(daemon.cert_pem),
-                    private_key=str(daemon.key_pem),
-                    server_certificate=str(simulator.cert_pem),
-                    mode=ua.MessageSecurityMode.Sign,
-                )
-                await client.connect_socket()
-                try:
-                    await client.send_hello()
-                    with pytest.raises(ua.UaStatusCodeError):
-                        await client.open_secure_channel()
-                finally:
-                    client.disconnect_socket()
+    await _open_channels(
+        opcua_station,
+        security_policies.SecurityPolicyBasic256Sha256,
+        ua.MessageSecurityMode.Sign,
+        times=12,
+    )
     refusals = [r.getMessage() for r in caplog.records if "refused a channel" in r.getMessage()]
     assert len(refusals) == 2, refusals
     assert "BadSecurityModeRejected" in refusals[0] and "since its last session" not in refusals[0]
