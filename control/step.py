@@ -47,9 +47,24 @@ class Step:
     events: tuple[Event, ...]
 
 
-def session_energies(control: Control) -> dict[str, float]:
-    """The energy of each pile's session in progress (its account's), by pile."""
-    return {pile: session.delivered_kwh for pile, session in control.sessions.items()}
+def cycle_of(
+    now: float,
+    snapshot: SiteSnapshot,
+    decision: Decision,
+    written: Mapping[str, bool],
+    control: Control,
+) -> Cycle:
+    """The record of a pass that made `decision` from `snapshot` and wrote what `written` says,
+    with each session's energy as its account has it now."""
+    return Cycle(
+        now,
+        snapshot,
+        decision.budget_kw,
+        decision.targets,
+        decision.setpoints,
+        written,
+        {pile: session.delivered_kwh for pile, session in control.sessions.items()},
+    )
 
 
 def step(

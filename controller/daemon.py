@@ -52,7 +52,7 @@ from control.reload import StationChange
 from control.sensing import LimitOverride, Sensors
 from control.sessions import Wish
 from control.site import Feed
-from control.step import Cycle, session_energies, step
+from control.step import Cycle, cycle_of, step
 from controller.devices import StationLinks
 from controller.planloop import PlanLoop
 from controller.saver import StateSaver
@@ -373,15 +373,7 @@ class Daemon:
         self.control.committed(
             {pid: decision.setpoints[pid] for pid, ok in written.items() if ok}, now
         )
-        cycle = Cycle(
-            now,
-            snapshot,
-            decision.budget_kw,
-            decision.targets,
-            decision.setpoints,
-            written,
-            session_energies(self.control),
-        )
+        cycle = cycle_of(now, snapshot, decision, written, self.control)
         self.last_cycle = cycle
         self.tally.add(cycle, dt, (time.perf_counter() - started) * 1000)
         self._notice(cycle, decision)

@@ -38,7 +38,7 @@ from control.record import Recorder
 from control.sensing import Sensors
 from control.sessions import PastVisit, Wish
 from control.site import SiteSnapshot
-from control.step import Cycle, session_energies, step
+from control.step import cycle_of, step
 from drivers.errors import DriverError
 from scheduler.solver import Solver
 from simulator.books import Books, Ledger
@@ -540,16 +540,7 @@ def _tell(
     for event in events[told:]:
         telemetry.event(event, block=True)
     ok = {pid: pid in written for pid in decision.setpoints}
-    cycle = Cycle(
-        now,
-        snapshot,
-        decision.budget_kw,
-        decision.targets,
-        decision.setpoints,
-        ok,
-        session_energies(control),
-    )
-    telemetry.cycle(cycle, block=True)
+    telemetry.cycle(cycle_of(now, snapshot, decision, ok, control), block=True)
 
 
 class _Sensing:

@@ -41,6 +41,7 @@ from simulator.chargers import AbbTerraModel, VestelModel
 from simulator.fleet import Visit
 from simulator.hardware import StationSimulator
 from tests.conftest import local_time, need_system_program, on_free_ports
+from tests.test_registers import FMT
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.loopback, pytest.mark.usefixtures("no_leaked_tasks")]
 
@@ -117,16 +118,6 @@ LIBMODBUS_CODES = {
     "Illegal data value": 3,
     "Gateway path unavailable": 10,
     "Target device failed to respond": 11,
-}
-_FORMATS = {
-    ValueType.U16: ">H",
-    ValueType.I16: ">h",
-    ValueType.U32: ">I",
-    ValueType.I32: ">i",
-    ValueType.U64: ">Q",
-    ValueType.I64: ">q",
-    ValueType.F32: ">f",
-    ValueType.F64: ">d",
 }
 
 
@@ -243,7 +234,7 @@ def decoded(reg: Register, words: list[int]) -> Value | None:
         return text.rstrip("\x00 ")
     if reg.unavailable_all_ones and data == b"\xff" * len(data):
         return None
-    raw = struct.unpack(_FORMATS[reg.type], data)[0]
+    raw = struct.unpack(FMT[reg.type], data)[0]
     if isinstance(raw, float):
         return None if math.isnan(raw) else raw * reg.scale
     if reg.mask is not None:
