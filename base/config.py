@@ -317,8 +317,9 @@ class TelemetrySettings(Strict):
 
     With `url`, an InfluxDB 2.x write API (`org`, `bucket`, and a token from the environment
     variable `token_env`, or `token` itself); without it, the embedded local store
-    (`local_store`, by default var/telemetry/<station file stem>.sqlite). Paths are relative to
-    the working directory, like the state file. The token never appears in logs or output.
+    (`local_store`, by default <station file stem>.sqlite). The disk buffer goes in `buffer_dir`.
+    Relative paths (and the defaults) are in the daemon's telemetry directory (telemetry/ in its
+    state directory), never the working directory. The token never appears in logs or output.
     """
 
     enabled: bool = True
@@ -332,7 +333,7 @@ class TelemetrySettings(Strict):
     timeout_s: float = Field(default=5.0, gt=0, le=120)
     retry_max_s: float = Field(default=30.0, gt=0, le=3600)
     queue_max_points: int = Field(default=100_000, ge=100)
-    buffer_dir: str = Field(default="var/telemetry", min_length=1)
+    buffer_dir: str | None = Field(default=None, min_length=1)
     buffer_max_mb: float = Field(default=256.0, gt=0, allow_inf_nan=False)
     local_store: str | None = Field(default=None, min_length=1)
 

@@ -91,18 +91,30 @@ def open_telemetry(
     station_file: Path,
     console: Console,
     *,
+    directory: Path | None = None,
     local_store: Path | None = None,
     buffer_dir: Path | None = None,
 ) -> TelemetryWriter | int | None:
-    """The writer [telemetry] asks for (None if disabled), or EXIT_BAD_CONFIG after printing why
-    (a token variable unset, a store or buffer file that is not one)."""
+    """The writer [telemetry] asks for (None if disabled), its files in `directory` (by default
+    the state directory's telemetry/) unless given, or EXIT_BAD_CONFIG after printing why (a
+    token variable unset, a store or buffer file that is not one)."""
     from controller.telemetry.files import TelemetryError
     from controller.telemetry.writer import writer_for
 
+    from .dirs import DirsError, resolve
+
     try:
-        return writer_for(station, station_file, local_store=local_store, buffer_dir=buffer_dir)
+        if directory is None:
+            directory = resolve().telemetry
+        return writer_for(
+            station,
+            station_file,
+            directory=directory,
+            local_store=local_store,
+            buffer_dir=buffer_dir,
+        )
     except ConfigError as err:
         print_problems(err, console)
-    except TelemetryError as exc:
+    except (TelemetryError, DirsError) as exc:
         print_error(exc, console)
     return EXIT_BAD_CONFIG
