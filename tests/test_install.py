@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.loopback]
 SOURCES = (
     "pyproject.toml",
     "README.md",
+    "LICENSE",
     "base",
     "configs",
     "control",
@@ -119,12 +120,17 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     shared = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (Path(site) / "flexcharge-test-dependencies.pth").write_text("\n".join(sorted(shared)) + "\n")
     pip = [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check"]
+    # Outside the checkout: pip would take an egg-info the editable install left in the
+    # working directory for flexcharge already installed, and install nothing.
     subprocess.run(
         [*pip, "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
         check=True,
         capture_output=True,
+        cwd=work,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
         timeout=120,
     )
+    assert (venv / "bin" / "flexcharge").exists(), "pip did not install the wheel"
     return Installed(wheel, str(venv / "bin" / "flexcharge"), str(python))
 
 
