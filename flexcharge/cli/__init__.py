@@ -10,7 +10,7 @@ from rich.console import Console
 from flexcharge import logs
 
 from . import certs, config, demo, run, simulate, tariffs
-from .common import EXIT_BAD_CONFIG, EXIT_FAILURE, EXIT_OK
+from .common import EXIT_BAD_CONFIG, EXIT_FAILURE, EXIT_OK, Parser
 
 __all__ = ["EXIT_BAD_CONFIG", "EXIT_FAILURE", "EXIT_OK", "build_parser", "main"]
 
@@ -20,11 +20,14 @@ COMMANDS = (config, run, simulate, tariffs, certs, demo)
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="flexcharge", description=__doc__)
+    parser = Parser(prog="flexcharge", description=__doc__)
     parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="the least severe log messages shown (the demo shows WARNING and above for INFO)",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
     for command in COMMANDS:
         command.add_parser(sub)
     return parser

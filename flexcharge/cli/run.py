@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from base.config import ApiSettings, Station
+from base.listening import cannot_listen
 from base.loading import ConfigError
 
 from . import pidfile
@@ -21,11 +22,14 @@ from .common import (
     EXIT_FAILURE,
     EXIT_OK,
     FAULTS_HELP,
+    STATION_HELP,
     api_settings,
     load,
     log,
     open_telemetry,
     parse_api,
+    path_text,
+    positive_float,
     print_error,
     print_problems,
 )
@@ -38,13 +42,18 @@ if TYPE_CHECKING:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `run`, `reload` and `sim-hardware` to the command line."""
     run = sub.add_parser("run", help="run the daemon (real time)")
-    run.add_argument("--station", required=True)
-    run.add_argument("--status-every", type=float, default=60.0, help="log a status line every N s")
+    run.add_argument("--station", required=True, type=path_text, help=STATION_HELP)
     run.add_argument(
-        "--pidfile", help="where to write the process id (default: var/run/<station>.pid)"
+        "--status-every", type=positive_float, default=60.0, help="log a status line every N s"
+    )
+    run.add_argument(
+        "--pidfile",
+        type=path_text,
+        help="where to write the process id (default: var/run/<station>.pid)",
     )
     run.add_argument(
         "--state",
+        type=path_text,
         help="the station's state file (SQLite; created if missing; default "
         "var/state/<station file stem>.sqlite under the working directory)",
     )
@@ -59,20 +68,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     reload = sub.add_parser(
         "reload", help="check a station file, then make the daemon running it reload it"
     )
-    reload.add_argument("--station", required=True)
-    reload.add_argument("--pidfile", help="the daemon's pidfile (default: var/run/<station>.pid)")
+    reload.add_argument("--station", required=True, type=path_text, help=STATION_HELP)
+    reload.add_argument(
+        "--pidfile", type=path_text, help="the daemon's pidfile (default: var/run/<station>.pid)"
+    )
     reload.set_defaults(func=cmd_reload)
 
     sim = sub.add_parser(
         "sim-hardware",
         help="serve a station's simulated devices over Modbus and OPC-UA (real time)",
     )
-    sim.add_argument("--station", required=True)
+    sim.add_argument("--station", required=True, type=path_text, help=STATION_HELP)
     sim.add_argument(
         "--sessions",
+        type=path_text,
         help="replay the vehicles of this sessions CSV instead of the seeded random days",
     )
-    sim.add_argument("--faults", help=FAULTS_HELP)
+    sim.add_argument("--faults", type=path_text, help=FAULTS_HELP)
     sim.set_defaults(func=cmd_sim_hardware)
 
 
@@ -175,11 +187,8 @@ def _serve_api(daemon: Daemon, settings: ApiSettings | None, console: Console) -
     try:
         server.bind()
     except OSError as exc:
-        console.print(
-            f"[bold red]cannot serve the API on {settings.host}:{settings.port}: "
-            f"{exc.strerror or exc}[/]",
-            highlight=False,
-        )
+        message = cannot_listen(settings.host, settings.port, exc, "the API")
+        console.print(message, style="bold red", highlight=False, markup=False)
         return False
     daemon.services.append(server)
     return True
