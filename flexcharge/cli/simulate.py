@@ -166,7 +166,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 def _run_policies(args: argparse.Namespace, console: Console, policies: Sequence[str]) -> int:
     from simulator.fast import simulate
-    from simulator.report import comparison_table, plot, write_outputs
+    from simulator.report import comparison_table, plot_comparison, write_outputs
 
     loaded = read_scenario(args, console, [args.tariff] if args.tariff else [])
     if loaded is None:
@@ -205,7 +205,7 @@ def _run_policies(args: argparse.Namespace, console: Console, policies: Sequence
                     soft_wrap=True,
                 )
     if len(results) > 1:
-        plot(results[0], out / "plot.png", zone, others=results[1:3])
+        plot_comparison(results, out / "plot.png", zone)
         (out / "comparison.json").write_text(
             json.dumps([r.metrics for r in results], indent=2) + "\n", encoding="utf-8"
         )

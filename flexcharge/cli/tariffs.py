@@ -92,7 +92,7 @@ def cmd_tariff_compare(args: argparse.Namespace, console: Console) -> int:
         compare_tariffs,
         plan_jobs,
     )
-    from simulator.whatif_report import comparison_table, write_report
+    from simulator.whatif_report import comparison_table, peak_notes, write_report
 
     # Every input is checked before anything runs, and every problem is reported at once.
     loaded = read_scenario(args, console, args.tariffs)
@@ -127,6 +127,8 @@ def cmd_tariff_compare(args: argparse.Namespace, console: Console) -> int:
         )
     page = write_report(whatif, Path(args.out))
     console.print(comparison_table(whatif))
+    for note in peak_notes(whatif):
+        console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     console.print(
         f"{whatif.simulations} simulations in {whatif.wall_s:.1f} s ({whatif.workers} processes); "
         f"report: {page} and {Path(args.out) / 'report.png'}",
