@@ -11,7 +11,15 @@ from rich.console import Console
 from flexcharge import logs
 
 from . import certs, config, demo, dirs, run, simulate, tariffs
-from .common import EXIT_BAD_CONFIG, EXIT_FAILURE, EXIT_OK, print_error
+from .common import (
+    EXIT_BAD_CONFIG,
+    EXIT_FAILURE,
+    EXIT_OK,
+    Parser,
+    count,
+    positive_float,
+    print_error,
+)
 
 __all__ = ["EXIT_BAD_CONFIG", "EXIT_FAILURE", "EXIT_OK", "build_parser", "main"]
 
@@ -27,28 +35,15 @@ def installed_version() -> str:
         return "unknown (not installed)"
 
 
-def _positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0")
-    return value
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number, 0 or more")
-    return int(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="flexcharge", description=__doc__)
+    parser = Parser(prog="flexcharge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"flexcharge {installed_version()}")
     parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="the least severe log messages shown (the demo shows WARNING and above for INFO)",
     )
     parser.add_argument(
         "--log-file",
@@ -58,19 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-file-mb",
-        type=_positive_number,
+        type=positive_float,
         default=logs.LOG_FILE_BYTES / 1e6,
         metavar="MB",
         help="rotate the log file at this size (default %(default)g)",
     )
     parser.add_argument(
         "--log-file-keep",
-        type=_count,
+        type=count,
         default=logs.LOG_FILE_KEEP,
         metavar="N",
         help="rotated log files kept (default %(default)d)",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
     for command in COMMANDS:
         command.add_parser(sub)
     return parser

@@ -20,7 +20,7 @@ from .common import EXIT_BAD_CONFIG, EXIT_OK, print_problems
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `check-config` to the command line."""
     check = sub.add_parser("check-config", help="validate a station, tariff or device map file")
-    check.add_argument("path")
+    check.add_argument("path", help="the file to check: a station, a tariff or a device map")
     check.set_defaults(func=cmd_check_config)
 
 

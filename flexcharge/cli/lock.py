@@ -78,8 +78,8 @@ def holder(state_file: Path) -> int | None:
     path = lock_path(state_file)
     try:
         fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # no lock file there: nothing was ever started on this state
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from base.config import ApiSettings, Station
+from base.listening import cannot_listen
 from base.loading import ConfigError
 
 from . import dirs, lock, pidfile
@@ -21,11 +22,14 @@ from .common import (
     EXIT_FAILURE,
     EXIT_OK,
     FAULTS_HELP,
+    STATION_HELP,
     api_settings,
     load,
     log,
     open_telemetry,
     parse_api,
+    path_text,
+    positive_float,
     print_error,
     print_problems,
 )
@@ -38,10 +42,13 @@ if TYPE_CHECKING:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `run`, `reload` and `sim-hardware` to the command line."""
     run = sub.add_parser("run", help="run the daemon (real time)")
-    run.add_argument("--station", required=True)
-    run.add_argument("--status-every", type=float, default=60.0, help="log a status line every N s")
+    run.add_argument("--station", required=True, type=path_text, help=STATION_HELP)
+    run.add_argument(
+        "--status-every", type=positive_float, default=60.0, help="log a status line every N s"
+    )
     run.add_argument(
         "--state",
+        type=path_text,
         help="the station's state file (SQLite; created if missing; default "
         "state/<station file stem>.sqlite in the state directory); one daemon at a time holds it",
     )
@@ -57,9 +64,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     reload = sub.add_parser(
         "reload", help="check a station file, then make the daemon running it reload it"
     )
-    reload.add_argument("--station", required=True)
+    reload.add_argument("--station", required=True, type=path_text, help=STATION_HELP)
     reload.add_argument(
-        "--state", help="the state file the daemon was given (default: as `run` finds it)"
+        "--state",
+        type=path_text,
+        help="the state file the daemon was given (default: as `run` finds it)",
     )
     _add_dir_options(reload)
     reload.set_defaults(func=cmd_reload)
@@ -68,24 +77,27 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "sim-hardware",
         help="serve a station's simulated devices over Modbus and OPC-UA (real time)",
     )
-    sim.add_argument("--station", required=True)
+    sim.add_argument("--station", required=True, type=path_text, help=STATION_HELP)
     sim.add_argument(
         "--sessions",
+        type=path_text,
         help="replay the vehicles of this sessions CSV instead of the seeded random days",
     )
-    sim.add_argument("--faults", help=FAULTS_HELP)
+    sim.add_argument("--faults", type=path_text, help=FAULTS_HELP)
     sim.set_defaults(func=cmd_sim_hardware)
 
 
 def _add_dir_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
+        type=path_text,
         metavar="DIR",
         help=f"the state directory: state files and telemetry (default: ${dirs.STATE_ENV}, "
         f"$STATE_DIRECTORY, else {dirs.SYSTEM_STATE} for root, ~/.local/state/flexcharge for others)",
     )
     parser.add_argument(
         "--runtime-dir",
+        type=path_text,
         metavar="DIR",
         help=f"the runtime directory: pidfiles (default: ${dirs.RUNTIME_ENV}, "
         f"$RUNTIME_DIRECTORY, else {dirs.SYSTEM_RUNTIME} for root, $XDG_RUNTIME_DIR/flexcharge "
@@ -93,6 +105,7 @@ def _add_dir_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--pidfile",
+        type=path_text,
         help="the daemon's pidfile (default: <station file stem>.pid in the runtime directory)",
     )
 
@@ -243,11 +256,8 @@ def _serve_api(daemon: Daemon, settings: ApiSettings | None, console: Console) -
     try:
         server.bind()
     except OSError as exc:
-        console.print(
-            f"[bold red]cannot serve the API on {settings.host}:{settings.port}: "
-            f"{exc.strerror or exc}[/]",
-            highlight=False,
-        )
+        message = cannot_listen(settings.host, settings.port, exc, "the API")
+        console.print(message, style="bold red", highlight=False, markup=False)
         return False
     daemon.services.append(server)
     return True
