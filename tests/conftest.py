@@ -201,14 +201,17 @@ def wait_for_line(proc: subprocess.Popen[str], pattern: str, limit: int = 400) -
 
 
 def start_daemon_with_api(
-    tmp_path: Path, processes: list[subprocess.Popen[str]], token_env: str
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],
+    token_env: str,
+    simulator_args: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[str], subprocess.Popen[str], str]:
     """`flexcharge sim-hardware` serving the reference station's files (free ports, under
-    `tmp_path`) and `flexcharge run --api` controlling it, its writes open to the token in
-    `token_env`; the simulator's and the daemon's processes, and the API's base URL, once it
-    serves."""
+    `tmp_path`; `simulator_args`: more of its options) and `flexcharge run --api` controlling
+    it, its writes open to the token in `token_env`; the simulator's and the daemon's processes,
+    and the API's base URL, once it serves."""
     path = station_files_on_free_ports(tmp_path)
-    simulator = start_process(["sim-hardware", "--station", str(path)], processes)
+    simulator = start_process(["sim-hardware", "--station", str(path), *simulator_args], processes)
     wait_for_line(simulator, r"serving ")
     port = free_ports(1)[0]
     assert token_env in os.environ, "the token the daemon is to read"
