@@ -3,8 +3,9 @@
 Every ```sh block of the README follows a directive, an HTML comment GitHub does not show:
 
 - `<!-- docs-test: run -->`: run; the block must end without error (`set -e`, `pipefail`);
-- `<!-- docs-test: run, PATH in a temporary directory -->`: the same, with the absolute PATH the
-  block names (an install prefix, say) replaced by a fresh temporary directory;
+- `<!-- docs-test: run, PATH in a temporary directory -->` (or `run, PATH and PATH2 in temporary
+  directories`): the same, with each absolute PATH the block names (an install prefix, /etc/...)
+  replaced by a temporary directory, the same one for the same PATH in every block;
 - `<!-- docs-test: skip: WHY -->`: not run here, and why (root and systemd, say); the test lists
   them.
 
@@ -64,12 +65,15 @@ class Block:
         return None
 
     @property
-    def replaced(self) -> str | None:
-        """The absolute path the directive asks to have replaced by a temporary directory."""
+    def replaced(self) -> tuple[str, ...] | None:
+        """The absolute paths the directive asks to have replaced by temporary directories."""
         if self.how is None:
             return None
-        found = re.fullmatch(r"run, (?P<path>/\S+) in a temporary directory", self.how)
-        return found["path"] if found else None
+        found = re.fullmatch(
+            r"run, (?P<paths>/\S+(?: and /\S+)*) in (?:a temporary directory|temporary directories)",
+            self.how,
+        )
+        return tuple(found["paths"].split(" and ")) if found else None
 
 
 def blocks(text: str) -> list[Block]:
@@ -111,14 +115,16 @@ def test_the_directives_are_read() -> None:
         "<!-- docs-test: run -->\n```sh\necho a\n```\n"
         "<!-- docs-test: run, /opt/x in a temporary directory -->\n\n```sh\necho b\n```\n"
         "<!-- docs-test: skip: needs root -->\n```sh\necho c\n```\n"
+        "<!-- docs-test: run, /etc/a and /opt/b in temporary directories -->\n```sh\necho e\n```\n"
         "```toml\na = 1\n```\n"
         "text\n```sh\necho d\n```\n"
     )
     got = [(b.body, b.how == "run", b.replaced, b.skipped) for b in blocks(text)]
     assert got == [
         ("echo a\n", True, None, None),
-        ("echo b\n", False, "/opt/x", None),
+        ("echo b\n", False, ("/opt/x",), None),
         ("echo c\n", False, None, "needs root"),
+        ("echo e\n", False, ("/etc/a", "/opt/b"), None),
         ("echo d\n", False, None, None),
     ]
 
@@ -213,10 +219,9 @@ def test_every_runnable_block_of_the_readme_runs(tmp_path: Path) -> None:
                 skipped.append(f"line {block.line}: {block.skipped}")
                 continue
             body = block.body
-            if block.replaced is not None:
-                prefix = tmp_path / f"replaced-{n}"
-                assert block.replaced in body, f"line {block.line}: {block.replaced} not in it"
-                body = body.replace(block.replaced, str(prefix))
+            for path in block.replaced or ():
+                assert path in body, f"README.md line {block.line}: {path} is not in the block"
+                body = body.replace(path, str(tmp_path / "replaced" / path.strip("/")))
             script = tmp_path / f"block-{n}.sh"
             script.write_text(body)
             began = time.monotonic()
