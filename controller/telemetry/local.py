@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +18,21 @@ from controller.telemetry.points import NS, Point, epoch_ns
 from controller.telemetry.retention import ROLLUPS, Retention, downsample, rollup
 from controller.telemetry.sinks import SinkError
 
-# `marks` holds how far the store has rolled up (`downsampled_until_ns`); stores made before it
-# get it on their first upkeep (a reader that does not know it ignores it).
-MARKS_TABLE = "CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+# Rolled-up points live apart, keyed by time first: they are appended at the end of the tree
+# and deleted from its start, so their pages stay full (among the cycles they would be rewritten
+# in place, leaving pages a third full). `marks` holds how far the store has rolled up. Stores
+# made before get both when opened (a reader that does not know them ignores them).
+RETENTION_TABLES = """
+CREATE TABLE IF NOT EXISTS rolled_up (
+    measurement TEXT NOT NULL,
+    time_ns INTEGER NOT NULL,
+    tags TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    PRIMARY KEY (measurement, time_ns, tags)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+TABLES = ("points", "rolled_up")
 
 LOCAL_SCHEMA = f"""
 CREATE TABLE points (
@@ -31,7 +43,7 @@ CREATE TABLE points (
     PRIMARY KEY (measurement, tags, time_ns)
 ) WITHOUT ROWID;
 CREATE INDEX points_time ON points (measurement, time_ns);
-{MARKS_TABLE}
+{RETENTION_TABLES}
 """
 
 DOWNSAMPLED_UNTIL = "downsampled_until_ns"
@@ -42,12 +54,12 @@ CAP_TARGET = 0.9
 # `PRAGMA auto_vacuum` says 2 for INCREMENTAL.
 INCREMENTAL = 2
 
-# The distinct measurements, one index seek each (not a scan of the table).
+# The distinct measurements of a table, one index seek each (not a scan of the table).
 MEASUREMENTS = """
 WITH RECURSIVE m(name) AS (
-    SELECT min(measurement) FROM points
+    SELECT min(measurement) FROM {table}
     UNION ALL
-    SELECT (SELECT min(measurement) FROM points WHERE measurement > m.name) FROM m
+    SELECT (SELECT min(measurement) FROM {table} WHERE measurement > m.name) FROM m
     WHERE m.name IS NOT NULL
 )
 SELECT name FROM m WHERE name IS NOT NULL
@@ -92,11 +104,20 @@ class LocalStore:
         self._file = telemetry_file(
             self.path, "telemetry store", LOCAL_SCHEMA, "telemetry.local_store"
         )
+        self._tags: dict[tuple[tuple[str, str], ...], str] = {}
+        try:
+            with self._file.reading() as db:
+                db.executescript(RETENTION_TABLES)
+        except sqlite3.Error as exc:
+            self._file.close()
+            raise TelemetryError(f"{self.path} (telemetry.local_store): {exc}") from None
 
     def write(self, points: Sequence[Point]) -> None:
         """Write a batch in one transaction; `SinkError` if the disk refuses."""
+        if len(self._tags) > 10_000:
+            self._tags.clear()
         rows = [
-            (p.measurement, json.dumps(p.tags), p.time_ns, json.dumps(dict(p.fields)))
+            (p.measurement, self._tags_text(p.tags), p.time_ns, json.dumps(dict(p.fields)))
             for p in points
         ]
         try:
@@ -109,6 +130,13 @@ class LocalStore:
                 )
         except sqlite3.Error as exc:
             raise SinkError(f"{self.path}: {exc}") from None
+
+    def _tags_text(self, tags: tuple[tuple[str, str], ...]) -> str:
+        # A station writes the same few tag sets every cycle: each is encoded once.
+        text = self._tags.get(tags)
+        if text is None:
+            text = self._tags[tags] = json.dumps(tags)
+        return text
 
     def query(
         self,
@@ -127,16 +155,19 @@ class LocalStore:
         """
         if every_s is not None and measurement not in ROLLUPS:
             raise ValueError(f"only {' and '.join(ROLLUPS)} points are rolled up")
-        sql = "SELECT tags, time_ns, fields FROM points WHERE measurement = ?"
+        where = "measurement = ?"
         args: list[object] = [measurement]
         if start is not None:
-            sql += " AND time_ns >= ?"
+            where += " AND time_ns >= ?"
             args.append(epoch_ns(start))
         if end is not None:
-            sql += " AND time_ns < ?"
+            where += " AND time_ns < ?"
             args.append(epoch_ns(end))
+        sql = " UNION ALL ".join(
+            f"SELECT tags, time_ns, fields FROM {t} WHERE {where}" for t in TABLES
+        )
         with self._file.transaction() as db:
-            rows = db.execute(sql + " ORDER BY time_ns, tags", args).fetchall()
+            rows = db.execute(sql + " ORDER BY time_ns, tags", args * len(TABLES)).fetchall()
         wanted = dict(tags or {})
         points = []
         for row in rows:
@@ -150,14 +181,16 @@ class LocalStore:
 
     def count(self, measurement: str | None = None) -> int:
         """How many points the store holds (of one measurement, or all)."""
+        n = 0
         with self._file.transaction() as db:
-            if measurement is None:
-                (n,) = db.execute("SELECT count(*) FROM points").fetchone()
-            else:
-                (n,) = db.execute(
-                    "SELECT count(*) FROM points WHERE measurement = ?", (measurement,)
-                ).fetchone()
-        return int(n)
+            for table in TABLES:
+                if measurement is None:
+                    n += db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                else:
+                    n += db.execute(
+                        f"SELECT count(*) FROM {table} WHERE measurement = ?", (measurement,)
+                    ).fetchone()[0]
+        return n
 
     # -- retention ---------------------------------------------------------------------------
 
@@ -178,7 +211,6 @@ class LocalStore:
         try:
             every = round(retention.downsample_to_s * NS)
             with self._file.transaction() as db:
-                db.execute(MARKS_TABLE)
                 # Whole intervals at a time, so that no rolled-up point stands for fewer
                 # cycles than it says.
                 cut = epoch_ns(now - retention.max_age_s) // every * every
@@ -280,14 +312,20 @@ def _point(measurement: str, tags_text: str, time_ns: int, fields_text: str) -> 
 
 
 def _measurements(db: sqlite3.Connection) -> list[str]:
-    return [str(name) for (name,) in db.execute(MEASUREMENTS)]
+    return sorted(
+        {str(name) for table in TABLES for (name,) in db.execute(MEASUREMENTS.format(table=table))}
+    )
 
 
 def _oldest(db: sqlite3.Connection, measurement: str) -> int | None:
-    (oldest,) = db.execute(
-        "SELECT min(time_ns) FROM points WHERE measurement = ?", (measurement,)
-    ).fetchone()
-    return None if oldest is None else int(oldest)
+    found = [
+        db.execute(
+            f"SELECT min(time_ns) FROM {table} WHERE measurement = ?", (measurement,)
+        ).fetchone()[0]
+        for table in TABLES
+    ]
+    known = [int(t) for t in found if t is not None]
+    return min(known) if known else None
 
 
 def _mark(db: sqlite3.Connection) -> int | None:
@@ -299,47 +337,51 @@ def _delete_before(db: sqlite3.Connection, cut_ns: int) -> int:
     """Delete every point older than `cut_ns`; how many."""
     deleted = 0
     for measurement in _measurements(db):
-        deleted += db.execute(
-            "DELETE FROM points WHERE measurement = ? AND time_ns < ?", (measurement, cut_ns)
-        ).rowcount
+        for table in TABLES:
+            deleted += db.execute(
+                f"DELETE FROM {table} WHERE measurement = ? AND time_ns < ?", (measurement, cut_ns)
+            ).rowcount
     return deleted
 
 
 def _roll_up(
     db: sqlite3.Connection, measurement: str, start_ns: int, end_ns: int, every_ns: int
 ) -> tuple[int, int]:
-    """Roll up the points of `measurement` in [start_ns, end_ns) per `every_ns` (a series'
-    interval holding one point is left as it is); how many points became how many."""
-    rows = db.execute(
-        "SELECT tags, time_ns, fields FROM points "
-        "WHERE measurement = ? AND time_ns >= ? AND time_ns < ? ORDER BY time_ns",
-        (measurement, start_ns, end_ns),
-    ).fetchall()
-    groups: dict[tuple[str, int], list[tuple[str, int, str]]] = {}
-    for row in rows:
-        groups.setdefault((row[0], row[1] // every_ns), []).append(row)
-    rolled = [(key, group) for key, group in groups.items() if len(group) > 1]
-    if not rolled:
+    """Move the points of `measurement` in [start_ns, end_ns) to `rolled_up`, one per series
+    per `every_ns` (with any rolled up there before); how many points became how many."""
+    span = (measurement, start_ns, end_ns)
+    rows = [
+        row
+        for table in TABLES
+        for row in db.execute(
+            f"SELECT tags, time_ns, fields FROM {table} "
+            "WHERE measurement = ? AND time_ns >= ? AND time_ns < ?",
+            span,
+        )
+    ]
+    if not rows:
         return 0, 0
-    db.executemany(
-        "DELETE FROM points WHERE measurement = ? AND tags = ? AND time_ns = ?",
-        ((measurement, tags, t) for _, group in rolled for tags, t, _ in group),
-    )
-    db.executemany(
-        "INSERT OR REPLACE INTO points (measurement, tags, time_ns, fields) VALUES (?, ?, ?, ?)",
-        _rows(measurement, rolled, every_ns),
-    )
-    return sum(len(group) for _, group in rolled), len(rolled)
-
-
-def _rows(
-    measurement: str,
-    rolled: list[tuple[tuple[str, int], list[tuple[str, int, str]]]],
-    every_ns: int,
-) -> Iterator[tuple[str, str, int, str]]:
-    for (tags, bucket), group in rolled:
+    groups: dict[tuple[str, int], list[tuple[str, int, str]]] = {}
+    for row in sorted(rows, key=lambda r: r[1]):
+        groups.setdefault((row[0], row[1] // every_ns), []).append(row)
+    kept: list[tuple[int, str, str]] = []
+    rolled = into = 0
+    for (tags, bucket), group in groups.items():
+        if len(group) == 1:
+            kept.append((group[0][1], tags, group[0][2]))
+            continue
         point = rollup([_point(measurement, *row) for row in group], bucket * every_ns)
-        yield measurement, tags, point.time_ns, json.dumps(dict(point.fields))
+        kept.append((point.time_ns, tags, json.dumps(dict(point.fields))))
+        rolled, into = rolled + len(group), into + 1
+    for table in TABLES:
+        db.execute(
+            f"DELETE FROM {table} WHERE measurement = ? AND time_ns >= ? AND time_ns < ?", span
+        )
+    db.executemany(
+        "INSERT INTO rolled_up (measurement, time_ns, tags, fields) VALUES (?, ?, ?, ?)",
+        ((measurement, *row) for row in sorted(kept)),
+    )
+    return rolled, into
 
 
 def query_local(path: Path | str, measurement: str, **where: object) -> list[Point]:
