@@ -1,7 +1,8 @@
 """The local telemetry store: InfluxDB's data model in one SQLite file, used without a database.
 
 `LocalStore` is a sink the writer writes to, and keeps itself within its `Retention` when the
-writer asks (`maintain`); `query_local` reads points back from a store file.
+writer asks (`maintain`): points as written are in `points`, rolled-up ones in `rolled_up`, and a
+query reads both. `query_local` reads points back from a store file.
 """
 
 from __future__ import annotations
@@ -218,9 +219,9 @@ class LocalStore:
             self._downsample(epoch_ns(now - retention.downsample_after_s), deadline, upkeep)
             self._cap(epoch_ns(now), upkeep)
             upkeep.migrated = self._reclaim()
-        except sqlite3.Error as exc:
+            upkeep.size_bytes = self.size_bytes()
+        except (sqlite3.Error, OSError) as exc:
             raise TelemetryError(f"{self.path} (telemetry.local_store): upkeep: {exc}") from None
-        upkeep.size_bytes = self.size_bytes()
         return upkeep
 
     def used_bytes(self) -> int:
