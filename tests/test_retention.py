@@ -6,6 +6,7 @@ and the [telemetry] settings checked."""
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,24 @@ def test_the_size_cap_holds_the_store_under_it_deleting_the_oldest_first(tmp_pat
     assert all(time_ns < oldest_kept for _, _, time_ns in gone), "the oldest deleted first"
     assert max(p.time_ns for p in kept) == written[-1].time_ns
     assert upkeep.capped_before is not None and upkeep.capped_before * NS <= oldest_kept
+    store.close()
+
+
+def test_the_cap_deletes_rolled_up_points_before_newer_cycles(tmp_path: Path) -> None:
+    store = LocalStore(
+        tmp_path / "t.sqlite",
+        Retention(max_age_s=30 * DAY, downsample_after_s=3600, downsample_to_s=60),
+    )
+    store.write([_site(T + k, grid_kw=float(k), limit_kw=4275.0) for k in range(4 * 3600)])
+    store.maintain(T + 4 * 3600)  # the first three hours rolled up to minutes
+    assert len(store.query("site", end=T + 3 * 3600)) == 180
+    cycles_bytes = store.used_bytes()
+    store.retention = replace(store.retention, max_bytes=int(cycles_bytes * 0.8))
+    upkeep = store.maintain(T + 4 * 3600)
+    site = store.query("site")
+    assert upkeep.capped > 180 and store.used_bytes() <= store.retention.max_bytes
+    assert all(p.field("cycles") is None for p in site), "every rolled-up minute went first"
+    assert site[-1].time == T + 4 * 3600 - 1 and len(site) == 3600 - (upkeep.capped - 180)
     store.close()
 
 
