@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -317,8 +317,9 @@ class TelemetrySettings(Strict):
 
     With `url`, an InfluxDB 2.x write API (`org`, `bucket`, and a token from the environment
     variable `token_env`, or `token` itself); without it, the embedded local store
-    (`local_store`, by default var/telemetry/<station file stem>.sqlite). Paths are relative to
-    the working directory, like the state file. The token never appears in logs or output.
+    (`local_store`, by default <station file stem>.sqlite). The disk buffer goes in `buffer_dir`.
+    Relative paths (and the defaults) are in the daemon's telemetry directory (telemetry/ in its
+    state directory), never the working directory. The token never appears in logs or output.
 
     The local store keeps `retention_days` of points in at most `store_max_mb`, its oldest
     deleted first; cycles older than `downsample_after_h` are rolled up into one point per
@@ -337,7 +338,7 @@ class TelemetrySettings(Strict):
     timeout_s: float = Field(default=5.0, gt=0, le=120)
     retry_max_s: float = Field(default=30.0, gt=0, le=3600)
     queue_max_points: int = Field(default=100_000, ge=100)
-    buffer_dir: str = Field(default="var/telemetry", min_length=1)
+    buffer_dir: str | None = Field(default=None, min_length=1)
     buffer_max_mb: float = Field(default=256.0, gt=0, allow_inf_nan=False)
     local_store: str | None = Field(default=None, min_length=1)
     retention_days: float = Field(default=30.0, gt=0, le=3650, allow_inf_nan=False)
@@ -434,11 +435,13 @@ class Station:
         return (*meters, *self.piles)
 
     def pile(self, pile_id: str) -> PileConfig:
-        """The config of one pile."""
-        for pile in self.piles:
-            if pile.id == pile_id:
-                return pile
-        raise KeyError(pile_id)
+        """The config of one pile (`KeyError` if the station has none of that id)."""
+        return self._piles_by_id[pile_id]
+
+    @cached_property
+    def _piles_by_id(self) -> Mapping[str, PileConfig]:
+        # Asked for every pile every cycle: a scan of 200 piles each time adds up.
+        return {pile.id: pile for pile in self.piles}
 
     @property
     def certs_dir(self) -> Path | None:

@@ -10,7 +10,8 @@ it (oversized, untyped, unauthenticated, slow or malformed requests).
 Reads (`GET /api/...`, `/metrics`) are open unless `[api] reads_need_token`; writes need the
 bearer token from the environment variable `[api] token_env`, and are refused while it is unset.
 Each read is rendered once per state handed over and then served as bytes. The OpenAPI spec is
-at `/openapi.json`, its browsable form at `/docs`; the live page at `/`.
+at `/openapi.json`, its browsable forms at `/docs` (Swagger UI) and `/redoc`, both served from
+the files `fastapi-offline` ships (no CDN); the live page at `/`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from itertools import pairwise
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 import uvicorn
@@ -36,20 +37,24 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import TypeAdapter
 
 from base.clock import stop_task
 from base.config import ApiSettings
-from base.events import Event
+from base.events import DeviceRef, Event
 from base.tariff import Tariff
+from control.reasons import PileReason
 from control.sensing import LimitOverride
 from control.sessions import Session
 from control.step import Cycle
 from controller.apilink import DaemonLink, Launch, LogForwarder
 from controller.apimodels import (
     EVENTS_SHOWN,
+    AlarmOut,
     BandOut,
+    DeviceOut,
     EndedOut,
     EventOut,
     HistoryOut,
@@ -58,6 +63,7 @@ from controller.apimodels import (
     PileOut,
     PlanOut,
     PlanVehicleOut,
+    ReasonOut,
     Refusal,
     SampleOut,
     SessionInfo,
@@ -83,6 +89,8 @@ PAGE_FILES = {
 API_NICENESS = 10
 # Renderings kept per state (the history's depend on the hours asked for).
 RENDERINGS_KEPT = 64
+# No cycle for this many control periods: the daemon's figures are stale.
+STALE_PERIODS = 3
 
 
 # -- the load history the page draws ---------------------------------------------------------
@@ -215,17 +223,24 @@ class _View:
         station = status.station
         tariff = station.tariff
         views = {} if snap is None else {v.id: v for v in snap.piles}
+        reasons = status.reasons()
         piles = []
         for config in station.piles:
             view = views.get(config.id)
             reading = None if view is None else view.reading
             session = status.sessions.get(config.id)
+            health = status.device(DeviceRef.pile(config.id).label)
+            seen = None if health is None else health.last_seen
             piles.append(
                 PileOut(
                     id=config.id,
                     state="unknown" if reading is None else str(reading.state),
                     online=reading is not None,
+                    stale=reading is None or (view is not None and not view.current),
+                    last_seen=self.maybe_time(seen),
+                    last_seen_t=seen,
                     error=status.pile_errors.get(config.id),
+                    reason=self.reason(reasons[config.id]),
                     power_kw=None if reading is None else reading.power_kw,
                     setpoint_kw=status.setpoints.get(config.id, 0.0),
                     target_kw=None if cycle is None else cycle.targets.get(config.id),
@@ -250,6 +265,7 @@ class _View:
         band = tariff.band_at(now)
         return StatusOut(
             station=station.name,
+            timezone=station.info.timezone,
             time=self.time(now),
             t=now,
             cycle_time=None if cycle is None else self.time(cycle.time),
@@ -263,8 +279,85 @@ class _View:
                 next_change=tariff.next_change(now),
             ),
             piles=piles,
+            alarms=self.alarms(),
+            devices=[
+                DeviceOut(
+                    device=d.device,
+                    ok=d.ok,
+                    error=d.error,
+                    since=self.maybe_time(d.since),
+                    last_seen=self.maybe_time(d.last_seen),
+                )
+                for d in status.devices
+            ],
             events=[self.event(event) for event in status.events[-EVENTS_SHOWN:]],
         )
+
+    def maybe_time(self, t: float | None) -> datetime | None:
+        return None if t is None else self.time(t)
+
+    def reason(self, reason: PileReason) -> ReasonOut:
+        return ReasonOut(
+            kind=reason.kind,
+            text=reason.text,
+            until=self.maybe_time(reason.until),
+            until_t=reason.until,
+        )
+
+    def alarms(self) -> list[AlarmOut]:
+        """What the operator must act on: devices lost, and a daemon whose data is stale."""
+        status = self.status_
+        alarms = []
+        lost = [d for d in status.devices if not d.ok]
+        for device in lost:
+            if device.device.startswith("pile "):
+                continue
+            kind: Literal["meter", "terminal"] = (
+                "meter" if device.device.startswith("meter ") else "terminal"
+            )
+            consequence = (
+                "the site load is unknown: the controller assumes the worst background load"
+                if kind == "meter"
+                else "the utility's limit is not received"
+            )
+            alarms.append(
+                AlarmOut(
+                    kind=kind,
+                    text=f"{'grid meter' if kind == 'meter' else 'utility terminal'} lost "
+                    f"({device.device}: {device.error or 'no answer'}): {consequence}",
+                    since=self.maybe_time(device.since),
+                    since_t=device.since,
+                )
+            )
+        piles = [d for d in lost if d.device.startswith("pile ")]
+        if piles:
+            since = min((d.since for d in piles if d.since is not None), default=None)
+            names = ", ".join(d.device.removeprefix("pile ") for d in piles)
+            alarms.append(
+                AlarmOut(
+                    kind="piles",
+                    text=f"{len(piles)} of {len(status.station.piles)} piles not read ({names}): "
+                    "each falls back to its fallback power on its own",
+                    since=self.maybe_time(since),
+                    since_t=since,
+                )
+            )
+        cycle = status.last_cycle
+        period = status.station.control.period_s
+        if cycle is None or self.now - cycle.time > STALE_PERIODS * period:
+            last = None if cycle is None else cycle.time
+            alarms.append(
+                AlarmOut(
+                    kind="stale",
+                    text="no control cycle yet"
+                    if cycle is None
+                    else f"no control cycle for {self.now - cycle.time:,.0f} s: the figures "
+                    "shown are stale",
+                    since=self.maybe_time(last),
+                    since_t=last,
+                )
+            )
+        return alarms
 
     def plan(self) -> PlanOut:
         status = self.status_
@@ -378,7 +471,8 @@ def build_app(link: DaemonLink, settings: ApiSettings, token: str | None) -> Fas
         if settings.reads_need_token:
             check(credentials, "reads")
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from the package's own files: /docs works without the internet.
+    app = FastAPIOffline(
         title="flexcharge",
         summary=f"Station {station.name}: status, plan, sessions, limit override",
         version="1",

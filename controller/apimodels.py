@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from base.events import Kind, Source
+from control.reasons import ReasonKind
 
 # An operator's override lasts at most this long.
 MAX_OVERRIDE_S = 7 * 86400
@@ -110,13 +111,26 @@ class SessionOut(_Out):
     planned_kw: float | None = Field(description="what the current plan gives it now")
 
 
+class ReasonOut(_Out):
+    """Why a pile draws what it draws (`control.reasons`)."""
+
+    kind: ReasonKind
+    text: str
+    until: datetime | None = Field(description="when it ends, if known (a waiting vehicle's slot)")
+    until_t: float | None
+
+
 class PileOut(_Out):
     """One pile: what it does, what it was told, and its vehicle."""
 
     id: str
     state: str = Field(description="the pile's state, or 'unknown' without a fresh reading")
     online: bool
+    stale: bool = Field(description="true: no fresh reading, what is shown is not current")
+    last_seen: datetime | None = Field(description="its last good reading (null: never read)")
+    last_seen_t: float | None
     error: str | None = Field(description="why the pile is not read, while it is not")
+    reason: ReasonOut
     power_kw: float | None
     setpoint_kw: float
     target_kw: float | None
@@ -137,10 +151,30 @@ class EventOut(_Out):
     device: str | None = Field(description='the device it is about ("pile P03"), if any')
 
 
+class DeviceOut(_Out):
+    """One device the daemon reads, and its health."""
+
+    device: str = Field(description='"grid meter grid", "pile P03"')
+    ok: bool
+    error: str | None
+    since: datetime | None = Field(description="when its current failure began")
+    last_seen: datetime | None = Field(description="its last good answer (null: never)")
+
+
+class AlarmOut(_Out):
+    """Something an operator must act on now: a device lost, or the daemon's data stale."""
+
+    kind: Literal["meter", "piles", "terminal", "stale"]
+    text: str
+    since: datetime | None
+    since_t: float | None
+
+
 class StatusOut(_Out):
     """The station now."""
 
     station: str
+    timezone: str = Field(description="the station's time zone (IANA), for showing its times")
     time: datetime = Field(description="station time of this answer")
     t: float = Field(description="the same, in seconds since the epoch")
     cycle_time: datetime | None = Field(description="time of the cycle the figures come from")
@@ -148,6 +182,8 @@ class StatusOut(_Out):
     site: SiteOut
     tariff: TariffOut
     piles: list[PileOut]
+    alarms: list[AlarmOut] = Field(description="empty while every device answers")
+    devices: list[DeviceOut]
     events: list[EventOut]
 
 

@@ -225,7 +225,12 @@ class Daemon:
             setpoints=dict(control.setpoints),
             devices=tuple(
                 DeviceHealth(
-                    f.label, f.ok, f.episodes, None if f.error is None else f.error.message
+                    f.label,
+                    f.ok,
+                    f.episodes,
+                    None if f.error is None else f.error.message,
+                    since=f.failed_since,
+                    last_seen=f.at,
                 )
                 for f in sensors.feeds()
             ),

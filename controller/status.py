@@ -16,7 +16,9 @@ from typing import Protocol
 
 from base.config import Station
 from base.events import Event
+from control.decider import Policy
 from control.planner import PlanCounts
+from control.reasons import PileReason, pile_reasons
 from control.sensing import LimitOverride, LimitSource
 from control.sessions import Session, Wish
 from control.site import PileView
@@ -95,12 +97,15 @@ def _within_bounds(kw: float, view: PileView) -> bool:
 
 @dataclass(frozen=True)
 class DeviceHealth:
-    """One device's health as its feed knows it."""
+    """One device's health as its feed knows it: since when it fails (None while healthy)
+    and when it last answered plausibly (None: never)."""
 
     device: str
     ok: bool
     episodes: int
     error: str | None = None
+    since: float | None = None
+    last_seen: float | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,21 @@ class StationStatus:
     tally: Tally
     events: tuple[Event, ...] = ()
     event_count: int = 0
+
+    def reasons(self) -> dict[str, PileReason]:
+        """Why each pile draws what it draws, from the last cycle (`control.reasons`)."""
+        return pile_reasons(
+            self.last_cycle,
+            policy=Policy(self.policy),
+            plan=self.plan,
+            sessions=self.sessions,
+            faults=self.faults,
+            pile_ids=tuple(p.id for p in self.station.piles),
+        )
+
+    def device(self, label: str) -> DeviceHealth | None:
+        """The health of the device named `label` ("pile P03"), if the daemon reads it."""
+        return next((d for d in self.devices if d.device == label), None)
 
 
 class StatusSource(Protocol):

@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from datetime import time as time_of_day
 from zoneinfo import ZoneInfo
 
 from rich.console import Console
@@ -37,6 +39,9 @@ class DemoResult:
 
     station_start: float
     station_end: float
+    window_end: float
+    stopped_by: str
+    speed: float
     wall_s: float
     daemon_peak_kw: float
     daemon_over_limit_s: float
@@ -55,13 +60,37 @@ class DemoResult:
     charging_cost: float
     currency: str
 
+    @property
+    def complete(self) -> bool:
+        """True if the demo ran its whole window of station time."""
+        return self.station_end >= self.window_end - 1.0
 
-def demo_start(station: Station, start: str, day: datetime | None = None) -> float:
-    """Epoch seconds of local time `start` (HH:MM) today at the station (or on `day`)."""
+
+def demo_start(station: Station, start: time_of_day, day: datetime | None = None) -> float:
+    """Epoch seconds of local time `start` today at the station (or on `day`)."""
     zone = ZoneInfo(station.info.timezone)
-    hours, minutes = (int(part) for part in start.split(":"))
     base = (day or datetime.now(zone)).astimezone(zone)
-    return base.replace(hour=hours, minute=minutes, second=0, microsecond=0).timestamp()
+    return base.replace(hour=start.hour, minute=start.minute, second=0, microsecond=0).timestamp()
+
+
+def on_free_ports(station: Station, host: str = "127.0.0.1") -> Station:
+    """A copy of `station` whose devices listen on ports of `host` the OS says are free now.
+
+    Devices that share an endpoint in the station file (piles behind one gateway, objects of one
+    OPC-UA server) share one port here too.
+    """
+    endpoints = list(dict.fromkeys((d.host, d.port) for d in station.devices))
+    sockets = []
+    try:
+        for _ in endpoints:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind((host, 0))
+        port_of = {e: s.getsockname()[1] for e, s in zip(endpoints, sockets, strict=True)}
+    finally:
+        for sock in sockets:
+            sock.close()
+    return station.with_endpoints({d.id: port_of[(d.host, d.port)] for d in station.devices}, host)
 
 
 async def run_demo(
@@ -113,11 +142,19 @@ async def run_demo(
             daemon_task = asyncio.create_task(daemon.run(), name="daemon")
             until_end = asyncio.create_task(clock.sleep_until(end), name="demo end")
             until_signal = asyncio.create_task(interrupted.wait(), name="demo interrupt")
-            _done, _ = await asyncio.wait(
+            done, _ = await asyncio.wait(
                 {daemon_task, until_end, until_signal},
                 timeout=duration_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
+            if until_end in done:
+                stopped_by = "the end of the window"
+            elif until_signal in done:
+                stopped_by = "an interrupt (Ctrl-C or SIGTERM)"
+            elif daemon_task in done:
+                stopped_by = "the daemon stopping"
+            else:
+                stopped_by = f"the --duration cap of {duration_s:g} s of real time"
             for task in (until_end, until_signal):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -135,6 +172,9 @@ async def run_demo(
     return DemoResult(
         station_start=start,
         station_end=clock.now(),
+        window_end=end,
+        stopped_by=stopped_by,
+        speed=speed,
         wall_s=time.monotonic() - wall_start,
         daemon_peak_kw=tally.peak_grid_kw,
         daemon_over_limit_s=tally.over_limit_s,
@@ -156,12 +196,41 @@ async def run_demo(
 
 
 def print_summary(result: DemoResult, station: Station, console: Console) -> None:
-    """The end-of-demo figures: measured by the daemon, and the plant's ground truth."""
+    """The end-of-demo figures: measured by the daemon, and the plant's ground truth.
+
+    A demo stopped before the end of its window says so first, with how far it got: every
+    figure then covers only that part of the window.
+    """
     zone = ZoneInfo(station.info.timezone)
     span_h = (result.station_end - result.station_start) / 3600
     first = datetime.fromtimestamp(result.station_start, zone)
     last = datetime.fromtimestamp(result.station_end, zone)
-    rows = [
+    title = "flexcharge demo summary"
+    rows = []
+    if not result.complete:
+        window_h = (result.window_end - result.station_start) / 3600
+        end = datetime.fromtimestamp(result.window_end, zone)
+        title = (
+            f"flexcharge demo summary: CUT SHORT at {last:%H:%M} ({span_h:.1f} of {window_h:.1f} h)"
+        )
+        rate = span_h * 3600 / max(result.wall_s, 1e-9)
+        needed = result.wall_s * window_h / max(span_h, 1e-9)
+        slow = ""
+        if rate < 0.9 * result.speed:
+            slow = (
+                f" This machine ran the station at {rate:.0f}x, not the {result.speed:g}x asked:"
+                " fewer control cycles (a longer --period) would go faster."
+            )
+        rows.append(
+            (
+                "CUT SHORT",
+                f"stopped by {result.stopped_by} at {last:%H:%M}, {span_h:.1f} h into the "
+                f"{window_h:.1f} h window {first:%H:%M}-{end:%H:%M}: every figure below covers "
+                f"{first:%H:%M}-{last:%H:%M} only. The whole window needs about "
+                f"--duration {needed:.0f}.{slow}",
+            )
+        )
+    rows += [
         (
             "station time",
             f"{first:%Y-%m-%d %H:%M} to {last:%H:%M} {last:%Z} ({span_h:.1f} h) "
@@ -195,7 +264,7 @@ def print_summary(result: DemoResult, station: Station, console: Console) -> Non
             f"{result.cycles}; setpoints outside a pile's bounds: {result.out_of_bounds}",
         ),
     ]
-    console.print(summary_table("flexcharge demo summary", rows))
+    console.print(summary_table(title, rows))
 
 
 def _bands(result: DemoResult) -> str:

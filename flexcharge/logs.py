@@ -14,13 +14,21 @@ repeats one shown or held back less than `quiet_s` before (same logger, level an
 aside) is held back, and a library's traceback is cut to its exception's line. What the library
 keeps saying is the failure flexcharge has already told, once, with its recovery. At DEBUG every
 record is shown as it comes, tracebacks and all.
+
+Under systemd (stderr is the journal's stream, `JOURNAL_STREAM`) each line starts with its syslog
+priority, so the journal keeps every line's level (`journalctl -p warning`). `--log-file` adds a
+file, rotated by size.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 from collections.abc import Mapping
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -97,21 +105,91 @@ def _cut_traceback(record: logging.LogRecord) -> None:
     record.exc_text = None
 
 
-def configure(level: str, console: Console | None = None) -> logging.Handler:
-    """Log at `level` to stderr (through rich on `console`, for the demo's live view), the
-    libraries at their levels with their repeats held back; return the handler."""
+# syslog priorities by logging level: journald reads a line's `<N>` prefix as its priority.
+SYSLOG_PRIORITY: Mapping[int, int] = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
+
+# The log file's size (bytes) before it is rotated, and how many rotated files are kept.
+LOG_FILE_BYTES = 10_000_000
+LOG_FILE_KEEP = 5
+
+_LINE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class JournalFormatter(logging.Formatter):
+    """Lines for journald: each prefixed with the record's syslog priority, `<6>` for INFO (the
+    sd-daemon convention), without a time (the journal stamps each line itself)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record's lines, each with its priority (a traceback's lines too)."""
+        prefix = f"<{SYSLOG_PRIORITY.get(record.levelno, 6)}>"
+        return prefix + super().format(record).replace("\n", "\n" + prefix)
+
+
+def stderr_is_journal(environ: Mapping[str, str] | None = None) -> bool:
+    """True if stderr is the journal's stream systemd gave this process: JOURNAL_STREAM holds
+    its device and inode (a child whose stderr was redirected inherits the variable, not the
+    stream)."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, sep, inode = value.partition(":")
+    if not sep or not device.isdigit() or not inode.isdigit():
+        return False
+    try:
+        stat = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+
+
+def configure(
+    level: str,
+    console: Console | None = None,
+    *,
+    log_file: Path | None = None,
+    log_file_bytes: int = LOG_FILE_BYTES,
+    log_file_keep: int = LOG_FILE_KEEP,
+) -> logging.Handler:
+    """Log at `level` to stderr (through rich on `console`, for the demo's live view; with
+    syslog priorities when stderr is the journal), and to `log_file` if given (rotated at
+    `log_file_bytes`, `log_file_keep` old files kept), the libraries at their levels with their
+    repeats held back; return the stderr handler. Raises `OSError` if the file cannot be
+    opened."""
     handler: logging.Handler
     if console is not None:
         handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     else:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(
+            JournalFormatter() if stderr_is_journal() else logging.Formatter(_LINE_FORMAT)
+        )
+    handlers: list[logging.Handler] = [handler]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        to_file = RotatingFileHandler(
+            log_file, maxBytes=log_file_bytes, backupCount=log_file_keep, encoding="utf-8"
+        )
+        to_file.setFormatter(logging.Formatter(_LINE_FORMAT))
+        handlers.append(to_file)
     debug = level.upper() == "DEBUG"
     if not debug:
-        handler.addFilter(LibraryRepeats())
+        # One filter each: a filter shared by two handlers would take the second's look at a
+        # record for a repeat.
+        for each in handlers:
+            each.addFilter(LibraryRepeats())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    for old in root.handlers:
+        if isinstance(old, RotatingFileHandler):
+            old.close()
+    root.handlers[:] = handlers
     root.setLevel(level.upper())
     for library, library_level in LIBRARY_LEVELS.items():
         logging.getLogger(library).setLevel(logging.DEBUG if debug else library_level)

@@ -2,7 +2,7 @@
 
 Each model is a `DeviceModel` for `RegisterBank`: it shows one `PileModel` (which works in kW)
 through its make's map, in amps per phase, and reacts to writes as the make does
-(../shared/reference/devices.md):
+(their makers' Modbus documentation):
 
 - Alfen NG9xx: the setpoint (1210) holds for the validity time (60 s), counted down in 1208;
   then the socket drops to the safe current (1212). 1206 reads back the applied current, 1214

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 from base.clock import Clock, Ticker, stop_task
 from base.config import DeviceEndpoint, Station
+from base.listening import cannot_listen
 from base.loading import ConfigError
 from drivers.tls import server_context
 from simulator.devices import device_models
@@ -134,7 +135,8 @@ class StationSimulator:
         try:
             await server.serve_forever(background=True)
         except (RuntimeError, OSError) as exc:
-            raise SimulatorError(f"cannot listen on {host}:{port} for {names}: {exc}") from exc
+            why = exc if isinstance(exc, OSError) else server.listen_error
+            raise SimulatorError(cannot_listen(host, port, why or exc, names)) from exc
         return server
 
     async def _serve_opcua(self, group: list[tuple[DeviceEndpoint, str, DeviceModel]]) -> None:
@@ -156,7 +158,10 @@ class StationSimulator:
             await server.start()
         except OSError as exc:
             names = ", ".join(label for _, label, _ in group)
-            raise SimulatorError(f"cannot serve {url} for {names}: {exc}") from exc
+            first = group[0][0]
+            raise SimulatorError(
+                f"{url}: {cannot_listen(first.host, first.port, exc, names)}"
+            ) from exc
         self.opcua_servers.append(server)
         self._opcua_ids.append([device.id for device, _, _ in group])
 

@@ -198,6 +198,19 @@ class DeviceServer(ModbusTlsServer):
             super(ModbusTlsServer, self).__init__([], address=address)
         else:
             super().__init__([], address=address, sslctx=sslctx)
+        # pymodbus logs why it cannot listen and raises a RuntimeError without the reason; keep
+        # the OSError, so that a taken port can be reported as such.
+        self.listen_error: OSError | None = None
+        create = self.call_create
+
+        async def create_remembering_why() -> Any:
+            try:
+                return await create()
+            except OSError as exc:
+                self.listen_error = exc
+                raise
+
+        self.call_create = create_remembering_why
 
     def callback_new_connection(self) -> _Connection:
         """A connection that knows its server's rules."""

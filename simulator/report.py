@@ -15,9 +15,18 @@ matplotlib.use("Agg")
 import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import StrMethodFormatter
 from rich.table import Table
 
 from simulator.fast import SimResult
+
+
+def thousands() -> StrMethodFormatter:
+    """Plain numbers with thousands separators for a value axis: never an offset or a '1e6'
+    above it (a formatter belongs to one axis: a new one each)."""
+    return StrMethodFormatter("{x:,.0f}")
+
 
 BAND_COLOURS = {"valley": "#c8e6c9", "flat": "#fff9c4", "peak": "#ffcdd2", "critical": "#e1bee7"}
 
@@ -87,7 +96,35 @@ def _band_spans(times: np.ndarray, bands: Sequence[str]) -> list[tuple[float, fl
 def plot(
     result: SimResult, path: Path, zone: ZoneInfo, *, others: Sequence[SimResult] = ()
 ) -> None:
-    """Site load against the limit over the tariff's bands, and energy per vehicle."""
+    """Site load against the limit over the tariff's bands (under `result`'s policy and each of
+    `others`), and energy per vehicle under `result`'s, as a PNG."""
+    fig = plot_figure(result, zone, others=others)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_comparison(results: Sequence[SimResult], path: Path, zone: ZoneInfo) -> None:
+    """`compare`'s plot.png: every policy that ran, as `comparison_figure` draws it."""
+    fig = comparison_figure(results, zone)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def comparison_figure(results: Sequence[SimResult], zone: ZoneInfo) -> Figure:
+    """The site load under every policy of `results` (the bound included): mpc, the product's
+    own, in front with its energy per vehicle, when it ran; else the first."""
+    lead = next((r for r in results if r.policy == "mpc"), results[0])
+    return plot_figure(lead, zone, others=[r for r in results if r is not lead])
+
+
+# Several policies' site loads often coincide for hours (every policy fills the same valley):
+# each has a colour, a line style and markers at its own offset, so none hides another.
+STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def plot_figure(result: SimResult, zone: ZoneInfo, *, others: Sequence[SimResult] = ()) -> Figure:
+    """The figure `plot` draws: one site-load line per policy, each at its own times."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(13, 8), gridspec_kw={"height_ratios": [3, 2]})
     when = [datetime.fromtimestamp(float(t), zone) for t in result.times]
     for lo, hi, band in _band_spans(result.times, result.bands):
@@ -98,32 +135,46 @@ def plot(
             alpha=0.6,
             lw=0,
         )
-    top.plot(when, result.site_kw, color="#1565c0", lw=1.2, label=f"site load ({result.policy})")
-    for other in others:
-        top.plot(when, other.site_kw, lw=0.9, alpha=0.8, label=f"site load ({other.policy})")
+    colours = plt.get_cmap("tab10")
+    marks = max(1, len(result.times) // 24)
+    for index, run in enumerate([result, *others]):
+        top.plot(
+            [datetime.fromtimestamp(float(t), zone) for t in run.times],
+            run.site_kw,
+            color=colours(index),
+            lw=1.6 if index == 0 else 1.1,
+            ls=STYLES[index % len(STYLES)],
+            marker=MARKERS[index % len(MARKERS)],
+            markersize=4,
+            markevery=(index * marks // max(1, len(others) + 1), marks),
+            label=f"site load ({run.policy})",
+        )
     top.plot(when, result.background_kw, color="#616161", lw=0.9, label="depot's own load")
     top.plot(when, result.limit_kw, color="#c62828", lw=1.5, ls="--", label="site limit")
     top.set_ylabel("kW")
+    policies = f"{result.policy} and {len(others)} other policies" if others else result.policy
     top.set_title(
-        f"{result.scenario}: {result.policy}  (shading: valley green, flat yellow, peak red, critical purple)"
+        f"{result.scenario}: {policies}  (shading: valley green, flat yellow, peak red, "
+        "critical purple)"
     )
-    top.legend(loc="upper left", fontsize=8, ncol=3)
+    top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     top.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=zone))
+    top.yaxis.set_major_formatter(thousands())
     top.grid(alpha=0.3)
     ids = list(result.requested_kwh)
     requested = np.array([result.requested_kwh[i] for i in ids])
     delivered = np.array([result.delivered_kwh.get(i, 0.0) for i in ids])
     x = np.arange(len(ids))
     bottom.bar(x, requested, color="#cfd8dc", label="requested")
-    bottom.bar(x, delivered, width=0.5, color="#2e7d32", label="delivered")
+    bottom.bar(x, delivered, width=0.5, color="#2e7d32", label=f"delivered ({result.policy})")
     bottom.set_ylabel("kWh per vehicle")
+    bottom.yaxis.set_major_formatter(thousands())
     bottom.set_xticks(x[:: max(1, len(x) // 30)])
     bottom.set_xticklabels([ids[i] for i in x[:: max(1, len(x) // 30)]], rotation=60, fontsize=6)
-    bottom.legend(loc="upper right", fontsize=8)
+    bottom.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     bottom.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def comparison_table(results: Sequence[SimResult], currency: str = "yuan") -> Table:

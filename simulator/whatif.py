@@ -267,6 +267,7 @@ def figures(run: Run, baseline: Run) -> dict[str, Any]:
         "saved_vs_uncontrolled": round(float(b["cost_yuan"]) - float(m["cost_yuan"]), 2),
         "peak_kw": float(m["peak_kw"]),
         "peak_15min_kw": float(m["peak_15min_kw"]),
+        "limit_kw": float(m["limit_kw"]),
         "cheapest_band": band,
         "cheapest_price": tariff.band_prices[band],
         "charged_kwh": round(charged, 1),

@@ -24,12 +24,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 from numpy.typing import NDArray
 from rich import box
 from rich.table import Table
 
 from simulator.fast import SimResult
-from simulator.report import BAND_COLOURS
+from simulator.report import BAND_COLOURS, MARKERS, STYLES, thousands
 from simulator.whatif import BASELINE, WhatIf
 
 PROFILE_BIN_MIN = 15
@@ -104,6 +105,32 @@ def comparison_table(whatif: WhatIf) -> Table:
     return table
 
 
+def peak_notes(whatif: WhatIf) -> list[str]:
+    """A note for each controlled run whose peak is above the site limit, with the figures and
+    why (none when every controlled run kept under it).
+
+    The peak is the highest load within the steps, so it is what the simulated site drew: with a
+    step of minutes the controller sees the depot's own load once a step and answers a rise in
+    it only at the step's end, where the daemon answers within one control period.
+    """
+    notes = []
+    period = whatif.scenario.station.control.period_s
+    for row in whatif.figures():
+        if row["policy"] == BASELINE or row["peak_kw"] <= row["limit_kw"] + 0.5:
+            continue
+        above = row["peak_kw"] - row["limit_kw"]
+        notes.append(
+            f"{row['policy']} under {row['tariff']} peaks at {row['peak_kw']:,.0f} kW, "
+            f"{above:,.0f} kW above the {row['limit_kw']:,.0f} kW site limit "
+            f"({row['over_limit_kwh']:,.1f} kWh above it in all). The simulation steps every "
+            f"{row['step_s']:g} s: the controller sees the depot's own load once a step, so a "
+            f"rise in it at a step's start is answered at the step's end, up to "
+            f"{row['step_s']:g} s later; the daemon answers within its {period:g} s control "
+            "period. A run with --step 60 shows how much of it is the step's."
+        )
+    return notes
+
+
 def _currency(whatif: WhatIf) -> str:
     return whatif.cases[0].tariff.currency
 
@@ -141,55 +168,72 @@ def _day_bins(result: SimResult, zone: ZoneInfo, bin_min: int) -> NDArray[np.int
 
 
 def overlay_figure(whatif: WhatIf, path: Path) -> None:
-    """The average day's site load under each tariff, overlaid, with each tariff's bands below."""
+    """The average day's site load under each tariff, one panel each, bands below, as a PNG."""
+    fig = overlay(whatif)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def overlay(whatif: WhatIf) -> Figure:
+    """The figure `overlay_figure` draws.
+
+    One panel per tariff (on one scale): the uncontrolled load (the same under every tariff),
+    the depot's own load, each controlled policy's load and the site limit, so that no tariff's
+    line can hide another's; within a panel each policy has its own colour, line style and
+    markers. The legend stands right of the panels; each tariff's bands are drawn beneath.
+    """
     zone = ZoneInfo(whatif.scenario.station.info.timezone)
     controlled = [p for p in whatif.policies if p != BASELINE]
     cases = whatif.cases
-    fig = plt.figure(figsize=(13, 6.5 + 0.45 * len(cases)))
-    grid = fig.add_gridspec(2, 1, height_ratios=[5, 0.55 * len(cases)], hspace=0.08)
-    top = fig.add_subplot(grid[0])
-    strips = fig.add_subplot(grid[1], sharex=top)
+    fig = plt.figure(figsize=(13, 1.2 + 2.6 * len(cases) + 0.45 * len(cases)))
+    grid = fig.add_gridspec(
+        len(cases) + 1, 1, height_ratios=[2.6] * len(cases) + [0.45 * len(cases)], hspace=0.12
+    )
+    panels = [fig.add_subplot(grid[0])]
+    panels += [
+        fig.add_subplot(grid[k], sharex=panels[0], sharey=panels[0]) for k in range(1, len(cases))
+    ]
+    strips = fig.add_subplot(grid[len(cases)], sharex=panels[0])
     colours = plt.get_cmap("tab10")
     baseline = whatif.run(cases[0].label, BASELINE).result
     hours, site, depot = average_day(baseline, zone)
+    limit = float(np.min(baseline.limit_kw)) if len(baseline.limit_kw) else 0.0
     step = PROFILE_BIN_MIN / 60
-    top.step(
-        hours,
-        site,
-        where="post",
-        color="#424242",
-        lw=1.4,
-        ls="--",
-        label="uncontrolled (the same under every tariff)",
-    )
-    top.step(hours, depot, where="post", color="#9e9e9e", lw=1.0, label="depot's own load")
-    styles = ["-", "-.", ":"]
-    for index, case in enumerate(cases):
+    marks = max(1, len(hours) // 16)
+    highest = float(np.nanmax(site)) if len(site) else 0.0
+    for ax, case in zip(panels, cases, strict=True):
+        ax.step(hours, site, where="post", color="#424242", lw=1.3, ls="--", label="uncontrolled")
+        ax.step(hours, depot, where="post", color="#9e9e9e", lw=1.0, label="depot's own load")
         for p_index, policy in enumerate(controlled):
-            run = whatif.run(case.label, policy)
-            _, kw, _ = average_day(run.result, zone)
-            top.step(
+            _, kw, _ = average_day(whatif.run(case.label, policy).result, zone)
+            highest = max(highest, float(np.nanmax(kw)))
+            ax.step(
                 hours,
                 kw,
                 where="post",
-                color=colours(index),
+                color=colours(p_index),
                 lw=1.8,
-                ls=styles[p_index % len(styles)],
-                label=f"{policy} under {case.label}",
+                ls=STYLES[p_index % len(STYLES)],
+                marker=MARKERS[p_index % len(MARKERS)],
+                markersize=4,
+                markevery=(p_index * marks // max(1, len(controlled)), marks),
+                label=policy,
             )
-    limit = float(np.min(baseline.limit_kw)) if len(baseline.limit_kw) else 0.0
-    top.axhline(limit, color="#c62828", lw=1.2, ls="--", label=f"site limit {limit:,.0f} kW")
-    top.set_ylim(0, 1.3 * max(limit, float(np.nanmax(site))))  # room for the legend
-    top.set_ylabel("site load, average over the days simulated (kW)")
+        ax.axhline(limit, color="#c62828", lw=1.2, ls="--", label=f"site limit {limit:,.0f} kW")
+        ax.set_title(f"under {case.label}", loc="left", fontsize=9)
+        ax.yaxis.set_major_formatter(thousands())
+        ax.set_ylabel("kW")
+        ax.grid(alpha=0.3)
+        plt.setp(ax.get_xticklabels(), visible=False)
+    panels[0].set_ylim(0, 1.08 * max(limit, highest))
+    panels[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     days = (whatif.scenario.end - whatif.scenario.measured_start) / 86400
-    top.set_title(
+    fig.suptitle(
         f"{whatif.scenario.station.name}: average day of {whatif.scenario.name} "
-        f"({days:.0f} days) under each tariff ({PROFILE_BIN_MIN}-min means, local time {zone.key})",
+        f"({days:.0f} days), site load under each tariff ({PROFILE_BIN_MIN}-min means, "
+        f"local time {zone.key})",
         fontsize=10,
     )
-    top.legend(loc="upper left", fontsize=8, ncol=2)
-    top.grid(alpha=0.3)
-    plt.setp(top.get_xticklabels(), visible=False)
     for row, case in enumerate(cases):
         run = whatif.run(case.label, controlled[0] if controlled else BASELINE)
         bands = typical_bands(run.result, zone)
@@ -222,12 +266,18 @@ def overlay_figure(whatif: WhatIf, path: Path) -> None:
     strips.set_xticks(range(0, 25, 2))
     strips.set_xticklabels([f"{h:02d}:00" for h in range(0, 25, 2)])
     strips.set_xlabel("time of day (bands: the one most often in force in each quarter hour)")
+    return fig
+
+
+def cost_figure(whatif: WhatIf, path: Path) -> None:
+    """The station's bill under each tariff and policy, energy and demand charge, as a PNG."""
+    fig = costs(whatif)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
-def cost_figure(whatif: WhatIf, path: Path) -> None:
-    """The station's bill under each tariff and policy: energy and demand charge stacked."""
+def costs(whatif: WhatIf) -> Figure:
+    """The figure `cost_figure` draws: stacked bars in plain numbers, the legend right of them."""
     rows = whatif.figures()
     currency = _currency(whatif)
     labels = [f"{r['tariff']}\n{r['policy']}" for r in rows]
@@ -239,15 +289,16 @@ def cost_figure(whatif: WhatIf, path: Path) -> None:
     ax.bar(x, demand, bottom=energy, color="#ef9a9a", label="demand charge (15-min peak)")
     for k, total in enumerate(energy + demand):
         ax.text(k, total, f"{total:,.0f}", ha="center", va="bottom", fontsize=8)
+    ax.margins(y=0.08)  # room for the totals above the bars
     ax.set_xticks(x)
     ax.set_xticklabels(labels, fontsize=8)
+    ax.yaxis.set_major_formatter(thousands())
     ax.set_ylabel(f"station bill for the scenario ({currency})")
     ax.set_title(f"{whatif.scenario.name}: the station's bill under each tariff", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def write_report(whatif: WhatIf, out: Path) -> Path:
@@ -323,6 +374,7 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; }
 tr.baseline td { color: #616161; }
 img { max-width: 100%; }
 dt { font-weight: 600; } dd { margin: 0 0 0.6em 1.5em; }
+p.note { background: #fff8e1; border-left: 4px solid #ffb300; padding: 0.4em 0.8em; }
 """
 
 
@@ -340,6 +392,7 @@ def _html(whatif: WhatIf, rows: Sequence[dict[str, Any]], out: Path) -> str:
         )
         kind = ' class="baseline"' if row["policy"] == BASELINE else ""
         body.append(f"<tr{kind}>{cells}</tr>")
+    notes = "".join(f'<p class="note">Note: {e(note)}</p>\n' for note in peak_notes(whatif))
     tariffs = []
     for t in info["tariffs"]:
         bands = ", ".join(f"{e(b)} {p:.4f}" for b, p in t["bands"].items())
@@ -366,14 +419,15 @@ every {info["plan_period_s"]:g} s (and on every arrival, departure and deviation
 <h2>Results</h2>
 <table><tr>{head}</tr>
 {"".join(body)}</table>
-<dl>
+{notes}<dl>
 <dt>station bill</dt><dd>what the site pays for the scenario: import energy at each band's price,
 minus export credit, plus the demand charge on each month's highest 15-minute average import
 (a month simulated in part bears that part of its charge).</dd>
 <dt>charging cost</dt><dd>the station bill minus the bill the depot's own load would have had
 without the vehicles; per vehicle and per kWh delivered.</dd>
-<dt>peak</dt><dd>highest site load at the {info["step_s"]:g} s step; 15-min peak: the highest
-15-minute average import, what the demand charge is billed on.</dd>
+<dt>peak</dt><dd>highest site load within the {info["step_s"]:g} s steps (vehicles arriving and
+leaving, and piles ramping, inside a step included); 15-min peak: the highest 15-minute average
+import, what the demand charge is billed on.</dd>
 <dt>charged in cheapest band</dt><dd>energy the piles drew while the tariff's cheapest band was in
 force, and its share of all they drew; shifted: against uncontrolled under the same tariff.</dd>
 </dl>

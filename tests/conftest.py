@@ -30,6 +30,7 @@ from base.mapfile import load_register_map
 from control.decider import Policy
 from control.step import Cycle
 from controller.daemon import Daemon
+from flexcharge.cli.dirs import RUNTIME_ENV, STATE_ENV, Dirs
 from flexcharge.logs import LIBRARY_LEVELS
 from simulator.faults import FaultScript
 from simulator.fleet import Visit
@@ -127,6 +128,22 @@ def restore_root_logger() -> Iterator[None]:
         logging.getLogger(name).setLevel(library_level)
 
 
+@pytest.fixture(autouse=True)
+def flexcharge_dirs(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Dirs:
+    """A state and a runtime directory of the test's own, in the environment the `flexcharge`
+    commands (and the processes started) read, so that none writes to the user's or the
+    system's."""
+    root = tmp_path_factory.mktemp("dirs")
+    found = Dirs(state=root / "state", runtime=root / "run")
+    monkeypatch.setenv(STATE_ENV, str(found.state))
+    monkeypatch.setenv(RUNTIME_ENV, str(found.runtime))
+    for name in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY", "LOGS_DIRECTORY", "JOURNAL_STREAM"):
+        monkeypatch.delenv(name, raising=False)
+    return found
+
+
 @pytest.fixture
 def processes() -> Iterator[list[subprocess.Popen[str]]]:
     """Started processes, killed at the end if a test left them running."""
@@ -184,14 +201,17 @@ def wait_for_line(proc: subprocess.Popen[str], pattern: str, limit: int = 400) -
 
 
 def start_daemon_with_api(
-    tmp_path: Path, processes: list[subprocess.Popen[str]], token_env: str
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],
+    token_env: str,
+    simulator_args: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[str], subprocess.Popen[str], str]:
     """`flexcharge sim-hardware` serving the reference station's files (free ports, under
-    `tmp_path`) and `flexcharge run --api` controlling it, its writes open to the token in
-    `token_env`; the simulator's and the daemon's processes, and the API's base URL, once it
-    serves."""
+    `tmp_path`; `simulator_args`: more of its options) and `flexcharge run --api` controlling
+    it, its writes open to the token in `token_env`; the simulator's and the daemon's processes,
+    and the API's base URL, once it serves."""
     path = station_files_on_free_ports(tmp_path)
-    simulator = start_process(["sim-hardware", "--station", str(path)], processes)
+    simulator = start_process(["sim-hardware", "--station", str(path), *simulator_args], processes)
     wait_for_line(simulator, r"serving ")
     port = free_ports(1)[0]
     assert token_env in os.environ, "the token the daemon is to read"
@@ -201,7 +221,6 @@ def start_daemon_with_api(
             *("--pidfile", str(tmp_path / "flexcharge.pid"), "--api", f"127.0.0.1:{port}"),
         ],
         processes,
-        cwd=tmp_path,  # its telemetry's local store goes under the working directory
     )
     wait_for_line(daemon, r"API, metrics and live page at http://127.0.0.1:\d+ \(writes need")
     return simulator, daemon, f"http://127.0.0.1:{port}"

@@ -352,6 +352,9 @@ def run_flood(
         period = load_station(station_path).control.period_s
         port = free_ports(1)[0]
         env = {**os.environ, "FLEXCHARGE_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
+        # The daemon's state and telemetry stay in the run's directory.
+        env["FLEXCHARGE_STATE_DIR"] = str(root / "state")
+        env["FLEXCHARGE_RUNTIME_DIR"] = str(root / "run")
         flexcharge = str(Path(sys.executable).parent / "flexcharge")
         simulator = _start(
             [flexcharge, "sim-hardware", "--station", str(station_path)],

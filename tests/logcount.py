@@ -93,6 +93,9 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory(prefix="flexcharge-logcount-") as tmp:
         work = Path(tmp)
+        # The daemon's state and telemetry stay in the run's directory.
+        env["FLEXCHARGE_STATE_DIR"] = str(work / "state")
+        env["FLEXCHARGE_RUNTIME_DIR"] = str(work / "run")
         for ca in ("served", "daemon"):
             subprocess.run(
                 [flexcharge, "certs", "init", str(work / ca), "--station", ca],

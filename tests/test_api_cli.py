@@ -97,4 +97,4 @@ def test_run_refuses_an_api_address_in_use(
         )
         assert daemon.wait(timeout=60) == 1
     assert daemon.stdout is not None
-    assert f"cannot serve the API on 127.0.0.1:{port}" in daemon.stdout.read()
+    assert f"127.0.0.1:{port} is already in use (for the API)" in daemon.stdout.read()

@@ -57,7 +57,7 @@ async def test_a_counter_reset_leaves_one_set_of_books(
     start = local_time(station, "2026-11-25T10:00")
     visits = _trucks(start)
     telemetry_path = tmp_path / "telemetry.sqlite"
-    writer = writer_for(station, local_store=telemetry_path, buffer_dir=tmp_path)
+    writer = writer_for(station, directory=tmp_path, local_store=telemetry_path)
     assert writer is not None
     with StateStore(tmp_path / "state.sqlite", station.name) as store:
         site = await running_station(

@@ -1,7 +1,7 @@
 """AC chargers of three makes and Modbus/TCP Security, driver against simulator on loopback.
 
 The mixed reference station (configs/stations/mixed-site.toml) serves an Alfen NG9xx, a Vestel
-EVC04 and an ABB Terra AC exactly as ../shared/reference/devices.md documents them; here each is
+EVC04 and an ABB Terra AC exactly as their makers document them; here each is
 driven through its make's driver over real sockets: every register read and compared with the
 simulated charger, every writable register written, each fail-safe made to fire by a silent
 controller and kept from firing by a running one, the makes' rules checked from a plain client's

@@ -83,7 +83,6 @@ def test_daemon_process_stops_on_signal_leaving_fallbacks(
             "1",
         ],
         processes,
-        cwd=tmp_path,  # its telemetry goes to var/telemetry/ under the working directory
     )
     wait_for_line(daemon, r"controlling Bozhou")
     wait_for_line(daemon, r"site \d+ / 4275 kW")

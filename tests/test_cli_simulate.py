@@ -163,8 +163,10 @@ def test_sessions_command_with_a_bad_date(
 ) -> None:
     out = tmp_path / "day.csv"
     args = ["sessions", "--station", STATION, "--start", "10/11/2026", "--out", str(out)]
-    assert cli.main(args) == cli.EXIT_BAD_CONFIG
-    assert "not a date: '10/11/2026'" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(args)
+    assert stopped.value.code == cli.EXIT_BAD_CONFIG
+    assert "--start: not a date: '10/11/2026'" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -177,7 +177,7 @@ def _facts(regmap: RegisterMap, name: str) -> tuple[object, ...]:
 
 
 def test_real_device_maps_are_as_documented() -> None:
-    """Spot checks against ../shared/reference/devices.md: addresses, types, units, scaling,
+    """Spot checks against the makers' published register maps: addresses, types, units, scaling,
     word order, unit ids and function codes of the registers the drivers depend on."""
     load = lambda name: load_register_map(CONFIG_ROOT / "devices" / f"{name}.toml")  # noqa: E731
     alfen, vestel, abb, em24 = (

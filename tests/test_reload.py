@@ -24,6 +24,7 @@ from base.config import CONFIG_ROOT, Station
 from base.tarifffile import load_tariff
 from control.decider import Policy
 from control.reload import StationChange
+from flexcharge.cli.dirs import Dirs
 from scheduler.problem import Problem
 from simulator.fleet import Visit
 from tests.conftest import (
@@ -259,9 +260,10 @@ def _flexcharge(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_reload_command_checks_then_signals_the_daemon(
-    tmp_path: Path, processes: list[subprocess.Popen[str]]
+    tmp_path: Path, processes: list[subprocess.Popen[str]], flexcharge_dirs: Dirs
 ) -> None:
-    """A bad file: exit 2, no signal. A good one: SIGHUP, and the daemon applies it."""
+    """A bad file: exit 2, no signal. A good one: SIGHUP to the daemon holding the station's
+    state (found through its lock), and the daemon applies it."""
     path = station_files_on_free_ports(tmp_path)
     good = path.read_text(encoding="utf-8")
 
@@ -270,7 +272,7 @@ def test_reload_command_checks_then_signals_the_daemon(
 
     gone = subprocess.Popen(["true"])
     gone.wait()
-    pidfile = tmp_path / "var" / "run" / "bozhou-depot.pid"
+    pidfile = flexcharge_dirs.pidfile("bozhou-depot")
     pidfile.parent.mkdir(parents=True)
     pidfile.write_text(f"{gone.pid}\n")
     simulator = start("sim-hardware", "--station", str(path))
@@ -281,6 +283,7 @@ def test_reload_command_checks_then_signals_the_daemon(
     assert pidfile.read_text().strip() == str(daemon.pid)
     second = _flexcharge(tmp_path, "run", "--station", str(path))
     assert second.returncode == 2 and "already running" in second.stdout, second.stdout
+    assert f"pid {daemon.pid} runs this station's state" in second.stdout, second.stdout
 
     path.write_text(good.replace("rating_kva = 5000.0", "rating_kva = -5000.0"))
     refused = _flexcharge(tmp_path, "reload", "--station", str(path))

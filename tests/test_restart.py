@@ -47,7 +47,7 @@ class Process:
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
-            cwd=log.parent,  # the daemon's telemetry goes to var/telemetry/ under it
+            cwd=log.parent,
         )
 
     def text(self) -> str:

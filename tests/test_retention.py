@@ -391,12 +391,15 @@ def test_retention_settings_are_checked_naming_each_field(tmp_path: Path) -> Non
         "[telemetry]\nretention_days = 7\nstore_max_mb = 500\ndownsample_after_h = 6\n"
         "downsample_to_s = 300\n",
     )
-    writer = writer_for(load_station(path), local_store=tmp_path / "store.sqlite")
+    writer = writer_for(
+        load_station(path), directory=tmp_path, local_store=tmp_path / "store.sqlite"
+    )
     assert writer is not None and isinstance(writer.sink, LocalStore)
     assert writer.sink.retention == Retention(7 * DAY, 500_000_000, 6 * 3600, 300)
     writer.close()
     default = writer_for(
         load_station(station_files_on_free_ports(tmp_path / "default")),
+        directory=tmp_path,
         local_store=tmp_path / "default.sqlite",
     )
     assert default is not None and isinstance(default.sink, LocalStore)

@@ -416,7 +416,7 @@ def test_the_token_is_never_printed(
     )
     monkeypatch.delenv("FLEXCHARGE_TEST_TOKEN", raising=False)
     with pytest.raises(ConfigError, match=r"telemetry\.token_env: the environment variable"):
-        writer_for(load_station(env_path))
+        writer_for(load_station(env_path), directory=tmp_path)
     monkeypatch.setenv("FLEXCHARGE_TEST_TOKEN", secret)
     assert load_station(env_path).telemetry_token() == secret
 
@@ -430,15 +430,13 @@ def test_the_token_is_never_printed(
 async def test_the_daemon_writes_its_run_to_the_local_store(
     station: Station,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     running_station: StartStation,
 ) -> None:
-    """Without a database, every cycle and event lands in var/telemetry/<station>.sqlite."""
-    monkeypatch.chdir(tmp_path)
+    """Without a database, every cycle and event lands in <telemetry directory>/<station>.sqlite."""
     station = station.with_control(period_s=2.0)
     start = local_time(station, "2026-11-25T10:00")
     pile = station.piles[0].id
-    writer = writer_for(station)
+    writer = writer_for(station, directory=tmp_path)
     assert writer is not None
     site_ = await running_station(
         station,
@@ -451,7 +449,7 @@ async def test_the_daemon_writes_its_run_to_the_local_store(
     await site_.until(600)
     await site_.stop_daemon()
     counts = writer.counts
-    store = Path("var/telemetry") / f"{station.path.stem}.sqlite"
+    store = tmp_path / f"{station.path.stem}.sqlite"
     site = query_local(store, "site")
     assert [p.time for p in site] == pytest.approx([c.time for c in cycles], abs=1e-6)
     assert [p.field("grid_kw") for p in site] == [c.snapshot.grid_kw for c in cycles]
@@ -463,7 +461,7 @@ async def test_the_daemon_writes_its_run_to_the_local_store(
     assert len(events) == daemon.event_count
     assert [p.field("text") for p in events] == [e.text for e in daemon.events]
     assert counts.written == counts.handed and counts.dropped == counts.buffered == 0
-    assert not (Path("var/telemetry") / f"{station.path.stem}.buffer.sqlite").exists()
+    assert not (tmp_path / f"{station.path.stem}.buffer.sqlite").exists()
 
 
 def test_simulate_writes_its_run_to_a_store_in_its_output(tmp_path: Path) -> None:

@@ -496,29 +496,30 @@ def writer_for(
     station: Station,
     station_file: Path | None = None,
     *,
+    directory: Path,
     local_store: Path | None = None,
     buffer_dir: Path | None = None,
 ) -> TelemetryWriter | None:
     """The writer a station's [telemetry] section asks for (None when it is disabled).
 
-    Without a `url` it writes to the local store (`local_store`, else the section's, by default
-    var/telemetry/<station file stem>.sqlite under the working directory). Raises `ConfigError`
-    naming the setting when the token's environment variable is unset, and `TelemetryError`
-    when a file cannot be used.
+    `directory` is the telemetry directory: without a `url` the writer writes to the local store
+    (`local_store`, else the section's, by default <station file stem>.sqlite there), and its
+    disk buffer is <station file stem>.buffer.sqlite in `buffer_dir`, else the section's, else
+    there; the section's relative paths are in it too. Raises `ConfigError` naming the setting
+    when the token's environment variable is unset, and `TelemetryError` when a file cannot be
+    used.
     """
     settings = station.telemetry
     if not settings.enabled:
         return None
     stem = (station_file or station.path).stem
     buffer = DiskBuffer(
-        (buffer_dir or Path(settings.buffer_dir)) / f"{stem}.buffer.sqlite",
+        (buffer_dir or directory / (settings.buffer_dir or ".")) / f"{stem}.buffer.sqlite",
         int(settings.buffer_max_mb * 1e6),
     )
     sink: Sink
     if settings.url is None:
-        sink = LocalStore(
-            local_store or settings.local_store or Path("var") / "telemetry" / f"{stem}.sqlite"
-        )
+        sink = LocalStore(local_store or directory / (settings.local_store or f"{stem}.sqlite"))
     else:
         assert settings.org is not None and settings.bucket is not None
         sink = InfluxSink(

@@ -8,51 +8,73 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .common import EXIT_FAILURE, EXIT_OK
+from .common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    directory,
+    existing_file,
+    host_name,
+    path_text,
+    positive_int,
+)
+
+DIR_HELP = "the station's certificates directory (the station file's [security] certs)"
+HOST_HELP = "another host name or address the certificate(s) must be valid for (repeatable)"
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `certs` (and its `init`, `issue` and `revoke`) to the command line."""
     certs = sub.add_parser("certs", help="the station's certificates for TLS and OPC-UA")
-    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    certs_sub = certs.add_subparsers(
+        dest="certs_command", required=True, metavar="COMMAND", help="one of:"
+    )
     init = certs_sub.add_parser(
         "init",
         help="create a station CA, its revocation list and the daemon's and simulator's "
         "certificates in DIR",
     )
-    init.add_argument("dir")
-    init.add_argument("--station", default="flexcharge station", help="name in the certificates")
+    init.add_argument("dir", type=directory, help=DIR_HELP)
     init.add_argument(
-        "--host",
-        action="append",
-        default=[],
-        help="another host name or address the certificates must be valid for (repeatable)",
+        "--station", default="flexcharge station", type=_name, help="name in the certificates"
     )
-    init.add_argument("--days", type=int, default=825, help="validity in days")
+    init.add_argument("--host", action="append", default=[], type=host_name, help=HOST_HELP)
+    init.add_argument("--days", type=positive_int, default=825, help="validity in days")
     init.add_argument("--force", action="store_true", help="replace an existing CA")
     init.set_defaults(func=cmd_certs_init)
 
     issue = certs_sub.add_parser(
         "issue", help="a certificate from the station CA in DIR for another application (DIR/NAME)"
     )
-    issue.add_argument("dir")
-    issue.add_argument("name", help="the application's directory in DIR, e.g. scada")
-    issue.add_argument("--uri", required=True, help="its OPC-UA application URI")
+    issue.add_argument("dir", type=directory, help=DIR_HELP)
     issue.add_argument(
-        "--host",
-        action="append",
-        default=[],
-        help="another host name or address the certificate must be valid for (repeatable)",
+        "name", type=path_text, help="the application's directory in DIR, e.g. scada"
     )
-    issue.add_argument("--days", type=int, default=825, help="validity in days")
+    issue.add_argument(
+        "--uri", required=True, type=_uri, help="its OPC-UA application URI, e.g. urn:site:scada"
+    )
+    issue.add_argument("--host", action="append", default=[], type=host_name, help=HOST_HELP)
+    issue.add_argument("--days", type=positive_int, default=825, help="validity in days")
     issue.set_defaults(func=cmd_certs_issue)
 
     revoke = certs_sub.add_parser(
         "revoke", help="add a certificate the station CA in DIR issued to its revocation list"
     )
-    revoke.add_argument("dir")
-    revoke.add_argument("certificate", help="the certificate file (PEM or DER)")
+    revoke.add_argument("dir", type=directory, help=DIR_HELP)
+    revoke.add_argument("certificate", type=existing_file, help="the certificate file (PEM or DER)")
     revoke.set_defaults(func=cmd_certs_revoke)
+
+
+def _name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty name")
+    return text
+
+
+def _uri(text: str) -> str:
+    scheme, colon, rest = text.partition(":")
+    if not colon or not scheme or not rest or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URI (e.g. urn:site:scada)")
+    return text
 
 
 def cmd_certs_init(args: argparse.Namespace, console: Console) -> int:

@@ -13,13 +13,14 @@ from base.loading import ConfigError, Problems, read_toml
 from base.mapfile import load_register_map
 from base.tarifffile import load_tariff
 
+from . import dirs
 from .common import EXIT_BAD_CONFIG, EXIT_OK, print_problems
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `check-config` to the command line."""
     check = sub.add_parser("check-config", help="validate a station, tariff or device map file")
-    check.add_argument("path")
+    check.add_argument("path", help="the file to check: a station, a tariff or a device map")
     check.set_defaults(func=cmd_check_config)
 
 
@@ -72,15 +73,21 @@ def _describe_station(station: Station, console: Console) -> None:
 
 
 def telemetry_target(station: Station) -> str:
-    """Where a station's telemetry goes, in words (never the token)."""
+    """Where a station's telemetry goes, in words (never the token): its files as the daemon,
+    run by this user in this environment, would find them."""
     settings = station.telemetry
     if not settings.enabled:
         return "off"
+    try:
+        directory = dirs.resolve().telemetry
+    except dirs.DirsError as exc:
+        return f"no telemetry directory ({exc})"
     if settings.url is None:
-        store = settings.local_store or f"var/telemetry/{station.path.stem}.sqlite"
+        store = directory / (settings.local_store or f"{station.path.stem}.sqlite")
         return f"local store {store}"
+    buffer = directory / (settings.buffer_dir or ".")
     return (
         f"InfluxDB at {settings.url}, org {settings.org}, bucket {settings.bucket} "
         f"({settings.token_source}); batches of {settings.batch_size}, disk buffer in "
-        f"{settings.buffer_dir} up to {settings.buffer_max_mb:g} MB"
+        f"{buffer} up to {settings.buffer_max_mb:g} MB"
     )

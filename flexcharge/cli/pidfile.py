@@ -1,4 +1,5 @@
-"""The daemon's pidfile: how `run` claims a station (one daemon each) and `reload` finds it."""
+"""The daemon's pidfile, for process supervisors and `reload --pidfile` (the station itself is
+claimed by the lock on its state file, `flexcharge.cli.lock`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import os
 from pathlib import Path
 
 from .common import log
+from .dirs import Dirs
 
 
-def path_for(args: argparse.Namespace) -> Path:
-    """The pidfile given, or var/run/<station file stem>.pid under the working directory."""
+def path_for(args: argparse.Namespace, dirs: Dirs) -> Path:
+    """The pidfile given, or <station file stem>.pid in the runtime directory."""
     if args.pidfile:
-        return Path(args.pidfile)
-    return Path("var") / "run" / f"{Path(args.station).stem}.pid"
+        return Path(args.pidfile).absolute()
+    return dirs.pidfile(Path(args.station).stem)
 
 
 def read_pid(path: Path) -> int | None:

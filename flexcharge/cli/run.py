@@ -13,19 +13,23 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from base.config import ApiSettings, Station
+from base.listening import cannot_listen
 from base.loading import ConfigError
 
-from . import pidfile
+from . import dirs, lock, pidfile
 from .common import (
     EXIT_BAD_CONFIG,
     EXIT_FAILURE,
     EXIT_OK,
     FAULTS_HELP,
+    STATION_HELP,
     api_settings,
     load,
     log,
     open_telemetry,
     parse_api,
+    path_text,
+    positive_float,
     print_error,
     print_problems,
 )
@@ -38,16 +42,17 @@ if TYPE_CHECKING:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `run`, `reload` and `sim-hardware` to the command line."""
     run = sub.add_parser("run", help="run the daemon (real time)")
-    run.add_argument("--station", required=True)
-    run.add_argument("--status-every", type=float, default=60.0, help="log a status line every N s")
+    run.add_argument("--station", required=True, type=path_text, help=STATION_HELP)
     run.add_argument(
-        "--pidfile", help="where to write the process id (default: var/run/<station>.pid)"
+        "--status-every", type=positive_float, default=60.0, help="log a status line every N s"
     )
     run.add_argument(
         "--state",
+        type=path_text,
         help="the station's state file (SQLite; created if missing; default "
-        "var/state/<station file stem>.sqlite under the working directory)",
+        "state/<station file stem>.sqlite in the state directory); one daemon at a time holds it",
     )
+    _add_dir_options(run)
     run.add_argument(
         "--api",
         type=parse_api,
@@ -59,26 +64,57 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     reload = sub.add_parser(
         "reload", help="check a station file, then make the daemon running it reload it"
     )
-    reload.add_argument("--station", required=True)
-    reload.add_argument("--pidfile", help="the daemon's pidfile (default: var/run/<station>.pid)")
+    reload.add_argument("--station", required=True, type=path_text, help=STATION_HELP)
+    reload.add_argument(
+        "--state",
+        type=path_text,
+        help="the state file the daemon was given (default: as `run` finds it)",
+    )
+    _add_dir_options(reload)
     reload.set_defaults(func=cmd_reload)
 
     sim = sub.add_parser(
         "sim-hardware",
         help="serve a station's simulated devices over Modbus and OPC-UA (real time)",
     )
-    sim.add_argument("--station", required=True)
+    sim.add_argument("--station", required=True, type=path_text, help=STATION_HELP)
     sim.add_argument(
         "--sessions",
+        type=path_text,
         help="replay the vehicles of this sessions CSV instead of the seeded random days",
     )
-    sim.add_argument("--faults", help=FAULTS_HELP)
+    sim.add_argument("--faults", type=path_text, help=FAULTS_HELP)
     sim.set_defaults(func=cmd_sim_hardware)
 
 
-def state_path(station_path: Path) -> Path:
-    """Where `run` keeps a station's state by default: var/state/<station file stem>.sqlite."""
-    return Path("var") / "state" / f"{station_path.stem}.sqlite"
+def _add_dir_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        type=path_text,
+        metavar="DIR",
+        help=f"the state directory: state files and telemetry (default: ${dirs.STATE_ENV}, "
+        f"$STATE_DIRECTORY, else {dirs.SYSTEM_STATE} for root, ~/.local/state/flexcharge for others)",
+    )
+    parser.add_argument(
+        "--runtime-dir",
+        type=path_text,
+        metavar="DIR",
+        help=f"the runtime directory: pidfiles (default: ${dirs.RUNTIME_ENV}, "
+        f"$RUNTIME_DIRECTORY, else {dirs.SYSTEM_RUNTIME} for root, $XDG_RUNTIME_DIR/flexcharge "
+        "for others)",
+    )
+    parser.add_argument(
+        "--pidfile",
+        type=path_text,
+        help="the daemon's pidfile (default: <station file stem>.pid in the runtime directory)",
+    )
+
+
+def state_path(args: argparse.Namespace, found: dirs.Dirs) -> Path:
+    """The state file `--state` names, or state/<station file stem>.sqlite in the state directory."""
+    if args.state:
+        return Path(args.state).absolute()
+    return found.state_file(Path(args.station).stem)
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -87,10 +123,49 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if station is None:
         return EXIT_BAD_CONFIG
     station_path = Path(args.station).resolve()
-    # `flexcharge reload` may signal as soon as the pidfile exists: until the daemon's handler
-    # is in place, a SIGHUP must not end the process (its default), only be missed.
+    # `flexcharge reload` may signal as soon as the lock names this process: until the daemon's
+    # handler is in place, a SIGHUP must not end the process (its default), only be missed.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    pid_path = pidfile.path_for(args)
+    try:
+        found = dirs.resolve(args.state_dir, args.runtime_dir)
+        state = state_path(args, found)
+        flag = "--state" if args.state else "--state-dir"
+        dirs.make(state.parent, flag, dirs.STATE_ENV)
+        if not args.pidfile:
+            dirs.make(found.runtime, "--runtime-dir", dirs.RUNTIME_ENV)
+    except dirs.DirsError as exc:
+        print_error(exc, console)
+        return EXIT_BAD_CONFIG
+    state_lock = lock.StateLock(state)
+    try:
+        state_lock.acquire()
+    except lock.LockHeld as held:
+        who = "another process" if held.pid is None else f"pid {held.pid}"
+        console.print(
+            f"[bold red]already running[/]: {who} runs this station's state {state} "
+            f"(it holds {held.path}); reload it with `flexcharge reload`, or stop it first",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return EXIT_BAD_CONFIG
+    except OSError as exc:
+        print_error(OSError(f"cannot lock {state_lock.path}: {exc.strerror or exc}"), console)
+        return EXIT_BAD_CONFIG
+    try:
+        return _run_claimed(args, station, station_path, state, found, console)
+    finally:
+        state_lock.release()
+
+
+def _run_claimed(
+    args: argparse.Namespace,
+    station: Station,
+    station_path: Path,
+    state: Path,
+    found: dirs.Dirs,
+    console: Console,
+) -> int:
+    pid_path = pidfile.path_for(args, found)
     try:
         running = pidfile.claim(pid_path)
     except OSError as exc:
@@ -103,21 +178,27 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             highlight=False,
         )
         return EXIT_BAD_CONFIG
+    log.info("state %s, pidfile %s, telemetry directory %s", state, pid_path, found.telemetry)
     try:
-        return _run_daemon(args, station, station_path, console)
+        return _run_daemon(args, station, station_path, state, found, console)
     finally:
         pidfile.release(pid_path)
 
 
 def _run_daemon(
-    args: argparse.Namespace, station: Station, station_path: Path, console: Console
+    args: argparse.Namespace,
+    station: Station,
+    station_path: Path,
+    state: Path,
+    found: dirs.Dirs,
+    console: Console,
 ) -> int:
     from base.clock import WallClock
     from controller.daemon import Daemon
     from controller.store import StateError, StateStore
 
     async def main(store: StateStore) -> int:
-        telemetry = open_telemetry(station, Path(args.station), console)
+        telemetry = open_telemetry(station, Path(args.station), console, directory=found.telemetry)
         if isinstance(telemetry, int):
             return telemetry
         try:
@@ -157,7 +238,7 @@ def _run_daemon(
     # A state file that cannot be read stops the daemon before it touches a device: starting
     # afresh would forget the month's peak and count sessions' energy again.
     try:
-        store = StateStore(args.state or state_path(Path(args.station)), station.name)
+        store = StateStore(state, station.name)
         with store:
             return asyncio.run(main(store))
     except StateError as exc:
@@ -175,36 +256,59 @@ def _serve_api(daemon: Daemon, settings: ApiSettings | None, console: Console) -
     try:
         server.bind()
     except OSError as exc:
-        console.print(
-            f"[bold red]cannot serve the API on {settings.host}:{settings.port}: "
-            f"{exc.strerror or exc}[/]",
-            highlight=False,
-        )
+        message = cannot_listen(settings.host, settings.port, exc, "the API")
+        console.print(message, style="bold red", highlight=False, markup=False)
         return False
     daemon.services.append(server)
     return True
 
 
 def cmd_reload(args: argparse.Namespace, console: Console) -> int:
-    """Check a station file, then tell the daemon running it to reload it (SIGHUP)."""
+    """Check a station file, then tell the daemon running it to reload it (SIGHUP); the daemon
+    is the one in `--pidfile`, else the one holding the lock of the station's state file."""
     path = Path(args.station)
     if load(path, console) is None:
         return EXIT_BAD_CONFIG
-    pid_path = pidfile.path_for(args)
-    if not pid_path.exists():
-        console.print(
-            f"[bold red]no pidfile {pid_path}[/]: is `flexcharge run --station {path}` running "
-            "from this directory? (give --pidfile if it was started with one)",
-            highlight=False,
-        )
-        return EXIT_FAILURE
-    pid = pidfile.read_pid(pid_path)
-    if pid is None:
-        console.print(f"[bold red]{pid_path} holds no process id[/]", highlight=False)
-        return EXIT_FAILURE
+    try:
+        found = dirs.resolve(args.state_dir, args.runtime_dir)
+    except dirs.DirsError as exc:
+        print_error(exc, console)
+        return EXIT_BAD_CONFIG
+    if args.pidfile:
+        pid_path = pidfile.path_for(args, found)
+        if not pid_path.exists():
+            console.print(
+                f"[bold red]no pidfile {pid_path}[/]: is `flexcharge run --station {path} "
+                f"--pidfile {args.pidfile}` running?",
+                highlight=False,
+                soft_wrap=True,
+            )
+            return EXIT_FAILURE
+        pid = pidfile.read_pid(pid_path)
+        if pid is None:
+            console.print(f"[bold red]{pid_path} holds no process id[/]", highlight=False)
+            return EXIT_FAILURE
+        where = str(pid_path)
+    else:
+        state = state_path(args, found)
+        try:
+            pid = lock.holder(state)
+        except lock.LockHeld as held:
+            console.print(f"[bold red]{held}[/] but names no process", highlight=False)
+            return EXIT_FAILURE
+        if pid is None:
+            console.print(
+                f"[bold red]no daemon runs the state {state}[/] (nothing holds "
+                f"{lock.lock_path(state)}): is `flexcharge run --station {path}` running? "
+                "Give the --state, --state-dir or --pidfile it was started with",
+                highlight=False,
+                soft_wrap=True,
+            )
+            return EXIT_FAILURE
+        where = str(lock.lock_path(state))
     if not pidfile.is_daemon(pid):
         console.print(
-            f"[bold red]no daemon is running as pid {pid}[/] ({pid_path} is stale)", highlight=False
+            f"[bold red]no daemon is running as pid {pid}[/] ({where} is stale)", highlight=False
         )
         return EXIT_FAILURE
     try:

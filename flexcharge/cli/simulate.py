@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
@@ -20,8 +20,15 @@ from .common import (
     EXIT_BAD_CONFIG,
     EXIT_OK,
     FAULTS_HELP,
+    STATION_HELP,
+    calendar_date,
+    count,
+    directory,
     load,
     open_telemetry,
+    path_text,
+    positive_float,
+    positive_int,
     print_problems,
     progress_bars,
 )
@@ -39,7 +46,7 @@ ALL_POLICIES = ("uncontrolled", "equal-share", "edf", "llf", "mpc", "offline-opt
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `simulate`, `compare` and `sessions` to the command line."""
     simulate = sub.add_parser("simulate", help="run a scenario on the simulated clock (no sockets)")
-    _scenario_arguments(simulate)
+    _scenario_arguments(simulate, "mpc")
     simulate.add_argument(
         "--telemetry",
         action="store_true",
@@ -49,33 +56,45 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     simulate.set_defaults(func=cmd_simulate)
 
     compare = sub.add_parser("compare", help="every policy on one scenario, side by side")
-    _scenario_arguments(compare)
+    _scenario_arguments(compare, "all of them")
     compare.set_defaults(func=cmd_compare)
 
     sessions = sub.add_parser("sessions", help="write a seeded random sessions CSV for a station")
-    sessions.add_argument("--station", required=True)
-    sessions.add_argument("--start", required=True, help="first local date, e.g. 2026-11-10")
-    sessions.add_argument("--days", type=int, default=1)
-    sessions.add_argument("--out", required=True)
+    sessions.add_argument("--station", required=True, type=path_text, help=STATION_HELP)
+    sessions.add_argument(
+        "--start", required=True, type=calendar_date, help="first local date, e.g. 2026-11-10"
+    )
+    sessions.add_argument("--days", type=positive_int, default=1, help="how many days")
+    sessions.add_argument("--out", required=True, type=path_text, help="the CSV file to write")
     sessions.set_defaults(func=cmd_sessions)
 
 
-def _scenario_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--station", required=True)
-    parser.add_argument("--tariff", help="a tariff file (default: the station's)")
-    parser.add_argument("--sessions", required=True, help="sessions CSV, or ACN-Data JSON")
+def _scenario_arguments(parser: argparse.ArgumentParser, default_policies: str) -> None:
+    parser.add_argument("--station", required=True, type=path_text, help=STATION_HELP)
+    parser.add_argument("--tariff", type=path_text, help="a tariff file (default: the station's)")
+    parser.add_argument(
+        "--sessions", required=True, type=path_text, help="sessions CSV, or ACN-Data JSON"
+    )
     add_site_arguments(parser)
-    parser.add_argument("--faults", help=FAULTS_HELP)
+    parser.add_argument("--faults", type=path_text, help=FAULTS_HELP)
     parser.add_argument(
-        "--policy", action="append", choices=ALL_POLICIES, help="repeat for several"
+        "--policy",
+        action="append",
+        choices=ALL_POLICIES,
+        help=f"repeat for several (default: {default_policies})",
     )
     parser.add_argument(
-        "--out", required=True, help="directory for metrics.json, timeseries.csv, plot.png"
+        "--out",
+        required=True,
+        type=directory,
+        help="directory for metrics.json, timeseries.csv, plot.png",
     )
-    parser.add_argument("--step", type=float, default=60.0, help="simulation step, s (default 60)")
+    parser.add_argument(
+        "--step", type=positive_float, default=60.0, help="simulation step, s (default 60)"
+    )
     parser.add_argument(
         "--plan-period",
-        type=float,
+        type=positive_float,
         default=300.0,
         help="re-plan at least this often, s (default 300; the daemon uses 60)",
     )
@@ -85,16 +104,22 @@ def _scenario_arguments(parser: argparse.ArgumentParser) -> None:
 def add_site_arguments(parser: argparse.ArgumentParser) -> None:
     """`--background` and `--limit`: the site's own load and the utility's limit, as CSVs."""
     parser.add_argument(
-        "--background", help="the site's own load, CSV time,kw (default: the station's profile)"
+        "--background",
+        type=path_text,
+        help="the site's own load, CSV time,kw (default: the station's profile)",
     )
-    parser.add_argument("--limit", help="the utility's limit signal, CSV time,kw")
+    parser.add_argument(
+        "--limit",
+        type=path_text,
+        help="the utility's limit signal, CSV time,kw (default: the station's fixed limit)",
+    )
 
 
 def add_warmup_argument(parser: argparse.ArgumentParser) -> None:
     """`--warmup-days`: days run before the scenario, unmeasured."""
     parser.add_argument(
         "--warmup-days",
-        type=int,
+        type=count,
         default=0,
         help="repeat the first day this many times before, unmeasured (default 0)",
     )
@@ -141,7 +166,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 def _run_policies(args: argparse.Namespace, console: Console, policies: Sequence[str]) -> int:
     from simulator.fast import simulate
-    from simulator.report import comparison_table, plot, write_outputs
+    from simulator.report import comparison_table, plot_comparison, write_outputs
 
     loaded = read_scenario(args, console, [args.tariff] if args.tariff else [])
     if loaded is None:
@@ -180,7 +205,7 @@ def _run_policies(args: argparse.Namespace, console: Console, policies: Sequence
                     soft_wrap=True,
                 )
     if len(results) > 1:
-        plot(results[0], out / "plot.png", zone, others=results[1:3])
+        plot_comparison(results, out / "plot.png", zone)
         (out / "comparison.json").write_text(
             json.dumps([r.metrics for r in results], indent=2) + "\n", encoding="utf-8"
         )
@@ -237,12 +262,7 @@ def cmd_sessions(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[bold red]{station.path}: the station has no [simulator] section[/]")
         return EXIT_BAD_CONFIG
     zone = ZoneInfo(station.info.timezone)
-    try:
-        first = datetime.fromisoformat(args.start).replace(tzinfo=zone)
-    except ValueError:
-        console.print(f"[bold red]--start: not a date: {args.start!r} (write e.g. 2026-11-10)[/]")
-        return EXIT_BAD_CONFIG
-    start = first.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    start = datetime.combine(args.start, time(0, 0), tzinfo=zone).timestamp()
     end = start + args.days * 86400
     visits = [
         v for v in random_days(station.simulator, start, end, zone) if start <= v.arrival < end

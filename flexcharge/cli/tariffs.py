@@ -12,20 +12,37 @@ from rich.console import Console
 from base.loading import ConfigError
 from base.tarifffile import load_tariff
 
-from .common import EXIT_BAD_CONFIG, EXIT_OK, print_problems, progress_bars
+from .common import (
+    EXIT_BAD_CONFIG,
+    EXIT_OK,
+    STATION_HELP,
+    directory,
+    path_text,
+    positive_float,
+    positive_int,
+    print_problems,
+    progress_bars,
+    year,
+)
 from .simulate import ALL_POLICIES, add_site_arguments, add_warmup_argument, read_scenario
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `tariff` (and its `compare` and `show`) to the command line."""
     tariff = sub.add_parser("tariff", help="what a tariff does: draw it, or compare tariffs")
-    tariff_sub = tariff.add_subparsers(dest="tariff_command", required=True)
+    tariff_sub = tariff.add_subparsers(
+        dest="tariff_command", required=True, metavar="COMMAND", help="one of:"
+    )
     tcompare = tariff_sub.add_parser(
         "compare", help="one scenario under several tariffs (and policies), as a report"
     )
-    tcompare.add_argument("--station", required=True)
-    tcompare.add_argument("--sessions", required=True, help="sessions CSV, or ACN-Data JSON")
-    tcompare.add_argument("tariffs", nargs="+", metavar="TARIFF", help="tariff files to compare")
+    tcompare.add_argument("--station", required=True, type=path_text, help=STATION_HELP)
+    tcompare.add_argument(
+        "--sessions", required=True, type=path_text, help="sessions CSV, or ACN-Data JSON"
+    )
+    tcompare.add_argument(
+        "tariffs", nargs="+", type=path_text, metavar="TARIFF", help="tariff files to compare"
+    )
     tcompare.add_argument(
         "--policy",
         action="append",
@@ -34,27 +51,36 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     add_site_arguments(tcompare)
     tcompare.add_argument(
-        "--out", required=True, help="directory for report.html, report.png, whatif.json, runs/"
+        "--out",
+        required=True,
+        type=directory,
+        help="directory for report.html, report.png, whatif.json, runs/",
     )
     tcompare.add_argument(
-        "--step", type=float, help="simulation step, s (default 300; see README, Tariff what-if)"
+        "--step",
+        type=positive_float,
+        help="simulation step, s (default 300; see README, Tariff what-if)",
     )
     tcompare.add_argument(
         "--plan-period",
-        type=float,
+        type=positive_float,
         help="MPC re-plans at least this often, s (default 3600; see README, Tariff what-if)",
     )
     tcompare.add_argument(
-        "--workers", type=int, help="simulations at once, in processes (default: one per CPU)"
+        "--workers",
+        type=positive_int,
+        help="simulations at once, in processes (default: one per CPU)",
     )
     add_warmup_argument(tcompare)
     tcompare.set_defaults(func=cmd_tariff_compare)
     tshow = tariff_sub.add_parser(
         "show", help="a tariff's bands over a day and a year, as PNGs and a table"
     )
-    tshow.add_argument("path")
-    tshow.add_argument("--out", help="directory for the PNGs (default: the working directory)")
-    tshow.add_argument("--year", type=int, help="the year to draw (default: this year)")
+    tshow.add_argument("path", type=path_text, help="the tariff file (TOML)")
+    tshow.add_argument(
+        "--out", type=directory, help="directory for the PNGs (default: the working directory)"
+    )
+    tshow.add_argument("--year", type=year, help="the year to draw (default: this year)")
     tshow.set_defaults(func=cmd_tariff_show)
 
 
@@ -66,7 +92,7 @@ def cmd_tariff_compare(args: argparse.Namespace, console: Console) -> int:
         compare_tariffs,
         plan_jobs,
     )
-    from simulator.whatif_report import comparison_table, write_report
+    from simulator.whatif_report import comparison_table, peak_notes, write_report
 
     # Every input is checked before anything runs, and every problem is reported at once.
     loaded = read_scenario(args, console, args.tariffs)
@@ -101,6 +127,8 @@ def cmd_tariff_compare(args: argparse.Namespace, console: Console) -> int:
         )
     page = write_report(whatif, Path(args.out))
     console.print(comparison_table(whatif))
+    for note in peak_notes(whatif):
+        console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     console.print(
         f"{whatif.simulations} simulations in {whatif.wall_s:.1f} s ({whatif.workers} processes); "
         f"report: {page} and {Path(args.out) / 'report.png'}",
