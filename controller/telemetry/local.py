@@ -74,7 +74,7 @@ class Upkeep:
     `expired` points were deleted for their age and `capped` to keep the store under its cap
     (all older than `capped_before`, epoch seconds); `rolled_up` points became `into` coarser
     ones (`done` is False when the time budget ran out first: the next upkeep goes on);
-    `migrated` when the file was rebuilt to give space back (once, for a store made before);
+    `migrated` when the file was rebuilt to give space back (once a store: see `maintain`);
     `size_bytes` is the store's size on disk afterwards.
     """
 
@@ -203,8 +203,9 @@ class LocalStore:
         than `downsample_after_s` (from where the last upkeep stopped; with `budget_s`, for at
         most about that long, wall time); delete the oldest points while the store's pages
         exceed `max_bytes` (down to 90 % of it); give freed pages back to the file system.
-        A store made before incremental vacuum is rebuilt once (VACUUM, which needs free disk
-        space about twice the store). Raises `TelemetryError` if the file fails.
+        A store without incremental vacuum (a new one: SQLite sets it only before the first
+        table; or one made by an earlier flexcharge) is rebuilt once to use it (VACUUM, which
+        needs free disk space up to twice the store). Raises `TelemetryError` if the file fails.
         """
         retention = self.retention
         upkeep = Upkeep()

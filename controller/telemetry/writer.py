@@ -392,7 +392,7 @@ class TelemetryWriter:
         )
         if upkeep.migrated:
             log.info(
-                "telemetry: rebuilt %s to give deleted points' space back (once): %d bytes",
+                "telemetry: %s rebuilt once to give deleted points' space back: %d bytes",
                 self.sink.path,
                 upkeep.size_bytes,
             )
