@@ -320,6 +320,11 @@ class TelemetrySettings(Strict):
     (`local_store`, by default <station file stem>.sqlite). The disk buffer goes in `buffer_dir`.
     Relative paths (and the defaults) are in the daemon's telemetry directory (telemetry/ in its
     state directory), never the working directory. The token never appears in logs or output.
+
+    The local store keeps `retention_days` of points in at most `store_max_mb`, its oldest
+    deleted first; cycles older than `downsample_after_h` are rolled up into one point per
+    `downsample_to_s` (a `downsample_after_h` at or beyond the retention keeps every cycle).
+    With `url`, the database's own retention applies and these are refused.
     """
 
     enabled: bool = True
@@ -336,6 +341,10 @@ class TelemetrySettings(Strict):
     buffer_dir: str | None = Field(default=None, min_length=1)
     buffer_max_mb: float = Field(default=256.0, gt=0, allow_inf_nan=False)
     local_store: str | None = Field(default=None, min_length=1)
+    retention_days: float = Field(default=30.0, gt=0, le=3650, allow_inf_nan=False)
+    store_max_mb: float = Field(default=1000.0, ge=1, allow_inf_nan=False)
+    downsample_after_h: float = Field(default=24.0, gt=0, allow_inf_nan=False)
+    downsample_to_s: float = Field(default=60.0, ge=2, le=86400, allow_inf_nan=False)
 
     @property
     def token_source(self) -> str:
@@ -343,6 +352,12 @@ class TelemetrySettings(Strict):
         if self.token_env is not None:
             return f"token from ${self.token_env}"
         return "token in the station file" if self.token is not None else "no token"
+
+
+# What keeps the local store, not a database.
+LOCAL_STORE_ONLY = frozenset(
+    {"retention_days", "store_max_mb", "downsample_after_h", "downsample_to_s"}
+)
 
 
 def _check_telemetry(problems: Problems, telemetry: TelemetrySettings | None) -> None:
@@ -356,6 +371,13 @@ def _check_telemetry(problems: Problems, telemetry: TelemetrySettings | None) ->
                 )
         if telemetry.token is not None and telemetry.token_env is not None:
             problems.add(None, "telemetry.token", "give token or token_env, not both")
+        for name in sorted(LOCAL_STORE_ONLY & telemetry.model_fields_set):
+            problems.add(
+                None,
+                f"telemetry.{name}",
+                "applies only to the local store (with telemetry.url, set the database's "
+                "retention)",
+            )
     else:
         for name in ("org", "bucket", "token", "token_env"):
             if getattr(telemetry, name) is not None:

@@ -23,6 +23,10 @@ the limit again.
 What-if: a month of the reference station (configs/scenarios/bozhou-month.csv) under the three
 shipped tariffs, as `flexcharge tariff compare` runs it: wall and CPU time, and the load average.
 
+Telemetry on disk: the reference station's local store over days of its 1 s cycles, through the
+real writer, at the default retention: the bytes a day adds raw and once rolled up to minutes, the
+size projected at the 30-day retention against the size cap, and the cap enforced.
+
 Loop: the daemon's cycle at 200 DC piles on loopback against a bare pymodbus client doing one
 read and one write per pile (tests/bench_loop.py), and the time from a limit change to every pile
 written.
@@ -57,6 +61,7 @@ from scipy.optimize import linprog
 
 from base.config import CONFIG_ROOT, Station, load_station
 from base.events import Source
+from control.step import Cycle
 from scheduler import solver as solver_module
 from scheduler.lp import LpModel, build_lp, linprog_arguments
 from scheduler.plan import Plan
@@ -677,6 +682,139 @@ def telemetry_bench(console: Console, cycles: int = 3000) -> bool:
     return counts.dropped == 0 and counts.replayed == counts.buffered > 0 and found == want
 
 
+def retention_bench(console: Console, days: int = 3) -> bool:
+    """Disk use of the reference station's local telemetry store, before and after retention.
+
+    One day of the reference station (its day of trucks, equal-share, fast simulation at 10 s
+    steps) is written `days` days running through the real writer into a real local store at
+    the default [telemetry] retention, each step as ten 1 s cycles (the daemon's period: 13
+    points a second) on the station's clock, which the writer's upkeep follows. The store after
+    the first day is what a day costs raw (no retention: nothing is old enough); each later day
+    rolls the day before up to minutes. At the 30-day retention the store holds its newest day
+    raw and 29 days rolled up: projected from the store after the last day (its raw part) and
+    the rolled-up table's bytes a day. Then the size cap is enforced on the store at half its
+    size. True if the projection is under the default cap and the enforced store under its cap.
+    """
+    import sqlite3
+    import tempfile
+
+    from controller.telemetry.buffer import DiskBuffer
+    from controller.telemetry.local import LocalStore
+    from controller.telemetry.points import NS, Point, cycle_points
+    from controller.telemetry.retention import Retention
+    from controller.telemetry.writer import TelemetryWriter
+    from tests.victoria import poll_until
+
+    class Steps:
+        """The simulation's cycles, as points (a `Recorder` that keeps them)."""
+
+        def __init__(self) -> None:
+            self.points: list[list[Point]] = []
+
+        def cycle(self, cycle: Cycle, *, block: bool = False) -> None:
+            self.points.append(cycle_points(station.name, cycle))
+
+        def plan(self, plan: Plan, when: float, *, block: bool = False) -> None:
+            pass
+
+        def event(self, event: object, *, block: bool = False) -> None:
+            pass
+
+    def rolled_up_bytes(path: Path) -> int:
+        with sqlite3.connect(path) as db:
+            (size,) = db.execute(
+                "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name = 'rolled_up'"
+            ).fetchone()
+        return int(size)
+
+    station = load_station(CONFIG_ROOT / "stations" / "bozhou-depot.toml")
+    visits = load_sessions(CONFIG_ROOT / "scenarios" / "bozhou-day.csv")
+    day = Scenario.around(station, visits, name="bozhou-day")
+    day = replace(day, end=day.start + 86400)
+    steps = Steps()
+    began = time.perf_counter()
+    simulate(day, "equal-share", step_s=10.0, telemetry=steps)
+    retention = Retention()
+    sizes: list[int] = []
+    rolled: list[int] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "store.sqlite"
+        store = LocalStore(path, retention)
+        writer = TelemetryWriter(
+            store,
+            DiskBuffer(Path(tmp) / "buffer.sqlite", 10**8),
+            station=station.name,
+            batch_size=5000,
+        )
+        writer.start()
+        for d in range(days):
+            for step in steps.points:
+                for k in range(10):
+                    shift = (d * 86400 + k) * NS
+                    writer.put(
+                        [Point(p.measurement, p.tags, p.fields, p.time_ns + shift) for p in step],
+                        block=True,
+                    )
+            poll_until(
+                lambda: writer.counts.written == writer.counts.handed, 600, f"day {d + 1} written"
+            )
+            sizes.append(store.size_bytes())
+            rolled.append(rolled_up_bytes(path))
+        points = writer.counts.written / days
+        cap = sizes[-1] // 2
+        store.retention = replace(retention, max_bytes=cap)
+        upkeep = store.maintain(day.end + (days - 1) * 86400)
+        capped = store.size_bytes()
+        writer.close()
+    wall = time.perf_counter() - began
+    raw = sizes[0]
+    rolled_day = rolled[-1] / (days - 1)
+    retention_days = round(retention.max_age_s / 86400)
+    projected = sizes[-1] - rolled[-1] + (retention_days - 1) * rolled_day
+    mb = 1e6
+    table = Table(
+        title=f"telemetry on disk: the reference station's local store, {days} days of 1 s "
+        f"cycles ({points:,.0f} points a day), default retention",
+        title_justify="left",
+    )
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("a day raw (the store after day 1: no retention yet)", f"{raw / mb:,.1f} MB"),
+        ("... a point", f"{raw / points:,.0f} bytes"),
+        (f"... {retention_days} days without retention", f"{retention_days * raw / mb:,.0f} MB"),
+        ("the store after each day", " / ".join(f"{size / mb:,.1f}" for size in sizes) + " MB"),
+        ("... of which rolled up", " / ".join(f"{size / mb:,.1f}" for size in rolled) + " MB"),
+        (
+            "a day rolled up to minutes",
+            f"{rolled_day / mb:,.2f} MB ({raw / rolled_day:,.0f}x smaller)",
+        ),
+        (
+            f"projected at the {retention_days}-day retention (steady state)",
+            f"{projected / mb:,.0f} MB (cap {retention.max_bytes / mb:,.0f} MB)",
+        ),
+        (
+            "cap enforced at half the store",
+            f"{capped / mb:,.1f} MB under {cap / mb:,.1f} MB, {upkeep.capped:,} oldest points "
+            "deleted",
+        ),
+        ("wall time (simulation, writing, upkeep)", f"{wall:.0f} s"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    return _report(
+        console,
+        {
+            "steady state under the size cap": (
+                projected <= retention.max_bytes,
+                f"{projected / mb:,.0f} MB projected, cap {retention.max_bytes / mb:,.0f} MB",
+            ),
+            "the cap enforced": (capped <= cap, f"{capped / mb:,.1f} MB, cap {cap / mb:,.1f} MB"),
+        },
+    )
+
+
 def api_flood_bench(console: Console, idle_s: float, get_count: int) -> bool:
     """The daemon controlling the simulated reference station in real time while its API is
     flooded (tests/flood.py); True if, with each flood, the cycle p99 stayed within 1.5x the idle
@@ -747,6 +885,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--whatif-workers", type=int, help="default: one per CPU")
 
     parser.add_argument("--skip-telemetry", action="store_true")
+    parser.add_argument("--skip-retention", action="store_true", help="telemetry on disk")
+    parser.add_argument("--retention-days", type=int, default=3, help="days written (2 or more)")
     parser.add_argument("--skip-loop", action="store_true", help="the 200-pile loopback cycle")
     parser.add_argument("--skip-api-flood", action="store_true")
     parser.add_argument("--flood-idle", type=float, default=30.0, help="idle seconds, in all")
@@ -782,6 +922,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_telemetry:
         results["telemetry: every point once through a server restart"] = telemetry_bench(console)
+    if not args.skip_retention:
+        results["telemetry on disk: steady state under the cap, the cap enforced"] = (
+            retention_bench(console, max(2, args.retention_days))
+        )
     if not args.skip_loop:
         results["200 piles: cycle near a bare client's, limit changes at once"] = _report(
             console, cycle_bench(console)

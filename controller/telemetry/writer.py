@@ -4,8 +4,9 @@ A `TelemetryWriter` takes points from the control loop without ever blocking it 
 in memory) and writes them in batches from its own thread to a `Sink`: an InfluxDB 2.x write
 endpoint (`InfluxSink`) or the embedded `LocalStore` (SQLite) with the same model. While the sink
 fails, batches go to a `DiskBuffer` (bounded in bytes; when full the oldest are dropped, counted
-and logged once) and are replayed in order once the sink is back. `writer_for` makes the writer
-a station's [telemetry] section asks for.
+and logged once) and are replayed in order once the sink is back. The local store is kept within
+its retention from the same thread, every `upkeep_every_s` of station time. `writer_for` makes
+the writer a station's [telemetry] section asks for.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from base.config import Station
@@ -27,7 +30,7 @@ from base.health import Health
 from control.step import Cycle
 from controller.telemetry.buffer import DiskBuffer
 from controller.telemetry.files import TelemetryError
-from controller.telemetry.local import LocalStore
+from controller.telemetry.local import LocalStore, Upkeep
 from controller.telemetry.points import (
     NS,
     Point,
@@ -36,11 +39,14 @@ from controller.telemetry.points import (
     event_point,
     plan_points,
 )
+from controller.telemetry.retention import Retention
 from controller.telemetry.sinks import InfluxSink, Sink, SinkError
 from scheduler.plan import Plan
 
 log = logging.getLogger(__name__)
 
+# One point of each cycle: its time is the station's time (a plan's are ahead of it).
+CYCLE_MEASUREMENT = "site"
 # Two events of one cycle must stay two points: a point's key is measurement, tags and time.
 EVENT_SPACING_NS = 1_000_000
 
@@ -87,6 +93,12 @@ class TelemetryWriter:
     after `retry_min_s`, doubling up to `retry_max_s`); the buffer is then replayed in order
     before anything newer. The owner starts it with `start` and ends it with `stop` (or `close`
     outside asyncio), which writes what is queued, or buffers it if the sink is down.
+
+    A `LocalStore` sink is kept within its retention (`LocalStore.maintain`) by the same thread,
+    between batches and once more on stop: at the first cycle written, then every
+    `upkeep_every_s` of station time (the time of the newest cycle written, so a simulation's
+    store is kept as the daemon's is, and nothing still queued is older than what was rolled
+    up), each upkeep rolling up for at most about `upkeep_budget_s` (wall time).
     """
 
     def __init__(
@@ -100,6 +112,8 @@ class TelemetryWriter:
         queue_max_points: int = 100_000,
         retry_min_s: float = 0.5,
         retry_max_s: float = 30.0,
+        upkeep_every_s: float = 600.0,
+        upkeep_budget_s: float = 2.0,
     ) -> None:
         self.sink = sink
         self.buffer = buffer
@@ -109,6 +123,12 @@ class TelemetryWriter:
         self.queue_max_points = queue_max_points
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
+        self.upkeep_every_s = upkeep_every_s
+        self.upkeep_budget_s = upkeep_budget_s
+        self.last_upkeep: Upkeep | None = None
+        self.last_upkeep_at: float | None = None
+        self._station_now: float | None = None
+        self._next_upkeep = -math.inf
         self._queue: deque[Point] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -122,6 +142,7 @@ class TelemetryWriter:
         self._queue_health = Health("telemetry", logger=log)
         self._buffer_health = Health("telemetry", logger=log)
         self._refusal_health = Health("telemetry", logger=log)
+        self._upkeep_health = Health("telemetry", logger=log)
         self._retry_at = 0.0
         self._retry_s = retry_min_s
         self._done: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -254,8 +275,10 @@ class TelemetryWriter:
                     if not self.down:
                         self._replay(until_empty=True)
                     self._drain()
+                    self._upkeep()
                     return
                 self._replay()
+                self._upkeep()
         except Exception:
             log.exception("telemetry: the writer failed; telemetry stops, control carries on")
         finally:
@@ -344,6 +367,45 @@ class TelemetryWriter:
                     if len(self._queue) >= self.batch_size:
                         return  # take the newest into the buffer's tail, then go on
 
+    def _upkeep(self) -> None:
+        """Keep a local store within its retention, when an upkeep is due."""
+        if not isinstance(self.sink, LocalStore):
+            return
+        with self._cond:
+            now = self._station_now
+        if now is None or now < self._next_upkeep or self.down:
+            return
+        self._next_upkeep = now + self.upkeep_every_s
+        self.last_upkeep_at = now
+        try:
+            upkeep = self.sink.maintain(now, budget_s=self.upkeep_budget_s)
+        except TelemetryError as exc:
+            self._upkeep_health.fail(
+                time.monotonic(),
+                f"cannot keep {self.sink.description} within its retention ({exc})",
+            )
+            return
+        self.last_upkeep = upkeep
+        self._upkeep_health.recover(
+            time.monotonic(),
+            lambda down: f"telemetry: {self.sink.description} is kept again after {down:.0f} s",
+        )
+        if upkeep.migrated:
+            log.info(
+                "telemetry: %s rebuilt once to give deleted points' space back: %d bytes",
+                self.sink.path,
+                upkeep.size_bytes,
+            )
+        if upkeep.capped:
+            log.warning(
+                "telemetry: %s was over its cap (%d bytes): deleted its %d oldest points, "
+                "those before %s",
+                self.sink.path,
+                self.sink.retention.max_bytes,
+                upkeep.capped,
+                _iso(upkeep.capped_before),
+            )
+
     def _keep(self, batch: list[Point]) -> None:
         try:
             kept, dropped = self.buffer.append(batch)
@@ -388,7 +450,10 @@ class TelemetryWriter:
         )
 
     def _wrote(self, batch: list[Point], *, replayed: bool) -> None:
+        cycles = [p.time for p in batch if p.measurement == CYCLE_MEASUREMENT]
         with self._cond:
+            if cycles:
+                self._station_now = max(max(cycles), self._station_now or -math.inf)
             self._counts.written += len(batch)
             if replayed:
                 self._counts.replayed += len(batch)
@@ -411,6 +476,12 @@ class TelemetryWriter:
                 f"telemetry: {self.sink.description} takes points again after {down:.0f} s"
             ),
         )
+
+
+def _iso(when: float | None) -> str:
+    if when is None:
+        return "-"
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
 
 
 def _settle(future: asyncio.Future[None]) -> None:
@@ -457,6 +528,13 @@ def writer_for(
             bucket=settings.bucket,
             token=station.telemetry_token(),
             timeout_s=settings.timeout_s,
+        )
+    if isinstance(sink, LocalStore):
+        sink.retention = Retention(
+            max_age_s=settings.retention_days * 86400,
+            max_bytes=int(settings.store_max_mb * 1e6),
+            downsample_after_s=settings.downsample_after_h * 3600,
+            downsample_to_s=settings.downsample_to_s,
         )
     return TelemetryWriter(
         sink,
