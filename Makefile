@@ -4,6 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.flexcharge-installed
 PYTEST_ARGS ?=
+# Two workers: most loopback tests wait on real time, so two share the 2 cores well (the suite
+# takes about 8 minutes instead of 13); tests that listen on the reference station's own ports
+# share one worker (xdist_group "reference-ports").
+PYTEST_WORKERS ?= 2
 
 .PHONY: all demo test lint bench clean system-deps opcua-peer
 
@@ -19,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/flexcharge demo
 
 test: $(STAMP) lint system-deps opcua-peer
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check base control controller drivers flexcharge scheduler simulator tests

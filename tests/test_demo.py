@@ -22,6 +22,9 @@ from simulator.hardware import SimulatorError, StationSimulator
 
 from .conftest import start_process
 
+# Two tests hold the reference station's own port 15020, as the README's real-time pair uses it.
+pytestmark = pytest.mark.xdist_group("reference-ports")
+
 START = datetime(2026, 12, 1, 16, 0, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
 
 

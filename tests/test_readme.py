@@ -35,7 +35,12 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = [pytest.mark.loopback, pytest.mark.timeout(900)]
+# The README's real-time pair listens on the reference station's own ports, as test_demo holds one.
+pytestmark = [
+    pytest.mark.loopback,
+    pytest.mark.timeout(900),
+    pytest.mark.xdist_group("reference-ports"),
+]
 
 README = ROOT / "README.md"
 BLOCK = re.compile(r"^```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^```[ \t]*$", re.S | re.M)
