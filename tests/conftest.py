@@ -71,6 +71,14 @@ def station_files_on_free_ports(tmp_path: Path) -> Path:
     return path
 
 
+def station_with_section(tmp_path: Path, section: str) -> Path:
+    """The reference station on free ports (`station_files_on_free_ports`) with `section` (TOML)
+    added at its end."""
+    path = station_files_on_free_ports(tmp_path)
+    path.write_text(path.read_text() + "\n" + section)
+    return path
+
+
 def local_time(station: Station, text: str) -> float:
     """Epoch seconds of a local ISO time at the station, e.g. '2026-11-25T10:00'."""
     zone = ZoneInfo(station.info.timezone)

@@ -23,7 +23,7 @@ from controller.telemetry.points import NS, Point
 from controller.telemetry.retention import Retention, downsample
 from controller.telemetry.writer import TelemetryWriter, writer_for
 from drivers.pile import PileReading
-from tests.conftest import station_files_on_free_ports
+from tests.conftest import station_files_on_free_ports, station_with_section
 
 # A minute boundary (1.8e9 is a multiple of 60), so that intervals start where the test says.
 T = 1_800_000_000.0
@@ -358,14 +358,8 @@ async def test_the_writer_keeps_its_local_store_on_the_stations_clock(
 # -- settings -------------------------------------------------------------------------------------
 
 
-def _with_section(tmp_path: Path, section: str) -> Path:
-    path = station_files_on_free_ports(tmp_path)
-    path.write_text(path.read_text() + "\n" + section)
-    return path
-
-
 def test_retention_settings_are_checked_naming_each_field(tmp_path: Path) -> None:
-    path = _with_section(
+    path = station_with_section(
         tmp_path,
         "[telemetry]\nretention_days = 0\nstore_max_mb = -5\ndownsample_after_h = nan\n"
         "downsample_to_s = 1\n",
@@ -378,7 +372,7 @@ def test_retention_settings_are_checked_naming_each_field(tmp_path: Path) -> Non
         "telemetry.downsample_after_h",
         "telemetry.downsample_to_s",
     }
-    path = _with_section(
+    path = station_with_section(
         tmp_path / "url",
         '[telemetry]\nurl = "http://db:8086"\norg = "o"\nbucket = "b"\nretention_days = 7\n',
     )
@@ -386,7 +380,7 @@ def test_retention_settings_are_checked_naming_each_field(tmp_path: Path) -> Non
         ConfigError, match=r"telemetry\.retention_days: applies only to the local store"
     ):
         load_station(path)
-    path = _with_section(
+    path = station_with_section(
         tmp_path / "ok",
         "[telemetry]\nretention_days = 7\nstore_max_mb = 500\ndownsample_after_h = 6\n"
         "downsample_to_s = 300\n",

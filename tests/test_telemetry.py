@@ -29,7 +29,12 @@ from controller.telemetry.writer import TelemetryWriter, writer_for
 from drivers.pile import PileReading
 from flexcharge.cli import main
 from scheduler.plan import Plan, PlanStatus
-from tests.conftest import StartStation, local_time, station_files_on_free_ports, truck_visit
+from tests.conftest import (
+    StartStation,
+    local_time,
+    station_with_section,
+    truck_visit,
+)
 from tests.victoria import poll_until
 
 
@@ -365,14 +370,8 @@ def test_a_foreign_file_is_refused_naming_the_setting(tmp_path: Path) -> None:
 # -- configuration ------------------------------------------------------------------------------
 
 
-def _with_section(tmp_path: Path, section: str) -> Path:
-    path = station_files_on_free_ports(tmp_path)
-    path.write_text(path.read_text() + "\n" + section)
-    return path
-
-
 def test_telemetry_settings_are_checked_naming_each_field(tmp_path: Path) -> None:
-    path = _with_section(
+    path = station_with_section(
         tmp_path,
         '[telemetry]\nurl = "http://db:8086"\ntoken = "t"\ntoken_env = "T"\nbatch_size = 0\nbuket = "x"\n',
     )
@@ -380,7 +379,7 @@ def test_telemetry_settings_are_checked_naming_each_field(tmp_path: Path) -> Non
         load_station(path)
     fields = {p.field for p in err.value.problems}
     assert {"telemetry.batch_size", "telemetry.buket"} <= fields
-    path = _with_section(
+    path = station_with_section(
         tmp_path / "b", '[telemetry]\nurl = "http://db:8086"\ntoken = "t"\ntoken_env = "T"\n'
     )
     with pytest.raises(ConfigError) as err:
@@ -390,7 +389,7 @@ def test_telemetry_settings_are_checked_naming_each_field(tmp_path: Path) -> Non
         "telemetry.bucket",
         "telemetry.token",
     }
-    path = _with_section(tmp_path / "c", '[telemetry]\nbucket = "b"\n')
+    path = station_with_section(tmp_path / "c", '[telemetry]\nbucket = "b"\n')
     with pytest.raises(ConfigError, match=r"telemetry\.bucket: applies only with telemetry\.url"):
         load_station(path)
 
@@ -399,7 +398,7 @@ def test_the_token_is_never_printed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     secret = "s3cr3t-t0ken-value"
-    path = _with_section(
+    path = station_with_section(
         tmp_path,
         f'[telemetry]\nurl = "http://127.0.0.1:9"\norg = "o"\nbucket = "b"\ntoken = "{secret}"\n',
     )
@@ -410,7 +409,7 @@ def test_the_token_is_never_printed(
     station = load_station(path)
     assert secret not in repr(station) and secret not in str(station.telemetry)
     assert station.telemetry_token() == secret
-    env_path = _with_section(
+    env_path = station_with_section(
         tmp_path / "env",
         '[telemetry]\nurl = "http://127.0.0.1:9"\norg = "o"\nbucket = "b"\ntoken_env = "FLEXCHARGE_TEST_TOKEN"\n',
     )
