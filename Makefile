@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
+# DEMO_ARGS: the demo's own options (`flexcharge demo --help`), e.g. DEMO_ARGS="--hours 4".
+DEMO_ARGS ?=
+
 demo: $(STAMP)
-	$(BIN)/flexcharge demo
+	$(BIN)/flexcharge demo $(DEMO_ARGS)
 
 test: $(STAMP) lint system-deps opcua-peer
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)

@@ -38,6 +38,12 @@ from simulator.hardware import StationSimulator
 from simulator.scenario import Series
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests of an xdist group first (the README's blocks, the suite's longest test, among
+    them): on `make test`'s two workers, a long test begun last would run on alone for minutes."""
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct TCP ports that are free on 127.0.0.1 right now."""
     sockets = []
