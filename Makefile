@@ -37,10 +37,11 @@ bench: $(STAMP) system-deps
 
 # Debian packages some tests and benchmarks run (each package's program has its name): chromium
 # for the live page, victoria-metrics as a real telemetry server, mbpoll (libmodbus) as a Modbus
-# client independent of pymodbus for the simulated devices' conformance tests. Installed with apt-get when
+# client independent of pymodbus for the simulated devices' conformance tests, socat for the
+# pseudo-terminal pair the Modbus RTU tests run the serial line over. Installed with apt-get when
 # missing and possible (as root; `apt-get update` once if the install fails); otherwise it says
 # why and goes on, and the tests that need them are skipped naming this target.
-SYSTEM_PACKAGES ?= chromium victoria-metrics mbpoll
+SYSTEM_PACKAGES ?= chromium victoria-metrics mbpoll socat
 
 system-deps:
 	@missing=; \

@@ -15,15 +15,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     Field,
+    ModelWrapValidatorHandler,
     PositiveFloat,
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
+from pydantic_core import ErrorDetails, InitErrorDetails
 
 from base import certs
 from base.devicemap import (
@@ -112,28 +115,73 @@ class BackgroundProfile(Strict):
     noise_kw: Kw = 0.0
 
 
-LinkProtocol = Literal["modbus-tcp", "modbus-tls", "opcua"]
+LinkProtocol = Literal["modbus-tcp", "modbus-tls", "modbus-rtu", "modbus-rtu-over-tcp", "opcua"]
+# The rates RS-485 meters and chargers offer.
+BaudRate = Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200]
+_SERIAL_FIELDS = ("serial_port", "baudrate", "parity", "stopbits", "bytesize")
 OpcUaSecurity = Literal["sign-and-encrypt", "none"]
+
+
+def _again(error: ErrorDetails) -> InitErrorDetails:
+    """An error pydantic found, as it takes errors to raise again."""
+    detail: InitErrorDetails = {"type": error["type"], "loc": error["loc"], "input": error["input"]}
+    if "ctx" in error:
+        detail["ctx"] = error["ctx"]
+    return detail
 
 
 class DeviceEndpoint(Strict):
     """A device of the station: its id, its map and where it answers.
 
     `protocol` is plain Modbus TCP, Modbus/TCP Security (TLS with mutual certificates, port 802
-    by default) or OPC-UA. OPC-UA devices are reached at `opc.tcp://host:port{path}` and are the
+    by default), Modbus RTU on a serial line (`serial_port`, `baudrate`, `parity`, `stopbits`,
+    `bytesize`; host and port are ignored; devices on one line share it as a bus), Modbus RTU framing over
+    TCP to a serial gateway (host and port as for Modbus TCP), or OPC-UA. OPC-UA devices are reached at `opc.tcp://host:port{path}` and are the
     object `object` (default: the device's id) of the flexcharge address space; they use
     SignAndEncrypt unless `opcua_security = "none"` says otherwise, which the daemon warns about.
     """
 
     id: str = Field(min_length=1)
     device: str = Field(min_length=1)
-    host: str = Field(min_length=1)
-    port: Port
+    # Required for every protocol but modbus-rtu (checked with the other fields, so a missing
+    # one is named like any other); the defaults stand for "not given".
+    host: str = Field(default="", min_length=1)
+    port: Port = 0
     unit: UnitId = 1
     protocol: LinkProtocol = "modbus-tcp"
+    serial_port: str | None = Field(default=None, min_length=1)
+    baudrate: BaudRate = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
     path: str = Field(default="/flexcharge", pattern=r"^/[\w./-]*$")
     object: str | None = Field(default=None, min_length=1)
     opcua_security: OpcUaSecurity = "sign-and-encrypt"
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _network_address(
+        cls, data: Any, handler: ModelWrapValidatorHandler[DeviceEndpoint]
+    ) -> DeviceEndpoint:
+        # host and port have defaults only because modbus-rtu devices have neither; every other
+        # protocol needs both, reported as missing with the entry's other errors.
+        missing: list[InitErrorDetails] = []
+        if isinstance(data, Mapping) and data.get("protocol") != "modbus-rtu":
+            missing = [
+                {"type": "missing", "loc": (name,), "input": data}
+                for name in ("host", "port")
+                if name not in data
+            ]
+        try:
+            device = handler(data)
+        except ValidationError as exc:
+            if not missing:
+                raise
+            found = [_again(error) for error in exc.errors(include_url=False)]
+            raise ValidationError.from_exception_data(exc.title, found + missing) from None
+        if missing:
+            raise ValidationError.from_exception_data(cls.__name__, missing)
+        return device
 
     @property
     def secure(self) -> bool:
@@ -141,6 +189,18 @@ class DeviceEndpoint(Strict):
         return self.protocol == "modbus-tls" or (
             self.protocol == "opcua" and self.opcua_security == "sign-and-encrypt"
         )
+
+    @property
+    def serial(self) -> bool:
+        """True if the device hangs on a serial line (Modbus RTU) rather than a network."""
+        return self.protocol == "modbus-rtu"
+
+    @property
+    def address(self) -> str:
+        """Where the device answers, for messages: host:port or the serial port."""
+        if self.serial:
+            return str(self.serial_port)
+        return f"{self.host}:{self.port}"
 
     @property
     def opcua_url(self) -> str:
@@ -152,6 +212,9 @@ class DeviceEndpoint(Strict):
     def opcua_object(self) -> str:
         """The name of the device's object in the address space."""
         return self.object or self.id
+
+
+_Endpoint = TypeVar("_Endpoint", bound=DeviceEndpoint)
 
 
 class MeterConfig(DeviceEndpoint):
@@ -544,19 +607,19 @@ class Station:
         return self.device_maps[device]
 
     def with_endpoints(self, ports: Mapping[str, int], host: str = "127.0.0.1") -> Station:
-        """A copy with the named devices moved to other ports (tests use free ports)."""
-        meter = self.grid_meter.model_copy(
-            update={"host": host, "port": ports.get(self.grid_meter.id, self.grid_meter.port)}
-        )
-        piles = tuple(
-            p.model_copy(update={"host": host, "port": ports.get(p.id, p.port)}) for p in self.piles
-        )
-        terminal = self.terminal
-        if terminal is not None:
-            terminal = terminal.model_copy(
-                update={"host": host, "port": ports.get(terminal.id, terminal.port)}
+        """A copy with the named devices moved to other ports (tests use free ports); devices
+        on a serial line stay where they are."""
+
+        def moved(device: _Endpoint) -> _Endpoint:
+            if device.serial:
+                return device
+            return device.model_copy(
+                update={"host": host, "port": ports.get(device.id, device.port)}
             )
-        return replace(self, grid_meter=meter, piles=piles, terminal=terminal)
+
+        terminal = None if self.terminal is None else moved(self.terminal)
+        piles = tuple(moved(p) for p in self.piles)
+        return replace(self, grid_meter=moved(self.grid_meter), piles=piles, terminal=terminal)
 
     def with_control(self, **changes: Any) -> Station:
         """A copy with some [control] settings changed."""
@@ -795,6 +858,8 @@ def _maps_in(directory: Path) -> list[str]:
 
 
 def _address(device: DeviceEndpoint) -> tuple[str, int, str, int | str]:
+    if device.serial:
+        return (str(device.serial_port), 0, "", device.unit)
     if device.protocol == "opcua":
         return (device.host, device.port, device.path, device.opcua_object)
     return (device.host, device.port, "", device.unit)
@@ -815,6 +880,7 @@ def _check_security(
     for device in devices:
         # The same label as every other problem about this pile or meter.
         label = f"{'pile' if isinstance(device, PileConfig) else 'meter'} {device.id}"
+        _check_link(problems, label, device)
         if device.protocol != "opcua":
             if device.object is not None:
                 problems.add(label, "object", "only OPC-UA devices have an object name")
@@ -833,6 +899,18 @@ def _check_security(
             )
     elif security.opcua_password_env or security.opcua_password_file:
         problems.add("security", "opcua_user", "a password is given but no user name")
+
+
+def _check_link(problems: Problems, label: str, device: DeviceEndpoint) -> None:
+    """A serial device names its serial port; only serial devices take the line's settings."""
+    if device.serial:
+        # host and port may come from [pile_defaults]; a serial device ignores them.
+        if device.serial_port is None:
+            problems.add(label, "serial_port", "required by modbus-rtu (e.g. /dev/ttyUSB0)")
+        return
+    for name in _SERIAL_FIELDS:
+        if name in device.model_fields_set:
+            problems.add(label, name, f"only modbus-rtu devices take this, not {device.protocol}")
 
 
 def _check_charger(problems: Problems, label: str, pile: PileConfig, regmap: RegisterMap) -> None:
@@ -923,7 +1001,7 @@ def _cross_check(
             what = (
                 f"object {pile.opcua_object} at {pile.opcua_url}"
                 if pile.protocol == "opcua"
-                else f"{pile.host}:{pile.port} unit {pile.unit}"
+                else f"{pile.address} unit {pile.unit}"
             )
             problems.add(label, "port", f"{what} is already used by {endpoints[endpoint]}")
         endpoints.setdefault(endpoint, label)
