@@ -2,7 +2,8 @@
 
 A pile entry whose map is of kind "pile" is driven as a DC pile in kW; one whose map is of kind
 "charger" is driven by its make's AC driver, in amps, through `AcPile`. Modbus devices share one
-connection per host and port, encrypted with the station's certificates for `modbus-tls`; OPC-UA
+connection per host and port (and framing), encrypted with the station's certificates for
+`modbus-tls`, and one link per serial line for `modbus-rtu`; OPC-UA
 devices one session per endpoint URL. `StationLinks` keeps those connections for the daemon, so a
 reloaded config reuses the ones still in use.
 """
@@ -16,7 +17,7 @@ from base.clock import Clock
 from base.config import DeviceEndpoint, Station
 from base.events import DeviceRef
 from drivers.device import Device
-from drivers.modbus import ModbusDevice, ModbusLink, ModbusLinks
+from drivers.modbus import ModbusDevice, ModbusLink, ModbusLinks, SerialLine
 from drivers.opcua.device import OpcUaDevice, OpcUaLinks
 from drivers.opcua.link import OpcUaLink
 from drivers.opcua.security import OpcUaSecurity
@@ -27,8 +28,23 @@ def modbus_link(
     endpoint: DeviceEndpoint, label: str, station: Station, links: ModbusLinks
 ) -> ModbusLink:
     """The (possibly encrypted) link a station entry's Modbus device is reached through."""
+    if endpoint.serial:
+        return links.serial(serial_line(endpoint))
     tls = partial(_client_tls, station, label) if endpoint.protocol == "modbus-tls" else None
-    return links.get(endpoint.host, endpoint.port, tls=tls)
+    rtu = endpoint.protocol == "modbus-rtu-over-tcp"
+    return links.get(endpoint.host, endpoint.port, tls=tls, rtu=rtu)
+
+
+def serial_line(endpoint: DeviceEndpoint) -> SerialLine:
+    """The serial line a Modbus RTU device of the station file hangs on."""
+    assert endpoint.serial_port is not None  # the station file check requires it
+    return SerialLine(
+        endpoint.serial_port,
+        baudrate=endpoint.baudrate,
+        parity=endpoint.parity,
+        stopbits=endpoint.stopbits,
+        bytesize=endpoint.bytesize,
+    )
 
 
 def _client_tls(station: Station, label: str) -> ssl.SSLContext:
@@ -56,10 +72,12 @@ def opcua_security(station: Station) -> OpcUaSecurity:
     )
 
 
-def _link_key(endpoint: DeviceEndpoint) -> tuple[str, int | str, bool]:
+def _link_key(endpoint: DeviceEndpoint) -> tuple[str, int | str, str]:
     if endpoint.protocol == "opcua":
-        return ("opcua", endpoint.opcua_url, endpoint.opcua_security == "sign-and-encrypt")
-    return (endpoint.host, endpoint.port, endpoint.protocol == "modbus-tls")
+        return ("opcua", endpoint.opcua_url, endpoint.opcua_security)
+    if endpoint.serial:
+        return (endpoint.address, 0, "serial")
+    return (endpoint.host, endpoint.port, endpoint.protocol)
 
 
 class StationLinks:
@@ -78,7 +96,7 @@ class StationLinks:
         self.opcua = OpcUaLinks(
             now=clock.now, timeout_s=io_timeout, secure=lambda: opcua_security(self.station)
         )
-        self._open: dict[tuple[str, int | str, bool], ModbusLink | OpcUaLink] = {}
+        self._open: dict[tuple[str, int | str, str], ModbusLink | OpcUaLink] = {}
 
     def device(self, station: Station, endpoint: DeviceEndpoint, ref: DeviceRef) -> Device:
         """The device a station entry names, on its link (its errors name it by `ref`'s label).

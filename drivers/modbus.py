@@ -1,7 +1,10 @@
-"""Modbus TCP transport: one connection per server, devices addressed through register maps.
+"""Modbus transports: one connection per server or serial line, devices addressed through
+register maps.
 
-`ModbusLink` owns one pymodbus client (one TCP connection to host:port) and turns every way a
-request can fail into the `DriverError` tree. `ModbusDevice` is one unit id behind a link, read and
+`ModbusLink` owns one pymodbus client (one TCP connection to host:port, with MBAP framing or, to
+an RS-485 gateway, RTU framing) and turns every way a request can fail into the `DriverError`
+tree; `SerialLink` is the same over a serial line (Modbus RTU): the devices on one line are a
+bus, and pymodbus sends one request at a time on it. `ModbusDevice` is one unit id behind a link, read and
 written by register name through its `RegisterMap`. Several devices may share a link (a charger
 whose station and sockets answer on different unit ids, an RS-485 gateway).
 
@@ -16,9 +19,11 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
-from pymodbus.client import AsyncModbusTcpClient, AsyncModbusTlsClient
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, AsyncModbusTlsClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
@@ -76,13 +81,26 @@ class ModbusTransport(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class SerialLine:
+    """A serial line (an RS-485 bus) and how its devices talk: the station file's settings."""
+
+    port: str
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+
+
 class ModbusLink:
-    """One Modbus TCP (or TLS) connection, shared by the devices behind it.
+    """One Modbus TCP (or TLS, or RTU-over-TCP) connection, shared by the devices behind it.
 
     Requests on one link are serialised by pymodbus; requests on different links run
     concurrently. The link reconnects on the next request after a failure; it never starts a
     background task of its own.
     """
+
+    _client: AsyncModbusTcpClient | AsyncModbusSerialClient
 
     def __init__(
         self,
@@ -91,20 +109,23 @@ class ModbusLink:
         *,
         timeout_s: float = 1.0,
         sslctx: ssl.SSLContext | None = None,
+        rtu: bool = False,
     ) -> None:
+        """`rtu`: RTU frames (with their CRC) over the TCP connection, as serial gateways take
+        them, instead of Modbus TCP's MBAP header."""
         self.host = host
         self.port = port
         self.timeout_s = timeout_s
         # retries=0 and reconnect_delay=0: the controller decides when to retry, and pymodbus
         # must not start reconnect tasks that nobody owns.
-        self._client: AsyncModbusTcpClient
-        if sslctx is None:
-            self._client = AsyncModbusTcpClient(
-                host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0
-            )
-        else:
+        if sslctx is not None:
             self._client = AsyncModbusTlsClient(
                 host, port=port, sslctx=sslctx, timeout=timeout_s, retries=0, reconnect_delay=0
+            )
+        else:
+            framer = FramerType.RTU if rtu else FramerType.SOCKET
+            self._client = AsyncModbusTcpClient(
+                host, port=port, framer=framer, timeout=timeout_s, retries=0, reconnect_delay=0
             )
         self._connecting = asyncio.Lock()
 
@@ -209,6 +230,33 @@ class ModbusLink:
         return response
 
 
+class SerialLink(ModbusLink):
+    """One serial line (Modbus RTU), shared by the devices on it (by unit id)."""
+
+    def __init__(self, line: SerialLine, *, timeout_s: float = 1.0) -> None:
+        self.line = line
+        self.host = line.port
+        self.port = 0
+        self.timeout_s = timeout_s
+        self._client = AsyncModbusSerialClient(
+            line.port,
+            framer=FramerType.RTU,
+            baudrate=line.baudrate,
+            parity=line.parity,
+            stopbits=line.stopbits,
+            bytesize=line.bytesize,
+            timeout=timeout_s,
+            retries=0,
+            reconnect_delay=0,
+        )
+        self._connecting = asyncio.Lock()
+
+    @property
+    def address(self) -> str:
+        """The serial port, for messages."""
+        return self.line.port
+
+
 class ModbusDevice:
     """One device (unit id) behind a link, read and written by register name."""
 
@@ -260,22 +308,39 @@ class ModbusDevice:
 
 
 class ModbusLinks:
-    """The station's Modbus connections, one per (host, port), created on first use."""
+    """The station's Modbus connections, one per (host, port) and one per serial line, created
+    on first use."""
 
     def __init__(self, *, timeout_s: float) -> None:
         self.timeout_s = timeout_s
-        self._links: dict[tuple[str, int, bool], ModbusLink] = {}
+        self._links: dict[tuple[str, int, str], ModbusLink] = {}
 
     def get(
-        self, host: str, port: int, *, tls: Callable[[], ssl.SSLContext] | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: Callable[[], ssl.SSLContext] | None = None,
+        rtu: bool = False,
     ) -> ModbusLink:
         """The link to host:port: Modbus/TCP Security when `tls` is given (it makes the SSL
-        context, called only when the link is new). A plain and a secured link to the same
-        address are different links."""
-        key = (host, port, tls is not None)
+        context, called only when the link is new), RTU framing when `rtu`. Links to the same
+        address in different framings are different links."""
+        framing = "tls" if tls is not None else "rtu" if rtu else "tcp"
+        key = (host, port, framing)
         if key not in self._links:
             sslctx = None if tls is None else tls()
-            self._links[key] = ModbusLink(host, port, timeout_s=self.timeout_s, sslctx=sslctx)
+            self._links[key] = ModbusLink(
+                host, port, timeout_s=self.timeout_s, sslctx=sslctx, rtu=rtu
+            )
+        return self._links[key]
+
+    def serial(self, line: SerialLine) -> ModbusLink:
+        """The link over serial line `line` (the devices on it share it: a bus). The first
+        device on a port sets the line's settings."""
+        key = (line.port, 0, "serial")
+        if key not in self._links:
+            self._links[key] = SerialLink(line, timeout_s=self.timeout_s)
         return self._links[key]
 
     def close(self) -> None:
