@@ -27,6 +27,7 @@ from simulator.modbus_server import DeviceServer
 from simulator.opcua import OpcUaStationServer
 from simulator.plant import Plant
 from simulator.registers import DeviceModel, RegisterBank
+from simulator.rtu_server import RtuServer
 from simulator.scenario import Series
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class StationSimulator:
         self.models: dict[str, DeviceModel] = {}
         self.banks: dict[str, RegisterBank] = {}
         self.opcua_servers: list[OpcUaStationServer] = []
+        self.rtu_servers: list[RtuServer] = []
         self._servers: list[DeviceServer] = []
         self._task: asyncio.Task[None] | None = None
         self._visits_until: datetime | None = None
@@ -75,6 +77,7 @@ class StationSimulator:
         served = device_models(station, self.plant, self.faults, self.clock)
         endpoints: dict[tuple[str, int], list[tuple[DeviceEndpoint, RegisterBank]]] = {}
         opcua: dict[tuple[str, int, str], list[tuple[DeviceEndpoint, str, DeviceModel]]] = {}
+        rtu: dict[tuple[str, int], list[tuple[DeviceEndpoint, RegisterBank]]] = {}
         for device, label, model in ((d.endpoint, d.label, d.model) for d in served):
             self.models[device.id] = model
             if device.protocol == "opcua":
@@ -84,6 +87,10 @@ class StationSimulator:
                 continue
             bank = RegisterBank(station.map_for(device.device), model, device.unit)
             self.banks[device.id] = bank
+            if device.protocol in ("modbus-rtu", "modbus-rtu-over-tcp"):
+                where = (device.address, 0) if device.serial else (device.host, device.port)
+                rtu.setdefault(where, []).append((device, bank))
+                continue
             endpoints.setdefault((device.host, device.port), []).append((device, bank))
         if self._random_visits:
             self._extend_visits(self.clock.now())
@@ -92,6 +99,8 @@ class StationSimulator:
                 self._servers.append(await self._serve(host, port, banks))
             for group in opcua.values():
                 await self._serve_opcua(group)
+            for line in rtu.values():
+                await self._serve_rtu(line)
         except BaseException:
             await self._close_servers()
             raise
@@ -139,6 +148,27 @@ class StationSimulator:
             raise SimulatorError(cannot_listen(host, port, why or exc, names)) from exc
         return server
 
+    async def _serve_rtu(self, group: list[tuple[DeviceEndpoint, RegisterBank]]) -> None:
+        """The devices of one serial line (or one RTU-over-TCP gateway)."""
+        units = {unit: bank for _, bank in group for unit in bank.units}
+        first = group[0][0]
+        names = ", ".join(endpoint.id for endpoint, _ in group)
+        server = RtuServer(units, f"{first.address} ({names})")
+        try:
+            if first.serial:
+                await server.serve_serial(
+                    first.address,
+                    baudrate=first.baudrate,
+                    parity=first.parity,
+                    stopbits=first.stopbits,
+                    bytesize=first.bytesize,
+                )
+            else:
+                await server.serve_tcp(first.host, first.port)
+        except OSError as exc:  # pyserial's SerialException is one
+            raise SimulatorError(f"{first.address}: cannot serve {names}: {exc}") from exc
+        self.rtu_servers.append(server)
+
     async def _serve_opcua(self, group: list[tuple[DeviceEndpoint, str, DeviceModel]]) -> None:
         """One OPC-UA server for the devices that share an endpoint URL."""
         station = self.station
@@ -185,6 +215,9 @@ class StationSimulator:
         for opcua in self.opcua_servers:
             await opcua.stop()
         self.opcua_servers.clear()
+        for rtu in self.rtu_servers:
+            await rtu.shutdown()
+        self.rtu_servers.clear()
 
     async def _run(self) -> None:
         step = self.settings.step_s
