@@ -1,5 +1,5 @@
-"""Builders several test files share: local station times, and scheduling problems of hourly
-slots with their vehicles. Plain functions; the fixtures are in conftest.py."""
+"""Builders several test files share: local station times, scheduling problems of hourly slots
+with their vehicles, and a pile's reading. Plain functions; the fixtures are in conftest.py."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from base.devicemap import PileState
+from drivers.pile import PileReading
 from scheduler.plan import Plan
 from scheduler.problem import Problem, Vehicle
 
@@ -68,3 +70,23 @@ def ev(
 def kw(plan: Plan, vid: str) -> NDArray[np.float64]:
     """Planned net power of one vehicle per slot."""
     return np.asarray(plan.power_kw[vid], dtype=float)
+
+
+def pile_reading(
+    power: float, state: PileState = PileState.CHARGING, *, applied_kw: float | None = None
+) -> PileReading:
+    """A DC pile's reading at `power` kW (rated 480 kW, its import counter at 1000 kWh plus
+    `power`, a session of 5 kWh, SoC 42 %), applying `applied_kw` (by default `power`)."""
+    return PileReading(
+        state=state,
+        power_kw=power,
+        applied_setpoint_kw=power if applied_kw is None else applied_kw,
+        max_charge_kw=480.0,
+        max_discharge_kw=0.0,
+        min_kw=0.0,
+        energy_import_kwh=1000.0 + power,
+        energy_export_kwh=0.0,
+        session_energy_kwh=5.0,
+        session_id=1,
+        soc_pct=42.0,
+    )

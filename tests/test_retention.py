@@ -13,7 +13,6 @@ import pytest
 
 from base.clock import VirtualClock
 from base.config import Station, load_station
-from base.devicemap import PileState
 from base.loading import ConfigError
 from control.site import PileView, SiteSnapshot
 from control.step import Cycle
@@ -22,7 +21,7 @@ from controller.telemetry.local import LocalStore, Upkeep
 from controller.telemetry.points import NS, Point
 from controller.telemetry.retention import Retention, downsample
 from controller.telemetry.writer import TelemetryWriter, writer_for
-from drivers.pile import PileReading
+from tests.builders import pile_reading
 from tests.conftest import station_files_on_free_ports, station_with_section
 
 # A minute boundary (1.8e9 is a multiple of 60), so that intervals start where the test says.
@@ -279,22 +278,6 @@ def test_a_store_made_before_is_rebuilt_once_then_gives_space_back_as_it_deletes
 # -- the writer, on the station's clock -----------------------------------------------------------
 
 
-def _reading(power: float) -> PileReading:
-    return PileReading(
-        state=PileState.CHARGING,
-        power_kw=power,
-        applied_setpoint_kw=power,
-        max_charge_kw=480.0,
-        max_discharge_kw=0.0,
-        min_kw=0.0,
-        energy_import_kwh=1000.0 + power,
-        energy_export_kwh=0.0,
-        session_energy_kwh=5.0,
-        session_id=1,
-        soc_pct=42.0,
-    )
-
-
 def _cycle(station: Station, when: float, power: float) -> Cycle:
     p1, p2 = station.piles[:2]
     snapshot = SiteSnapshot(
@@ -302,7 +285,10 @@ def _cycle(station: Station, when: float, power: float) -> Cycle:
         limit_kw=4275.0,
         grid_kw=2000.0 + power,
         meter=None,
-        piles=(PileView(p1, _reading(power), None), PileView(p2, _reading(2 * power), None)),
+        piles=(
+            PileView(p1, pile_reading(power), None),
+            PileView(p2, pile_reading(2 * power), None),
+        ),
         band="valley",
         price=0.3162,
     )

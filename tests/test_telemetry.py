@@ -29,6 +29,7 @@ from controller.telemetry.writer import TelemetryWriter, writer_for
 from drivers.pile import PileReading
 from flexcharge.cli import main
 from scheduler.plan import Plan, PlanStatus
+from tests.builders import pile_reading
 from tests.conftest import (
     StartStation,
     local_time,
@@ -114,19 +115,7 @@ def test_points_leave_out_missing_values_and_speak_line_protocol() -> None:
 
 
 def _reading(power: float, state: PileState = PileState.CHARGING) -> PileReading:
-    return PileReading(
-        state=state,
-        power_kw=power,
-        applied_setpoint_kw=power + 1,
-        max_charge_kw=480.0,
-        max_discharge_kw=0.0,
-        min_kw=0.0,
-        energy_import_kwh=1000.0 + power,
-        energy_export_kwh=0.0,
-        session_energy_kwh=5.0,
-        session_id=1,
-        soc_pct=42.0,
-    )
+    return pile_reading(power, state, applied_kw=power + 1)
 
 
 def test_a_cycle_is_a_site_point_and_a_point_per_pile(reference: Station) -> None:
