@@ -798,6 +798,7 @@ def load_station(path: Path | str) -> Station:
     _check_groups(problems, piles, groups, phase_limits)
     meters = [m for m in (grid_meter, terminal) if m is not None]
     _check_security(problems, security, [*meters, *piles])
+    _check_serial_lines(problems, [*meters, *piles])
     _check_telemetry(problems, telemetry)
     _cross_check(
         problems, transformer, control, background, meters, piles, device_maps, tariff, info
@@ -879,7 +880,7 @@ def _check_security(
         )
     for device in devices:
         # The same label as every other problem about this pile or meter.
-        label = f"{'pile' if isinstance(device, PileConfig) else 'meter'} {device.id}"
+        label = _device_label(device)
         _check_link(problems, label, device)
         if device.protocol != "opcua":
             if device.object is not None:
@@ -911,6 +912,28 @@ def _check_link(problems: Problems, label: str, device: DeviceEndpoint) -> None:
     for name in _SERIAL_FIELDS:
         if name in device.model_fields_set:
             problems.add(label, name, f"only modbus-rtu devices take this, not {device.protocol}")
+
+
+def _check_serial_lines(problems: Problems, devices: list[DeviceEndpoint]) -> None:
+    """Devices on one serial port share its line: one baud rate, parity, stop and data bits."""
+    first: dict[str, DeviceEndpoint] = {}
+    for device in devices:
+        if not device.serial or device.serial_port is None:
+            continue
+        line = first.setdefault(device.serial_port, device)
+        for name in ("baudrate", "parity", "stopbits", "bytesize"):
+            mine, theirs = getattr(device, name), getattr(line, name)
+            if mine != theirs:
+                problems.add(
+                    _device_label(device),
+                    name,
+                    f"{mine} differs from {theirs} of {_device_label(line)} on the same "
+                    f"serial port {device.serial_port}: a line has one setting",
+                )
+
+
+def _device_label(device: DeviceEndpoint) -> str:
+    return f"{'pile' if isinstance(device, PileConfig) else 'meter'} {device.id}"
 
 
 def _check_charger(problems: Problems, label: str, pile: PileConfig, regmap: RegisterMap) -> None:

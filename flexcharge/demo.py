@@ -79,7 +79,8 @@ def on_free_ports(station: Station, host: str = "127.0.0.1") -> Station:
     Devices that share an endpoint in the station file (piles behind one gateway, objects of one
     OPC-UA server) share one port here too.
     """
-    endpoints = list(dict.fromkeys((d.host, d.port) for d in station.devices))
+    network = [d for d in station.devices if not d.serial]
+    endpoints = list(dict.fromkeys((d.host, d.port) for d in network))
     sockets = []
     try:
         for _ in endpoints:
@@ -90,7 +91,7 @@ def on_free_ports(station: Station, host: str = "127.0.0.1") -> Station:
     finally:
         for sock in sockets:
             sock.close()
-    return station.with_endpoints({d.id: port_of[(d.host, d.port)] for d in station.devices}, host)
+    return station.with_endpoints({d.id: port_of[(d.host, d.port)] for d in network}, host)
 
 
 async def run_demo(

@@ -185,3 +185,20 @@ def test_station_file_names_rtu_problems(tmp_path: Path) -> None:
         load_station(path)
     problems = [(p.device, p.field, p.message) for p in info.value.problems]
     assert ("meter grid", "grid_meter.port", "required, but missing") in problems
+
+
+def test_devices_on_one_serial_port_must_share_its_line_settings(tmp_path: Path) -> None:
+    """A pile at 9600 baud on the meter's 19200-baud line is named with its field; so is a
+    second device with the line's unit id."""
+    line = 'protocol = "modbus-rtu"\nserial_port = "/dev/ttyUSB0"\n'
+    path = _station(
+        tmp_path,
+        f'{line}baudrate = 19200\nparity = "E"\n',
+        f'{line}baudrate = 9600\nparity = "E"\nunit = 1',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_station(path)
+    problems = {(p.device, p.field): p.message for p in info.value.problems}
+    assert "differs from 19200 of meter grid" in problems[(f"pile {PILE}", "baudrate")]
+    assert (f"pile {PILE}", "parity") not in problems
+    assert "already used by meter grid" in problems[(f"pile {PILE}", "port")]

@@ -125,11 +125,21 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 
 def _protocols(station: Station) -> str:
-    names = {"modbus-tcp": "Modbus TCP", "modbus-tls": "Modbus/TLS", "opcua": "OPC-UA"}
+    names = {
+        "modbus-tcp": "Modbus TCP",
+        "modbus-tls": "Modbus/TLS",
+        "modbus-rtu": "Modbus RTU",
+        "modbus-rtu-over-tcp": "Modbus RTU over TCP",
+        "opcua": "OPC-UA",
+    }
     used = dict.fromkeys(names.get(d.protocol, d.protocol) for d in station.devices)
     return " and ".join(used)
 
 
 def _ports(station: Station) -> str:
-    ports = sorted({d.port for d in station.devices})
-    return f"port {ports[0]}" if len(ports) == 1 else f"ports {', '.join(map(str, ports))}"
+    ports = sorted({d.port for d in station.devices if not d.serial})
+    lines = sorted({d.address for d in station.devices if d.serial})
+    where = [f"port {ports[0]}" if len(ports) == 1 else f"ports {', '.join(map(str, ports))}"]
+    where = where if ports else []
+    where += [f"serial line {line}" for line in lines]
+    return ", ".join(where)
