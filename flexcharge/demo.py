@@ -103,14 +103,17 @@ async def run_demo(
     duration_s: float,
     console: Console,
     api: ApiSettings | None = None,
+    simulator_station: Station | None = None,
 ) -> DemoResult:
     """Run simulator and daemon for `hours` of station time or `duration_s` of real time.
 
     With `api`, the daemon also serves its API and live page there (`OSError` if it cannot).
+    `simulator_station` is the station as the simulator serves it, where that differs from the
+    daemon's (the other end of a serial line's pseudo-terminal pair: `serial_pairs`).
     """
     clock = VirtualClock(start, pace=speed)
     end = start + hours * 3600
-    simulator = StationSimulator(station, clock)
+    simulator = StationSimulator(simulator_station or station, clock)
     daemon = Daemon.for_station(station, clock)
     if api is not None:
         from controller.api import ApiServer

@@ -82,6 +82,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     """Simulated station + daemon over real Modbus on loopback, faster than real time."""
     from flexcharge.demo import demo_start, on_free_ports, print_summary, run_demo
     from simulator.hardware import SimulatorError
+    from simulator.serial_pair import SerialPairError, serial_pairs
 
     station = load(Path(args.station), console)
     if station is None:
@@ -99,17 +100,23 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
         soft_wrap=True,
     )
     try:
-        result = asyncio.run(
-            run_demo(
-                station,
-                start=start,
-                hours=args.hours,
-                speed=args.speed,
-                duration_s=args.duration,
-                console=console,
-                api=api_settings(args, station) if args.api else None,
+        # Serial devices: the simulator and the daemon at the two ends of a pseudo-terminal pair.
+        with serial_pairs(station) as (simulated, controlled):
+            result = asyncio.run(
+                run_demo(
+                    controlled,
+                    start=start,
+                    hours=args.hours,
+                    speed=args.speed,
+                    duration_s=args.duration,
+                    console=console,
+                    api=api_settings(args, station) if args.api else None,
+                    simulator_station=simulated,
+                )
             )
-        )
+    except SerialPairError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
     except ConfigError as err:  # certificates or a password an encrypted link needs
         print_problems(err, console)
         return EXIT_BAD_CONFIG
