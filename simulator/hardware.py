@@ -153,7 +153,13 @@ class StationSimulator:
         units = {unit: bank for _, bank in group for unit in bank.units}
         first = group[0][0]
         names = ", ".join(endpoint.id for endpoint, _ in group)
-        server = RtuServer(units, f"{first.address} ({names})")
+        ids = {unit: endpoint.id for endpoint, bank in group for unit in bank.units}
+        faults, clock = self.faults, self.clock
+        server = RtuServer(
+            units,
+            f"{first.address} ({names})",
+            gate=(lambda unit: faults.access([ids[unit]], clock.now())) if faults else None,
+        )
         try:
             if first.serial:
                 await server.serve_serial(

@@ -21,6 +21,7 @@ from controller.devices import StationLinks
 from drivers.codec import from_project_units
 from drivers.errors import DeviceTimeout, DriverError
 from drivers.modbus import ModbusDevice
+from simulator.faults import Fault, FaultKind, FaultScript
 from simulator.hardware import StationSimulator
 from simulator.rtu_server import request_frames, with_crc
 from simulator.serial_pair import on_serial_ports, pseudo_terminal_pair
@@ -206,3 +207,30 @@ def test_a_demo_with_its_grid_meter_on_a_serial_line(
     assert "serial line /dev/ttyUSB0" in out
     assert "time over the limit │ 0 s measured; true 0 s" in out
     assert "Traceback" not in out + err
+
+
+@pytest.mark.asyncio
+async def test_a_silent_device_on_a_bus_fails_alone(
+    tmp_path: Path, pty_pair: tuple[str, str]
+) -> None:
+    """A fault script's silent meter on a serial line times out; the pile on the same line
+    still answers."""
+    sim_end, daemon_end = pty_pair
+    line = f'protocol = "modbus-rtu"\nbaudrate = 19200\nserial_port = "{daemon_end}"\n'
+    station = load_station(_station(tmp_path, line + "unit = 1\n", line + "unit = 2"))
+    clock = VirtualClock(time.time())
+    faults = FaultScript([Fault(FaultKind.SILENT, "grid", 0.0)])
+    simulated = on_serial_ports(station, {daemon_end: sim_end})
+    async with StationSimulator(simulated, clock, faults=faults):
+        links = StationLinks(station, clock)
+        with clock.participant():
+            try:
+                meter = links.device(station, station.grid_meter, DeviceRef.meter("grid"))
+                pile = links.device(station, station.pile(PILE), DeviceRef.pile(PILE))
+                with pytest.raises(DeviceTimeout):
+                    await meter.read(["power"])
+                await pile.write({"setpoint": 120.0})
+                back = await pile.read(["setpoint"])
+                assert back["setpoint"] == pytest.approx(120.0)
+            finally:
+                await links.close()
