@@ -405,9 +405,7 @@ def _variants(
         table.check_header(problems, ["variant"], VARIANT_COLUMNS[1:])
     except ConfigError as err:
         outer.extend(err.problems)
-        outer.append(
-            ConfigProblem(csv_path.parent, where, "variants", f"{csv_path} does not load")
-        )
+        outer.append(ConfigProblem(csv_path.parent, where, "variants", f"{csv_path} does not load"))
         raise ConfigError(outer) from None
     document = read_toml(station_path, problems)
     seen: set[str] = set()
@@ -466,8 +464,7 @@ def _variant(
         scale = values["background_scale"]
         if isinstance(background.get("profile_kw"), list):
             background["profile_kw"] = [
-                kw * scale if isinstance(kw, int | float) else kw
-                for kw in background["profile_kw"]
+                kw * scale if isinstance(kw, int | float) else kw for kw in background["profile_kw"]
             ]
         if isinstance(background.get("noise_kw"), int | float):
             background["noise_kw"] *= scale

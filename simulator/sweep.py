@@ -15,6 +15,7 @@ attempt and report its row or its error; retries are the sweep's, the same on bo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -169,10 +170,8 @@ class LocalPool:
         """Stop every worker (those still running an attempt are killed)."""
         for worker in self._workers:
             if worker.task is None:
-                try:
+                with contextlib.suppress(OSError):
                     worker.conn.send(None)
-                except OSError:
-                    pass
             else:
                 worker.process.kill()
         for worker in self._workers:
@@ -234,7 +233,9 @@ class RayBackend:
         try:
             ray.init(**options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise SweepError(f"--backend ray: cannot reach Ray at {address}: {one_line(exc)}") from None
+            raise SweepError(
+                f"--backend ray: cannot reach Ray at {address}: {one_line(exc)}"
+            ) from None
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.slots = max(1, min(workers, cpus) if workers else cpus)
         self._remote = ray.remote(num_cpus=1, max_retries=0)(runner)
@@ -267,10 +268,9 @@ class RayBackend:
     def close(self) -> None:
         """Cancel what still runs and disconnect."""
         for ref in self._refs:
-            try:
+            # Already ended, or its worker gone: nothing to cancel.
+            with contextlib.suppress(Exception):
                 self._ray.cancel(ref, force=True)
-            except Exception:  # already ended, or its worker gone
-                pass
         self._ray.shutdown()
 
 
