@@ -371,7 +371,13 @@ def _entry_sites(
     if entry.variants is None:
         sites = [Site(entry.name, "base", template, visits)]
     else:
-        sites = _variants(entry, where, here / entry.variants, station_path, template, visits)
+        variants = here / entry.variants
+        sites = (
+            problems.gather(
+                lambda: _variants(entry, where, variants, station_path, template, visits)
+            )
+            or []
+        )
     for site in sites:
         zone = ZoneInfo(site.model.info.timezone)
         for period in periods:
@@ -472,7 +478,7 @@ def _variant(
         model = load_station(station_path, varied)
     except ConfigError as err:
         for problem in err.problems:
-            problems.add(row.where, "", f"the variant {name!r} of {entry.station}: {problem}")
+            problems.add(row.where, "", f"the variant {name!r}: {problem}")
         return None
     share = float(values.get("v2g_share", 0.0))
     if share > 0 and not any(pile.bidirectional for pile in model.piles):
