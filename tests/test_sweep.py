@@ -164,11 +164,8 @@ def test_variants_change_the_station(tmp_path: Path) -> None:
 def test_v2g_share_marks_that_share_of_the_visits_evenly() -> None:
     visits = [Visit(f"v{k}", 0.0, 3600.0, 10.0, 50.0) for k in range(10)]
     marked = with_v2g_share(visits, 0.3)
-    assert [v.v2g for v in marked] == [False, False, False, True, False, False, True] + [
-        False,
-        False,
-        True,
-    ]
+    expected = [False, False, False, True, False, False, True, False, False, True]
+    assert [v.v2g for v in marked] == expected
     assert with_v2g_share(visits, 0.0) == visits
 
 

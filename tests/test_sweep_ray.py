@@ -56,7 +56,9 @@ def cluster() -> Iterator[str]:
             f"--temp-dir={session}",
             env=env,
         )
-        _ray("start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1", env=env)
+        _ray(
+            "start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1", env=env
+        )
         yield address
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
@@ -80,9 +82,9 @@ def ray_task_pids() -> list[int]:
 
 def start_sweep(study: Path, out: Path, address: str, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "COLUMNS": "200"}
+    args = ["sweep", str(study), "--out", str(out), "--backend", "ray", "--address", address]
     return subprocess.Popen(
-        [FLEXCHARGE, "sweep", str(study), "--out", str(out), "--backend", "ray"]
-        + ["--address", address, *extra],
+        [FLEXCHARGE, *args, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -119,7 +121,9 @@ def test_ray_results_equal_local_with_a_worker_killed(cluster: str, tmp_path: Pa
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, output
-    assert re.search(r"12 runs in .* on ray \(3 workers\).* [1-9]\d* attempts retried, 0 failed", output), output
+    assert re.search(
+        r"12 runs in .* on ray \(3 workers\).* [1-9]\d* attempts retried, 0 failed", output
+    ), output
     rows = pq.read_table(out / "results.parquet").to_pylist()
     assert max(r["attempts"] for r in rows) == 2
     assert comparable(rows) == comparable(local.rows)
