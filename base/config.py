@@ -645,14 +645,16 @@ _STATION_SECTIONS = {
 }
 
 
-def load_station(path: Path | str) -> Station:
+def load_station(path: Path | str, document: Mapping[str, Any] | None = None) -> Station:
     """Load and check a station file, its tariff and every register map it names.
 
+    With `document`, that TOML document is checked as if it were the file at `path` (relative
+    paths in it resolve against the file's directory): a variant of a station built in code.
     Raises `ConfigError` listing every problem found in any of those files.
     """
     path = Path(path)
     problems = Problems(path)
-    raw = read_toml(path, problems)
+    raw = dict(document) if document is not None else read_toml(path, problems)
     for key in raw:
         if key not in _STATION_SECTIONS:
             problems.add(
