@@ -24,14 +24,15 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+from pebble import ProcessExpired, ProcessPool
 
 from simulator.study import COLUMNS, Study, Task, TaskInput, failed_row, run_task
 from simulator.whatif import BASELINE
@@ -88,36 +89,20 @@ class Backend(Protocol):
 # -- local worker processes ---------------------------------------------------------------------
 
 
-def _serve(conn: Connection, runner: Runner) -> None:
-    """A worker process: run each task sent, send back its row or its error, until None."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the workers itself
-    # What the controller notices in a run (a pile's counters disagreeing...) is the run's
-    # business; thousands of runs' warnings would bury the progress bar.
+def _quiet_worker() -> None:
+    """A worker process's set-up: the parent stops the workers itself (no SIGINT), and what the
+    controller notices in a run (a pile's counters disagreeing...) is the run's business:
+    thousands of runs' warnings would bury the progress bar."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.disable(logging.WARNING)
-    while True:
-        spec = conn.recv()
-        if spec is None:
-            return
-        try:
-            conn.send((spec.task.id, runner(spec), ""))
-        except Exception as exc:
-            conn.send((spec.task.id, None, one_line(exc)))
-
-
-@dataclass
-class _Worker:
-    process: multiprocessing.process.BaseProcess
-    conn: Connection
-    task: str | None = None
 
 
 class LocalPool:
-    """Worker processes on this machine, one attempt each at a time.
+    """Worker processes on this machine (pebble's process pool), one attempt each at a time.
 
     Not a `ProcessPoolExecutor`: when one of its workers dies, every pending future fails with
-    it and nothing says which task killed it. Here each worker has its own pipe and a sentinel,
-    so a death fails exactly the attempt that worker was running, and a new worker takes over.
-    """
+    it and nothing says which task killed it. pebble fails exactly the attempt the dead worker
+    was running (`ProcessExpired`) and starts a new worker."""
 
     name = "local"
 
@@ -125,78 +110,50 @@ class LocalPool:
         """`workers` processes (default: one per CPU), spawned (the parent runs threads)."""
         self.slots = max(1, workers or os.cpu_count() or 1)
         self.runner = runner
-        self._context = multiprocessing.get_context("spawn")
-        self._workers = [self._spawn() for _ in range(self.slots)]
-
-    def _spawn(self) -> _Worker:
-        parent, child = self._context.Pipe()
-        process = self._context.Process(target=_serve, args=(child, self.runner), daemon=True)
-        process.start()
-        child.close()
-        return _Worker(process, parent)
+        self._pool = ProcessPool(
+            max_workers=self.slots,
+            initializer=_quiet_worker,
+            context=multiprocessing.get_context("spawn"),
+        )
+        self._futures: dict[Future[dict[str, Any]], str] = {}
 
     def submit(self, spec: TaskInput) -> None:
-        """Send `spec` to an idle worker."""
-        worker = next(w for w in self._workers if w.task is None)
-        worker.task = spec.task.id
-        worker.conn.send(spec)
+        """Run `spec` in a worker as soon as one is free."""
+        self._futures[self._pool.schedule(self.runner, args=(spec,))] = spec.task.id
 
     def finished(self, timeout: float) -> list[Finished]:
         """Rows and errors of the attempts that ended; a dead worker's attempt is an error."""
-        busy = [w for w in self._workers if w.task is not None]
-        if not busy:
+        if not self._futures:
             return []
-        ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout))
+        ready, _ = wait(self._futures, timeout, return_when=FIRST_COMPLETED)
         done: list[Finished] = []
-        for index, worker in enumerate(self._workers):
-            if worker.task is None or not {worker.conn, worker.process.sentinel} & ready:
-                continue
-            task = worker.task
+        for future in ready:
+            task_id = self._futures.pop(future)
             try:
-                if not worker.conn.poll():
-                    raise EOFError
-                task_id, row, error = worker.conn.recv()
-            except (EOFError, OSError):
-                worker.process.join(5)
-                done.append((task, None, _death(worker.process)))
-                worker.conn.close()
-                self._workers[index] = self._spawn()
-                continue
-            worker.task = None
-            done.append((task_id, row, error))
+                done.append((task_id, future.result(), ""))
+            except ProcessExpired as exc:
+                done.append((task_id, None, _death(exc)))
+            except Exception as exc:
+                done.append((task_id, None, one_line(exc)))
         return done
 
     def close(self) -> None:
         """Stop every worker (those still running an attempt are killed)."""
-        for worker in self._workers:
-            if worker.task is None:
-                with contextlib.suppress(OSError):
-                    worker.conn.send(None)
-            else:
-                worker.process.kill()
-        for worker in self._workers:
-            worker.process.join(10)
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join()
-            worker.conn.close()
-
-    @property
-    def pids(self) -> list[int]:
-        """The worker processes' ids."""
-        return [w.process.pid for w in self._workers if w.process.pid is not None]
+        self._pool.stop()
+        self._pool.join()
+        self._futures.clear()
 
 
-def _death(process: multiprocessing.process.BaseProcess) -> str:
-    code = process.exitcode
-    if code is not None and code < 0:
+def _death(exc: ProcessExpired) -> str:
+    code = exc.exitcode
+    if code < 0:
         try:
             how = f"killed by {signal.Signals(-code).name}"
         except ValueError:
             how = f"killed by signal {-code}"
     else:
         how = f"exit code {code}"
-    return f"worker process {process.pid} died ({how})"
+    return f"worker process {exc.pid} died ({how})"
 
 
 # -- Ray ----------------------------------------------------------------------------------------

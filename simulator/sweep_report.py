@@ -28,7 +28,7 @@ from simulator.report import MARKERS
 from simulator.study import Study
 from simulator.sweep import SweepRun
 from simulator.whatif import BASELINE
-from simulator.whatif_report import _STYLE, _embedded
+from simulator.whatif_report import REPORT_STYLE, embedded_png
 
 LOSERS = 5
 POLICY_COLOURS = ("#757575", "#1e88e5", "#e53935", "#43a047", "#8e24aa", "#fb8c00")
@@ -282,7 +282,7 @@ def _html(study: Study, sweep: SweepRun, out: Path) -> str:
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Tariff study: {e(study.name)}</title>
-<style>{_STYLE}</style></head><body>
+<style>{REPORT_STYLE}</style></head><body>
 <h1>Tariff study: {e(study.name)}</h1>
 <p>{len(study.sites)} station variants ({sites}) over {periods}; policies
 {e(", ".join(study.policies))}; {sweep.total} runs ({sweep.resumed} resumed from an earlier
@@ -307,7 +307,7 @@ of all they drew.</dd>
 <ol>{lost or "<li>none: no controlled run under another tariff</li>"}</ol>
 {f"<h2>Failed runs</h2><ul>{failures}</ul>" if failures else ""}
 <h2>Across the stations</h2>
-<img src="{_embedded(out / "report.png")}" alt="cost change, valley share and peaks across the stations">
+<img src="{embedded_png(out / "report.png")}" alt="cost change, valley share and peaks across the stations">
 <p>Every run's figures: <code>results.parquet</code> and <code>results.csv</code> (one row per
 run); each run as it completed: <code>runs/</code>.</p>
 </body></html>
