@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -30,6 +31,14 @@ from tests.test_sweep import comparable, write_study
 pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.timeout(300)]
 
 RAY = str(Path(sys.executable).parent / "ray")
+# The test cluster's own environment: token authentication with a token made for it, so that
+# a token another Ray left in ~/.ray (which `ray start` would otherwise half use) cannot lock
+# the nodes and the sweep out of each other.
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "token",
+    "RAY_AUTH_TOKEN": secrets.token_hex(32),
+}
 
 
 def _ray(*args: str, env: dict[str, str]) -> None:
@@ -41,7 +50,7 @@ def cluster() -> Iterator[str]:
     """The address of a Ray head on 127.0.0.1 with a second node joined to it."""
     # Short: Ray's sockets live in it, and a socket's path is limited to about 100 bytes.
     session = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **RAY_ENV}
     (port,) = free_ports(1)
     address = f"127.0.0.1:{port}"
     try:
@@ -81,7 +90,7 @@ def ray_task_pids() -> list[int]:
 
 
 def start_sweep(study: Path, out: Path, address: str, *extra: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "COLUMNS": "200"}
+    env = {**os.environ, **RAY_ENV, "COLUMNS": "200"}
     args = ["sweep", str(study), "--out", str(out), "--backend", "ray", "--address", address]
     return subprocess.Popen(
         [FLEXCHARGE, *args, *extra],
