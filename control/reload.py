@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from base.config import DeviceEndpoint, MeterConfig, PileConfig, Station
 
 # Fields that say where and how a device is reached: a change of any of them needs a new driver.
-ENDPOINT_FIELDS = frozenset(DeviceEndpoint.model_fields)
+ENDPOINT_FIELDS = frozenset(DeviceEndpoint.model_fields) | {
+    "ocpp_version",
+    "ocpp_identity",
+    "connector",
+    "supply",
+}
 
 
 def _sections(station: Station) -> dict[str, object]:

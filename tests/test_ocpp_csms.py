@@ -708,3 +708,53 @@ async def test_mutual_tls_profile_3(site: Callable[..., Any], station_certs: Pat
             open_timeout=WAIT_S,
         )
         await ws.recv()
+
+
+# --------------------------------------------------------------------------- the daemon's wiring
+
+
+@pytest.mark.asyncio
+async def test_station_links_build_ocpp_piles_and_the_service(configs: Path) -> None:
+    """The daemon's StationLinks make an OcppPile for protocol "ocpp" piles (a DcPile for the
+    others) on one CSMS server, whose service starts, serves, and on stop clears the dynamic
+    profile of each charge point; a reload's prune keeps the server."""
+    from base.clock import WallClock
+    from controller.devices import CsmsService, StationLinks
+    from drivers.pile import DcPile
+
+    ocpp_station(configs)
+    station = load_station(configs / STATION).with_ocpp(port=0)
+    links = StationLinks(station, WallClock())
+    piles = {p.id: links.pile(station, p) for p in station.piles}
+    assert isinstance(piles["P01"], OcppPile) and isinstance(piles["P03"], DcPile)
+    assert links.csms is not None
+    service = CsmsService(links.csms)
+    await service.start()
+    try:
+        s = Site(station, Clock(), links.csms)
+        links.csms.attach(piles["P01"])  # type: ignore[arg-type]  # the daemon's, not the Site's
+        cp = await s.charge_point("P01", "1.6")
+        await session_frames_16(cp)()
+        await piles["P01"].command(250.0)
+        await links.prune(station)
+        assert links.csms.link("P01") is not None
+    finally:
+        await service.stop()
+    assert len(cp.sent("ClearChargingProfile")) == 1
+    await links.close()
+
+
+def test_check_config_shows_the_ocpp_server(
+    configs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`flexcharge check-config` names the OCPP server and its charge points."""
+    from flexcharge import cli
+
+    ocpp_station(configs)
+    assert cli.main(["check-config", str(configs / STATION)]) == 0
+    out = capsys.readouterr().out
+    assert "2 ocpp" in out
+    assert (
+        "OCPP server: ws://127.0.0.1:15040/<identity>, security profile 0, charge points CP-2, P01"
+        in out
+    )
