@@ -1117,7 +1117,7 @@ def _check_charge_points(
     """Each [simulator.charge_points.<id>] names an OCPP pile of the station."""
     if simulator is None:
         return
-    ocpp = {p.id for p in piles if p.protocol == "ocpp"}
+    ocpp = {p.id for p in piles if p.ocpp}
     for pile_id in simulator.charge_points:
         if pile_id not in ocpp:
             known = ", ".join(sorted(ocpp)) or "none"

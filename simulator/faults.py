@@ -465,7 +465,7 @@ def _fault_row(row: Row, problems: Problems) -> Fault | None:
             good = False
     if not good:
         return None
-    return Fault(kind, values["target"], values["start"], end, value, label)
+    return Fault(values["kind"], values["target"], values["start"], end, value, label)
 
 
 def _purpose(text: str) -> str:

@@ -439,9 +439,7 @@ class SimulatedChargePoint:
         purpose = purpose_of(name)
         if purpose is None:
             return "Rejected", "UnsupportedPurpose"
-        profile = Profile.from_ocpp(
-            data, received=now, effective=now + self.quirks.apply_delay_s
-        )
+        profile = Profile.from_ocpp(data, received=now, effective=now + self.quirks.apply_delay_s)
         if profile.unit not in self.quirks.rate_units:
             return "Rejected", "UnsupportedRateUnit"
         if len(profile.periods) > self.quirks.max_periods:
@@ -610,7 +608,7 @@ class _Link:
         raise NotImplementedError
 
 
-class Link16(ChargePoint16, _Link):  # type: ignore[misc]
+class Link16(ChargePoint16, _Link):
     """OCPP 1.6J."""
 
     def __init__(self, owner: SimulatedChargePoint, ws: ClientConnection) -> None:
@@ -744,7 +742,7 @@ class Link16(ChargePoint16, _Link):  # type: ignore[misc]
     def on_get_configuration(self, key: list[str] | None = None, **_: Any) -> Any:
         """Configuration keys, and those it does not know."""
         settings = self.owner.settings()
-        wanted = list(settings) if not key else key
+        wanted = key or list(settings)
         known = [
             {"key": k, "readonly": settings[k][1], "value": settings[k][0]}
             for k in wanted
@@ -776,7 +774,7 @@ _STATUS_201 = {
 }
 
 
-class Link201(ChargePoint201, _Link):  # type: ignore[misc]
+class Link201(ChargePoint201, _Link):
     """OCPP 2.0.1."""
 
     def __init__(self, owner: SimulatedChargePoint, ws: ClientConnection) -> None:

@@ -154,7 +154,9 @@ class Profile:
             start += math.floor((at - start) / period) * period
         return start
 
-    def period_at(self, at: float, tx_start: float | None, *, expires: bool = True) -> Period | None:
+    def period_at(
+        self, at: float, tx_start: float | None, *, expires: bool = True
+    ) -> Period | None:
         """The period in force at `at` (None: the profile does not apply then). `expires` False:
         validTo and the schedule's duration are ignored (a charge point that keeps profiles)."""
         if at < self.effective:
