@@ -1,16 +1,22 @@
-"""The simulated OCPP charge points' station-file quirks ([simulator.charge_points.<pile id>])
-and the fault-script kinds for OCPP charge points (ws-drop, ignores-profiles, applies-late,
-rejects-purpose): loaded, and every mistake named by file, row or section, and field."""
+"""OCPP piles in the simulator without sockets: the station-file quirks of simulated charge points
+([simulator.charge_points.<pile id>]) and the fault-script kinds for them (ws-drop,
+ignores-profiles, applies-late, rejects-purpose), loaded and every mistake named by file, row or
+section, and field; and the fast simulation of a station with OCPP piles, which runs their pile
+models through the DC pile map in-process (not the OCPP transport)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from base.config import ChargePointQuirks, load_station
+from base.config import REFERENCE_STATION, ChargePointQuirks, OcppSettings, PileConfig, load_station
 from base.loading import ConfigError
+from simulator.fast import Scenario, simulate
 from simulator.faults import Fault, FaultKind, FaultScript, load_faults
+from simulator.fleet import Visit
+from tests.builders import local
 from tests.conftest import station_with_section
 
 # -- configuration and fault scripts ----------------------------------------------------------
@@ -120,3 +126,47 @@ def test_ocpp_fault_kinds_load_and_name_their_bad_rows(tmp_path: Path) -> None:
     [problem] = err.value.problems
     assert problem.field == "target"
     assert "must be an OCPP pile of the station (CP1)" in problem.message
+
+
+def test_fast_simulation_runs_ocpp_piles_through_the_dc_pile_path() -> None:
+    """Two of the depot's piles as OCPP charge points (2.0.1 and 1.6), one of them dropping its
+    websocket for a while: the fast simulation charges their trucks as the others', under the
+    limit."""
+    depot = load_station(REFERENCE_STATION)
+    piles = list(depot.piles)
+    for index, version in ((0, "2.0.1"), (1, "1.6")):
+        pile = piles[index]
+        piles[index] = PileConfig.model_validate(
+            {
+                "id": pile.id,
+                "protocol": "ocpp",
+                "ocpp_version": version,
+                "max_kw": pile.max_kw,
+                "min_kw": pile.min_kw,
+                "fallback_kw": pile.fallback_kw,
+                "comm_timeout_s": 60.0,
+            }
+        )
+    station = replace(depot, piles=tuple(piles), ocpp=OcppSettings(port=15040))
+    assert [p.ocpp for p in station.piles[:3]] == [True, True, False]
+    start, end = local("2026-11-10T17:50"), local("2026-11-10T22:10")
+    visits = tuple(
+        Visit(
+            f"T{k}",
+            local("2026-11-10T18:00"),
+            local("2026-11-10T22:00"),
+            energy_kwh=300.0,
+            max_kw=480.0,
+            capacity_kwh=600.0,
+            soc_arrival=0.2,
+            pile=f"P0{k + 1}",
+        )
+        for k in range(3)
+    )
+    faults = (Fault(FaultKind.WS_DROP, "P01", start + 1800, start + 2400),)
+    scenario = Scenario(station, station.tariff, visits, start, end, "ocpp", faults=faults)
+    result = simulate(scenario, "mpc", step_s=10.0)
+    for vehicle in ("T0", "T1", "T2"):
+        assert result.delivered_kwh[vehicle] == pytest.approx(300.0, abs=1.0)
+    assert result.metrics["peak_kw"] <= station.limit_kw
+    assert any("P01" in e.text and "ws-drop" in e.text for e in result.events)
