@@ -447,8 +447,37 @@ class PhaseLimits(Strict):
     voltage_v: float = Field(default=230.0, gt=0)
 
 
+# The profile purposes of OCPP 1.6 (ChargePointMaxProfile) and 2.0.1 (ChargingStationMaxProfile).
+ProfilePurpose = Literal[
+    "ChargePointMaxProfile", "ChargingStationMaxProfile", "TxDefaultProfile", "TxProfile"
+]
+
+
+class ChargePointQuirks(Strict):
+    """[simulator.charge_points.<pile id>]: how a simulated OCPP charge point behaves, field
+    quirks included: the profile purposes it answers Rejected, whether it applies the profiles
+    it accepts (and how late), the rate units it takes, its ChargingScheduleMaxPeriods and
+    ChargeProfileMaxStackLevel, and whether it keeps its last profile past its validity."""
+
+    rejects_purposes: list[ProfilePurpose] = Field(default_factory=list)
+    applies_profiles: bool = True
+    apply_delay_s: float = Field(default=0.0, ge=0, le=3600, allow_inf_nan=False)
+    rate_units: list[Literal["A", "W"]] = Field(default=["A", "W"], min_length=1)
+    max_periods: int = Field(default=24, ge=1, le=1024)
+    max_stack_level: int = Field(default=3, ge=0, le=1000)
+    keeps_last_profile: bool = False
+
+    @field_validator("rate_units", "rejects_purposes")
+    @classmethod
+    def _once_each(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError("names each value once")
+        return values
+
+
 class SimulatorSettings(Strict):
-    """[simulator]: how the hardware simulator plays the station."""
+    """[simulator]: how the hardware simulator plays the station (`charge_points`: the quirks
+    of its simulated OCPP charge points, by pile id)."""
 
     seed: int
     step_s: float = Field(default=1.0, gt=0, le=10)
@@ -461,6 +490,11 @@ class SimulatorSettings(Strict):
     vehicle_max_kw: tuple[PositiveKw, PositiveKw]
     taper_soc: float = Field(gt=0, lt=1)
     arrivals: list[ArrivalWave] = Field(min_length=1)
+    charge_points: dict[str, ChargePointQuirks] = Field(default_factory=dict)
+
+    def quirks(self, pile_id: str) -> ChargePointQuirks:
+        """The quirks of the charge point `pile_id` (the defaults if the station names none)."""
+        return self.charge_points.get(pile_id) or ChargePointQuirks()
 
 
 class TelemetrySettings(Strict):
@@ -920,6 +954,7 @@ def load_station(path: Path | str, document: Mapping[str, Any] | None = None) ->
     _check_serial_lines(problems, [*meters, *piles])
     _check_telemetry(problems, telemetry)
     _check_ocpp(problems, ocpp, "ocpp" in raw, piles, control, security)
+    _check_charge_points(problems, simulator, piles)
     _cross_check(
         problems, transformer, control, background, meters, piles, device_maps, tariff, info
     )
@@ -1077,6 +1112,23 @@ def _address(device: DeviceEndpoint) -> tuple[str, int, str, int | str]:
     if device.protocol == "opcua":
         return (device.host, device.port, device.path, device.opcua_object)
     return (device.host, device.port, "", device.unit)
+
+
+def _check_charge_points(
+    problems: Problems, simulator: SimulatorSettings | None, piles: list[PileConfig]
+) -> None:
+    """Each [simulator.charge_points.<id>] names an OCPP pile of the station."""
+    if simulator is None:
+        return
+    ocpp = {p.id for p in piles if p.ocpp}
+    for pile_id in simulator.charge_points:
+        if pile_id not in ocpp:
+            known = ", ".join(sorted(ocpp)) or "none"
+            problems.add(
+                None,
+                f"simulator.charge_points.{pile_id}",
+                f"not an OCPP pile of the station (OCPP piles: {known})",
+            )
 
 
 def _check_security(
