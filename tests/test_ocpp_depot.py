@@ -134,9 +134,9 @@ async def test_every_charge_point_falls_back_within_the_validity(
 
     def watch_drop(*_: object) -> None:
         now = site.clock.now()
-        if drop_at <= now and dropped not in back_at:
-            if abs(points[dropped].limit_kw - fallback[dropped]) < 1e-6:
-                back_at[dropped] = now
+        at_fallback = abs(points[dropped].limit_kw - fallback[dropped]) < 1e-6
+        if drop_at <= now and dropped not in back_at and at_fallback:
+            back_at[dropped] = now
 
     site.daemon.watch(watch_drop)
     await site.until(drop_at - start - 10)
