@@ -1,7 +1,8 @@
 """`flexcharge demo`: the simulated station and the daemon together, faster than real time.
 
-The hardware simulator serves the station's meter and piles over Modbus TCP on loopback and the
-daemon controls them through those real connections. Both run on one paced virtual clock: station
+The hardware simulator serves the station's meter and piles on loopback (Modbus TCP or TLS,
+Modbus RTU on a pseudo-terminal pair, OPC-UA; its simulated OCPP charge points connect to the
+daemon's OCPP server) and the daemon controls them through those real connections. Both run on one paced virtual clock: station
 time moves at up to `speed` times real time, in lockstep, so every control cycle sees the plant as
 it is at that instant however long the Modbus round trips take.
 """
@@ -77,10 +78,13 @@ def on_free_ports(station: Station, host: str = "127.0.0.1") -> Station:
     """A copy of `station` whose devices listen on ports of `host` the OS says are free now.
 
     Devices that share an endpoint in the station file (piles behind one gateway, objects of one
-    OPC-UA server) share one port here too.
+    OPC-UA server) share one port here too; the [ocpp] server, which OCPP piles connect to, gets
+    one of its own.
     """
-    network = [d for d in station.devices if not d.serial]
+    network = [d for d in station.devices if not d.serial and d.protocol != "ocpp"]
     endpoints = list(dict.fromkeys((d.host, d.port) for d in network))
+    if station.ocpp is not None:
+        endpoints.append(("[ocpp]", station.ocpp.port))
     sockets = []
     try:
         for _ in endpoints:
@@ -91,7 +95,10 @@ def on_free_ports(station: Station, host: str = "127.0.0.1") -> Station:
     finally:
         for sock in sockets:
             sock.close()
-    return station.with_endpoints({d.id: port_of[(d.host, d.port)] for d in network}, host)
+    moved = station.with_endpoints({d.id: port_of[(d.host, d.port)] for d in network}, host)
+    if station.ocpp is not None:
+        moved = moved.with_ocpp(host=host, port=port_of[("[ocpp]", station.ocpp.port)])
+    return moved
 
 
 async def run_demo(

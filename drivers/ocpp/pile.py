@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from base.config import PileConfig
 from drivers.errors import ConnectionLost, DeviceRejected, DeviceTimeout, DriverError
 from drivers.ocpp import profiles
-from drivers.ocpp.connection import Link
+from drivers.ocpp.connection import ConnectorState, Link
 from drivers.ocpp.profiles import Unit
 from drivers.pile import PileReading
 
@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 RENEW_AT = 0.5
 # A latency not measured within this long is not measured (the judge sees the rest).
 LATENCY_WINDOW_S = 120.0
+# While the composite schedule says other than the profile sent (a charge point that applies
+# profiles late, or not at all), it is asked again this often.
+COMPOSITE_RECHECK_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class OcppPile:
         self._changed_at = -math.inf
         self._pending: tuple[float, float, float] | None = None
         self._unused = ""
+        self._composite_at = -math.inf
         server.attach(self)
 
     # -- the Pile protocol ---------------------------------------------------------------------
@@ -135,9 +139,11 @@ class OcppPile:
         if told != self._commanded:
             self._changed_at = now
         self._commanded = told
-        if not self._due(told, unit, now, link):
-            return
-        await self._send(link, told, limit, unit, now)
+        if self._due(told, unit, now, link):
+            await self._send(link, told, limit, unit, now)
+        elif self._composite_differs() and now - self._composite_at >= COMPOSITE_RECHECK_S:
+            assert self.sent is not None
+            await self._check_composite(link, self.sent.unit)
 
     async def arm_failsafe(self, timeout_s: float, fallback_kw: float) -> None:
         """Install the fallback power as a TxDefaultProfile (or the station-wide maximum) at the
@@ -273,8 +279,7 @@ class OcppPile:
             if before is not None and before.purpose != purpose:
                 await self._clear_quietly(link, before.profile_id)
             if before is None or before.kw != kw:
-                previous = self.applied_kw if self.applied_kw is not None else kw
-                self._pending = (now, kw, previous) if previous != kw else None
+                self._expect(now, kw, state)
                 self.applied_kw = kw
                 await self._check_composite(link, unit)
             return
@@ -287,9 +292,16 @@ class OcppPile:
         except DriverError as exc:
             log.warning("%s: could not clear profile %d: %s", self.label, profile_id, exc)
 
+    def _composite_differs(self) -> bool:
+        sent, composite = self.sent, self.composite_kw
+        if sent is None or composite is None:
+            return False
+        return abs(composite - sent.kw) > profiles.resolution_kw(self.config, sent.unit) + 1e-9
+
     async def _check_composite(self, link: Link, unit: Unit) -> None:
         if link.identity in self.server.no_composite:
             return
+        self._composite_at = self.now()
         try:
             limit = await link.composite(
                 self.config.connector,
@@ -308,6 +320,19 @@ class OcppPile:
         self.composite_kw = profiles.kw_of(self.config, limit, unit)
         self.applied_kw = self.composite_kw
 
+    def _expect(self, now: float, kw: float, state: ConnectorState | None) -> None:
+        """Time the power's move towards `kw` from what the pile draws now. Steps sent while
+        the power is still on its way in the same direction (a ramp) keep the first one's
+        time, so a charge point that applies late is timed from the first step it missed."""
+        drawn = 0.0
+        if state is not None and state.transaction_id is not None:
+            drawn = state.sample.power_kw or 0.0
+        pending = self._pending
+        if pending is not None and (kw - pending[2]) * (pending[1] - pending[2]) > 0:
+            self._pending = (pending[0], kw, pending[2])
+        else:
+            self._pending = (now, kw, drawn)
+
     def _measure_latency(self, power: float, sample_at: float | None) -> None:
         pending = self._pending
         if pending is None or sample_at is None:
@@ -319,6 +344,9 @@ class OcppPile:
         if sample_at <= sent_at:
             return
         tolerance = max(1.0, 0.05 * self.config.max_kw)
+        if abs(target - before) <= 2 * tolerance:
+            self._pending = None  # what it drew was already near enough: nothing to time
+            return
         lowered = target < before and power <= target + tolerance
         raised = target > before and power >= target - tolerance
         if lowered or raised:

@@ -1,4 +1,4 @@
-"""`flexcharge demo`: a simulated station and the daemon over real Modbus on loopback, faster
+"""`flexcharge demo`: a simulated station and the daemon over its real protocols on loopback, faster
 than real time (the engine is `flexcharge.demo`)."""
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
-    """Simulated station + daemon over real Modbus on loopback, faster than real time."""
+    """Simulated station + daemon over its real protocols on loopback, faster than real time."""
     from flexcharge.demo import demo_start, on_free_ports, print_summary, run_demo
     from simulator.hardware import SimulatorError
     from simulator.serial_pair import SerialPairError, serial_pairs
@@ -138,15 +138,18 @@ def _protocols(station: Station) -> str:
         "modbus-rtu": "Modbus RTU",
         "modbus-rtu-over-tcp": "Modbus RTU over TCP",
         "opcua": "OPC-UA",
+        "ocpp": "OCPP",
     }
     used = dict.fromkeys(names.get(d.protocol, d.protocol) for d in station.devices)
     return " and ".join(used)
 
 
 def _ports(station: Station) -> str:
-    ports = sorted({d.port for d in station.devices if not d.serial})
+    ports = sorted({d.port for d in station.devices if not d.serial and d.protocol != "ocpp"})
     lines = sorted({d.address for d in station.devices if d.serial})
     where = [f"port {ports[0]}" if len(ports) == 1 else f"ports {', '.join(map(str, ports))}"]
     where = where if ports else []
+    if station.ocpp is not None and any(p.ocpp for p in station.piles):
+        where.append(f"OCPP server port {station.ocpp.port}")
     where += [f"serial line {line}" for line in lines]
     return ", ".join(where)

@@ -148,6 +148,7 @@ class SimulatedChargePoint:
         self._status: str | None = None
         self._refused_session: int | None = None
         self._tx_count = 0
+        self._starting: Transaction | None = None
         self._down_until = -math.inf
         self._reboots_seen: set[float] = set()
         # An OCPP charge point has no Modbus-style watchdog: its profiles' validity is its
@@ -307,7 +308,13 @@ class SimulatedChargePoint:
             started=now,
             meter_start_wh=self.energy_wh,
         )
-        tx_id = await link.start_transaction(tx)
+        # Its answer may be followed at once by the CSMS's TxProfile for it, which the link
+        # handles before this coroutine resumes: the transaction being started takes it.
+        self._starting = tx
+        try:
+            tx_id = await link.start_transaction(tx)
+        finally:
+            self._starting = None
         if tx_id is None:
             self._refused_session = session
             return
@@ -446,10 +453,7 @@ class SimulatedChargePoint:
             return "Rejected", "TooManyPeriods"
         if profile.stack_level > self.quirks.max_stack_level:
             return "Rejected", "StackLevelTooHigh"
-        if purpose is Purpose.TX and (
-            self.tx is None
-            or (profile.transaction_id is not None and profile.transaction_id != self.tx.id)
-        ):
+        if purpose is Purpose.TX and not self._takes_tx_profile(profile.transaction_id):
             return "Rejected", "TxNotFound"
         discharge = self.version == "2.0.1" and self.pile.max_discharge_kw > 0
         if not discharge and any(p.limit < 0 for p in profile.periods):
@@ -457,6 +461,16 @@ class SimulatedChargePoint:
         self.stack.install(profile)
         self.apply(now)
         return "Accepted", None
+
+    def _takes_tx_profile(self, transaction_id: str | None) -> bool:
+        """A TxProfile is for the running transaction, or for the one being started (in 1.6
+        its id is in the StartTransaction answer just received)."""
+        if self.tx is not None:
+            return transaction_id is None or transaction_id == self.tx.id
+        starting = self._starting
+        if starting is None:
+            return False
+        return transaction_id is None or self.version == "1.6" or transaction_id == starting.id
 
     def clear_profiles(
         self, profile_id: int | None, name: str | None, stack_level: int | None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -90,7 +90,8 @@ class Period:
 @dataclass(frozen=True)
 class Profile:
     """One charging profile as installed (`received`: when it arrived; `effective`: when the
-    charge point starts obeying it, later for one that applies profiles late)."""
+    charge point starts obeying it, later for one that applies profiles late; `until`: when a
+    profile that replaces it takes effect, if that is later than its arrival)."""
 
     id: int
     stack_level: int
@@ -106,6 +107,7 @@ class Profile:
     start: float | None = None
     duration_s: float | None = None
     transaction_id: str | None = None
+    until: float | None = None
 
     @classmethod
     def from_ocpp(
@@ -159,7 +161,7 @@ class Profile:
     ) -> Period | None:
         """The period in force at `at` (None: the profile does not apply then). `expires` False:
         validTo and the schedule's duration are ignored (a charge point that keeps profiles)."""
-        if at < self.effective:
+        if at < self.effective or (self.until is not None and at >= self.until):
             return None
         if self.valid_from is not None and at < self.valid_from:
             return None
@@ -177,7 +179,7 @@ class Profile:
 
     def breakpoints(self, begin: float, end: float, tx_start: float | None) -> Iterable[float]:
         """The instants in [begin, end) where this profile's limit may change."""
-        times = [self.effective, self.valid_from, self.valid_to]
+        times = [self.effective, self.valid_from, self.valid_to, self.until]
         first = self.schedule_start(begin, tx_start)
         recurrence = _RECURRENCE_S.get(self.recurrency or "") if self.kind == "Recurring" else None
         start = first
@@ -208,14 +210,25 @@ class ProfileStack:
 
     def install(self, profile: Profile) -> None:
         """Install `profile`, replacing one of the same id or of the same purpose and stack
-        level."""
-        self.profiles = [
-            p
-            for p in self.profiles
-            if p.id != profile.id
-            and (p.purpose, p.stack_level) != (profile.purpose, profile.stack_level)
-        ]
-        self.profiles.append(profile)
+        level. A charge point that applies profiles late keeps obeying the one replaced until
+        the new one takes effect."""
+        now = profile.received
+        kept: list[Profile] = []
+        for p in self.profiles:
+            if p.until is not None and p.until <= now:
+                continue
+            if p.id == profile.id or (p.purpose, p.stack_level) == (
+                profile.purpose,
+                profile.stack_level,
+            ):
+                if profile.effective <= now:
+                    continue
+                p = replace(
+                    p,
+                    until=profile.effective if p.until is None else min(p.until, profile.effective),
+                )
+            kept.append(p)
+        self.profiles = [*kept, profile]
 
     def clear(
         self,

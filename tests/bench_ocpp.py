@@ -1,0 +1,300 @@
+"""`make bench`: the OCPP targets, over loopback on a virtual clock.
+
+- The fault matrix's OCPP rows on configs/stations/ocpp-depot.toml (its grid meter on a socat
+  pseudo-terminal pair, its twelve charge points simulated and connected to the daemon's CSMS):
+  twelve trucks wanting more than fits, and one fault on P05 from ten minutes in (rejected
+  TxProfile, profiles applied 20 s late, never applied, websocket dropped for two minutes, the
+  controller stopped). Worst overshoot of the limit (the plant's truth), seconds over, and the
+  recovery: from the fault's start until P05's charge point applies what the daemon last told it
+  (for a dropped link or a stopped controller: its safe power, fallback_kw).
+- Limit step -> every charge point's new profile: 200 OCPP DC piles, each with a simulated charge
+  point connected; the operator halves the site limit and the time runs from the step to the
+  last SetChargingProfile answered (station time on the unpaced virtual clock, which stands still
+  while the daemon's cycle waits on the charge points' answers: so it is measured on the machine's
+  monotonic clock too).
+- Safe power on a stop and on a link loss: each charge point's time from the daemon's stop (or
+  its websocket's drop) to its safe power, against the station's profile validity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+
+from rich.console import Console
+from rich.table import Table
+
+from base.clock import VirtualClock
+from base.config import CONFIG_ROOT, OcppSettings, PileConfig, Station, load_station
+from controller.daemon import Daemon
+from drivers.ocpp.pile import OcppPile
+from flexcharge.demo import on_free_ports
+from simulator.faults import Fault, FaultKind, FaultScript
+from simulator.fleet import Visit
+from simulator.hardware import StationSimulator
+from simulator.serial_pair import serial_pairs
+from tests.conftest import local_time, truck_visit
+
+DEPOT = CONFIG_ROOT / "stations" / "ocpp-depot.toml"
+TARGET = "P05"
+FAULT_AT_S = 600.0
+RUN_S = 1500.0
+
+
+@dataclass
+class Site:
+    """A simulated station and a daemon controlling it on one virtual clock."""
+
+    simulator: StationSimulator
+    daemon: Daemon
+    clock: VirtualClock
+    task: asyncio.Task[None]
+
+
+@contextlib.asynccontextmanager
+async def running(
+    served: Station,
+    controlled: Station,
+    visits: list[Visit],
+    start: float,
+    faults: FaultScript | None = None,
+) -> AsyncIterator[Site]:
+    """The station served and controlled (equal share, so the limit binds) from `start`."""
+    clock = VirtualClock(start)
+    simulator = StationSimulator(served, clock, visits=visits, faults=faults)
+    await simulator.start()
+    daemon = Daemon.for_station(controlled, clock, policy="equal-share")
+    task = asyncio.create_task(daemon.run(), name="daemon")
+    try:
+        yield Site(simulator, daemon, clock, task)
+    finally:
+        if not task.done():
+            daemon.request_stop()
+        await task
+        await simulator.stop()
+
+
+def _told_kw(site: Site, pid: str, stopped: bool, dropped: bool) -> float:
+    pile = site.daemon.piles.get(pid)
+    config = next(p for p in site.daemon.station.piles if p.id == pid)
+    if stopped or dropped or not isinstance(pile, OcppPile) or pile.sent is None:
+        return config.fallback_kw
+    return pile.sent.kw
+
+
+async def fault_row(
+    pair: tuple[Station, Station], kind: str
+) -> tuple[float, float, float | None, float | None]:
+    """(worst kW over, s over, detected after s, recovered after s) for one fault."""
+    served, controlled = pair
+    start = local_time(served, "2026-11-25T18:00")
+    fault_at = start + FAULT_AT_S
+    faults: list[Fault] = []
+    if kind == "rejected purpose":
+        faults = [Fault(FaultKind.REJECTS_PURPOSE, TARGET, fault_at, label="TxProfile")]
+    elif kind == "applied late":
+        faults = [Fault(FaultKind.APPLIES_LATE, TARGET, fault_at, value=20.0)]
+    elif kind == "never applied":
+        faults = [Fault(FaultKind.IGNORES_PROFILES, TARGET, fault_at)]
+    elif kind == "websocket drop":
+        faults = [Fault(FaultKind.WS_DROP, TARGET, fault_at, fault_at + 120)]
+    visits = [truck_visit(start + 30 + 20 * n, p.id) for n, p in enumerate(served.piles)]
+    async with running(served, controlled, visits, start, FaultScript(faults)) as site:
+        await site.clock.sleep_until(fault_at)
+        stopped = kind == "controller stopped"
+        if stopped:
+            site.daemon.request_stop()
+            await site.task
+        point = site.simulator.charge_points[TARGET]
+        recovered: float | None = None
+        broke = False
+        while site.clock.now() < start + RUN_S:
+            await site.clock.sleep(1.0)
+            now = site.clock.now()
+            dropped = kind == "websocket drop" and now < fault_at + 120
+            told = _told_kw(site, TARGET, stopped, dropped)
+            applies = abs(point.limit_kw - min(told, point.rating_kw)) < 1.0
+            broke = broke or not applies
+            if applies and recovered is None and (broke or stopped or dropped):
+                recovered = now - fault_at
+            if not applies:
+                recovered = None
+        truth = site.simulator.plant.truth
+        events = [e for e in site.daemon.events if e.time >= fault_at and TARGET in e.text]
+    detected = events[0].time - fault_at if events else None
+    return max(0.0, truth.peak_kw - served.limit_kw), truth.over_s, detected, recovered
+
+
+def fault_matrix(console: Console) -> bool:
+    """The OCPP rows of the fault matrix; True if none went over the limit."""
+    table = Table(title="fault matrix, OCPP (ocpp-depot over loopback)", title_justify="left")
+    for column in ("fault on P05", "worst over kW", "s over", "detected after s", "recovery s"):
+        table.add_column(column, justify="left" if column.startswith("fault") else "right")
+    station = on_free_ports(load_station(DEPOT))
+    met = True
+    kinds = (
+        "rejected purpose",
+        "applied late",
+        "never applied",
+        "websocket drop",
+        "controller stopped",
+    )
+    with serial_pairs(station) as pair:
+        for kind in kinds:
+            worst, over_s, detected, recovered = asyncio.run(fault_row(pair, kind))
+            met = met and over_s == 0
+            table.add_row(
+                kind,
+                f"{worst:,.0f}",
+                f"{over_s:.0f}",
+                "-" if detected is None else f"{detected:.0f}",
+                "never" if recovered is None else f"{recovered:.0f}",
+            )
+    console.print(table)
+    console.print(
+        f"  12 trucks from 18:00 at equal share (the limit binds), the fault from "
+        f"{FAULT_AT_S:.0f} s; recovery: until P05 applies what it was last told (its "
+        "fallback_kw for a dropped link or a stopped controller); never: it did not",
+        highlight=False,
+    )
+    return met
+
+
+def synthetic_ocpp_station(piles: int) -> Station:
+    """The ocpp-depot with `piles` OCPP DC piles (1.6 and 2.0.1 in turn) and a transformer to
+    match, its [ocpp] server on a free port."""
+    depot = load_station(DEPOT)
+    made = tuple(
+        PileConfig.model_validate(
+            {
+                "id": f"C{n + 1:03d}",
+                "protocol": "ocpp",
+                "ocpp_version": "1.6" if n % 2 else "2.0.1",
+                "max_kw": 240.0,
+                "min_kw": 20.0,
+                "fallback_kw": 20.0,
+                "comm_timeout_s": 60.0,
+            }
+        )
+        for n in range(piles)
+    )
+    simulator = depot.simulator
+    assert simulator is not None
+    station = replace(
+        depot,
+        piles=made,
+        transformer=depot.transformer.model_copy(update={"rating_kva": piles * 150.0}),
+        simulator=simulator.model_copy(update={"charge_points": {}}),
+    )
+    assert station.ocpp is not None
+    return on_free_ports(replace(station, ocpp=OcppSettings(port=station.ocpp.port)))
+
+
+async def _profile_step(piles: int) -> tuple[float, float, int]:
+    """(station s, wall s, charge points) from a limit step to the last profile answered."""
+    station = synthetic_ocpp_station(piles)
+    start = local_time(station, "2026-11-25T02:00")
+    visits = [truck_visit(start + 5, p.id) for p in station.piles]
+    answered: dict[str, float] = {}
+    async with (
+        serial_pairs_async(station) as (served, controlled),
+        running(served, controlled, visits, start) as site,
+    ):
+        await site.clock.sleep_until(start + 180)
+        walls: dict[str, float] = {}
+        for pile in site.daemon.piles.values():
+            _timed(pile, answered, walls, site.clock.now)
+        step = site.clock.now()
+        wall = time.monotonic()
+        site.daemon.override_limit(0.5 * station.limit_kw, step + 600, "bench")
+        while len(answered) < piles and site.clock.now() < step + 60:
+            await site.clock.sleep(0.5)
+        got = len(answered)
+        last = max(answered.values(), default=step) - step
+        last_wall = max(walls.values(), default=wall) - wall
+    return last, last_wall, got
+
+
+def _timed(
+    pile: object, answered: dict[str, float], walls: dict[str, float], now: Callable[[], float]
+) -> None:
+    """Record when each of the pile's profiles was answered (station and machine time)."""
+    assert isinstance(pile, OcppPile)
+    send = pile._send
+
+    async def timed(*args: object) -> None:
+        await send(*args)  # type: ignore[arg-type]
+        answered[pile.id], walls[pile.id] = now(), time.monotonic()
+
+    pile._send = timed  # type: ignore[method-assign]
+
+
+@contextlib.asynccontextmanager
+async def serial_pairs_async(station: Station) -> AsyncIterator[tuple[Station, Station]]:
+    """`serial_pairs` in an async block."""
+    with serial_pairs(station) as pair:
+        yield pair
+
+
+async def _safe_power(kind: str) -> tuple[float, int, float]:
+    """(worst s to safe power, charge points, validity) after a stop or a link loss."""
+    station = on_free_ports(load_station(DEPOT))
+    assert station.ocpp is not None
+    validity = station.ocpp.profile_validity_s
+    start = local_time(station, "2026-11-25T18:00")
+    visits = [truck_visit(start + 20, p.id) for p in station.piles]
+    at = start + 300
+    ids = [p.id for p in station.piles if p.id != "P03"]  # P03 applies no profile at all
+    faults = FaultScript(
+        [Fault(FaultKind.WS_DROP, pid, at, at + 2 * validity) for pid in ids]
+        if kind == "link loss"
+        else []
+    )
+    fallback = {p.id: p.fallback_kw for p in station.piles}
+    back: dict[str, float] = {}
+    async with (
+        serial_pairs_async(station) as (served, controlled),
+        running(served, controlled, visits, start, faults) as site,
+    ):
+        await site.clock.sleep_until(at)
+        if kind == "controller stop":
+            site.daemon.request_stop()
+            await site.task
+        points = site.simulator.charge_points
+        while len(back) < len(ids) and site.clock.now() < at + 2 * validity:
+            await site.clock.sleep(1.0)
+            for pid in ids:
+                if pid not in back and points[pid].limit_kw == fallback[pid]:
+                    back[pid] = site.clock.now() - at
+    worst = max(back.values()) if len(back) == len(ids) else float("inf")
+    return worst, len(back), validity
+
+
+def ocpp_bench(console: Console, piles: int = 200) -> dict[str, tuple[bool, str]]:
+    """The OCPP fault matrix table, and the two timed targets as (met, figures)."""
+    logging.disable(logging.WARNING)  # the faults' and the reconnections' lines
+    try:
+        matrix = fault_matrix(console)
+        station_s, wall_s, got = asyncio.run(_profile_step(piles))
+        safe = {kind: asyncio.run(_safe_power(kind)) for kind in ("controller stop", "link loss")}
+    finally:
+        logging.disable(logging.NOTSET)
+    checks = {
+        "OCPP faults: no overshoot of the limit": (matrix, "see the table"),
+        f"limit step -> every one of {piles} OCPP charge points' profile answered under 1 s": (
+            got == piles and wall_s < 1.0,
+            f"{got} of {piles} answered; last {wall_s:.2f} s after the step (machine time), "
+            f"{station_s:.1f} s of station time",
+        ),
+    }
+    for kind, (worst, count, validity) in safe.items():
+        checks[f"{kind}: every charge point at its safe power within the validity"] = (
+            worst <= validity,
+            f"{count} charge points, the last {worst:.0f} s after the {kind} "
+            f"(validity {validity:.0f} s)",
+        )
+    return checks
