@@ -71,6 +71,9 @@ T = TypeVar("T")
 # The state file is written at most this often (station seconds), and at once when a session
 # starts or ends.
 SAVE_EVERY_S = 1.0
+# At start, the OCPP charge points are given this long (real seconds) to connect before the
+# first cycle, which would otherwise report each one on its way as a lost device.
+CONNECT_WAIT_S = 10.0
 
 
 class Daemon:
@@ -315,7 +318,7 @@ class Daemon:
             services.append(TelemetryService(self.telemetry))
         if self.links is not None and self.links.csms is not None:
             # Before the fast loop (which arms the piles on it), stopped after it.
-            services.append(CsmsService(self.links.csms))
+            services.append(CsmsService(self.links.csms, CONNECT_WAIT_S))
         services.append(FastLoop(self))
         if self.control.policy is Policy.MPC:
             services.append(self.plan_loop)

@@ -12,6 +12,7 @@ daemon, so a reloaded config reuses the ones still in use.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from functools import partial
 
@@ -29,6 +30,8 @@ from drivers.opcua.link import OpcUaLink
 from drivers.opcua.security import OpcUaSecurity
 from drivers.pile import Pile
 from drivers.tls import client_context
+
+log = logging.getLogger(__name__)
 
 
 def modbus_link(
@@ -182,12 +185,30 @@ class CsmsService:
     stopped after it has left them at their fallback power (each charge point's dynamic profile
     is then cleared, so its fail-safe applies, before the websockets close)."""
 
-    def __init__(self, server: CsmsServer) -> None:
+    def __init__(self, server: CsmsServer, connect_wait_s: float = 0.0) -> None:
+        """`connect_wait_s`: how long `start` waits (real time) for the charge points to connect,
+        so that the first cycles do not report as lost the ones that are on their way."""
         self.server = server
+        self.connect_wait_s = connect_wait_s
 
     async def start(self) -> None:
-        """Listen for the charge points."""
+        """Listen for the charge points, and give them `connect_wait_s` to connect."""
         await self.server.start()
+        if self.connect_wait_s <= 0:
+            return
+        total = len(self.server.identities)
+        missing = await self.server.wait_all_connected(self.connect_wait_s)
+        if missing:
+            log.warning(
+                "OCPP: %d of %d charge points not connected after %g s: %s (each is reported "
+                "as it fails to be read, and again when it connects)",
+                len(missing),
+                total,
+                self.connect_wait_s,
+                ", ".join(missing),
+            )
+        else:
+            log.info("OCPP: all %d charge points connected", total)
 
     async def stop(self) -> None:
         """Leave every charge point at its safe power and close."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import logging
 import ssl
@@ -141,6 +142,21 @@ class CsmsServer:
     def link(self, identity: str) -> Link | None:
         """The connection of a charge point (None when it is not connected)."""
         return self.links.get(identity)
+
+    async def wait_all_connected(self, timeout_s: float) -> list[str]:
+        """Wait (real time, at most `timeout_s`) until every charge point of the station is
+        connected; the identities still missing then, sorted."""
+
+        def missing() -> list[str]:
+            return sorted(self.identities - set(self.links))
+
+        async def all_there() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: not missing())
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_there(), timeout_s)
+        return missing()
 
     async def wait_connected(self, identity: str, connected: bool = True) -> None:
         """Return once the charge point is connected (or, with `connected` False, is not)."""
