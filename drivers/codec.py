@@ -259,11 +259,12 @@ def decode_block(block: ReadBlock, words: Sequence[int]) -> dict[str, Value | No
 class BlockDecoder:
     """`decode_block` for one block, with where and how each register sits worked out once: the
     whole response is unpacked in one go, then each value read from it. A response the same as
-    the last one (a device at rest) gives the same values again without decoding them."""
+    the last one (a device at rest; the very same tuple, from an in-process link) gives the same
+    values again without decoding them."""
 
     def __init__(self, block: ReadBlock) -> None:
         self.block = block
-        self._last: tuple[list[int], dict[str, Value | None]] | None = None
+        self._last: tuple[Sequence[int], dict[str, Value | None]] | None = None
         self._words = struct.Struct(f">{block.count}H")
         self._fields: list[tuple[str, int, int, Callable[..., tuple[Any, ...]], float, bool]] = []
         self._others: list[Register] = []
@@ -282,10 +283,11 @@ class BlockDecoder:
     def __call__(self, words: Sequence[int]) -> dict[str, Value | None]:
         """The values of the block's registers in `words`, as `decode_block` has them."""
         last = self._last
-        if last is not None and last[0] == words:
+        if last is not None and (last[0] is words or last[0] == words):
             return dict(last[1])
         values = self._decode(words)
-        self._last = (list(words), dict(values))
+        # A tuple cannot change under the cache; anything else is copied.
+        self._last = (words if type(words) is tuple else list(words), dict(values))
         return values
 
     def _decode(self, words: Sequence[int]) -> dict[str, Value | None]:

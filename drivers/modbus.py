@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -72,7 +72,7 @@ class ModbusTransport(Protocol):
         """Open the connection if it is not open (`ConnectionLost` if that fails)."""
         ...
 
-    async def read(self, block: ReadBlock, device: str) -> list[int]:
+    async def read(self, block: ReadBlock, device: str) -> Sequence[int]:
         """The words of one block of registers."""
         ...
 
@@ -286,10 +286,13 @@ class ModbusDevice:
         for decoder in plan:
             words = await self.link.read(decoder.block, self.name)
             try:
-                values.update(decoder(words))
+                decoded = decoder(words)
             except BadValue as exc:
                 # The codec knows only the register; this is the device the station names.
                 raise BadValue(self.name, f"{exc.device}: {exc.message}") from None
+            if len(plan) == 1:
+                return decoded
+            values.update(decoded)
         return values
 
     async def write(self, values: Mapping[str, Value | None]) -> None:

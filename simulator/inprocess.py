@@ -171,8 +171,8 @@ class InProcessModbus:
         """Nothing to open: the hardware simulator's server takes every connection (and closes
         one to a dropped device at its first request)."""
 
-    async def read(self, block: ReadBlock, device: str) -> list[int]:
-        """One block's words, from its bank."""
+    async def read(self, block: ReadBlock, device: str) -> tuple[int, ...]:
+        """One block's words, from its bank (the same tuple while the device shows the same)."""
         unit, function_code, address, count = (
             block.unit_id,
             block.function_code,
@@ -190,13 +190,18 @@ class InProcessModbus:
 
     async def write(self, request: WriteRequest, device: str) -> None:
         """One write request, handed to its bank."""
-        words = list(request.words)
-        what = (request.function_code, request.address, len(words), request.unit_id)
-        bank, _ = self._admit(device, *what)
-        refusal = bank.write_words(request.unit_id, request.function_code, request.address, words)
+        unit, function_code, address, words = (
+            request.unit_id,
+            request.function_code,
+            request.address,
+            request.words,
+        )
+        bank, _ = self._admit(device, function_code, address, len(words), unit)
+        refusal = bank.write_words(unit, function_code, address, words)
         self.endpoint.changed(bank.model)
         if refusal is not None:
-            raise answered_exception(device, request_name(*what), int(refusal))
+            what = request_name(function_code, address, len(words), unit)
+            raise answered_exception(device, what, int(refusal))
 
     def _admit(
         self, device: str, function_code: int, address: int, count: int, unit: int

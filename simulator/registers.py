@@ -13,7 +13,7 @@ for half a multi-register value or a value the device refuses. The Modbus server
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,9 +80,20 @@ class RegisterBank:
         self._encoders = {name: encoder(reg) for name, reg in regmap.registers.items()}
         # Each register's last value and its words, and each request's: most change seldom.
         self._encoded: dict[str, tuple[Value | None, list[int]]] = {}
-        self._answered: dict[tuple[int, int, int], tuple[tuple[Value | None, ...], list[int]]] = {}
+        self._answered: dict[
+            tuple[int, int, int], tuple[tuple[Value | None, ...], tuple[int, ...]]
+        ] = {}
         # Each in-process write request's last words, and what they said.
-        self._written: dict[tuple[int, int, int], tuple[list[int], int, dict[str, float]]] = {}
+        self._written: dict[tuple[int, int, int], tuple[Sequence[int], int, dict[str, float]]] = {}
+        # The model's values the answers in `_fresh` were made from, and those answers by
+        # request: a device at rest shows the same values step after step, and is answered the
+        # same words (the same tuple) without looking at its registers again.
+        self._fresh_for: Mapping[str, Value | None] | None = None
+        self._fresh: dict[tuple[int, int, int, int], tuple[int, ...] | ExcCodes] = {}
+        # The float registers, whose equal zeros of different signs are not the same words.
+        self._floats = tuple(
+            name for name, reg in regmap.registers.items() if reg.type.is_float
+        )
 
     @property
     def units(self) -> tuple[int, ...]:
@@ -96,16 +107,46 @@ class RegisterBank:
         address: int,
         count: int,
         values: Mapping[str, Value | None] | None = None,
-    ) -> list[int] | ExcCodes:
+    ) -> tuple[int, ...] | ExcCodes:
         """A read request's words, or the exception the device answers (`values`: the model's,
-        if already taken this instant)."""
+        if already taken this instant). Values equal to the last ones (zeros of the same signs)
+        are answered the very same tuple of words as then."""
+        if values is None:
+            values = self.model.values()
+        if values is not self._fresh_for:
+            if not self._same_values(values):
+                self._fresh = {}
+            self._fresh_for = values
+        key = (unit, function_code, address, count)
+        answer = self._fresh.get(key)
+        if answer is None:
+            answer = self._fresh[key] = self._answer(unit, function_code, address, count, values)
+        return answer
+
+    def _same_values(self, values: Mapping[str, Value | None]) -> bool:
+        """Whether `values` encode as the values the fresh answers were made from do."""
+        last = self._fresh_for
+        if last is None or values != last:
+            return False
+        for name in self._floats:
+            new = values.get(name)
+            if not new and new is not None and not _same_zero(last.get(name), new):
+                return False
+        return True
+
+    def _answer(
+        self,
+        unit: int,
+        function_code: int,
+        address: int,
+        count: int,
+        values: Mapping[str, Value | None],
+    ) -> tuple[int, ...] | ExcCodes:
         if function_code not in self.map.function_codes or function_code not in (3, 4):
             return ExcCodes.ILLEGAL_FUNCTION
         request = self._request(unit, address, count)
         if request.gaps or function_code not in request.read_fcs:
             return ExcCodes.ILLEGAL_ADDRESS
-        if values is None:
-            values = self.model.values()
         shown = tuple(map(values.get, request.names))
         last = self._answered.get(request.key)
         if last is None:
@@ -114,7 +155,7 @@ class RegisterBank:
         else:
             before, answered = last
             if before == shown and _same_signs(before, shown, request.floats):
-                return list(answered)
+                return answered
             # Only the registers whose values changed are encoded again.
             registers = list(answered)
             fields = [
@@ -123,11 +164,12 @@ class RegisterBank:
                 if old != new or (field[5] and not old and not _same_zero(old, new))
             ]
         self._fill(fields, registers, values)
-        self._answered[request.key] = (shown, list(registers))
-        return registers
+        words = tuple(registers)
+        self._answered[request.key] = (shown, words)
+        return words
 
     def write_words(
-        self, unit: int, function_code: int, address: int, words: list[int]
+        self, unit: int, function_code: int, address: int, words: Sequence[int]
     ) -> ExcCodes | None:
         """A write request handed to the model: None, or the exception the device answers."""
         if function_code not in self.map.function_codes or function_code not in (6, 16):
@@ -136,12 +178,14 @@ class RegisterBank:
         if request.gaps or not request.writable:
             return ExcCodes.ILLEGAL_ADDRESS
         last = self._written.get(request.key)
-        if last is not None and last[0] == words and last[1] == function_code:
+        if last is not None and (last[0] is words or last[0] == words) and last[1] == function_code:
             return self._apply(dict(last[2]))  # what the same words said last time
         decoded = self._decode(function_code, address, request.touched, words, request.whole)
         if isinstance(decoded, ExcCodes):
             return decoded
-        self._written[request.key] = (list(words), function_code, dict(decoded))
+        # A tuple cannot change under the cache; anything else is copied.
+        kept = words if type(words) is tuple else list(words)
+        self._written[request.key] = (kept, function_code, dict(decoded))
         return self._apply(decoded)
 
     def _request(self, unit: int, address: int, count: int) -> _Request:
@@ -207,7 +251,7 @@ class RegisterBank:
         function_code: int,
         address: int,
         touched: list[Register],
-        words: list[int],
+        words: Sequence[int],
         whole: bool,
     ) -> dict[str, float] | ExcCodes:
         """A write request's values as the model takes them, or the exception it is answered."""
