@@ -91,9 +91,7 @@ class RegisterBank:
         self._fresh_for: Mapping[str, Value | None] | None = None
         self._fresh: dict[tuple[int, int, int, int], tuple[int, ...] | ExcCodes] = {}
         # The float registers, whose equal zeros of different signs are not the same words.
-        self._floats = tuple(
-            name for name, reg in regmap.registers.items() if reg.type.is_float
-        )
+        self._floats = tuple(name for name, reg in regmap.registers.items() if reg.type.is_float)
 
     @property
     def units(self) -> tuple[int, ...]:
