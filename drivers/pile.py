@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from base.devicemap import PILE, PileMode, PileState, Value
-from drivers.codec import from_project_units, in_project_units
+from base.devicemap import PILE, UNIT_SCALE, PileMode, PileState, Value
+from drivers.codec import from_project_units
 from drivers.device import Device
 from drivers.errors import BadValue
 
@@ -72,6 +72,9 @@ class Pile(Protocol):
         ...
 
 
+# A register a map does not have (`DcPile._number`).
+_ABSENT = object()
+
 # What `DcPile.read` uses of a pile map (the rest the driver only writes).
 _READ = tuple(
     n
@@ -99,7 +102,10 @@ class DcPile:
         # Only what `read` uses: the registers the driver writes are not read back.
         self._regs = {n: regmap[n] for n in _READ if n in regmap and regmap[n].access.readable}
         self._names = tuple(self._regs)
+        # Each one's factor to the project's units (`in_project_units`), worked out once.
+        self._per_unit = {n: UNIT_SCALE[reg.unit][1] for n, reg in self._regs.items()}
         self._mode_codes = {label: code for code, label in regmap.enums["mode"].items()}
+        self._setpoint = regmap["setpoint"]
 
     async def connect(self) -> None:
         """Open the connection to the pile."""
@@ -157,13 +163,12 @@ class DcPile:
             mode = PileMode.DISCHARGE
         else:
             mode = PileMode.IDLE
-        regmap = self.device.map
         if setpoint_kw != self._commanded and self.now is not None:
             self._changed_at = self.now()
         self._commanded = setpoint_kw
         await self.device.write(
             {
-                "setpoint": from_project_units(regmap["setpoint"], setpoint_kw),
+                "setpoint": from_project_units(self._setpoint, setpoint_kw),
                 "mode": self._mode_codes[mode],  # a `PileMode` is its label
                 "heartbeat": 1,
             }
@@ -180,18 +185,25 @@ class DcPile:
         )
 
     def _optional(self, raw: dict[str, Value | None], name: str) -> float | None:
-        if name not in raw:
+        value = raw.get(name)
+        if value is None:
             return None
-        return in_project_units(self._regs[name], raw[name])
+        return self._in_project_units(name, value)
 
     def _number(
         self, raw: dict[str, Value | None], name: str, default: float | None = None
     ) -> float:
-        if name not in raw:
+        value = raw.get(name, _ABSENT)
+        if value is _ABSENT:
             if default is None:
                 raise BadValue(self.id, f"{name}: not in the pile's register map")
             return default
-        value = in_project_units(self._regs[name], raw[name])
         if value is None:
             raise BadValue(self.id, f"{name}: the pile reports it unavailable")
-        return value
+        return self._in_project_units(name, value)
+
+    def _in_project_units(self, name: str, value: Value) -> float:
+        """`in_project_units`, with the register's factor worked out once."""
+        if isinstance(value, str):
+            raise BadValue(name, f"expected a number, got text {value!r}")
+        return float(value) * self._per_unit[name]
