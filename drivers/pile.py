@@ -72,9 +72,6 @@ class Pile(Protocol):
         ...
 
 
-# A register a map does not have (`DcPile._number`).
-_ABSENT = object()
-
 # What `DcPile.read` uses of a pile map (the rest the driver only writes).
 _READ = tuple(
     n
@@ -193,11 +190,11 @@ class DcPile:
     def _number(
         self, raw: dict[str, Value | None], name: str, default: float | None = None
     ) -> float:
-        value = raw.get(name, _ABSENT)
-        if value is _ABSENT:
+        if name not in raw:
             if default is None:
                 raise BadValue(self.id, f"{name}: not in the pile's register map")
             return default
+        value = raw[name]
         if value is None:
             raise BadValue(self.id, f"{name}: the pile reports it unavailable")
         return self._in_project_units(name, value)
