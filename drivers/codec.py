@@ -268,6 +268,10 @@ class BlockDecoder:
         self._words = struct.Struct(f">{block.count}H")
         self._fields: list[tuple[str, int, int, Callable[..., tuple[Any, ...]], float, bool]] = []
         self._others: list[Register] = []
+        # All the numbers in one unpacking, where they follow each other without overlapping
+        # (as a map's registers do): one format, with pad bytes for what lies between.
+        layout: str | None = ">"
+        at = 0
         for reg in block.registers:
             number = _NUMBER.get(reg.type)
             if number is None or reg.word_order == "little" or reg.mask is not None:
@@ -279,6 +283,12 @@ class BlockDecoder:
             self._fields.append(
                 (reg.name, offset, ones, number[0].unpack_from, reg.scale, reg.type.is_float)
             )
+            if layout is not None and offset >= at:
+                layout += "x" * (offset - at) + number[0].format.lstrip(">")
+                at = offset + 2 * reg.words
+            else:
+                layout = None
+        self._all = None if layout is None else struct.Struct(layout)
 
     def __call__(self, words: Sequence[int]) -> dict[str, Value | None]:
         """The values of the block's registers in `words`, as `decode_block` has them."""
@@ -297,15 +307,25 @@ class BlockDecoder:
         except struct.error:
             return decode_block(block, words)  # a word count or value that is wrong: say which
         values: dict[str, Value | None] = {}
-        for name, offset, ones, unpack_from, scale, is_float in self._fields:
-            if ones and data.count(0xFF, offset, offset + ones) == ones:
-                values[name] = None
-                continue
-            raw = unpack_from(data, offset)[0]
-            if is_float and raw != raw:  # NaN
-                values[name] = None
-            else:
-                values[name] = raw if scale == 1.0 else raw * scale
+        if self._all is not None:
+            for (name, offset, ones, _, scale, is_float), raw in zip(
+                self._fields, self._all.unpack_from(data), strict=True
+            ):
+                unavailable = ones and data.count(0xFF, offset, offset + ones) == ones
+                if unavailable or (is_float and raw != raw):  # all ones, or NaN
+                    values[name] = None
+                else:
+                    values[name] = raw if scale == 1.0 else raw * scale
+        else:
+            for name, offset, ones, unpack_from, scale, is_float in self._fields:
+                if ones and data.count(0xFF, offset, offset + ones) == ones:
+                    values[name] = None
+                    continue
+                raw = unpack_from(data, offset)[0]
+                if is_float and raw != raw:  # NaN
+                    values[name] = None
+                else:
+                    values[name] = raw if scale == 1.0 else raw * scale
         if not self._others:
             return values
         for reg in self._others:
@@ -366,19 +386,21 @@ class WritePlan:
         # The last values written and their requests: a controller writes the same again and
         # again. Not for floats, whose equal values 0.0 and -0.0 are not the same words.
         self._repeatable = not any(reg.type.is_float for reg in regs)
-        self._last: tuple[tuple[object, ...], tuple[WriteRequest, ...]] | None = None
+        self._last: (
+            tuple[dict[str, Value | None], tuple[type, ...], tuple[WriteRequest, ...]] | None
+        ) = None
 
     def requests(self, values: Mapping[str, Value | None]) -> tuple[WriteRequest, ...]:
         """The requests that write `values` (the names the plan was made for)."""
         if not self._repeatable:
             return self._encode(values)
         # Equal values are not enough: True equals 1, but is no number to write.
-        shown = (*values.items(), *map(type, values.values()))
+        types = tuple(map(type, values.values()))
         last = self._last
-        if last is not None and last[0] == shown:
-            return last[1]
+        if last is not None and last[0] == values and last[1] == types:
+            return last[2]
         requests = self._encode(values)
-        self._last = (shown, requests)
+        self._last = (dict(values), types, requests)
         return requests
 
     def _encode(self, values: Mapping[str, Value | None]) -> tuple[WriteRequest, ...]:

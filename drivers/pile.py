@@ -72,6 +72,9 @@ class Pile(Protocol):
         ...
 
 
+# The modes a setpoint's sign asks for (an enum's members are slower to look up).
+_CHARGE, _DISCHARGE, _IDLE = PileMode.CHARGE, PileMode.DISCHARGE, PileMode.IDLE
+
 # What `DcPile.read` uses of a pile map (the rest the driver only writes).
 _READ = tuple(
     n
@@ -155,11 +158,11 @@ class DcPile:
     async def command(self, setpoint_kw: float) -> None:
         """Write setpoint, mode and heartbeat together (one FC16 request on the reference map)."""
         if setpoint_kw > 0:
-            mode = PileMode.CHARGE
+            mode = _CHARGE
         elif setpoint_kw < 0:
-            mode = PileMode.DISCHARGE
+            mode = _DISCHARGE
         else:
-            mode = PileMode.IDLE
+            mode = _IDLE
         if setpoint_kw != self._commanded and self.now is not None:
             self._changed_at = self.now()
         self._commanded = setpoint_kw
