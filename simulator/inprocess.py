@@ -205,7 +205,9 @@ class InProcessModbus:
             request.address,
             request.words,
         )
-        bank, _ = self._admit(device, function_code, address, len(words), unit)
+        bank = self.banks.get(unit)
+        if bank is None or self.endpoint.gate() is not None:
+            bank, _ = self._admit(device, function_code, address, len(words), unit)
         refusal = bank.write_words(unit, function_code, address, words)
         self.endpoint.changed(bank.model)
         if refusal is not None:

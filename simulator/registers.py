@@ -83,6 +83,11 @@ class RegisterBank:
         self._answered: dict[
             tuple[int, int, int], tuple[tuple[Value | None, ...], tuple[int, ...]]
         ] = {}
+        # The last tuple of words written (a driver writes the same request again and again),
+        # where, and what it said.
+        self._last_written: (
+            tuple[tuple[int, ...], tuple[int, int, int], dict[str, float]] | None
+        ) = None
         # Each in-process write request's last words, and what they said.
         self._written: dict[tuple[int, int, int], tuple[Sequence[int], int, dict[str, float]]] = {}
         # The model's values the answers in `_fresh` were made from, and those answers by
@@ -170,6 +175,9 @@ class RegisterBank:
         self, unit: int, function_code: int, address: int, words: Sequence[int]
     ) -> ExcCodes | None:
         """A write request handed to the model: None, or the exception the device answers."""
+        same = self._last_written
+        if same is not None and same[0] is words and same[1] == (unit, function_code, address):
+            return self._apply(dict(same[2]))  # the very words written last, from a driver
         if function_code not in self.map.function_codes or function_code not in (6, 16):
             return ExcCodes.ILLEGAL_FUNCTION
         request = self._request(unit, address, len(words))
@@ -177,14 +185,18 @@ class RegisterBank:
             return ExcCodes.ILLEGAL_ADDRESS
         last = self._written.get(request.key)
         if last is not None and (last[0] is words or last[0] == words) and last[1] == function_code:
-            return self._apply(dict(last[2]))  # what the same words said last time
-        decoded = self._decode(function_code, address, request.touched, words, request.whole)
-        if isinstance(decoded, ExcCodes):
-            return decoded
-        # A tuple cannot change under the cache; anything else is copied.
-        kept = words if type(words) is tuple else list(words)
-        self._written[request.key] = (kept, function_code, dict(decoded))
-        return self._apply(decoded)
+            decoded = last[2]  # what the same words said last time
+        else:
+            found = self._decode(function_code, address, request.touched, words, request.whole)
+            if isinstance(found, ExcCodes):
+                return found
+            decoded = found
+            # A tuple cannot change under the cache; anything else is copied.
+            kept = words if type(words) is tuple else list(words)
+            self._written[request.key] = (kept, function_code, dict(decoded))
+        if type(words) is tuple:
+            self._last_written = (words, (unit, function_code, address), dict(decoded))
+        return self._apply(dict(decoded))
 
     def _request(self, unit: int, address: int, count: int) -> _Request:
         key = (unit, address, count)
