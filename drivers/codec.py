@@ -290,14 +290,15 @@ class BlockDecoder:
                 layout = None
         self._all = None if layout is None else struct.Struct(layout)
 
-    def __call__(self, words: Sequence[int]) -> dict[str, Value | None]:
-        """The values of the block's registers in `words`, as `decode_block` has them."""
+    def __call__(self, words: Sequence[int]) -> Mapping[str, Value | None]:
+        """The values of the block's registers in `words`, as `decode_block` has them (the
+        decoder's own mapping: the same one while the words stay the same)."""
         last = self._last
         if last is not None and (last[0] is words or last[0] == words):
-            return dict(last[1])
+            return last[1]
         values = self._decode(words)
         # A tuple cannot change under the cache; anything else is copied.
-        self._last = (words if type(words) is tuple else list(words), dict(values))
+        self._last = (words if type(words) is tuple else list(words), values)
         return values
 
     def _decode(self, words: Sequence[int]) -> dict[str, Value | None]:

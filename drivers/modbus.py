@@ -275,8 +275,9 @@ class ModbusDevice:
         """Open the link if needed."""
         await self.link.connect(self.name)
 
-    async def read(self, names: Iterable[str]) -> dict[str, Value | None]:
-        """Read the named registers, in as few requests as the map allows."""
+    async def read(self, names: Iterable[str]) -> Mapping[str, Value | None]:
+        """Read the named registers, in as few requests as the map allows (a block that answers
+        the very words it answered last gives the very mapping it gave then)."""
         key = tuple(names)
         plan = self._plans.get(key)
         if plan is None:

@@ -8,7 +8,7 @@ positive when the pile charges a vehicle and negative when it discharges one.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -97,7 +97,7 @@ class DcPile:
         self._commanded: float | None = None
         self._changed_at = -math.inf
         # The last values read and the reading made of them.
-        self._last: tuple[dict[str, Value | None], PileReading] | None = None
+        self._last: tuple[Mapping[str, Value | None], PileReading] | None = None
         regmap = device.map
         # Only what `read` uses: the registers the driver writes are not read back.
         self._regs = {n: regmap[n] for n in _READ if n in regmap and regmap[n].access.readable}
@@ -115,7 +115,7 @@ class DcPile:
         """Read every register the controller uses in one pass."""
         raw = await self.device.read(self._names)
         last = self._last
-        if last is None or last[0] != raw:
+        if last is None or (last[0] is not raw and last[0] != raw):
             reading = self._reading(raw)
         else:
             # The pile says what it said last time: the same reading, but for what was written.
@@ -129,7 +129,7 @@ class DcPile:
     def _since(self) -> float | None:
         return None if self.now is None else self._changed_at
 
-    def _reading(self, raw: dict[str, Value | None]) -> PileReading:
+    def _reading(self, raw: Mapping[str, Value | None]) -> PileReading:
         label = self.device.map.label("state", raw["state"])
         try:
             state = PileState(label or "")
@@ -184,14 +184,14 @@ class DcPile:
             }
         )
 
-    def _optional(self, raw: dict[str, Value | None], name: str) -> float | None:
+    def _optional(self, raw: Mapping[str, Value | None], name: str) -> float | None:
         value = raw.get(name)
         if value is None:
             return None
         return self._in_project_units(name, value)
 
     def _number(
-        self, raw: dict[str, Value | None], name: str, default: float | None = None
+        self, raw: Mapping[str, Value | None], name: str, default: float | None = None
     ) -> float:
         if name not in raw:
             if default is None:
