@@ -198,13 +198,26 @@ def encoder(reg: Register) -> Callable[[Value | None], list[int]]:
     lo, hi = _INT_RANGE[reg.type]
 
     def encode_int(value: Value | None) -> list[int]:
-        if (type(value) is float and math.isfinite(value)) or type(value) is int:
+        if type(value) is float and -_EXACT < value < _EXACT:
+            # `_scaled`'s float path, in line (a device's counters are encoded every read).
+            quotient = value / scale
+            if -_EXACT < quotient < _EXACT:
+                fraction = quotient - math.floor(quotient)
+                if abs(fraction - 0.5) > 1e-9 * max(1.0, abs(quotient)):
+                    whole = round(quotient)
+                else:
+                    whole = _scaled(value, scale)
+            else:
+                whole = _scaled(value, scale)
+        elif (type(value) is float and math.isfinite(value)) or type(value) is int:
             whole = _scaled(value, scale)
-            if lo <= whole <= hi:
-                words = list(unpack(pack(whole)))
-                if little:
-                    words.reverse()
-                return words
+        else:
+            return encode(reg, value)
+        if lo <= whole <= hi:
+            words = list(unpack(pack(whole)))
+            if little:
+                words.reverse()
+            return words
         return encode(reg, value)
 
     return encode_int

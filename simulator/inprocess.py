@@ -95,6 +95,7 @@ class Endpoint:
     ) -> None:
         self.ids = tuple(ids)
         self.faults = faults
+        self._scripted = bool(faults)
         self.clock = clock
         self.keep_s = keep_s
         # What each model showed at `_at`, and over the last `keep_s` before.
@@ -110,7 +111,7 @@ class Endpoint:
         now = self.clock.time
         gate = self._gate
         if gate is None or gate[0] != now:
-            gate = self._gate = (now, self.faults.access(self.ids, now) if self.faults else None)
+            gate = self._gate = (now, self.faults.access(self.ids, now) if self._scripted else None)
         return gate[1]
 
     def observe(self, model: DeviceModel) -> Mapping[str, Value | None]:
