@@ -223,6 +223,38 @@ def encoder(reg: Register) -> Callable[[Value | None], list[int]]:
     return encode_int
 
 
+def float_run_encoder(
+    regs: Sequence[Register], address: int, count: int
+) -> Callable[[Sequence[Value | None]], tuple[int, ...] | None] | None:
+    """`encoder` for float registers that fill `count` words from `address` one after the other
+    (a meter's block), all in one go: their values in order give the block's words, or None when
+    one is not a float that fits (`encode` then says why, one register at a time). None if the
+    registers are not such a run."""
+    layout, at = ">", address
+    scales: list[tuple[float, float]] = []
+    for reg in sorted(regs, key=lambda r: r.address):
+        if not reg.type.is_float or reg.word_order == "little" or reg.address != at:
+            return None
+        layout += _NUMBER[reg.type][0].format.lstrip(">")
+        scales.append((reg.scale, _F32_MAX if reg.type is ValueType.F32 else sys.float_info.max))
+        at = reg.end
+    if at != address + count:
+        return None
+    pack = struct.Struct(layout).pack
+    unpack = struct.Struct(f">{count}H").unpack
+
+    def encode_floats(values: Sequence[Value | None]) -> tuple[int, ...] | None:
+        raws = []
+        for value, (scale, limit) in zip(values, scales, strict=True):
+            # As `encoder`'s floats: the value over its scale, packed, if it fits.
+            if type(value) is not float or not -limit <= value / scale <= limit:
+                return None
+            raws.append(value / scale)
+        return unpack(pack(*raws))
+
+    return encode_floats
+
+
 def _scaled(value: float | int, scale: float) -> int:
     """`value / scale` rounded to the nearest integer (halves to even), as exactly as Decimal
     arithmetic on the scale as written (0.01, not its binary neighbour) would round it."""

@@ -21,7 +21,7 @@ from pymodbus.constants import ExcCodes
 
 from base.clock import Clock
 from base.devicemap import UNIT_SCALE, PileMode, Register, RegisterMap, Value
-from drivers.codec import decode, encoder, in_project_units
+from drivers.codec import decode, encoder, float_run_encoder, in_project_units
 from drivers.errors import BadValue
 from simulator.faults import FaultScript
 from simulator.plant import PileModel, Plant, Rejected
@@ -59,6 +59,8 @@ class _Request:
     # Where its float registers are among `names`: equal values of those encode alike unless
     # they are zeros of different signs.
     floats: tuple[int, ...]
+    # All its registers encoded at once, when they are floats one after the other (a meter's).
+    at_once: Callable[[Sequence[Value | None]], tuple[int, ...] | None] | None
 
 
 class RegisterBank:
@@ -150,6 +152,20 @@ class RegisterBank:
         request = self._request(unit, address, count)
         if request.gaps or function_code not in request.read_fcs:
             return ExcCodes.ILLEGAL_ADDRESS
+        if request.at_once is not None:
+            # Model values are in the project's units (`from_project_units`).
+            words = request.at_once(
+                [
+                    float(value) / field[4]
+                    if isinstance(value, (int, float)) and not isinstance(value, bool)
+                    else value
+                    for field, value in zip(
+                        request.fields, map(values.get, request.names), strict=True
+                    )
+                ]
+            )
+            if words is not None:
+                return words
         shown = tuple(map(values.get, request.names))
         last = self._answered.get(request.key)
         if last is None:
@@ -218,6 +234,7 @@ class RegisterBank:
                 self._fields(address, touched),
                 tuple(r.name for r in touched),
                 tuple(i for i, r in enumerate(touched) if r.type.is_float),
+                float_run_encoder(touched, address, count),
             )
         return request
 

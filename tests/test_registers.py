@@ -25,6 +25,7 @@ from drivers.codec import (
     decode_block,
     encode,
     encoder,
+    float_run_encoder,
     from_project_units,
     in_project_units,
     write_plan,
@@ -954,6 +955,55 @@ def test_fast_encode_and_decode_agree_with_pymodbus(
     assert encoder(register)(value) == expected
     block = ReadBlock(1, 3, 0, register.words, (register,))
     assert BlockDecoder(block)(expected) == decode_block(block, expected)
+
+
+@given(
+    types=st.lists(st.sampled_from(FLOAT_TYPES), min_size=1, max_size=6),
+    scale=st.sampled_from(SCALES),
+    data=st.data(),
+)
+def test_a_run_of_floats_encodes_at_once_as_one_by_one(
+    types: list[ValueType], scale: float, data: st.DataObject
+) -> None:
+    """A run of float registers one after the other (a meter's block) encoded in one go gives
+    the words `encode` gives them one by one; with a value that is not a float that fits (None,
+    NaN, an integer, too large for 32 bits), it gives none and the registers go one by one."""
+    regs, at = [], 100
+    for k, vtype in enumerate(types):
+        regs.append(reg(vtype, name=f"r{k}", address=at, scale=scale))
+        at += WORDS[vtype]
+    at_once = float_run_encoder(regs, 100, at - 100)
+    assert at_once is not None
+    values: list[float | int | None] = [
+        data.draw(
+            st.one_of(
+                st.floats(width=32 if r.type is ValueType.F32 else 64, allow_infinity=False),
+                st.none(),
+                st.integers(-5, 5),
+                st.just(1e300),
+            )
+        )
+        for r in regs
+    ]
+    one_by_one: list[int] = []
+    for r, value in zip(regs, values, strict=True):
+        try:
+            one_by_one += encode(r, value)
+        except BadValue:
+            one_by_one = []
+            break
+    words = at_once(values)
+    fits = all(type(v) is float and v == v and abs(v / scale) <= 3.4e38 for v in values)
+    if words is None:
+        assert not fits
+    else:
+        assert list(words) == one_by_one
+    # Not a run: a gap, an integer register, words turned round.
+    assert float_run_encoder(regs, 99, at - 99) is None
+    assert (
+        float_run_encoder([*regs, reg(ValueType.U16, name="n", address=at)], 100, at - 99) is None
+    )
+    assert float_run_encoder([reg(ValueType.F32, "little", address=100)], 100, 2) is None
 
 
 # --------------------------------------------------------------------------- bit fields and UTF-16
