@@ -223,36 +223,53 @@ def encoder(reg: Register) -> Callable[[Value | None], list[int]]:
     return encode_int
 
 
-def float_run_encoder(
+def run_encoder(
     regs: Sequence[Register], address: int, count: int
 ) -> Callable[[Sequence[Value | None]], tuple[int, ...] | None] | None:
-    """`encoder` for float registers that fill `count` words from `address` one after the other
-    (a meter's block), all in one go: their values in order give the block's words, or None when
-    one is not a float that fits (`encode` then says why, one register at a time). None if the
-    registers are not such a run."""
+    """`encoder` for number registers that fill `count` words from `address` one after the
+    other (a block a device is read in), all in one go: their values in order give the block's
+    words as `encoder` gives each register's, or None when one is not a number that fits (None,
+    NaN, text, out of range: `encode` then deals with it, one register at a time). None if the
+    registers are not such a run (text, bit fields, words turned round, gaps)."""
     layout, at = ">", address
-    scales: list[tuple[float, float]] = []
+    specs: list[tuple[bool, float, float, float]] = []
     for reg in sorted(regs, key=lambda r: r.address):
-        if not reg.type.is_float or reg.word_order == "little" or reg.address != at:
+        number = _NUMBER.get(reg.type)
+        if number is None or reg.mask is not None or reg.word_order == "little":
             return None
-        layout += _NUMBER[reg.type][0].format.lstrip(">")
-        scales.append((reg.scale, _F32_MAX if reg.type is ValueType.F32 else sys.float_info.max))
+        if reg.address != at:
+            return None
+        layout += number[0].format.lstrip(">")
+        if reg.type.is_float:
+            limit = _F32_MAX if reg.type is ValueType.F32 else sys.float_info.max
+            specs.append((True, reg.scale, -limit, limit))
+        else:
+            lo, hi = _INT_RANGE[reg.type]
+            specs.append((False, reg.scale, lo, hi))
         at = reg.end
     if at != address + count:
         return None
     pack = struct.Struct(layout).pack
     unpack = struct.Struct(f">{count}H").unpack
 
-    def encode_floats(values: Sequence[Value | None]) -> tuple[int, ...] | None:
-        raws = []
-        for value, (scale, limit) in zip(values, scales, strict=True):
-            # As `encoder`'s floats: the value over its scale, packed, if it fits.
-            if type(value) is not float or not -limit <= value / scale <= limit:
+    def encode_run(values: Sequence[Value | None]) -> tuple[int, ...] | None:
+        raws: list[float | int] = []
+        for value, (is_float, scale, lo, hi) in zip(values, specs, strict=True):
+            # As `encoder` has each: a float over its scale; an integer scaled and rounded.
+            if is_float:
+                if type(value) is not float or not lo <= value / scale <= hi:
+                    return None
+                raws.append(value / scale)
+                continue
+            if not ((type(value) is float and math.isfinite(value)) or type(value) is int):
                 return None
-            raws.append(value / scale)
+            whole = _scaled(value, scale)
+            if not lo <= whole <= hi:
+                return None
+            raws.append(whole)
         return unpack(pack(*raws))
 
-    return encode_floats
+    return encode_run
 
 
 def _scaled(value: float | int, scale: float) -> int:

@@ -21,7 +21,7 @@ from pymodbus.constants import ExcCodes
 
 from base.clock import Clock
 from base.devicemap import UNIT_SCALE, PileMode, Register, RegisterMap, Value
-from drivers.codec import decode, encoder, float_run_encoder, in_project_units
+from drivers.codec import decode, encoder, in_project_units, run_encoder
 from drivers.errors import BadValue
 from simulator.faults import FaultScript
 from simulator.plant import PileModel, Plant, Rejected
@@ -59,7 +59,7 @@ class _Request:
     # Where its float registers are among `names`: equal values of those encode alike unless
     # they are zeros of different signs.
     floats: tuple[int, ...]
-    # All its registers encoded at once, when they are floats one after the other (a meter's).
+    # All its registers encoded at once, when they are numbers one after the other.
     at_once: Callable[[Sequence[Value | None]], tuple[int, ...] | None] | None
 
 
@@ -234,7 +234,7 @@ class RegisterBank:
                 self._fields(address, touched),
                 tuple(r.name for r in touched),
                 tuple(i for i, r in enumerate(touched) if r.type.is_float),
-                float_run_encoder(touched, address, count),
+                run_encoder(touched, address, count),
             )
         return request
 

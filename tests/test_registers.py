@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from base.devicemap import Access, ReadBlock, Register, RegisterMap, ValueType, WordOrder
+from base.devicemap import Access, ReadBlock, Register, RegisterMap, Value, ValueType, WordOrder
 from drivers.codec import (
     BlockDecoder,
     WritePlan,
@@ -25,9 +25,9 @@ from drivers.codec import (
     decode_block,
     encode,
     encoder,
-    float_run_encoder,
     from_project_units,
     in_project_units,
+    run_encoder,
     write_plan,
 )
 from drivers.errors import BadValue
@@ -958,52 +958,48 @@ def test_fast_encode_and_decode_agree_with_pymodbus(
 
 
 @given(
-    types=st.lists(st.sampled_from(FLOAT_TYPES), min_size=1, max_size=6),
+    types=st.lists(st.sampled_from(INT_TYPES + FLOAT_TYPES), min_size=1, max_size=6),
     scale=st.sampled_from(SCALES),
     data=st.data(),
 )
-def test_a_run_of_floats_encodes_at_once_as_one_by_one(
+def test_a_run_of_numbers_encodes_at_once_as_one_by_one(
     types: list[ValueType], scale: float, data: st.DataObject
 ) -> None:
-    """A run of float registers one after the other (a meter's block) encoded in one go gives
-    the words `encode` gives them one by one; with a value that is not a float that fits (None,
-    NaN, an integer, too large for 32 bits), it gives none and the registers go one by one."""
+    """A run of number registers one after the other (a block a device is read in) encoded in
+    one go gives the words `encode` gives them one by one; with a value that is not a number
+    that fits (None, NaN, text, out of range), it gives none (the bank then encodes one by one)."""
     regs, at = [], 100
     for k, vtype in enumerate(types):
         regs.append(reg(vtype, name=f"r{k}", address=at, scale=scale))
         at += WORDS[vtype]
-    at_once = float_run_encoder(regs, 100, at - 100)
+    at_once = run_encoder(regs, 100, at - 100)
     assert at_once is not None
-    values: list[float | int | None] = [
+    values: list[Value | None] = [
         data.draw(
             st.one_of(
                 st.floats(width=32 if r.type is ValueType.F32 else 64, allow_infinity=False),
-                st.none(),
-                st.integers(-5, 5),
-                st.just(1e300),
+                st.integers(-(2**40), 2**40),
+                st.sampled_from([None, "text", 0.5 * scale, 2.5 * scale, 1e300]),
             )
         )
         for r in regs
     ]
-    one_by_one: list[int] = []
+    one_by_one: list[int] | None = []
     for r, value in zip(regs, values, strict=True):
         try:
             one_by_one += encode(r, value)
         except BadValue:
-            one_by_one = []
+            one_by_one = None
             break
     words = at_once(values)
-    fits = all(type(v) is float and v == v and abs(v / scale) <= 3.4e38 for v in values)
-    if words is None:
-        assert not fits
-    else:
-        assert list(words) == one_by_one
-    # Not a run: a gap, an integer register, words turned round.
-    assert float_run_encoder(regs, 99, at - 99) is None
-    assert (
-        float_run_encoder([*regs, reg(ValueType.U16, name="n", address=at)], 100, at - 99) is None
-    )
-    assert float_run_encoder([reg(ValueType.F32, "little", address=100)], 100, 2) is None
+    assert words is None or list(words) == one_by_one
+    if one_by_one is not None and all(type(v) is float for v in values):
+        assert words is not None  # every float that fits, in one go
+    # Not a run: a gap before it, text, words turned round.
+    assert run_encoder(regs, 99, at - 99) is None
+    text = reg(ValueType.STRING, name="t", address=at, words=2)
+    assert run_encoder([*regs, text], 100, at + 2 - 100) is None
+    assert run_encoder([reg(ValueType.F32, "little", address=100)], 100, 2) is None
 
 
 # --------------------------------------------------------------------------- bit fields and UTF-16
