@@ -351,6 +351,13 @@ class BlockDecoder:
             else:
                 layout = None
         self._all = None if layout is None else struct.Struct(layout)
+        # For that one unpacking: the names in order, and which values to scale, to check for
+        # "unavailable" (all ones) and for NaN, by their place.
+        fields = self._fields
+        self._names = tuple(f[0] for f in fields)
+        self._scaled = tuple((f[0], i, f[4]) for i, f in enumerate(fields) if f[4] != 1.0)
+        self._ones = tuple((f[0], f[1], f[2]) for f in fields if f[2])
+        self._floats = tuple(f[0] for f in fields if f[5])
 
     def __call__(self, words: Sequence[int]) -> Mapping[str, Value | None]:
         """The values of the block's registers in `words`, as `decode_block` has them (the
@@ -369,17 +376,21 @@ class BlockDecoder:
             data = self._words.pack(*words)
         except struct.error:
             return decode_block(block, words)  # a word count or value that is wrong: say which
-        values: dict[str, Value | None] = {}
+        values: dict[str, Value | None]
         if self._all is not None:
-            for (name, offset, ones, _, scale, is_float), raw in zip(
-                self._fields, self._all.unpack_from(data), strict=True
-            ):
-                unavailable = ones and data.count(0xFF, offset, offset + ones) == ones
-                if unavailable or (is_float and raw != raw):  # all ones, or NaN
+            raws = self._all.unpack_from(data)
+            values = dict(zip(self._names, raws, strict=True))
+            for name, index, scale in self._scaled:
+                values[name] = raws[index] * scale
+            for name, offset, ones in self._ones:
+                if data.count(0xFF, offset, offset + ones) == ones:
                     values[name] = None
-                else:
-                    values[name] = raw if scale == 1.0 else raw * scale
+            for name in self._floats:
+                value = values[name]
+                if value != value:  # NaN
+                    values[name] = None
         else:
+            values = {}
             for name, offset, ones, unpack_from, scale, is_float in self._fields:
                 if ones and data.count(0xFF, offset, offset + ones) == ones:
                     values[name] = None
