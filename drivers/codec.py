@@ -225,14 +225,15 @@ def encoder(reg: Register) -> Callable[[Value | None], list[int]]:
 
 def run_encoder(
     regs: Sequence[Register], address: int, count: int
-) -> Callable[[Sequence[Value | None]], tuple[int, ...] | None] | None:
+) -> Callable[[Mapping[str, Value | None]], tuple[int, ...] | None] | None:
     """`encoder` for number registers that fill `count` words from `address` one after the
-    other (a block a device is read in), all in one go: their values in order give the block's
-    words as `encoder` gives each register's, or None when one is not a number that fits (None,
-    NaN, text, out of range: `encode` then deals with it, one register at a time). None if the
-    registers are not such a run (text, bit fields, words turned round, gaps)."""
+    other (a block a device is read in), all in one go: named values in the project's units
+    (`from_project_units` of each) give the block's words as `encoder` gives each register's,
+    or None when one is not a number that fits (None, NaN, text, out of range: `encode` then
+    deals with it, one register at a time). None if the registers are not such a run (text,
+    bit fields, words turned round, gaps)."""
     layout, at = ">", address
-    specs: list[tuple[bool, float, float, float]] = []
+    specs: list[tuple[str, float, bool, float, float, float]] = []
     for reg in sorted(regs, key=lambda r: r.address):
         number = _NUMBER.get(reg.type)
         if number is None or reg.mask is not None or reg.word_order == "little":
@@ -240,30 +241,45 @@ def run_encoder(
         if reg.address != at:
             return None
         layout += number[0].format.lstrip(">")
+        per_unit = UNIT_SCALE[reg.unit][1]
         if reg.type.is_float:
             limit = _F32_MAX if reg.type is ValueType.F32 else sys.float_info.max
-            specs.append((True, reg.scale, -limit, limit))
+            specs.append((reg.name, per_unit, True, reg.scale, -limit, limit))
         else:
             lo, hi = _INT_RANGE[reg.type]
-            specs.append((False, reg.scale, lo, hi))
+            specs.append((reg.name, per_unit, False, reg.scale, lo, hi))
         at = reg.end
     if at != address + count:
         return None
     pack = struct.Struct(layout).pack
     unpack = struct.Struct(f">{count}H").unpack
 
-    def encode_run(values: Sequence[Value | None]) -> tuple[int, ...] | None:
+    def encode_run(values: Mapping[str, Value | None]) -> tuple[int, ...] | None:
         raws: list[float | int] = []
-        for value, (is_float, scale, lo, hi) in zip(values, specs, strict=True):
+        get = values.get
+        for name, per_unit, is_float, scale, lo, hi in specs:
+            number = get(name)
+            if type(number) is not float and type(number) is not int:
+                return None
+            value = float(number) / per_unit
             # As `encoder` has each: a float over its scale; an integer scaled and rounded.
             if is_float:
-                if type(value) is not float or not lo <= value / scale <= hi:
+                if not lo <= value / scale <= hi:
                     return None
                 raws.append(value / scale)
                 continue
-            if not ((type(value) is float and math.isfinite(value)) or type(value) is int):
+            quotient = value / scale
+            # `_scaled`'s common path, in line; it decides the rest.
+            if -_EXACT < value < _EXACT and -_EXACT < quotient < _EXACT:
+                fraction = quotient - math.floor(quotient)
+                if abs(fraction - 0.5) > 1e-9 * max(1.0, abs(quotient)):
+                    whole = round(quotient)
+                else:
+                    whole = _scaled(value, scale)
+            elif math.isfinite(value):
+                whole = _scaled(value, scale)
+            else:
                 return None
-            whole = _scaled(value, scale)
             if not lo <= whole <= hi:
                 return None
             raws.append(whole)

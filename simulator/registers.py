@@ -60,7 +60,7 @@ class _Request:
     # they are zeros of different signs.
     floats: tuple[int, ...]
     # All its registers encoded at once, when they are numbers one after the other.
-    at_once: Callable[[Sequence[Value | None]], tuple[int, ...] | None] | None
+    at_once: Callable[[Mapping[str, Value | None]], tuple[int, ...] | None] | None
 
 
 class RegisterBank:
@@ -153,17 +153,7 @@ class RegisterBank:
         if request.gaps or function_code not in request.read_fcs:
             return ExcCodes.ILLEGAL_ADDRESS
         if request.at_once is not None:
-            # Model values are in the project's units (`from_project_units`).
-            words = request.at_once(
-                [
-                    float(value) / field[4]
-                    if isinstance(value, (int, float)) and not isinstance(value, bool)
-                    else value
-                    for field, value in zip(
-                        request.fields, map(values.get, request.names), strict=True
-                    )
-                ]
-            )
+            words = request.at_once(values)
             if words is not None:
                 return words
         shown = tuple(map(values.get, request.names))

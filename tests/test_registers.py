@@ -970,26 +970,32 @@ def test_a_run_of_numbers_encodes_at_once_as_one_by_one(
     types: list[ValueType], scale: float, data: st.DataObject
 ) -> None:
     """A run of number registers one after the other (a block a device is read in) encoded in
-    one go gives the words `encode` gives them one by one; with a value that is not a number
-    that fits (None, NaN, text, out of range), it gives none (the bank then encodes one by one)."""
+    one go from values in the project's units gives the words `encode` gives them one by one
+    (each value `from_project_units` first); with a value that is not a number that fits (None,
+    NaN, text, out of range), it gives none (the bank then encodes one by one)."""
     regs, at = [], 100
     for k, vtype in enumerate(types):
-        regs.append(reg(vtype, name=f"r{k}", address=at, scale=scale))
+        unit = data.draw(st.sampled_from(["", "W", "kWh", "V"]))
+        regs.append(reg(vtype, name=f"r{k}", address=at, scale=scale, unit=unit))
         at += WORDS[vtype]
     at_once = run_encoder(regs, 100, at - 100)
     assert at_once is not None
-    values: list[Value | None] = [
-        data.draw(
+    values: dict[str, Value | None] = {
+        r.name: data.draw(
             st.one_of(
                 st.floats(width=32 if r.type is ValueType.F32 else 64, allow_infinity=False),
+                st.floats(-1e5, 1e5),
                 st.integers(-(2**40), 2**40),
-                st.sampled_from([None, "text", 0.5 * scale, 2.5 * scale, 1e300]),
+                st.sampled_from([None, "text", True, 0.5 * scale, 1.7 * scale, 1e300]),
             )
         )
         for r in regs
-    ]
+    }
     one_by_one: list[int] | None = []
-    for r, value in zip(regs, values, strict=True):
+    for r in regs:
+        value = values[r.name]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = from_project_units(r, float(value))
         try:
             one_by_one += encode(r, value)
         except BadValue:
@@ -997,8 +1003,8 @@ def test_a_run_of_numbers_encodes_at_once_as_one_by_one(
             break
     words = at_once(values)
     assert words is None or list(words) == one_by_one
-    if one_by_one is not None and all(type(v) is float for v in values):
-        assert words is not None  # every float that fits, in one go
+    if one_by_one is not None and all(type(v) in (float, int) for v in values.values()):
+        assert words is not None  # every number that fits, in one go
     # Not a run: a gap before it, text, words turned round.
     assert run_encoder(regs, 99, at - 99) is None
     text = reg(ValueType.STRING, name="t", address=at, words=2)
