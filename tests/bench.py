@@ -14,7 +14,9 @@ policy and under ACN-Sim's LLF, EDF and ASA (in their own venv; ASA needs ADACHA
 Quality: the shipped scenarios, one warm-up day each, under every policy, against the true
 offline bound: cost, energy delivered, limit and peak.
 
-Month: a month of the reference station under mpc at the defaults, its CPU against llf's.
+Month: a month of the reference station under mpc at the defaults, its CPU against llf's; for
+each, the simulated days a CPU minute gives and the share of the CPU that went through the
+drivers (sampled on CPU time), so that the fast simulation's cost can be compared run to run.
 
 Faults: the fault matrix of tests/test_faults.py, each fault's worst overshoot of the limit (kW
 and seconds), how long until the controller logged the fault's end, and until the site charged at
@@ -36,8 +38,9 @@ loopback while its API is flooded with 10 MB bodies without a token, 200 slow cl
 GETs at 20 concurrent: the control cycle's p50/p99/max and missed cycles, idle and under each.
 
 Soak: 30 days of the reference station's seeded random fleet with random faults (a dozen a day,
-of every kind), in fast simulation: over-limit energy, accounting, the cycle time's spread and
-the process's memory at the end against after the first day.
+of every kind), in fast simulation: over-limit energy, accounting, the cycle time's spread, the
+simulated days per wall and CPU minute (and the CPU's share through the drivers), and the
+process's memory at the end against after the first day.
 """
 
 from __future__ import annotations
