@@ -115,10 +115,27 @@ class BackgroundProfile(Strict):
     noise_kw: Kw = 0.0
 
 
-LinkProtocol = Literal["modbus-tcp", "modbus-tls", "modbus-rtu", "modbus-rtu-over-tcp", "opcua"]
+LinkProtocol = Literal[
+    "modbus-tcp", "modbus-tls", "modbus-rtu", "modbus-rtu-over-tcp", "opcua", "ocpp"
+]
 # The rates RS-485 meters and chargers offer.
 BaudRate = Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200]
 _SERIAL_FIELDS = ("serial_port", "baudrate", "parity", "stopbits", "bytesize")
+# What an OCPP pile has no use for: it connects to us, by its identity, and has no register map.
+NOT_FOR_OCPP = (
+    "host",
+    "port",
+    "unit",
+    "device",
+    *_SERIAL_FIELDS,
+    "path",
+    "object",
+    "opcua_security",
+    "comm_timeout_s",
+)
+# What only OCPP piles take.
+OCPP_ONLY = ("ocpp_version", "ocpp_identity", "connector", "supply")
+OcppVersion = Literal["1.6", "2.0.1"]
 OpcUaSecurity = Literal["sign-and-encrypt", "none"]
 
 
@@ -136,15 +153,17 @@ class DeviceEndpoint(Strict):
     `protocol` is plain Modbus TCP, Modbus/TCP Security (TLS with mutual certificates, port 802
     by default), Modbus RTU on a serial line (`serial_port`, `baudrate`, `parity`, `stopbits`,
     `bytesize`; host and port are ignored; devices on one line share it as a bus), Modbus RTU framing over
-    TCP to a serial gateway (host and port as for Modbus TCP), or OPC-UA. OPC-UA devices are reached at `opc.tcp://host:port{path}` and are the
+    TCP to a serial gateway (host and port as for Modbus TCP), OPC-UA, or OCPP (piles only: the
+    charge point connects to the daemon's [ocpp] server; no host, port or map). OPC-UA devices are reached at `opc.tcp://host:port{path}` and are the
     object `object` (default: the device's id) of the flexcharge address space; they use
     SignAndEncrypt unless `opcua_security = "none"` says otherwise, which the daemon warns about.
     """
 
     id: str = Field(min_length=1)
-    device: str = Field(min_length=1)
-    # Required for every protocol but modbus-rtu (checked with the other fields, so a missing
-    # one is named like any other); the defaults stand for "not given".
+    # device: required for every protocol but ocpp; host and port: for every protocol but
+    # modbus-rtu and ocpp (checked with the other fields, so a missing one is named like any
+    # other); the defaults stand for "not given".
+    device: str = Field(default="", min_length=1)
     host: str = Field(default="", min_length=1)
     port: Port = 0
     unit: UnitId = 1
@@ -166,10 +185,14 @@ class DeviceEndpoint(Strict):
         # host and port have defaults only because modbus-rtu devices have neither; every other
         # protocol needs both, reported as missing with the entry's other errors.
         missing: list[InitErrorDetails] = []
-        if isinstance(data, Mapping) and data.get("protocol") != "modbus-rtu":
+        if isinstance(data, Mapping):
+            protocol = data.get("protocol")
+            needed = {"modbus-rtu": ("device",), "ocpp": ()}.get(
+                protocol if isinstance(protocol, str) else "", ("device", "host", "port")
+            )
             missing = [
                 {"type": "missing", "loc": (name,), "input": data}
-                for name in ("host", "port")
+                for name in needed
                 if name not in data
             ]
         try:
@@ -197,9 +220,12 @@ class DeviceEndpoint(Strict):
 
     @property
     def address(self) -> str:
-        """Where the device answers, for messages: host:port or the serial port."""
+        """Where the device answers, for messages: host:port, the serial port, or (OCPP) the
+        charge point's identity and connector."""
         if self.serial:
             return str(self.serial_port)
+        if isinstance(self, PileConfig) and self.ocpp:
+            return f"ocpp:{self.identity}/{self.connector}"
         return f"{self.host}:{self.port}"
 
     @property
@@ -224,21 +250,83 @@ class MeterConfig(DeviceEndpoint):
 
 
 class PileConfig(DeviceEndpoint):
-    """One [[piles]] entry (after [pile_defaults] is applied)."""
+    """One [[piles]] entry (after [pile_defaults] is applied).
+
+    An OCPP pile (`protocol = "ocpp"`) is a charge point that connects to the daemon's [ocpp]
+    server as `ocpp_identity` (default: the pile's id), speaking `ocpp_version`; the pile is its
+    `connector` (1.6 connectorId, 2.0.1 evseId), `supply` "dc" or "ac". Its `comm_timeout_s` is
+    the [ocpp] profile validity (the loader sets it): every dynamic profile expires after it.
+    """
 
     max_kw: PositiveKw
     min_kw: Kw
+    # Not given for OCPP piles: the loader sets it to [ocpp] profile_validity_s.
     comm_timeout_s: float = Field(gt=0, le=3600)
     fallback_kw: Kw
     max_discharge_kw: Kw = 0.0
     phases: Literal[1, 3] = 3
     phase: Literal["L1", "L2", "L3"] | None = None
     voltage_v: float = Field(default=230.0, ge=100, le=400)
+    ocpp_version: OcppVersion | None = None
+    ocpp_identity: str | None = Field(default=None, pattern=r"^[A-Za-z0-9*\-_=:+|@.]{1,48}$")
+    connector: int = Field(default=1, ge=1, le=255)
+    supply: Literal["dc", "ac"] = "dc"
 
     @property
     def bidirectional(self) -> bool:
         """True if the pile may discharge a vehicle."""
         return self.max_discharge_kw > 0
+
+    @property
+    def ocpp(self) -> bool:
+        """True if the pile is an OCPP charge point (connector)."""
+        return self.protocol == "ocpp"
+
+    @property
+    def identity(self) -> str:
+        """The OCPP identity its charge point connects as (the path of its websocket URL)."""
+        return self.ocpp_identity or self.id
+
+
+class OcppSettings(Strict):
+    """[ocpp]: the daemon as the OCPP server (CSMS) its OCPP piles connect to.
+
+    Charge points connect to ws://host:port/<identity> (wss:// for security profiles 2-3),
+    subprotocol "ocpp1.6" or "ocpp2.0.1" on the one port. `security_profile` 0 is plain ws
+    without authentication (the daemon warns), 1 basic auth over ws, 2 basic auth over TLS (the
+    server certificate is the station's "daemon" identity from `flexcharge certs init`), 3 mutual
+    TLS (client certificates signed by the station CA). The basic-auth password (the user is the
+    charge point's identity) comes from the environment variable `password_env` or the file
+    `password_file`, never from the station file. `id_tags` empty accepts every idTag.
+
+    Every dynamic charging profile expires `profile_validity_s` after it is sent (and is renewed
+    before), so that a charge point left alone falls back to its pile's fallback_kw; a setpoint
+    that moves less than `deadband_kw` is not re-sent. `heartbeat_s` is the Heartbeat interval
+    given in BootNotification's answer, `meter_values_s` the meter sample interval asked of
+    each charge point.
+    """
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    # 0: any free port (tests); the server says which it got.
+    port: int = Field(default=15040, ge=0, le=65535)
+    security_profile: Literal[0, 1, 2, 3] = 0
+    password_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    password_file: str | None = Field(default=None, min_length=1)
+    id_tags: list[str] = Field(default_factory=list)
+    profile_validity_s: float = Field(default=60.0, gt=0, le=86400, allow_inf_nan=False)
+    deadband_kw: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    heartbeat_s: int = Field(default=60, ge=1, le=86400)
+    meter_values_s: int = Field(default=5, ge=1, le=3600)
+
+    @property
+    def tls(self) -> bool:
+        """True for the security profiles served over TLS (wss)."""
+        return self.security_profile >= 2
+
+    @property
+    def basic_auth(self) -> bool:
+        """True for the security profiles that ask for a password."""
+        return self.security_profile in (1, 2)
 
 
 class SecuritySettings(Strict):
@@ -359,8 +447,37 @@ class PhaseLimits(Strict):
     voltage_v: float = Field(default=230.0, gt=0)
 
 
+# The profile purposes of OCPP 1.6 (ChargePointMaxProfile) and 2.0.1 (ChargingStationMaxProfile).
+ProfilePurpose = Literal[
+    "ChargePointMaxProfile", "ChargingStationMaxProfile", "TxDefaultProfile", "TxProfile"
+]
+
+
+class ChargePointQuirks(Strict):
+    """[simulator.charge_points.<pile id>]: how a simulated OCPP charge point behaves, field
+    quirks included: the profile purposes it answers Rejected, whether it applies the profiles
+    it accepts (and how late), the rate units it takes, its ChargingScheduleMaxPeriods and
+    ChargeProfileMaxStackLevel, and whether it keeps its last profile past its validity."""
+
+    rejects_purposes: list[ProfilePurpose] = Field(default_factory=list)
+    applies_profiles: bool = True
+    apply_delay_s: float = Field(default=0.0, ge=0, le=3600, allow_inf_nan=False)
+    rate_units: list[Literal["A", "W"]] = Field(default=["A", "W"], min_length=1)
+    max_periods: int = Field(default=24, ge=1, le=1024)
+    max_stack_level: int = Field(default=3, ge=0, le=1000)
+    keeps_last_profile: bool = False
+
+    @field_validator("rate_units", "rejects_purposes")
+    @classmethod
+    def _once_each(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError("names each value once")
+        return values
+
+
 class SimulatorSettings(Strict):
-    """[simulator]: how the hardware simulator plays the station."""
+    """[simulator]: how the hardware simulator plays the station (`charge_points`: the quirks
+    of its simulated OCPP charge points, by pile id)."""
 
     seed: int
     step_s: float = Field(default=1.0, gt=0, le=10)
@@ -373,6 +490,11 @@ class SimulatorSettings(Strict):
     vehicle_max_kw: tuple[PositiveKw, PositiveKw]
     taper_soc: float = Field(gt=0, lt=1)
     arrivals: list[ArrivalWave] = Field(min_length=1)
+    charge_points: dict[str, ChargePointQuirks] = Field(default_factory=dict)
+
+    def quirks(self, pile_id: str) -> ChargePointQuirks:
+        """The quirks of the charge point `pile_id` (the defaults if the station names none)."""
+        return self.charge_points.get(pile_id) or ChargePointQuirks()
 
 
 class TelemetrySettings(Strict):
@@ -480,6 +602,7 @@ class Station:
     terminal: MeterConfig | None = None
     api: ApiSettings | None = None
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    ocpp: OcppSettings | None = None
 
     @property
     def name(self) -> str:
@@ -552,21 +675,9 @@ class Station:
             password = self._from_env(sec.opcua_password_env, "security.opcua_password_env")
             return sec.opcua_user, password
         assert sec.opcua_password_file is not None
-        file = (self.path.parent / sec.opcua_password_file).resolve()
-        try:
-            return sec.opcua_user, file.read_text(encoding="utf-8").strip()
-        except (OSError, ValueError) as exc:  # ValueError: not UTF-8
-            why = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text ({exc})"
-            raise ConfigError(
-                [
-                    ConfigProblem(
-                        self.path,
-                        None,
-                        "security.opcua_password_file",
-                        f"cannot read {file}: {why}",
-                    )
-                ]
-            ) from None
+        return sec.opcua_user, self._read_secret(
+            sec.opcua_password_file, "security.opcua_password_file"
+        )
 
     def _from_env(self, variable: str, setting: str) -> str:
         """A secret from the environment variable `variable`, which `setting` names."""
@@ -580,6 +691,33 @@ class Station:
                 ]
             )
         return value
+
+    def ocpp_password(self) -> str | None:
+        """The basic-auth password OCPP charge points must give (None when the security profile
+        asks for none), read from the environment or a file at call time and never logged."""
+        settings = self.ocpp
+        if settings is None or not settings.basic_auth:
+            return None
+        if settings.password_env is not None:
+            return self._from_env(settings.password_env, "ocpp.password_env")
+        assert settings.password_file is not None  # the loader requires one of the two
+        return self._read_secret(settings.password_file, "ocpp.password_file")
+
+    def _read_secret(self, name: str, setting: str) -> str:
+        """A secret from the file `name` (relative to the station file), which `setting` names."""
+        file = (self.path.parent / name).resolve()
+        try:
+            return file.read_text(encoding="utf-8").strip()
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8
+            why = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text ({exc})"
+            raise ConfigError(
+                [ConfigProblem(self.path, None, setting, f"cannot read {file}: {why}")]
+            ) from None
+
+    def with_ocpp(self, **changes: Any) -> Station:
+        """A copy with [ocpp] settings changed (tests use a free port, other security)."""
+        current = {} if self.ocpp is None else self.ocpp.model_dump()
+        return replace(self, ocpp=OcppSettings.model_validate({**current, **changes}))
 
     def telemetry_token(self) -> str | None:
         """The telemetry database's token (None without one), read from the environment at call
@@ -611,7 +749,7 @@ class Station:
         on a serial line stay where they are."""
 
         def moved(device: _Endpoint) -> _Endpoint:
-            if device.serial:
+            if device.serial or device.protocol == "ocpp":
                 return device
             return device.model_copy(
                 update={"host": host, "port": ports.get(device.id, device.port)}
@@ -642,17 +780,20 @@ _STATION_SECTIONS = {
     "simulator",
     "api",
     "telemetry",
+    "ocpp",
 }
 
 
-def load_station(path: Path | str) -> Station:
+def load_station(path: Path | str, document: Mapping[str, Any] | None = None) -> Station:
     """Load and check a station file, its tariff and every register map it names.
 
+    With `document`, that TOML document is checked as if it were the file at `path` (relative
+    paths in it resolve against the file's directory): a variant of a station built in code.
     Raises `ConfigError` listing every problem found in any of those files.
     """
     path = Path(path)
     problems = Problems(path)
-    raw = read_toml(path, problems)
+    raw = dict(document) if document is not None else read_toml(path, problems)
     for key in raw:
         if key not in _STATION_SECTIONS:
             problems.add(
@@ -711,6 +852,7 @@ def load_station(path: Path | str) -> Station:
     telemetry: TelemetrySettings | None = (
         section(TelemetrySettings, "telemetry") if "telemetry" in raw else TelemetrySettings()
     )
+    ocpp: OcppSettings | None = section(OcppSettings, "ocpp") if "ocpp" in raw else None
     groups: list[GroupConfig] = []
     raw_groups = raw.get("groups", [])
     if not isinstance(raw_groups, list):
@@ -749,8 +891,19 @@ def load_station(path: Path | str) -> Station:
             problems.add(f"pile #{index + 1}", "", "must be a table")
             continue
         label = _pile_label(entry, index)
+        merged = {**defaults, **entry}
+        if merged.get("protocol") == "ocpp":
+            _check_ocpp_entry(problems, label, entry)
+            merged = {k: v for k, v in merged.items() if k not in NOT_FOR_OCPP}
+            # The profile validity is what a comm timeout is for a Modbus pile.
+            validity = ocpp.profile_validity_s if ocpp is not None else 60.0
+            merged["comm_timeout_s"] = validity
+        else:
+            for name in OCPP_ONLY:
+                if name in entry:
+                    problems.add(label, name, 'only OCPP piles (protocol = "ocpp") take this')
         try:
-            piles.append(PileConfig.model_validate({**defaults, **entry}))
+            piles.append(PileConfig.model_validate(merged))
         except ValidationError as err:
             problems.add_validation(err, label)
 
@@ -772,7 +925,7 @@ def load_station(path: Path | str) -> Station:
             if isinstance(entry, dict) and isinstance(entry.get("device"), str):
                 wanted.setdefault(entry["device"], label)
         for index, entry in enumerate(raw_piles):
-            if isinstance(entry, dict):
+            if isinstance(entry, dict) and {**defaults, **entry}.get("protocol") != "ocpp":
                 device_name = entry.get("device", defaults.get("device"))
                 if isinstance(device_name, str) and device_name:
                     wanted.setdefault(device_name, _pile_label(entry, index))
@@ -798,7 +951,10 @@ def load_station(path: Path | str) -> Station:
     _check_groups(problems, piles, groups, phase_limits)
     meters = [m for m in (grid_meter, terminal) if m is not None]
     _check_security(problems, security, [*meters, *piles])
+    _check_serial_lines(problems, [*meters, *piles])
     _check_telemetry(problems, telemetry)
+    _check_ocpp(problems, ocpp, "ocpp" in raw, piles, control, security)
+    _check_charge_points(problems, simulator, piles)
     _cross_check(
         problems, transformer, control, background, meters, piles, device_maps, tariff, info
     )
@@ -823,6 +979,7 @@ def load_station(path: Path | str) -> Station:
         terminal=terminal,
         api=api,
         telemetry=telemetry or TelemetrySettings(),
+        ocpp=ocpp,
     )
 
 
@@ -857,12 +1014,121 @@ def _maps_in(directory: Path) -> list[str]:
         return []
 
 
+def _check_ocpp_entry(problems: Problems, label: str, entry: Mapping[str, object]) -> None:
+    """An OCPP pile's own entry names no field that does not apply to it ([pile_defaults] may:
+    they are for the station's other piles)."""
+    for name in NOT_FOR_OCPP:
+        if name in entry:
+            why = (
+                "the [ocpp] profile_validity_s plays its part"
+                if name == "comm_timeout_s"
+                else "the charge point connects to the [ocpp] server by its identity"
+            )
+            problems.add(label, name, f"does not apply to OCPP piles: {why}")
+    if "ocpp_version" not in entry:
+        problems.add(label, "ocpp_version", 'required for OCPP piles ("1.6" or "2.0.1")')
+
+
+def _check_ocpp(
+    problems: Problems,
+    ocpp: OcppSettings | None,
+    given: bool,
+    piles: list[PileConfig],
+    control: ControlSettings | None,
+    security: SecuritySettings | None,
+) -> None:
+    """[ocpp] is there when OCPP piles are; each charge point is one version, each connector one
+    pile; passwords and certificates as the security profile needs them. `given`: the file has
+    an [ocpp] section (`ocpp` is None also when it has one with mistakes)."""
+    ocpp_piles = [p for p in piles if p.ocpp]
+    if ocpp_piles and not given:
+        names = ", ".join(p.id for p in ocpp_piles)
+        problems.add(None, "ocpp", f"{names} use OCPP, which needs an [ocpp] section (the server)")
+    versions: dict[str, tuple[str | None, str]] = {}
+    connectors: dict[tuple[str, int], str] = {}
+    for pile in ocpp_piles:
+        label = DeviceRef.pile(pile.id).label
+        key = (pile.identity, pile.connector)
+        if key in connectors:
+            problems.add(
+                label,
+                "connector",
+                f"identity {pile.identity} connector {pile.connector} is already used by "
+                f"{connectors[key]}",
+            )
+        connectors.setdefault(key, label)
+        version, first = versions.setdefault(pile.identity, (pile.ocpp_version, label))
+        if version != pile.ocpp_version:
+            problems.add(
+                label,
+                "ocpp_version",
+                f"{pile.ocpp_version} differs from {version} of {first} (one charge point, "
+                f"identity {pile.identity})",
+            )
+        if pile.bidirectional and pile.ocpp_version != "2.0.1":
+            problems.add(
+                label, "max_discharge_kw", "discharging (V2G) over OCPP needs ocpp_version 2.0.1"
+            )
+    if ocpp is None:
+        return
+    sources = [ocpp.password_env, ocpp.password_file]
+    if ocpp.basic_auth and sum(source is not None for source in sources) != 1:
+        problems.add(
+            "ocpp",
+            "password_env",
+            f"security profile {ocpp.security_profile} needs exactly one of password_env or "
+            "password_file (passwords are never written in the station file)",
+        )
+    if not ocpp.basic_auth:
+        for name in ("password_env", "password_file"):
+            if getattr(ocpp, name) is not None:
+                problems.add(
+                    "ocpp",
+                    name,
+                    f"security profile {ocpp.security_profile} takes no password (only 1 and 2 do)",
+                )
+    if ocpp.tls and security is None:
+        problems.add(
+            "ocpp",
+            "security_profile",
+            f"security profile {ocpp.security_profile} (TLS) needs [security] certs = DIR "
+            "(create DIR with: flexcharge certs init DIR)",
+        )
+    if control is not None and ocpp.profile_validity_s < 2 * control.period_s:
+        problems.add(
+            "ocpp",
+            "profile_validity_s",
+            f"{ocpp.profile_validity_s:g} s is less than twice the control period "
+            f"({control.period_s:g} s): profiles would expire while the controller runs",
+        )
+
+
 def _address(device: DeviceEndpoint) -> tuple[str, int, str, int | str]:
+    if device.protocol == "ocpp":
+        # One namespace of their own (their duplicates are reported by _check_ocpp).
+        return ("ocpp", 0, device.id, 0)
     if device.serial:
         return (str(device.serial_port), 0, "", device.unit)
     if device.protocol == "opcua":
         return (device.host, device.port, device.path, device.opcua_object)
     return (device.host, device.port, "", device.unit)
+
+
+def _check_charge_points(
+    problems: Problems, simulator: SimulatorSettings | None, piles: list[PileConfig]
+) -> None:
+    """Each [simulator.charge_points.<id>] names an OCPP pile of the station."""
+    if simulator is None:
+        return
+    ocpp = {p.id for p in piles if p.ocpp}
+    for pile_id in simulator.charge_points:
+        if pile_id not in ocpp:
+            known = ", ".join(sorted(ocpp)) or "none"
+            problems.add(
+                None,
+                f"simulator.charge_points.{pile_id}",
+                f"not an OCPP pile of the station (OCPP piles: {known})",
+            )
 
 
 def _check_security(
@@ -879,7 +1145,7 @@ def _check_security(
         )
     for device in devices:
         # The same label as every other problem about this pile or meter.
-        label = f"{'pile' if isinstance(device, PileConfig) else 'meter'} {device.id}"
+        label = _device_label(device)
         _check_link(problems, label, device)
         if device.protocol != "opcua":
             if device.object is not None:
@@ -911,6 +1177,28 @@ def _check_link(problems: Problems, label: str, device: DeviceEndpoint) -> None:
     for name in _SERIAL_FIELDS:
         if name in device.model_fields_set:
             problems.add(label, name, f"only modbus-rtu devices take this, not {device.protocol}")
+
+
+def _check_serial_lines(problems: Problems, devices: list[DeviceEndpoint]) -> None:
+    """Devices on one serial port share its line: one baud rate, parity, stop and data bits."""
+    first: dict[str, DeviceEndpoint] = {}
+    for device in devices:
+        if not device.serial or device.serial_port is None:
+            continue
+        line = first.setdefault(device.serial_port, device)
+        for name in ("baudrate", "parity", "stopbits", "bytesize"):
+            mine, theirs = getattr(device, name), getattr(line, name)
+            if mine != theirs:
+                problems.add(
+                    _device_label(device),
+                    name,
+                    f"{mine} differs from {theirs} of {_device_label(line)} on the same "
+                    f"serial port {device.serial_port}: a line has one setting",
+                )
+
+
+def _device_label(device: DeviceEndpoint) -> str:
+    return f"{'pile' if isinstance(device, PileConfig) else 'meter'} {device.id}"
 
 
 def _check_charger(problems: Problems, label: str, pile: PileConfig, regmap: RegisterMap) -> None:
@@ -1023,7 +1311,7 @@ def _cross_check(
                 "fallback_kw",
                 f"{pile.fallback_kw:g} kW is between 0 and min_kw {pile.min_kw:g} kW",
             )
-        if control is not None and pile.comm_timeout_s < 2 * control.period_s:
+        if not pile.ocpp and control is not None and pile.comm_timeout_s < 2 * control.period_s:
             problems.add(
                 label,
                 "comm_timeout_s",

@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from base.config import DeviceEndpoint, MeterConfig, PileConfig, Station
 
 # Fields that say where and how a device is reached: a change of any of them needs a new driver.
-ENDPOINT_FIELDS = frozenset(DeviceEndpoint.model_fields)
+ENDPOINT_FIELDS = frozenset(DeviceEndpoint.model_fields) | {
+    "ocpp_version",
+    "ocpp_identity",
+    "connector",
+    "supply",
+}
 
 
 def _sections(station: Station) -> dict[str, object]:
@@ -28,6 +33,7 @@ def _sections(station: Station) -> dict[str, object]:
         "groups": station.groups,
         "phase_limits": station.phase_limits,
         "security": station.security,
+        "ocpp": station.ocpp,
     }
 
 
@@ -35,7 +41,8 @@ def reconnects(old: Station, new: Station, old_pile: PileConfig, new_pile: PileC
     """True when a pile (or meter) is reached differently: other endpoint, protocol or map."""
     if any(getattr(old_pile, name) != getattr(new_pile, name) for name in ENDPOINT_FIELDS):
         return True
-    return old.map_for(old_pile.device) != new.map_for(new_pile.device)
+    # OCPP piles have no map (their `device` is empty).
+    return old.device_maps.get(old_pile.device) != new.device_maps.get(new_pile.device)
 
 
 def _meter_changed(

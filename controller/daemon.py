@@ -53,7 +53,7 @@ from control.sensing import LimitOverride, Sensors
 from control.sessions import Wish
 from control.site import Feed
 from control.step import Cycle, cycle_of, step
-from controller.devices import StationLinks
+from controller.devices import CsmsService, StationLinks
 from controller.planloop import PlanLoop
 from controller.saver import StateSaver
 from controller.service import Lifecycle, Service
@@ -62,7 +62,6 @@ from controller.status import DeviceHealth, StationStatus, Tally
 from controller.store import StateStore
 from controller.telemetry.writer import TelemetryWriter
 from drivers.acpile import AcPile
-from drivers.makes import pile_driver
 from drivers.meter import MapMeter, Meter
 from drivers.pile import Pile, PileReading
 
@@ -179,10 +178,7 @@ class Daemon:
             if term is None
             else MapMeter(term.id, links.device(station, term, DeviceRef.terminal(term.id)))
         )
-        piles = [
-            pile_driver(p, links.device(station, p, DeviceRef.pile(p.id)), clock)
-            for p in station.piles
-        ]
+        piles = [links.pile(station, p) for p in station.piles]
         daemon = cls(
             station,
             clock,
@@ -317,6 +313,9 @@ class Daemon:
             services.append(self.saver)
         if self.telemetry is not None:
             services.append(TelemetryService(self.telemetry))
+        if self.links is not None and self.links.csms is not None:
+            # Before the fast loop (which arms the piles on it), stopped after it.
+            services.append(CsmsService(self.links.csms))
         services.append(FastLoop(self))
         if self.control.policy is Policy.MPC:
             services.append(self.plan_loop)
@@ -523,14 +522,7 @@ class Daemon:
         if change.terminal and station.terminal is not None:
             term = station.terminal
             terminal = MapMeter(term.id, links.device(station, term, DeviceRef.terminal(term.id)))
-        piles = {
-            pid: pile_driver(
-                station.pile(pid),
-                links.device(station, station.pile(pid), DeviceRef.pile(pid)),
-                self.clock,
-            )
-            for pid in change.builds
-        }
+        piles = {pid: links.pile(station, station.pile(pid)) for pid in change.builds}
         return meter, terminal, piles
 
     async def _follow_policy(self) -> None:

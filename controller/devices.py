@@ -4,8 +4,10 @@ A pile entry whose map is of kind "pile" is driven as a DC pile in kW; one whose
 "charger" is driven by its make's AC driver, in amps, through `AcPile`. Modbus devices share one
 connection per host and port (and framing), encrypted with the station's certificates for
 `modbus-tls`, and one link per serial line for `modbus-rtu`; OPC-UA
-devices one session per endpoint URL. `StationLinks` keeps those connections for the daemon, so a
-reloaded config reuses the ones still in use.
+devices one session per endpoint URL. OCPP piles are connectors of charge points that connect to
+the daemon's CSMS server (`drivers.ocpp`), which `StationLinks` makes when the station has any
+and the daemon runs as a service (`CsmsService`). `StationLinks` keeps those connections for the
+daemon, so a reloaded config reuses the ones still in use.
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ import ssl
 from functools import partial
 
 from base.clock import Clock
-from base.config import DeviceEndpoint, Station
+from base.config import DeviceEndpoint, PileConfig, Station
 from base.events import DeviceRef
+from base.loading import ConfigError, ConfigProblem
 from drivers.device import Device
+from drivers.makes import pile_driver
 from drivers.modbus import ModbusDevice, ModbusLink, ModbusLinks, SerialLine
+from drivers.ocpp.pile import OcppPile
+from drivers.ocpp.server import CsmsServer
 from drivers.opcua.device import OpcUaDevice, OpcUaLinks
 from drivers.opcua.link import OpcUaLink
 from drivers.opcua.security import OpcUaSecurity
+from drivers.pile import Pile
 from drivers.tls import client_context
 
 
@@ -89,7 +96,13 @@ class StationLinks:
     """
 
     def __init__(self, station: Station, clock: Clock) -> None:
+        """Raises `ConfigError` when the OCPP server's certificates or password are missing."""
         self.station = station
+        self.clock = clock
+        # The OCPP server, when the station has OCPP piles (the daemon starts and stops it).
+        self.csms: CsmsServer | None = (
+            CsmsServer(station, clock.now) if any(p.ocpp for p in station.piles) else None
+        )
         io_timeout = station.control.io_timeout_s
         self.modbus = ModbusLinks(timeout_s=io_timeout)
         # OPC-UA sessions opened after a reload use that config's certificates and user.
@@ -119,8 +132,33 @@ class StationLinks:
         self._open[_link_key(endpoint)] = link
         return device
 
+    def pile(self, station: Station, config: PileConfig) -> Pile:
+        """The driver of one pile of `station`: on the OCPP server for OCPP piles, else on its
+        link (see `device`). Raises `ConfigError` like `device`, and for the first OCPP pile of a
+        daemon started without any (its server starts with the daemon)."""
+        if not config.ocpp:
+            return pile_driver(
+                config, self.device(station, config, DeviceRef.pile(config.id)), self.clock
+            )
+        if self.csms is None:
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        station.path,
+                        DeviceRef.pile(config.id).label,
+                        "protocol",
+                        "the daemon was started without OCPP piles: restart it to serve OCPP",
+                    )
+                ]
+            )
+        self.csms.reconfigure(station)
+        return OcppPile(config, self.csms, self.clock.now)
+
     async def prune(self, station: Station) -> list[str]:
-        """Close the connections no device of `station` uses; return their addresses."""
+        """Close the connections no device of `station` uses; return their addresses (the OCPP
+        server stays, serving the charge points `station` declares)."""
+        if self.csms is not None:
+            self.csms.reconfigure(station)
         used = {_link_key(endpoint) for endpoint in station.devices}
         closed: list[str] = []
         for key in [k for k in self._open if k not in used]:
@@ -137,3 +175,20 @@ class StationLinks:
         """Close every connection."""
         self.modbus.close()
         await self.opcua.close()
+
+
+class CsmsService:
+    """The OCPP server as a daemon service: started before the fast loop arms the piles,
+    stopped after it has left them at their fallback power (each charge point's dynamic profile
+    is then cleared, so its fail-safe applies, before the websockets close)."""
+
+    def __init__(self, server: CsmsServer) -> None:
+        self.server = server
+
+    async def start(self) -> None:
+        """Listen for the charge points."""
+        await self.server.start()
+
+    async def stop(self) -> None:
+        """Leave every charge point at its safe power and close."""
+        await self.server.stop()

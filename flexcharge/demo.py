@@ -79,7 +79,8 @@ def on_free_ports(station: Station, host: str = "127.0.0.1") -> Station:
     Devices that share an endpoint in the station file (piles behind one gateway, objects of one
     OPC-UA server) share one port here too.
     """
-    endpoints = list(dict.fromkeys((d.host, d.port) for d in station.devices))
+    network = [d for d in station.devices if not d.serial]
+    endpoints = list(dict.fromkeys((d.host, d.port) for d in network))
     sockets = []
     try:
         for _ in endpoints:
@@ -90,7 +91,7 @@ def on_free_ports(station: Station, host: str = "127.0.0.1") -> Station:
     finally:
         for sock in sockets:
             sock.close()
-    return station.with_endpoints({d.id: port_of[(d.host, d.port)] for d in station.devices}, host)
+    return station.with_endpoints({d.id: port_of[(d.host, d.port)] for d in network}, host)
 
 
 async def run_demo(
@@ -102,14 +103,17 @@ async def run_demo(
     duration_s: float,
     console: Console,
     api: ApiSettings | None = None,
+    simulator_station: Station | None = None,
 ) -> DemoResult:
     """Run simulator and daemon for `hours` of station time or `duration_s` of real time.
 
     With `api`, the daemon also serves its API and live page there (`OSError` if it cannot).
+    `simulator_station` is the station as the simulator serves it, where that differs from the
+    daemon's (the other end of a serial line's pseudo-terminal pair: `serial_pairs`).
     """
     clock = VirtualClock(start, pace=speed)
     end = start + hours * 3600
-    simulator = StationSimulator(station, clock)
+    simulator = StationSimulator(simulator_station or station, clock)
     daemon = Daemon.for_station(station, clock)
     if api is not None:
         from controller.api import ApiServer

@@ -42,6 +42,10 @@ LIBRARY_LEVELS: Mapping[str, int] = {
     # messages about the same failures would only repeat them, every cycle.
     "pymodbus": logging.CRITICAL,
     "uvicorn": logging.WARNING,
+    # The ocpp library logs every message it sends or receives at INFO; the OCPP drivers and the
+    # simulated charge points say what matters, with the charge point named.
+    "ocpp": logging.WARNING,
+    "websockets": logging.WARNING,
     "influxdb_client": logging.WARNING,
     "urllib3": logging.WARNING,
 }

@@ -197,8 +197,13 @@ def simulate(
     progress: Callable[[float], None] | None = None,
     telemetry: Recorder | None = None,
     also_billed_under: Sequence[Tariff] = (),
+    solve_deadline: bool = True,
 ) -> SimResult:
     """Run one policy through the scenario; `progress` gets the fraction done now and then.
+
+    `solve_deadline` False: every plan is solved to the end, without the station's
+    `solve_deadline_s` (wall time, which a loaded machine could hit and fall back where an idle
+    one would not), so that the run is the same on any machine.
 
     The run's books are cut wherever the scenario's tariff, or one of `also_billed_under`,
     changes band, so that `repriced` can bill it exactly under those too.
@@ -260,7 +265,7 @@ def simulate(
         end=scenario.end,
         soc=scenario.information == "exact",
     )
-    solver = Solver(time_limit_s=station.scheduler.solve_deadline_s)
+    solver = Solver(time_limit_s=station.scheduler.solve_deadline_s if solve_deadline else None)
     planner = Planner(control)
 
     def plan_now(snapshot: SiteSnapshot) -> None:

@@ -29,6 +29,16 @@ vehicle faults, or `site` for the utility's limit. `value` depends on the kind:
 | leaves-early     | pile          | -: its vehicle leaves at `start`                      |
 | stays-late       | pile          | extra stay in s (3600)                                |
 | limit-step       | site          | the utility's limit, kW (required)                    |
+| ws-drop          | OCPP pile     | -: its websocket is dropped; it reconnects at `end`   |
+| ignores-profiles | OCPP pile     | -: accepts profiles, keeps applying what it applied   |
+| applies-late     | OCPP pile     | delay in s (20): applies what it is told that late    |
+| rejects-purpose  | OCPP pile     | the profile purpose it answers Rejected (required),   |
+|                  |               | e.g. TxProfile                                        |
+
+For an OCPP charge point, `silent` and `dropped` drop its websocket like `ws-drop`, and `reboot`
+also loses its charging profiles and its transaction: it boots again at `end`. The fast simulation
+runs OCPP piles without their transport: there `ws-drop` is `dropped`, `ignores-profiles` is
+`ignores-setpoint`, `applies-late` delays the pile's setpoints, and `rejects-purpose` changes nothing.
 
 `load_faults` raises `ConfigError` naming the file, the row and the field of every bad entry.
 """
@@ -76,6 +86,12 @@ class FaultKind(StrEnum):
     LEAVES_EARLY = "leaves-early"
     STAYS_LATE = "stays-late"
     LIMIT_STEP = "limit-step"
+    # OCPP charge points only (after the others: a station without OCPP piles draws its random
+    # faults as before).
+    WS_DROP = "ws-drop"
+    IGNORES_PROFILES = "ignores-profiles"
+    APPLIES_LATE = "applies-late"
+    REJECTS_PURPOSE = "rejects-purpose"
 
 
 DEVICE_FAULTS = frozenset({FaultKind.SILENT, FaultKind.LATE, FaultKind.DROPPED})
@@ -91,6 +107,21 @@ PILE_FAULTS = frozenset(
         FaultKind.STAYS_LATE,
     }
 )
+OCPP_FAULTS = frozenset(
+    {
+        FaultKind.WS_DROP,
+        FaultKind.IGNORES_PROFILES,
+        FaultKind.APPLIES_LATE,
+        FaultKind.REJECTS_PURPOSE,
+    }
+)
+# The purposes `rejects-purpose` takes (1.6 and 2.0.1 names).
+PURPOSES = (
+    "ChargePointMaxProfile",
+    "ChargingStationMaxProfile",
+    "TxDefaultProfile",
+    "TxProfile",
+)
 DEFAULT_VALUES: dict[FaultKind, float] = {
     FaultKind.LATE: 3.0,
     FaultKind.ABSURD: 1e6,
@@ -99,6 +130,7 @@ DEFAULT_VALUES: dict[FaultKind, float] = {
     FaultKind.SLOW_RAMP: 0.05,
     FaultKind.FAULT_STATE: 7.0,
     FaultKind.STAYS_LATE: 3600.0,
+    FaultKind.APPLIES_LATE: 20.0,
 }
 # A reboot without an end keeps the pile off this long.
 DEFAULT_REBOOT_S = 30.0
@@ -113,6 +145,8 @@ class Fault:
     start: float
     end: float = math.inf
     value: float | None = None
+    # The value of a kind that takes a name (`rejects-purpose`: the purpose).
+    label: str | None = None
 
     @property
     def amount(self) -> float:
@@ -129,6 +163,8 @@ class Fault:
 
     def __str__(self) -> str:
         value = "" if self.value is None else f" {self.value:g}"
+        if self.label is not None:
+            value = f" {self.label}"
         return f"{self.kind}{value} on {self.target}"
 
 
@@ -163,6 +199,7 @@ class FaultScript:
             set() if station.terminal is None else {station.terminal.id}
         )
         piles = {p.id for p in station.piles}
+        ocpp = {p.id for p in station.piles if p.protocol == "ocpp"}
         problems = Problems(where)
         for number, fault in enumerate(self.faults, start=1):
             if fault.kind is FaultKind.LIMIT_STEP:
@@ -171,10 +208,12 @@ class FaultScript:
                 allowed, what = meters, "a meter of the station"
             elif fault.kind in PILE_FAULTS:
                 allowed, what = piles, "a pile of the station"
+            elif fault.kind in OCPP_FAULTS:
+                allowed, what = ocpp, "an OCPP pile of the station"
             else:
                 allowed, what = meters | piles, "a device of the station"
             if fault.target not in allowed:
-                known = ", ".join(sorted(allowed))
+                known = ", ".join(sorted(allowed)) or "none"
                 problems.add(
                     f"fault {number} ({fault})",
                     "target",
@@ -246,8 +285,10 @@ class FaultScript:
             plant.limit_override = fault.amount
         elif pile is None:
             return
-        elif kind is FaultKind.IGNORES_SETPOINT:
+        elif kind in (FaultKind.IGNORES_SETPOINT, FaultKind.IGNORES_PROFILES):
             pile.ignoring = True
+        elif kind is FaultKind.APPLIES_LATE:
+            pile.late_s = fault.amount
         elif kind is FaultKind.OVERSHOOT:
             pile.overshoot = fault.amount
         elif kind is FaultKind.SLOW_RAMP:
@@ -267,8 +308,10 @@ class FaultScript:
             plant.limit_override = None
         elif pile is None:
             return
-        elif kind is FaultKind.IGNORES_SETPOINT:
+        elif kind in (FaultKind.IGNORES_SETPOINT, FaultKind.IGNORES_PROFILES):
             pile.ignoring = False
+        elif kind is FaultKind.APPLIES_LATE:
+            pile.late_s = 0.0
         elif kind is FaultKind.OVERSHOOT:
             pile.overshoot = 1.0
         elif kind is FaultKind.SLOW_RAMP:
@@ -279,9 +322,10 @@ class FaultScript:
     # -- what the controller reads -------------------------------------------------------------
 
     def reachable(self, device: str, now: float) -> bool:
-        """False while `device` takes no requests (silent, dropped, rebooting)."""
+        """False while `device` takes no requests (silent, dropped, its websocket dropped,
+        rebooting)."""
         for _, fault in self._on(device, now):
-            if fault.kind in (FaultKind.SILENT, FaultKind.DROPPED):
+            if fault.kind in (FaultKind.SILENT, FaultKind.DROPPED, FaultKind.WS_DROP):
                 return False
             if fault.kind is FaultKind.REBOOT and now < fault.start + fault.amount:
                 return False
@@ -291,6 +335,14 @@ class FaultScript:
     def longest_latency_s(self) -> float:
         """The longest any device is scripted to answer late (0 if none is)."""
         return max((f.amount for f in self.faults if f.kind is FaultKind.LATE), default=0.0)
+
+    def rejected_purposes(self, device: str, now: float) -> set[str]:
+        """The profile purposes `device` (an OCPP charge point) answers Rejected now."""
+        return {
+            fault.label
+            for _, fault in self._on(device, now)
+            if fault.kind is FaultKind.REJECTS_PURPOSE and fault.label is not None
+        }
 
     def latency_s(self, device: str, now: float) -> float:
         """How late `device` answers now."""
@@ -303,7 +355,10 @@ class FaultScript:
         latency = 0.0
         for device in devices:
             if not self.reachable(device, now):
-                dropped = self.active(FaultKind.DROPPED, device, now) is not None
+                dropped = any(
+                    self.active(kind, device, now) is not None
+                    for kind in (FaultKind.DROPPED, FaultKind.WS_DROP)
+                )
                 return FaultKind.DROPPED if dropped else FaultKind.SILENT
             latency = max(latency, self.latency_s(device, now))
         return latency or None
@@ -379,7 +434,7 @@ FAULT_CELLS: dict[str, CellReader] = {
     "end": read_time,
     "kind": _fault_kind,
     "target": str,
-    "value": lambda t: read_number(t, low=0),
+    "value": str,  # read by kind (`_fault_value`)
 }
 
 
@@ -389,12 +444,34 @@ def _fault_row(row: Row, problems: Problems) -> Fault | None:
     if start is not None and end <= start:
         problems.add(row.where, "end", "must be after start")
         good = False
-    if values.get("kind") is FaultKind.LIMIT_STEP and not row.cells.get("value"):
+    kind = values.get("kind")
+    if kind is FaultKind.LIMIT_STEP and not row.cells.get("value"):
         problems.add(row.where, "value", "a limit step needs the new limit in kW")
         good = False
+    if kind is FaultKind.REJECTS_PURPOSE and not row.cells.get("value"):
+        problems.add(row.where, "value", f"the purpose it rejects: one of {', '.join(PURPOSES)}")
+        good = False
+    value: float | None = None
+    label: str | None = None
+    text = values.get("value")
+    if text is not None:
+        try:
+            if kind is FaultKind.REJECTS_PURPOSE:
+                label = _purpose(text)
+            else:
+                value = read_number(text, low=0)
+        except (ValueError, OverflowError) as exc:
+            problems.add(row.where, "value", str(exc) or f"cannot read {text!r}")
+            good = False
     if not good:
         return None
-    return Fault(values["kind"], values["target"], values["start"], end, values.get("value"))
+    return Fault(values["kind"], values["target"], values["start"], end, value, label)
+
+
+def _purpose(text: str) -> str:
+    if text not in PURPOSES:
+        raise ValueError(f"unknown purpose {text!r}; known: {', '.join(PURPOSES)}")
+    return text
 
 
 def random_faults(
@@ -405,16 +482,23 @@ def random_faults(
     rng = np.random.default_rng(seed)
     meters = [station.grid_meter.id] + ([] if station.terminal is None else [station.terminal.id])
     piles = [p.id for p in station.piles]
+    ocpp = [p.id for p in station.piles if p.protocol == "ocpp"]
+    kinds = [k.value for k in FaultKind if ocpp or k not in OCPP_FAULTS]
     count = int(rng.poisson(per_day * (end - start) / 86400))
     faults = []
     for when in np.sort(rng.uniform(start, end, count)):
-        kind = FaultKind(rng.choice([k.value for k in FaultKind]))
+        kind = FaultKind(rng.choice(kinds))
+        label: str | None = None
         if kind is FaultKind.LIMIT_STEP:
             target = "site"
         elif kind in METER_FAULTS:
             target = str(rng.choice(meters))
         elif kind in PILE_FAULTS:
             target = str(rng.choice(piles))
+        elif kind in OCPP_FAULTS:
+            target = str(rng.choice(ocpp))
+            if kind is FaultKind.REJECTS_PURPOSE:
+                label = str(rng.choice(PURPOSES))
         else:
             target = str(rng.choice(meters + piles))
         length = float(rng.uniform(60, 1800))
@@ -429,8 +513,9 @@ def random_faults(
             value = float(rng.uniform(1.1, 1.5))
         elif kind is FaultKind.SLOW_RAMP:
             value = float(rng.uniform(0.01, 0.2))
+        elif kind is FaultKind.APPLIES_LATE:
+            value = float(rng.uniform(5, 30))
         one_off = kind in (FaultKind.LEAVES_EARLY, FaultKind.STAYS_LATE)
-        faults.append(
-            Fault(kind, target, float(when), math.inf if one_off else float(when) + length, value)
-        )
+        until = math.inf if one_off else float(when) + length
+        faults.append(Fault(kind, target, float(when), until, value, label))
     return FaultScript(faults)

@@ -2,8 +2,9 @@
 
 `StationSimulator` owns the plant's stepping task, one pymodbus server per (host, port) of the
 station's Modbus devices and one OPC-UA server per (host, port, path) of its OPC-UA devices
-(`protocol = "opcua"`), which serves each device as an object of the flexcharge address space. It
-runs on any clock: the wall clock for `flexcharge sim-hardware`, a paced virtual clock for the
+(`protocol = "opcua"`), which serves each device as an object of the flexcharge address space,
+and one simulated charge point per OCPP pile (`simulator.ocpp`), which connects to the station's
+[ocpp] server as a client, as charge points do. It runs on any clock: the wall clock for `flexcharge sim-hardware`, a paced virtual clock for the
 demo, an unpaced one in tests.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -19,11 +22,13 @@ from base.clock import Clock, Ticker, stop_task
 from base.config import DeviceEndpoint, Station
 from base.listening import cannot_listen
 from base.loading import ConfigError
-from drivers.tls import server_context
+from drivers.errors import DriverError
+from drivers.tls import client_context, server_context
 from simulator.devices import device_models
 from simulator.faults import FaultScript
 from simulator.fleet import Visit, random_day
 from simulator.modbus_server import DeviceServer
+from simulator.ocpp.charge_point import Endpoint, SimulatedChargePoint
 from simulator.opcua import OpcUaStationServer
 from simulator.plant import Plant
 from simulator.registers import DeviceModel, RegisterBank
@@ -68,6 +73,8 @@ class StationSimulator:
         self.opcua_servers: list[OpcUaStationServer] = []
         self.rtu_servers: list[RtuServer] = []
         self._servers: list[DeviceServer] = []
+        self.charge_points: dict[str, SimulatedChargePoint] = {}
+        self._charge_point_tasks: list[asyncio.Task[None]] = []
         self._task: asyncio.Task[None] | None = None
         self._visits_until: datetime | None = None
 
@@ -79,6 +86,8 @@ class StationSimulator:
         opcua: dict[tuple[str, int, str], list[tuple[DeviceEndpoint, str, DeviceModel]]] = {}
         rtu: dict[tuple[str, int], list[tuple[DeviceEndpoint, RegisterBank]]] = {}
         for device, label, model in ((d.endpoint, d.label, d.model) for d in served):
+            if device.protocol == "ocpp":
+                continue  # a charge point of its own (`_start_charge_points`)
             self.models[device.id] = model
             if device.protocol == "opcua":
                 opcua.setdefault((device.host, device.port, device.path), []).append(
@@ -101,17 +110,86 @@ class StationSimulator:
                 await self._serve_opcua(group)
             for line in rtu.values():
                 await self._serve_rtu(line)
+            self._start_charge_points()
         except BaseException:
+            await self._stop_charge_points()
             await self._close_servers()
             raise
         self._task = asyncio.create_task(self._run(), name="simulator plant")
         log.info(
-            "simulating %s: %d devices on %d Modbus and %d OPC-UA endpoints",
+            "simulating %s: %d devices on %d Modbus and %d OPC-UA endpoints, %d OCPP charge points",
             station.name,
             len(served),
             len(self._servers),
             len(self.opcua_servers),
+            len(self.charge_points),
         )
+
+    def _start_charge_points(self) -> None:
+        """One simulated charge point per OCPP pile, each connecting to the [ocpp] server."""
+        station = self.station
+        piles = [p for p in station.piles if p.ocpp]
+        if not piles:
+            return
+        shared = sorted(i for i, n in Counter(p.identity for p in piles).items() if n > 1)
+        if shared:
+            raise SimulatorError(
+                f"{station.path}: the simulator runs one connector per charge point; "
+                f"identities with several: {', '.join(shared)}"
+            )
+        endpoint = self._ocpp_endpoint()
+        for pile in piles:
+            assert pile.ocpp_version is not None  # the loader requires it
+            point = SimulatedChargePoint(
+                self.plant.piles[pile.id],
+                self.clock,
+                endpoint,
+                version=pile.ocpp_version,
+                identity=pile.identity,
+                connector=pile.connector,
+                supply=pile.supply,
+                quirks=self.settings.quirks(pile.id),
+                faults=self.faults,
+                step_s=self.settings.step_s,
+            )
+            self.charge_points[pile.id] = point
+            task = asyncio.create_task(point.run(), name=f"charge point {pile.id}")
+            self._charge_point_tasks.append(task)
+
+    def _ocpp_endpoint(self) -> Endpoint:
+        """Where the charge points connect, with the password and certificates the station's
+        security profile asks of them."""
+        station = self.station
+        settings = station.ocpp
+        if settings is None:
+            raise SimulatorError(f"{station.path}: OCPP piles need an [ocpp] section")
+        if settings.port == 0:
+            raise SimulatorError(
+                f"{station.path}: ocpp.port 0 (any free port): the charge points need the "
+                "server's port"
+            )
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+        host = f"[{host}]" if ":" in host else host
+        scheme = "wss" if settings.tls else "ws"
+        context: ssl.SSLContext | None = None
+        try:
+            password = station.ocpp_password()
+            if settings.tls:
+                ident = station.identity("simulator")
+                if settings.security_profile == 3:
+                    context = client_context(
+                        ident.cert_pem, ident.key_pem, ident.ca_pem, device="OCPP charge points"
+                    )
+                else:
+                    context = ssl.create_default_context(cafile=str(ident.ca_pem))
+        except (ConfigError, DriverError, OSError, ssl.SSLError) as exc:
+            raise SimulatorError(str(exc)) from exc
+        return Endpoint(f"{scheme}://{host}:{settings.port}", password, context)
+
+    async def _stop_charge_points(self) -> None:
+        for task in self._charge_point_tasks:
+            await stop_task(task)
+        self._charge_point_tasks.clear()
 
     async def _serve(
         self, host: str, port: int, banks: list[tuple[DeviceEndpoint, RegisterBank]]
@@ -153,7 +231,13 @@ class StationSimulator:
         units = {unit: bank for _, bank in group for unit in bank.units}
         first = group[0][0]
         names = ", ".join(endpoint.id for endpoint, _ in group)
-        server = RtuServer(units, f"{first.address} ({names})")
+        ids = {unit: endpoint.id for endpoint, bank in group for unit in bank.units}
+        faults, clock = self.faults, self.clock
+        server = RtuServer(
+            units,
+            f"{first.address} ({names})",
+            gate=(lambda unit: faults.access([ids[unit]], clock.now())) if faults else None,
+        )
         try:
             if first.serial:
                 await server.serve_serial(
@@ -199,6 +283,7 @@ class StationSimulator:
         """Stop stepping and close every server."""
         await stop_task(self._task)
         self._task = None
+        await self._stop_charge_points()
         await self._close_servers()
 
     async def __aenter__(self) -> StationSimulator:

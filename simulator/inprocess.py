@@ -41,7 +41,7 @@ from drivers.opcua.device import OpcUaDevice
 from drivers.opcua.link import refused as opcua_refused
 from drivers.opcua.space import status_name
 from drivers.pile import Pile
-from simulator.devices import SimulatedDevice, device_models
+from simulator.devices import SimulatedDevice, device_map, device_models
 from simulator.faults import FaultKind, FaultScript
 from simulator.opcua import served_value, write_devices
 from simulator.plant import Plant
@@ -331,7 +331,9 @@ class InProcessStation:
         for sim in simulated:
             endpoint = sim.endpoint
             path = endpoint.path if endpoint.protocol == "opcua" else ""
-            groups.setdefault((endpoint.host, endpoint.port, path), []).append(sim)
+            # An OCPP pile (no host, no port) stands alone, as its own charge point does.
+            host = f"ocpp:{endpoint.id}" if endpoint.protocol == "ocpp" else endpoint.host
+            groups.setdefault((host, endpoint.port, path), []).append(sim)
         self.endpoints: dict[str, Endpoint] = {}
         devices: dict[str, Device] = {}
         for (host, port, path), group in groups.items():
@@ -339,7 +341,7 @@ class InProcessStation:
             if path:
                 opcua = InProcessOpcUa(group[0].endpoint.opcua_url, host, port, served)
                 for sim in group:
-                    regmap = station.map_for(sim.endpoint.device)
+                    regmap = device_map(station, sim.endpoint)
                     opcua.add(sim.endpoint.opcua_object, regmap, sim.model)
                     devices[sim.endpoint.id] = OpcUaDevice(
                         sim.label, opcua, regmap, sim.endpoint.opcua_object
@@ -348,12 +350,12 @@ class InProcessStation:
                 banks: dict[int, RegisterBank] = {}
                 for sim in group:
                     bank = RegisterBank(
-                        station.map_for(sim.endpoint.device), sim.model, sim.endpoint.unit
+                        device_map(station, sim.endpoint), sim.model, sim.endpoint.unit
                     )
                     banks.update(dict.fromkeys(bank.units, bank))
                 link = InProcessModbus(f"{host}:{port}", served, banks, timeout_s)
                 for sim in group:
-                    regmap = station.map_for(sim.endpoint.device)
+                    regmap = device_map(station, sim.endpoint)
                     devices[sim.endpoint.id] = ModbusDevice(
                         sim.label, link, regmap, sim.endpoint.unit
                     )

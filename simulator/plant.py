@@ -74,6 +74,9 @@ class PileModel:
     overshoot: float = 1.0
     ramp_factor: float = 1.0
     down_until: float = -math.inf
+    # How much later than its delay it applies what it is told (an OCPP charge point's
+    # `applies-late` fault).
+    late_s: float = 0.0
     # How much longer than its delay a rise written now is held back: a fast simulation writes
     # once a step what the daemon's one-second cycles write once other piles have come down.
     hold_rises_s: float = 0.0
@@ -129,7 +132,7 @@ class PileModel:
             soc_pct=None if vehicle is None else round(vehicle.soc * 100, 1),
             ev_max_kw=None if vehicle is None else vehicle.acceptance_kw(),
             ev_capacity_kwh=None if vehicle is None else vehicle.capacity_kwh,
-            fallback_countdown_s=min(65535.0, float(round(self.countdown(now)))),
+            fallback_countdown_s=float(round(min(65535.0, self.countdown(now)))),
             fault_code=self.fault_code,
         )
 
@@ -158,7 +161,7 @@ class PileModel:
         self.last_contact = now
         if not self.ignoring:
             held = self.hold_rises_s if new_setpoint > self.power_kw else 0.0
-            effective = now + self.delay_s + max(held, 0.0)
+            effective = now + self.delay_s + self.late_s + max(held, 0.0)
             while self._pending and self._pending[-1][0] > effective:
                 self._pending.pop()  # a newer command overtakes one still held back
             self._pending.append((effective, new_setpoint, new_mode))

@@ -415,7 +415,7 @@ class PileRegisters:
             "ev_capacity": ev_capacity,
             "session_energy": max(0.0, pile.session_energy_kwh),
             "applied_setpoint": pile.applied_kw,
-            "fallback_countdown": min(65535.0, float(round(pile.countdown(now)))),
+            "fallback_countdown": float(round(min(65535.0, pile.countdown(now)))),
             "fault_code": pile.fault_code,
             "session_id": pile.session_id,
             "setpoint": pile.setpoint_kw,

@@ -6,21 +6,27 @@ out), as on a real RS-485 line. The same framing is served over TCP for RTU-over
 Frames are cut by their function code's length (FC3, FC4, FC6: 8 bytes; FC16: 9 plus its byte
 count); the request is answered by `modbus_server.answer`, so the serial devices keep the same
 rules as the TCP ones. pymodbus opens the serial port (through pyserial) and computes the CRC.
+A fault script's silent, dropped and late faults hit one device of the bus, not the line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from pymodbus.framer import FramerRTU
 from pymodbus.transport.serialtransport import create_serial_connection
 
+from simulator.faults import FaultKind
 from simulator.modbus_server import answer
 from simulator.registers import RegisterBank
 
 log = logging.getLogger(__name__)
+
+# How the device at a unit id treats a request now: FaultKind.SILENT or DROPPED, a latency in s,
+# or None (it answers).
+UnitGate = Callable[[int], FaultKind | float | None]
 
 _FIXED_SIZE = {3: 8, 4: 8, 6: 8}  # unit, function code, 4 data bytes, CRC
 _FC16_HEADER = 7  # unit, function code, address, count, byte count
@@ -62,9 +68,12 @@ def request_frames(data: bytes) -> tuple[int, list[tuple[int, bytes]]]:
 class RtuResponder(asyncio.Protocol):
     """The devices on one line (or behind one RTU-over-TCP connection)."""
 
-    def __init__(self, banks: Mapping[int, RegisterBank], name: str) -> None:
+    def __init__(
+        self, banks: Mapping[int, RegisterBank], name: str, gate: UnitGate | None = None
+    ) -> None:
         self.banks = banks
         self.name = name
+        self.gate = gate
         self.heard = 0
         self._buffer = b""
         self._transport: asyncio.BaseTransport | None = None
@@ -81,27 +90,44 @@ class RtuResponder(asyncio.Protocol):
         self._buffer += data
         used, frames = request_frames(self._buffer)
         self._buffer = self._buffer[used:]
-        transport = self._transport
         for unit, pdu in frames:
             self.heard += 1
             if unit not in self.banks:
                 continue  # another device's frame, or nobody's: silence
-            if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-                transport.write(with_crc(bytes((unit,)) + answer(self.banks, unit, pdu)))
+            # A device on a bus fails alone: the others on the line still answer.
+            access = None if self.gate is None else self.gate(unit)
+            if access is FaultKind.SILENT or access is FaultKind.DROPPED:
+                continue
+            reply = with_crc(bytes((unit,)) + answer(self.banks, unit, pdu))
+            if isinstance(access, float):
+                # Answered late (real seconds), as a slow device answers.
+                asyncio.get_running_loop().call_later(access, self._send, reply)
+            else:
+                self._send(reply)
+
+    def _send(self, reply: bytes) -> None:
+        transport = self._transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(reply)
 
 
 class RtuServer:
     """Devices answering Modbus RTU on a serial port or on a TCP port (RTU over TCP)."""
 
-    def __init__(self, banks: Mapping[int, RegisterBank], name: str) -> None:
+    def __init__(
+        self, banks: Mapping[int, RegisterBank], name: str, gate: UnitGate | None = None
+    ) -> None:
+        """`gate(unit)` says how the device at `unit` treats a request now (a fault script's
+        SILENT or DROPPED: no answer; a latency in s; None: it answers)."""
         self.banks = dict(banks)
         self.name = name
+        self.gate = gate
         self._serial: asyncio.BaseTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._responders: list[RtuResponder] = []
 
     def _responder(self) -> RtuResponder:
-        responder = RtuResponder(self.banks, self.name)
+        responder = RtuResponder(self.banks, self.name, self.gate)
         self._responders.append(responder)
         return responder
 

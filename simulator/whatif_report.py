@@ -361,11 +361,13 @@ def settings(whatif: WhatIf) -> dict[str, Any]:
     }
 
 
-def _embedded(path: Path) -> str:
+def embedded_png(path: Path) -> str:
+    """A PNG file as a data URL, so that a report is one self-contained HTML file."""
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-_STYLE = """
+# The reports' look (what-ifs, tariff comparisons, sweeps).
+REPORT_STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #212121; max-width: 1400px; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #bdbdbd; padding: 0.3em 0.6em; }
@@ -405,7 +407,7 @@ def _html(whatif: WhatIf, rows: Sequence[dict[str, Any]], out: Path) -> str:
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Tariff what-if: {e(info["scenario"])} at {e(info["station"])}</title>
-<style>{_STYLE}</style></head><body>
+<style>{REPORT_STYLE}</style></head><body>
 <h1>Tariff what-if: {e(info["scenario"])} at {e(info["station"])}</h1>
 <p>{info["vehicles"]} vehicles wanting {info["energy_requested_kwh"]:,.0f} kWh, from {e(info["from"])}
 to {e(info["to"])} ({info["days"]:g} days), station <code>{e(info["station_file"])}</code>.
@@ -432,9 +434,9 @@ import, what the demand charge is billed on.</dd>
 force, and its share of all they drew; shifted: against uncontrolled under the same tariff.</dd>
 </dl>
 <h2>Site load under each tariff</h2>
-<img src="{_embedded(out / "report.png")}" alt="average day of site load under each tariff">
+<img src="{embedded_png(out / "report.png")}" alt="average day of site load under each tariff">
 <h2>The station's bill</h2>
-<img src="{_embedded(out / "costs.png")}" alt="station bill under each tariff and policy">
+<img src="{embedded_png(out / "costs.png")}" alt="station bill under each tariff and policy">
 <p>Per-run figures and simulation metrics: <code>runs/&lt;tariff&gt;/&lt;policy&gt;.json</code>;
 all of them with these settings: <code>whatif.json</code>.</p>
 </body></html>

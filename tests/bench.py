@@ -644,6 +644,66 @@ def whatif_bench(console: Console, workers: int | None) -> bool:
     return wall < 60.0
 
 
+def sweep_bench(console: Console, workers: int | None, days: int) -> bool:
+    """The example study (`days` days) on the local pool and on Ray started here, with as many
+    workers each: runs per CPU-minute (runs / (workers x wall minutes)) and Ray's overhead per
+    task against the local pool's. True if the two backends' rows are equal (but CPU s)."""
+    import tempfile
+
+    from simulator.study import load_study
+    from simulator.sweep import LocalPool, RayBackend, SweepError, run_sweep
+
+    study = load_study(CONFIG_ROOT.parent / "configs" / "studies" / "example.toml").with_days(days)
+    slots = workers or os.cpu_count() or 1
+    figures: dict[str, tuple[int, float, float]] = {}
+    rows = {}
+    for name in ("local", "ray"):
+        with tempfile.TemporaryDirectory() as out:
+            try:
+                backend = LocalPool(slots) if name == "local" else RayBackend(None, slots)
+            except SweepError as exc:
+                console.print(f"sweep: {exc}")
+                return False
+            sweep = run_sweep(study, Path(out), backend)
+        cpu = sum(r["cpu_s"] or 0.0 for r in sweep.rows)
+        figures[name] = (sweep.ran, sweep.wall_s, cpu)
+        rows[name] = [{k: v for k, v in r.items() if k != "cpu_s"} for r in sweep.rows]
+    table = Table(
+        title=f"sweep: {study.name}, {len(study.sites)} station variants x {days} day(s) x "
+        f"{len(study.cases)} tariffs x {len(study.policies)} policies, {slots} workers",
+        title_justify="left",
+    )
+    for column in (
+        "backend",
+        "runs",
+        "wall s",
+        "runs per CPU-minute",
+        "task CPU s (mean)",
+        "overhead per task, s",
+    ):
+        table.add_column(column, justify="right")
+    per_run = {}
+    for name, (runs, wall, cpu) in figures.items():
+        per_run[name] = slots * wall / runs
+        table.add_row(
+            name,
+            str(runs),
+            f"{wall:.1f}",
+            f"{runs / (slots * wall / 60):.1f}",
+            f"{cpu / runs:.2f}",
+            f"{per_run[name] - cpu / runs:.2f}",
+        )
+    console.print(table)
+    ratio = per_run["ray"] / per_run["local"]
+    console.print(
+        f"sweep: Ray takes {ratio:.2f}x the local pool's CPU-seconds per task "
+        f"({per_run['ray']:.2f} s against {per_run['local']:.2f} s, workers x wall / runs); "
+        f"rows equal on both: {rows['local'] == rows['ray']}",
+        highlight=False,
+    )
+    return rows["local"] == rows["ray"]
+
+
 def telemetry_bench(console: Console, cycles: int = 3000) -> bool:
     """Telemetry through a VictoriaMetrics restart: the writer is fed the points of `cycles`
     control cycles of a 12-pile station (a third of them while the server is stopped), then
@@ -943,6 +1003,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-step", type=float, default=10.0)
     parser.add_argument("--skip-whatif", action="store_true")
     parser.add_argument("--whatif-workers", type=int, help="default: one per CPU")
+    parser.add_argument("--skip-sweep", action="store_true", help="the study, local and Ray")
+    parser.add_argument("--sweep-days", type=int, default=1, help="days of the example study")
 
     parser.add_argument("--skip-telemetry", action="store_true")
     parser.add_argument("--skip-retention", action="store_true", help="telemetry on disk")
@@ -979,7 +1041,10 @@ def main(argv: list[str] | None = None) -> int:
         results["what-if: a month under three tariffs in under a minute"] = whatif_bench(
             console, args.whatif_workers
         )
-
+    if not args.skip_sweep:
+        results["sweep: the same rows on the local pool and on Ray"] = sweep_bench(
+            console, args.whatif_workers, args.sweep_days
+        )
     if not args.skip_telemetry:
         results["telemetry: every point once through a server restart"] = telemetry_bench(console)
     if not args.skip_retention:

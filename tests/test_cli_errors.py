@@ -26,6 +26,7 @@ from .conftest import FLEXCHARGE
 ST = str(REFERENCE_STATION)
 SESSIONS = str(CONFIG_ROOT / "scenarios" / "bozhou-day.csv")
 TARIFF = str(CONFIG_ROOT / "tariffs" / "guizhou-tou.toml")
+STUDY = str(CONFIG_ROOT / "studies" / "example.toml")
 MIXED = "configs/stations/mixed-site.toml"  # in the test's copy of configs/
 
 
@@ -115,6 +116,18 @@ CASES = [
          "--days", "at least 1"),
     case("sessions/out", ["sessions", "--station", ST, "--start", "2026-11-10", "--out", ""],
          "--out", "empty"),
+    case("sweep/study", "sweep missing.toml --out o", "missing.toml", "no such file"),
+    case("sweep/out", f"sweep {STUDY} --out afile", "--out", "'afile' is a file"),
+    case("sweep/backend", f"sweep {STUDY} --out o --backend spark", "--backend",
+         "invalid choice"),
+    case("sweep/address", ["sweep", STUDY, "--out", "o", "--backend", "ray", "--address", "a b"],
+         "--address", "not a host name"),
+    case("sweep/address", f"sweep {STUDY} --out o --address 127.0.0.1:6379",
+         "--address is for --backend ray"),
+    case("sweep/workers", f"sweep {STUDY} --out o --workers 0", "--workers", "at least 1"),
+    case("sweep/resume", f"sweep {STUDY} --out o --resume=yes", "--resume", "ignored"),
+    case("sweep/retries", f"sweep {STUDY} --out o --retries -1", "--retries", "0 or more"),
+    case("sweep/days", f"sweep {STUDY} --out o --days 0", "--days", "at least 1"),
     case("tariff/tariff_command", "tariff nosuch", "invalid choice", "nosuch"),
     case("tariff compare/station", f"tariff compare --station missing.toml --sessions "
          f"{SESSIONS} --out o {TARIFF}", "missing.toml"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,9 +21,16 @@ from controller.devices import StationLinks
 from drivers.codec import from_project_units
 from drivers.errors import DeviceTimeout, DriverError
 from drivers.modbus import ModbusDevice
+from simulator.faults import Fault, FaultKind, FaultScript
 from simulator.hardware import StationSimulator
 from simulator.rtu_server import request_frames, with_crc
-from tests.conftest import free_ports, need_system_program, station_files_on_free_ports
+from simulator.serial_pair import on_serial_ports, pseudo_terminal_pair
+from tests.conftest import (
+    free_ports,
+    need_system_program,
+    start_process,
+    station_files_on_free_ports,
+)
 
 METER = "eastron-sdm630"
 PILE = "P01"
@@ -55,23 +61,9 @@ def _station(tmp_path: Path, meter: str, pile: str) -> Path:
 @pytest.fixture
 def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """Two linked pseudo-terminals made by socat: (simulator's end, daemon's end)."""
-    socat = need_system_program("socat", "the pseudo-terminal pair of a serial line")
-    a, b = tmp_path / "ttySIM", tmp_path / "ttyDAEMON"
-    process = subprocess.Popen(
-        [socat, "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not (a.exists() and b.exists()):
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline, "socat made no pseudo-terminals"
-            time.sleep(0.02)
-        yield str(a), str(b)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    need_system_program("socat", "the pseudo-terminal pair of a serial line")
+    with pseudo_terminal_pair(tmp_path) as pair:
+        yield pair.simulator_end, pair.daemon_end
 
 
 async def _exercise(station: Station, simulator_station: Station) -> None:
@@ -136,16 +128,7 @@ async def test_meter_and_pile_on_one_serial_line(tmp_path: Path, pty_pair: tuple
     station = load_station(path)
     assert station.grid_meter.serial and station.pile(PILE).baudrate == 19200
     # The simulator opens the other end of the pair.
-    await _exercise(station, _on_port(station, sim_end))
-
-
-def _on_port(station: Station, port: str) -> Station:
-    """The station with its serial devices on serial port `port`."""
-    meter = station.grid_meter.model_copy(update={"serial_port": port})
-    piles = tuple(
-        p.model_copy(update={"serial_port": port}) if p.serial else p for p in station.piles
-    )
-    return replace(station, grid_meter=meter, piles=piles)
+    await _exercise(station, on_serial_ports(station, {daemon_end: sim_end}))
 
 
 @pytest.mark.asyncio
@@ -185,3 +168,69 @@ def test_station_file_names_rtu_problems(tmp_path: Path) -> None:
         load_station(path)
     problems = [(p.device, p.field, p.message) for p in info.value.problems]
     assert ("meter grid", "grid_meter.port", "required, but missing") in problems
+
+
+def test_devices_on_one_serial_port_must_share_its_line_settings(tmp_path: Path) -> None:
+    """A pile at 9600 baud on the meter's 19200-baud line is named with its field; so is a
+    second device with the line's unit id."""
+    line = 'protocol = "modbus-rtu"\nserial_port = "/dev/ttyUSB0"\n'
+    path = _station(
+        tmp_path,
+        f'{line}baudrate = 19200\nparity = "E"\n',
+        f'{line}baudrate = 9600\nparity = "E"\nunit = 1',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_station(path)
+    problems = {(p.device, p.field): p.message for p in info.value.problems}
+    assert "differs from 19200 of meter grid" in problems[(f"pile {PILE}", "baudrate")]
+    assert (f"pile {PILE}", "parity") not in problems
+    assert "already used by meter grid" in problems[(f"pile {PILE}", "port")]
+
+
+@pytest.mark.loopback
+def test_a_demo_with_its_grid_meter_on_a_serial_line(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    """`flexcharge demo` on a station whose grid meter hangs on /dev/ttyUSB0: the demo puts
+    the simulator and the daemon at the two ends of a pseudo-terminal pair and controls the
+    station through it, so the daemon's measured peak is the plant's."""
+    need_system_program("socat", "the pseudo-terminal pair of a serial line")
+    line = 'protocol = "modbus-rtu"\nserial_port = "/dev/ttyUSB0"\nbaudrate = 19200\nunit = 1\n'
+    path = _station(tmp_path, line, "port = 15099")
+    demo = start_process(
+        ["demo", "--station", str(path), "--hours", "0.5", "--speed", "2000", "--duration", "60"],
+        processes,
+    )
+    out, err = demo.communicate(timeout=180)
+    assert demo.returncode == 0, out + err
+    assert "over Modbus RTU and Modbus TCP" in out
+    assert "serial line /dev/ttyUSB0" in out
+    assert "time over the limit │ 0 s measured; true 0 s" in out
+    assert "Traceback" not in out + err
+
+
+@pytest.mark.asyncio
+async def test_a_silent_device_on_a_bus_fails_alone(
+    tmp_path: Path, pty_pair: tuple[str, str]
+) -> None:
+    """A fault script's silent meter on a serial line times out; the pile on the same line
+    still answers."""
+    sim_end, daemon_end = pty_pair
+    line = f'protocol = "modbus-rtu"\nbaudrate = 19200\nserial_port = "{daemon_end}"\n'
+    station = load_station(_station(tmp_path, line + "unit = 1\n", line + "unit = 2"))
+    clock = VirtualClock(time.time())
+    faults = FaultScript([Fault(FaultKind.SILENT, "grid", 0.0)])
+    simulated = on_serial_ports(station, {daemon_end: sim_end})
+    async with StationSimulator(simulated, clock, faults=faults):
+        links = StationLinks(station, clock)
+        with clock.participant():
+            try:
+                meter = links.device(station, station.grid_meter, DeviceRef.meter("grid"))
+                pile = links.device(station, station.pile(PILE), DeviceRef.pile(PILE))
+                with pytest.raises(DeviceTimeout):
+                    await meter.read(["power"])
+                await pile.write({"setpoint": 120.0})
+                back = await pile.read(["setpoint"])
+                assert back["setpoint"] == pytest.approx(120.0)
+            finally:
+                await links.close()

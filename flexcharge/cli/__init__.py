@@ -10,7 +10,7 @@ from rich.console import Console
 
 from flexcharge import logs
 
-from . import certs, config, demo, dirs, run, simulate, tariffs
+from . import certs, config, demo, dirs, run, simulate, sweep, tariffs
 from .common import (
     EXIT_BAD_CONFIG,
     EXIT_FAILURE,
@@ -24,7 +24,7 @@ from .common import (
 __all__ = ["EXIT_BAD_CONFIG", "EXIT_FAILURE", "EXIT_OK", "build_parser", "main"]
 
 # In the order `flexcharge --help` lists their commands.
-COMMANDS = (config, run, simulate, tariffs, certs, demo)
+COMMANDS = (config, run, simulate, tariffs, sweep, certs, demo)
 
 
 def installed_version() -> str:

@@ -66,6 +66,16 @@ def _describe_station(station: Station, console: Console) -> None:
         protocols[device.protocol] = protocols.get(device.protocol, 0) + 1
     links = ", ".join(f"{count} {name}" for name, count in sorted(protocols.items()))
     console.print(f"devices: {links}", highlight=False)
+    ocpp = station.ocpp
+    if ocpp is not None:
+        scheme = "wss" if ocpp.tls else "ws"
+        points = sorted({p.identity for p in station.piles if p.ocpp})
+        console.print(
+            f"OCPP server: {scheme}://{ocpp.host}:{ocpp.port}/<identity>, security profile "
+            f"{ocpp.security_profile}, charge points {', '.join(points)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if station.certs_dir is not None:
         state = "present" if station.certs_dir.is_dir() else "not created yet"
         console.print(f"certificates: {station.certs_dir} ({state})", highlight=False)

@@ -82,6 +82,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     """Simulated station + daemon over real Modbus on loopback, faster than real time."""
     from flexcharge.demo import demo_start, on_free_ports, print_summary, run_demo
     from simulator.hardware import SimulatorError
+    from simulator.serial_pair import SerialPairError, serial_pairs
 
     station = load(Path(args.station), console)
     if station is None:
@@ -99,17 +100,23 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
         soft_wrap=True,
     )
     try:
-        result = asyncio.run(
-            run_demo(
-                station,
-                start=start,
-                hours=args.hours,
-                speed=args.speed,
-                duration_s=args.duration,
-                console=console,
-                api=api_settings(args, station) if args.api else None,
+        # Serial devices: the simulator and the daemon at the two ends of a pseudo-terminal pair.
+        with serial_pairs(station) as (simulated, controlled):
+            result = asyncio.run(
+                run_demo(
+                    controlled,
+                    start=start,
+                    hours=args.hours,
+                    speed=args.speed,
+                    duration_s=args.duration,
+                    console=console,
+                    api=api_settings(args, station) if args.api else None,
+                    simulator_station=simulated,
+                )
             )
-        )
+    except SerialPairError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
     except ConfigError as err:  # certificates or a password an encrypted link needs
         print_problems(err, console)
         return EXIT_BAD_CONFIG
@@ -125,11 +132,21 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 
 def _protocols(station: Station) -> str:
-    names = {"modbus-tcp": "Modbus TCP", "modbus-tls": "Modbus/TLS", "opcua": "OPC-UA"}
+    names = {
+        "modbus-tcp": "Modbus TCP",
+        "modbus-tls": "Modbus/TLS",
+        "modbus-rtu": "Modbus RTU",
+        "modbus-rtu-over-tcp": "Modbus RTU over TCP",
+        "opcua": "OPC-UA",
+    }
     used = dict.fromkeys(names.get(d.protocol, d.protocol) for d in station.devices)
     return " and ".join(used)
 
 
 def _ports(station: Station) -> str:
-    ports = sorted({d.port for d in station.devices})
-    return f"port {ports[0]}" if len(ports) == 1 else f"ports {', '.join(map(str, ports))}"
+    ports = sorted({d.port for d in station.devices if not d.serial})
+    lines = sorted({d.address for d in station.devices if d.serial})
+    where = [f"port {ports[0]}" if len(ports) == 1 else f"ports {', '.join(map(str, ports))}"]
+    where = where if ports else []
+    where += [f"serial line {line}" for line in lines]
+    return ", ".join(where)

@@ -358,7 +358,7 @@ def cmd_sim_hardware(args: argparse.Namespace, console: Console) -> int:
             return EXIT_BAD_CONFIG
         log.info(
             "serving %s; stop with Ctrl-C",
-            ", ".join(f"{d.id}@{d.host}:{d.port}" for d in station.devices),
+            ", ".join(f"{d.id}@{d.address}" for d in station.devices),
         )
         try:
             await stop.wait()
