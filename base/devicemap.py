@@ -334,12 +334,13 @@ class PileState(StrEnum):
     @property
     def vehicle_present(self) -> bool:
         """True when a vehicle is plugged in."""
-        return self in (
-            PileState.CONNECTED,
-            PileState.CHARGING,
-            PileState.DISCHARGING,
-            PileState.FINISHED,
-        )
+        return self in _VEHICLE_PRESENT
+
+
+# The states with a vehicle plugged in (asked of every pile many times a cycle).
+_VEHICLE_PRESENT = frozenset(
+    (PileState.CONNECTED, PileState.CHARGING, PileState.DISCHARGING, PileState.FINISHED)
+)
 
 
 class PileMode(StrEnum):

@@ -198,16 +198,94 @@ def encoder(reg: Register) -> Callable[[Value | None], list[int]]:
     lo, hi = _INT_RANGE[reg.type]
 
     def encode_int(value: Value | None) -> list[int]:
-        if (type(value) is float and math.isfinite(value)) or type(value) is int:
+        if type(value) is float and -_EXACT < value < _EXACT:
+            # `_scaled`'s float path, in line (a device's counters are encoded every read).
+            quotient = value / scale
+            if -_EXACT < quotient < _EXACT:
+                fraction = quotient - math.floor(quotient)
+                if abs(fraction - 0.5) > 1e-9 * max(1.0, abs(quotient)):
+                    whole = round(quotient)
+                else:
+                    whole = _scaled(value, scale)
+            else:
+                whole = _scaled(value, scale)
+        elif (type(value) is float and math.isfinite(value)) or type(value) is int:
             whole = _scaled(value, scale)
-            if lo <= whole <= hi:
-                words = list(unpack(pack(whole)))
-                if little:
-                    words.reverse()
-                return words
+        else:
+            return encode(reg, value)
+        if lo <= whole <= hi:
+            words = list(unpack(pack(whole)))
+            if little:
+                words.reverse()
+            return words
         return encode(reg, value)
 
     return encode_int
+
+
+def run_encoder(
+    regs: Sequence[Register], address: int, count: int
+) -> Callable[[Mapping[str, Value | None]], tuple[int, ...] | None] | None:
+    """`encoder` for number registers that fill `count` words from `address` one after the
+    other (a block a device is read in), all in one go: named values in the project's units
+    (`from_project_units` of each) give the block's words as `encoder` gives each register's,
+    or None when one is not a number that fits (None, NaN, text, out of range: `encode` then
+    deals with it, one register at a time). None if the registers are not such a run (text,
+    bit fields, words turned round, gaps)."""
+    layout, at = ">", address
+    specs: list[tuple[str, float, bool, float, float, float]] = []
+    for reg in sorted(regs, key=lambda r: r.address):
+        number = _NUMBER.get(reg.type)
+        if number is None or reg.mask is not None or reg.word_order == "little":
+            return None
+        if reg.address != at:
+            return None
+        layout += number[0].format.lstrip(">")
+        per_unit = UNIT_SCALE[reg.unit][1]
+        if reg.type.is_float:
+            limit = _F32_MAX if reg.type is ValueType.F32 else sys.float_info.max
+            specs.append((reg.name, per_unit, True, reg.scale, -limit, limit))
+        else:
+            lo, hi = _INT_RANGE[reg.type]
+            specs.append((reg.name, per_unit, False, reg.scale, lo, hi))
+        at = reg.end
+    if at != address + count:
+        return None
+    pack = struct.Struct(layout).pack
+    unpack = struct.Struct(f">{count}H").unpack
+
+    def encode_run(values: Mapping[str, Value | None]) -> tuple[int, ...] | None:
+        raws: list[float | int] = []
+        get = values.get
+        for name, per_unit, is_float, scale, lo, hi in specs:
+            number = get(name)
+            if type(number) is not float and type(number) is not int:
+                return None
+            value = float(number) / per_unit
+            # As `encoder` has each: a float over its scale; an integer scaled and rounded.
+            if is_float:
+                if not lo <= value / scale <= hi:
+                    return None
+                raws.append(value / scale)
+                continue
+            quotient = value / scale
+            # `_scaled`'s common path, in line; it decides the rest.
+            if -_EXACT < value < _EXACT and -_EXACT < quotient < _EXACT:
+                fraction = quotient - math.floor(quotient)
+                if abs(fraction - 0.5) > 1e-9 * max(1.0, abs(quotient)):
+                    whole = round(quotient)
+                else:
+                    whole = _scaled(value, scale)
+            elif math.isfinite(value):
+                whole = _scaled(value, scale)
+            else:
+                return None
+            if not lo <= whole <= hi:
+                return None
+            raws.append(whole)
+        return unpack(pack(*raws))
+
+    return encode_run
 
 
 def _scaled(value: float | int, scale: float) -> int:
@@ -259,14 +337,19 @@ def decode_block(block: ReadBlock, words: Sequence[int]) -> dict[str, Value | No
 class BlockDecoder:
     """`decode_block` for one block, with where and how each register sits worked out once: the
     whole response is unpacked in one go, then each value read from it. A response the same as
-    the last one (a device at rest) gives the same values again without decoding them."""
+    the last one (a device at rest; the very same tuple, from an in-process link) gives the same
+    values again without decoding them."""
 
     def __init__(self, block: ReadBlock) -> None:
         self.block = block
-        self._last: tuple[list[int], dict[str, Value | None]] | None = None
+        self._last: tuple[Sequence[int], dict[str, Value | None]] | None = None
         self._words = struct.Struct(f">{block.count}H")
         self._fields: list[tuple[str, int, int, Callable[..., tuple[Any, ...]], float, bool]] = []
         self._others: list[Register] = []
+        # All the numbers in one unpacking, where they follow each other without overlapping
+        # (as a map's registers do): one format, with pad bytes for what lies between.
+        layout: str | None = ">"
+        at = 0
         for reg in block.registers:
             number = _NUMBER.get(reg.type)
             if number is None or reg.word_order == "little" or reg.mask is not None:
@@ -278,14 +361,29 @@ class BlockDecoder:
             self._fields.append(
                 (reg.name, offset, ones, number[0].unpack_from, reg.scale, reg.type.is_float)
             )
+            if layout is not None and offset >= at:
+                layout += "x" * (offset - at) + number[0].format.lstrip(">")
+                at = offset + 2 * reg.words
+            else:
+                layout = None
+        self._all = None if layout is None else struct.Struct(layout)
+        # For that one unpacking: the names in order, and which values to scale, to check for
+        # "unavailable" (all ones) and for NaN, by their place.
+        fields = self._fields
+        self._names = tuple(f[0] for f in fields)
+        self._scaled = tuple((f[0], i, f[4]) for i, f in enumerate(fields) if f[4] != 1.0)
+        self._ones = tuple((f[0], f[1], f[2]) for f in fields if f[2])
+        self._floats = tuple(f[0] for f in fields if f[5])
 
-    def __call__(self, words: Sequence[int]) -> dict[str, Value | None]:
-        """The values of the block's registers in `words`, as `decode_block` has them."""
+    def __call__(self, words: Sequence[int]) -> Mapping[str, Value | None]:
+        """The values of the block's registers in `words`, as `decode_block` has them (the
+        decoder's own mapping: the same one while the words stay the same)."""
         last = self._last
-        if last is not None and last[0] == words:
-            return dict(last[1])
+        if last is not None and (last[0] is words or last[0] == words):
+            return last[1]
         values = self._decode(words)
-        self._last = (list(words), dict(values))
+        # A tuple cannot change under the cache; anything else is copied.
+        self._last = (words if type(words) is tuple else list(words), values)
         return values
 
     def _decode(self, words: Sequence[int]) -> dict[str, Value | None]:
@@ -294,16 +392,30 @@ class BlockDecoder:
             data = self._words.pack(*words)
         except struct.error:
             return decode_block(block, words)  # a word count or value that is wrong: say which
-        values: dict[str, Value | None] = {}
-        for name, offset, ones, unpack_from, scale, is_float in self._fields:
-            if ones and data.count(0xFF, offset, offset + ones) == ones:
-                values[name] = None
-                continue
-            raw = unpack_from(data, offset)[0]
-            if is_float and raw != raw:  # NaN
-                values[name] = None
-            else:
-                values[name] = raw if scale == 1.0 else raw * scale
+        values: dict[str, Value | None]
+        if self._all is not None:
+            raws = self._all.unpack_from(data)
+            values = dict(zip(self._names, raws, strict=True))
+            for name, index, scale in self._scaled:
+                values[name] = raws[index] * scale
+            for name, offset, ones in self._ones:
+                if data.count(0xFF, offset, offset + ones) == ones:
+                    values[name] = None
+            for name in self._floats:
+                value = values[name]
+                if value != value:  # NaN
+                    values[name] = None
+        else:
+            values = {}
+            for name, offset, ones, unpack_from, scale, is_float in self._fields:
+                if ones and data.count(0xFF, offset, offset + ones) == ones:
+                    values[name] = None
+                    continue
+                raw = unpack_from(data, offset)[0]
+                if is_float and raw != raw:  # NaN
+                    values[name] = None
+                else:
+                    values[name] = raw if scale == 1.0 else raw * scale
         if not self._others:
             return values
         for reg in self._others:
@@ -364,19 +476,21 @@ class WritePlan:
         # The last values written and their requests: a controller writes the same again and
         # again. Not for floats, whose equal values 0.0 and -0.0 are not the same words.
         self._repeatable = not any(reg.type.is_float for reg in regs)
-        self._last: tuple[tuple[object, ...], tuple[WriteRequest, ...]] | None = None
+        self._last: (
+            tuple[dict[str, Value | None], tuple[type, ...], tuple[WriteRequest, ...]] | None
+        ) = None
 
     def requests(self, values: Mapping[str, Value | None]) -> tuple[WriteRequest, ...]:
         """The requests that write `values` (the names the plan was made for)."""
         if not self._repeatable:
             return self._encode(values)
         # Equal values are not enough: True equals 1, but is no number to write.
-        shown = (*values.items(), *map(type, values.values()))
+        types = tuple(map(type, values.values()))
         last = self._last
-        if last is not None and last[0] == shown:
-            return last[1]
+        if last is not None and last[0] == values and last[1] == types:
+            return last[2]
         requests = self._encode(values)
-        self._last = (shown, requests)
+        self._last = (dict(values), types, requests)
         return requests
 
     def _encode(self, values: Mapping[str, Value | None]) -> tuple[WriteRequest, ...]:

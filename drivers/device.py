@@ -23,8 +23,9 @@ class Device(Protocol):
         """Open the connection to the device if it is not open."""
         ...
 
-    async def read(self, names: Iterable[str]) -> dict[str, Value | None]:
-        """Read the named values (None: the device says "unavailable")."""
+    async def read(self, names: Iterable[str]) -> Mapping[str, Value | None]:
+        """Read the named values (None: the device says "unavailable"); the mapping is the
+        device's: read it, do not change it."""
         ...
 
     async def write(self, values: Mapping[str, Value | None]) -> None:

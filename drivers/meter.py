@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from base.devicemap import METER, Value
-from drivers.codec import in_project_units
+from base.devicemap import METER, UNIT_SCALE, Value
 from drivers.device import Device
 from drivers.errors import BadValue
 
@@ -55,6 +54,8 @@ class MapMeter:
         self.device = device
         regmap = device.map
         self._names = tuple(n for n in (*METER.required, *METER.optional) if n in regmap)
+        # Each register's factor to the project's units (`in_project_units`), worked out once.
+        self._per_unit = {n: UNIT_SCALE[regmap[n].unit][1] for n in self._names}
 
     async def connect(self) -> None:
         """Open the connection to the meter."""
@@ -63,33 +64,57 @@ class MapMeter:
     async def read(self) -> MeterReading:
         """Read power (required), and per-phase values and energy where the map has them."""
         raw = await self.device.read(self._names)
-        regmap = self.device.map
-        values = {name: in_project_units(regmap[name], raw[name]) for name in raw}
+        per_unit = self._per_unit
+        values: dict[str, float | None] = {}
+        # `in_project_units` for each value, without a call per value: a meter is read every
+        # cycle, and every step of a fast simulation.
+        for name, value in raw.items():
+            if value is None:
+                values[name] = None
+            elif isinstance(value, str):
+                raise BadValue(name, f"expected a number, got text {value!r}")
+            else:
+                values[name] = float(value) * per_unit[name]
         if values["power"] is None:
             raise BadValue(self.id, "power: the meter reports it unavailable (NaN)")
         return reading_from(values)
 
 
+# What `reading_from` takes, in the order of its fields.
+_READ = (
+    "power",
+    "power_l1",
+    "power_l2",
+    "power_l3",
+    "voltage_l1",
+    "voltage_l2",
+    "voltage_l3",
+    "current_l1",
+    "current_l2",
+    "current_l3",
+    "energy_import",
+    "energy_export",
+    "frequency",
+    "utility_limit",
+    "clock",
+)
+
+
 def reading_from(values: Mapping[str, Value | None]) -> MeterReading:
     """A reading from a meter's named values in the project's units (absent or None: unknown;
     power unavailable reads NaN)."""
-
-    def number(name: str) -> float | None:
-        value = values.get(name)
-        return None if value is None else float(value)
-
-    def three(prefix: str) -> tuple[float | None, float | None, float | None]:
-        return (number(f"{prefix}_l1"), number(f"{prefix}_l2"), number(f"{prefix}_l3"))
-
-    power = number("power")
+    get = values.get
+    (power, p1, p2, p3, v1, v2, v3, i1, i2, i3, imported, exported, hz, limit, clock) = [
+        None if value is None else float(value) for value in map(get, _READ)
+    ]
     return MeterReading(
         power_kw=math.nan if power is None else power,
-        power_phases_kw=three("power"),
-        voltages_v=three("voltage"),
-        currents_a=three("current"),
-        energy_import_kwh=number("energy_import"),
-        energy_export_kwh=number("energy_export"),
-        frequency_hz=number("frequency"),
-        utility_limit_kw=number("utility_limit"),
-        device_time=number("clock"),
+        power_phases_kw=(p1, p2, p3),
+        voltages_v=(v1, v2, v3),
+        currents_a=(i1, i2, i3),
+        energy_import_kwh=imported,
+        energy_export_kwh=exported,
+        frequency_hz=hz,
+        utility_limit_kw=limit,
+        device_time=clock,
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -72,7 +72,7 @@ class ModbusTransport(Protocol):
         """Open the connection if it is not open (`ConnectionLost` if that fails)."""
         ...
 
-    async def read(self, block: ReadBlock, device: str) -> list[int]:
+    async def read(self, block: ReadBlock, device: str) -> Sequence[int]:
         """The words of one block of registers."""
         ...
 
@@ -275,8 +275,9 @@ class ModbusDevice:
         """Open the link if needed."""
         await self.link.connect(self.name)
 
-    async def read(self, names: Iterable[str]) -> dict[str, Value | None]:
-        """Read the named registers, in as few requests as the map allows."""
+    async def read(self, names: Iterable[str]) -> Mapping[str, Value | None]:
+        """Read the named registers, in as few requests as the map allows (a block that answers
+        the very words it answered last gives the very mapping it gave then)."""
         key = tuple(names)
         plan = self._plans.get(key)
         if plan is None:
@@ -286,10 +287,13 @@ class ModbusDevice:
         for decoder in plan:
             words = await self.link.read(decoder.block, self.name)
             try:
-                values.update(decoder(words))
+                decoded = decoder(words)
             except BadValue as exc:
                 # The codec knows only the register; this is the device the station names.
                 raise BadValue(self.name, f"{exc.device}: {exc.message}") from None
+            if len(plan) == 1:
+                return decoded
+            values.update(decoded)
         return values
 
     async def write(self, values: Mapping[str, Value | None]) -> None:

@@ -8,12 +8,12 @@ positive when the pile charges a vehicle and negative when it discharges one.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
-from base.devicemap import PILE, PileMode, PileState, Value
-from drivers.codec import from_project_units, in_project_units
+from base.devicemap import PILE, UNIT_SCALE, PileMode, PileState, Value
+from drivers.codec import from_project_units
 from drivers.device import Device
 from drivers.errors import BadValue
 
@@ -72,6 +72,33 @@ class Pile(Protocol):
         ...
 
 
+# A reading's numbers in the order they are checked: (field, register, default when the map
+# lacks it (None: required), kind). A number is required unless it has a default; an optional
+# one is None when the map lacks it or the pile says it is unavailable.
+_NUMBER, _INT, _OPTIONAL = "number", "int", "optional"
+_FIELDS: tuple[tuple[str, str, float | None, str], ...] = (
+    ("power_kw", "power", None, _NUMBER),
+    ("applied_setpoint_kw", "applied_setpoint", None, _NUMBER),
+    ("max_charge_kw", "max_charge_power", None, _NUMBER),
+    ("max_discharge_kw", "max_discharge_power", 0.0, _NUMBER),
+    ("min_kw", "min_power", 0.0, _NUMBER),
+    ("energy_import_kwh", "energy_import", None, _NUMBER),
+    ("energy_export_kwh", "energy_export", 0.0, _NUMBER),
+    ("session_energy_kwh", "session_energy", 0.0, _NUMBER),
+    ("session_id", "session_id", 0.0, _INT),
+    ("soc_pct", "soc", None, _OPTIONAL),
+    ("ev_max_kw", "ev_max_power", None, _OPTIONAL),
+    ("ev_capacity_kwh", "ev_capacity", None, _OPTIONAL),
+    ("fallback_countdown_s", "fallback_countdown", None, _OPTIONAL),
+    ("fault_code", "fault_code", 0.0, _INT),
+)
+
+# Each state by its label (calling an enum is slower than looking it up).
+_STATES = {state.value: state for state in PileState}
+
+# The modes a setpoint's sign asks for (an enum's members are slower to look up).
+_CHARGE, _DISCHARGE, _IDLE = PileMode.CHARGE, PileMode.DISCHARGE, PileMode.IDLE
+
 # What `DcPile.read` uses of a pile map (the rest the driver only writes).
 _READ = tuple(
     n
@@ -94,12 +121,15 @@ class DcPile:
         self._commanded: float | None = None
         self._changed_at = -math.inf
         # The last values read and the reading made of them.
-        self._last: tuple[dict[str, Value | None], PileReading] | None = None
+        self._last: tuple[Mapping[str, Value | None], PileReading] | None = None
         regmap = device.map
         # Only what `read` uses: the registers the driver writes are not read back.
         self._regs = {n: regmap[n] for n in _READ if n in regmap and regmap[n].access.readable}
         self._names = tuple(self._regs)
+        # Each one's factor to the project's units (`in_project_units`), worked out once.
+        self._per_unit = {n: UNIT_SCALE[reg.unit][1] for n, reg in self._regs.items()}
         self._mode_codes = {label: code for code, label in regmap.enums["mode"].items()}
+        self._setpoint = regmap["setpoint"]
 
     async def connect(self) -> None:
         """Open the connection to the pile."""
@@ -109,7 +139,7 @@ class DcPile:
         """Read every register the controller uses in one pass."""
         raw = await self.device.read(self._names)
         last = self._last
-        if last is None or last[0] != raw:
+        if last is None or (last[0] is not raw and last[0] != raw):
             reading = self._reading(raw)
         else:
             # The pile says what it said last time: the same reading, but for what was written.
@@ -123,47 +153,50 @@ class DcPile:
     def _since(self) -> float | None:
         return None if self.now is None else self._changed_at
 
-    def _reading(self, raw: dict[str, Value | None]) -> PileReading:
+    def _reading(self, raw: Mapping[str, Value | None]) -> PileReading:
         label = self.device.map.label("state", raw["state"])
-        try:
-            state = PileState(label or "")
-        except ValueError as exc:
-            raise BadValue(self.id, f"state: unknown state code {raw['state']!r}") from exc
+        state = _STATES.get(label or "")
+        if state is None:
+            raise BadValue(self.id, f"state: unknown state code {raw['state']!r}")
+        per_unit = self._per_unit
+        fields: dict[str, Any] = {}
+        for field, name, default, kind in _FIELDS:
+            if name in raw:
+                value = raw[name]
+                if value is None:
+                    if kind is _OPTIONAL:
+                        fields[field] = None
+                        continue
+                    raise BadValue(self.id, f"{name}: the pile reports it unavailable")
+                if isinstance(value, str):  # as `in_project_units` says it
+                    raise BadValue(name, f"expected a number, got text {value!r}")
+                number = float(value) * per_unit[name]
+            elif kind is _OPTIONAL:
+                fields[field] = None
+                continue
+            elif default is None:
+                raise BadValue(self.id, f"{name}: not in the pile's register map")
+            else:
+                number = default
+            fields[field] = int(number) if kind is _INT else number
         return PileReading(
-            state=state,
-            power_kw=self._number(raw, "power"),
-            applied_setpoint_kw=self._number(raw, "applied_setpoint"),
-            max_charge_kw=self._number(raw, "max_charge_power"),
-            max_discharge_kw=self._number(raw, "max_discharge_power", 0.0),
-            min_kw=self._number(raw, "min_power", 0.0),
-            energy_import_kwh=self._number(raw, "energy_import"),
-            energy_export_kwh=self._number(raw, "energy_export", 0.0),
-            session_energy_kwh=self._number(raw, "session_energy", 0.0),
-            session_id=int(self._number(raw, "session_id", 0.0)),
-            soc_pct=self._optional(raw, "soc"),
-            ev_max_kw=self._optional(raw, "ev_max_power"),
-            ev_capacity_kwh=self._optional(raw, "ev_capacity"),
-            fallback_countdown_s=self._optional(raw, "fallback_countdown"),
-            fault_code=int(self._number(raw, "fault_code", 0.0)),
-            commanded_kw=self._commanded,
-            commanded_since=self._since(),
+            state=state, commanded_kw=self._commanded, commanded_since=self._since(), **fields
         )
 
     async def command(self, setpoint_kw: float) -> None:
         """Write setpoint, mode and heartbeat together (one FC16 request on the reference map)."""
         if setpoint_kw > 0:
-            mode = PileMode.CHARGE
+            mode = _CHARGE
         elif setpoint_kw < 0:
-            mode = PileMode.DISCHARGE
+            mode = _DISCHARGE
         else:
-            mode = PileMode.IDLE
-        regmap = self.device.map
+            mode = _IDLE
         if setpoint_kw != self._commanded and self.now is not None:
             self._changed_at = self.now()
         self._commanded = setpoint_kw
         await self.device.write(
             {
-                "setpoint": from_project_units(regmap["setpoint"], setpoint_kw),
+                "setpoint": from_project_units(self._setpoint, setpoint_kw),
                 "mode": self._mode_codes[mode],  # a `PileMode` is its label
                 "heartbeat": 1,
             }
@@ -178,20 +211,3 @@ class DcPile:
                 "fallback_power": from_project_units(regmap["fallback_power"], fallback_kw),
             }
         )
-
-    def _optional(self, raw: dict[str, Value | None], name: str) -> float | None:
-        if name not in raw:
-            return None
-        return in_project_units(self._regs[name], raw[name])
-
-    def _number(
-        self, raw: dict[str, Value | None], name: str, default: float | None = None
-    ) -> float:
-        if name not in raw:
-            if default is None:
-                raise BadValue(self.id, f"{name}: not in the pile's register map")
-            return default
-        value = in_project_units(self._regs[name], raw[name])
-        if value is None:
-            raise BadValue(self.id, f"{name}: the pile reports it unavailable")
-        return value

@@ -40,6 +40,7 @@ from control.sessions import PastVisit, Wish
 from control.site import SiteSnapshot
 from control.step import cycle_of, step
 from drivers.errors import DriverError
+from drivers.pile import PileReading
 from scheduler.solver import Solver
 from simulator.books import Books, Ledger
 from simulator.bound import offline_bound
@@ -582,20 +583,32 @@ class _Sensing:
     def snapshot(self, now: float, tariff: Tariff) -> SiteSnapshot:
         """Read every device as of `now` and check it, as the daemon's cycle does."""
         self.clock.time = now
-        devices, sensors = self.devices, self.sensors
-        devices.observe()
-        meter = self.station.grid_meter
-        sensors.take_meter(*self._read(meter.id, devices.meter.read(), now))
-        if devices.terminal is not None:
-            terminal = devices.terminal
-            sensors.take_terminal(*self._read(terminal.id, terminal.read(), now))
-        for pid, pile in devices.piles.items():
-            if sensors.take_pile(pid, *self._read(pid, pile.read(), now)):
-                # Back after failing: it may have rebooted and lost its fail-safe settings.
-                self._arm(pid, now)
+        self.devices.observe()
+        # One coroutine for the whole pass: the drivers' calls within it never suspend, and
+        # awaiting them costs less than running each to its end on its own.
+        finish(self._take_all(now))
         if not self.relayed:
             self._operator(now)
-        return sensors.snapshot(now, tariff)
+        return self.sensors.snapshot(now, tariff)
+
+    async def _take_all(self, now: float) -> None:
+        """Read every device and hand what it said (or its error) to `Sensors`."""
+        devices, sensors, endpoints = self.devices, self.sensors, self.devices.endpoints
+        meter = self.station.grid_meter
+        sensors.take_meter(*await self._read(meter.id, devices.meter.read(), now))
+        if devices.terminal is not None:
+            terminal = devices.terminal
+            sensors.take_terminal(*await self._read(terminal.id, terminal.read(), now))
+        for pid, pile in devices.piles.items():
+            try:
+                reading: PileReading | DriverError = await pile.read()
+            except DriverError as exc:
+                reading, at = exc, now
+            else:
+                at = endpoints[pid].as_of
+            if sensors.take_pile(pid, reading, now, at):
+                # Back after failing: it may have rebooted and lost its fail-safe settings.
+                self._arm(pid, now)
 
     def _operator(self, now: float) -> None:
         """The utility's limit, at a station where no meter relays it: its operator hears of
@@ -612,12 +625,12 @@ class _Sensing:
         else:
             self.sensors.override_limit(kw, max(self.until, now + 1.0), now, "the utility's limit")
 
-    def _read(
+    async def _read(
         self, device: str, read: Coroutine[Any, Any, T], now: float
     ) -> tuple[T | DriverError, float, float]:
         """A read's result (or its error), `now`, and when the device measured what it said."""
         try:
-            result = finish(read)
+            result = await read
         except DriverError as exc:
             return exc, now, now
         return result, now, self.devices.endpoints[device].as_of
@@ -629,19 +642,26 @@ class _Sensing:
         piles = self.plant.piles.values()
         for model in piles:
             model.hold_rises_s = hold_s
-        written = {}
+        written: dict[str, float] = {}
         try:
-            for pid, kw in setpoints.items():
-                try:
-                    finish(self.devices.piles[pid].command(kw))
-                except DriverError as exc:
-                    self.sensors.piles[pid].failed(exc, now)
-                else:
-                    written[pid] = kw
+            finish(self._command_all(setpoints, written, now))
         finally:
             for model in piles:
                 model.hold_rises_s = 0.0
         return written
+
+    async def _command_all(
+        self, setpoints: Mapping[str, float], written: dict[str, float], now: float
+    ) -> None:
+        """Write each setpoint through its pile's driver; those written go into `written`."""
+        drivers, sensors = self.devices.piles, self.sensors.piles
+        for pid, kw in setpoints.items():
+            try:
+                await drivers[pid].command(kw)
+            except DriverError as exc:
+                sensors[pid].failed(exc, now)
+            else:
+                written[pid] = kw
 
     def _arm(self, pile_id: str, now: float) -> None:
         config = self.station.pile(pile_id)

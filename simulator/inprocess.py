@@ -95,6 +95,7 @@ class Endpoint:
     ) -> None:
         self.ids = tuple(ids)
         self.faults = faults
+        self._scripted = bool(faults)
         self.clock = clock
         self.keep_s = keep_s
         # What each model showed at `_at`, and over the last `keep_s` before.
@@ -110,7 +111,7 @@ class Endpoint:
         now = self.clock.time
         gate = self._gate
         if gate is None or gate[0] != now:
-            gate = self._gate = (now, self.faults.access(self.ids, now) if self.faults else None)
+            gate = self._gate = (now, self.faults.access(self.ids, now) if self._scripted else None)
         return gate[1]
 
     def observe(self, model: DeviceModel) -> Mapping[str, Value | None]:
@@ -136,12 +137,16 @@ class Endpoint:
 
     def values(self, model: DeviceModel, latency_s: float) -> Mapping[str, Value | None]:
         """What `model` answers now, `latency_s` late (`as_of` says when it measured it)."""
-        shown = self.observe(model)
+        now = self.clock.time
+        # `observe`, in line: every read of a fast simulation asks this.
+        shown = None if now != self._at else self._now.get(model)
+        if shown is None:
+            shown = self.observe(model)
         if latency_s <= 0:
-            self.as_of = self.clock.time
+            self.as_of = now
             return shown
         past = self._past[model]
-        then = self.clock.time - latency_s
+        then = now - latency_s
         self.as_of, shown = next((entry for entry in reversed(past) if entry[0] <= then), past[0])
         return shown
 
@@ -171,16 +176,21 @@ class InProcessModbus:
         """Nothing to open: the hardware simulator's server takes every connection (and closes
         one to a dropped device at its first request)."""
 
-    async def read(self, block: ReadBlock, device: str) -> list[int]:
-        """One block's words, from its bank."""
+    async def read(self, block: ReadBlock, device: str) -> tuple[int, ...]:
+        """One block's words, from its bank (the same tuple while the device shows the same)."""
         unit, function_code, address, count = (
             block.unit_id,
             block.function_code,
             block.address,
             block.count,
         )
-        bank, latency = self._admit(device, function_code, address, count, unit)
-        values = self.endpoint.values(bank.model, latency)
+        endpoint = self.endpoint
+        bank = self.banks.get(unit)
+        if bank is None or endpoint.gate() is not None:
+            bank, latency = self._admit(device, function_code, address, count, unit)
+        else:
+            latency = 0.0
+        values = endpoint.values(bank.model, latency)
         words = bank.read_words(unit, function_code, address, count, values)
         if isinstance(words, ExcCodes):
             raise answered_exception(
@@ -190,13 +200,20 @@ class InProcessModbus:
 
     async def write(self, request: WriteRequest, device: str) -> None:
         """One write request, handed to its bank."""
-        words = list(request.words)
-        what = (request.function_code, request.address, len(words), request.unit_id)
-        bank, _ = self._admit(device, *what)
-        refusal = bank.write_words(request.unit_id, request.function_code, request.address, words)
+        unit, function_code, address, words = (
+            request.unit_id,
+            request.function_code,
+            request.address,
+            request.words,
+        )
+        bank = self.banks.get(unit)
+        if bank is None or self.endpoint.gate() is not None:
+            bank, _ = self._admit(device, function_code, address, len(words), unit)
+        refusal = bank.write_words(unit, function_code, address, words)
         self.endpoint.changed(bank.model)
         if refusal is not None:
-            raise answered_exception(device, request_name(*what), int(refusal))
+            what = request_name(function_code, address, len(words), unit)
+            raise answered_exception(device, what, int(refusal))
 
     def _admit(
         self, device: str, function_code: int, address: int, count: int, unit: int

@@ -65,10 +65,10 @@ def answer(banks: Mapping[int, RegisterBank], unit: int, pdu: bytes) -> bytes:
             return exception_pdu(function_code, ExcCodes.ILLEGAL_VALUE)
         if address + count > 0x10000:
             return exception_pdu(function_code, ExcCodes.ILLEGAL_ADDRESS)
-        words = bank.read_words(unit, function_code, address, count)
-        if isinstance(words, ExcCodes):
-            return exception_pdu(function_code, words)
-        return bytes((function_code, 2 * count)) + struct.pack(f">{count}H", *words)
+        answer = bank.read_words(unit, function_code, address, count)
+        if isinstance(answer, ExcCodes):
+            return exception_pdu(function_code, answer)
+        return bytes((function_code, 2 * count)) + struct.pack(f">{count}H", *answer)
     if function_code == 6:
         if len(data) != 4:
             return exception_pdu(function_code, ExcCodes.ILLEGAL_VALUE)

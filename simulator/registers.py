@@ -13,7 +13,7 @@ for half a multi-register value or a value the device refuses. The Modbus server
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,7 +21,7 @@ from pymodbus.constants import ExcCodes
 
 from base.clock import Clock
 from base.devicemap import UNIT_SCALE, PileMode, Register, RegisterMap, Value
-from drivers.codec import decode, encoder, in_project_units
+from drivers.codec import decode, encoder, in_project_units, run_encoder
 from drivers.errors import BadValue
 from simulator.faults import FaultScript
 from simulator.plant import PileModel, Plant, Rejected
@@ -59,6 +59,8 @@ class _Request:
     # Where its float registers are among `names`: equal values of those encode alike unless
     # they are zeros of different signs.
     floats: tuple[int, ...]
+    # All its registers encoded at once, when they are numbers one after the other.
+    at_once: Callable[[Mapping[str, Value | None]], tuple[int, ...] | None] | None
 
 
 class RegisterBank:
@@ -80,9 +82,23 @@ class RegisterBank:
         self._encoders = {name: encoder(reg) for name, reg in regmap.registers.items()}
         # Each register's last value and its words, and each request's: most change seldom.
         self._encoded: dict[str, tuple[Value | None, list[int]]] = {}
-        self._answered: dict[tuple[int, int, int], tuple[tuple[Value | None, ...], list[int]]] = {}
+        self._answered: dict[
+            tuple[int, int, int], tuple[tuple[Value | None, ...], tuple[int, ...]]
+        ] = {}
+        # The last tuple of words written (a driver writes the same request again and again),
+        # where, and what it said.
+        self._last_written: (
+            tuple[tuple[int, ...], tuple[int, int, int], dict[str, float]] | None
+        ) = None
         # Each in-process write request's last words, and what they said.
-        self._written: dict[tuple[int, int, int], tuple[list[int], int, dict[str, float]]] = {}
+        self._written: dict[tuple[int, int, int], tuple[Sequence[int], int, dict[str, float]]] = {}
+        # The model's values the answers in `_fresh` were made from, and those answers by
+        # request: a device at rest shows the same values step after step, and is answered the
+        # same words (the same tuple) without looking at its registers again.
+        self._fresh_for: Mapping[str, Value | None] | None = None
+        self._fresh: dict[tuple[int, int, int, int], tuple[int, ...] | ExcCodes] = {}
+        # The float registers, whose equal zeros of different signs are not the same words.
+        self._floats = tuple(name for name, reg in regmap.registers.items() if reg.type.is_float)
 
     @property
     def units(self) -> tuple[int, ...]:
@@ -96,16 +112,50 @@ class RegisterBank:
         address: int,
         count: int,
         values: Mapping[str, Value | None] | None = None,
-    ) -> list[int] | ExcCodes:
+    ) -> tuple[int, ...] | ExcCodes:
         """A read request's words, or the exception the device answers (`values`: the model's,
-        if already taken this instant)."""
+        if already taken this instant). Values equal to the last ones (zeros of the same signs)
+        are answered the very same tuple of words as then."""
+        if values is None:
+            values = self.model.values()
+        if values is not self._fresh_for:
+            if not self._same_values(values):
+                self._fresh = {}
+            self._fresh_for = values
+        key = (unit, function_code, address, count)
+        answer = self._fresh.get(key)
+        if answer is None:
+            answer = self._fresh[key] = self._answer(unit, function_code, address, count, values)
+        return answer
+
+    def _same_values(self, values: Mapping[str, Value | None]) -> bool:
+        """Whether `values` encode as the values the fresh answers were made from do."""
+        last = self._fresh_for
+        if last is None or values != last:
+            return False
+        for name in self._floats:
+            new = values.get(name)
+            if not new and new is not None and not _same_zero(last.get(name), new):
+                return False
+        return True
+
+    def _answer(
+        self,
+        unit: int,
+        function_code: int,
+        address: int,
+        count: int,
+        values: Mapping[str, Value | None],
+    ) -> tuple[int, ...] | ExcCodes:
         if function_code not in self.map.function_codes or function_code not in (3, 4):
             return ExcCodes.ILLEGAL_FUNCTION
         request = self._request(unit, address, count)
         if request.gaps or function_code not in request.read_fcs:
             return ExcCodes.ILLEGAL_ADDRESS
-        if values is None:
-            values = self.model.values()
+        if request.at_once is not None:
+            words = request.at_once(values)
+            if words is not None:
+                return words
         shown = tuple(map(values.get, request.names))
         last = self._answered.get(request.key)
         if last is None:
@@ -114,7 +164,7 @@ class RegisterBank:
         else:
             before, answered = last
             if before == shown and _same_signs(before, shown, request.floats):
-                return list(answered)
+                return answered
             # Only the registers whose values changed are encoded again.
             registers = list(answered)
             fields = [
@@ -123,26 +173,36 @@ class RegisterBank:
                 if old != new or (field[5] and not old and not _same_zero(old, new))
             ]
         self._fill(fields, registers, values)
-        self._answered[request.key] = (shown, list(registers))
-        return registers
+        words = tuple(registers)
+        self._answered[request.key] = (shown, words)
+        return words
 
     def write_words(
-        self, unit: int, function_code: int, address: int, words: list[int]
+        self, unit: int, function_code: int, address: int, words: Sequence[int]
     ) -> ExcCodes | None:
         """A write request handed to the model: None, or the exception the device answers."""
+        same = self._last_written
+        if same is not None and same[0] is words and same[1] == (unit, function_code, address):
+            return self._apply(dict(same[2]))  # the very words written last, from a driver
         if function_code not in self.map.function_codes or function_code not in (6, 16):
             return ExcCodes.ILLEGAL_FUNCTION
         request = self._request(unit, address, len(words))
         if request.gaps or not request.writable:
             return ExcCodes.ILLEGAL_ADDRESS
         last = self._written.get(request.key)
-        if last is not None and last[0] == words and last[1] == function_code:
-            return self._apply(dict(last[2]))  # what the same words said last time
-        decoded = self._decode(function_code, address, request.touched, words, request.whole)
-        if isinstance(decoded, ExcCodes):
-            return decoded
-        self._written[request.key] = (list(words), function_code, dict(decoded))
-        return self._apply(decoded)
+        if last is not None and (last[0] is words or last[0] == words) and last[1] == function_code:
+            decoded = last[2]  # what the same words said last time
+        else:
+            found = self._decode(function_code, address, request.touched, words, request.whole)
+            if isinstance(found, ExcCodes):
+                return found
+            decoded = found
+            # A tuple cannot change under the cache; anything else is copied.
+            kept = words if type(words) is tuple else list(words)
+            self._written[request.key] = (kept, function_code, dict(decoded))
+        if type(words) is tuple:
+            self._last_written = (words, (unit, function_code, address), dict(decoded))
+        return self._apply(dict(decoded))
 
     def _request(self, unit: int, address: int, count: int) -> _Request:
         key = (unit, address, count)
@@ -164,6 +224,7 @@ class RegisterBank:
                 self._fields(address, touched),
                 tuple(r.name for r in touched),
                 tuple(i for i, r in enumerate(touched) if r.type.is_float),
+                run_encoder(touched, address, count),
             )
         return request
 
@@ -207,7 +268,7 @@ class RegisterBank:
         function_code: int,
         address: int,
         touched: list[Register],
-        words: list[int],
+        words: Sequence[int],
         whole: bool,
     ) -> dict[str, float] | ExcCodes:
         """A write request's values as the model takes them, or the exception it is answered."""
@@ -284,17 +345,51 @@ class PileRegisters:
         self._mode_of = {
             code: PileMode(label) for code, label in self._mode_label.items() if label in known
         }
+        # What the registers were last made of, and the mapping made of it.
+        self._shown: tuple[tuple[object, ...], Mapping[str, Value | None]] | None = None
 
     def values(self) -> Mapping[str, Value | None]:
         """Every register, from the model: what `PileModel.reading` says, and what was written.
 
         Worked out from the model directly rather than through a `PileReading`: every pile is
-        read every simulated step, and a reading's frozen fields cost more than the rest.
+        read every simulated step, and a reading's frozen fields cost more than the rest. A pile
+        at rest (all it is made from as it was) shows the very same mapping as last time.
         """
         pile = self.pile
         config = pile.config
         vehicle = pile.vehicle
         power = pile.power_kw
+        now = self.clock.now()
+        # Everything below is made of (the power's sign too: the current of -0.0 kW is -0.0 A).
+        made_of = (
+            power,
+            math.copysign(1.0, power),
+            pile.energy_import_kwh,
+            pile.energy_export_kwh,
+            pile.session_energy_kwh,
+            pile.applied_kw,
+            now - pile.last_contact,
+            pile.comm_timeout_s,
+            pile.fault_code,
+            pile.session_id,
+            pile.setpoint_kw,
+            pile.mode,
+            pile.fallback_kw,
+            config,
+            vehicle,
+            None
+            if vehicle is None
+            else (
+                vehicle.soc,
+                vehicle.soc_target,
+                vehicle.max_kw,
+                vehicle.taper_soc,
+                vehicle.capacity_kwh,
+            ),
+        )
+        last = self._shown
+        if last is not None and last[0] == made_of:
+            return last[1]
         if vehicle is None:
             voltage = 0.0
             soc = ev_max = ev_capacity = None
@@ -305,7 +400,7 @@ class PileRegisters:
                 if self.bms
                 else (None, None, None)
             )
-        return {
+        values: dict[str, Value | None] = {
             "state": self._state_code[pile.state()],
             "soc": soc,
             "voltage": voltage,
@@ -320,7 +415,7 @@ class PileRegisters:
             "ev_capacity": ev_capacity,
             "session_energy": max(0.0, pile.session_energy_kwh),
             "applied_setpoint": pile.applied_kw,
-            "fallback_countdown": float(round(min(65535.0, pile.countdown(self.clock.now())))),
+            "fallback_countdown": float(round(min(65535.0, pile.countdown(now)))),
             "fault_code": pile.fault_code,
             "session_id": pile.session_id,
             "setpoint": pile.setpoint_kw,
@@ -329,6 +424,8 @@ class PileRegisters:
             "comm_timeout": pile.comm_timeout_s,
             "fallback_power": pile.fallback_kw,
         }
+        self._shown = (made_of, values)
+        return values
 
     def write(self, values: Mapping[str, float]) -> None:
         """Setpoint, mode, heartbeat and fail-safe writes."""

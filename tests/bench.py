@@ -14,7 +14,9 @@ policy and under ACN-Sim's LLF, EDF and ASA (in their own venv; ASA needs ADACHA
 Quality: the shipped scenarios, one warm-up day each, under every policy, against the true
 offline bound: cost, energy delivered, limit and peak.
 
-Month: a month of the reference station under mpc at the defaults, its CPU against llf's.
+Month: a month of the reference station under mpc at the defaults, its CPU against llf's; for
+each, the simulated days a CPU minute gives and the share of the CPU that went through the
+drivers (sampled on CPU time), so that the fast simulation's cost can be compared run to run.
 
 Faults: the fault matrix of tests/test_faults.py, each fault's worst overshoot of the limit (kW
 and seconds), how long until the controller logged the fault's end, and until the site charged at
@@ -36,8 +38,9 @@ loopback while its API is flooded with 10 MB bodies without a token, 200 slow cl
 GETs at 20 concurrent: the control cycle's p50/p99/max and missed cycles, idle and under each.
 
 Soak: 30 days of the reference station's seeded random fleet with random faults (a dozen a day,
-of every kind), in fast simulation: over-limit energy, accounting, the cycle time's spread and
-the process's memory at the end against after the first day.
+of every kind), in fast simulation: over-limit energy, accounting, the cycle time's spread, the
+simulated days per wall and CPU minute (and the CPU's share through the drivers), and the
+process's memory at the end against after the first day.
 """
 
 from __future__ import annotations
@@ -46,12 +49,14 @@ import argparse
 import math
 import os
 import resource
+import signal
 import statistics
 import sys
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -59,6 +64,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy.optimize import linprog
 
+import drivers
 from base.config import CONFIG_ROOT, Station, load_station
 from base.events import Source
 from control.step import Cycle
@@ -354,22 +360,70 @@ def quality_bench(console: Console, scenarios: tuple[tuple[str, str], ...]) -> b
     return _report(console, checks)
 
 
+class CpuUnder:
+    """The share of this process's CPU time spent under code from one folder, sampled on CPU
+    time (SIGPROF every `interval_s`): each sample weighs the CPU time since the one before and
+    counts as under the folder if any frame of the interrupted stack runs its code. Cheap (a
+    look at the stack every few milliseconds), so it runs inside the measured work."""
+
+    def __init__(self, folder: Path, interval_s: float = 0.005) -> None:
+        self.folder = str(folder) + os.sep
+        self.interval_s = interval_s
+        self.total_s = 0.0
+        self.under_s = 0.0
+        self._last = 0.0
+
+    @property
+    def share(self) -> float:
+        """The share so far (0 before any sample)."""
+        return self.under_s / self.total_s if self.total_s else 0.0
+
+    def _sample(self, signum: int, frame: FrameType | None) -> None:
+        now = time.process_time()
+        spent, self._last = now - self._last, now
+        self.total_s += spent
+        while frame is not None:
+            if frame.f_code.co_filename.startswith(self.folder):
+                self.under_s += spent
+                return
+            frame = frame.f_back
+
+    def __enter__(self) -> CpuUnder:
+        self._previous = signal.signal(signal.SIGPROF, self._sample)
+        self._last = time.process_time()
+        signal.setitimer(signal.ITIMER_PROF, self.interval_s, self.interval_s)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.setitimer(signal.ITIMER_PROF, 0.0, 0.0)
+        signal.signal(signal.SIGPROF, self._previous)
+
+
+DRIVERS = Path(drivers.__file__).parent
+
+
 def month_bench(console: Console) -> bool:
     """A month of the reference station under mpc at the simulation's defaults (60 s steps, a
     plan at least every 300 s), against llf on the same month in the same run; True if mpc
-    takes under 45 s of CPU."""
+    takes under 45 s of CPU. For each, the share of its CPU that went through the drivers (the
+    calls into `drivers/`, with the in-process links, register banks and device models under
+    them), and the simulated days per CPU minute."""
     station = load_station(CONFIG_ROOT / "stations" / "bozhou-depot.toml")
     visits = load_sessions(CONFIG_ROOT / "scenarios" / "bozhou-month.csv")
     scenario = Scenario.around(station, visits, name="bozhou-month")
+    days = (scenario.end - scenario.start) / 86400
     seconds = {}
     for policy in ("llf", "mpc"):
         began = time.process_time()
-        m = simulate(scenario, policy, step_s=60.0, plan_period_s=300.0).metrics
+        with CpuUnder(DRIVERS) as drivers_path:
+            m = simulate(scenario, policy, step_s=60.0, plan_period_s=300.0).metrics
         seconds[policy] = time.process_time() - began
         console.print(
             f"  {policy}: {seconds[policy]:.1f} s CPU for {len(visits):,} trucks, "
             f"{float(m['delivered_pct']):.2f} % delivered, cost {float(m['cost_yuan']):,.0f} CNY, "
-            f"{int(m['plans']):,} plans (solve p50 {float(m['solve_ms_p50']):.1f} ms)",
+            f"{int(m['plans']):,} plans (solve p50 {float(m['solve_ms_p50']):.1f} ms)\n"
+            f"    {days / seconds[policy] * 60:.1f} simulated days per CPU minute, "
+            f"{100 * drivers_path.share:.0f} % of the CPU through the drivers",
             highlight=False,
         )
     return _report(
@@ -467,9 +521,11 @@ def soak_bench(console: Console, days: int, step_s: float) -> bool:
     def sample(done: float) -> None:
         memory.append((done, _rss_mb()))
 
-    started = time.perf_counter()
-    result = simulate(scenario, "mpc", step_s=step_s, plan_period_s=900.0, progress=sample)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    with CpuUnder(DRIVERS) as drivers_path:
+        result = simulate(scenario, "mpc", step_s=step_s, plan_period_s=900.0, progress=sample)
     wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     m = result.metrics
     worst, over_steps = over_limit(result)
     steps = [
@@ -511,6 +567,10 @@ def soak_bench(console: Console, days: int, step_s: float) -> bool:
     table.add_column("value", justify="right")
     rows = [
         ("simulated days per wall minute", f"{days / wall * 60:.1f}"),
+        (
+            "simulated days per CPU minute (CPU through the drivers)",
+            f"{days / cpu * 60:.1f} ({100 * drivers_path.share:.0f} %)",
+        ),
         ("over limit", f"{float(m['over_limit_kwh']):.3f} kWh in {over_steps:.0f} steps"),
         ("... of which reacting to a limit step", f"{len(reacting)} steps"),
         ("worst overshoot", f"{worst:,.0f} kW"),
