@@ -242,7 +242,7 @@ class OcppPile:
         if (
             sent.purpose != "TxProfile"
             and transaction is not None
-            and "TxProfile" not in (self.server.refused(link.identity))
+            and "TxProfile" not in self.server.refused(link.identity, transaction)
         ):
             return True  # a transaction started: its own profile now
         validity = self.server.settings.profile_validity_s
@@ -256,7 +256,7 @@ class OcppPile:
         transaction = None if state is None else state.transaction_id
         body = profiles.schedule(self.config, limit, unit, now, validity)
         timeout = self.server.io_timeout_s
-        refused = self.server.refused(link.identity)
+        refused = self.server.refused(link.identity, transaction)
         for purpose in profiles.PURPOSES:
             if purpose in refused or (purpose == "TxProfile" and transaction is None):
                 continue
@@ -271,7 +271,7 @@ class OcppPile:
                 timeout,
             )
             if status != "Accepted":
-                self.server.refuse(link.identity, purpose, status)
+                self.server.refuse(link.identity, purpose, status, transaction)
                 continue
             before = self.sent
             self.sent = Sent(kw, limit, unit, purpose, profile_id, now, transaction)
