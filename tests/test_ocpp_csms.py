@@ -547,19 +547,19 @@ async def test_setpoint_becomes_a_profile_with_validity_and_deadband(
 
 @pytest.mark.asyncio
 async def test_amperes_when_the_charge_point_takes_only_current(site: Callable[..., Any]) -> None:
-    """A charge point that declares only Current gets its limits in A (kW / phases / voltage,
-    rounded down to 0.1 A)."""
+    """A DC charge point that declares only Current gets its limits in A (kW / dc_voltage_v,
+    750 V by default, rounded down to 0.1 A)."""
     s = await site()
     cp = await s.charge_point("P01", "1.6", answers_16(units="Current"))
     fallback = cp.sent("SetChargingProfile")[0]["csChargingProfiles"]["chargingSchedule"]
     assert fallback["chargingRateUnit"] == "A"
-    assert fallback["chargingSchedulePeriod"][0]["limit"] == 144.9  # 100 kW / 3 / 230 V
+    assert fallback["chargingSchedulePeriod"][0]["limit"] == 133.3  # 100 kW / 750 V
     await session_frames_16(cp)()
     await pile_command(s, "P01", 50.0)
     schedule = cp.sent("SetChargingProfile")[-1]["csChargingProfiles"]["chargingSchedule"]
     assert (
         schedule["chargingRateUnit"] == "A"
-        and schedule["chargingSchedulePeriod"][0]["limit"] == 72.4
+        and schedule["chargingSchedulePeriod"][0]["limit"] == 66.6
     )
     await cp.close()
 

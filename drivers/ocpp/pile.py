@@ -100,7 +100,9 @@ class OcppPile:
                 )
         sample = state.sample
         power = sample.power_kw
-        if power is None and sample.current_a:
+        if power is None and sample.current_a and self.config.supply == "dc":
+            power = sum(sample.current_a) * self.config.kw_per_a
+        elif power is None and sample.current_a:
             power = sum(sample.current_a) * self.config.voltage_v / 1000.0
             if len(sample.current_a) == 1:
                 power *= self.config.phases
