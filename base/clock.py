@@ -136,7 +136,9 @@ class VirtualClock:
             assert task is not None
             self._sleeping.add(task)
             self._waiting[task] = (future, wake)
-            self._maybe_advance()
+        # Also for a task that is not a participant: woken alone by the last advance (every
+        # participant asleep meanwhile), it is the only one left to move time on.
+        self._maybe_advance()
         try:
             if wake is None:
                 await future

@@ -271,6 +271,14 @@ class PileConfig(DeviceEndpoint):
     ocpp_identity: str | None = Field(default=None, pattern=r"^[A-Za-z0-9*\-_=:+|@.]{1,48}$")
     connector: int = Field(default=1, ge=1, le=255)
     supply: Literal["dc", "ac"] = "dc"
+    # A DC pile's link voltage: how its current limits (A) turn into kW and back.
+    dc_voltage_v: float = Field(default=750.0, gt=0, le=1500)
+
+    @property
+    def kw_per_a(self) -> float:
+        """kW per ampere of a current limit: phases x voltage_v for AC, dc_voltage_v for DC."""
+        volts = self.dc_voltage_v if self.supply == "dc" else self.phases * self.voltage_v
+        return volts / 1000.0
 
     @property
     def bidirectional(self) -> bool:

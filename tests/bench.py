@@ -33,6 +33,11 @@ Loop: the daemon's cycle at 200 DC piles on loopback against a bare pymodbus cli
 read and one write per pile (tests/bench_loop.py), and the time from a limit change to every pile
 written.
 
+OCPP (tests/bench_ocpp.py): the fault matrix's OCPP rows on the ocpp-depot over loopback (rejected
+purpose, applied late, never applied, websocket drop, controller stopped); a limit step to every
+one of 200 simulated OCPP charge points' new profile answered; and every charge point at its safe
+power within the profile validity after the controller stops or its link drops.
+
 API flood (tests/flood.py): the daemon controls the simulated reference station in real time on
 loopback while its API is flooded with 10 MB bodies without a token, 200 slow clients, and 20,000
 GETs at 20 concurrent: the control cycle's p50/p99/max and missed cycles, idle and under each.
@@ -80,6 +85,7 @@ from simulator.scenario import load_sessions
 from simulator.whatif import compare_tariffs, load_cases
 from simulator.whatif_report import comparison_table
 from tests.bench_loop import cycle_bench
+from tests.bench_ocpp import ocpp_bench
 from tests.realdata import real_data_bench
 from tests.test_faults import F0, MATRIX, back_to_full, busy_night, over_limit
 
@@ -1011,6 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retention-days", type=int, default=3, help="days written (2 or more)")
     parser.add_argument("--skip-loop", action="store_true", help="the 200-pile loopback cycle")
     parser.add_argument("--skip-api-flood", action="store_true")
+    parser.add_argument("--skip-ocpp", action="store_true", help="the OCPP faults and timings")
     parser.add_argument("--flood-idle", type=float, default=30.0, help="idle seconds, in all")
     parser.add_argument("--flood-gets", type=int, default=20_000)
     parser.add_argument("--skip-month", action="store_true")
@@ -1054,6 +1061,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_loop:
         results["200 piles: cycle near a bare client's, limit changes at once"] = _report(
             console, cycle_bench(console)
+        )
+    if not args.skip_ocpp:
+        results["OCPP: no overshoot, 200 profiles under 1 s, safe power within the validity"] = (
+            _report(console, ocpp_bench(console))
         )
     if not args.skip_api_flood:
         results["API flood: cycle p99 within 1.5x idle, no cycle missed"] = api_flood_bench(

@@ -68,3 +68,24 @@ async def test_the_wall_clock_is_woken_before_its_deadline() -> None:
     deadline = time.time() + 600
     await wall.sleep_until(deadline, wake)
     assert wake.done() and time.time() < deadline
+
+
+async def test_time_moves_on_for_a_watcher_woken_alone_between_participants_ticks() -> None:
+    """A task that is not a participant, woken by itself at a time no participant was due
+    (every participant asleep), sleeps again and time still moves on: it once stood still there
+    for ever (the OCPP bench's half-second polling between 1 s cycles)."""
+    clock = VirtualClock(T0)
+    seen: list[float] = []
+
+    async def cycling() -> None:
+        with clock.participant():
+            for _ in range(5):
+                await clock.sleep(1.0)
+
+    async def watching() -> None:
+        for _ in range(6):
+            await clock.sleep(0.5)
+            seen.append(clock.now() - T0)
+
+    await asyncio.wait_for(asyncio.gather(cycling(), watching()), timeout=10)
+    assert seen == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]

@@ -27,7 +27,7 @@ from base.config import Station, load_station
 from base.devicemap import PileState
 from drivers.errors import ConnectionLost, DeviceTimeout
 from drivers.ocpp.pile import OcppPile
-from drivers.ocpp.server import CsmsServer
+from drivers.ocpp.server import REFUSAL_RETRY_S, CsmsServer
 from tests.test_config import STATION, configs, edit
 from tests.test_config_ocpp import ocpp_station
 
@@ -547,19 +547,19 @@ async def test_setpoint_becomes_a_profile_with_validity_and_deadband(
 
 @pytest.mark.asyncio
 async def test_amperes_when_the_charge_point_takes_only_current(site: Callable[..., Any]) -> None:
-    """A charge point that declares only Current gets its limits in A (kW / phases / voltage,
-    rounded down to 0.1 A)."""
+    """A DC charge point that declares only Current gets its limits in A (kW / dc_voltage_v,
+    750 V by default, rounded down to 0.1 A)."""
     s = await site()
     cp = await s.charge_point("P01", "1.6", answers_16(units="Current"))
     fallback = cp.sent("SetChargingProfile")[0]["csChargingProfiles"]["chargingSchedule"]
     assert fallback["chargingRateUnit"] == "A"
-    assert fallback["chargingSchedulePeriod"][0]["limit"] == 144.9  # 100 kW / 3 / 230 V
+    assert fallback["chargingSchedulePeriod"][0]["limit"] == 133.3  # 100 kW / 750 V
     await session_frames_16(cp)()
     await pile_command(s, "P01", 50.0)
     schedule = cp.sent("SetChargingProfile")[-1]["csChargingProfiles"]["chargingSchedule"]
     assert (
         schedule["chargingRateUnit"] == "A"
-        and schedule["chargingSchedulePeriod"][0]["limit"] == 72.4
+        and schedule["chargingSchedulePeriod"][0]["limit"] == 66.6
     )
     await cp.close()
 
@@ -587,6 +587,49 @@ async def test_purpose_fallback_after_rejected(site: Callable[..., Any]) -> None
     ]
     assert purposes[-1] == "TxDefaultProfile" and purposes.count("TxProfile") == 1
     assert s.piles["P01"].facts()["refused_purposes"] == ["TxProfile"]
+    await cp.close()
+
+
+@pytest.mark.asyncio
+async def test_a_refused_purpose_is_tried_again_later_and_in_the_next_transaction(
+    site: Callable[..., Any],
+) -> None:
+    """A TxProfile refusal may be passing: the same transaction gets TxDefaultProfile, but
+    REFUSAL_RETRY_S later TxProfile is tried again, and so it is in the next transaction."""
+    s = await site()
+    rejects = ["TxProfile"]
+    answers = answers_16()
+    accept = answers["SetChargingProfile"]
+
+    def set_profile(p: Any) -> dict[str, str]:
+        if p["csChargingProfiles"]["chargingProfilePurpose"] in rejects:
+            return {"status": "Rejected"}
+        return accept(p)  # type: ignore[no-any-return]
+
+    answers["SetChargingProfile"] = set_profile
+    cp = await s.charge_point("P01", "1.6", answers)
+
+    def purposes() -> list[str]:
+        return [
+            p["csChargingProfiles"]["chargingProfilePurpose"] for p in cp.sent("SetChargingProfile")
+        ]
+
+    tx = (await session_frames_16(cp)())["transactionId"]
+    await pile_command(s, "P01", 120.0)
+    await pile_command(s, "P01", 60.0)
+    assert purposes() == ["TxDefaultProfile", "TxProfile", "TxDefaultProfile", "TxDefaultProfile"]
+    s.clock.t += REFUSAL_RETRY_S
+    await pile_command(s, "P01", 60.0)
+    assert purposes()[-2:] == ["TxProfile", "TxDefaultProfile"], "tried again, still refused"
+    await cp.call(
+        "StopTransaction",
+        {"transactionId": tx, "meterStop": 30_000, "timestamp": "2027-01-15T09:00:00Z"},
+    )
+    rejects.clear()
+    await session_frames_16(cp)(wh=30_000)
+    await pile_command(s, "P01", 90.0)
+    assert purposes()[-1] == "TxProfile", "the next transaction tries it again"
+    assert s.piles["P01"].facts()["purpose"] == "TxProfile"
     await cp.close()
 
 

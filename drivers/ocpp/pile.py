@@ -100,7 +100,9 @@ class OcppPile:
                 )
         sample = state.sample
         power = sample.power_kw
-        if power is None and sample.current_a:
+        if power is None and sample.current_a and self.config.supply == "dc":
+            power = sum(sample.current_a) * self.config.kw_per_a
+        elif power is None and sample.current_a:
             power = sum(sample.current_a) * self.config.voltage_v / 1000.0
             if len(sample.current_a) == 1:
                 power *= self.config.phases
@@ -242,7 +244,7 @@ class OcppPile:
         if (
             sent.purpose != "TxProfile"
             and transaction is not None
-            and "TxProfile" not in (self.server.refused(link.identity))
+            and "TxProfile" not in self.server.refused(link.identity, transaction)
         ):
             return True  # a transaction started: its own profile now
         validity = self.server.settings.profile_validity_s
@@ -256,7 +258,7 @@ class OcppPile:
         transaction = None if state is None else state.transaction_id
         body = profiles.schedule(self.config, limit, unit, now, validity)
         timeout = self.server.io_timeout_s
-        refused = self.server.refused(link.identity)
+        refused = self.server.refused(link.identity, transaction)
         for purpose in profiles.PURPOSES:
             if purpose in refused or (purpose == "TxProfile" and transaction is None):
                 continue
@@ -271,7 +273,7 @@ class OcppPile:
                 timeout,
             )
             if status != "Accepted":
-                self.server.refuse(link.identity, purpose, status)
+                self.server.refuse(link.identity, purpose, status, transaction)
                 continue
             before = self.sent
             self.sent = Sent(kw, limit, unit, purpose, profile_id, now, transaction)

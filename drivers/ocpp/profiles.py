@@ -53,7 +53,7 @@ def unit_for(pile: PileConfig, caps: Capabilities) -> Unit:
 
 def limit_in(pile: PileConfig, kw: float, unit: Unit) -> float:
     """`kw` in the unit, rounded down to the step OCPP takes (never above what was asked)."""
-    value = kw * 1000.0 if unit == "W" else kw * 1000.0 / (pile.phases * pile.voltage_v)
+    value = kw * 1000.0 if unit == "W" else kw / pile.kw_per_a
     step = _STEP[unit]
     magnitude = math.floor(abs(value) / step + 1e-9) * step
     return round(math.copysign(magnitude, value), 1)
@@ -61,7 +61,7 @@ def limit_in(pile: PileConfig, kw: float, unit: Unit) -> float:
 
 def kw_of(pile: PileConfig, limit: float, unit: Unit) -> float:
     """A limit in `unit` as kW."""
-    return limit / 1000.0 if unit == "W" else limit * pile.phases * pile.voltage_v / 1000.0
+    return limit / 1000.0 if unit == "W" else limit * pile.kw_per_a
 
 
 def resolution_kw(pile: PileConfig, unit: Unit) -> float:

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 SUBPROTOCOLS = tuple(LINKS)
 # How long a charge point may take to answer the calls made at boot and at stop.
 BOOT_TIMEOUT_S = 5.0
+# A refused profile purpose is tried again after this long, and in a transaction it was not
+# refused in: a refusal may be passing (a TxProfile before the charge point knew the transaction).
+REFUSAL_RETRY_S = 600.0
 
 
 class CsmsServer:
@@ -60,7 +63,8 @@ class CsmsServer:
         self.piles: dict[tuple[str, int], OcppPile] = {}
         self.links: dict[str, Link] = {}
         self.no_composite: set[str] = set()
-        self._refused: dict[str, set[str]] = {}
+        # identity -> purpose -> (first refused at, the transactions it was refused in)
+        self._refused: dict[str, dict[str, tuple[float, set[int | str | None]]]] = {}
         self._sessions = 0
         self._server: Server | None = None
         self._changed = asyncio.Condition()
@@ -172,18 +176,36 @@ class CsmsServer:
         self._sessions += 1
         return self._sessions
 
-    def refused(self, identity: str) -> set[str]:
-        """The profile purposes a charge point has refused."""
-        return self._refused.setdefault(identity, set())
+    def refused(self, identity: str, transaction: int | str | None = None) -> set[str]:
+        """The profile purposes a charge point has refused in the last REFUSAL_RETRY_S (with a
+        `transaction`: only those refused in that transaction)."""
+        now = self.now()
+        known = self._refused.get(identity, {})
+        for purpose in [p for p, (at, _) in known.items() if now - at >= REFUSAL_RETRY_S]:
+            del known[purpose]
+        return {
+            purpose
+            for purpose, (_, transactions) in known.items()
+            if transaction is None or transaction in transactions
+        }
 
-    def refuse(self, identity: str, purpose: str, status: str) -> None:
-        """Remember that a charge point refuses a purpose (logged once)."""
-        refused = self.refused(identity)
-        if purpose not in refused:
-            refused.add(purpose)
-            log.warning(
-                "charge point %s: %s answered %s; using another purpose", identity, purpose, status
-            )
+    def refuse(
+        self, identity: str, purpose: str, status: str, transaction: int | str | None = None
+    ) -> None:
+        """Remember that a charge point refused a purpose (in `transaction`), logged once until
+        it is tried again."""
+        known = self._refused.setdefault(identity, {})
+        if purpose in self.refused(identity):
+            known[purpose][1].add(transaction)
+            return
+        known[purpose] = (self.now(), {transaction})
+        log.warning(
+            "charge point %s: %s answered %s; using another purpose for %.0f s",
+            identity,
+            purpose,
+            status,
+            REFUSAL_RETRY_S,
+        )
 
     def booted(self, link: Link) -> None:
         """After BootNotification: probe, set the meter interval, install the fail-safes."""

@@ -126,7 +126,7 @@ class SimulatedChargePoint:
         self.faults = faults or FaultScript()
         self.step_s = step_s
         config = pile.config
-        self.electrics = Electrics(supply, config.phases, config.voltage_v)
+        self.electrics = Electrics(supply, config.phases, config.voltage_v, config.dc_voltage_v)
         self.stack = ProfileStack(self.electrics)
         self.heartbeat_s = DEFAULT_HEARTBEAT_S
         self.meter_s = DEFAULT_METER_S

@@ -20,8 +20,6 @@ from enum import StrEnum
 from typing import Any, Literal
 
 RateUnit = Literal["A", "W"]
-# A DC charge point converts amperes at this link voltage (its vehicles' batteries vary).
-DC_NOMINAL_V = 750.0
 _RECURRENCE_S = {"Daily": 86400.0, "Weekly": 7 * 86400.0}
 
 
@@ -60,13 +58,15 @@ class Electrics:
     supply: Literal["ac", "dc"]
     phases: int = 3
     voltage_v: float = 230.0
+    # The pile's dc_voltage_v: a DC charge point converts amperes at its link voltage.
+    dc_voltage_v: float = 750.0
 
     def to_kw(self, limit: float, unit: str, phases: int | None = None) -> float:
         """A schedule period's limit in kW."""
         if unit == "W":
             return limit / 1000
         if self.supply == "dc":
-            return limit * DC_NOMINAL_V / 1000
+            return limit * self.dc_voltage_v / 1000
         return limit * (phases or self.phases) * self.voltage_v / 1000
 
     def from_kw(self, kw: float, unit: str) -> float:
@@ -74,7 +74,7 @@ class Electrics:
         if unit == "W":
             return kw * 1000
         if self.supply == "dc":
-            return kw * 1000 / DC_NOMINAL_V
+            return kw * 1000 / self.dc_voltage_v
         return kw * 1000 / (self.phases * self.voltage_v)
 
 
