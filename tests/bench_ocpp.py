@@ -44,6 +44,10 @@ DEPOT = CONFIG_ROOT / "stations" / "ocpp-depot.toml"
 TARGET = "P05"
 FAULT_AT_S = 600.0
 RUN_S = 1500.0
+# During each fault (but the stopped controller) the site limit steps down to this share, this
+# long after the fault began.
+STEP_AFTER_S = 30.0
+STEP_TO = 0.6
 
 
 @dataclass
@@ -79,18 +83,12 @@ async def running(
         await simulator.stop()
 
 
-def _told_kw(site: Site, pid: str, stopped: bool, dropped: bool) -> float:
-    pile = site.daemon.piles.get(pid)
-    config = next(p for p in site.daemon.station.piles if p.id == pid)
-    if stopped or dropped or not isinstance(pile, OcppPile) or pile.sent is None:
-        return config.fallback_kw
-    return pile.sent.kw
-
-
 async def fault_row(
     pair: tuple[Station, Station], kind: str
 ) -> tuple[float, float, float | None, float | None]:
-    """(worst kW over, s over, detected after s, recovered after s) for one fault."""
+    """(worst kW over the limit in force, sampled each second; s over, the plant's truth;
+    detected after s, from the fault; recovered after s, from the limit step) for one
+    fault."""
     served, controlled = pair
     start = local_time(served, "2026-11-25T18:00")
     fault_at = start + FAULT_AT_S
@@ -110,46 +108,65 @@ async def fault_row(
         if stopped:
             site.daemon.request_stop()
             await site.task
+        else:
+            # The limit drops while the fault lasts, so that every pile (P05 too) must cut at
+            # once: what the fault costs shows as overshoot. The plant's truth is kept against
+            # the same lower limit.
+            await site.clock.sleep_until(fault_at + STEP_AFTER_S)
+            lower = STEP_TO * served.limit_kw
+            site.daemon.override_limit(lower, start + RUN_S, "bench: the limit steps down")
+            site.simulator.plant.limit_override = lower
         point = site.simulator.charge_points[TARGET]
-        recovered: float | None = None
-        broke = False
+        plant = site.simulator.plant
+        limit = served.limit_kw if plant.limit_override is None else plant.limit_override
+        worst = 0.0
+        # Recovery: for a stopped controller, until P05 is at its safe power; otherwise until
+        # the site is under the (lowered) limit for good, from the step.
+        last_off: float | None = fault_at if stopped else fault_at + STEP_AFTER_S
         while site.clock.now() < start + RUN_S:
             await site.clock.sleep(1.0)
             now = site.clock.now()
-            dropped = kind == "websocket drop" and now < fault_at + 120
-            told = _told_kw(site, TARGET, stopped, dropped)
-            applies = abs(point.limit_kw - min(told, point.rating_kw)) < 1.0
-            broke = broke or not applies
-            if applies and recovered is None and (broke or stopped or dropped):
-                recovered = now - fault_at
-            if not applies:
-                recovered = None
-        if not broke and not stopped and kind != "websocket drop":
-            recovered = 0.0  # it followed all along: nothing to recover from
+            worst = max(worst, plant.site_kw - limit)
+            if stopped:
+                at_safe = abs(point.pile.applied_kw - served.pile(TARGET).fallback_kw) < 1.0
+                if not at_safe:
+                    last_off = now
+            elif plant.site_kw > limit:
+                last_off = now
+        began = fault_at if stopped else fault_at + STEP_AFTER_S
+        recovered = None if last_off is None else last_off - began
         truth = site.simulator.plant.truth
         events = [e for e in site.daemon.events if e.time >= fault_at and TARGET in e.text]
     detected = events[0].time - fault_at if events else None
-    return max(0.0, truth.peak_kw - served.limit_kw), truth.over_s, detected, recovered
+    return worst, truth.over_s, detected, recovered
 
 
 def fault_matrix(console: Console) -> bool:
-    """The OCPP rows of the fault matrix; True if none went over the limit."""
+    """The OCPP rows of the fault matrix; True if no fault kept the site over the limit longer
+    than the limit step alone did, by more than the follow judge's grace."""
     table = Table(title="fault matrix, OCPP (ocpp-depot over loopback)", title_justify="left")
     for column in ("fault on P05", "worst over kW", "s over", "detected after s", "recovery s"):
         table.add_column(column, justify="left" if column.startswith("fault") else "right")
-    station = on_free_ports(load_station(DEPOT))
-    met = True
+    depot = load_station(DEPOT)
+    assert depot.simulator is not None
+    # Without the depot's own two quirky charge points (P03 deaf, P08 late): each row's fault
+    # on P05 is then the only one, and the first row is the limit step alone.
+    station = on_free_ports(
+        replace(depot, simulator=depot.simulator.model_copy(update={"charge_points": {}}))
+    )
     kinds = (
+        "none (the limit step alone)",
         "rejected purpose",
         "applied late",
         "never applied",
         "websocket drop",
         "controller stopped",
     )
+    rows: dict[str, tuple[float, float, float | None, float | None]] = {}
     with serial_pairs(station) as pair:
         for kind in kinds:
-            worst, over_s, detected, recovered = asyncio.run(fault_row(pair, kind))
-            met = met and over_s == 0
+            rows[kind] = asyncio.run(fault_row(pair, kind))
+            worst, over_s, detected, recovered = rows[kind]
             table.add_row(
                 kind,
                 f"{worst:,.0f}",
@@ -159,12 +176,18 @@ def fault_matrix(console: Console) -> bool:
             )
     console.print(table)
     console.print(
-        f"  12 trucks from 18:00 at equal share (the limit binds), the fault from "
-        f"{FAULT_AT_S:.0f} s; recovery: until P05 applies what it was last told (its "
-        "fallback_kw for a dropped link or a stopped controller); never: it did not",
+        f"  12 trucks from 18:00 at equal share, the fault from {FAULT_AT_S:.0f} s and, "
+        f"{STEP_AFTER_S:.0f} s later, the site limit down to {STEP_TO:.0%} (but for the "
+        "stopped controller), so every pile must cut at once: the worst overshoot is the "
+        "step's own (the load above the new limit at the step). Recovery: from the step until "
+        "the site stays under the limit (for the stopped controller: until P05 is at its safe "
+        "power)",
         highlight=False,
     )
-    return met
+    # What a fault may cost: no more time over the limit than the step alone, plus the grace
+    # in which the follow judge waits for a pile to follow before budgeting it on its own.
+    allowed = rows[kinds[0]][1] + station.control.follow_grace_s
+    return all(over_s <= allowed for _, over_s, _, _ in rows.values())
 
 
 def synthetic_ocpp_station(piles: int) -> Station:
@@ -191,6 +214,9 @@ def synthetic_ocpp_station(piles: int) -> Station:
         depot,
         piles=made,
         transformer=depot.transformer.model_copy(update={"rating_kva": piles * 150.0}),
+        # The depot's plans raise the piles' total by 400 kW a minute: 200 piles would take
+        # an hour to reach the limit, and a step before then would not bind.
+        scheduler=depot.scheduler.model_copy(update={"ramp_kw_per_min": 100_000.0}),
         simulator=simulator.model_copy(update={"charge_points": {}}),
     )
     assert station.ocpp is not None
@@ -317,7 +343,10 @@ def ocpp_bench(console: Console, piles: int = 200) -> dict[str, tuple[bool, str]
         logging.disable(logging.NOTSET)
     got = len(step.sends)
     checks = {
-        "OCPP faults: no overshoot of the limit": (matrix, "see the table"),
+        "OCPP faults: none over the limit longer than the step alone plus the follow grace": (
+            matrix,
+            "see the table",
+        ),
         f"limit step -> every one of {piles} OCPP charge points' profile answered under 1 s": (
             got == piles and step.station_s() <= step_period(piles) and step.wall_s() < 1.0,
             f"{got} of {piles} answered (first profile after the step, per cycle: "
