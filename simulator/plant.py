@@ -287,7 +287,8 @@ class PileModel:
             changes.append((fallback_from, None))
         if since < self.down_until < now:
             changes.append((self.down_until, None))
-        changes.sort(key=lambda change: change[0])
+        if len(changes) > 1:  # mostly one: the setpoint written at the step's start
+            changes.sort(key=lambda change: change[0])
         kwh = 0.0
         for effective, command in changes:
             if effective > since:
