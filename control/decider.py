@@ -100,6 +100,8 @@ class Decider:
         self._seeded: set[str] = set()
         self.rises = RiseBucket()
         self._group_budgets = _group_budgets(station)
+        # Each pile's bounds, and the view they were made from (a pile at rest keeps its view).
+        self._bounds: dict[str, tuple[PileView, PileBounds]] = {}
 
     def seed(self, view: PileView) -> None:
         """Start a pile's setpoint from what it applies, the first time it is read."""
@@ -170,7 +172,7 @@ class Decider:
             if not (snapshot.meter_current and view.current):
                 # Data from an earlier cycle may hold or lower power, never raise it.
                 targets[view.id] = min(targets.get(view.id, 0.0), self.setpoints.get(view.id, 0.0))
-        bounds = {v.id: PileBounds(v.min_kw, v.max_kw, v.max_discharge_kw) for v in controlled}
+        bounds = {v.id: self._bounds_of(v) for v in controlled}
         rate = station.scheduler.ramp_kw_per_min
         setpoints = limit_setpoints(
             targets,
@@ -197,6 +199,15 @@ class Decider:
                 self.setpoints.get(view.id, 0.0), max(view.config.fallback_kw, 0.0)
             )
         return Decision(budget, targets, setpoints)
+
+    def _bounds_of(self, view: PileView) -> PileBounds:
+        """What the pile may be told, made again only when its view is a new one."""
+        kept = self._bounds.get(view.id)
+        if kept is not None and kept[0] is view:
+            return kept[1]
+        bounds = PileBounds(view.min_kw, view.max_kw, view.max_discharge_kw)
+        self._bounds[view.id] = (view, bounds)
+        return bounds
 
     def committed(self, written: Mapping[str, float], now: float) -> None:
         """The setpoints that were actually written at `now` (a decision's `time`)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -79,6 +80,8 @@ class Estimator:
         return max(0.0, -float(np.quantile(errors, self.stay_quantile)))
 
 
+# Every estimate looks at every past visit's arrival again: its local hour is worked out once.
+@lru_cache(maxsize=1 << 16)
 def _hour(when: float, zone: ZoneInfo) -> float:
     local = datetime.fromtimestamp(when, zone)
     return local.hour + local.minute / 60 + local.second / 3600

@@ -125,7 +125,9 @@ class FollowWatch:
 
     def told(self, pile_id: str, now: float, kw: float) -> None:
         """Record the setpoint written to `pile_id` at `now`."""
-        track = self._tracks.setdefault(pile_id, _Track())
+        track = self._tracks.get(pile_id)
+        if track is None:
+            track = self._tracks[pile_id] = _Track()
         if track.told and track.told[-1][1] == kw:
             return
         track.told.append((now, kw))

@@ -109,6 +109,8 @@ class Sensors:
         self._relayed: dict[DeviceRef, float | None] = {}
         # Piles whose fail-safe the controller could not set (the daemon keeps this up to date).
         self.unarmed: set[str] = set()
+        # Each pile's view in the last snapshot (`_view`).
+        self._views: dict[str, PileView] = {}
         self.override: LimitOverride | None = None
         # What set the limit of the last snapshot: "transformer", "utility" or "operator".
         self.limit_source: LimitSource = "transformer"
@@ -242,18 +244,32 @@ class Sensors:
 
     # -- the cycle's snapshot ----------------------------------------------------------------
 
+    def _view(
+        self, pid: str, reading: PileReading | None, last: PileReading | None, current: bool
+    ) -> PileView:
+        """The pile's view: the last one again while all it is made of is the same (a pile at
+        rest gives the very same reading step after step), so that what the cycle works out of
+        a view (`PileView`'s cached id) is kept too."""
+        config = self.station.pile(pid)
+        armed = pid not in self.unarmed
+        view = self._views.get(pid)
+        if (
+            view is None
+            or view.reading is not reading
+            or view.last is not last
+            or view.config is not config
+            or view.current != current
+            or view.armed != armed
+        ):
+            view = self._views[pid] = PileView(config, reading, last, current=current, armed=armed)
+        return view
+
     def snapshot(self, now: float, tariff: Tariff) -> SiteSnapshot:
         """What the controller may use this cycle."""
         max_age = self.settings.stale_after_s
         self._check_late(now)
         views = tuple(
-            PileView(
-                self.station.pile(pid),
-                feed.fresh(now, max_age),
-                feed.value,
-                current=feed.at == now,
-                armed=pid not in self.unarmed,
-            )
+            self._view(pid, feed.fresh(now, max_age), feed.value, feed.at == now)
             for pid, feed in self.piles.items()
         )
         piles_kw = self._piles_kw = sum(v.reading.power_kw for v in views if v.reading is not None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Generic, TypeVar
 
 from base.config import PileConfig
@@ -83,6 +84,9 @@ class PileView:
     `current` is False when the fresh reading is from an earlier cycle (this cycle's read failed):
     such data may hold or lower power, never raise it. `armed` is False while the controller has
     not been able to set the pile's fail-safe: what it falls back to on its own is then unknown.
+
+    What it works out is kept (`cached_property`: its fields are frozen), as a cycle asks a
+    pile's id and limits many times over, and a pile at rest keeps its view from step to step.
     """
 
     config: PileConfig
@@ -91,44 +95,44 @@ class PileView:
     current: bool = True
     armed: bool = True
 
-    @property
+    @cached_property
     def on_its_own_kw(self) -> float:
         """What the pile may draw when it falls back on its own: its fallback power if the
         controller set it, else (not knowing) its rating."""
         return self.config.fallback_kw if self.armed else self.config.max_kw
 
-    @property
+    @cached_property
     def id(self) -> str:
         """The pile's id."""
         return self.config.id
 
-    @property
+    @cached_property
     def max_kw(self) -> float:
         """The lower of the configured and the reported rating."""
         if self.reading is None:
             return self.config.max_kw
         return min(self.config.max_kw, self.reading.max_charge_kw)
 
-    @property
+    @cached_property
     def min_kw(self) -> float:
         """The higher of the configured and the reported minimum."""
         if self.reading is None:
             return self.config.min_kw
         return max(self.config.min_kw, self.reading.min_kw)
 
-    @property
+    @cached_property
     def max_discharge_kw(self) -> float:
         """What the pile may discharge (0 for a charge-only pile)."""
         if self.reading is None:
             return self.config.max_discharge_kw
         return min(self.config.max_discharge_kw, self.reading.max_discharge_kw)
 
-    @property
+    @cached_property
     def vehicle_present(self) -> bool:
         """True if a fresh reading shows a vehicle plugged in."""
         return self.reading is not None and self.reading.state.vehicle_present
 
-    @property
+    @cached_property
     def wants_kw(self) -> float:
         """What the vehicle would take now (0 without a vehicle, or when it is full)."""
         reading = self.reading

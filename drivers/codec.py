@@ -223,6 +223,10 @@ def encoder(reg: Register) -> Callable[[Value | None], list[int]]:
     return encode_int
 
 
+# What `run_encoder`'s encoders have seen of a value before the first: no value at all.
+_UNSEEN = object()
+
+
 def run_encoder(
     regs: Sequence[Register], address: int, count: int
 ) -> Callable[[Mapping[str, Value | None]], tuple[int, ...] | None] | None:
@@ -254,11 +258,20 @@ def run_encoder(
     pack = struct.Struct(layout).pack
     unpack = struct.Struct(f">{count}H").unpack
 
+    # Each value last encoded and what it packed as: from one read of a device to the next most
+    # of its values are the very same objects (its rating, its mode), and an object encodes as
+    # it did (a zero keeps its sign). Holding them keeps `is` from matching a new object.
+    seen: list[object] = [_UNSEEN] * len(specs)
+    packed: list[float | int] = [0] * len(specs)
+
     def encode_run(values: Mapping[str, Value | None]) -> tuple[int, ...] | None:
         raws: list[float | int] = []
         get = values.get
-        for name, per_unit, is_float, scale, lo, hi in specs:
+        for i, (name, per_unit, is_float, scale, lo, hi) in enumerate(specs):
             number = get(name)
+            if number is seen[i]:
+                raws.append(packed[i])
+                continue
             if type(number) is not float and type(number) is not int:
                 return None
             value = float(number) / per_unit
@@ -266,6 +279,7 @@ def run_encoder(
             if is_float:
                 if not lo <= value / scale <= hi:
                     return None
+                seen[i], packed[i] = number, value / scale
                 raws.append(value / scale)
                 continue
             quotient = value / scale
@@ -282,6 +296,7 @@ def run_encoder(
                 return None
             if not lo <= whole <= hi:
                 return None
+            seen[i], packed[i] = number, whole
             raws.append(whole)
         return unpack(pack(*raws))
 

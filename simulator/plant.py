@@ -244,6 +244,13 @@ class PileModel:
             self.trace_t.append(t1)
             self.trace_kw.append(0.0)
             return 0.0
+        if self.vehicle is None and self.power_kw == 0.0:
+            # Nothing plugged in and nothing flowing: it stays so whatever the limit (as
+            # `advance` has it), and most piles are idle most of the day.
+            self.power_kw = 0.0
+            self.trace_t.append(t1)
+            self.trace_kw.append(0.0)
+            return 0.0
         limit = self._limit(middle)
         if limit > 0:
             limit *= self.overshoot
@@ -280,7 +287,8 @@ class PileModel:
             changes.append((fallback_from, None))
         if since < self.down_until < now:
             changes.append((self.down_until, None))
-        changes.sort(key=lambda change: change[0])
+        if len(changes) > 1:  # mostly one: the setpoint written at the step's start
+            changes.sort(key=lambda change: change[0])
         kwh = 0.0
         for effective, command in changes:
             if effective > since:

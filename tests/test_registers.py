@@ -1012,6 +1012,38 @@ def test_a_run_of_numbers_encodes_at_once_as_one_by_one(
     assert run_encoder([reg(ValueType.F32, "little", address=100)], 100, 2) is None
 
 
+def test_a_run_encoder_read_again_encodes_each_value_anew_unless_it_is_the_same_object() -> None:
+    """Read after read, a block's encoder gives the words `encode` gives one by one, whether a
+    value is the very object of the last read, an equal one of another sign (0.0 and -0.0 are
+    not the same words) or a new number; a read it cannot encode changes nothing after it."""
+    regs = [
+        reg(ValueType.F32, name="power", address=100, unit="W"),
+        reg(ValueType.I32, name="energy", address=102, scale=0.1, unit="Wh"),
+        reg(ValueType.U16, name="mode", address=104),
+    ]
+    at_once = run_encoder(regs, 100, 5)
+    assert at_once is not None
+    zero, rating = 0.0, 150.0
+    reads: list[dict[str, Value | None]] = [
+        {"power": zero, "energy": rating, "mode": 1},
+        {"power": zero, "energy": rating, "mode": 1},  # the very same objects
+        {"power": -0.0, "energy": rating, "mode": 2},  # equal to 0.0, other words
+        {"power": None, "energy": 12.5, "mode": 2},  # not encodable: one by one
+        {"power": zero, "energy": 12.5, "mode": 2},
+        {"power": zero, "energy": rating, "mode": 1},
+    ]
+    for values in reads:
+        one_by_one: list[int] | None = []
+        for r in regs:
+            value = values[r.name]
+            if value is None:
+                one_by_one = None
+                break
+            one_by_one += encode(r, from_project_units(r, float(value)))
+        words = at_once(values)
+        assert (None if words is None else list(words)) == one_by_one, values
+
+
 SHIPPED_MAPS = sorted((CONFIG_ROOT / "devices").glob("*.toml"))
 
 

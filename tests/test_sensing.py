@@ -477,3 +477,27 @@ def test_the_sensors_judge_with_the_station_thresholds(reference: Station) -> No
     sensors.take_pile("P01", reading, T0 + 60)
     value = sensors.piles["P01"].value
     assert value is not None and value.state is PileState.FAULT
+
+
+def test_a_pile_at_rest_keeps_its_view_and_a_new_reading_or_arming_makes_a_new_one(
+    sensors: Sensors, reference: Station
+) -> None:
+    """The same reading next cycle gives the very same view (what it worked out is kept); a
+    new reading, a failed read or a change of arming gives a view that says so."""
+    pid = reference.piles[0].id
+    first = pile(100.0, ev_max=200.0)
+    sensors.take_pile(pid, first, T0)
+    before = sensors.snapshot(T0, reference.tariff).piles[0]
+    assert before.wants_kw == 200.0 and before.current
+    sensors.take_pile(pid, first, T0 + 1)
+    again = sensors.snapshot(T0 + 1, reference.tariff).piles[0]
+    assert again is before
+    sensors.take_pile(pid, pile(100.0, ev_max=50.0), T0 + 2)
+    lower = sensors.snapshot(T0 + 2, reference.tariff).piles[0]
+    assert lower is not before and lower.wants_kw == 50.0
+    sensors.take_pile(pid, DeviceTimeout("pile", "no answer"), T0 + 3)
+    held = sensors.snapshot(T0 + 3, reference.tariff).piles[0]
+    assert held is not lower and not held.current and held.wants_kw == 50.0
+    sensors.unarmed.add(pid)
+    unarmed = sensors.snapshot(T0 + 3, reference.tariff).piles[0]
+    assert not unarmed.armed and unarmed.on_its_own_kw == reference.piles[0].max_kw
