@@ -9,7 +9,6 @@ with their CRC and timing. `serial_pairs` makes one pair per serial port the sta
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from base.config import DeviceEndpoint, Station
+from base.programs import system_program
 
 _Device = TypeVar("_Device", bound=DeviceEndpoint)
 
@@ -39,7 +39,7 @@ class SerialPair:
 def pseudo_terminal_pair(directory: Path, name: str = "tty") -> Iterator[SerialPair]:
     """A socat-made pair of pseudo-terminals (symlinks in `directory`) for as long as the block
     runs; `SerialPairError` if socat is not installed or makes none within 10 s."""
-    socat = shutil.which("socat") or ("/usr/bin/socat" if Path("/usr/bin/socat").exists() else None)
+    socat = system_program("socat")
     if socat is None:
         raise SerialPairError(
             "a simulated serial line needs socat for its pseudo-terminal pair: install it "

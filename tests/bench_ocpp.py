@@ -29,16 +29,13 @@ from dataclasses import dataclass, replace
 from rich.console import Console
 from rich.table import Table
 
-from base.clock import VirtualClock
 from base.config import CONFIG_ROOT, OcppSettings, PileConfig, Station, load_station
-from controller.daemon import Daemon
 from drivers.ocpp.pile import OcppPile
 from flexcharge.demo import on_free_ports
 from simulator.faults import Fault, FaultKind, FaultScript
 from simulator.fleet import Visit
-from simulator.hardware import StationSimulator
 from simulator.serial_pair import serial_pairs
-from tests.conftest import local_time, truck_visit
+from tests.conftest import RunningStation, local_time, start_station, truck_visit
 
 DEPOT = CONFIG_ROOT / "stations" / "ocpp-depot.toml"
 TARGET = "P05"
@@ -50,16 +47,6 @@ STEP_AFTER_S = 30.0
 STEP_TO = 0.6
 
 
-@dataclass
-class Site:
-    """A simulated station and a daemon controlling it on one virtual clock."""
-
-    simulator: StationSimulator
-    daemon: Daemon
-    clock: VirtualClock
-    task: asyncio.Task[None]
-
-
 @contextlib.asynccontextmanager
 async def running(
     served: Station,
@@ -67,20 +54,18 @@ async def running(
     visits: list[Visit],
     start: float,
     faults: FaultScript | None = None,
-) -> AsyncIterator[Site]:
+) -> AsyncIterator[RunningStation]:
     """The station served and controlled (equal share, so the limit binds) from `start`."""
-    clock = VirtualClock(start)
-    simulator = StationSimulator(served, clock, visits=visits, faults=faults)
-    await simulator.start()
-    daemon = Daemon.for_station(controlled, clock, policy="equal-share")
-    task = asyncio.create_task(daemon.run(), name="daemon")
-    try:
-        yield Site(simulator, daemon, clock, task)
-    finally:
-        if not task.done():
-            daemon.request_stop()
-        await task
-        await simulator.stop()
+    async with contextlib.AsyncExitStack() as stack:
+        yield await start_station(
+            stack,
+            served,
+            visits,
+            start=start,
+            controlled=controlled,
+            policy="equal-share",
+            faults=faults,
+        )
 
 
 async def fault_row(

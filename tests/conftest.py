@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -27,6 +28,7 @@ import pytest_timeout
 from base.clock import VirtualClock
 from base.config import CONFIG_ROOT, REFERENCE_STATION, Station, load_station
 from base.mapfile import load_register_map
+from base.programs import system_program
 from control.decider import Policy
 from control.step import Cycle
 from controller.daemon import Daemon
@@ -281,17 +283,6 @@ def station(reference: Station) -> Station:
     return on_free_ports(reference)
 
 
-def system_program(name: str) -> str | None:
-    """Where `name` is installed, on PATH or in /usr/bin or /usr/sbin, or None. The programs of
-    the Debian packages some tests run (chromium, victoria-metrics, mbpoll) are installed by
-    `make system-deps`, never by a test."""
-    found = shutil.which(name)
-    if found is not None:
-        return found
-    places = (Path("/usr/bin") / name, Path("/usr/sbin") / name)
-    return next((str(p) for p in places if p.is_file() and os.access(p, os.X_OK)), None)
-
-
 def need_system_program(name: str, purpose: str) -> str:
     """Where `name` is installed (see `system_program`), or skip the test saying why."""
     found = system_program(name)
@@ -351,6 +342,34 @@ class StartStation(Protocol):
     ) -> RunningStation: ...
 
 
+async def start_station(
+    stack: contextlib.AsyncExitStack,
+    served: Station,
+    visits: Sequence[Visit],
+    *,
+    start: float | None = None,
+    controlled: Station | None = None,
+    policy: Policy | str | None = None,
+    limit: Series | None = None,
+    faults: FaultScript | None = None,
+    **daemon: Any,
+) -> RunningStation:
+    """Start the hardware simulator serving `served` and a daemon controlling `controlled` (by
+    default the same) on one virtual clock; `stack` stops the daemon, then the simulator."""
+    begin = min(v.arrival for v in visits) - 60 if start is None else start
+    clock = VirtualClock(begin)
+    simulator = StationSimulator(served, clock, visits=visits, limit=limit, faults=faults)
+    await simulator.start()
+    stack.push_async_callback(simulator.stop)
+    control = Daemon.for_station(controlled or served, clock, policy=policy, **daemon)
+    cycles: list[Cycle] = []
+    control.watch(cycles.append)
+    task = asyncio.create_task(control.run(), name="daemon")
+    site = RunningStation(simulator, control, clock, begin, cycles, task)
+    stack.push_async_callback(site.stop_daemon)
+    return site
+
+
 @pytest_asyncio.fixture
 async def running_station() -> AsyncIterator[StartStation]:
     """Start the hardware simulator serving one config of a station (`served`: its meters and
@@ -363,32 +382,7 @@ async def running_station() -> AsyncIterator[StartStation]:
     The daemon's task exists but has not run when the call returns: what the test sets before
     it next awaits (observers, hooks, a patched method) is in place from the daemon's start."""
     async with contextlib.AsyncExitStack() as stack:
-
-        async def start_station(
-            served: Station,
-            visits: Sequence[Visit],
-            *,
-            start: float | None = None,
-            controlled: Station | None = None,
-            policy: Policy | str | None = None,
-            limit: Series | None = None,
-            faults: FaultScript | None = None,
-            **daemon: Any,
-        ) -> RunningStation:
-            begin = min(v.arrival for v in visits) - 60 if start is None else start
-            clock = VirtualClock(begin)
-            simulator = StationSimulator(served, clock, visits=visits, limit=limit, faults=faults)
-            await simulator.start()
-            stack.push_async_callback(simulator.stop)
-            control = Daemon.for_station(controlled or served, clock, policy=policy, **daemon)
-            cycles: list[Cycle] = []
-            control.watch(cycles.append)
-            task = asyncio.create_task(control.run(), name="daemon")
-            site = RunningStation(simulator, control, clock, begin, cycles, task)
-            stack.push_async_callback(site.stop_daemon)
-            return site
-
-        yield start_station
+        yield functools.partial(start_station, stack)
 
 
 @pytest.fixture(autouse=True)
