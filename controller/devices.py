@@ -39,22 +39,10 @@ def modbus_link(
 ) -> ModbusLink:
     """The (possibly encrypted) link a station entry's Modbus device is reached through."""
     if endpoint.serial:
-        return links.serial(serial_line(endpoint))
+        return links.serial(SerialLine.of(endpoint))
     tls = partial(_client_tls, station, label) if endpoint.protocol == "modbus-tls" else None
     rtu = endpoint.protocol == "modbus-rtu-over-tcp"
     return links.get(endpoint.host, endpoint.port, tls=tls, rtu=rtu)
-
-
-def serial_line(endpoint: DeviceEndpoint) -> SerialLine:
-    """The serial line a Modbus RTU device of the station file hangs on."""
-    assert endpoint.serial_port is not None  # the station file check requires it
-    return SerialLine(
-        endpoint.serial_port,
-        baudrate=endpoint.baudrate,
-        parity=endpoint.parity,
-        stopbits=endpoint.stopbits,
-        bytesize=endpoint.bytesize,
-    )
 
 
 def _client_tls(station: Station, label: str) -> ssl.SSLContext:

@@ -27,6 +27,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, Async
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
+from base.config import DeviceEndpoint
 from base.devicemap import ReadBlock, RegisterMap, Value
 from drivers.codec import BlockDecoder, WritePlan, WriteRequest
 from drivers.errors import BadValue, ConnectionLost, DeviceRejected, DeviceTimeout, DriverError
@@ -90,6 +91,18 @@ class SerialLine:
     parity: Literal["N", "E", "O"] = "N"
     stopbits: int = 1
     bytesize: int = 8
+
+    @classmethod
+    def of(cls, endpoint: DeviceEndpoint) -> SerialLine:
+        """The line a Modbus RTU device of the station file hangs on."""
+        assert endpoint.serial_port is not None  # the station file check requires it
+        return cls(
+            endpoint.serial_port,
+            baudrate=endpoint.baudrate,
+            parity=endpoint.parity,
+            stopbits=endpoint.stopbits,
+            bytesize=endpoint.bytesize,
+        )
 
 
 class ModbusLink:

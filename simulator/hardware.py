@@ -23,6 +23,7 @@ from base.config import DeviceEndpoint, Station
 from base.listening import cannot_listen
 from base.loading import ConfigError
 from drivers.errors import DriverError
+from drivers.modbus import SerialLine
 from drivers.tls import client_context, server_context
 from simulator.devices import device_models
 from simulator.faults import FaultScript
@@ -240,13 +241,7 @@ class StationSimulator:
         )
         try:
             if first.serial:
-                await server.serve_serial(
-                    first.address,
-                    baudrate=first.baudrate,
-                    parity=first.parity,
-                    stopbits=first.stopbits,
-                    bytesize=first.bytesize,
-                )
+                await server.serve_serial(SerialLine.of(first))
             else:
                 await server.serve_tcp(first.host, first.port)
         except OSError as exc:  # pyserial's SerialException is one

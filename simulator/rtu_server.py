@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from pymodbus.framer import FramerRTU
 from pymodbus.transport.serialtransport import create_serial_connection
 
+from drivers.modbus import SerialLine
 from simulator.faults import FaultKind
 from simulator.modbus_server import answer
 from simulator.registers import RegisterBank
@@ -131,18 +132,17 @@ class RtuServer:
         self._responders.append(responder)
         return responder
 
-    async def serve_serial(
-        self, port: str, *, baudrate: int, parity: str, stopbits: int, bytesize: int
-    ) -> None:
-        """Open serial port `port` (e.g. one end of a pseudo-terminal pair) and answer on it."""
+    async def serve_serial(self, line: SerialLine) -> None:
+        """Open the line's serial port (e.g. one end of a pseudo-terminal pair) and answer on
+        it, with the line's settings."""
         transport, _ = await create_serial_connection(
             asyncio.get_running_loop(),
             self._responder,
-            port,
-            baudrate=baudrate,
-            bytesize=bytesize,
-            parity=parity,
-            stopbits=stopbits,
+            line.port,
+            baudrate=line.baudrate,
+            bytesize=line.bytesize,
+            parity=line.parity,
+            stopbits=line.stopbits,
             timeout=0,
         )
         self._serial = transport
