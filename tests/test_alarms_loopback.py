@@ -73,7 +73,9 @@ async def test_start_and_reconnect_are_not_frozen_but_a_frozen_terminal_is(
     # reconnect; the real freeze caught within the frozen time.
     assert [e for e in frozen if e.time < frozen_at] == [], said
     assert len(frozen) == 1, said
-    assert frozen[0].time <= frozen_at + hub.control.frozen_after_s + 2, said
+    # The watch starts at the last value that moved, which a loaded machine may deliver a few
+    # periods after the freeze (the subscription publishes late, the virtual clock goes on).
+    assert frozen[0].time <= frozen_at + hub.control.frozen_after_s + 5, said
     assert site.cycles[0].snapshot.piles_kw > 50, "the piles drew at start"
     # The reconnect happened, and the terminal's recoveries came when it was back and thawed.
     lost = [e for e in told if e.kind is Kind.FAILED and e is not frozen[0]]

@@ -220,7 +220,8 @@ class Site:
         answers: dict[str, Any] | None = None,
         **options: Any,
     ) -> RawChargePoint:
-        """Connect and boot a charge point; wait for the server's fail-safe profile."""
+        """Connect and boot a charge point; wait until the server has installed its fail-safe
+        profile."""
         subprotocol = "ocpp1.6" if version == "1.6" else "ocpp2.0.1"
         ws = await connect(
             self.url(identity, "wss" if "ssl" in options else "ws"),
@@ -235,6 +236,11 @@ class Site:
         assert boot["status"] == "Accepted"
         assert boot["interval"] == self.station.ocpp.heartbeat_s  # type: ignore[union-attr]
         await cp.expect("SetChargingProfile")
+        # The server takes the answer in its own time (the ocpp library checks every message
+        # against its schema in a worker thread): wait for its boot sequence to finish.
+        link = self.server.link(identity)
+        if link is not None and link.tasks:
+            await asyncio.wait(set(link.tasks), timeout=WAIT_S)
         return cp
 
 
