@@ -291,6 +291,8 @@ class PileModel:
             changes.sort(key=lambda change: change[0])
         kwh = 0.0
         for effective, command in changes:
+            if command is not None and command == self._commanded:
+                continue  # the same command again (most steps): nothing changes there
             if effective > since:
                 kwh += self._advance(since, effective)
                 since = effective
