@@ -28,9 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from base.config import ControlSettings, PileConfig
 from base.devicemap import PileState
 from base.events import DeviceRef, Event, Kind, Source
+from base.stationdevices import PileConfig
+from base.stationsettings import ControlSettings
 from control.site import PileView
 from drivers.pile import PileReading
 

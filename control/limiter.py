@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from base.config import ControlSettings
+from base.stationsettings import ControlSettings
 from control.site import SiteSnapshot
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from base.config import DeviceEndpoint, MeterConfig, PileConfig, Station
+from base.config import Station
+from base.stationdevices import DeviceEndpoint, MeterConfig, PileConfig
 
 # Fields that say where and how a device is reached: a change of any of them needs a new driver.
 ENDPOINT_FIELDS = frozenset(DeviceEndpoint.model_fields) | {

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Generic, TypeVar
 
-from base.config import PileConfig
 from base.events import DeviceRef, Source
 from base.health import Health, Notify
+from base.stationdevices import PileConfig
 from drivers.errors import DriverError
 from drivers.meter import MeterReading
 from drivers.pile import PileReading

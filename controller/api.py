@@ -31,7 +31,7 @@ from multiprocessing.process import BaseProcess
 from zoneinfo import ZoneInfo
 
 from base.clock import stop_task
-from base.config import ApiSettings
+from base.stationsettings import ApiSettings
 from control.sensing import LimitOverride
 from control.sessions import Session, Wish
 from control.step import Cycle

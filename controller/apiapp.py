@@ -42,8 +42,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import TypeAdapter
 
 from base.clock import stop_task
-from base.config import ApiSettings
 from base.events import DeviceRef, Event
+from base.stationsettings import ApiSettings
 from base.tariff import Tariff
 from control.reasons import PileReason
 from control.sensing import LimitOverride

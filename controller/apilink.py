@@ -30,7 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from base.config import ApiSettings, Station
+from base.config import Station
+from base.stationsettings import ApiSettings
 from control.sensing import LimitOverride
 from control.sessions import Session
 from control.step import Cycle

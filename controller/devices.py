@@ -17,9 +17,10 @@ import ssl
 from functools import partial
 
 from base.clock import Clock
-from base.config import DeviceEndpoint, PileConfig, Station
+from base.config import Station
 from base.events import DeviceRef
 from base.loading import ConfigError, ConfigProblem
+from base.stationdevices import DeviceEndpoint, PileConfig
 from drivers.device import Device
 from drivers.makes import pile_driver
 from drivers.modbus import ModbusDevice, ModbusLink, ModbusLinks, SerialLine

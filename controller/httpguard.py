@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from base.config import ApiSettings
+from base.stationsettings import ApiSettings
 from controller.apimodels import Refusal
 
 Scope = MutableMapping[str, Any]

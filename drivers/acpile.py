@@ -10,7 +10,7 @@ driver floors anything below it to 0, a pause), and fills in what AC chargers do
 
 from __future__ import annotations
 
-from base.config import PileConfig
+from base.stationdevices import PileConfig
 from drivers.charger import AcCharger, ChargerReading
 from drivers.pile import PileReading
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import assert_never
 
 from base.clock import Clock
-from base.config import PileConfig
 from base.devicemap import ChargerDriver, is_charger_driver
+from base.stationdevices import PileConfig
 from drivers.abb import AbbTerraCharger
 from drivers.acpile import AcPile
 from drivers.alfen import AlfenCharger

@@ -27,8 +27,8 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, Async
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
-from base.config import DeviceEndpoint
 from base.devicemap import ReadBlock, RegisterMap, Value
+from base.stationdevices import DeviceEndpoint
 from drivers.codec import BlockDecoder, WritePlan, WriteRequest
 from drivers.errors import BadValue, ConnectionLost, DeviceRejected, DeviceTimeout, DriverError
 

@@ -23,8 +23,9 @@ from zoneinfo import ZoneInfo
 from rich.console import Console
 
 from base.clock import VirtualClock
-from base.config import ApiSettings, Station
+from base.config import Station
 from base.events import Kind
+from base.stationsettings import ApiSettings
 from control.sessions import Wish
 from controller.daemon import Daemon
 from flexcharge.view import LiveView, summary_table

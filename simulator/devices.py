@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from functools import cache
 
 from base.clock import Clock
-from base.config import CONFIG_ROOT, DeviceEndpoint, PileConfig, Station
+from base.config import CONFIG_ROOT, Station
 from base.devicemap import RegisterMap
 from base.events import DeviceRef
 from base.mapfile import load_register_map
+from base.stationdevices import DeviceEndpoint, PileConfig
 from simulator.chargers import pile_device_model
 from simulator.faults import FaultScript
 from simulator.plant import Plant

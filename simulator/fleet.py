@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from base.config import SimulatorSettings
+from base.stationsettings import SimulatorSettings
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,10 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from base.clock import Clock, Ticker, stop_task
-from base.config import DeviceEndpoint, Station
+from base.config import Station
 from base.listening import cannot_listen
 from base.loading import ConfigError
+from base.stationdevices import DeviceEndpoint
 from drivers.errors import DriverError
 from drivers.modbus import SerialLine
 from drivers.tls import client_context, server_context

@@ -19,8 +19,10 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from base.config import BackgroundProfile, PileConfig, SimulatorSettings, Station
+from base.config import Station
 from base.devicemap import PileMode, PileState
+from base.stationdevices import PileConfig
+from base.stationsettings import BackgroundProfile, SimulatorSettings
 from drivers.pile import PileReading
 from simulator.books import Excess, Integral, Piece, Profile, excess, profile
 from simulator.charging import Battery, advance

@@ -17,8 +17,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from base.config import DeviceEndpoint, Station
+from base.config import Station
 from base.programs import system_program
+from base.stationdevices import DeviceEndpoint
 
 _Device = TypeVar("_Device", bound=DeviceEndpoint)
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, replace
 from rich.console import Console
 from rich.table import Table
 
-from base.config import CONFIG_ROOT, OcppSettings, PileConfig, Station, load_station
+from base.config import CONFIG_ROOT, Station, load_station
+from base.stationdevices import OcppSettings, PileConfig
 from drivers.ocpp.pile import OcppPile
 from flexcharge.demo import on_free_ports
 from simulator.faults import Fault, FaultKind, FaultScript

@@ -10,9 +10,10 @@ from dataclasses import replace
 
 import pytest
 
-from base.config import CONFIG_ROOT, PileConfig
+from base.config import CONFIG_ROOT
 from base.devicemap import PileState, RegisterMap, Value
 from base.mapfile import load_register_map
+from base.stationdevices import PileConfig
 from drivers.acpile import AcPile
 from drivers.alfen import AlfenCharger
 from drivers.charger import ChargerReading, MapCharger

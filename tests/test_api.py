@@ -24,8 +24,9 @@ import httpx
 import pytest
 
 from base.clock import VirtualClock
-from base.config import ApiSettings, Station
+from base.config import Station
 from base.events import Kind
+from base.stationsettings import ApiSettings
 from control.decider import Policy
 from controller.api import ApiServer
 from controller.daemon import Daemon

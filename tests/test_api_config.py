@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from base.config import ApiSettings, load_station
+from base.config import load_station
 from base.loading import ConfigError
+from base.stationsettings import ApiSettings
 from tests.conftest import station_files_on_free_ports
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from base.config import ApiSettings, Station
+from base.config import Station
+from base.stationsettings import ApiSettings
 from controller.api import ApiServer
 from controller.store import StateStore
 from controller.telemetry.local import query_local

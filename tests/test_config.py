@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from base.config import CONFIG_ROOT, REFERENCE_STATION, SecuritySettings, load_station
+from base.config import CONFIG_ROOT, REFERENCE_STATION, load_station
 from base.devicemap import Access, RegisterMap, ValueType
 from base.loading import ConfigError, ConfigProblem
 from base.mapfile import load_register_map
+from base.stationsettings import SecuritySettings
 from base.tarifffile import load_tariff
 from flexcharge import cli
 

@@ -34,9 +34,10 @@ import pytest
 
 from base import certs
 from base.clock import VirtualClock
-from base.config import CONFIG_ROOT, DeviceEndpoint, Station, load_station
+from base.config import CONFIG_ROOT, Station, load_station
 from base.devicemap import UNIT_SCALE, Register, RegisterMap, Value, ValueType
 from base.mapfile import load_register_map
+from base.stationdevices import DeviceEndpoint
 from simulator.chargers import AbbTerraModel, VestelModel
 from simulator.fleet import Visit
 from simulator.hardware import StationSimulator

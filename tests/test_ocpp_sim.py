@@ -33,14 +33,8 @@ from websockets.typing import Subprotocol
 
 from base import certs
 from base.clock import VirtualClock
-from base.config import (
-    REFERENCE_STATION,
-    ChargePointQuirks,
-    OcppSettings,
-    PileConfig,
-    Station,
-    load_station,
-)
+from base.config import REFERENCE_STATION, Station, load_station
+from base.stationdevices import ChargePointQuirks, OcppSettings, PileConfig
 from drivers.tls import server_context
 from simulator.faults import Fault, FaultKind, FaultScript
 from simulator.fleet import Visit

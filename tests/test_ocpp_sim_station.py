@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from base.config import REFERENCE_STATION, ChargePointQuirks, OcppSettings, PileConfig, load_station
+from base.config import REFERENCE_STATION, load_station
 from base.loading import ConfigError
+from base.stationdevices import ChargePointQuirks, OcppSettings, PileConfig
 from simulator.fast import Scenario, simulate
 from simulator.faults import Fault, FaultKind, FaultScript, load_faults
 from simulator.fleet import Visit

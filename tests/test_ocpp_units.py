@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from base.config import PileConfig
+from base.stationdevices import PileConfig
 from drivers.ocpp import profiles
 from simulator.ocpp.profiles import Electrics
 

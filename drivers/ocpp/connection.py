@@ -20,8 +20,8 @@ from ocpp import v16, v201
 from ocpp.exceptions import OCPPError
 from ocpp.routing import on
 
-from base.config import OcppSettings
 from base.devicemap import PileState
+from base.stationdevices import OcppSettings
 from drivers.errors import ConnectionLost, DeviceRejected, DeviceTimeout, DriverError
 from drivers.ocpp import profiles
 from drivers.ocpp.profiles import Capabilities, Unit

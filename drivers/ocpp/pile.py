@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from base.config import PileConfig
+from base.stationdevices import PileConfig
 from drivers.errors import ConnectionLost, DeviceRejected, DeviceTimeout, DriverError
 from drivers.ocpp import profiles
 from drivers.ocpp.connection import ConnectorState, Link

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from base.config import PileConfig
+from base.stationdevices import PileConfig
 
 Unit = Literal["W", "A"]
 # The profile purposes a dynamic limit may go in, most specific first; the first a charge point

@@ -27,7 +27,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from base.config import OcppSettings, Station
+from base.config import Station
+from base.stationdevices import OcppSettings
 from drivers.errors import DriverError
 from drivers.ocpp.connection import LINKS, Link
 from drivers.tls import server_context

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
 
-from base.config import ApiSettings, Station, load_station
+from base.config import Station, load_station
 from base.loading import ConfigError
+from base.stationsettings import ApiSettings
 
 if TYPE_CHECKING:
     from rich.progress import Progress

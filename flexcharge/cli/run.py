@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from base.config import ApiSettings, Station
+from base.config import Station
 from base.listening import cannot_listen
 from base.loading import ConfigError
+from base.stationsettings import ApiSettings
 
 from . import dirs, lock, pidfile
 from .common import (

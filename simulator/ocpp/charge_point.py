@@ -44,8 +44,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Subprotocol
 
 from base.clock import Clock, Ticker
-from base.config import ChargePointQuirks
 from base.devicemap import PileMode
+from base.stationdevices import ChargePointQuirks
 from simulator.faults import FaultKind, FaultScript
 from simulator.ocpp.profiles import Electrics, Profile, ProfileStack, Purpose, purpose_of
 from simulator.plant import PileModel
