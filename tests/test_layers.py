@@ -3,7 +3,8 @@
 The picture (README, "Layout"): `flexcharge` (the application) on top; `controller` (daemon
 services) and `simulator` beside each other; `control` (pure cycle logic); `drivers` and
 `scheduler` beside each other; `base` at the bottom. Every import counts, including those inside
-functions and under `TYPE_CHECKING`.
+functions and under `TYPE_CHECKING`. And each name has one home: it is imported from the module
+that defines it, never from one that passes it on.
 """
 
 from __future__ import annotations
@@ -166,3 +167,53 @@ def test_readers_of_the_daemon_see_only_its_port(module: str) -> None:
     imported = {name for _, name in imports_of(module, path.read_text())}
     assert "controller.daemon" not in imported
     assert "controller.status" in imported
+
+
+def defined_names(source: str) -> set[str]:
+    """The names a module defines itself at its top level (under `if` and `try` too), not those
+    it imports."""
+    names: set[str] = set()
+    pending = list(ast.parse(source).body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, ast.If | ast.Try):
+            pending.extend(ast.iter_child_nodes(node))
+        elif isinstance(node, ast.ExceptHandler):
+            pending.extend(node.body)
+    return names
+
+
+def strays(importer: str, source: str, homes: dict[str, set[str]]) -> list[str]:
+    """Each name `source` imports from a project module that does not define it (a module it
+    merely passes on): every name has one home, and is imported from there."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ImportFrom) or node.level or node.module not in homes:
+            continue
+        for alias in node.names:
+            if alias.name not in homes[node.module] and f"{node.module}.{alias.name}" not in homes:
+                found.append(f"{importer}:{node.lineno} imports {alias.name} from {node.module}")
+    return found
+
+
+def test_each_name_is_imported_from_its_home() -> None:
+    modules = project_modules()
+    homes = {name: defined_names(path.read_text()) for name, path in modules.items()}
+    importers = {**modules, **{f"tests.{p.stem}": p for p in (ROOT / "tests").glob("*.py")}}
+    found = [s for name, path in importers.items() for s in strays(name, path.read_text(), homes)]
+    assert found == [], "\n".join(found)
+
+
+def test_a_name_imported_from_elsewhere_than_its_home_is_caught() -> None:
+    """The checker itself: base.config uses PileConfig but does not define it."""
+    homes = {name: defined_names(path.read_text()) for name, path in project_modules().items()}
+    assert "PileConfig" in homes["base.stationdevices"]
+    assert strays("x", "from base.stationdevices import PileConfig\n", homes) == []
+    assert strays("x", "from base.config import PileConfig, Station\n", homes) == [
+        "x:1 imports PileConfig from base.config"
+    ]
