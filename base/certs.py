@@ -9,7 +9,8 @@
     DIR/daemon/key.pem            its private key
     DIR/simulator/...             the same for the simulated hardware (OPC-UA and Modbus/TLS server)
 
-`issue` adds a certificate for another application (DIR/NAME/..., e.g. a SCADA client) and
+`issue` adds a certificate for another application (DIR/NAME/..., e.g. a SCADA client) or for an
+OCPP charge point (DIR/IDENTITY/..., its CN the identity, as security profile 3 asks) and
 `revoke` adds a certificate to the CRL. The CRL starts empty; it names its next update as the day
 the CA expires, since a station CA is offline and the CRL is only re-signed when a certificate is
 revoked. OPC-UA peers read it beside the CA: a strict client refuses a CA-signed certificate
@@ -27,6 +28,7 @@ import datetime as dt
 import ipaddress
 import os
 import socket
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,19 +178,27 @@ def issue(
     certs_dir: Path,
     name: str,
     *,
-    application_uri: str,
+    application_uri: str | None = None,
+    charge_point: bool = False,
     hosts: Sequence[str] = (),
     days: int = 825,
     now: dt.datetime | None = None,
 ) -> Identity:
     """A certificate from the station CA for another application (`certs_dir`/`name`/...).
 
-    Refuses a name that is taken: replacing a certificate is revoking it and issuing a new one.
+    An application's certificate is named "<station> <name>" and valid for this host's names
+    and `hosts`; it needs its OPC-UA `application_uri`. With `charge_point` it is an OCPP charge
+    point's client certificate instead: `name` is the charge point's identity and its common
+    name (what security profile 3 checks), its URI `charge_point_uri(name)` unless given, and
+    it names no host but `hosts`. Refuses a name that is taken: replacing a certificate is
+    revoking it and issuing a new one.
     """
     if days < 1:
         raise CertError(f"--days must be at least 1, got {days}")
     if not name or name in RESERVED_NAMES or name != Path(name).name or name.startswith("."):
         raise CertError(f"{name!r} cannot name a certificate's directory")
+    if charge_point:
+        application_uri = application_uri or charge_point_uri(name)
     if not application_uri:
         raise CertError("an OPC-UA application certificate needs an application URI")
     ident = _identity(certs_dir, name, application_uri)
@@ -197,10 +207,37 @@ def issue(
     ca_cert, ca_key = _load_ca(certs_dir)
     start = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(minutes=5)
     end = min(start + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
-    station = _common_name(ca_cert).removesuffix(" CA")
-    names = list(dict.fromkeys([*default_hosts(), *hosts]))
-    _issue(ca_cert, ca_key, ident, f"{station} {name}", names, start, end)
+    if charge_point:
+        common_name, names = name, list(dict.fromkeys(hosts))
+    else:
+        common_name = f"{_common_name(ca_cert).removesuffix(' CA')} {name}"
+        names = list(dict.fromkeys([*default_hosts(), *hosts]))
+    _issue(ca_cert, ca_key, ident, common_name, names, start, end)
     return ident
+
+
+def charge_point_uri(identity: str) -> str:
+    """The URI (a SAN) in a charge point certificate `issue` makes."""
+    return f"urn:flexcharge:charge-point:{urllib.parse.quote(identity, safe='')}"
+
+
+def charge_point(certs_dir: Path, identity: str) -> Identity:
+    """The certificate of the OCPP charge point `identity` in `certs_dir`/`identity`/: the one
+    there, or else a new one from the station CA (`issue` with `charge_point`)."""
+    ident = _identity(certs_dir, identity, charge_point_uri(identity))
+    if ident.cert_pem.is_file() and ident.key_pem.is_file():
+        return ident
+    return issue(certs_dir, identity, charge_point=True)
+
+
+def station_name(ca_pem: Path) -> str:
+    """The station's name in its CA certificate (the CA's CN without " CA"), which `issue` puts
+    before an application's name; "" when `ca_pem` holds no readable certificate."""
+    try:
+        ca_cert = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+    except (OSError, ValueError):
+        return ""
+    return _common_name(ca_cert).removesuffix(" CA")
 
 
 def revoke(certs_dir: Path, certificate: Path, *, now: dt.datetime | None = None) -> Path:

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from base import certs
 from base.clock import Clock, Ticker, stop_task
 from base.config import Station
 from base.listening import cannot_listen
@@ -139,13 +140,12 @@ class StationSimulator:
                 f"{station.path}: the simulator runs one connector per charge point; "
                 f"identities with several: {', '.join(shared)}"
             )
-        endpoint = self._ocpp_endpoint()
         for pile in piles:
             assert pile.ocpp_version is not None  # the loader requires it
             point = SimulatedChargePoint(
                 self.plant.piles[pile.id],
                 self.clock,
-                endpoint,
+                self._ocpp_endpoint(pile.identity),
                 version=pile.ocpp_version,
                 identity=pile.identity,
                 connector=pile.connector,
@@ -158,9 +158,10 @@ class StationSimulator:
             task = asyncio.create_task(point.run(), name=f"charge point {pile.id}")
             self._charge_point_tasks.append(task)
 
-    def _ocpp_endpoint(self) -> Endpoint:
-        """Where the charge points connect, with the password and certificates the station's
-        security profile asks of them."""
+    def _ocpp_endpoint(self, identity: str) -> Endpoint:
+        """Where the charge point `identity` connects, with the password and certificates the
+        station's security profile asks of it: under profile 3 its own certificate (CN the
+        identity) from the station's certs directory, issued there on first use."""
         station = self.station
         settings = station.ocpp
         if settings is None:
@@ -179,12 +180,14 @@ class StationSimulator:
             if settings.tls:
                 ident = station.identity("simulator")
                 if settings.security_profile == 3:
+                    assert station.certs_dir is not None  # identity() requires it
+                    own = certs.charge_point(station.certs_dir, identity)
                     context = client_context(
-                        ident.cert_pem, ident.key_pem, ident.ca_pem, device="OCPP charge points"
+                        own.cert_pem, own.key_pem, ident.ca_pem, device=f"charge point {identity}"
                     )
                 else:
                     context = ssl.create_default_context(cafile=str(ident.ca_pem))
-        except (ConfigError, DriverError, OSError, ssl.SSLError) as exc:
+        except (ConfigError, DriverError, certs.CertError, OSError, ssl.SSLError) as exc:
             raise SimulatorError(str(exc)) from exc
         return Endpoint(f"{scheme}://{host}:{settings.port}", password, context)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from base import certs
 from drivers.opcua.security import trust_store
@@ -113,6 +113,38 @@ def test_issue_and_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert cli.main(["certs", "revoke", str(tmp_path), str(intruder.cert_pem)]) == 1
     assert "not issued by the station CA" in capsys.readouterr().out
     assert crl_path.read_bytes() == before
+
+
+def test_issue_a_charge_point_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`certs issue DIR IDENTITY --charge-point`: a client certificate whose CN is the charge
+    point's identity (what OCPP security profile 3 checks), with a URI but no host names;
+    `certs.charge_point` returns it as it is, or issues one for an identity that has none."""
+    assert cli.main(["certs", "init", str(tmp_path), "--station", "depot"]) == 0
+    assert cli.main(["certs", "issue", str(tmp_path), "CP-2", "--charge-point"]) == 0
+    assert "certificate for charge point CP-2" in capsys.readouterr().out
+    pem = (tmp_path / "CP-2" / "cert.pem").read_bytes()
+    cert = x509.load_pem_x509_certificate(pem)
+    assert [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)] == ["CP-2"]
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "urn:flexcharge:charge-point:CP-2"
+    ]
+    assert san.get_values_for_type(x509.DNSName) == []
+    assert san.get_values_for_type(x509.IPAddress) == []
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.CLIENT_AUTH in usage
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca" / "ca.pem").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    assert certs.station_name(tmp_path / "ca" / "ca.pem") == "depot"
+
+    assert certs.charge_point(tmp_path, "CP-2").cert_pem.read_bytes() == pem, "kept"
+    made = certs.charge_point(tmp_path, "P01")
+    assert made.cert_pem == tmp_path / "P01" / "cert.pem"
+    cert = x509.load_pem_x509_certificate(made.cert_pem.read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "P01"
+    assert stat.S_IMODE(made.key_pem.stat().st_mode) == 0o600
 
 
 @pytest.mark.asyncio

@@ -166,6 +166,8 @@ CASES = [
     case("certs issue/host", ["certs", "issue", "ca", "s", "--uri", "urn:x", "--host", ""],
          "--host", "not a host"),
     case("certs issue/days", "certs issue ca s --uri urn:x --days -1", "--days", "at least 1"),
+    case("certs issue/charge_point", "certs issue ca s --uri urn:x --charge-point",
+         "--charge-point", "not allowed with argument --uri"),
     case("certs revoke/dir", "certs revoke afile afile", "dir", "'afile' is a file"),
     case("certs revoke/certificate", "certs revoke ca missing.pem", "certificate",
          "'missing.pem': no such file"),

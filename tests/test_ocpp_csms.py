@@ -714,12 +714,11 @@ def station_certs(configs: Path) -> Path:
     return directory
 
 
-def _client_tls(directory: Path, *, with_cert: bool) -> ssl.SSLContext:
+def _client_tls(directory: Path, cert: str | None = None) -> ssl.SSLContext:
+    """Trust the station CA; present the certificate in `directory`/`cert` if named."""
     context = ssl.create_default_context(cafile=directory / "ca" / "ca.pem")
-    if with_cert:
-        context.load_cert_chain(
-            directory / "simulator" / "cert.pem", directory / "simulator" / "key.pem"
-        )
+    if cert is not None:
+        context.load_cert_chain(directory / cert / "cert.pem", directory / cert / "key.pem")
     return context
 
 
@@ -732,7 +731,7 @@ async def test_tls_with_basic_auth_profile_2(
     monkeypatch.setenv("TEST_OCPP_PASSWORD", "pw2")
     edits = (("[pile_defaults]\n", '[security]\ncerts = "../certs"\n\n[pile_defaults]\n'),)
     s = await site(edits, security_profile=2, password_env="TEST_OCPP_PASSWORD")
-    tls = _client_tls(station_certs, with_cert=False)
+    tls = _client_tls(station_certs)
     cp = await s.charge_point("P01", "1.6", ssl=tls, additional_headers=_basic("P01", "pw2"))
     assert (await cp.call("Heartbeat", {}))["currentTime"]
     await cp.close()
@@ -740,23 +739,65 @@ async def test_tls_with_basic_auth_profile_2(
         await connect(s.url("P01"), subprotocols=["ocpp1.6"], open_timeout=WAIT_S)  # type: ignore[list-item]
 
 
+PROFILE_3 = (("[pile_defaults]\n", '[security]\ncerts = "../certs"\n\n[pile_defaults]\n'),)
+
+
 @pytest.mark.asyncio
 async def test_mutual_tls_profile_3(site: Callable[..., Any], station_certs: Path) -> None:
-    """Security profile 3: a client certificate the station CA signed connects without a
-    password; a client without one is refused in the handshake."""
-    edits = (("[pile_defaults]\n", '[security]\ncerts = "../certs"\n\n[pile_defaults]\n'),)
-    s = await site(edits, security_profile=3)
-    cp = await s.charge_point("CP-2", "2.0.1", ssl=_client_tls(station_certs, with_cert=True))
+    """Security profile 3: a client certificate the station CA signed for the charge point
+    connects without a password; a client without one is refused in the handshake."""
+    certs.issue(station_certs, "CP-2", charge_point=True)
+    s = await site(PROFILE_3, security_profile=3)
+    cp = await s.charge_point("CP-2", "2.0.1", ssl=_client_tls(station_certs, "CP-2"))
     assert (await cp.call("Heartbeat", {}))["currentTime"]
     await cp.close()
     with pytest.raises((ssl.SSLError, InvalidMessage, OSError)):
         ws = await connect(
             s.url("CP-2", "wss"),
             subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
-            ssl=_client_tls(station_certs, with_cert=False),
+            ssl=_client_tls(station_certs),
             open_timeout=WAIT_S,
         )
         await ws.recv()
+
+
+@pytest.mark.asyncio
+async def test_profile_3_refuses_a_certificate_for_another_charge_point(
+    site: Callable[..., Any], station_certs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Security profile 3 binds the certificate to the identity: CP-2's certificate does not
+    connect as P01, nor does one that names no charge point (the simulator's) or one whose CN
+    only starts with the identity; each gets 403 before the websocket opens, with one warning
+    naming the identity and the certificate's CN. A certificate `certs issue` made for an
+    application named P01 ("<station> P01") connects as P01."""
+    certs.issue(station_certs, "CP-2", charge_point=True)
+    certs.issue(station_certs, "CP-2-spare", charge_point=True)
+    certs.issue(station_certs, "P01", application_uri="urn:site:P01")
+    s = await site(PROFILE_3, security_profile=3)
+    caplog.set_level("WARNING", logger="drivers.ocpp.server")
+    refused = [
+        ("P01", "ocpp1.6", "CP-2", "CP-2"),
+        ("CP-2", "ocpp2.0.1", "simulator", "flexcharge station simulator"),
+        ("CP-2", "ocpp2.0.1", "CP-2-spare", "CP-2-spare"),
+    ]
+    for identity, subprotocol, cert, common_name in refused:
+        caplog.clear()
+        with pytest.raises(InvalidStatus) as refusal:
+            await connect(
+                s.url(identity, "wss"),
+                subprotocols=[subprotocol],  # type: ignore[list-item]
+                ssl=_client_tls(station_certs, cert),
+                open_timeout=WAIT_S,
+            )
+        assert refusal.value.response.status_code == 403
+        assert [r.getMessage() for r in caplog.records] == [
+            f"charge point {identity} presented a certificate for {common_name!r}: refused"
+        ]
+        assert s.server.link(identity) is None and not s.server.links
+    cp = await s.charge_point("P01", "1.6", ssl=_client_tls(station_certs, "P01"))
+    assert (await cp.call("Heartbeat", {}))["currentTime"]
+    assert s.server.link("P01") is not None
+    await cp.close()
 
 
 # --------------------------------------------------------------------------- the daemon's wiring

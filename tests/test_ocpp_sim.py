@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint as Cp16
 from ocpp.v16 import call as call16
@@ -848,8 +850,8 @@ async def test_basic_auth_gives_the_password_of_the_station(
 
 
 async def test_mutual_tls_with_the_station_certificates(tmp_path: Path) -> None:
-    """Security profile 3: wss, the CSMS presents the daemon's certificate and asks for the
-    simulator's, both from `certs init`."""
+    """Security profile 3: wss, the CSMS presents the daemon's certificate from `certs init`
+    and the charge point its own, named for its identity."""
     certs.init(tmp_path / "certs", station="test hub")
     pile = ocpp_pile("P1", "1.6", "dc")
     [port] = free_ports(1)
@@ -862,4 +864,39 @@ async def test_mutual_tls_with_the_station_certificates(tmp_path: Path) -> None:
         with r.clock.participant():
             await r.until(lambda: r.point("P1").boots == 1)
             peer = r.csms_side("P1")._connection.transport.get_extra_info("peercert")
-            assert peer is not None  # the simulator's certificate
+            assert dict(peer["subject"][-1])["commonName"] == "CP-P1"
+
+
+async def test_simulated_charge_points_pass_the_csms_profile_3_check(tmp_path: Path) -> None:
+    """Against flexcharge's own CSMS (drivers.ocpp.server), which under security profile 3
+    refuses a certificate that does not name the identity, each simulated charge point presents
+    the certificate of its identity, issued in the station's certs directory on first use, and
+    connects; the one an operator issued beforehand is used as it is."""
+    from drivers.ocpp.server import CsmsServer
+
+    certs.init(tmp_path / "certs", station="test hub")
+    mine = certs.issue(tmp_path / "certs", "CP-P2", charge_point=True).cert_pem.read_bytes()
+    piles = [ocpp_pile("P1", "1.6", "dc"), ocpp_pile("P2", "2.0.1", "ac")]
+    [port] = free_ports(1)
+    station = ocpp_station(piles, port, security_profile=3).with_security(
+        certs=str(tmp_path / "certs")
+    )
+    clock = VirtualClock(local_time(station, "2026-11-25T10:00"))
+    server = CsmsServer(station, clock.now)
+    await server.start()
+    try:
+        async with StationSimulator(station, clock, visits=[]) as sim:
+            with clock.participant():
+                waited = 0
+                points = sim.charge_points.values()
+                while set(server.links) != {"CP-P1", "CP-P2"} or any(p.boots == 0 for p in points):
+                    assert waited < 120, sorted(server.links)
+                    await clock.sleep(1)
+                    waited += 1
+    finally:
+        await server.stop()
+    for identity in ("CP-P1", "CP-P2"):
+        pem = (tmp_path / "certs" / identity / "cert.pem").read_bytes()
+        cert = x509.load_pem_x509_certificate(pem)
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == identity
+    assert (tmp_path / "certs" / "CP-P2" / "cert.pem").read_bytes() == mine

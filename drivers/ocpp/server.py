@@ -4,7 +4,8 @@ Only the charge points the station file declares may connect (at `/<identity>`; 
 is answered 404 before the websocket opens). With security profile 1 or 2 each must give HTTP
 basic auth, user = its identity and the station's OCPP password (401 otherwise); 2 and 3 are
 TLS with the station's "daemon" certificate, and 3 asks each charge point for a certificate the
-station CA signed instead of a password. At each BootNotification the server probes the charge
+station CA signed instead of a password, which must name the identity it connects as (403
+otherwise, see `certificate_names`). At each BootNotification the server probes the charge
 point's smart charging, asks for meter values every `meter_values_s` and installs each of its
 piles' fail-safe profile. `stop` leaves every connected charge point at its safe power before
 it closes.
@@ -27,6 +28,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from base import certs
 from base.config import Station
 from base.stationdevices import OcppSettings
 from drivers.errors import DriverError
@@ -60,6 +62,7 @@ class CsmsServer:
         self.boot_timeout_s = BOOT_TIMEOUT_S
         self.identities = {p.identity for p in station.piles if p.ocpp}
         self.password = station.ocpp_password()
+        self.station_name = ""  # the station CA's, for certificates `certs issue` made
         self.tls = self._tls_context(station) if self.settings.tls else None
         self.piles: dict[tuple[str, int], OcppPile] = {}
         self.links: dict[str, Link] = {}
@@ -254,7 +257,31 @@ class CsmsServer:
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "authentication failed\n")
             response.headers["WWW-Authenticate"] = 'Basic realm="flexcharge"'
             return response
+        if self.tls is not None and self.tls.verify_mode == ssl.CERT_REQUIRED:
+            named = _common_names(connection.transport.get_extra_info("peercert"))
+            if not self.certificate_names(named, identity):
+                log.warning(
+                    "charge point %s presented a certificate for %r: refused",
+                    identity,
+                    ", ".join(named),
+                )
+                return connection.respond(
+                    HTTPStatus.FORBIDDEN, "the certificate does not name this charge point\n"
+                )
         return None
+
+    def certificate_names(self, common_names: list[str], identity: str) -> bool:
+        """Whether a client certificate with these subject common names belongs to the charge
+        point `identity` (security profile 3): its one CN is the identity (OCPP's rule, e.g. a
+        charge point certificate from `flexcharge certs issue --charge-point` or another CA's
+        tooling), or "<station> <identity>", as `flexcharge certs issue` names an application,
+        where <station> is the station CA's name (its CN without " CA")."""
+        if len(common_names) != 1:
+            return False
+        [name] = common_names
+        return name == identity or (
+            bool(self.station_name) and name == f"{self.station_name} {identity}"
+        )
 
     def _authenticated(self, identity: str, request: Request) -> bool:
         header = request.headers.get("Authorization", "")
@@ -301,4 +328,18 @@ class CsmsServer:
         context = server_context(ident.cert_pem, ident.key_pem, ident.ca_pem, device="OCPP server")
         if self.settings.security_profile == 2:
             context.verify_mode = ssl.CERT_NONE  # profile 2: the password authenticates
+        else:
+            self.station_name = certs.station_name(ident.ca_pem)
         return context
+
+
+def _common_names(peercert: object) -> list[str]:
+    """The subject CNs of a certificate as `ssl.SSLSocket.getpeercert` gives it."""
+    if not isinstance(peercert, dict):
+        return []
+    return [
+        str(value)
+        for rdn in peercert.get("subject", ())
+        for key, value in rdn
+        if key == "commonName"
+    ]

@@ -1,5 +1,5 @@
-"""`flexcharge certs`: a station CA and the certificates the daemon, the simulator and other
-applications present (TLS and OPC-UA), and the CA's revocation list."""
+"""`flexcharge certs`: a station CA and the certificates the daemon, the simulator, other
+applications (TLS and OPC-UA) and OCPP charge points present, and the CA's revocation list."""
 
 from __future__ import annotations
 
@@ -43,14 +43,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     init.set_defaults(func=cmd_certs_init)
 
     issue = certs_sub.add_parser(
-        "issue", help="a certificate from the station CA in DIR for another application (DIR/NAME)"
+        "issue",
+        help="a certificate from the station CA in DIR for another application or an OCPP "
+        "charge point (DIR/NAME)",
     )
     issue.add_argument("dir", type=directory, help=DIR_HELP)
     issue.add_argument(
-        "name", type=path_text, help="the application's directory in DIR, e.g. scada"
+        "name",
+        type=path_text,
+        help="the application's directory in DIR, e.g. scada, or the charge point's identity",
     )
-    issue.add_argument(
-        "--uri", required=True, type=_uri, help="its OPC-UA application URI, e.g. urn:site:scada"
+    kind = issue.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--uri", type=_uri, help="its OPC-UA application URI, e.g. urn:site:scada")
+    kind.add_argument(
+        "--charge-point",
+        action="store_true",
+        help="an OCPP charge point's certificate for security profile 3: NAME is its identity "
+        "and the certificate's common name",
     )
     issue.add_argument("--host", action="append", default=[], type=host_name, help=HOST_HELP)
     issue.add_argument("--days", type=positive_int, default=825, help="validity in days")
@@ -106,12 +115,18 @@ def cmd_certs_issue(args: argparse.Namespace, console: Console) -> int:
     target = Path(args.dir)
     try:
         ident = certs.issue(
-            target, args.name, application_uri=args.uri, hosts=args.host, days=args.days
+            target,
+            args.name,
+            application_uri=args.uri,
+            charge_point=args.charge_point,
+            hosts=args.host,
+            days=args.days,
         )
     except (certs.CertError, OSError) as exc:
         console.print(f"[bold red]{exc}[/]")
         return EXIT_FAILURE
-    console.print(f"certificate for {args.uri} from the station CA:", highlight=False)
+    what = f"charge point {args.name}" if args.charge_point else args.uri
+    console.print(f"certificate for {what} from the station CA:", highlight=False)
     _list(console, [ident.cert_pem, ident.cert_der, ident.key_pem])
     return EXIT_OK
 
