@@ -798,6 +798,10 @@ async def test_profile_3_refuses_a_certificate_for_another_charge_point(
     assert (await cp.call("Heartbeat", {}))["currentTime"]
     assert s.server.link("P01") is not None
     await cp.close()
+    # The station's own parties' certificates belong to no charge point, whatever its name.
+    assert s.server.certificate_names(["flexcharge station P01"], "P01")
+    for party in ("daemon", "simulator"):
+        assert not s.server.certificate_names([f"flexcharge station {party}"], party)
 
 
 # --------------------------------------------------------------------------- the daemon's wiring

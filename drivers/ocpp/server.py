@@ -275,12 +275,16 @@ class CsmsServer:
         point `identity` (security profile 3): its one CN is the identity (OCPP's rule, e.g. a
         charge point certificate from `flexcharge certs issue --charge-point` or another CA's
         tooling), or "<station> <identity>", as `flexcharge certs issue` names an application,
-        where <station> is the station CA's name (its CN without " CA")."""
+        where <station> is the station CA's name (its CN without " CA"). The station's own
+        parties' certificates (its daemon's, its simulator's) name no charge point, whatever
+        one is called."""
         if len(common_names) != 1:
             return False
         [name] = common_names
         return name == identity or (
-            bool(self.station_name) and name == f"{self.station_name} {identity}"
+            bool(self.station_name)
+            and identity not in certs.PARTIES
+            and name == f"{self.station_name} {identity}"
         )
 
     def _authenticated(self, identity: str, request: Request) -> bool:
