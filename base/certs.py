@@ -287,6 +287,57 @@ def read_crl(path: Path) -> x509.CertificateRevocationList | None:
     return x509.load_der_x509_crl(data)
 
 
+class Revocations:
+    """The station CA's revocation list as it stands on disk, read again whenever the file
+    changes (a certificate `revoke` shuts out is refused from its next connection on), and
+    trusted only if the CA signed it. Without a list it can trust, every certificate is
+    refused: whether one was revoked cannot be known."""
+
+    def __init__(self, ca_pem: Path, crl_pem: Path) -> None:
+        self.ca_pem = ca_pem
+        self.crl_pem = crl_pem
+        self._seen: tuple[int, int] | None = None
+        self._list: x509.CertificateRevocationList | None = None
+        self._error = ""
+
+    def refusal(self, serial_number: int) -> str:
+        """Why a certificate of the CA with this serial number may not be used ("" if it may)."""
+        self._refresh()
+        if self._list is None:
+            return self._error
+        if self._list.get_revoked_certificate_by_serial_number(serial_number) is not None:
+            return f"certificate {serial_number:x} is revoked ({self.crl_pem})"
+        return ""
+
+    def _refresh(self) -> None:
+        try:
+            stat = self.crl_pem.stat()
+        except OSError as exc:
+            self._seen, self._list = None, None
+            self._error = f"no revocation list to check against ({self.crl_pem}: {exc.strerror})"
+            return
+        seen = (stat.st_mtime_ns, stat.st_size)
+        if seen == self._seen:
+            return
+        self._seen, self._list = seen, None
+        try:
+            crl = read_crl(self.crl_pem)
+            ca = x509.load_pem_x509_certificate(self.ca_pem.read_bytes())
+        except (OSError, ValueError) as exc:
+            self._error = f"cannot read the revocation list {self.crl_pem}: {exc}"
+            return
+        key = ca.public_key()
+        if (
+            crl is None
+            or crl.issuer != ca.subject
+            or not isinstance(key, rsa.RSAPublicKey)  # a station CA's, as `init` makes it
+            or not crl.is_signature_valid(key)
+        ):
+            self._error = f"the revocation list {self.crl_pem} is not signed by the station CA"
+            return
+        self._list = crl
+
+
 def self_signed(
     directory: Path, *, name: str, application_uri: str, hosts: Iterable[str] = ("localhost",)
 ) -> Identity:

@@ -14,11 +14,15 @@ import itertools
 import json
 import ssl
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidMessage, InvalidStatus
 
@@ -802,6 +806,54 @@ async def test_profile_3_refuses_a_certificate_for_another_charge_point(
     assert s.server.certificate_names(["flexcharge station P01"], "P01")
     for party in ("daemon", "simulator"):
         assert not s.server.certificate_names([f"flexcharge station {party}"], party)
+
+
+@pytest.mark.asyncio
+async def test_profile_3_refuses_a_revoked_certificate(
+    site: Callable[..., Any], station_certs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Security profile 3 checks each certificate against the station CA's revocation list at
+    every connection: `certs revoke` shuts a charge point out from its next connection, with no
+    restart; a list the CA did not sign refuses every certificate (whether one was revoked
+    cannot be known)."""
+    cp2 = certs.issue(station_certs, "CP-2", charge_point=True)
+    s = await site(PROFILE_3, security_profile=3)
+    caplog.set_level("WARNING", logger="drivers.ocpp.server")
+
+    async def refused(why: str) -> None:
+        caplog.clear()
+        with pytest.raises(InvalidStatus) as refusal:
+            await connect(
+                s.url("CP-2", "wss"),
+                subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+                ssl=_client_tls(station_certs, "CP-2"),
+                open_timeout=WAIT_S,
+            )
+        assert refusal.value.response.status_code == 403
+        [warning] = [r.getMessage() for r in caplog.records]
+        assert warning.startswith("charge point CP-2: ") and why in warning, warning
+        assert s.server.link("CP-2") is None
+
+    cp = await s.charge_point("CP-2", "2.0.1", ssl=_client_tls(station_certs, "CP-2"))
+    await cp.close()
+    crl = certs.revoke(station_certs, cp2.cert_pem)
+    await refused("is revoked")
+    # A list in the CA's name that some other key signed: an empty one would let CP-2 back in.
+    ca = x509.load_pem_x509_certificate(cp2.ca_pem.read_bytes())
+    now = datetime.now(UTC)
+    forged = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(now)
+        .next_update(now + timedelta(days=1))
+        .sign(rsa.generate_private_key(public_exponent=65537, key_size=2048), hashes.SHA256())
+    )
+    crl.write_bytes(forged.public_bytes(serialization.Encoding.PEM))
+    await refused("is not signed by the station CA")
+    crl.write_bytes(b"not a list")
+    await refused("cannot read the revocation list")
+    crl.unlink()
+    await refused("no revocation list to check against")
 
 
 # --------------------------------------------------------------------------- the daemon's wiring

@@ -5,7 +5,8 @@ is answered 404 before the websocket opens). With security profile 1 or 2 each m
 basic auth, user = its identity and the station's OCPP password (401 otherwise); 2 and 3 are
 TLS with the station's "daemon" certificate, and 3 asks each charge point for a certificate the
 station CA signed instead of a password, which must name the identity it connects as (403
-otherwise, see `certificate_names`). At each BootNotification the server probes the charge
+otherwise, see `certificate_names`) and not be on the CA's revocation list, read again whenever
+it changes (`base.certs.Revocations`). At each BootNotification the server probes the charge
 point's smart charging, asks for meter values every `meter_values_s` and installs each of its
 piles' fail-safe profile. `stop` leaves every connected charge point at its safe power before
 it closes.
@@ -63,6 +64,7 @@ class CsmsServer:
         self.identities = {p.identity for p in station.piles if p.ocpp}
         self.password = station.ocpp_password()
         self.station_name = ""  # the station CA's, for certificates `certs issue` made
+        self.revocations: certs.Revocations | None = None  # profile 3: the CA's list
         self.tls = self._tls_context(station) if self.settings.tls else None
         self.piles: dict[tuple[str, int], OcppPile] = {}
         self.links: dict[str, Link] = {}
@@ -258,7 +260,12 @@ class CsmsServer:
             response.headers["WWW-Authenticate"] = 'Basic realm="flexcharge"'
             return response
         if self.tls is not None and self.tls.verify_mode == ssl.CERT_REQUIRED:
-            named = _common_names(connection.transport.get_extra_info("peercert"))
+            peercert = connection.transport.get_extra_info("peercert")
+            revoked = self._revoked(peercert)
+            if revoked:
+                log.warning("charge point %s: %s: refused", identity, revoked)
+                return connection.respond(HTTPStatus.FORBIDDEN, "certificate refused\n")
+            named = _common_names(peercert)
             if not self.certificate_names(named, identity):
                 log.warning(
                     "charge point %s presented a certificate for %r: refused",
@@ -269,6 +276,14 @@ class CsmsServer:
                     HTTPStatus.FORBIDDEN, "the certificate does not name this charge point\n"
                 )
         return None
+
+    def _revoked(self, peercert: object) -> str:
+        """Why a client certificate may not connect for the station CA's revocation list ("" if
+        it may)."""
+        serial = peercert.get("serialNumber") if isinstance(peercert, dict) else None
+        if self.revocations is None or not isinstance(serial, str):
+            return "" if self.revocations is None else "a certificate without a serial number"
+        return self.revocations.refusal(int(serial, 16))
 
     def certificate_names(self, common_names: list[str], identity: str) -> bool:
         """Whether a client certificate with these subject common names belongs to the charge
@@ -334,6 +349,8 @@ class CsmsServer:
             context.verify_mode = ssl.CERT_NONE  # profile 2: the password authenticates
         else:
             self.station_name = certs.station_name(ident.ca_pem)
+            assert ident.crl_dir is not None  # a station's certificates directory has one
+            self.revocations = certs.Revocations(ident.ca_pem, ident.crl_dir / certs.CRL_NAME)
         return context
 
 
