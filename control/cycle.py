@@ -137,6 +137,8 @@ class Control:
         self._why: str | None = "first plan"
         self._plan_serial = 0
         self._plan_site_kw: np.ndarray | None = None
+        # The `Following` of the plan adopted last (`following`), made once per adoption.
+        self._following: Following | None = None
         self._last_background: float | None = None
         self._prices: dict[float, float] = {}
         self._prices_of: Tariff | None = None
@@ -452,10 +454,20 @@ class Control:
 
     @property
     def following(self) -> Following | None:
-        """The plan followed now, if any."""
-        if self.plan is None:
+        """The plan followed now, if any: the same object until another plan is adopted (a cycle
+        asks for it once per session and again to decide)."""
+        plan = self.plan
+        if plan is None:
             return None
-        return Following(self.plan, self._plan_serial, self._plan_site_kw)
+        kept = self._following
+        if (
+            kept is None
+            or kept.plan is not plan
+            or kept.serial != self._plan_serial
+            or kept.site_kw is not self._plan_site_kw
+        ):
+            kept = self._following = Following(plan, self._plan_serial, self._plan_site_kw)
+        return kept
 
     def decide(self, snapshot: SiteSnapshot, dt: float) -> Decision:
         """Setpoints for every pile this cycle (`Decider`)."""

@@ -79,6 +79,9 @@ class FollowWatch:
         self.tolerance_pct = tolerance_pct
         self.notify = notify
         self._tracks: dict[str, _Track] = {}
+        # Each pile's tolerance and what it was worked out from (its config and the step it
+        # reports in): asked for every pile every cycle, it changes only with those.
+        self._tolerances: dict[str, tuple[PileConfig, float, float]] = {}
 
     @classmethod
     def of(
@@ -167,13 +170,17 @@ class FollowWatch:
         self._prune(track, now)
         if track.told[0][0] > now - self.grace_s:
             return  # not yet a whole grace of history: the pile may still be on its way
-        told = [kw for _, kw in track.told]
+        if len(track.told) == 1:  # one setpoint over the whole grace (most cycles)
+            highest = lowest = latest = track.told[0][1]
+        else:
+            told = [kw for _, kw in track.told]
+            highest, lowest, latest = max(told), min(told), told[-1]
         tolerance = self._tolerance(view.config, reading.resolution_kw)
         drawing = reading.power_kw
-        track.drawing_kw, track.told_kw = drawing, told[-1]
-        over = drawing > max(told) + tolerance
+        track.drawing_kw, track.told_kw = drawing, latest
+        over = drawing > highest + tolerance
         wants = view.wants_kw
-        under = min(told) > 0 and drawing < min(min(told), wants) - tolerance and wants > drawing
+        under = lowest > 0 and drawing < min(lowest, wants) - tolerance and wants > drawing
         deviation = Deviation.OVER if over else Deviation.UNDER if under else None
         if track.flagged is None:
             if deviation is None:
@@ -188,7 +195,7 @@ class FollowWatch:
                     now,
                     view.id,
                     Kind.FAULT,
-                    f"not following: draws {drawing:.0f} kW, told {told[-1]:.0f} kW"
+                    f"not following: draws {drawing:.0f} kW, told {latest:.0f} kW"
                     + (" (counted as load it takes on its own)" if over else " (offered less)"),
                 )
             return
@@ -222,7 +229,12 @@ class FollowWatch:
     def _tolerance(self, config: PileConfig, resolution_kw: float) -> float:
         # Finer than the step the device takes and reports setpoints in, a difference is the
         # device's rounding, not a failure to follow.
-        return max(self.tolerance_kw, self.tolerance_pct / 100 * config.max_kw, resolution_kw)
+        kept = self._tolerances.get(config.id)
+        if kept is not None and kept[0] is config and kept[1] == resolution_kw:
+            return kept[2]
+        tolerance = max(self.tolerance_kw, self.tolerance_pct / 100 * config.max_kw, resolution_kw)
+        self._tolerances[config.id] = (config, resolution_kw, tolerance)
+        return tolerance
 
     def _view_tolerance(self, view: PileView) -> float:
         reading = view.reading

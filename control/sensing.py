@@ -114,6 +114,8 @@ class Sensors:
         self.override: LimitOverride | None = None
         # What set the limit of the last snapshot: "transformer", "utility" or "operator".
         self.limit_source: LimitSource = "transformer"
+        # The band of the last snapshot: its tariff, and from when until when it holds.
+        self._band: tuple[Tariff, float, float, str] | None = None
 
     @property
     def meter_max_kw(self) -> float:
@@ -290,10 +292,19 @@ class Sensors:
             grid_kw=None if meter is None else meter.power_kw,
             meter=meter,
             piles=views,
-            band=(band := tariff.band_at(now)),
+            band=(band := self._band_at(tariff, now)),
             price=tariff.band_prices[band],
             meter_current=meter_current,
         )
+
+    def _band_at(self, tariff: Tariff, now: float) -> str:
+        """`tariff.band_at(now)`, worked out again only where the band may change
+        (`Tariff.next_change`): a few times a day, where every cycle asks."""
+        kept = self._band
+        if kept is None or kept[0] is not tariff or not kept[1] <= now < kept[2]:
+            until = tariff.next_change(now).timestamp()
+            kept = self._band = (tariff, now, until, tariff.band_at(now))
+        return kept[3]
 
     def _check_late(self, now: float) -> None:
         """Report devices whose answers arrive more than a control period late."""

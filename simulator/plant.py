@@ -618,6 +618,8 @@ class Plant:
             self._event(now, "gave up", f"{vehicle.visit.vehicle_id} left without a free pile")
 
     def _plug_waiting(self, now: float) -> None:
+        if not self.queue:
+            return  # nobody waiting (most pieces of most steps)
         waiting = deque[VehicleModel]()
         while self.queue:
             vehicle = self.queue.popleft()

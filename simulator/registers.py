@@ -183,7 +183,9 @@ class RegisterBank:
         """A write request handed to the model: None, or the exception the device answers."""
         same = self._last_written
         if same is not None and same[0] is words and same[1] == (unit, function_code, address):
-            return self._apply(dict(same[2]))  # the very words written last, from a driver
+            # The very words written last, from a driver. The model takes the values as a
+            # `Mapping` (it does not change them), so the kept ones are handed over as they are.
+            return self._apply(same[2])
         if function_code not in self.map.function_codes or function_code not in (6, 16):
             return ExcCodes.ILLEGAL_FUNCTION
         request = self._request(unit, address, len(words))
@@ -202,7 +204,7 @@ class RegisterBank:
             self._written[request.key] = (kept, function_code, dict(decoded))
         if type(words) is tuple:
             self._last_written = (words, (unit, function_code, address), dict(decoded))
-        return self._apply(dict(decoded))
+        return self._apply(decoded)
 
     def _request(self, unit: int, address: int, count: int) -> _Request:
         key = (unit, address, count)
@@ -293,7 +295,7 @@ class RegisterBank:
             return refusal
         return decoded
 
-    def _apply(self, decoded: dict[str, float]) -> ExcCodes | None:
+    def _apply(self, decoded: Mapping[str, float]) -> ExcCodes | None:
         """Hand one write's values to the model, which may refuse them all."""
         try:
             self.model.write(decoded)
