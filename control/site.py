@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Generic, TypeVar
 
@@ -85,8 +85,9 @@ class PileView:
     such data may hold or lower power, never raise it. `armed` is False while the controller has
     not been able to set the pile's fail-safe: what it falls back to on its own is then unknown.
 
-    What it works out is kept (`cached_property`: its fields are frozen), as a cycle asks a
-    pile's id and limits many times over, and a pile at rest keeps its view from step to step.
+    What a cycle asks of every pile (its id, limits and what its vehicle wants) is worked out
+    once, as the view is made; the rest when first asked (`cached_property`: the fields are
+    frozen). A pile at rest keeps its view from step to step, and all of it with it.
     """
 
     config: PileConfig
@@ -94,6 +95,40 @@ class PileView:
     last: PileReading | None
     current: bool = True
     armed: bool = True
+    # The pile's id.
+    id: str = field(init=False, repr=False, compare=False)
+    # The lower of the configured and the reported rating.
+    max_kw: float = field(init=False, repr=False, compare=False)
+    # The higher of the configured and the reported minimum.
+    min_kw: float = field(init=False, repr=False, compare=False)
+    # What the pile may discharge (0 for a charge-only pile).
+    max_discharge_kw: float = field(init=False, repr=False, compare=False)
+    # What the vehicle would take now (0 without a vehicle, or when it is full).
+    wants_kw: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Set once here, in place of a `cached_property` each: every cycle asks all of them of
+        # every pile, and a cached property's first look costs more than working it out.
+        config, reading = self.config, self.reading
+        if reading is None:
+            max_kw, min_kw = config.max_kw, config.min_kw
+            max_discharge_kw, wants_kw = config.max_discharge_kw, 0.0
+        else:
+            max_kw = min(config.max_kw, reading.max_charge_kw)
+            min_kw = max(config.min_kw, reading.min_kw)
+            max_discharge_kw = min(config.max_discharge_kw, reading.max_discharge_kw)
+            if not reading.state.vehicle_present:
+                wants_kw = 0.0
+            elif reading.ev_max_kw is None:
+                wants_kw = max_kw
+            else:
+                wants_kw = min(max_kw, reading.ev_max_kw)
+        put = object.__setattr__  # as a frozen dataclass sets its own fields
+        put(self, "id", config.id)
+        put(self, "max_kw", max_kw)
+        put(self, "min_kw", min_kw)
+        put(self, "max_discharge_kw", max_discharge_kw)
+        put(self, "wants_kw", wants_kw)
 
     @cached_property
     def on_its_own_kw(self) -> float:
@@ -102,45 +137,9 @@ class PileView:
         return self.config.fallback_kw if self.armed else self.config.max_kw
 
     @cached_property
-    def id(self) -> str:
-        """The pile's id."""
-        return self.config.id
-
-    @cached_property
-    def max_kw(self) -> float:
-        """The lower of the configured and the reported rating."""
-        if self.reading is None:
-            return self.config.max_kw
-        return min(self.config.max_kw, self.reading.max_charge_kw)
-
-    @cached_property
-    def min_kw(self) -> float:
-        """The higher of the configured and the reported minimum."""
-        if self.reading is None:
-            return self.config.min_kw
-        return max(self.config.min_kw, self.reading.min_kw)
-
-    @cached_property
-    def max_discharge_kw(self) -> float:
-        """What the pile may discharge (0 for a charge-only pile)."""
-        if self.reading is None:
-            return self.config.max_discharge_kw
-        return min(self.config.max_discharge_kw, self.reading.max_discharge_kw)
-
-    @cached_property
     def vehicle_present(self) -> bool:
         """True if a fresh reading shows a vehicle plugged in."""
         return self.reading is not None and self.reading.state.vehicle_present
-
-    @cached_property
-    def wants_kw(self) -> float:
-        """What the vehicle would take now (0 without a vehicle, or when it is full)."""
-        reading = self.reading
-        if reading is None or not reading.state.vehicle_present:
-            return 0.0
-        if reading.ev_max_kw is None:
-            return self.max_kw
-        return min(self.max_kw, reading.ev_max_kw)
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,8 @@ class Pile(Protocol):
 # lacks it (None: required), kind). A number is required unless it has a default; an optional
 # one is None when the map lacks it or the pile says it is unavailable.
 _NUMBER, _INT, _OPTIONAL = "number", "int", "optional"
+# A required number the pile's map lacks (`DcPile._plan`): reading it fails where it is checked.
+_LACKING = "lacking"
 _FIELDS: tuple[tuple[str, str, float | None, str], ...] = (
     ("power_kw", "power", None, _NUMBER),
     ("applied_setpoint_kw", "applied_setpoint", None, _NUMBER),
@@ -128,6 +130,20 @@ class DcPile:
         self._names = tuple(self._regs)
         # Each one's factor to the project's units (`in_project_units`), worked out once.
         self._per_unit = {n: UNIT_SCALE[reg.unit][1] for n, reg in self._regs.items()}
+        # `_FIELDS` for this map, worked out once (a pile is read every cycle): those it has, in
+        # order, with their factors (and those it lacks that a reading needs, where they fail);
+        # the values of the others, absent or their defaults.
+        self._plan: list[tuple[str, str, float, str]] = []
+        self._absent: dict[str, float | int | None] = {}
+        for field, name, default, kind in _FIELDS:
+            if name in self._regs:
+                self._plan.append((field, name, self._per_unit[name], kind))
+            elif kind is _OPTIONAL:
+                self._absent[field] = None
+            elif default is None:
+                self._plan.append((field, name, 0.0, _LACKING))
+            else:
+                self._absent[field] = int(default) if kind is _INT else default
         self._mode_codes = {label: code for code, label in regmap.enums["mode"].items()}
         self._setpoint = regmap["setpoint"]
 
@@ -158,26 +174,20 @@ class DcPile:
         state = _STATES.get(label or "")
         if state is None:
             raise BadValue(self.id, f"state: unknown state code {raw['state']!r}")
-        per_unit = self._per_unit
-        fields: dict[str, Any] = {}
-        for field, name, default, kind in _FIELDS:
-            if name in raw:
-                value = raw[name]
-                if value is None:
-                    if kind is _OPTIONAL:
-                        fields[field] = None
-                        continue
-                    raise BadValue(self.id, f"{name}: the pile reports it unavailable")
-                if isinstance(value, str):  # as `in_project_units` says it
-                    raise BadValue(name, f"expected a number, got text {value!r}")
-                number = float(value) * per_unit[name]
-            elif kind is _OPTIONAL:
-                fields[field] = None
-                continue
-            elif default is None:
+        fields: dict[str, Any] = dict(self._absent)
+        # The device answers every register it was asked for (`_names`: those the map has).
+        for field, name, per_unit, kind in self._plan:
+            if kind is _LACKING:
                 raise BadValue(self.id, f"{name}: not in the pile's register map")
-            else:
-                number = default
+            value = raw[name]
+            if value is None:
+                if kind is _OPTIONAL:
+                    fields[field] = None
+                    continue
+                raise BadValue(self.id, f"{name}: the pile reports it unavailable")
+            if isinstance(value, str):  # as `in_project_units` says it
+                raise BadValue(name, f"expected a number, got text {value!r}")
+            number = float(value) * per_unit
             fields[field] = int(number) if kind is _INT else number
         return PileReading(
             state=state, commanded_kw=self._commanded, commanded_since=self._since(), **fields
