@@ -260,6 +260,7 @@ class Decider:
         plan = following.plan
         now = snapshot.time
         slot = plan.slot_at(now)
+        slot_edge = 0.0 if slot is None else float(plan.boundaries[slot + 1])
         wanted: dict[str, float] = {}
         # The most each vehicle can use: what it takes, and what it still needs by the slot's end.
         most: dict[str, float] = {}
@@ -270,7 +271,7 @@ class Decider:
             track(session, following, now)
             # Catch up on (or hold back from) the plan's energy up to the end of this slot, so
             # a shortfall earlier in the plan is made good as soon as the vehicle allows.
-            slot_end = min(float(plan.boundaries[slot + 1]), session.departure)
+            slot_end = min(slot_edge, session.departure)
             left_h = max((slot_end - now) / 3600, 1e-6)
             planned = plan.energy_between(session.vehicle_id, session.plan_from, slot_end)
             still = planned - (session.delivered_kwh - session.plan_baseline_kwh)
@@ -289,7 +290,9 @@ class Decider:
             session = sessions.get(view.id)
             if session is None or slot is None:
                 continue
-            planned = plan.power_at(session.vehicle_id, now)
+            # `plan.power_at(now)`, in the slot found above.
+            series = plan.power_kw.get(session.vehicle_id)
+            planned = 0.0 if series is None else float(series[slot])
             if planned > 0 and wanted.get(view.id, 0.0) < planned:
                 spare += planned - max(wanted.get(view.id, 0.0), 0.0)
         if spare > 1e-6:

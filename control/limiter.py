@@ -164,13 +164,12 @@ def limit_setpoints(
         # The ramp limit is on the site's total: power handed from one pile to another in the
         # same cycle does not raise it, so what others give up may be taken up; but only what
         # they were really drawing (`drawing`), not a setpoint a departed vehicle left behind.
-        def released(pid: str, kw: float) -> float:
+        given_up = 0.0
+        for pid, kw in new.items():
             before = previous.get(pid, 0.0)
             if drawing is not None:
                 before = min(before, max(drawing.get(pid, before), 0.0))
-            return max(0.0, before - kw)
-
-        given_up = sum(released(pid, kw) for pid, kw in new.items())
+            given_up += max(0.0, before - kw)
         allowed = max(max_total_rise_kw, 0.0) + given_up
         if sum(rises.values()) > allowed:
             # Share the allowed rise pile by pile, lowest setpoints first, so a pile starting

@@ -308,8 +308,11 @@ class Sensors:
 
     def _check_late(self, now: float) -> None:
         """Report devices whose answers arrive more than a control period late."""
+        period = self.settings.period_s
         for feed in self.feeds():
-            late = feed.ok and feed.at is not None and now - feed.at > self.settings.period_s
+            at = feed.at
+            # Health last: most feeds answered this cycle.
+            late = at is not None and now - at > period and feed.ok
             if late == (feed.device in self._late):
                 continue
             if late:

@@ -145,7 +145,8 @@ class DcPile:
             else:
                 self._absent[field] = int(default) if kind is _INT else default
         self._mode_codes = {label: code for code, label in regmap.enums["mode"].items()}
-        self._setpoint = regmap["setpoint"]
+        # The setpoint's factor to the project's units (`from_project_units` divides by it).
+        self._setpoint_per_unit = UNIT_SCALE[regmap["setpoint"].unit][1]
 
     async def connect(self) -> None:
         """Open the connection to the pile."""
@@ -206,7 +207,7 @@ class DcPile:
         self._commanded = setpoint_kw
         await self.device.write(
             {
-                "setpoint": from_project_units(self._setpoint, setpoint_kw),
+                "setpoint": setpoint_kw / self._setpoint_per_unit,
                 "mode": self._mode_codes[mode],  # a `PileMode` is its label
                 "heartbeat": 1,
             }

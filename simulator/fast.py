@@ -292,9 +292,8 @@ def simulate(
     reached: set[str] = set()  # piles the controller was in touch with at the last step
     scripted = bool(faults)  # without a fault script every pile is always reachable
     told = 0
-    for k, now in enumerate(times):
+    for k, now in enumerate(times.tolist()):
         step_started = time.perf_counter()
-        now = float(now)
         # The daemon's fast loop writes every second; between our steps it would have kept every
         # pile's fail-safe timer from running out.
         events.extend(faults.apply(plant, now))

@@ -443,10 +443,12 @@ class PileRegisters:
                 mode = PileMode(label)  # a label the map has and the model does not know
         if "comm_timeout" in values or "fallback_power" in values:
             self.pile.configure(values.get("comm_timeout"), values.get("fallback_power"))
-        if "setpoint" in values or mode is not None:
+        commanded = "setpoint" in values or mode is not None
+        if commanded:
             self.pile.command(now, values.get("setpoint"), mode)
         if "heartbeat" in values:
-            self.pile.heartbeat(now)
+            # After a command at the same instant the controller has been in touch all along.
+            self.pile.heartbeat(now, continuous=commanded)
 
 
 class MeterRegisters:
