@@ -58,8 +58,11 @@ class MonthPeak:
     window_start: float | None = None
     window_kwh: float = 0.0
 
-    def _window(self, when: float) -> float:
-        local = datetime.fromtimestamp(when, self.zone)
+    def _window(self, when: float, local: datetime | None = None) -> float:
+        """The start of the quarter hour containing `when` (`local`: `when` in the zone, if
+        already at hand)."""
+        if local is None:
+            local = datetime.fromtimestamp(when, self.zone)
         # Quarter hours start on whole seconds; rounding drops the float noise that would make
         # two times of one window (wall-clock times have fractions) look like two windows.
         return float(
@@ -72,7 +75,7 @@ class MonthPeak:
         local = datetime.fromtimestamp(middle, self.zone)
         if (local.year, local.month) != self.month:
             self.month, self.peak_kw = (local.year, local.month), 0.0
-        start = self._window(middle)
+        start = self._window(middle, local)
         if start != self.window_start:
             self.window_start, self.window_kwh = start, 0.0
         self.window_kwh += max(grid_kw, 0.0) * dt / 3600

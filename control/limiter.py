@@ -269,7 +269,7 @@ def cycle_budget_kw(
 
 def controlled_kw(snapshot: SiteSnapshot) -> float:
     """What the piles the controller reads drew at the snapshot."""
-    return sum(v.reading.power_kw for v in snapshot.piles if v.reading is not None)
+    return snapshot.piles_kw
 
 
 def plan_hold_kw(

@@ -274,11 +274,6 @@ class Sensors:
             self._view(pid, feed.fresh(now, max_age), feed.value, feed.at == now)
             for pid, feed in self.piles.items()
         )
-        piles_kw = self._piles_kw = sum(v.reading.power_kw for v in views if v.reading is not None)
-        for watch in self._watches.values():
-            if watch.same is not None and watch.piles_kw_then is None:
-                # The meter's value came before the piles were first measured: they were this.
-                watch.piles_kw_then = piles_kw
         meter = self.meter.fresh(now, max_age)
         meter_current = self.meter.at == now
         terminal = None if self.terminal is None else self.terminal.fresh(now, max_age)
@@ -286,7 +281,7 @@ class Sensors:
             # The terminal measures the same connection: it stands in for a lost grid meter.
             meter = terminal
             meter_current = self.terminal.at == now
-        return SiteSnapshot(
+        snapshot = SiteSnapshot(
             time=now,
             limit_kw=self._overridden_limit(self._relayed_limit(now, max_age), now),
             grid_kw=None if meter is None else meter.power_kw,
@@ -296,6 +291,12 @@ class Sensors:
             price=tariff.band_prices[band],
             meter_current=meter_current,
         )
+        piles_kw = self._piles_kw = snapshot.piles_kw
+        for watch in self._watches.values():
+            if watch.same is not None and watch.piles_kw_then is None:
+                # The meter's value came before the piles were first measured: they were this.
+                watch.piles_kw_then = piles_kw
+        return snapshot
 
     def _band_at(self, tariff: Tariff, now: float) -> str:
         """`tariff.band_at(now)`, worked out again only where the band may change

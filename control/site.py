@@ -154,11 +154,12 @@ class SiteSnapshot:
     band: str
     price: float
     meter_current: bool = True
+    # Measured power of the piles with fresh readings (worked out once: a cycle asks it often).
+    piles_kw: float = field(init=False, repr=False, compare=False)
 
-    @property
-    def piles_kw(self) -> float:
-        """Measured power of the piles with fresh readings."""
-        return sum(p.reading.power_kw for p in self.piles if p.reading is not None)
+    def __post_init__(self) -> None:
+        piles_kw = sum(p.reading.power_kw for p in self.piles if p.reading is not None)
+        object.__setattr__(self, "piles_kw", piles_kw)  # as a frozen dataclass sets its fields
 
     @property
     def background_kw(self) -> float | None:

@@ -260,7 +260,9 @@ def run_encoder(
 
     # Each value last encoded and what it packed as: from one read of a device to the next most
     # of its values are the very same objects (its rating, its mode), and an object encodes as
-    # it did (a zero keeps its sign). Holding them keeps `is` from matching a new object.
+    # it did (a zero keeps its sign). Holding them keeps `is` from matching a new object. A new
+    # object equal to the last, of the same type and not zero (whose sign may differ), encodes
+    # as it did too (a countdown at rest, a power held at its limit).
     seen: list[object] = [_UNSEEN] * len(specs)
     packed: list[float | int] = [0] * len(specs)
 
@@ -269,7 +271,8 @@ def run_encoder(
         get = values.get
         for i, (name, per_unit, is_float, scale, lo, hi) in enumerate(specs):
             number = get(name)
-            if number is seen[i]:
+            last = seen[i]
+            if number is last or (number == last and number and type(number) is type(last)):
                 raws.append(packed[i])
                 continue
             if type(number) is not float and type(number) is not int:
