@@ -22,14 +22,17 @@ Without enough comparable visits it says nothing, and the station's defaults app
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import numpy as np
+from numpy.typing import NDArray
 
 from control.sessions import PastVisit
+
+FloatArray = NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -50,26 +53,36 @@ class Estimator:
     min_samples: int = 5
     stay_quantile: float = 0.1
     energy_quantile: float = 0.75
+    # The history's columns as last taken (`_columns`).
+    _taken: _Columns | None = field(default=None, init=False, repr=False, compare=False)
 
     def estimate(self, history: Sequence[PastVisit], arrival: float) -> Estimate | None:
         """The estimate for a vehicle arriving at `arrival`, or None with too few examples."""
         hour = _hour(arrival, self.zone)
-        stays = []
-        energies = []
-        for visit in history:
-            if visit.left_at <= visit.plugged_at or visit.delivered_kwh <= 0:
-                continue
-            apart = abs(_hour(visit.plugged_at, self.zone) - hour)
-            if min(apart, 24.0 - apart) <= self.window_h:
-                stays.append(visit.left_at - visit.plugged_at)
-                energies.append(visit.delivered_kwh)
-        if len(stays) < self.min_samples:
+        plugged, left, delivered, hours = self._columns(history).arrays()
+        # The visits that stayed a while and took something, arrived near the same local time.
+        usable = ~(left <= plugged) & ~(delivered <= 0)
+        apart = np.abs(hours - hour)
+        near = usable & (np.minimum(apart, 24.0 - apart) <= self.window_h)
+        samples = int(np.count_nonzero(near))
+        if samples < self.min_samples:
             return None
         return Estimate(
-            stay_s=float(np.quantile(stays, self.stay_quantile)),
-            energy_kwh=float(np.quantile(energies, self.energy_quantile)),
-            samples=len(stays),
+            stay_s=float(np.quantile((left - plugged)[near], self.stay_quantile)),
+            energy_kwh=float(np.quantile(delivered[near], self.energy_quantile)),
+            samples=samples,
         )
+
+    def _columns(self, history: Sequence[PastVisit]) -> _Columns:
+        """The history's columns: taken again only for what was added since the last time (a
+        session starts, every few minutes, against a history of two weeks that only grows, or
+        is replaced)."""
+        taken = self._taken
+        if taken is None or not taken.continued_by(history):
+            taken = _Columns(history)
+            object.__setattr__(self, "_taken", taken)  # the settings are frozen, not the cache
+        taken.extend(history, self.zone)
+        return taken
 
     def early_s(self, history: Sequence[PastVisit]) -> float:
         """How long before their stated departure drivers left, at the low quantile (0 if they
@@ -78,6 +91,51 @@ class Estimator:
         if len(errors) < self.min_samples:
             return 0.0
         return max(0.0, -float(np.quantile(errors, self.stay_quantile)))
+
+
+class _Columns:
+    """Past visits as columns (arrival, departure, energy, local hour of arrival), each visit
+    taken once."""
+
+    def __init__(self, history: Sequence[PastVisit]) -> None:
+        self.history = history
+        self.count = 0
+        self.last: PastVisit | None = None
+        self.plugged: list[float] = []
+        self.left: list[float] = []
+        self.delivered: list[float] = []
+        self.hours: list[float] = []
+        self._arrays: tuple[FloatArray, FloatArray, FloatArray, FloatArray] | None = None
+
+    def continued_by(self, history: Sequence[PastVisit]) -> bool:
+        """Whether `history` is the one taken, with visits added after those taken."""
+        return (
+            history is self.history
+            and len(history) >= self.count
+            and (self.count == 0 or history[self.count - 1] is self.last)
+        )
+
+    def extend(self, history: Sequence[PastVisit], zone: ZoneInfo) -> None:
+        """Take the visits added since."""
+        for visit in history[self.count :]:
+            self.plugged.append(visit.plugged_at)
+            self.left.append(visit.left_at)
+            self.delivered.append(visit.delivered_kwh)
+            self.hours.append(_hour(visit.plugged_at, zone))
+            self.last = visit
+        if len(history) != self.count:
+            self.count, self._arrays = len(history), None
+
+    def arrays(self) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """Arrival, departure, energy and local hour of arrival, as arrays."""
+        if self._arrays is None:
+            self._arrays = (
+                np.array(self.plugged, dtype=float),
+                np.array(self.left, dtype=float),
+                np.array(self.delivered, dtype=float),
+                np.array(self.hours, dtype=float),
+            )
+        return self._arrays
 
 
 # Every estimate looks at every past visit's arrival again: its local hour is worked out once.

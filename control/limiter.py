@@ -73,13 +73,13 @@ def budget_kw(
 
 def _step_towards(before: float, target: float, step: float, bounds: PileBounds) -> float:
     """One ramp step from `before` towards `target`, never stopping in the dead zone around 0."""
-    floor = bounds.floor
     if target > before:
         moved = min(target, before + step)
     elif target < before:
         moved = max(target, before - step)
     else:
         return target
+    floor = bounds.floor
     if moved == 0 or abs(moved) >= floor:
         return moved
     # Inside (-floor, floor): leaving zero jumps to the floor, heading to zero stops at zero.

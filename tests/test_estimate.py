@@ -57,6 +57,28 @@ def test_estimates_come_from_visits_at_the_same_time_of_day() -> None:
     assert 4.0 * 3600 <= guess.stay_s < 4.3 * 3600
 
 
+def test_one_estimator_follows_a_history_that_grows_and_is_replaced() -> None:
+    # The estimator keeps the history's columns between estimates: a visit appended to the
+    # same list, or a list put in its place (the controller forgets old visits so), must count
+    # exactly as it does for an estimator that sees the history for the first time.
+    kept = Estimator(ZONE)
+    history: list[Past] = []
+    asked = local("2026-11-20T06:30")
+    seen = []
+    for visit in morning_history(12):
+        history.append(visit)
+        guess = kept.estimate(history, asked)
+        assert guess == Estimator(ZONE).estimate(history, asked)
+        seen.append(guess)
+    assert seen[3] is None and seen[-1] is not None and seen[-1].samples == 12
+    pruned = history[4:]
+    guess = kept.estimate(pruned, asked)
+    assert guess == Estimator(ZONE).estimate(pruned, asked)
+    assert guess is not None and guess.samples == 8
+    history.append(Past(asked - 86400, asked - 86400 + 3600, 0.0))  # took nothing: ignored
+    assert kept.estimate(history, asked) == Estimator(ZONE).estimate(history, asked)
+
+
 def test_no_estimate_without_enough_comparable_visits() -> None:
     estimator = Estimator(ZONE)
     assert estimator.estimate(morning_history(4), local("2026-11-20T06:30")) is None
