@@ -639,14 +639,15 @@ class _Sensing:
         """Write the setpoints through the piles' drivers, rises held back `hold_s` longer than
         each pile's delay; those written."""
         self.clock.time = now
-        piles = self.plant.piles.values()
-        for model in piles:
+        # Outside a write every model holds nothing back: only a hold has to be set and undone.
+        held = self.plant.piles.values() if hold_s else ()
+        for model in held:
             model.hold_rises_s = hold_s
         written: dict[str, float] = {}
         try:
             finish(self._command_all(setpoints, written, now))
         finally:
-            for model in piles:
+            for model in held:
                 model.hold_rises_s = 0.0
         return written
 

@@ -451,6 +451,10 @@ class PileRegisters:
             self.pile.heartbeat(now, continuous=commanded)
 
 
+# Each phase's voltage, current and power registers (a meter is read every step).
+_PHASE_NAMES = tuple((f"voltage_l{p}", f"current_l{p}", f"power_l{p}") for p in (1, 2, 3))
+
+
 class MeterRegisters:
     """The grid-connection meter: the site load, balanced over three phases."""
 
@@ -485,10 +489,10 @@ class MeterRegisters:
             "utility_limit": self.plant.utility_limit_kw,
             "clock": self.plant.now,
         }
-        for phase in (1, 2, 3):
-            values[f"voltage_l{phase}"] = voltage
-            values[f"current_l{phase}"] = current
-            values[f"power_l{phase}"] = phase_kw
+        for voltage_name, current_name, power_name in _PHASE_NAMES:
+            values[voltage_name] = voltage
+            values[current_name] = current
+            values[power_name] = phase_kw
         line = voltage * math.sqrt(3)
         # Balanced phases: line-to-line voltages are sqrt(3) times the phase voltage, and the
         # phase currents' vector sum is 0.
