@@ -10,7 +10,7 @@ at the ramp limit and never lets them add up to more than the headroom.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -135,8 +135,7 @@ class Decider:
         station = self.station
         control = station.control
         now = snapshot.time
-        controlled = [v for v in snapshot.piles if v.reading is not None]
-        blind = [v for v in snapshot.piles if v.reading is None]
+        controlled, blind = snapshot.read, snapshot.blind
         if policy is Policy.UNCONTROLLED:
             # The baseline the others are measured against: every vehicle at full power.
             full = {v.id: (v.max_kw if v.vehicle_present else 0.0) for v in controlled}
@@ -218,7 +217,7 @@ class Decider:
     def _targets(
         self,
         snapshot: SiteSnapshot,
-        controlled: list[PileView],
+        controlled: Sequence[PileView],
         budget: float,
         dt: float,
         policy: Policy,
@@ -252,7 +251,7 @@ class Decider:
     def _follow_plan(
         self,
         snapshot: SiteSnapshot,
-        controlled: list[PileView],
+        controlled: Sequence[PileView],
         budget: float,
         sessions: Mapping[str, Session],
         following: Following,

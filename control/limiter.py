@@ -238,8 +238,7 @@ def cycle_budget_kw(
     it last drew. Blind (no meter reading), the budget comes down to the worst case at the ramp
     limit rather than all at once.
     """
-    controlled = [v for v in snapshot.piles if v.reading is not None]
-    blind = [v for v in snapshot.piles if v.reading is None]
+    controlled, blind = snapshot.read, snapshot.blind
     worst = (
         worst_background_kw + settings.background_margin_kw
         if worst_background_kw is not None

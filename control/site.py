@@ -154,12 +154,18 @@ class SiteSnapshot:
     band: str
     price: float
     meter_current: bool = True
-    # Measured power of the piles with fresh readings (worked out once: a cycle asks it often).
+    # Worked out once, as the snapshot is made (a cycle asks for them often): the piles with a
+    # fresh reading, those without, and the measured power of the first.
+    read: tuple[PileView, ...] = field(init=False, repr=False, compare=False)
+    blind: tuple[PileView, ...] = field(init=False, repr=False, compare=False)
     piles_kw: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        piles_kw = sum(p.reading.power_kw for p in self.piles if p.reading is not None)
-        object.__setattr__(self, "piles_kw", piles_kw)  # as a frozen dataclass sets its fields
+        read = tuple(p for p in self.piles if p.reading is not None)
+        put = object.__setattr__  # as a frozen dataclass sets its own fields
+        put(self, "read", read)
+        put(self, "blind", tuple(p for p in self.piles if p.reading is None))
+        put(self, "piles_kw", sum(p.reading.power_kw for p in read if p.reading is not None))
 
     @property
     def background_kw(self) -> float | None:

@@ -82,7 +82,8 @@ class PileModel:
     # How much longer than its delay a rise written now is held back: a fast simulation writes
     # once a step what the daemon's one-second cycles write once other piles have come down.
     hold_rises_s: float = 0.0
-    _pending: deque[tuple[float, float, PileMode]] = field(default_factory=deque)
+    # Commands written and not yet in force: (when they take effect, (setpoint, mode)).
+    _pending: deque[tuple[float, tuple[float, PileMode]]] = field(default_factory=deque)
     # The power's breakpoints since `begin_trace` (the plant's current piece of a step).
     trace_t: list[float] = field(default_factory=list)
     trace_kw: list[float] = field(default_factory=list)
@@ -166,7 +167,7 @@ class PileModel:
             effective = now + self.delay_s + self.late_s + max(held, 0.0)
             while self._pending and self._pending[-1][0] > effective:
                 self._pending.pop()  # a newer command overtakes one still held back
-            self._pending.append((effective, new_setpoint, new_mode))
+            self._pending.append((effective, (new_setpoint, new_mode)))
 
     def reboot(self, now: float, down_s: float) -> None:
         """Restart: off for `down_s`, then at its own safe value, its fail-safe settings lost."""
@@ -282,8 +283,7 @@ class PileModel:
         since = now - dt
         changes: list[tuple[float, tuple[float, PileMode] | None]] = []
         while self._pending and self._pending[0][0] <= now:
-            effective, setpoint, mode = self._pending.popleft()
-            changes.append((effective, (setpoint, mode)))
+            changes.append(self._pending.popleft())
         fallback_from = self.last_contact + self.comm_timeout_s
         if since < fallback_from < now:
             changes.append((fallback_from, None))
