@@ -112,6 +112,12 @@ class FollowWatch:
             return f"applies {applied:.1f} kW, told {told:.1f} kW"
         return ""
 
+    def settled(self, reading: PileReading, at: float) -> bool:
+        """Whether `judge` says of `reading` at any time from `at` on what it says at `at`: only
+        the grace a new setpoint has depends on the time."""
+        since = reading.commanded_since
+        return reading.commanded_kw is None or since is None or at - since >= self.grace_s
+
     def judge(self, config: PileConfig, reading: PileReading, at: float) -> PileReading:
         """The reading as the controller may use it: a pile that does not apply what it was
         told (`misapplied`) is in fault, whatever state it reports."""

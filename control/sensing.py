@@ -35,6 +35,7 @@ from typing import Literal, TypeVar
 from base.config import Station
 from base.events import DeviceRef, Event, Kind, Source
 from base.health import Notify
+from base.stationdevices import PileConfig
 from base.tariff import Tariff
 from control.follow import FollowWatch
 from control.site import Feed, PileView, SiteSnapshot
@@ -111,6 +112,10 @@ class Sensors:
         self.unarmed: set[str] = set()
         # Each pile's view in the last snapshot (`_view`).
         self._views: dict[str, PileView] = {}
+        # Each pile's last reading that passed its checks for good (`FollowWatch.settled`): the
+        # reading, the config it was checked against, when, and what the checks made of it. A
+        # pile at rest gives the very same reading step after step.
+        self._passed: dict[str, tuple[PileReading, PileConfig, float, PileReading]] = {}
         self.override: LimitOverride | None = None
         # What set the limit of the last snapshot: "transformer", "utility" or "operator".
         self.limit_source: LimitSource = "transformer"
@@ -233,6 +238,9 @@ class Sensors:
         self, pile_id: str, reading: PileReading, at: float
     ) -> PileReading | DriverError:
         config = self.station.pile(pile_id)
+        passed = self._passed.get(pile_id)
+        if passed is not None and passed[0] is reading and passed[1] is config and at >= passed[2]:
+            return passed[3]
         power = reading.power_kw
         # Beyond half again its rating (plus a little for small piles) a pile cannot draw.
         top = 1.5 * config.max_kw + 10.0
@@ -242,7 +250,10 @@ class Sensors:
                 self.piles[pile_id].label,
                 f"power reads {power:g} kW, outside what the pile can draw",
             )
-        return self.follow.judge(config, reading, at)
+        judged = self.follow.judge(config, reading, at)
+        if self.follow.settled(reading, at):
+            self._passed[pile_id] = (reading, config, at, judged)
+        return judged
 
     # -- the cycle's snapshot ----------------------------------------------------------------
 

@@ -354,6 +354,31 @@ def test_a_mismatch_within_the_grace_is_not_judged_and_after_it_is(
     assert replace(judged, state=reading.state, fault_code=0, fault="") == reading
 
 
+def test_the_very_same_reading_again_is_judged_by_when_it_was_measured(
+    reference: Station,
+) -> None:
+    """A pile at rest gives the very same reading step after step, and the sensors keep what
+    their checks made of it, but only once its grace is over: within the grace it passes, after
+    it it is at fault (the same fault again), and dated within the grace again (a late answer)
+    it passes again."""
+    sensors = Sensors(reference)
+    reading = told(100.0, applied=300.0)
+    judge = sensors.follow
+    assert not judge.settled(reading, T0 + GRACE_S - 1) and judge.settled(reading, T0 + GRACE_S)
+    assert judge.settled(told(100.0, applied=300.0, since=None), T0)
+
+    def taken(at: float) -> PileReading | None:
+        sensors.take_pile("P01", reading, at)
+        return sensors.piles["P01"].value
+
+    assert taken(T0 + 1) is reading
+    assert taken(T0 + GRACE_S - 1) is reading
+    faulted = taken(T0 + GRACE_S)
+    assert faulted is not None and faulted.fault == "applies 300.0 kW, told 100.0 kW"
+    assert taken(T0 + GRACE_S + 10) == faulted
+    assert taken(T0 + 5) is reading
+
+
 def test_the_grace_runs_from_when_the_setpoint_changed(
     judge: FollowWatch, reference: Station
 ) -> None:
